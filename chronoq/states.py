@@ -1,0 +1,90 @@
+"""The task state machine: every status, every allowed transition, and retry backoff.
+
+All code that changes a task's status asks this module which source statuses a
+transition may start from, so the rules live in exactly one place::
+
+    scheduled ──▶ queued ──▶ running ──▶ succeeded
+        │           │          ├──────▶ failed ──▶ queued (retry after backoff)
+        │           │          └──────▶ dead   (attempts exhausted: the dead-letter queue)
+        └───────────┴──────────┴──────▶ cancelled
+
+``failed`` and ``dead`` tasks can be sent back to the queue by hand (``retry``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+TERMINAL: frozenset[Status] = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED})
+
+#: target status -> statuses it may be reached from
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.SCHEDULED, Status.FAILED, Status.DEAD}),
+    Status.RUNNING: frozenset({Status.QUEUED}),
+    Status.SUCCEEDED: frozenset({Status.RUNNING}),
+    Status.FAILED: frozenset({Status.RUNNING}),
+    Status.DEAD: frozenset({Status.RUNNING}),
+    Status.CANCELLED: frozenset({Status.SCHEDULED, Status.QUEUED, Status.RUNNING, Status.FAILED}),
+}
+
+#: statuses whose tasks wait for their ``run_at`` and are promoted to ``queued`` by the scheduler
+WAITING: frozenset[Status] = frozenset({Status.SCHEDULED, Status.FAILED})
+#: statuses a user may send back to the queue with ``retry``
+RETRYABLE: frozenset[Status] = frozenset({Status.FAILED, Status.DEAD})
+
+
+class InvalidTransition(Exception):
+    """A task cannot move from its current status to the requested one."""
+
+    def __init__(self, task_id: str, current: Status, target: Status) -> None:
+        super().__init__(f"task {task_id} is {current}; it cannot become {target}")
+        self.task_id = task_id
+        self.current = current
+        self.target = target
+
+
+def sources(target: Status) -> frozenset[Status]:
+    """The statuses from which a task may move to ``target``."""
+    return TRANSITIONS[target]
+
+
+def check(task_id: str, current: Status, target: Status) -> None:
+    """Raise :class:`InvalidTransition` unless ``current -> target`` is allowed."""
+    if current not in TRANSITIONS[target]:
+        raise InvalidTransition(task_id, current, target)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff: ``delay(n) = min(base * factor**(n-1), max)`` ± ``jitter`` fraction."""
+
+    base: float = 1.0
+    factor: float = 2.0
+    max: float = 300.0
+    jitter: float = 0.1
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before the attempt after ``attempt`` (1-based) failed."""
+        raw = min(self.base * self.factor ** max(attempt - 1, 0), self.max)
+        if self.jitter <= 0:
+            return raw
+        spread = raw * self.jitter
+        return max(0.0, raw + (rng or random).uniform(-spread, spread))
+
+
+def after_failure(attempt: int, max_attempts: int) -> Status:
+    """Where a task goes when attempt number ``attempt`` failed."""
+    return Status.FAILED if attempt < max_attempts else Status.DEAD

@@ -1,0 +1,453 @@
+"""The store: the single source of truth for tasks and attempts.
+
+:class:`Store` holds every query in one dialect-neutral form (``$1`` placeholders); the
+SQLite and PostgreSQL subclasses only say how to connect, run a statement, open a
+transaction and spell a list parameter.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+import orjson
+
+from chronoq import states
+from chronoq.ids import new_id
+from chronoq.models import (
+    Attempt,
+    BackoffSpec,
+    Outcome,
+    QueueStats,
+    Task,
+    TaskCreate,
+    to_datetime,
+)
+from chronoq.notify import Hub
+from chronoq.states import Status
+
+Row = Mapping[str, Any]
+
+
+class NotFound(LookupError):
+    """No task has this id."""
+
+
+class Conn(Protocol):
+    """One connection, as the store's queries use it."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+    async def execute(self, sql: str, *args: Any) -> None: ...
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """A row of ``tasks``, decoded."""
+
+    id: str
+    name: str
+    queue: str
+    status: Status
+    priority: int
+    payload: dict[str, Any]
+    run_at: float
+    created_at: float
+    updated_at: float
+    attempts: int
+    max_attempts: int
+    backoff: BackoffSpec
+    timeout_seconds: float | None
+    idempotency_key: str | None
+    worker_id: str | None
+    lease_expires_at: float | None
+    result: Any
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> TaskRecord:
+        return cls(
+            id=row["id"], name=row["name"], queue=row["queue"], status=Status(row["status"]),
+            priority=row["priority"], payload=loads(row["payload"]), run_at=row["run_at"],
+            created_at=row["created_at"], updated_at=row["updated_at"],
+            attempts=row["attempts"], max_attempts=row["max_attempts"],
+            backoff=BackoffSpec.model_validate_json(row["backoff"]),
+            timeout_seconds=row["timeout_seconds"], idempotency_key=row["idempotency_key"],
+            worker_id=row["worker_id"], lease_expires_at=row["lease_expires_at"],
+            result=loads(row["result"]), error=row["error"],
+        )
+
+    def to_api(self, history: list[Attempt] | None = None) -> Task:
+        return Task(
+            id=self.id, name=self.name, queue=self.queue, status=self.status,
+            priority=self.priority, payload=self.payload, run_at=to_datetime(self.run_at),
+            created_at=to_datetime(self.created_at), updated_at=to_datetime(self.updated_at),
+            attempts=self.attempts, max_attempts=self.max_attempts, backoff=self.backoff,
+            timeout_seconds=self.timeout_seconds, idempotency_key=self.idempotency_key,
+            worker_id=self.worker_id, result=self.result, error=self.error,
+            attempt_history=history,
+        )
+
+
+@dataclass(slots=True)
+class Completion:
+    """The end of one attempt, as a worker (or the lease reaper) reports it."""
+
+    task_id: str
+    attempt: int
+    outcome: Outcome
+    finished_at: float
+    status: Status
+    next_run_at: float | None = None
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+
+
+def attempt_from_row(row: Row) -> Attempt:
+    return Attempt(
+        attempt=row["attempt"], worker_id=row["worker_id"],
+        started_at=to_datetime(row["started_at"]), finished_at=to_datetime(row["finished_at"]),
+        outcome=row["outcome"], result=loads(row["result"]), error=row["error"],
+        traceback=row["traceback"],
+    )
+
+
+_TASK_COLUMNS = (
+    "id, name, queue, status, priority, payload, run_at, created_at, updated_at, attempts, "
+    "max_attempts, backoff, timeout_seconds, idempotency_key"
+)
+_MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
+
+
+class Store(abc.ABC):
+    """Durable task state, shared by the API, the scheduler and the workers."""
+
+    dialect: str
+    #: appended to sub-selects that pick rows to update, so competing processes skip each other
+    skip_locked: str = ""
+    #: appended to a single-row SELECT inside a transaction to lock the row
+    lock_row: str = ""
+
+    def __init__(self, hub: Hub | None = None) -> None:
+        self.hub = hub or Hub()
+
+    # -- connection plumbing (dialects) ------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def conn(self) -> Any:
+        """``async with store.conn() as c``: a connection in autocommit mode."""
+
+    @abc.abstractmethod
+    def tx(self) -> Any:
+        """``async with store.tx() as c``: a connection inside a write transaction."""
+
+    @abc.abstractmethod
+    def in_list(self, placeholder: str) -> str:
+        """SQL testing a column against a list parameter: ``IN (...)`` / ``= ANY(...)``."""
+
+    @abc.abstractmethod
+    def list_param(self, values: Iterable[str]) -> Any:
+        """A Python list of strings in the form :meth:`in_list` expects."""
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- schema ------------------------------------------------------------------------------
+    def migrations(self) -> list[tuple[int, str, str]]:
+        """(version, name, sql) of every migration for this dialect, oldest first."""
+        found: dict[int, tuple[int, str, str]] = {}
+        for entry in resources.files("chronoq.store.migrations").iterdir():
+            match = _MIGRATION.match(entry.name)
+            if not match or match.group(3) not in (None, self.dialect):
+                continue
+            version = int(match.group(1))
+            found[version] = (version, match.group(2), entry.read_text())
+        return [found[v] for v in sorted(found)]
+
+    @abc.abstractmethod
+    async def applied_migrations(self) -> set[int]: ...
+
+    @abc.abstractmethod
+    async def apply_migration(self, version: int, name: str, sql: str) -> None: ...
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; returns the versions applied now."""
+        done = await self.applied_migrations()
+        applied = []
+        for version, name, sql in self.migrations():
+            if version not in done:
+                await self.apply_migration(version, name, sql)
+                applied.append(version)
+        return applied
+
+    async def ping(self) -> None:
+        async with self.conn() as c:
+            await c.fetch("SELECT 1")
+
+    # -- submitting and reading --------------------------------------------------------------
+    async def create_task(self, spec: TaskCreate, now: float) -> tuple[TaskRecord, bool]:
+        """Insert a task; returns ``(task, created)``. An idempotency key seen before returns
+        the existing task with ``created=False``."""
+        due = spec.due_at(now)
+        status = Status.QUEUED if due <= now else Status.SCHEDULED
+        args = (
+            new_id(), spec.name, spec.queue, status.value, spec.priority, dumps(spec.payload),
+            due, now, now, 0, spec.max_attempts, spec.backoff.model_dump_json(),
+            spec.timeout_seconds, spec.idempotency_key,
+        )
+        async with self.conn() as c:
+            rows = await c.fetch(
+                f"INSERT INTO tasks ({_TASK_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
+                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING *",
+                *args,
+            )
+            if not rows:
+                rows = await c.fetch(
+                    "SELECT * FROM tasks WHERE idempotency_key = $1", spec.idempotency_key
+                )
+                return TaskRecord.from_row(rows[0]), False
+        if status is Status.QUEUED:
+            self.hub.ready((spec.queue,))
+        else:
+            self.hub.scheduled()
+        return TaskRecord.from_row(rows[0]), True
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        async with self.conn() as c:
+            rows = await c.fetch("SELECT * FROM tasks WHERE id = $1", task_id)
+        if not rows:
+            raise NotFound(task_id)
+        return TaskRecord.from_row(rows[0])
+
+    async def get_attempts(self, task_id: str) -> list[Attempt]:
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT * FROM attempts WHERE task_id = $1 ORDER BY attempt", task_id
+            )
+        return [attempt_from_row(r) for r in rows]
+
+    async def list_tasks(
+        self,
+        *,
+        status: Status | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> list[TaskRecord]:
+        """Tasks newest first; ``cursor`` is the id of the last task of the previous page."""
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("status", status), ("queue", queue), ("name", name)):
+            if value is not None:
+                args.append(str(value))
+                where.append(f"{column} = ${len(args)}")
+        if cursor is not None:
+            args.append(cursor)
+            where.append(f"id < ${len(args)}")
+        args.append(limit)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        async with self.conn() as c:
+            rows = await c.fetch(
+                f"SELECT * FROM tasks {clause}ORDER BY id DESC LIMIT ${len(args)}", *args
+            )
+        return [TaskRecord.from_row(r) for r in rows]
+
+    async def queue_stats(self, now: float) -> list[QueueStats]:
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT queue, status, COUNT(*) AS n, MIN(run_at) AS oldest "
+                "FROM tasks GROUP BY queue, status ORDER BY queue"
+            )
+        stats: dict[str, QueueStats] = {}
+        for row in rows:
+            entry = stats.setdefault(
+                row["queue"],
+                QueueStats(queue=row["queue"], counts={s: 0 for s in Status}, depth=0),
+            )
+            status = Status(row["status"])
+            entry.counts[status] = row["n"]
+            if status is Status.QUEUED:
+                entry.depth = row["n"]
+                entry.oldest_queued_age_seconds = max(0.0, now - row["oldest"])
+        return list(stats.values())
+
+    # -- user actions ------------------------------------------------------------------------
+    async def cancel_task(self, task_id: str, now: float) -> TaskRecord:
+        """Cancel a scheduled, queued, waiting or running task. A running attempt is closed
+        as ``cancelled`` at once and its worker is told to stop."""
+        async with self.tx() as c:
+            current = await self._current(c, task_id)
+            states.check(task_id, current.status, Status.CANCELLED)
+            rows = await c.fetch(
+                "UPDATE tasks SET status = 'cancelled', updated_at = $2, lease_expires_at = NULL "
+                "WHERE id = $1 AND status = $3 RETURNING *",
+                task_id, now, current.status.value,
+            )
+            if current.status is Status.RUNNING:
+                await c.execute(
+                    "UPDATE attempts SET finished_at = $3, outcome = 'cancelled', "
+                    "error = 'cancelled by request' "
+                    "WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL",
+                    task_id, current.attempts, now,
+                )
+        if current.status is Status.RUNNING:
+            self.hub.cancelled(task_id)
+        return TaskRecord.from_row(rows[0])
+
+    async def retry_task(self, task_id: str, now: float) -> TaskRecord:
+        """Send a failed or dead task back to its queue now, granting at least one attempt."""
+        async with self.tx() as c:
+            current = await self._current(c, task_id)
+            if current.status not in states.RETRYABLE:
+                raise states.InvalidTransition(task_id, current.status, Status.QUEUED)
+            rows = await c.fetch(
+                "UPDATE tasks SET status = 'queued', run_at = $2, updated_at = $2, "
+                "max_attempts = CASE WHEN max_attempts > attempts THEN max_attempts "
+                "ELSE attempts + 1 END WHERE id = $1 AND status = $3 RETURNING *",
+                task_id, now, current.status.value,
+            )
+        self.hub.ready((current.queue,))
+        return TaskRecord.from_row(rows[0])
+
+    async def _current(self, c: Conn, task_id: str) -> TaskRecord:
+        rows = await c.fetch(f"SELECT * FROM tasks WHERE id = $1{self.lock_row}", task_id)
+        if not rows:
+            raise NotFound(task_id)
+        return TaskRecord.from_row(rows[0])
+
+    # -- scheduler ---------------------------------------------------------------------------
+    async def promote_due(self, now: float, limit: int = 1000) -> set[str]:
+        """Move due scheduled tasks and due retries to ``queued``; returns the queues touched."""
+        waiting = ", ".join(f"'{s.value}'" for s in states.WAITING)
+        async with self.tx() as c:
+            rows = await c.fetch(
+                f"UPDATE tasks SET status = 'queued', updated_at = $1 WHERE id IN ("
+                f"SELECT id FROM tasks WHERE status IN ({waiting}) AND run_at <= $1 "
+                f"ORDER BY run_at LIMIT $2{self.skip_locked}) RETURNING queue",
+                now, limit,
+            )
+        queues = {r["queue"] for r in rows}
+        if queues:
+            self.hub.ready(queues)
+        return queues
+
+    async def next_due_at(self) -> float | None:
+        """The earliest ``run_at`` among tasks waiting to become due."""
+        waiting = ", ".join(f"'{s.value}'" for s in states.WAITING)
+        async with self.conn() as c:
+            rows = await c.fetch(f"SELECT MIN(run_at) AS t FROM tasks WHERE status IN ({waiting})")
+        value = rows[0]["t"] if rows else None
+        return None if value is None else float(value)
+
+    async def expired_leases(self, now: float, limit: int = 500) -> list[TaskRecord]:
+        """Running tasks whose worker stopped renewing the lease (it crashed or hung)."""
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT * FROM tasks WHERE status = 'running' AND lease_expires_at < $1 "
+                "ORDER BY lease_expires_at LIMIT $2",
+                now, limit,
+            )
+        return [TaskRecord.from_row(r) for r in rows]
+
+    # -- workers -----------------------------------------------------------------------------
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, now: float, lease: float
+    ) -> list[TaskRecord]:
+        """Atomically take up to ``limit`` queued tasks (highest priority, then oldest) and
+        open an attempt for each. No two callers ever get the same attempt."""
+        async with self.tx() as c:
+            rows = await c.fetch(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, worker_id = $1, "
+                "lease_expires_at = $2, updated_at = $3 WHERE id IN ("
+                f"SELECT id FROM tasks WHERE status = 'queued' AND queue {self.in_list('$4')} "
+                f"ORDER BY priority DESC, run_at, id LIMIT $5{self.skip_locked}) RETURNING *",
+                worker_id, now + lease, now, self.list_param(queues), limit,
+            )
+            if rows:
+                await c.executemany(
+                    "INSERT INTO attempts (task_id, attempt, worker_id, started_at) "
+                    "VALUES ($1, $2, $3, $4)",
+                    [(r["id"], r["attempts"], worker_id, now) for r in rows],
+                )
+        tasks = [TaskRecord.from_row(r) for r in rows]
+        tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
+        return tasks
+
+    async def complete(self, completions: Sequence[Completion]) -> None:
+        """Record the end of attempts. Fenced: a report for an attempt that is no longer the
+        task's running attempt (cancelled, or superseded after a lost lease) changes nothing."""
+        if not completions:
+            return
+        async with self.tx() as c:
+            await c.executemany(
+                "UPDATE tasks SET status = $3, run_at = COALESCE($4, run_at), result = $5, "
+                "error = $6, updated_at = $7, lease_expires_at = NULL "
+                "WHERE id = $1 AND attempts = $2 AND status = 'running'",
+                [
+                    (x.task_id, x.attempt, x.status.value, x.next_run_at, dumps(x.result),
+                     x.error, x.finished_at)
+                    for x in completions
+                ],
+            )
+            await c.executemany(
+                "UPDATE attempts SET finished_at = $3, outcome = $4, result = $5, error = $6, "
+                "traceback = $7 WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL",
+                [
+                    (x.task_id, x.attempt, x.finished_at, x.outcome, dumps(x.result), x.error,
+                     x.traceback)
+                    for x in completions
+                ],
+            )
+        if any(x.status is Status.FAILED for x in completions):
+            self.hub.scheduled()
+
+    async def heartbeat(
+        self, worker_id: str, task_ids: Sequence[str], lease_until: float
+    ) -> set[str]:
+        """Extend the leases of a worker's running tasks; returns the ids it no longer owns
+        (cancelled, or reclaimed after the lease ran out), which it should stop."""
+        if not task_ids:
+            return set()
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "UPDATE tasks SET lease_expires_at = $1 WHERE worker_id = $2 "
+                f"AND status = 'running' AND id {self.in_list('$3')} RETURNING id",
+                lease_until, worker_id, self.list_param(task_ids),
+            )
+        return set(task_ids) - {r["id"] for r in rows}
+
+
+@asynccontextmanager
+async def opened(store: Store) -> AsyncIterator[Store]:
+    """Open a store, apply migrations, and close it afterwards."""
+    await store.open()
+    try:
+        await store.migrate()
+        yield store
+    finally:
+        await store.close()

@@ -1,0 +1,174 @@
+"""PostgreSQL store: the distributed mode. A connection pool, ``FOR UPDATE SKIP LOCKED`` claims,
+and a LISTEN connection that turns other processes' notifications into local wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from chronoq.notify import Hub
+from chronoq.store.base import Row, Store, TaskRecord
+
+log = logging.getLogger("chronoq.store")
+
+_MIGRATION_LOCK = 0x6368726F6E6F71  # "chronoq"
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """Strip our own ``?schema=name`` option from a PostgreSQL URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
+    return urlunsplit((scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
+
+
+class _PgConn:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return list(await self._conn.fetch(sql, *args))
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+
+class PostgresStore(Store):
+    """Tasks in PostgreSQL (``postgresql://user@host/db[?schema=name]``)."""
+
+    dialect = "postgresql"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    lock_row = " FOR UPDATE"
+
+    def __init__(
+        self, url: str, hub: Hub | None = None, *, min_size: int = 2, max_size: int = 10,
+        listen: bool = True,
+    ) -> None:
+        super().__init__(hub)
+        self.dsn, self.schema = split_schema(url)
+        self.min_size, self.max_size, self.listen = min_size, max_size, listen
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    def _settings(self) -> dict[str, str]:
+        settings = {"application_name": "chronoq"}
+        if self.schema:
+            settings["search_path"] = self.schema
+        return settings
+
+    async def open(self) -> None:
+        if self.schema:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            finally:
+                await conn.close()
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=self.min_size, max_size=self.max_size,
+            server_settings=self._settings(),
+        )
+        if self.listen:
+            self._listener = await asyncpg.connect(self.dsn, server_settings=self._settings())
+            await self._listener.add_listener("chronoq", self._on_notify)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.hub.dispatch(payload)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def _require(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
+    @asynccontextmanager
+    async def conn(self) -> AsyncIterator[_PgConn]:
+        async with self._require().acquire() as conn:
+            yield _PgConn(conn)
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[_PgConn]:
+        async with self._require().acquire() as conn, conn.transaction():
+            yield _PgConn(conn)
+
+    def in_list(self, placeholder: str) -> str:
+        return f"= ANY({placeholder}::text[])"
+
+    def list_param(self, values: Iterable[str]) -> Any:
+        return list(values)
+
+    async def applied_migrations(self) -> set[int]:
+        async with self.tx() as c:
+            await c.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await c.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                "applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            rows = await c.fetch("SELECT version FROM schema_migrations")
+        return {r["version"] for r in rows}
+
+    async def apply_migration(self, version: int, name: str, sql: str) -> None:
+        async with self._require().acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", version):
+                return
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, time.time()
+            )
+
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, now: float, lease: float
+    ) -> list[TaskRecord]:
+        """One round trip: pick, mark running and open the attempts in a single statement."""
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "WITH picked AS (SELECT id FROM tasks WHERE status = 'queued' "
+                "AND queue = ANY($4::text[]) ORDER BY priority DESC, run_at, id "
+                "LIMIT $5 FOR UPDATE SKIP LOCKED), "
+                "claimed AS (UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, "
+                "worker_id = $1, lease_expires_at = $2, updated_at = $3 FROM picked "
+                "WHERE t.id = picked.id RETURNING t.*), "
+                "opened AS (INSERT INTO attempts (task_id, attempt, worker_id, started_at) "
+                "SELECT id, attempts, $1, $3 FROM claimed) "
+                "SELECT * FROM claimed",
+                worker_id, now + lease, now, list(queues), limit,
+            )
+        tasks = [TaskRecord.from_row(r) for r in rows]
+        tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
+        return tasks
+
+
+async def wait_until_ready(url: str, timeout: float = 30.0) -> None:
+    """Wait for PostgreSQL to accept connections (used by process start-up)."""
+    dsn, _ = split_schema(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            await conn.close()
+            return
+        except (OSError, asyncpg.PostgresError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("waiting for PostgreSQL: %s", exc)
+            await asyncio.sleep(1)
