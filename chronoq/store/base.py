@@ -117,6 +117,25 @@ class Completion:
     traceback: str | None = None
 
 
+    @classmethod
+    def success(cls, task: TaskRecord, now: float, result: Any) -> Completion:
+        return cls(task.id, task.attempts, "succeeded", now, Status.SUCCEEDED, result=result)
+
+    @classmethod
+    def failure(
+        cls, task: TaskRecord, now: float, outcome: Outcome, error: str,
+        traceback: str | None = None, *, retry_now: bool = False,
+    ) -> Completion:
+        """A failed attempt: retried after the task's backoff, or ``dead`` when it was the last."""
+        status = states.after_failure(task.attempts, task.max_attempts)
+        next_run_at = None
+        if status is Status.FAILED:
+            delay = 0.0 if retry_now else task.backoff.policy().delay(task.attempts)
+            next_run_at = now + delay
+        return cls(task.id, task.attempts, outcome, now, status, next_run_at, None, error,
+                   traceback)
+
+
 def attempt_from_row(row: Row) -> Attempt:
     return Attempt(
         attempt=row["attempt"], worker_id=row["worker_id"],
@@ -341,8 +360,9 @@ class Store(abc.ABC):
         return TaskRecord.from_row(rows[0])
 
     # -- scheduler ---------------------------------------------------------------------------
-    async def promote_due(self, now: float, limit: int = 1000) -> set[str]:
-        """Move due scheduled tasks and due retries to ``queued``; returns the queues touched."""
+    async def promote_due(self, now: float, limit: int = 1000) -> list[str]:
+        """Move due scheduled tasks and due retries to ``queued``; returns each moved task's
+        queue (so ``len()`` is the number moved)."""
         waiting = ", ".join(f"'{s.value}'" for s in states.WAITING)
         async with self.tx() as c:
             rows = await c.fetch(
@@ -351,9 +371,9 @@ class Store(abc.ABC):
                 f"ORDER BY run_at LIMIT $2{self.skip_locked}) RETURNING queue",
                 now, limit,
             )
-        queues = {r["queue"] for r in rows}
+        queues = [r["queue"] for r in rows]
         if queues:
-            self.hub.ready(queues)
+            self.hub.ready(set(queues))
         return queues
 
     async def next_due_at(self) -> float | None:

@@ -1,0 +1,23 @@
+"""chronoq: a distributed task scheduler. One-time and recurring work, durable and fast."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from chronoq.app import App, TaskFunction
+from chronoq.executors import TaskContext, TaskFailed, current_task
+from chronoq.models import BackoffSpec, Task, TaskCreate
+from chronoq.states import Status
+
+__all__ = [
+    "App",
+    "BackoffSpec",
+    "Status",
+    "Task",
+    "TaskContext",
+    "TaskCreate",
+    "TaskFailed",
+    "TaskFunction",
+    "__version__",
+    "current_task",
+]

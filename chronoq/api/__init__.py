@@ -1,0 +1,40 @@
+"""The REST API (FastAPI). :func:`create_api` builds it around a :class:`chronoq.App`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from chronoq import __version__
+from chronoq.api import errors, health, tasks
+from chronoq.app import App
+
+
+def create_api(app: App) -> FastAPI:
+    """The HTTP API for ``app``. Opens the app's store on start-up unless it is open already
+    (``chronoq dev`` shares one open store between API, scheduler and workers)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        owned = not app.is_open
+        if owned:
+            await app.open()
+        try:
+            yield
+        finally:
+            if owned:
+                await app.close()
+
+    api = FastAPI(
+        title="chronoq",
+        version=__version__,
+        description="Schedule one-time tasks, run them on workers, see every attempt.",
+        lifespan=lifespan,
+    )
+    api.state.chronoq = app
+    errors.install(api)
+    api.include_router(tasks.router)
+    api.include_router(health.router)
+    return api

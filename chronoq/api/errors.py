@@ -1,0 +1,82 @@
+"""One error shape for every 4xx/5xx: ``{"error": {"code", "message", "details": [...]}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chronoq.models import ErrorResponse
+from chronoq.states import InvalidTransition
+from chronoq.store import NotFound
+
+
+class ApiError(Exception):
+    """Raise from a route to answer with a given status and message."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def error_response(status: int, code: str, message: str,
+                   details: list[dict[str, Any]] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details or []}}, status
+    )
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = []
+    for err in exc.errors():
+        message = str(err.get("msg", "invalid"))
+        if err.get("type") == "json_invalid":
+            message = f"request body is not valid JSON: {err.get('ctx', {}).get('error', '')}"
+        details.append({"field": _field(tuple(err.get("loc", ()))), "message": message})
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return error_response(422, "validation_error", summary or "invalid request", details)
+
+
+def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    details = [{"field": exc.field, "message": exc.message}] if exc.field else []
+    return error_response(exc.status, exc.code, exc.message, details)
+
+
+def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(404, "not_found", f"no task with id {exc.args[0]}")
+
+
+def _conflict(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(409, "invalid_transition", str(exc))
+
+
+def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+def install(api: FastAPI) -> None:
+    api.add_exception_handler(RequestValidationError, _validation)
+    api.add_exception_handler(ApiError, _api_error)
+    api.add_exception_handler(NotFound, _not_found)
+    api.add_exception_handler(InvalidTransition, _conflict)
+    api.add_exception_handler(StarletteHTTPException, _http)
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error codes a route may return."""
+    text = {400: "Bad request", 404: "Unknown id", 409: "Not allowed in the task's status",
+            413: "Payload too large", 422: "Invalid input (the message names the field)",
+            503: "Store unavailable"}
+    return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}

@@ -1,0 +1,103 @@
+"""``/v1/tasks`` and ``/v1/queues``: submit, list, inspect, cancel and retry tasks."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from chronoq.api.errors import ApiError, responses
+from chronoq.app import App
+from chronoq.ids import is_id
+from chronoq.models import QueueStats, Task, TaskCreate, TaskPage
+from chronoq.states import Status
+from chronoq.store.base import dumps
+
+router = APIRouter(prefix="/v1", tags=["tasks"])
+
+
+def get_app(request: Request) -> App:
+    app: App = request.app.state.chronoq
+    return app
+
+
+AppDep = Annotated[App, Depends(get_app)]
+TaskId = Annotated[str, Path(description="task id (a UUID)", max_length=64)]
+
+
+def _check_id(task_id: str, field: str = "task_id") -> str:
+    if not is_id(task_id):
+        raise ApiError(422, "bad_id", f"{task_id!r} is not a task id (expected a lower-case "
+                       "UUID such as 01890a5d-ac96-774b-bcce-b302099a8057)", field)
+    return task_id
+
+
+@router.post(
+    "/tasks", status_code=201, response_model=Task,
+    responses={200: {"model": Task, "description": "A task with this idempotency_key existed"},
+               **responses(413, 422)},
+    summary="Submit a task",
+)
+async def create_task(spec: TaskCreate, app: AppDep, response: Response) -> Task:
+    """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
+    same `idempotency_key` again returns the first task (status 200) instead of a copy."""
+    size = len(dumps(spec.payload))
+    limit = app.settings.max_payload_bytes
+    if size > limit:
+        raise ApiError(413, "payload_too_large",
+                       f"payload is {size} bytes of JSON; the limit is {limit}", "payload")
+    record, created = await app.store.create_task(spec, time.time())
+    if not created:
+        response.status_code = 200
+    return record.to_api()
+
+
+@router.get("/tasks", response_model=TaskPage, responses=responses(422), summary="List tasks")
+async def list_tasks(
+    app: AppDep,
+    status: Annotated[Status | None, Query(description="only tasks in this status")] = None,
+    queue: Annotated[str | None, Query(max_length=100)] = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
+                                        max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> TaskPage:
+    """Newest first. `status=dead` lists the dead-letter queue."""
+    if cursor is not None:
+        _check_id(cursor, "cursor")
+    records = await app.store.list_tasks(status=status, queue=queue, name=name, cursor=cursor,
+                                         limit=limit + 1)
+    more = len(records) > limit
+    records = records[:limit]
+    return TaskPage(items=[r.to_api() for r in records],
+                    next_cursor=records[-1].id if more else None)
+
+
+@router.get("/tasks/{task_id}", response_model=Task, responses=responses(404, 422),
+            summary="Get a task with its attempts")
+async def get_task(task_id: TaskId, app: AppDep) -> Task:
+    record = await app.store.get_task(_check_id(task_id))
+    return record.to_api(await app.store.get_attempts(task_id))
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=Task, responses=responses(404, 409, 422),
+             summary="Cancel a task")
+async def cancel_task(task_id: TaskId, app: AppDep) -> Task:
+    """Scheduled, queued and waiting tasks never run; a running task is stopped."""
+    record = await app.store.cancel_task(_check_id(task_id), time.time())
+    return record.to_api()
+
+
+@router.post("/tasks/{task_id}/retry", response_model=Task, responses=responses(404, 409, 422),
+             summary="Retry a failed or dead task now")
+async def retry_task(task_id: TaskId, app: AppDep) -> Task:
+    """Send a task from the dead-letter queue (or waiting for its backoff) back to the queue."""
+    record = await app.store.retry_task(_check_id(task_id), time.time())
+    return record.to_api()
+
+
+@router.get("/queues", response_model=list[QueueStats], tags=["queues"],
+            summary="Depth and status counts per queue")
+async def list_queues(app: AppDep) -> list[QueueStats]:
+    return await app.store.queue_stats(time.time())

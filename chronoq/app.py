@@ -1,0 +1,211 @@
+"""``chronoq.App``: register handlers with ``@app.task`` and submit work from Python."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from chronoq.config import Settings
+from chronoq.executors import Executor, PythonExecutor
+from chronoq.models import BackoffSpec, Task, TaskCreate
+from chronoq.notify import Hub
+from chronoq.store import Store, create_store
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class TaskFunction(Generic[P, R]):
+    """A registered handler. Call it to run it here and now; ``delay``/``schedule`` to queue it.
+
+    Payloads are JSON objects, so handlers take keyword arguments.
+    """
+
+    def __init__(self, app: App, name: str, fn: Callable[P, R], defaults: dict[str, Any]):
+        self.app, self.name, self.fn, self.defaults = app, name, fn, defaults
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def spec(self, payload: dict[str, Any], **options: Any) -> TaskCreate:
+        """The submission for ``payload`` with this handler's defaults and ``options``."""
+        return TaskCreate(name=self.name, payload=payload, **{**self.defaults, **options})
+
+    def options(self, **options: Any) -> _Configured:
+        """Override queue, priority, idempotency_key, max_attempts… for one submission."""
+        return _Configured(self, options)
+
+    def delay(self, **payload: Any) -> Task:
+        """Queue the task to run now (blocking call, for sync code)."""
+        return self.app.run_sync(self.app.submit(self.spec(payload)))
+
+    def schedule(self, at: datetime | float, **payload: Any) -> Task:
+        """Queue the task to run at ``at`` (aware datetime) or after ``at`` seconds."""
+        return self.app.run_sync(self.app.submit(_at(self.spec(payload), at)))
+
+    async def adelay(self, **payload: Any) -> Task:
+        """``delay`` for async code."""
+        return await self.app.submit(self.spec(payload))
+
+    async def aschedule(self, at: datetime | float, **payload: Any) -> Task:
+        """``schedule`` for async code."""
+        return await self.app.submit(_at(self.spec(payload), at))
+
+
+class _Configured:
+    def __init__(self, fn: TaskFunction[Any, Any], options: dict[str, Any]) -> None:
+        self.fn, self.opts = fn, options
+
+    def delay(self, **payload: Any) -> Task:
+        return self.fn.app.run_sync(self.fn.app.submit(self.fn.spec(payload, **self.opts)))
+
+    async def adelay(self, **payload: Any) -> Task:
+        return await self.fn.app.submit(self.fn.spec(payload, **self.opts))
+
+    def schedule(self, at: datetime | float, **payload: Any) -> Task:
+        spec = _at(self.fn.spec(payload, **self.opts), at)
+        return self.fn.app.run_sync(self.fn.app.submit(spec))
+
+
+def _at(spec: TaskCreate, at: datetime | float) -> TaskCreate:
+    if isinstance(at, datetime):
+        return spec.model_copy(update={"run_at": at, "delay_seconds": None})
+    return spec.model_copy(update={"delay_seconds": float(at), "run_at": None})
+
+
+class App:
+    """Your handlers plus a connection to the store.
+
+    >>> app = chronoq.App()                      # reads CHRONOQ_DATABASE_URL
+    >>> @app.task("send_email", max_attempts=5)
+    ... async def send_email(to: str) -> None: ...
+    >>> send_email.delay(to="ada@example.com")
+    """
+
+    def __init__(self, database_url: str | None = None, *, settings: Settings | None = None):
+        self.settings = settings or Settings()
+        if database_url is not None:
+            self.settings = self.settings.model_copy(update={"database_url": database_url})
+        self.tasks: dict[str, TaskFunction[Any, Any]] = {}
+        self.hub = Hub()
+        self._store: Store | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._portal: _Portal | None = None
+
+    # -- handlers ----------------------------------------------------------------------------
+    def task(
+        self, name: str | None = None, *, queue: str = "default", priority: int = 0,
+        max_attempts: int = 3, timeout: float | None = None,
+        backoff: BackoffSpec | dict[str, float] | None = None,
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
+        """Register a sync or async function as the handler for task ``name``."""
+
+        def register(fn: Callable[P, R]) -> TaskFunction[P, R]:
+            task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+            defaults: dict[str, Any] = {"queue": queue, "priority": priority,
+                                        "max_attempts": max_attempts, "timeout_seconds": timeout}
+            if backoff is not None:
+                defaults["backoff"] = BackoffSpec.model_validate(backoff)
+            wrapped = TaskFunction(self, task_name, fn, defaults)
+            self.tasks[task_name] = wrapped
+            return wrapped
+
+        return register
+
+    def executors(self) -> dict[str, Executor]:
+        """An executor per registered Python handler."""
+        return {name: PythonExecutor(t.fn) for name, t in self.tasks.items()}
+
+    # -- store -------------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("App is not open: use `async with app:` or `await app.open()`")
+        return self._store
+
+    @property
+    def is_open(self) -> bool:
+        return self._store is not None
+
+    async def open(self) -> None:
+        """Connect to the store and apply pending migrations."""
+        if self._store is not None:
+            return
+        store = create_store(self.settings.database_url, self.hub)
+        await store.open()
+        try:
+            await store.migrate()
+        except BaseException:
+            await store.close()
+            raise
+        self._store = store
+        self._loop = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+            self._loop = None
+        if self._portal is not None:
+            self._portal.stop()
+            self._portal = None
+
+    async def __aenter__(self) -> App:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def submit(self, spec: TaskCreate) -> Task:
+        """Insert a task (idempotently, when it has a key) and wake whoever should run it."""
+        record, _ = await self.store.create_task(spec, time.time())
+        return record.to_api()
+
+    # -- sync bridge -------------------------------------------------------------------------
+    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of this app from sync code: on the app's loop when it is open in
+        another thread (e.g. inside a sync handler), else on a private background loop."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self._loop is not None and running is self._loop:
+            coro.close()
+            raise RuntimeError("inside async code use `await task.adelay(...)`")
+        if self._loop is not None and self._store is not None:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        if self._portal is None:
+            self._portal = _Portal(self)
+        return self._portal.call(coro)
+
+
+class _Portal:
+    """A background thread with its own loop and store, for sync callers of a closed App."""
+
+    def __init__(self, app: App) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                       name="chronoq-portal")
+        self.thread.start()
+        self.app = app
+        self.opened = False
+
+    def call(self, coro: Awaitable[T]) -> T:
+        async def runner() -> T:
+            if not self.opened:
+                await self.app.open()
+                self.opened = True
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(runner(), self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)

@@ -1,0 +1,390 @@
+"""The ``chronoq`` command: run components, submit and inspect tasks, manage the database."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import re
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+import orjson
+
+from chronoq import __version__
+from chronoq.app import App
+from chronoq.client import Client, ClientError
+from chronoq.config import Settings
+
+log = logging.getLogger("chronoq")
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``5m``, ``1h30m``, ``2d`` → seconds."""
+    text = text.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise click.BadParameter(f"{text!r} is not a duration; try 30s, 5m, 1h30m or 2d")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def load_app(settings: Settings) -> App:
+    """Import ``settings.app`` (``module:attribute``) or make an empty App."""
+    if not settings.app:
+        return App(settings=settings)
+    module_name, _, attr = settings.app.partition(":")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.UsageError(f"cannot import --app {settings.app!r}: {exc}") from None
+    app = getattr(module, attr or "app", None)
+    if not isinstance(app, App):
+        raise click.UsageError(f"--app {settings.app!r} is not a chronoq.App")
+    app.settings = settings
+    return app
+
+
+def make_settings(**overrides: Any) -> Settings:
+    return Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+# -- common options -----------------------------------------------------------------------------
+db_option = click.option("--database-url", envvar="CHRONOQ_DATABASE_URL",
+                         help="sqlite:///path or postgresql://user@host/db "
+                              "[env CHRONOQ_DATABASE_URL; default sqlite:///chronoq.db]")
+app_option = click.option("--app", "app_path", envvar="CHRONOQ_APP",
+                          help="module:attribute of your chronoq.App, whose @app.task "
+                               "handlers the workers run [env CHRONOQ_APP]")
+url_option = click.option("--url", envvar="CHRONOQ_URL", default="http://127.0.0.1:8000",
+                          show_default=True, help="chronoq API address [env CHRONOQ_URL]")
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+log_option = click.option("--log-level", envvar="CHRONOQ_LOG_LEVEL", default="info",
+                          show_default=True,
+                          type=click.Choice(["debug", "info", "warning", "error"]))
+
+
+def worker_options(fn: Any) -> Any:
+    fn = click.option("--queues", "-q", default=None,
+                      help="comma-separated queues to serve [default: default]")(fn)
+    fn = click.option("--concurrency", "-c", type=int, default=None,
+                      help="tasks run at once [default 8]")(fn)
+    fn = click.option("--shell-allow", default=None,
+                      help="comma-separated programs the chronoq.shell executor may run "
+                           "(off unless given)")(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="chronoq")
+def main() -> None:
+    """chronoq — schedule tasks, run them on workers, never lose one.
+
+    Start everything in one process with `chronoq dev --demo`, then try
+    `chronoq submit demo.add --payload '{"a": 1, "b": 2}'` and `chronoq tasks ls`.
+    """
+
+
+# -- running ----------------------------------------------------------------------------------
+def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
+         demo: bool = False, banner: bool = False) -> None:
+    from chronoq import demo as demo_module
+    from chronoq.runner import Components, Runner
+
+    setup_logging(settings.log_level)
+    app = load_app(settings)
+    if demo:
+        demo_module.register(app)
+    components = Components(api=api, scheduler=scheduler, worker=worker,
+                            queues=settings.queue_list(), concurrency=settings.concurrency,
+                            shell_allow=settings.shell_allow_list())
+
+    async def started(runner: Runner) -> None:
+        if banner:
+            url = f"http://{settings.host}:{settings.port}"
+            handlers = ", ".join(sorted(runner.executors())) or "none"
+            click.echo(
+                f"\nchronoq {__version__} dev is running\n"
+                f"  API       {url}   (interactive docs: {url}/docs)\n"
+                f"  database  {settings.database_url}\n"
+                f"  workers   {settings.concurrency} slots on queues {settings.queues}\n"
+                f"  handlers  {handlers}\n"
+                f"  try       chronoq submit demo.add --payload '{{\"a\": 1, \"b\": 2}}'"
+                f" && chronoq tasks ls\n"
+                f"  stop      Ctrl+C\n", err=True)
+        if demo:
+            await demo_module.submit(app)
+
+    try:
+        asyncio.run(Runner(app, components).run(started))
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@db_option
+@app_option
+@worker_options
+@click.option("--host", default=None, help="API address [default 127.0.0.1]")
+@click.option("--port", "-p", type=int, default=None, help="API port [default 8000]")
+@click.option("--demo", is_flag=True, help="register demo.* handlers and submit sample tasks")
+@log_option
+def dev(database_url: str | None, app_path: str | None, queues: str | None,
+        concurrency: int | None, shell_allow: str | None, host: str | None,
+        port: int | None, demo: bool, log_level: str) -> None:
+    """Run API + scheduler + workers in one process (SQLite by default: no server needed)."""
+    settings = make_settings(database_url=database_url, app=app_path, queues=queues,
+                             concurrency=concurrency, shell_allow=shell_allow, host=host,
+                             port=port, log_level=log_level)
+    _run(settings, api=True, scheduler=True, worker=True, demo=demo, banner=True)
+
+
+@main.command()
+@db_option
+@click.option("--host", default=None, help="address to listen on [default 127.0.0.1]")
+@click.option("--port", "-p", type=int, default=None, help="port [default 8000]")
+@log_option
+def api(database_url: str | None, host: str | None, port: int | None, log_level: str) -> None:
+    """Run the REST API only."""
+    settings = make_settings(database_url=database_url, host=host, port=port,
+                             log_level=log_level)
+    _run(settings, api=True, scheduler=False, worker=False)
+
+
+@main.command()
+@db_option
+@log_option
+def scheduler(database_url: str | None, log_level: str) -> None:
+    """Run the scheduler only: makes scheduled tasks due, rescues tasks of dead workers."""
+    _run(make_settings(database_url=database_url, log_level=log_level), api=False,
+         scheduler=True, worker=False)
+
+
+@main.command()
+@db_option
+@app_option
+@worker_options
+@log_option
+def worker(database_url: str | None, app_path: str | None, queues: str | None,
+           concurrency: int | None, shell_allow: str | None, log_level: str) -> None:
+    """Run a worker: claims tasks from QUEUES and runs up to CONCURRENCY at once."""
+    settings = make_settings(database_url=database_url, app=app_path, queues=queues,
+                             concurrency=concurrency, shell_allow=shell_allow,
+                             log_level=log_level)
+    _run(settings, api=False, scheduler=False, worker=True)
+
+
+@main.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@db_option
+def db_upgrade(database_url: str | None) -> None:
+    """Apply pending schema migrations (the other commands do this on start too)."""
+    from chronoq.store import create_store
+
+    settings = make_settings(database_url=database_url)
+
+    async def upgrade() -> list[int]:
+        store = create_store(settings.database_url)
+        await store.open()
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    applied = asyncio.run(upgrade())
+    click.echo(f"applied migrations {applied}" if applied else "schema is up to date")
+
+
+# -- tasks ------------------------------------------------------------------------------------
+def _client_call(url: str, fn: Any) -> Any:
+    with Client(url) as client:
+        try:
+            return fn(client)
+        except ClientError as exc:
+            raise click.ClickException(exc.message) from None
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def _when(value: str | None) -> str:
+    if not value:
+        return "-"
+    return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _show_task(task: dict[str, Any]) -> None:
+    fields = [
+        ("id", task["id"]), ("name", task["name"]), ("status", task["status"]),
+        ("queue", task["queue"]), ("priority", str(task["priority"])),
+        ("run at", _when(task["run_at"])), ("created", _when(task["created_at"])),
+        ("attempts", f"{task['attempts']}/{task['max_attempts']}"),
+        ("payload", orjson.dumps(task["payload"]).decode()),
+    ]
+    if task.get("result") is not None:
+        fields.append(("result", orjson.dumps(task["result"]).decode()))
+    if task.get("error"):
+        fields.append(("error", task["error"]))
+    for key, value in fields:
+        click.echo(f"{key:>9}  {value}")
+    history = task.get("attempt_history") or []
+    if history:
+        click.echo()
+        rows = []
+        for a in history:
+            duration = "-"
+            if a["finished_at"]:
+                seconds = (datetime.fromisoformat(a["finished_at"])
+                           - datetime.fromisoformat(a["started_at"])).total_seconds()
+                duration = f"{seconds:.3f}s"
+            rows.append([str(a["attempt"]), a["worker_id"], _when(a["started_at"]), duration,
+                         a["outcome"] or "running", (a["error"] or "")[:80]])
+        click.echo(_table(rows, ["#", "worker", "started", "took", "outcome", "error"]))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--payload", "-d", default="{}", help="JSON object passed to the handler")
+@click.option("--at", "run_at", help="run at this ISO 8601 time (e.g. 2030-01-01T09:00:00Z)")
+@click.option("--in", "delay", help="run after this delay (30s, 5m, 1h30m)")
+@click.option("--queue", "-q", default="default", show_default=True)
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="higher runs first within its queue")
+@click.option("--max-attempts", type=int, default=3, show_default=True)
+@click.option("--timeout", help="fail an attempt running longer than this (30s, 5m)")
+@click.option("--idempotency-key", help="submitting the same key twice creates one task")
+@url_option
+@json_option
+def submit(name: str, payload: str, run_at: str | None, delay: str | None, queue: str,
+           priority: int, max_attempts: int, timeout: str | None,
+           idempotency_key: str | None, url: str, as_json: bool) -> None:
+    """Submit task NAME (runs now unless --at or --in)."""
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    if run_at and delay:
+        raise click.UsageError("give --at or --in, not both")
+    spec: dict[str, Any] = {"name": name, "payload": body, "queue": queue,
+                            "priority": priority, "max_attempts": max_attempts}
+    if run_at:
+        spec["run_at"] = run_at
+    if delay:
+        spec["delay_seconds"] = parse_duration(delay)
+    if timeout:
+        spec["timeout_seconds"] = parse_duration(timeout)
+    if idempotency_key:
+        spec["idempotency_key"] = idempotency_key
+    task = _client_call(url, lambda c: c.submit(spec))
+    if as_json:
+        _echo_json(task)
+    else:
+        click.echo(f"{task['id']}  {task['name']}  {task['status']}  "
+                   f"run at {_when(task['run_at'])}")
+
+
+@main.group()
+def tasks() -> None:
+    """List, inspect, cancel and retry tasks."""
+
+
+@tasks.command("ls")
+@click.option("--status", "-s", help="scheduled, queued, running, succeeded, failed, dead, "
+                                     "cancelled (dead = the dead-letter queue)")
+@click.option("--queue", "-q")
+@click.option("--name", "-n")
+@click.option("--limit", "-l", type=int, default=20, show_default=True)
+@click.option("--cursor", help="next_cursor from a previous page")
+@url_option
+@json_option
+def tasks_ls(status: str | None, queue: str | None, name: str | None, limit: int,
+             cursor: str | None, url: str, as_json: bool) -> None:
+    """List tasks, newest first."""
+    page = _client_call(url, lambda c: c.list_tasks(status=status, queue=queue, name=name,
+                                                    limit=limit, cursor=cursor))
+    if as_json:
+        _echo_json(page)
+        return
+    rows = [[t["id"], t["name"], t["status"], t["queue"], str(t["priority"]),
+             f"{t['attempts']}/{t['max_attempts']}", _when(t["run_at"])] for t in page["items"]]
+    click.echo(_table(rows, ["id", "name", "status", "queue", "prio", "tries", "run at"]))
+    if page.get("next_cursor"):
+        click.echo(f"more: chronoq tasks ls --cursor {page['next_cursor']}")
+
+
+@tasks.command("get")
+@click.argument("task_id")
+@url_option
+@json_option
+def tasks_get(task_id: str, url: str, as_json: bool) -> None:
+    """Show one task with every attempt."""
+    task = _client_call(url, lambda c: c.get_task(task_id))
+    _echo_json(task) if as_json else _show_task(task)
+
+
+@tasks.command("cancel")
+@click.argument("task_id")
+@url_option
+@json_option
+def tasks_cancel(task_id: str, url: str, as_json: bool) -> None:
+    """Cancel a scheduled, queued or running task."""
+    task = _client_call(url, lambda c: c.cancel(task_id))
+    _echo_json(task) if as_json else click.echo(f"{task['id']}  {task['status']}")
+
+
+@tasks.command("retry")
+@click.argument("task_id")
+@url_option
+@json_option
+def tasks_retry(task_id: str, url: str, as_json: bool) -> None:
+    """Send a failed or dead task back to its queue now."""
+    task = _client_call(url, lambda c: c.retry(task_id))
+    _echo_json(task) if as_json else click.echo(f"{task['id']}  {task['status']}")
+
+
+@main.command()
+@url_option
+@json_option
+def queues(url: str, as_json: bool) -> None:
+    """Depth and status counts per queue."""
+    stats = _client_call(url, lambda c: c.queues())
+    if as_json:
+        _echo_json(stats)
+        return
+    statuses = ["scheduled", "queued", "running", "succeeded", "failed", "dead", "cancelled"]
+    rows = [[q["queue"], *(str(q["counts"].get(s, 0)) for s in statuses)] for q in stats]
+    click.echo(_table(rows, ["queue", *statuses]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""A small synchronous HTTP client for the chronoq API (used by the CLI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class ClientError(Exception):
+    """The API refused a request; ``message`` is its explanation."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
+class Client:
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 10.0) -> None:
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ClientError(0, f"cannot reach the chronoq API at {self.http.base_url}: "
+                              f"{exc} (is `chronoq dev` or `chronoq api` running?)") from None
+        if response.is_error:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text
+            raise ClientError(response.status_code, message)
+        return response.json()
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", "/v1/tasks", json=spec)
+        return result
+
+    def list_tasks(self, **filters: Any) -> dict[str, Any]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        result: dict[str, Any] = self._request("GET", "/v1/tasks", params=params)
+        return result
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/v1/tasks/{task_id}")
+        return result
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", f"/v1/tasks/{task_id}/cancel")
+        return result
+
+    def retry(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", f"/v1/tasks/{task_id}/retry")
+        return result
+
+    def queues(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._request("GET", "/v1/queues")
+        return result

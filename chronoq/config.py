@@ -1,0 +1,36 @@
+"""Settings, read from ``CHRONOQ_*`` environment variables; command-line flags override them."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob in one place. The README's configuration table lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="CHRONOQ_", extra="ignore")
+
+    database_url: str = Field("sqlite:///chronoq.db",
+                              description="sqlite:///path or postgresql://user@host/db")
+    host: str = Field("127.0.0.1", description="address the API listens on")
+    port: int = Field(8000, description="port the API listens on")
+    url: str = Field("http://127.0.0.1:8000", description="API address the CLI talks to")
+    app: str | None = Field(None, description="module:attribute of your chronoq.App (handlers)")
+    queues: str = Field("default", description="comma-separated queues a worker serves")
+    concurrency: int = Field(8, ge=1, le=10_000, description="tasks a worker runs at once")
+    lease_seconds: float = Field(30.0, gt=0, description="a running task without a heartbeat "
+                                 "for this long is retried elsewhere")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="how often workers renew leases")
+    poll_seconds: float = Field(1.0, gt=0, description="longest sleep between store checks "
+                                "when no wake-up arrives")
+    max_payload_bytes: int = Field(256 * 1024, gt=0, description="largest accepted payload")
+    shell_allow: str = Field("", description="comma-separated programs the shell executor may "
+                             "run (empty: shell executor disabled)")
+    log_level: str = Field("info", description="debug, info, warning, error")
+
+    def queue_list(self) -> list[str]:
+        return [q.strip() for q in self.queues.split(",") if q.strip()]
+
+    def shell_allow_list(self) -> list[str]:
+        return [c.strip() for c in self.shell_allow.split(",") if c.strip()]

@@ -1,0 +1,132 @@
+"""Run chronoq components — API, scheduler, workers — in one process until a signal.
+
+``chronoq dev`` runs all three on one open store (in-process wake-ups, no polling);
+``chronoq api|scheduler|worker`` run one each, for distributed deployments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from chronoq.api import create_api
+from chronoq.app import App
+from chronoq.executors import Executor
+from chronoq.scheduler import Scheduler
+from chronoq.worker import Worker, builtin_executors
+
+log = logging.getLogger("chronoq")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the runner stops everything together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass
+class Components:
+    api: bool = True
+    scheduler: bool = True
+    worker: bool = True
+    queues: list[str] = field(default_factory=lambda: ["default"])
+    concurrency: int = 8
+    shell_allow: list[str] = field(default_factory=list)
+    worker_id: str | None = None
+    drain_seconds: float = 30.0
+
+
+class Runner:
+    """Owns the components' lifecycles: start together, stop together on SIGINT/SIGTERM."""
+
+    def __init__(self, app: App, components: Components) -> None:
+        self.app = app
+        self.components = components
+        self.server: _Server | None = None
+        self.scheduler: Scheduler | None = None
+        self.worker: Worker | None = None
+        self.started = asyncio.Event()
+        self._stop_requested = False
+
+    def executors(self) -> dict[str, Executor]:
+        return {**builtin_executors(self.components.shell_allow), **self.app.executors()}
+
+    def stop(self) -> None:
+        if self._stop_requested and self.server is not None:
+            self.server.force_exit = True
+        self._stop_requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.worker is not None:
+            self.worker.stop()
+
+    async def run(self, on_started: Callable[[Runner], Awaitable[None]] | None = None) -> None:
+        settings = self.app.settings
+        await self.app.open()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        jobs: list[asyncio.Task[None]] = []
+        try:
+            if self.components.scheduler:
+                self.scheduler = Scheduler(self.app.store, poll_seconds=settings.poll_seconds)
+                jobs.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+            if self.components.worker:
+                self.worker = Worker(
+                    self.app.store, self.executors(), queues=self.components.queues,
+                    concurrency=self.components.concurrency,
+                    worker_id=self.components.worker_id,
+                    lease_seconds=settings.lease_seconds,
+                    heartbeat_seconds=settings.heartbeat_seconds,
+                    poll_seconds=settings.poll_seconds,
+                )
+                jobs.append(asyncio.create_task(
+                    self.worker.run(self.components.drain_seconds), name="worker"))
+            if self.components.api:
+                config = uvicorn.Config(create_api(self.app), host=settings.host,
+                                        port=settings.port, log_level="warning",
+                                        access_log=False)
+                self.server = _Server(config)
+                jobs.append(asyncio.create_task(self.server.serve(), name="api"))
+                while not self.server.started and not jobs[-1].done():
+                    await asyncio.sleep(0.01)
+                if jobs[-1].done():
+                    jobs[-1].result()  # re-raise a bind error
+            self.started.set()
+            if on_started is not None:
+                await on_started(self)
+            if self._stop_requested:
+                self.stop()
+            await _gather_or_fail(jobs, self.stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            await self.app.close()
+
+
+async def _gather_or_fail(jobs: Iterable[asyncio.Task[None]], stop: Callable[[], None]) -> None:
+    """Wait for every job; if one crashes, stop the others and re-raise."""
+    pending = set(jobs)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for job in done:
+            if not job.cancelled() and job.exception() is not None:
+                log.error("%s crashed: %r; stopping", job.get_name(), job.exception())
+                stop()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise job.exception()  # type: ignore[misc]

@@ -1,0 +1,88 @@
+"""The scheduler: makes waiting tasks due on time and rescues tasks from dead workers.
+
+It sleeps until the earliest ``run_at`` among scheduled tasks and retries (never longer
+than ``poll_seconds``), and is woken at once when a task is scheduled for earlier. Each
+round it promotes every due task to ``queued`` (which wakes the workers) and fails the
+attempts whose lease expired, so they are retried elsewhere. Promotion is a conditional
+UPDATE, so several schedulers side by side never run a task twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from chronoq.store import Completion, Store
+
+log = logging.getLogger("chronoq.scheduler")
+
+
+class Scheduler:
+    def __init__(
+        self, store: Store, *, poll_seconds: float = 1.0, reap_seconds: float = 1.0,
+        batch: int = 1000,
+    ) -> None:
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self.reap_seconds = reap_seconds
+        self.batch = batch
+        self.promoted = 0
+        self.reaped = 0
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        wake = self.store.hub.schedule_event()
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        next_reap = 0.0
+        log.info("scheduler started")
+        try:
+            while not self._stopping.is_set():
+                wake.clear()
+                try:
+                    now = time.time()
+                    moved = await self.store.promote_due(now, self.batch)
+                    self.promoted += len(moved)
+                    if len(moved) >= self.batch:
+                        continue  # more are due: no sleep
+                    if now >= next_reap:
+                        await self.reap(now)
+                        next_reap = now + self.reap_seconds
+                    due = await self.store.next_due_at()
+                except Exception:
+                    log.exception("scheduler round failed; retrying in %.1fs", self.poll_seconds)
+                    due = None
+                now = time.time()
+                sleep = min(self.poll_seconds, max(next_reap - now, 0.0))
+                if due is not None:
+                    sleep = min(sleep, max(due - now, 0.0))
+                if sleep > 0:
+                    waiter = asyncio.ensure_future(wake.wait())
+                    await asyncio.wait([waiter, stopping], timeout=sleep,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+        finally:
+            stopping.cancel()
+            self.store.hub.discard(wake)
+            log.info("scheduler stopped (promoted %d, rescued %d)", self.promoted, self.reaped)
+
+    async def reap(self, now: float) -> int:
+        """Fail every attempt whose worker stopped renewing its lease."""
+        expired = await self.store.expired_leases(now)
+        if not expired:
+            return 0
+        completions = [
+            Completion.failure(task, now, "lost",
+                               f"worker {task.worker_id} stopped renewing its lease")
+            for task in expired
+        ]
+        await self.store.complete(completions)
+        for task in expired:
+            log.warning("task %s (%s) attempt %d lost with worker %s; %s", task.id, task.name,
+                        task.attempts, task.worker_id, "retrying" if task.attempts <
+                        task.max_attempts else "dead")
+        self.reaped += len(expired)
+        return len(expired)

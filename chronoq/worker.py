@@ -1,0 +1,258 @@
+"""The worker: claims due tasks, runs them with their executor, reports each attempt's end.
+
+Hot path, per batch of tasks: one claim statement, the handlers, one batched completion
+transaction. It sleeps only when the queues are empty, until the hub wakes it (a task
+was submitted or promoted) or ``poll_seconds`` pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Iterable, Mapping
+
+from chronoq.executors import Executor, HttpExecutor, ShellExecutor, TaskContext, current_task
+from chronoq.executors import http as http_executor
+from chronoq.executors import shell as shell_executor
+from chronoq.executors.base import TaskFailed
+from chronoq.store import Completion, Store, TaskRecord
+from chronoq.store.base import dumps
+
+log = logging.getLogger("chronoq.worker")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def builtin_executors(shell_allow: Iterable[str] = ()) -> dict[str, Executor]:
+    """``chronoq.http`` always; ``chronoq.shell`` only with a non-empty allow-list."""
+    executors: dict[str, Executor] = {http_executor.NAME: HttpExecutor()}
+    allow = list(shell_allow)
+    if allow:
+        executors[shell_executor.NAME] = ShellExecutor(allow)
+    return executors
+
+
+class Worker:
+    """Runs up to ``concurrency`` tasks at once from ``queues``."""
+
+    def __init__(
+        self,
+        store: Store,
+        executors: Mapping[str, Executor],
+        *,
+        queues: Iterable[str] = ("default",),
+        concurrency: int = 8,
+        worker_id: str | None = None,
+        lease_seconds: float = 30.0,
+        heartbeat_seconds: float = 5.0,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.executors = dict(executors)
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.id = worker_id or default_worker_id()
+        self.lease_seconds = lease_seconds
+        self.heartbeat_seconds = min(heartbeat_seconds, lease_seconds / 3)
+        self.poll_seconds = poll_seconds
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.processed = 0
+        self._stopping = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._done: list[Completion] = []
+        self._done_event = asyncio.Event()
+        self._flushed = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop claiming new tasks; :meth:`run` returns once running tasks finished."""
+        self._stopping.set()
+
+    async def run(self, drain_seconds: float = 30.0) -> None:
+        """Work until :meth:`stop`; then drain running tasks (up to ``drain_seconds``)."""
+        ready = self.store.hub.ready_event(self.queues)
+        unsubscribe = self.store.hub.on_cancel(self._cancel_local)
+        helpers = [asyncio.create_task(self._flush_loop(), name="chronoq-flush"),
+                   asyncio.create_task(self._heartbeat_loop(), name="chronoq-heartbeat")]
+        log.info("worker %s serving queues %s with concurrency %d", self.id,
+                 ",".join(self.queues), self.concurrency)
+        try:
+            await self._claim_loop(ready)
+            await self._drain(drain_seconds)
+        finally:
+            unsubscribe()
+            self.store.hub.discard(ready)
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._flush_all()
+            for executor in self.executors.values():
+                await executor.close()
+            log.info("worker %s stopped after %d tasks", self.id, self.processed)
+
+    async def _claim_loop(self, ready: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                free = self.concurrency - len(self.running)
+                if free <= 0:
+                    self._slot_free.clear()
+                    await _first(self._slot_free, stopping, timeout=None)
+                    continue
+                ready.clear()
+                try:
+                    claimed = await self.store.claim(
+                        self.id, self.queues, free, time.time(), self.lease_seconds
+                    )
+                except Exception:
+                    log.exception("claim failed; retrying in %.1fs", self.poll_seconds)
+                    await _first(None, stopping, timeout=self.poll_seconds)
+                    continue
+                for task in claimed:
+                    self._start(task)
+                if not claimed:
+                    await _first(ready, stopping, timeout=self.poll_seconds)
+        finally:
+            stopping.cancel()
+
+    async def _drain(self, drain_seconds: float) -> None:
+        if not self.running:
+            return
+        log.info("worker %s draining %d running tasks", self.id, len(self.running))
+        _, pending = await asyncio.wait(list(self.running.values()), timeout=drain_seconds)
+        if pending:
+            log.warning("worker %s: %d tasks still running after %.0fs; they will be retried",
+                        self.id, len(pending), drain_seconds)
+            for job in pending:
+                job.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- running one task --------------------------------------------------------------------
+    def _start(self, task: TaskRecord) -> None:
+        job = asyncio.create_task(self._execute(task), name=f"chronoq-task-{task.id}")
+        self.running[task.id] = job
+
+    async def _execute(self, task: TaskRecord) -> None:
+        context = TaskContext(task.id, task.name, task.queue, task.attempts, task.max_attempts,
+                              self.id)
+        token = current_task.set(context)
+        started = time.perf_counter()
+        completion: Completion | None = None
+        try:
+            executor = self.executors.get(task.name)
+            if executor is None:
+                raise TaskFailed(f"no handler named {task.name!r} on worker {self.id}")
+            async with asyncio.timeout(task.timeout_seconds):
+                result = await executor.run(task.payload)
+            completion = Completion.success(task, time.time(), result)
+        except TimeoutError:
+            completion = Completion.failure(
+                task, time.time(), "timeout", f"timed out after {task.timeout_seconds}s")
+        except TaskFailed as exc:
+            completion = Completion.failure(task, time.time(), "failed", str(exc))
+        except asyncio.CancelledError:
+            if not self._stopping.is_set():
+                raise  # cancelled by request: the store already closed the attempt
+            completion = Completion.failure(
+                task, time.time(), "lost", "worker shut down before the task finished",
+                retry_now=True)
+        except Exception as exc:
+            completion = Completion.failure(
+                task, time.time(), "failed", f"{type(exc).__name__}: {exc}",
+                traceback.format_exc())
+        finally:
+            current_task.reset(token)
+            self.running.pop(task.id, None)
+            self._slot_free.set()
+            self.processed += 1
+            if completion is not None:
+                if completion.result is not None and not _json_safe(completion):
+                    completion = Completion.failure(
+                        task, completion.finished_at, "failed",
+                        f"result is not JSON-serialisable: {type(completion.result).__name__}")
+                self._done.append(completion)
+                self._done_event.set()
+                if log.isEnabledFor(logging.INFO):
+                    _log_completion(task, completion, time.perf_counter() - started)
+
+    def _cancel_local(self, task_id: str) -> None:
+        job = self.running.get(task_id)
+        if job is not None:
+            log.info("cancelling running task %s", task_id)
+            job.cancel()
+
+    # -- reporting ---------------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._done_event.wait()
+            self._done_event.clear()
+            await self._flush_all()
+
+    async def _flush_all(self) -> None:
+        delay = 0.1
+        while self._done:
+            batch, self._done = self._done, []
+            try:
+                await self.store.complete(batch)
+            except Exception:
+                log.exception("recording %d results failed; retrying in %.1fs", len(batch), delay)
+                self._done[:0] = batch
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            ids = list(self.running)
+            try:
+                lost = await self.store.heartbeat(
+                    self.id, ids, time.time() + self.lease_seconds)
+            except Exception:
+                log.exception("heartbeat failed")
+                continue
+            for task_id in lost:
+                log.warning("task %s is no longer ours (cancelled or lease lost); stopping it",
+                            task_id)
+                self._cancel_local(task_id)
+
+
+def _log_completion(task: TaskRecord, completion: Completion, elapsed: float) -> None:
+    what = f"{task.name}[{task.id}] attempt {task.attempts}/{task.max_attempts}"
+    if completion.outcome == "succeeded":
+        log.info("%s succeeded in %.3fs: %.200s", what, elapsed, dumps(completion.result))
+    else:
+        after = (f"retry in {completion.next_run_at - completion.finished_at:.1f}s"
+                 if completion.next_run_at is not None else completion.status.value)
+        log.warning("%s %s in %.3fs (%s): %s", what, completion.outcome, elapsed, after,
+                    completion.error)
+
+
+def _json_safe(completion: Completion) -> bool:
+    try:
+        dumps(completion.result)
+    except TypeError:
+        return False
+    return True
+
+
+async def _first(event: asyncio.Event | None, stopping: asyncio.Future[object],
+                 timeout: float | None) -> None:
+    """Wait until ``event`` is set, ``stopping`` resolves, or ``timeout`` passes."""
+    waiters: list[asyncio.Future[object]] = [stopping]
+    waiter = None
+    if event is not None:
+        waiter = asyncio.ensure_future(event.wait())
+        waiters.append(waiter)
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if waiter is not None:
+            waiter.cancel()
+
