@@ -1,0 +1,1 @@
+"""Benchmarks for chronoq (not part of the installed package)."""

@@ -1,0 +1,141 @@
+"""Fixtures: every end-to-end test runs once on SQLite and once on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from chronoq import App
+from chronoq.api import create_api
+from chronoq.config import Settings
+from chronoq.scheduler import Scheduler
+from chronoq.worker import Worker, builtin_executors
+
+PG_URL = os.environ.get("CHRONOQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def drop_schema(schema: str) -> None:
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'chronoq.db'}"
+        return
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_URL}?schema={schema}"
+    await drop_schema(schema)
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL schema (for tests that only make sense on PostgreSQL)."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_URL}?schema={schema}"
+    await drop_schema(schema)
+
+
+class Harness:
+    """An open App with the HTTP API (in-process transport), a scheduler and workers."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(app)),
+                                      base_url="http://chronoq")
+        self.workers: list[tuple[Worker, asyncio.Task[None]]] = []
+        self.scheduler: Scheduler | None = None
+        self._scheduler_task: asyncio.Task[None] | None = None
+
+    @property
+    def store(self) -> Any:
+        return self.app.store
+
+    def start_scheduler(self) -> Scheduler:
+        s = self.app.settings
+        self.scheduler = Scheduler(self.store, poll_seconds=s.poll_seconds, reap_seconds=0.2)
+        self._scheduler_task = asyncio.create_task(self.scheduler.run())
+        return self.scheduler
+
+    def start_worker(self, concurrency: int = 4, queues: Iterable[str] = ("default",),
+                     shell_allow: Iterable[str] = (), worker_id: str | None = None) -> Worker:
+        s = self.app.settings
+        worker = Worker(self.store, {**builtin_executors(shell_allow), **self.app.executors()},
+                        queues=queues, concurrency=concurrency, worker_id=worker_id,
+                        lease_seconds=s.lease_seconds, heartbeat_seconds=s.heartbeat_seconds,
+                        poll_seconds=s.poll_seconds)
+        self.workers.append((worker, asyncio.create_task(worker.run(drain_seconds=5))))
+        return worker
+
+    async def stop_workers(self) -> None:
+        for worker, job in self.workers:
+            worker.stop()
+            await job
+        self.workers.clear()
+
+    async def submit(self, **spec: Any) -> dict[str, Any]:
+        response = await self.http.post("/v1/tasks", json=spec)
+        assert response.status_code in (200, 201), response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def get(self, task_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/v1/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def wait_for(self, task_id: str, *statuses: str, timeout: float = 10.0
+                       ) -> dict[str, Any]:
+        """Poll until the task reaches one of ``statuses``; fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            task = await self.get(task_id)
+            if task["status"] in statuses:
+                return task
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} still {task['status']} after {timeout}s, "
+                                     f"wanted {statuses}: {task}")
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        await self.stop_workers()
+        if self.scheduler is not None and self._scheduler_task is not None:
+            self.scheduler.stop()
+            await self._scheduler_task
+        await self.http.aclose()
+        await self.app.close()
+
+
+def make_settings(db_url: str, **overrides: Any) -> Settings:
+    return Settings(database_url=db_url, lease_seconds=2.0, heartbeat_seconds=0.3,
+                    poll_seconds=0.2, **overrides)
+
+
+@pytest.fixture
+def app(db_url: str) -> App:
+    return App(settings=make_settings(db_url))
+
+
+@pytest.fixture
+async def harness(app: App) -> AsyncIterator[Harness]:
+    await app.open()
+    h = Harness(app)
+    try:
+        yield h
+    finally:
+        await h.close()

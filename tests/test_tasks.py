@@ -1,0 +1,309 @@
+"""End to end through the REST API, a scheduler and workers; on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from chronoq import App, TaskFailed, current_task
+from tests.conftest import Harness
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+async def test_task_runs_and_records_result_and_attempt(app: App, harness: Harness) -> None:
+    @app.task("add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    harness.start_scheduler()
+    harness.start_worker()
+    task = await harness.submit(name="add", payload={"a": 2, "b": 40})
+    assert task["status"] == "queued"
+    done = await harness.wait_for(task["id"], "succeeded")
+    assert done["result"] == 42
+    assert done["attempts"] == 1
+    [attempt] = done["attempt_history"]
+    assert attempt["outcome"] == "succeeded"
+    assert attempt["result"] == 42
+    assert attempt["worker_id"] == harness.workers[0][0].id
+    assert ts(attempt["finished_at"]) >= ts(attempt["started_at"])
+    # a task due now starts well within a second of its submission
+    assert ts(attempt["started_at"]) - ts(done["created_at"]) < 1.0
+
+
+async def test_async_handler_and_context(app: App, harness: Harness) -> None:
+    seen: list[Any] = []
+
+    @app.task("ctx")
+    async def ctx() -> str:
+        context = current_task.get()
+        seen.append(context)
+        await asyncio.sleep(0)
+        return context.task_id
+
+    harness.start_worker()
+    task = await harness.submit(name="ctx")
+    done = await harness.wait_for(task["id"], "succeeded")
+    assert done["result"] == task["id"]
+    assert seen[0].attempt == 1 and seen[0].name == "ctx"
+
+
+async def test_idempotency_key_returns_the_existing_task(app: App, harness: Harness) -> None:
+    first = await harness.http.post("/v1/tasks", json={"name": "x", "idempotency_key": "k-1"})
+    second = await harness.http.post("/v1/tasks", json={"name": "x", "idempotency_key": "k-1",
+                                                        "payload": {"other": True}})
+    assert first.status_code == 201
+    assert second.status_code == 200
+    assert second.json()["id"] == first.json()["id"]
+    assert second.json()["payload"] == {}
+    page = (await harness.http.get("/v1/tasks", params={"name": "x"})).json()
+    assert len(page["items"]) == 1
+
+
+async def test_concurrent_idempotent_submits_create_one_task(app: App, harness: Harness) -> None:
+    responses = await asyncio.gather(*(
+        harness.http.post("/v1/tasks", json={"name": "x", "idempotency_key": "same"})
+        for _ in range(10)))
+    assert sorted(r.status_code for r in responses) == [200] * 9 + [201]
+    assert len({r.json()["id"] for r in responses}) == 1
+
+
+async def test_priority_then_run_at_order(app: App, harness: Harness) -> None:
+    order: list[str] = []
+
+    @app.task("record")
+    def record(label: str) -> None:
+        order.append(label)
+
+    for label, priority in [("low-1", 0), ("high-1", 10), ("low-2", 0), ("mid", 5),
+                            ("high-2", 10)]:
+        await harness.submit(name="record", payload={"label": label}, priority=priority)
+    other = await harness.submit(name="record", payload={"label": "other-queue"}, queue="other",
+                                 priority=100)
+    harness.start_worker(concurrency=1)
+    while len(order) < 5:
+        await asyncio.sleep(0.02)
+    assert order == ["high-1", "high-2", "mid", "low-1", "low-2"]
+    assert (await harness.get(other["id"]))["status"] == "queued"
+
+
+async def test_retries_with_exponential_backoff_then_success(app: App, harness: Harness) -> None:
+    @app.task("flaky")
+    def flaky() -> str:
+        attempt = current_task.get().attempt
+        if attempt < 3:
+            raise TaskFailed(f"fail {attempt}")
+        return "ok"
+
+    harness.start_scheduler()
+    harness.start_worker()
+    task = await harness.submit(name="flaky", max_attempts=5,
+                                backoff={"base": 0.3, "factor": 2, "max": 10, "jitter": 0})
+    done = await harness.wait_for(task["id"], "succeeded")
+    history = done["attempt_history"]
+    assert [a["outcome"] for a in history] == ["failed", "failed", "succeeded"]
+    assert history[0]["error"] == "fail 1"
+    gap1 = ts(history[1]["started_at"]) - ts(history[0]["finished_at"])
+    gap2 = ts(history[2]["started_at"]) - ts(history[1]["finished_at"])
+    assert 0.3 <= gap1 < 0.3 + 0.5, gap1
+    assert 0.6 <= gap2 < 0.6 + 0.5, gap2
+
+
+async def test_exhausted_retries_go_to_dead_letter_queue_and_can_be_retried(
+    app: App, harness: Harness
+) -> None:
+    healthy = False
+
+    @app.task("broken")
+    def broken() -> str:
+        if not healthy:
+            raise ValueError("database says no")
+        return "fixed"
+
+    harness.start_scheduler()
+    harness.start_worker()
+    task = await harness.submit(name="broken", max_attempts=2,
+                                backoff={"base": 0.05, "jitter": 0})
+    dead = await harness.wait_for(task["id"], "dead")
+    assert dead["attempts"] == 2
+    assert dead["error"] == "ValueError: database says no"
+    assert "Traceback" in dead["attempt_history"][-1]["traceback"]
+    dlq = (await harness.http.get("/v1/tasks", params={"status": "dead"})).json()
+    assert [t["id"] for t in dlq["items"]] == [task["id"]]
+
+    healthy = True
+    retried = await harness.http.post(f"/v1/tasks/{task['id']}/retry")
+    assert retried.status_code == 200
+    assert retried.json()["status"] == "queued"
+    done = await harness.wait_for(task["id"], "succeeded")
+    assert done["attempts"] == 3 and done["result"] == "fixed"
+
+
+async def test_timeout_fails_attempt_and_worker_keeps_going(app: App, harness: Harness) -> None:
+    @app.task("slow")
+    async def slow() -> None:
+        await asyncio.sleep(30)
+
+    @app.task("quick")
+    def quick() -> str:
+        return "done"
+
+    harness.start_scheduler()
+    harness.start_worker(concurrency=1)
+    task = await harness.submit(name="slow", timeout_seconds=0.3, max_attempts=1)
+    dead = await harness.wait_for(task["id"], "dead")
+    [attempt] = dead["attempt_history"]
+    assert attempt["outcome"] == "timeout"
+    assert "timed out after 0.3s" in attempt["error"]
+    assert 0.3 <= ts(attempt["finished_at"]) - ts(attempt["started_at"]) < 2
+    after = await harness.submit(name="quick")
+    assert (await harness.wait_for(after["id"], "succeeded"))["result"] == "done"
+
+
+async def test_delayed_task_runs_on_time(app: App, harness: Harness) -> None:
+    @app.task("noop")
+    def noop() -> None:
+        return None
+
+    harness.start_scheduler()
+    harness.start_worker()
+    task = await harness.submit(name="noop", delay_seconds=0.7)
+    assert task["status"] == "scheduled"
+    await asyncio.sleep(0.4)
+    assert (await harness.get(task["id"]))["status"] == "scheduled"
+    done = await harness.wait_for(task["id"], "succeeded")
+    lag = ts(done["attempt_history"][0]["started_at"]) - ts(done["run_at"])
+    assert 0 <= lag < 1.0, lag
+
+    at = datetime.now(UTC) + timedelta(seconds=0.5)
+    task = await harness.submit(name="noop", run_at=at.isoformat())
+    done = await harness.wait_for(task["id"], "succeeded")
+    assert 0 <= ts(done["attempt_history"][0]["started_at"]) - at.timestamp() < 1.0
+
+
+async def test_cancel_scheduled_and_queued_tasks_never_run(app: App, harness: Harness) -> None:
+    ran: list[str] = []
+
+    @app.task("noop")
+    def noop(label: str) -> None:
+        ran.append(label)
+
+    harness.start_scheduler()
+    later = await harness.submit(name="noop", payload={"label": "later"}, delay_seconds=0.3)
+    queued = await harness.submit(name="noop", payload={"label": "queued"})
+    for task in (later, queued):
+        response = await harness.http.post(f"/v1/tasks/{task['id']}/cancel")
+        assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    harness.start_worker()
+    marker = await harness.submit(name="noop", payload={"label": "marker"})
+    await harness.wait_for(marker["id"], "succeeded")
+    await asyncio.sleep(0.5)
+    assert ran == ["marker"]
+    again = await harness.http.post(f"/v1/tasks/{marker['id']}/cancel")
+    assert again.status_code == 409
+    assert "succeeded" in again.json()["error"]["message"]
+
+
+async def test_cancel_running_task_stops_it(app: App, harness: Harness) -> None:
+    started = asyncio.Event()
+    stopped: list[bool] = []
+
+    @app.task("long")
+    async def long() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.append(True)
+            raise
+
+    harness.start_worker()
+    task = await harness.submit(name="long")
+    await asyncio.wait_for(started.wait(), 5)
+    response = await harness.http.post(f"/v1/tasks/{task['id']}/cancel")
+    assert response.json()["status"] == "cancelled"
+    for _ in range(100):
+        if stopped:
+            break
+        await asyncio.sleep(0.02)
+    assert stopped == [True]
+    final = await harness.get(task["id"])
+    assert final["status"] == "cancelled"
+    assert final["attempt_history"][0]["outcome"] == "cancelled"
+    assert not harness.workers[0][0].running
+
+
+async def test_lost_lease_is_retried_by_another_worker(app: App, harness: Harness) -> None:
+    """A worker that claimed a task and died (no heartbeats): the scheduler fails the attempt
+    when the lease runs out and another worker runs it again."""
+
+    @app.task("noop")
+    def noop() -> str:
+        return current_task.get().worker_id
+
+    task = await harness.submit(name="noop", max_attempts=3, backoff={"base": 0, "jitter": 0})
+    [claimed] = await harness.store.claim("ghost", ["default"], 10, time.time(), 0.5)
+    assert claimed.id == task["id"]
+    harness.start_scheduler()
+    harness.start_worker(worker_id="survivor")
+    done = await harness.wait_for(task["id"], "succeeded", timeout=10)
+    assert done["result"] == "survivor"
+    first, second = done["attempt_history"]
+    assert first["worker_id"] == "ghost" and first["outcome"] == "lost"
+    assert second["worker_id"] == "survivor" and second["outcome"] == "succeeded"
+    # a late report from the ghost for its superseded attempt changes nothing
+    from chronoq.store import Completion
+
+    await harness.store.complete([Completion.failure(claimed, time.time(), "failed", "late")])
+    assert (await harness.get(task["id"]))["status"] == "succeeded"
+
+
+async def test_many_tasks_two_workers_each_runs_once(app: App, harness: Harness) -> None:
+    runs: dict[str, int] = {}
+
+    @app.task("count")
+    async def count(n: int) -> None:
+        key = current_task.get().task_id
+        runs[key] = runs.get(key, 0) + 1
+        await asyncio.sleep(0.001)
+
+    harness.start_worker(concurrency=8, worker_id="w1")
+    harness.start_worker(concurrency=8, worker_id="w2")
+    ids = [(await harness.submit(name="count", payload={"n": i}))["id"] for i in range(200)]
+    for task_id in ids:
+        await harness.wait_for(task_id, "succeeded")
+    assert sorted(runs) == sorted(ids)
+    assert set(runs.values()) == {1}
+
+
+async def test_unknown_handler_fails_with_clear_error(app: App, harness: Harness) -> None:
+    harness.start_worker()
+    task = await harness.submit(name="nobody.handles.this", max_attempts=1)
+    dead = await harness.wait_for(task["id"], "dead")
+    assert "no handler named 'nobody.handles.this'" in dead["error"]
+
+
+async def test_python_api_delay_and_schedule(app: App, harness: Harness) -> None:
+    @app.task("child")
+    def child(x: int) -> int:
+        return x * 2
+
+    @app.task("parent")
+    def parent(x: int) -> str:
+        return child.delay(x=x).id  # sync submit from a handler thread
+
+    harness.start_scheduler()
+    harness.start_worker()
+    task = await parent.adelay(x=21)
+    done = await harness.wait_for(task.id, "succeeded")
+    assert (await harness.wait_for(done["result"], "succeeded"))["result"] == 42
+    later = await child.options(priority=3).adelay(x=1)
+    assert later.priority == 3
+    scheduled = await child.aschedule(0.3, x=5)
+    assert scheduled.status == "scheduled"
+    assert (await harness.wait_for(scheduled.id, "succeeded"))["result"] == 10
