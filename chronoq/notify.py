@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 
 class Hub:
-    """Fan-out of three signals: a queue has ready work, the schedule changed, a task was cancelled."""
+    """Fan-out of three signals: a queue has work, the schedule changed, a task was cancelled."""
 
     def __init__(self) -> None:
         self._ready: dict[str, set[asyncio.Event]] = {}

@@ -99,8 +99,8 @@ class Runner:
                                         access_log=False)
                 self.server = _Server(config)
                 jobs.append(asyncio.create_task(self.server.serve(), name="api"))
-                while not self.server.started and not jobs[-1].done():
-                    await asyncio.sleep(0.01)
+                while not self.server.started and not jobs[-1].done():  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # uvicorn exposes no "started" event
                 if jobs[-1].done():
                     jobs[-1].result()  # re-raise a bind error
             self.started.set()

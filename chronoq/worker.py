@@ -15,6 +15,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from chronoq.executors import Executor, HttpExecutor, ShellExecutor, TaskContext, current_task
 from chronoq.executors import http as http_executor
@@ -242,10 +243,10 @@ def _json_safe(completion: Completion) -> bool:
     return True
 
 
-async def _first(event: asyncio.Event | None, stopping: asyncio.Future[object],
+async def _first(event: asyncio.Event | None, stopping: asyncio.Future[Any],
                  timeout: float | None) -> None:
     """Wait until ``event`` is set, ``stopping`` resolves, or ``timeout`` passes."""
-    waiters: list[asyncio.Future[object]] = [stopping]
+    waiters: list[asyncio.Future[Any]] = [stopping]
     waiter = None
     if event is not None:
         waiter = asyncio.ensure_future(event.wait())

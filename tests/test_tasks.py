@@ -75,10 +75,14 @@ async def test_concurrent_idempotent_submits_create_one_task(app: App, harness: 
 
 async def test_priority_then_run_at_order(app: App, harness: Harness) -> None:
     order: list[str] = []
+    five = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
     @app.task("record")
     def record(label: str) -> None:
         order.append(label)
+        if len(order) == 5:
+            loop.call_soon_threadsafe(five.set)
 
     for label, priority in [("low-1", 0), ("high-1", 10), ("low-2", 0), ("mid", 5),
                             ("high-2", 10)]:
@@ -86,8 +90,7 @@ async def test_priority_then_run_at_order(app: App, harness: Harness) -> None:
     other = await harness.submit(name="record", payload={"label": "other-queue"}, queue="other",
                                  priority=100)
     harness.start_worker(concurrency=1)
-    while len(order) < 5:
-        await asyncio.sleep(0.02)
+    await asyncio.wait_for(five.wait(), 10)
     assert order == ["high-1", "high-2", "mid", "low-1", "low-2"]
     assert (await harness.get(other["id"]))["status"] == "queued"
 

@@ -34,5 +34,5 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     async def run(self, payload: dict[str, Any]) -> Any: ...
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (connections, threads)."""

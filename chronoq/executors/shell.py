@@ -54,12 +54,8 @@ class ShellExecutor(Executor):
                 process.kill()
                 await process.wait()
             raise
-        result = {
-            "exit_code": process.returncode,
-            "stdout": stdout.decode(errors="replace")[-MAX_OUTPUT:],
-            "stderr": stderr.decode(errors="replace")[-MAX_OUTPUT:],
-        }
+        err = stderr.decode(errors="replace")[-MAX_OUTPUT:]
         if process.returncode != 0:
-            raise TaskFailed(f"{spec.command} exited with {process.returncode}: "
-                             f"{result['stderr'][-500:]}")
-        return result
+            raise TaskFailed(f"{spec.command} exited with {process.returncode}: {err[-500:]}")
+        return {"exit_code": 0, "stdout": stdout.decode(errors="replace")[-MAX_OUTPUT:],
+                "stderr": err}

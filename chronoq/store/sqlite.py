@@ -27,7 +27,8 @@ class _SQLiteConn:
         self._db = db
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return list(await self._db.execute_fetchall(_sql(sql), args))
+        rows: list[Row] = list(await self._db.execute_fetchall(_sql(sql), args))  # type: ignore[arg-type]
+        return rows
 
     async def execute(self, sql: str, *args: Any) -> None:
         await self._db.execute(_sql(sql), args)

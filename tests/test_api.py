@@ -1,0 +1,158 @@
+"""The REST API's contract: validation messages, pagination, queues, health, OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chronoq import App
+from tests.conftest import Harness
+
+
+def error_of(response: Any) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()["error"]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "fragment"),
+    [
+        ({"name": "x", "run_at": "tomorrow at noon"}, "run_at", "datetime"),
+        ({"name": "x", "run_at": "2030-01-01T09:00:00"}, "run_at", "timezone"),
+        ({"name": "x", "delay_seconds": -5}, "delay_seconds", "greater than or equal to 0"),
+        ({"name": "x", "payload": [1, 2]}, "payload", "dictionary"),
+        ({"name": "x", "payload": "text"}, "payload", "dictionary"),
+        ({"name": ""}, "name", "at least 1"),
+        ({"name": "has spaces"}, "name", "pattern"),
+        ({"payload": {}}, "name", "required"),
+        ({"name": "x", "max_attempts": 0}, "max_attempts", "greater than or equal to 1"),
+        ({"name": "x", "priority": "high"}, "priority", "integer"),
+        ({"name": "x", "timeout_seconds": 0}, "timeout_seconds", "greater than 0"),
+        ({"name": "x", "backoff": {"factor": 0.5}}, "backoff.factor", "greater than or equal"),
+        ({"name": "x", "colour": "red"}, "colour", "not permitted"),
+        ({"name": "x", "run_at": "2030-01-01T09:00:00Z", "delay_seconds": 1}, "body",
+         "not both"),
+    ],
+)
+async def test_bad_submissions_name_the_field(
+    harness: Harness, body: dict[str, Any], field: str, fragment: str
+) -> None:
+    response = await harness.http.post("/v1/tasks", json=body)
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["code"] == "validation_error"
+    fields = {d["field"] for d in error["details"]}
+    assert field in fields, error
+    assert fragment.lower() in error["message"].lower(), error
+    assert (await harness.http.get("/v1/tasks")).json()["items"] == []
+
+
+async def test_malformed_json_is_a_422(harness: Harness) -> None:
+    response = await harness.http.post("/v1/tasks", content=b"{not json",
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "not valid JSON" in error_of(response)["message"]
+
+
+async def test_payload_over_the_limit_is_413(app: App, harness: Harness) -> None:
+    limit = app.settings.max_payload_bytes
+    response = await harness.http.post("/v1/tasks", json={"name": "x",
+                                                          "payload": {"blob": "a" * limit}})
+    assert response.status_code == 413
+    error = error_of(response)
+    assert error["details"][0]["field"] == "payload"
+    assert str(limit) in error["message"]
+    ok = await harness.http.post("/v1/tasks", json={"name": "x",
+                                                    "payload": {"blob": "a" * (limit - 100)}})
+    assert ok.status_code == 201
+
+
+async def test_unknown_and_malformed_ids(harness: Harness) -> None:
+    unknown = "01890a5d-ac96-774b-bcce-b302099a8057"
+    for method, path in [("GET", ""), ("POST", "/cancel"), ("POST", "/retry")]:
+        response = await harness.http.request(method, f"/v1/tasks/{unknown}{path}")
+        assert response.status_code == 404
+        assert unknown in error_of(response)["message"]
+        bad = await harness.http.request(method, f"/v1/tasks/not-an-id{path}")
+        assert bad.status_code == 422
+        assert "not a task id" in error_of(bad)["message"]
+    assert (await harness.http.get("/v1/tasks", params={"cursor": "zzz"})).status_code == 422
+    assert (await harness.http.get("/v1/tasks", params={"status": "nope"})).status_code == 422
+    assert (await harness.http.get("/v1/tasks", params={"limit": 0})).status_code == 422
+    assert (await harness.http.get("/v1/nothing")).status_code == 404
+
+
+async def test_retry_of_a_task_that_is_not_failed_is_409(harness: Harness) -> None:
+    task = (await harness.http.post("/v1/tasks", json={"name": "x"})).json()
+    response = await harness.http.post(f"/v1/tasks/{task['id']}/retry")
+    assert response.status_code == 409
+    assert error_of(response)["code"] == "invalid_transition"
+
+
+async def test_cursor_pagination_and_filters(harness: Harness) -> None:
+    ids = []
+    for i in range(7):
+        task = await harness.http.post("/v1/tasks", json={
+            "name": "even" if i % 2 == 0 else "odd", "queue": "a" if i < 4 else "b"})
+        ids.append(task.json()["id"])
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await harness.http.get("/v1/tasks", params=params)).json()
+        seen += [t["id"] for t in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == list(reversed(ids))
+    even = (await harness.http.get("/v1/tasks", params={"name": "even"})).json()["items"]
+    assert len(even) == 4
+    both = (await harness.http.get("/v1/tasks", params={"name": "odd", "queue": "b"})).json()
+    assert [t["id"] for t in both["items"]] == [ids[5]]
+    queued = (await harness.http.get("/v1/tasks", params={"status": "queued"})).json()
+    assert len(queued["items"]) == 7
+
+
+async def test_queue_stats(harness: Harness) -> None:
+    for queue in ("emails", "emails", "reports"):
+        await harness.http.post("/v1/tasks", json={"name": "x", "queue": queue})
+    await harness.http.post("/v1/tasks", json={"name": "x", "queue": "emails",
+                                               "delay_seconds": 60})
+    stats = {q["queue"]: q for q in (await harness.http.get("/v1/queues")).json()}
+    assert stats["emails"]["depth"] == 2
+    assert stats["emails"]["counts"]["scheduled"] == 1
+    assert stats["reports"]["depth"] == 1
+    assert stats["emails"]["oldest_queued_age_seconds"] >= 0
+
+
+async def test_health_and_readiness(harness: Harness) -> None:
+    assert (await harness.http.get("/healthz")).json() == {"status": "ok"}
+    assert (await harness.http.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_readiness_reports_a_closed_store(app: App, harness: Harness) -> None:
+    store = app.store
+    await store.close()
+    try:
+        response = await harness.http.get("/readyz")
+        assert response.status_code == 503
+        assert error_of(response)["code"] == "store_unavailable"
+    finally:
+        await store.open()
+
+
+async def test_openapi_describes_every_route_and_error(harness: Harness) -> None:
+    spec = (await harness.http.get("/openapi.json")).json()
+    paths = spec["paths"]
+    for path in ["/v1/tasks", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/cancel",
+                 "/v1/tasks/{task_id}/retry", "/v1/queues", "/healthz", "/readyz"]:
+        assert path in paths, path
+    assert set(paths["/v1/tasks"]["post"]["responses"]) >= {"200", "201", "413", "422"}
+    assert set(paths["/v1/tasks/{task_id}/cancel"]["post"]["responses"]) >= {"404", "409"}
+    assert "ErrorResponse" in spec["components"]["schemas"]

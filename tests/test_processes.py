@@ -1,0 +1,161 @@
+"""Real processes: ``chronoq dev``, the CLI, distributed api/scheduler/workers, kill -9."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.processes import Proc, cli, free_port, wait_ready, wait_status
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        if proc.popen.poll() is None:
+            proc.kill()
+
+
+def test_dev_demo_and_cli(tmp_path: Path, procs: list[Proc]) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    dev = Proc(["dev", "--demo", "--port", str(port), "--database-url",
+                f"sqlite:///{tmp_path / 'dev.db'}"], {}, tmp_path / "dev.log")
+    procs.append(dev)
+    wait_ready(url, dev)
+
+    submitted = cli("submit", "demo.add", "--payload", '{"a": 20, "b": 22}', "--json",
+                    "--url", url)
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = json.loads(submitted.stdout)["id"]
+    done = wait_status(url, task_id, "succeeded", timeout=5)
+    assert done["result"] == 42
+
+    shown = cli("tasks", "get", task_id, "--url", url)
+    assert shown.returncode == 0
+    assert "succeeded" in shown.stdout and "42" in shown.stdout
+    listing = cli("tasks", "ls", "--url", url)
+    assert listing.stdout.splitlines()[0].split()[:3] == ["ID", "NAME", "STATUS"]
+    assert "demo.report" in listing.stdout  # the demo submitted its own tasks
+
+    later = json.loads(cli("submit", "demo.add", "-d", '{"a": 1, "b": 1}', "--in", "1m",
+                           "--json", "--url", url).stdout)
+    assert later["status"] == "scheduled"
+    cancelled = cli("tasks", "cancel", later["id"], "--url", url)
+    assert "cancelled" in cancelled.stdout
+    again = cli("tasks", "cancel", later["id"], "--url", url)
+    assert again.returncode != 0 and "cancelled" in again.stderr
+
+    bad = cli("submit", "demo.add", "--payload", "[1]", "--url", url)
+    assert bad.returncode != 0 and "payload" in bad.stderr
+    assert "default" in cli("queues", "--url", url).stdout
+
+    dead = wait_status(url, _demo_fail_id(url), "dead", timeout=10)
+    retried = cli("tasks", "retry", dead["id"], "--url", url)
+    assert "queued" in retried.stdout
+
+    assert dev.terminate() == 0
+    assert "worker" in dev.output() and "stopped" in dev.output()
+
+
+def _demo_fail_id(url: str) -> str:
+    page = httpx.get(f"{url}/v1/tasks", params={"name": "demo.fail"}).json()
+    return str(page["items"][0]["id"])
+
+
+def test_cli_without_server_explains(tmp_path: Path) -> None:
+    result = cli("tasks", "ls", "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "cannot reach the chronoq API" in result.stderr
+
+
+def test_db_upgrade(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    first = cli("db", "upgrade", "--database-url", url)
+    assert first.returncode == 0 and "applied migrations [1, 2]" in first.stdout
+    assert "up to date" in cli("db", "upgrade", "--database-url", url).stdout
+
+
+def _records(path: Path) -> list[tuple[str, str, int]]:
+    if not path.exists():
+        return []
+    return [(p[0], p[1], int(p[2])) for p in
+            (line.split() for line in path.read_text().splitlines())]
+
+
+def test_distributed_two_workers_never_run_an_attempt_twice(
+    pg_url: str, tmp_path: Path, procs: list[Proc]
+) -> None:
+    record = tmp_path / "record.txt"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"CHRONOQ_DATABASE_URL": pg_url, "RECORD_FILE": str(record),
+           "CHRONOQ_APP": "tests.apps.recorder:app", "CHRONOQ_LOG_LEVEL": "warning"}
+    assert cli("db", "upgrade", env=env).returncode == 0
+    api = Proc(["api", "--port", str(port)], env, tmp_path / "api.log")
+    procs.append(api)
+    procs.append(Proc(["scheduler"], env, tmp_path / "scheduler.log"))
+    for n in (1, 2):
+        procs.append(Proc(["worker", "--concurrency", "8"], env, tmp_path / f"w{n}.log"))
+    wait_ready(url, api)
+
+    ids = []
+    with httpx.Client(base_url=url) as http:
+        for i in range(300):
+            spec = {"name": "record", "payload": {"sleep": 0.01}}
+            if i % 3 == 0:
+                spec["delay_seconds"] = 0.5
+            ids.append(http.post("/v1/tasks", json=spec).json()["id"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            page = http.get("/v1/queues").json()
+            counts = page[0]["counts"] if page else {}
+            if counts.get("succeeded") == 300:
+                break
+            time.sleep(0.1)
+    runs = _records(record)
+    per_task = Counter(task for task, _, _ in runs)
+    assert sorted(per_task) == sorted(ids)
+    assert set(per_task.values()) == {1}, "an attempt ran twice"
+    assert len({worker for _, worker, _ in runs}) == 2, "both workers should have taken work"
+    for proc in procs:
+        assert proc.terminate() == 0, proc.output()
+
+
+def test_killed_process_tasks_are_retried_after_lease_timeout(
+    db_url: str, tmp_path: Path, procs: list[Proc]
+) -> None:
+    """kill -9 the whole `chronoq dev` while a task runs; after a restart, the task's lease
+    runs out and it runs again, and a task submitted before the crash is not lost."""
+    record = tmp_path / "record.txt"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"CHRONOQ_DATABASE_URL": db_url, "RECORD_FILE": str(record),
+           "CHRONOQ_APP": "tests.apps.recorder:app", "CHRONOQ_LEASE_SECONDS": "2",
+           "CHRONOQ_HEARTBEAT_SECONDS": "0.5"}
+    first = Proc(["dev", "--port", str(port), "--concurrency", "1"], env, tmp_path / "1.log")
+    procs.append(first)
+    wait_ready(url, first)
+    running = httpx.post(f"{url}/v1/tasks", json={"name": "record", "payload": {"sleep": 1.5},
+                                                  "max_attempts": 3}).json()
+    waiting = httpx.post(f"{url}/v1/tasks", json={"name": "record"}).json()
+    wait_status(url, running["id"], "running", timeout=5)
+    first.kill()
+
+    second = Proc(["dev", "--port", str(port)], env, tmp_path / "2.log")
+    procs.append(second)
+    wait_ready(url, second)
+    assert wait_status(url, waiting["id"], "succeeded", timeout=10)
+    done = wait_status(url, running["id"], "succeeded", timeout=15)
+    first_try, second_try = done["attempt_history"]
+    assert first_try["outcome"] == "lost" and "lease" in first_try["error"]
+    assert second_try["outcome"] == "succeeded"
+    assert [r[2] for r in _records(record) if r[0] == running["id"]] == [1, 2]
+    assert second.terminate() == 0
