@@ -17,9 +17,11 @@ the end (``--keep`` keeps either for inspection). The benchmark then
 2. **loaded phase**: submits N ``bench.noop`` tasks as fast as it can (``--in-flight``
    concurrent ``Store.create_task`` calls on one store, as an application would) while the
    workers drain them, and waits until all N are finished (a COUNT query every 100 ms);
-3. **idle phase**: submits ``--idle-tasks`` tasks one at a time, ``--idle-gap-ms`` apart,
+3. **backlog phase** (skip with ``--no-backlog``): pauses the workers (SIGSTOP), submits
+   another N tasks, resumes them (SIGCONT) and times how fast they empty the queue;
+4. **idle phase**: submits ``--idle-tasks`` tasks one at a time, ``--idle-gap-ms`` apart,
    to the otherwise idle system;
-4. stops the workers with SIGTERM and reads everything else from the database.
+5. stops the workers with SIGTERM and reads everything else from the database.
 
 The figures:
 
@@ -27,6 +29,10 @@ The figures:
     N / (time from the first submit call to the return of the last one).
 ``drain/s``
     tasks/s end to end: N / (last ``attempts.finished_at`` - first submit call).
+``backlog/s``
+    worker capacity on its own: N / (last ``finished_at`` of the backlog - SIGCONT). When
+    ``drain/s`` is close to ``submit/s`` the loaded phase was limited by the submitter,
+    and this is the figure that tells what the workers could do.
 ``loaded p50/p95/p99``
     submit→start latency under load, ``attempts.started_at - tasks.created_at`` for every
     task of the loaded phase. Both are epoch seconds taken with ``time.time()`` on this
@@ -124,6 +130,8 @@ class Result:
     drain_seconds: float = 0.0
     tasks_per_second: float = 0.0
     tail_seconds: float = 0.0
+    backlog_seconds: float = 0.0
+    backlog_tasks_per_second: float = 0.0
     loaded_latency: Percentiles = field(default_factory=Percentiles)
     idle_tasks: int = 0
     idle_gap_ms: float = 0.0
@@ -202,6 +210,14 @@ class Workers:
                 raise RuntimeError(f"{log.stem} (pid {proc.pid}) exited with code {code}:\n"
                                    + "\n".join(tail))
 
+    def pause(self) -> None:
+        for proc in self.workers:
+            proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for proc in self.workers:
+            proc.send_signal(signal.SIGCONT)
+
     def peak_rss_mib(self) -> list[float]:
         """``VmHWM`` of each live worker, in MiB (read before stopping them)."""
         peaks = []
@@ -219,6 +235,7 @@ class Workers:
         """SIGTERM everything, wait, SIGKILL what is left; the workers' exit codes."""
         for proc in self.procs:
             if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for proc in self.procs:
@@ -339,6 +356,54 @@ async def loaded_phase(store: Store, workers: Workers, result: Result, max_wait:
     result.not_succeeded.update({f"loaded {s}": c for s, c in bad.items()})
 
 
+def sqlite_write_lock_free(path: Path) -> bool:
+    """True unless some process holds the SQLite write lock right now."""
+    db = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        db.close()
+
+
+async def pause_workers(workers: Workers, sqlite_path: Path | None) -> None:
+    """SIGSTOP the workers, making sure none was frozen holding SQLite's write lock."""
+    for _ in range(100):
+        workers.pause()
+        await asyncio.sleep(0.01)
+        if sqlite_path is None or sqlite_write_lock_free(sqlite_path):
+            return
+        workers.resume()
+        await asyncio.sleep(0.05)
+    raise RuntimeError("could not pause the workers outside a write transaction")
+
+
+async def backlog_phase(store: Store, workers: Workers, result: Result, max_wait: float,
+                        sqlite_path: Path | None) -> None:
+    n = result.tasks
+    say(f"  backlog: pausing the workers, submitting {n} tasks")
+    await pause_workers(workers, sqlite_path)
+    since = time.time()
+    try:
+        await submit_many(store, n, result.in_flight)
+    finally:
+        resumed = time.time()
+        workers.resume()
+    say("  backlog: workers resumed; draining")
+    if not await wait_finished(store, workers, since, n, max_wait):
+        result.timed_out = True
+    rows = await timings(store, since)
+    finished = [r["finished"] for r in rows if r["finished"] is not None]
+    if finished:
+        result.backlog_seconds = max(finished) - resumed
+        result.backlog_tasks_per_second = len(finished) / result.backlog_seconds
+    bad = {s: c for s, c in (await status_counts(store, since)).items() if s != "succeeded"}
+    result.not_succeeded.update({f"backlog {s}": c for s, c in bad.items()})
+
+
 async def idle_phase(store: Store, workers: Workers, result: Result, max_wait: float) -> None:
     n, gap = result.idle_tasks, result.idle_gap_ms / 1000.0
     if n <= 0:
@@ -426,6 +491,9 @@ async def run_backend(backend: str, args: argparse.Namespace) -> Result:
         say(f"  started {args.workers} workers x {args.concurrency}; warming up")
         await warm_up(store, workers, args.workers * args.concurrency)
         await loaded_phase(store, workers, result, args.timeout)
+        if args.backlog:
+            sqlite_path = database.cleanup_path if backend == "sqlite" else None
+            await backlog_phase(store, workers, result, args.timeout, sqlite_path)
         await idle_phase(store, workers, result, args.timeout)
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
@@ -459,15 +527,17 @@ def _sample(lines: list[str], limit: int) -> list[str]:
 
 # -- output -------------------------------------------------------------------------------------
 def table(results: list[Result]) -> str:
-    headers = ["backend", "N", "KxC", "submit/s", "drain/s", "loaded p50/p95/p99 ms",
+    headers = ["backend", "N", "KxC", "submit/s", "drain/s", "backlog/s", "loaded p50/p95/p99 ms",
                "idle p50/p95/p99 ms", "worker RSS MiB", "problems"]
     rows = [[
         r.backend, f"{r.tasks:,}", f"{r.workers}x{r.concurrency}", f"{r.submit_rate:,.0f}",
-        f"{r.tasks_per_second:,.0f}", r.loaded_latency.brief(), r.idle_latency.brief(),
+        f"{r.tasks_per_second:,.0f}",
+        f"{r.backlog_tasks_per_second:,.0f}" if r.backlog_seconds else "-",
+        r.loaded_latency.brief(), r.idle_latency.brief(),
         "/".join(f"{m:.0f}" for m in r.worker_peak_rss_mib) or "-", r.problems,
     ] for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    right = {1, 3, 4}
+    right = {1, 3, 4, 5}
     lines = []
     for cells in [headers, *rows]:
         lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w)
@@ -477,8 +547,8 @@ def table(results: list[Result]) -> str:
     for r in results:
         notes.append(f"{r.backend}: submit {r.submit_seconds:.2f}s, last completion "
                      f"{r.drain_seconds:.2f}s after the first submit ({r.tail_seconds:.2f}s "
-                     f"after the last); idle: {r.idle_latency.count} tasks "
-                     f"{r.idle_gap_ms:g} ms apart")
+                     f"after the last); backlog drained in {r.backlog_seconds:.2f}s; "
+                     f"idle: {r.idle_latency.count} tasks {r.idle_gap_ms:g} ms apart")
         notes += [f"  {line}" for line in r.stderr_sample]
     return "\n".join([*(line.rstrip() for line in lines), "", *notes])
 
@@ -502,6 +572,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="tasks each worker runs at once (default 16)")
     parser.add_argument("--in-flight", type=int, default=32,
                         help="concurrent submissions in the loaded phase (default 32)")
+    parser.add_argument("--no-backlog", dest="backlog", action="store_false",
+                        help="skip the backlog phase (pause workers, submit N, resume)")
     parser.add_argument("--idle-tasks", type=int, default=200,
                         help="tasks in the idle-latency phase; 0 skips it (default 200)")
     parser.add_argument("--idle-gap-ms", type=float, default=10.0,
@@ -540,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = environment()
         print(f"chronoq {env['chronoq']}, Python {env['python']}, SQLite {env['sqlite']}, "
               f"{env['cpus']} CPUs\n")
-        print(table(results))
+        print(table(results), flush=True)
     return 1 if any(r.error or r.timed_out for r in results) else 0
 
 

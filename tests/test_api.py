@@ -156,3 +156,11 @@ async def test_openapi_describes_every_route_and_error(harness: Harness) -> None
     assert set(paths["/v1/tasks"]["post"]["responses"]) >= {"200", "201", "413", "422"}
     assert set(paths["/v1/tasks/{task_id}/cancel"]["post"]["responses"]) >= {"404", "409"}
     assert "ErrorResponse" in spec["components"]["schemas"]
+
+
+async def test_payload_that_json_cannot_hold_is_a_422(harness: Harness) -> None:
+    response = await harness.http.post("/v1/tasks", content=b'{"name": "x", "payload": '
+                                       b'{"big": 123456789012345678901234567890}}',
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert error_of(response)["details"][0]["field"] == "payload"

@@ -42,7 +42,11 @@ def _check_id(task_id: str, field: str = "task_id") -> str:
 async def create_task(spec: TaskCreate, app: AppDep, response: Response) -> Task:
     """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
     same `idempotency_key` again returns the first task (status 200) instead of a copy."""
-    size = len(dumps(spec.payload))
+    try:
+        size = len(dumps(spec.payload))
+    except TypeError as exc:  # orjson: integers beyond 64 bits, NaN keys, ...
+        raise ApiError(422, "validation_error", f"payload cannot be stored as JSON: {exc}",
+                       "payload") from None
     limit = app.settings.max_payload_bytes
     if size > limit:
         raise ApiError(413, "payload_too_large",
