@@ -164,3 +164,13 @@ async def test_payload_that_json_cannot_hold_is_a_422(harness: Harness) -> None:
                                        headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert error_of(response)["details"][0]["field"] == "payload"
+
+
+async def test_non_finite_numbers_are_a_422(harness: Harness) -> None:
+    for raw in (b'{"name": "x", "payload": {"v": [1, Infinity]}}',
+                b'{"name": "x", "payload": {"v": NaN}}',
+                b'{"name": "x", "delay_seconds": Infinity}',
+                b'{"name": "x", "priority": NaN}'):
+        response = await harness.http.post("/v1/tasks", content=raw,
+                                           headers={"content-type": "application/json"})
+        assert response.status_code == 422, (raw, response.text)

@@ -28,13 +28,14 @@ bodies = st.fixed_dictionaries(
         "payload": json_values,
         "queue": st.text(max_size=12),
         "priority": st.integers(-2000, 2000) | st.text(max_size=3),
-        "delay_seconds": st.floats(allow_nan=False) | st.integers(),
+        "delay_seconds": st.floats(allow_nan=False, allow_infinity=False) | st.integers(),
         "run_at": st.datetimes().map(lambda d: d.isoformat() + "Z") | st.text(max_size=10),
         "max_attempts": st.integers(-5, 200),
-        "timeout_seconds": st.floats(allow_nan=False),
+        "timeout_seconds": st.floats(allow_nan=False, allow_infinity=False),
         "idempotency_key": st.text(max_size=10),
         "backoff": st.dictionaries(st.sampled_from(["base", "factor", "max", "jitter", "x"]),
-                                   st.floats(allow_nan=False) | st.integers()),
+                                   st.floats(allow_nan=False, allow_infinity=False)
+                                   | st.integers()),
     },
 )
 

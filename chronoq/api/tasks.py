@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated
 
@@ -33,6 +34,17 @@ def _check_id(task_id: str, field: str = "task_id") -> str:
     return task_id
 
 
+def _finite(value: object) -> bool:
+    """False when a JSON value holds NaN or ±Infinity (Python's parser accepts them)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
 @router.post(
     "/tasks", status_code=201, response_model=Task,
     responses={200: {"model": Task, "description": "A task with this idempotency_key existed"},
@@ -42,6 +54,9 @@ def _check_id(task_id: str, field: str = "task_id") -> str:
 async def create_task(spec: TaskCreate, app: AppDep, response: Response) -> Task:
     """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
     same `idempotency_key` again returns the first task (status 200) instead of a copy."""
+    if not _finite(spec.payload):
+        raise ApiError(422, "validation_error",
+                       "payload contains NaN or Infinity, which JSON cannot represent", "payload")
     try:
         size = len(dumps(spec.payload))
     except TypeError as exc:  # orjson: integers beyond 64 bits, NaN keys, ...
