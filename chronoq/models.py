@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
+from chronoq.recurrence import check_cron, check_timezone
 from chronoq.states import Backoff, Status
 
 Outcome = Literal["succeeded", "failed", "timeout", "cancelled", "lost"]
@@ -32,8 +41,8 @@ class BackoffSpec(BaseModel):
         return Backoff(self.base, self.factor, self.max, self.jitter)
 
 
-class TaskCreate(BaseModel):
-    """A request to run a task once: now, at ``run_at``, or after ``delay_seconds``."""
+class TaskTemplate(BaseModel):
+    """What to run: the part of a task that a recurring schedule repeats."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -43,11 +52,16 @@ class TaskCreate(BaseModel):
                                     description="JSON object passed to the handler")
     queue: str = Field("default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:\-]+$")
     priority: int = Field(0, ge=-1000, le=1000, description="higher runs first within a queue")
-    run_at: datetime | None = Field(None, description="ISO 8601 time with a UTC offset")
-    delay_seconds: float | None = Field(None, ge=0, le=10 * 365 * 86400)
     max_attempts: int = Field(3, ge=1, le=100)
     backoff: BackoffSpec = Field(default_factory=BackoffSpec)
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
+
+
+class TaskCreate(TaskTemplate):
+    """A request to run a task once: now, at ``run_at``, or after ``delay_seconds``."""
+
+    run_at: datetime | None = Field(None, description="ISO 8601 time with a UTC offset")
+    delay_seconds: float | None = Field(None, ge=0, le=10 * 365 * 86400)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
 
     @field_validator("run_at")
@@ -110,6 +124,8 @@ class Task(BaseModel):
     worker_id: str | None = None
     result: Any = None
     error: str | None = None
+    schedule_id: str | None = Field(None, description="the schedule that fired this task")
+    slot: datetime | None = Field(None, description="the schedule's nominal fire time")
     attempt_history: list[Attempt] | None = Field(
         None, description="every attempt, oldest first (only on GET /v1/tasks/{id})")
 
@@ -139,3 +155,95 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+MisfirePolicy = Literal["skip", "run_once", "catch_up"]
+
+
+def _valid_cron(value: str) -> str:
+    check_cron(value)
+    return value
+
+
+def _valid_timezone(value: str) -> str:
+    check_timezone(value)
+    return value
+
+
+CronExpression = Annotated[str, Field(max_length=200), AfterValidator(_valid_cron)]
+TimeZoneName = Annotated[str, Field(max_length=64), AfterValidator(_valid_timezone)]
+
+
+class ScheduleFields(BaseModel):
+    """The fields a schedule can be created with; PATCH accepts any subset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: CronExpression | None = Field(None, examples=["*/5 * * * *"],
+                             description="5 fields, 6 with leading seconds, or @hourly/@daily…")
+    interval_seconds: float | None = Field(None, ge=1, le=366 * 86400,
+                                           description="fire every N seconds instead of cron")
+    timezone: TimeZoneName = Field("UTC", description="IANA zone the cron is read in")
+    task: TaskTemplate
+    start_at: AwareDatetime | None = Field(None, description="no slot before this time")
+    end_at: AwareDatetime | None = Field(None, description="no slot after this time")
+    misfire_policy: MisfirePolicy = Field(
+        "run_once", description="slots missed while down or late: skip them, run the latest "
+        "once, or catch_up on up to max_catch_up")
+    max_catch_up: int = Field(10, ge=1, le=1000)
+    misfire_grace_seconds: float = Field(60.0, ge=0, le=86400,
+                                         description="a slot later than this is missed")
+    jitter_seconds: float = Field(0.0, ge=0, le=86400,
+                                  description="delay each run by a random 0..jitter seconds")
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _valid_rule(self) -> ScheduleFields:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("give exactly one of cron or interval_seconds")
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            raise ValueError("end_at must be after start_at")
+        return self
+
+
+class ScheduleCreate(ScheduleFields):
+    """A recurring schedule: fire ``task`` on a cron or interval rule."""
+
+    name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$",
+                      description="unique name, e.g. `nightly-report`")
+
+
+class ScheduleUpdate(BaseModel):
+    """A partial update (PATCH): only the fields given change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: CronExpression | None = None
+    interval_seconds: float | None = Field(None, ge=1, le=366 * 86400)
+    timezone: TimeZoneName | None = None
+    task: TaskTemplate | None = None
+    start_at: AwareDatetime | None = None
+    end_at: AwareDatetime | None = None
+    misfire_policy: MisfirePolicy | None = None
+    max_catch_up: int | None = Field(None, ge=1, le=1000)
+    misfire_grace_seconds: float | None = Field(None, ge=0, le=86400)
+    jitter_seconds: float | None = Field(None, ge=0, le=86400)
+    paused: bool | None = None
+
+
+class Schedule(ScheduleCreate):
+    """A schedule as the API returns it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    next_fire_at: datetime | None = Field(description="next slot; null when paused or ended")
+    last_fire_at: datetime | None
+    next_fire_times: list[datetime] = Field(description="the next 5 slots")
+    created_at: datetime
+    updated_at: datetime
+
+
+class SchedulePage(BaseModel):
+    items: list[Schedule]
+    next_cursor: str | None = None

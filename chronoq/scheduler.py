@@ -1,8 +1,10 @@
-"""The scheduler: makes waiting tasks due on time and rescues tasks from dead workers.
+"""The scheduler: fires recurring schedules, makes waiting tasks due on time, and rescues
+tasks from dead workers.
 
 It sleeps until the earliest ``run_at`` among scheduled tasks and retries (never longer
 than ``poll_seconds``), and is woken at once when a task is scheduled for earlier. Each
-round it promotes every due task to ``queued`` (which wakes the workers) and fails the
+round it fires the due slots of schedules (one task per slot, enforced by a unique index),
+promotes every due task to ``queued`` (which wakes the workers) and fails the
 attempts whose lease expired, so they are retried elsewhere. Promotion is a conditional
 UPDATE, so several schedulers side by side never run a task twice.
 """
@@ -28,6 +30,7 @@ class Scheduler:
         self.reap_seconds = reap_seconds
         self.batch = batch
         self.promoted = 0
+        self.fired = 0
         self.reaped = 0
         self._stopping = asyncio.Event()
 
@@ -44,9 +47,11 @@ class Scheduler:
                 wake.clear()
                 try:
                     now = time.time()
+                    fired = await self.store.fire_due_schedules(now, self.batch)
+                    self.fired += fired
                     moved = await self.store.promote_due(now, self.batch)
                     self.promoted += len(moved)
-                    if len(moved) >= self.batch:
+                    if len(moved) >= self.batch or fired >= self.batch:
                         continue  # more are due: no sleep
                     if now >= next_reap:
                         await self.reap(now)
@@ -67,7 +72,8 @@ class Scheduler:
         finally:
             stopping.cancel()
             self.store.hub.discard(wake)
-            log.info("scheduler stopped (promoted %d, rescued %d)", self.promoted, self.reaped)
+            log.info("scheduler stopped (fired %d, promoted %d, rescued %d)", self.fired,
+                     self.promoted, self.reaped)
 
     async def reap(self, now: float) -> int:
         """Fail every attempt whose worker stopped renewing its lease."""

@@ -1,4 +1,4 @@
-"""The store: the single source of truth for tasks and attempts.
+"""The store: the single source of truth for tasks, attempts and schedules.
 
 :class:`Store` holds every query in one dialect-neutral form (``$1`` placeholders); the
 SQLite and PostgreSQL subclasses only say how to connect, run a statement, open a
@@ -9,150 +9,34 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
-
-import orjson
+from typing import Any
 
 from chronoq import states
-from chronoq.ids import new_id
-from chronoq.models import (
-    Attempt,
-    BackoffSpec,
-    Outcome,
-    QueueStats,
-    Task,
-    TaskCreate,
-    to_datetime,
-)
+from chronoq.models import Attempt, QueueStats, TaskCreate
 from chronoq.notify import Hub
 from chronoq.states import Status
-
-Row = Mapping[str, Any]
-
-
-class NotFound(LookupError):
-    """No task has this id."""
-
-
-class Conn(Protocol):
-    """One connection, as the store's queries use it."""
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
-    async def execute(self, sql: str, *args: Any) -> None: ...
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
-
-
-def dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
-
-
-@dataclass(slots=True)
-class TaskRecord:
-    """A row of ``tasks``, decoded."""
-
-    id: str
-    name: str
-    queue: str
-    status: Status
-    priority: int
-    payload: dict[str, Any]
-    run_at: float
-    created_at: float
-    updated_at: float
-    attempts: int
-    max_attempts: int
-    backoff: BackoffSpec
-    timeout_seconds: float | None
-    idempotency_key: str | None
-    worker_id: str | None
-    lease_expires_at: float | None
-    result: Any
-    error: str | None
-
-    @classmethod
-    def from_row(cls, row: Row) -> TaskRecord:
-        return cls(
-            id=row["id"], name=row["name"], queue=row["queue"], status=Status(row["status"]),
-            priority=row["priority"], payload=loads(row["payload"]), run_at=row["run_at"],
-            created_at=row["created_at"], updated_at=row["updated_at"],
-            attempts=row["attempts"], max_attempts=row["max_attempts"],
-            backoff=BackoffSpec.model_validate_json(row["backoff"]),
-            timeout_seconds=row["timeout_seconds"], idempotency_key=row["idempotency_key"],
-            worker_id=row["worker_id"], lease_expires_at=row["lease_expires_at"],
-            result=loads(row["result"]), error=row["error"],
-        )
-
-    def to_api(self, history: list[Attempt] | None = None) -> Task:
-        return Task(
-            id=self.id, name=self.name, queue=self.queue, status=self.status,
-            priority=self.priority, payload=self.payload, run_at=to_datetime(self.run_at),
-            created_at=to_datetime(self.created_at), updated_at=to_datetime(self.updated_at),
-            attempts=self.attempts, max_attempts=self.max_attempts, backoff=self.backoff,
-            timeout_seconds=self.timeout_seconds, idempotency_key=self.idempotency_key,
-            worker_id=self.worker_id, result=self.result, error=self.error,
-            attempt_history=history,
-        )
-
-
-@dataclass(slots=True)
-class Completion:
-    """The end of one attempt, as a worker (or the lease reaper) reports it."""
-
-    task_id: str
-    attempt: int
-    outcome: Outcome
-    finished_at: float
-    status: Status
-    next_run_at: float | None = None
-    result: Any = None
-    error: str | None = None
-    traceback: str | None = None
-
-
-    @classmethod
-    def success(cls, task: TaskRecord, now: float, result: Any) -> Completion:
-        return cls(task.id, task.attempts, "succeeded", now, Status.SUCCEEDED, result=result)
-
-    @classmethod
-    def failure(
-        cls, task: TaskRecord, now: float, outcome: Outcome, error: str,
-        traceback: str | None = None, *, retry_now: bool = False,
-    ) -> Completion:
-        """A failed attempt: retried after the task's backoff, or ``dead`` when it was the last."""
-        status = states.after_failure(task.attempts, task.max_attempts)
-        next_run_at = None
-        if status is Status.FAILED:
-            delay = 0.0 if retry_now else task.backoff.policy().delay(task.attempts)
-            next_run_at = now + delay
-        return cls(task.id, task.attempts, outcome, now, status, next_run_at, None, error,
-                   traceback)
-
-
-def attempt_from_row(row: Row) -> Attempt:
-    return Attempt(
-        attempt=row["attempt"], worker_id=row["worker_id"],
-        started_at=to_datetime(row["started_at"]), finished_at=to_datetime(row["finished_at"]),
-        outcome=row["outcome"], result=loads(row["result"]), error=row["error"],
-        traceback=row["traceback"],
-    )
-
-
-_TASK_COLUMNS = (
-    "id, name, queue, status, priority, payload, run_at, created_at, updated_at, attempts, "
-    "max_attempts, backoff, timeout_seconds, idempotency_key"
+from chronoq.store.records import (
+    INSERT_TASK,
+    Completion,
+    Conn,
+    NotFound,
+    Row,
+    TaskRecord,
+    attempt_from_row,
+    dumps,
+    task_row,
 )
+from chronoq.store.schedules import ScheduleQueries
+
+__all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dumps", "opened"]
+
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
 
 
-class Store(abc.ABC):
+class Store(ScheduleQueries, abc.ABC):
     """Durable task state, shared by the API, the scheduler and the workers."""
 
     dialect: str
@@ -230,30 +114,25 @@ class Store(abc.ABC):
     async def create_task(self, spec: TaskCreate, now: float) -> tuple[TaskRecord, bool]:
         """Insert a task; returns ``(task, created)``. An idempotency key seen before returns
         the existing task with ``created=False``."""
-        due = spec.due_at(now)
-        status = Status.QUEUED if due <= now else Status.SCHEDULED
-        args = (
-            new_id(), spec.name, spec.queue, status.value, spec.priority, dumps(spec.payload),
-            due, now, now, 0, spec.max_attempts, spec.backoff.model_dump_json(),
-            spec.timeout_seconds, spec.idempotency_key,
-        )
+        row = task_row(spec, spec.due_at(now), now, spec.idempotency_key)
         async with self.conn() as c:
             rows = await c.fetch(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
-                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING *",
-                *args,
+                f"{INSERT_TASK} ON CONFLICT (idempotency_key) DO NOTHING RETURNING *", *row
             )
             if not rows:
                 rows = await c.fetch(
                     "SELECT * FROM tasks WHERE idempotency_key = $1", spec.idempotency_key
                 )
                 return TaskRecord.from_row(rows[0]), False
-        if status is Status.QUEUED:
-            self.hub.ready((spec.queue,))
+        self.wake_for(row)
+        return TaskRecord.from_row(rows[0]), True
+
+    def wake_for(self, row: Sequence[Any]) -> None:
+        """Tell this process's scheduler or workers about a task just inserted."""
+        if row[3] == Status.QUEUED.value:
+            self.hub.ready((row[2],))
         else:
             self.hub.scheduled()
-        return TaskRecord.from_row(rows[0]), True
 
     async def get_task(self, task_id: str) -> TaskRecord:
         async with self.conn() as c:
@@ -275,13 +154,16 @@ class Store(abc.ABC):
         status: Status | None = None,
         queue: str | None = None,
         name: str | None = None,
+        schedule_id: str | None = None,
         cursor: str | None = None,
         limit: int = 50,
     ) -> list[TaskRecord]:
         """Tasks newest first; ``cursor`` is the id of the last task of the previous page."""
         where: list[str] = []
         args: list[Any] = []
-        for column, value in (("status", status), ("queue", queue), ("name", name)):
+        filters = (("status", status), ("queue", queue), ("name", name),
+                   ("schedule_id", schedule_id))
+        for column, value in filters:
             if value is not None:
                 args.append(str(value))
                 where.append(f"{column} = ${len(args)}")
@@ -377,10 +259,15 @@ class Store(abc.ABC):
         return queues
 
     async def next_due_at(self) -> float | None:
-        """The earliest ``run_at`` among tasks waiting to become due."""
+        """The earliest time something becomes due: a waiting task or a schedule's slot."""
         waiting = ", ".join(f"'{s.value}'" for s in states.WAITING)
         async with self.conn() as c:
-            rows = await c.fetch(f"SELECT MIN(run_at) AS t FROM tasks WHERE status IN ({waiting})")
+            rows = await c.fetch(
+                "SELECT MIN(t) AS t FROM ("
+                f"SELECT MIN(run_at) AS t FROM tasks WHERE status IN ({waiting}) UNION ALL "
+                "SELECT MIN(next_fire_at) AS t FROM schedules "
+                "WHERE paused = 0 AND next_fire_at IS NOT NULL) AS due"
+            )
         value = rows[0]["t"] if rows else None
         return None if value is None else float(value)
 

@@ -1,0 +1,166 @@
+"""When recurring schedules fire: cron and interval rules, time zones, DST, misfires.
+
+Cron expressions have 5 fields (minute hour day month weekday), or 6 with a leading
+seconds field (``*/10 * * * * *``), or an alias (``@hourly``, ``@daily``…); day and month
+names work (``0 9 * * MON-FRI``). They are evaluated in the schedule's IANA time zone.
+
+Daylight saving time, as classic cron does it:
+
+* a wall-clock time that does not exist (spring forward) fires once, at the shifted
+  time (``30 2 * * *`` fires at 03:00 on that day);
+* a wall-clock time that happens twice (fall back) fires once, on its first occurrence,
+  when the expression names specific hours; expressions whose hour field is ``*`` run
+  on real time and fire in both copies of the repeated hour.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterError, croniter
+
+MisfirePolicy = Literal["skip", "run_once", "catch_up"]
+
+ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+#: longest walk over past slots after downtime; beyond it, old slots are skipped
+MAX_STEPS = 100_000
+
+
+def expand(expression: str) -> str:
+    """Normalise whitespace and resolve aliases."""
+    text = " ".join(expression.split())
+    return ALIASES.get(text.lower(), text)
+
+
+def check_cron(expression: str) -> str:
+    """The normalised expression, or ``ValueError`` saying what is wrong with it."""
+    text = expand(expression)
+    fields = text.split(" ")
+    if len(fields) not in (5, 6):
+        raise ValueError(
+            f"cron expression {expression!r} has {len(fields)} fields; expected 5 "
+            "(minute hour day month weekday), 6 (seconds first) or an alias such as @hourly")
+    try:
+        croniter(text, second_at_beginning=len(fields) == 6)
+    except (CroniterError, ValueError, KeyError) as exc:
+        raise ValueError(f"invalid cron expression {expression!r}: {exc}") from None
+    return text
+
+
+def check_timezone(name: str) -> ZoneInfo:
+    """The zone, or ``ValueError`` naming the unknown zone."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as "
+                         "'UTC' or 'Europe/Paris'") from None
+
+
+class Recurrence:
+    """The fire times of a cron expression in a zone, or of a fixed interval from an anchor."""
+
+    def __init__(self, *, cron: str | None = None, interval: float | None = None,
+                 timezone: str = "UTC", anchor: float = 0.0) -> None:
+        if (cron is None) == (interval is None):
+            raise ValueError("give exactly one of cron or interval_seconds")
+        self.interval = interval
+        self.anchor = anchor
+        self.tz: tzinfo = check_timezone(timezone)
+        self.cron = check_cron(cron) if cron is not None else None
+        fields = self.cron.split(" ") if self.cron else []
+        self.seconds_field = len(fields) == 6
+        hour = fields[2 if self.seconds_field else 1] if fields else "*"
+        self.fixed_hours = hour != "*"
+
+    def next_after(self, t: float) -> float:
+        """The first fire time strictly after epoch second ``t``."""
+        if self.interval is not None:
+            if t < self.anchor:
+                return self.anchor
+            steps = int((t - self.anchor) // self.interval) + 1
+            return self.anchor + steps * self.interval
+        assert self.cron is not None
+        it = croniter(self.cron, datetime.fromtimestamp(t, self.tz),
+                      second_at_beginning=self.seconds_field)
+        while True:
+            moment: datetime = it.get_next(datetime)
+            if not (self.fixed_hours and _second_occurrence(moment, self.tz)):
+                return moment.timestamp()
+
+    def upcoming(self, after: float, count: int = 5, until: float | None = None) -> list[float]:
+        times: list[float] = []
+        t = after
+        while len(times) < count:
+            t = self.next_after(t)
+            if until is not None and t > until:
+                break
+            times.append(t)
+        return times
+
+
+def _second_occurrence(moment: datetime, tz: tzinfo) -> bool:
+    """True for the second copy of a wall-clock time repeated when clocks fall back."""
+    wall = moment.replace(tzinfo=None)
+    first = wall.replace(tzinfo=tz, fold=0)
+    return first.utcoffset() != moment.utcoffset()
+
+
+@dataclass
+class FirePlan:
+    """What a due schedule fires now: slots (nominal times) with their run times."""
+
+    slots: list[float] = field(default_factory=list)
+    run_at: list[float] = field(default_factory=list)
+    missed: int = 0
+    next_fire_at: float | None = None
+
+
+def plan(
+    recurrence: Recurrence, next_fire_at: float, now: float, *, policy: MisfirePolicy,
+    max_catch_up: int, grace: float, end_at: float | None, jitter: float = 0.0,
+    rng: random.Random | None = None,
+) -> FirePlan:
+    """Decide which slots from ``next_fire_at`` up to ``now`` fire.
+
+    A slot later than ``grace`` seconds is *missed* (the scheduler was down or paused):
+    ``skip`` drops missed slots, ``run_once`` fires only the latest of them, ``catch_up``
+    fires the latest ``max_catch_up``. On-time slots always fire.
+    """
+    keep = max_catch_up if policy == "catch_up" else 1
+    missed: deque[float] = deque(maxlen=keep)
+    on_time: list[float] = []
+    dropped = 0
+    slot = next_fire_at
+    steps = 0
+    while slot <= now and (end_at is None or slot <= end_at):
+        if now - slot > grace:
+            if len(missed) == missed.maxlen:
+                dropped += 1
+            missed.append(slot)
+        else:
+            on_time.append(slot)
+        steps += 1
+        if steps >= MAX_STEPS:
+            slot = recurrence.next_after(now)
+            break
+        slot = recurrence.next_after(slot)
+    fired = on_time if policy == "skip" else [*missed, *on_time]
+    result = FirePlan(missed=dropped + (len(missed) if policy == "skip" else 0))
+    result.slots = fired
+    r = rng or random
+    result.run_at = [s + (r.uniform(0, jitter) if jitter > 0 else 0.0) for s in fired]
+    result.next_fire_at = slot if end_at is None or slot <= end_at else None
+    return result

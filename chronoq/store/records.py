@@ -1,0 +1,160 @@
+"""Rows as Python objects: tasks, attempts, completions, and the JSON codec for storage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from chronoq import states
+from chronoq.ids import new_id
+from chronoq.models import (
+    Attempt,
+    BackoffSpec,
+    Outcome,
+    Task,
+    TaskTemplate,
+    to_datetime,
+)
+from chronoq.states import Status
+
+Row = Mapping[str, Any]
+
+
+class NotFound(LookupError):
+    """No task has this id."""
+
+
+class Conn(Protocol):
+    """One connection, as the store's queries use it."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+    async def execute(self, sql: str, *args: Any) -> None: ...
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """A row of ``tasks``, decoded."""
+
+    id: str
+    name: str
+    queue: str
+    status: Status
+    priority: int
+    payload: dict[str, Any]
+    run_at: float
+    created_at: float
+    updated_at: float
+    attempts: int
+    max_attempts: int
+    backoff: BackoffSpec
+    timeout_seconds: float | None
+    idempotency_key: str | None
+    worker_id: str | None
+    lease_expires_at: float | None
+    result: Any
+    error: str | None
+    schedule_id: str | None = None
+    slot: float | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> TaskRecord:
+        return cls(
+            id=row["id"], name=row["name"], queue=row["queue"], status=Status(row["status"]),
+            priority=row["priority"], payload=loads(row["payload"]), run_at=row["run_at"],
+            created_at=row["created_at"], updated_at=row["updated_at"],
+            attempts=row["attempts"], max_attempts=row["max_attempts"],
+            backoff=BackoffSpec.model_validate_json(row["backoff"]),
+            timeout_seconds=row["timeout_seconds"], idempotency_key=row["idempotency_key"],
+            worker_id=row["worker_id"], lease_expires_at=row["lease_expires_at"],
+            result=loads(row["result"]), error=row["error"],
+            schedule_id=row["schedule_id"], slot=row["slot"],
+        )
+
+    def to_api(self, history: list[Attempt] | None = None) -> Task:
+        return Task(
+            id=self.id, name=self.name, queue=self.queue, status=self.status,
+            priority=self.priority, payload=self.payload, run_at=to_datetime(self.run_at),
+            created_at=to_datetime(self.created_at), updated_at=to_datetime(self.updated_at),
+            attempts=self.attempts, max_attempts=self.max_attempts, backoff=self.backoff,
+            timeout_seconds=self.timeout_seconds, idempotency_key=self.idempotency_key,
+            worker_id=self.worker_id, result=self.result, error=self.error,
+            schedule_id=self.schedule_id, slot=to_datetime(self.slot),
+            attempt_history=history,
+        )
+
+
+@dataclass(slots=True)
+class Completion:
+    """The end of one attempt, as a worker (or the lease reaper) reports it."""
+
+    task_id: str
+    attempt: int
+    outcome: Outcome
+    finished_at: float
+    status: Status
+    next_run_at: float | None = None
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+
+
+    @classmethod
+    def success(cls, task: TaskRecord, now: float, result: Any) -> Completion:
+        return cls(task.id, task.attempts, "succeeded", now, Status.SUCCEEDED, result=result)
+
+    @classmethod
+    def failure(
+        cls, task: TaskRecord, now: float, outcome: Outcome, error: str,
+        traceback: str | None = None, *, retry_now: bool = False,
+    ) -> Completion:
+        """A failed attempt: retried after the task's backoff, or ``dead`` when it was the last."""
+        status = states.after_failure(task.attempts, task.max_attempts)
+        next_run_at = None
+        if status is Status.FAILED:
+            delay = 0.0 if retry_now else task.backoff.policy().delay(task.attempts)
+            next_run_at = now + delay
+        return cls(task.id, task.attempts, outcome, now, status, next_run_at, None, error,
+                   traceback)
+
+
+def attempt_from_row(row: Row) -> Attempt:
+    return Attempt(
+        attempt=row["attempt"], worker_id=row["worker_id"],
+        started_at=to_datetime(row["started_at"]), finished_at=to_datetime(row["finished_at"]),
+        outcome=row["outcome"], result=loads(row["result"]), error=row["error"],
+        traceback=row["traceback"],
+    )
+
+
+INSERT_TASK = (
+    "INSERT INTO tasks (id, name, queue, status, priority, payload, run_at, created_at, "
+    "updated_at, attempts, max_attempts, backoff, timeout_seconds, idempotency_key, "
+    "schedule_id, slot) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+)
+
+
+def task_row(
+    template: TaskTemplate, run_at: float, now: float, idempotency_key: str | None = None,
+    schedule_id: str | None = None, slot: float | None = None,
+) -> tuple[Any, ...]:
+    """The values of :data:`INSERT_TASK` for a new task due at ``run_at``."""
+    status = Status.QUEUED if run_at <= now else Status.SCHEDULED
+    return (
+        new_id(), template.name, template.queue, status.value, template.priority,
+        dumps(template.payload), run_at, now, now, 0, template.max_attempts,
+        template.backoff.model_dump_json(), template.timeout_seconds, idempotency_key,
+        schedule_id, slot,
+    )

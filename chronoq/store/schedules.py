@@ -1,0 +1,286 @@
+"""Schedule queries: CRUD, pause/resume/trigger, and firing due schedules exactly once per slot."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chronoq.ids import new_id
+from chronoq.models import (
+    Schedule,
+    ScheduleCreate,
+    TaskTemplate,
+    to_datetime,
+)
+from chronoq.notify import Hub
+from chronoq.recurrence import FirePlan, MisfirePolicy, Recurrence, plan
+from chronoq.store.records import INSERT_TASK, Row, TaskRecord, task_row
+
+#: fields whose change moves the next fire time
+RULE_FIELDS = frozenset({"cron", "interval_seconds", "timezone", "start_at", "end_at"})
+
+
+class ScheduleNotFound(LookupError):
+    """No schedule has this id or name."""
+
+
+class ScheduleExists(Exception):
+    """A schedule with this name exists already."""
+
+
+@dataclass(slots=True)
+class ScheduleRecord:
+    """A row of ``schedules``, decoded."""
+
+    id: str
+    name: str
+    cron: str | None
+    interval_seconds: float | None
+    timezone: str
+    task: TaskTemplate
+    start_at: float | None
+    end_at: float | None
+    misfire_policy: MisfirePolicy
+    max_catch_up: int
+    misfire_grace_seconds: float
+    jitter_seconds: float
+    paused: bool
+    next_fire_at: float | None
+    last_fire_at: float | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Row) -> ScheduleRecord:
+        return cls(
+            id=row["id"], name=row["name"], cron=row["cron"],
+            interval_seconds=row["interval_seconds"], timezone=row["timezone"],
+            task=TaskTemplate.model_validate_json(row["task"]), start_at=row["start_at"],
+            end_at=row["end_at"], misfire_policy=row["misfire_policy"],
+            max_catch_up=row["max_catch_up"],
+            misfire_grace_seconds=row["misfire_grace_seconds"],
+            jitter_seconds=row["jitter_seconds"], paused=bool(row["paused"]),
+            next_fire_at=row["next_fire_at"], last_fire_at=row["last_fire_at"],
+            created_at=row["created_at"], updated_at=row["updated_at"],
+        )
+
+    @classmethod
+    def new(cls, spec: ScheduleCreate, now: float) -> ScheduleRecord:
+        record = cls(
+            id=new_id(), name=spec.name, cron=None, interval_seconds=None, timezone="UTC",
+            task=spec.task, start_at=None, end_at=None, misfire_policy="run_once",
+            max_catch_up=1, misfire_grace_seconds=0, jitter_seconds=0, paused=False,
+            next_fire_at=None, last_fire_at=None, created_at=now, updated_at=now,
+        )
+        record.apply(spec, now)
+        return record
+
+    def apply(self, spec: ScheduleCreate, now: float) -> None:
+        """Take every field from ``spec`` and recompute the next fire time from ``now``."""
+        self.cron, self.interval_seconds = spec.cron, spec.interval_seconds
+        self.timezone, self.task = spec.timezone, spec.task
+        self.start_at = spec.start_at.timestamp() if spec.start_at else None
+        self.end_at = spec.end_at.timestamp() if spec.end_at else None
+        self.misfire_policy, self.max_catch_up = spec.misfire_policy, spec.max_catch_up
+        self.misfire_grace_seconds = spec.misfire_grace_seconds
+        self.jitter_seconds, self.paused = spec.jitter_seconds, spec.paused
+        self.updated_at = now
+        self.next_fire_at = None if self.paused else self.first_fire_after(now)
+
+    def spec(self) -> ScheduleCreate:
+        return ScheduleCreate(
+            name=self.name, cron=self.cron, interval_seconds=self.interval_seconds,
+            timezone=self.timezone, task=self.task, start_at=to_datetime(self.start_at),
+            end_at=to_datetime(self.end_at), misfire_policy=self.misfire_policy,
+            max_catch_up=self.max_catch_up, misfire_grace_seconds=self.misfire_grace_seconds,
+            jitter_seconds=self.jitter_seconds, paused=self.paused,
+        )
+
+    def recurrence(self) -> Recurrence:
+        anchor = self.start_at if self.start_at is not None else self.created_at
+        return Recurrence(cron=self.cron, interval=self.interval_seconds,
+                                     timezone=self.timezone, anchor=anchor)
+
+    def first_fire_after(self, t: float) -> float | None:
+        """The first slot after ``t`` (and not before ``start_at``); None past ``end_at``."""
+        if self.start_at is not None and t < self.start_at:
+            t = self.start_at - 0.001
+        slot = self.recurrence().next_after(t)
+        return None if self.end_at is not None and slot > self.end_at else slot
+
+    def plan(self, now: float) -> FirePlan:
+        assert self.next_fire_at is not None
+        return plan(
+            self.recurrence(), self.next_fire_at, now, policy=self.misfire_policy,
+            max_catch_up=self.max_catch_up, grace=self.misfire_grace_seconds,
+            end_at=self.end_at, jitter=self.jitter_seconds,
+        )
+
+    def values(self) -> tuple[Any, ...]:
+        return (
+            self.id, self.name, self.cron, self.interval_seconds, self.timezone,
+            self.task.model_dump_json(), self.start_at, self.end_at, self.misfire_policy,
+            self.max_catch_up, self.misfire_grace_seconds, self.jitter_seconds,
+            int(self.paused), self.next_fire_at, self.last_fire_at, self.created_at,
+            self.updated_at,
+        )
+
+    def to_api(self) -> Schedule:
+        upcoming: list[float] = []
+        if self.next_fire_at is not None:
+            upcoming = self.recurrence().upcoming(self.next_fire_at - 0.001, 5, self.end_at)
+        spec = self.spec()
+        return Schedule(
+            **spec.model_dump(), id=self.id, next_fire_at=to_datetime(self.next_fire_at),
+            last_fire_at=to_datetime(self.last_fire_at),
+            next_fire_times=[to_datetime(t) for t in upcoming],
+            created_at=to_datetime(self.created_at), updated_at=to_datetime(self.updated_at),
+        )
+
+
+_COLUMNS = (
+    "id, name, cron, interval_seconds, timezone, task, start_at, end_at, misfire_policy, "
+    "max_catch_up, misfire_grace_seconds, jitter_seconds, paused, next_fire_at, last_fire_at, "
+    "created_at, updated_at"
+)
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 18))
+_UPDATE = ", ".join(f"{c.strip()} = ${i}" for i, c in enumerate(_COLUMNS.split(","), 1)
+                    if i > 1)
+
+
+class ScheduleQueries(abc.ABC):
+    """Schedule queries, mixed into :class:`chronoq.store.base.Store`."""
+
+    hub: Hub
+    skip_locked: str
+
+    @abc.abstractmethod
+    def conn(self) -> Any: ...
+
+    @abc.abstractmethod
+    def tx(self) -> Any: ...
+
+    @abc.abstractmethod
+    def wake_for(self, row: Sequence[Any]) -> None: ...
+
+    async def create_schedule(self, spec: ScheduleCreate, now: float) -> ScheduleRecord:
+        record = ScheduleRecord.new(spec, now)
+        async with self.conn() as c:
+            rows = await c.fetch(
+                f"INSERT INTO schedules ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
+                "ON CONFLICT (name) DO NOTHING RETURNING id", *record.values())
+        if not rows:
+            raise ScheduleExists(spec.name)
+        self.hub.scheduled()
+        return record
+
+    async def get_schedule(self, key: str) -> ScheduleRecord:
+        """A schedule by id or by name."""
+        async with self.conn() as c:
+            rows = await c.fetch("SELECT * FROM schedules WHERE id = $1 OR name = $1", key)
+        if not rows:
+            raise ScheduleNotFound(key)
+        return ScheduleRecord.from_row(rows[0])
+
+    async def list_schedules(self, cursor: str | None = None, limit: int = 50
+                             ) -> list[ScheduleRecord]:
+        """Schedules by name; ``cursor`` is the last name of the previous page."""
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT * FROM schedules WHERE name > $1 ORDER BY name LIMIT $2",
+                cursor or "", limit)
+        return [ScheduleRecord.from_row(r) for r in rows]
+
+    async def _save(self, record: ScheduleRecord) -> None:
+        async with self.conn() as c:
+            await c.execute(f"UPDATE schedules SET {_UPDATE} WHERE id = $1", *record.values())
+        self.hub.scheduled()
+
+    async def update_schedule(self, key: str, changes: Mapping[str, Any], now: float
+                              ) -> ScheduleRecord:
+        """Apply a partial update (already validated field by field); the merged schedule is
+        validated again as a whole. The next fire time moves only if the rule changed."""
+        record = await self.get_schedule(key)
+        merged = {**record.spec().model_dump(), **changes}
+        if "cron" in changes and changes["cron"] is not None:
+            merged["interval_seconds"] = None
+        if "interval_seconds" in changes and changes["interval_seconds"] is not None:
+            merged["cron"] = None
+        spec = ScheduleCreate.model_validate(merged)
+        keep_next = record.next_fire_at
+        was_paused = record.paused
+        record.apply(spec, now)
+        if not (RULE_FIELDS & set(changes)) and not record.paused and not was_paused:
+            record.next_fire_at = keep_next
+        await self._save(record)
+        return record
+
+    async def upsert_schedule(self, spec: ScheduleCreate, now: float
+                              ) -> tuple[ScheduleRecord, bool]:
+        """Create or update the schedule named ``spec.name`` (for schedules declared in code).
+        A pause set by an operator is kept. Returns ``(schedule, changed)``."""
+        try:
+            record = await self.get_schedule(spec.name)
+        except ScheduleNotFound:
+            try:
+                return await self.create_schedule(spec, now), True
+            except ScheduleExists:
+                record = await self.get_schedule(spec.name)
+        current = record.spec()
+        wanted = spec.model_copy(update={"paused": current.paused})
+        if current == wanted:
+            return record, False
+        changes = {k: v for k, v in wanted.model_dump().items()
+                   if current.model_dump()[k] != v}
+        return await self.update_schedule(record.id, changes, now), True
+
+    async def delete_schedule(self, key: str) -> ScheduleRecord:
+        record = await self.get_schedule(key)
+        async with self.conn() as c:
+            await c.execute("DELETE FROM schedules WHERE id = $1", record.id)
+        return record
+
+    async def set_paused(self, key: str, paused: bool, now: float) -> ScheduleRecord:
+        """Pause (nothing fires) or resume (the next slot after now fires; slots that fell in
+        the pause are not made up)."""
+        return await self.update_schedule(key, {"paused": paused}, now)
+
+    async def trigger_schedule(self, key: str, now: float) -> TaskRecord:
+        """Fire the schedule's task now, outside its rule (slot = now)."""
+        record = await self.get_schedule(key)
+        row = task_row(record.task, now, now, None, record.id, now)
+        async with self.conn() as c:
+            rows = await c.fetch(f"{INSERT_TASK} RETURNING *", *row)
+        self.wake_for(row)
+        return TaskRecord.from_row(rows[0])
+
+    async def fire_due_schedules(self, now: float, limit: int = 500) -> int:
+        """Insert the tasks of every due slot and move each schedule to its next slot, in one
+        transaction. ``ON CONFLICT (schedule_id, slot) DO NOTHING``: a slot never fires twice,
+        even with several schedulers. Returns the number of tasks inserted."""
+        async with self.tx() as c:
+            rows = await c.fetch(
+                "SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 "
+                f"ORDER BY next_fire_at LIMIT $2{self.skip_locked}", now, limit)
+            if not rows:
+                return 0
+            tasks: list[tuple[Any, ...]] = []
+            moves: list[tuple[Any, ...]] = []
+            for row in rows:
+                record = ScheduleRecord.from_row(row)
+                fire = record.plan(now)
+                for slot, run_at in zip(fire.slots, fire.run_at, strict=True):
+                    tasks.append(task_row(record.task, run_at, now, None, record.id, slot))
+                last = fire.slots[-1] if fire.slots else record.last_fire_at
+                moves.append((record.id, fire.next_fire_at, last, now))
+            if tasks:
+                await c.executemany(
+                    f"{INSERT_TASK} ON CONFLICT (schedule_id, slot) DO NOTHING", tasks)
+            await c.executemany(
+                "UPDATE schedules SET next_fire_at = $2, last_fire_at = $3, updated_at = $4 "
+                "WHERE id = $1", moves)
+        for row in tasks:
+            self.wake_for(row)
+        return len(tasks)
