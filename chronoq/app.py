@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -12,9 +13,11 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from chronoq.config import Settings
 from chronoq.executors import Executor, PythonExecutor
-from chronoq.models import BackoffSpec, Task, TaskCreate
+from chronoq.models import BackoffSpec, ScheduleCreate, Task, TaskCreate, TaskTemplate
 from chronoq.notify import Hub
 from chronoq.store import Store, create_store
+
+log = logging.getLogger("chronoq")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,6 +97,7 @@ class App:
         if database_url is not None:
             self.settings = self.settings.model_copy(update={"database_url": database_url})
         self.tasks: dict[str, TaskFunction[Any, Any]] = {}
+        self.schedules: list[ScheduleCreate] = []
         self.hub = Hub()
         self._store: Store | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -108,7 +112,7 @@ class App:
         """Register a sync or async function as the handler for task ``name``."""
 
         def register(fn: Callable[P, R]) -> TaskFunction[P, R]:
-            task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+            task_name = name or f"{fn.__module__}.{fn.__name__}"
             defaults: dict[str, Any] = {"queue": queue, "priority": priority,
                                         "max_attempts": max_attempts, "timeout_seconds": timeout}
             if backoff is not None:
@@ -118,6 +122,42 @@ class App:
             return wrapped
 
         return register
+
+    def periodic(
+        self, *, cron: str | None = None, interval_seconds: float | None = None,
+        timezone: str = "UTC", name: str | None = None, schedule_name: str | None = None,
+        payload: dict[str, Any] | None = None, **options: Any,
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
+        """Register a handler and a schedule that runs it, declared in code.
+
+        The schedule (named ``schedule_name``, default the task name) is created when the
+        app opens, or updated if its definition changed; never duplicated. ``options`` are
+        schedule fields (``misfire_policy``, ``jitter_seconds``, ``start_at``…) or task
+        defaults (``queue``, ``priority``, ``max_attempts``, ``timeout``, ``backoff``).
+        """
+        task_keys = {"queue", "priority", "max_attempts", "timeout", "backoff"}
+        task_options = {k: v for k, v in options.items() if k in task_keys}
+        schedule_options = {k: v for k, v in options.items() if k not in task_keys}
+
+        def register(fn: Callable[P, R]) -> TaskFunction[P, R]:
+            wrapped = self.task(name, **task_options)(fn)
+            template = TaskTemplate.model_validate(
+                wrapped.spec(payload or {}).model_dump(include=set(TaskTemplate.model_fields)))
+            self.schedules.append(ScheduleCreate(
+                name=schedule_name or wrapped.name, cron=cron,
+                interval_seconds=interval_seconds, timezone=timezone, task=template,
+                **schedule_options))
+            return wrapped
+
+        return register
+
+    async def sync_schedules(self) -> None:
+        """Create or update the schedules declared with :meth:`periodic`."""
+        for spec in self.schedules:
+            _, changed = await self.store.upsert_schedule(spec, time.time())
+            if changed:
+                log.info("schedule %s saved (%s)", spec.name,
+                         spec.cron or f"every {spec.interval_seconds}s")
 
     def executors(self) -> dict[str, Executor]:
         """An executor per registered Python handler."""
@@ -147,6 +187,7 @@ class App:
             raise
         self._store = store
         self._loop = asyncio.get_running_loop()
+        await self.sync_schedules()
 
     async def close(self) -> None:
         if self._store is not None:

@@ -225,6 +225,13 @@ def _client_call(url: str, fn: Any) -> Any:
             raise click.ClickException(exc.message) from None
 
 
+def _json_option(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+
+
 def _echo_json(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
@@ -289,10 +296,7 @@ def submit(name: str, payload: str, run_at: str | None, delay: str | None, queue
            priority: int, max_attempts: int, timeout: str | None,
            idempotency_key: str | None, url: str, as_json: bool) -> None:
     """Submit task NAME (runs now unless --at or --in)."""
-    try:
-        body = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    body = _json_option(payload)
     if run_at and delay:
         raise click.UsageError("give --at or --in, not both")
     spec: dict[str, Any] = {"name": name, "payload": body, "queue": queue,
@@ -384,6 +388,108 @@ def queues(url: str, as_json: bool) -> None:
     statuses = ["scheduled", "queued", "running", "succeeded", "failed", "dead", "cancelled"]
     rows = [[q["queue"], *(str(q["counts"].get(s, 0)) for s in statuses)] for q in stats]
     click.echo(_table(rows, ["queue", *statuses]))
+
+
+# -- schedules --------------------------------------------------------------------------------
+@main.group()
+def schedules() -> None:
+    """Recurring schedules: add, list, inspect, pause, resume, trigger, remove."""
+
+
+def _show_schedule(s: dict[str, Any]) -> None:
+    rule = s["cron"] or f"every {s['interval_seconds']}s"
+    fields = [
+        ("id", s["id"]), ("name", s["name"]), ("rule", f"{rule} ({s['timezone']})"),
+        ("task", f"{s['task']['name']} {orjson.dumps(s['task']['payload']).decode()} "
+                 f"queue={s['task']['queue']}"),
+        ("state", "paused" if s["paused"] else ("ended" if not s["next_fire_at"] else "active")),
+        ("misfire", f"{s['misfire_policy']} (grace {s['misfire_grace_seconds']}s)"),
+        ("last fire", _when(s["last_fire_at"])),
+    ]
+    for key, value in fields:
+        click.echo(f"{key:>9}  {value}")
+    for i, t in enumerate(s["next_fire_times"]):
+        click.echo(f"{'next' if i == 0 else '':>9}  {_when(t)}")
+
+
+@schedules.command("add")
+@click.argument("name")
+@click.option("--cron", help="5 fields (or 6 with leading seconds), or @hourly, @daily...")
+@click.option("--every", help="interval instead of cron: 30s, 5m, 1h")
+@click.option("--tz", "timezone", default="UTC", show_default=True, help="IANA time zone")
+@click.option("--task", "task_name", required=True, help="handler name to run")
+@click.option("--payload", "-d", default="{}", help="JSON object passed to the handler")
+@click.option("--queue", "-q", default="default", show_default=True)
+@click.option("--misfire", type=click.Choice(["skip", "run_once", "catch_up"]),
+              default="run_once", show_default=True,
+              help="what to do with slots missed while chronoq was down")
+@click.option("--paused", is_flag=True, help="create it paused")
+@url_option
+@json_option
+def schedules_add(name: str, cron: str | None, every: str | None, timezone: str,
+                  task_name: str, payload: str, queue: str, misfire: str, paused: bool,
+                  url: str, as_json: bool) -> None:
+    """Create schedule NAME running --task on --cron or --every."""
+    if (cron is None) == (every is None):
+        raise click.UsageError("give --cron or --every (one of them)")
+    body: dict[str, Any] = {
+        "name": name, "timezone": timezone, "misfire_policy": misfire, "paused": paused,
+        "task": {"name": task_name, "payload": _json_option(payload), "queue": queue},
+    }
+    if cron:
+        body["cron"] = cron
+    if every:
+        body["interval_seconds"] = parse_duration(every)
+    schedule = _client_call(url, lambda c: c.request("POST", "/v1/schedules", json=body))
+    _echo_json(schedule) if as_json else _show_schedule(schedule)
+
+
+@schedules.command("ls")
+@url_option
+@json_option
+def schedules_ls(url: str, as_json: bool) -> None:
+    """List schedules with their next fire time."""
+    page = _client_call(url, lambda c: c.request("GET", "/v1/schedules",
+                                                 params={"limit": 500}))
+    if as_json:
+        _echo_json(page)
+        return
+    rows = [[s["name"], s["cron"] or f"every {s['interval_seconds']}s", s["timezone"],
+             s["task"]["name"], "paused" if s["paused"] else "active",
+             _when(s["next_fire_at"]), _when(s["last_fire_at"])] for s in page["items"]]
+    click.echo(_table(rows, ["name", "rule", "tz", "task", "state", "next", "last"]))
+
+
+def _schedule_action(method: str, suffix: str, done: str) -> Any:
+    @click.argument("key")
+    @url_option
+    @json_option
+    def command(key: str, url: str, as_json: bool) -> None:
+        result = _client_call(url, lambda c: c.request(method, f"/v1/schedules/{key}{suffix}"))
+        if method == "DELETE":
+            click.echo(f"{key}  {done}")
+        elif as_json:
+            _echo_json(result)
+        elif suffix == "":
+            _show_schedule(result)
+        elif suffix == "/trigger":
+            click.echo(f"{result['id']}  {result['name']}  {result['status']}")
+        else:
+            click.echo(f"{key}  {done}")
+
+    return command
+
+
+schedules.command("get", help="Show schedule KEY (id or name) and its next fire times.")(
+    _schedule_action("GET", "", ""))
+schedules.command("pause", help="Pause schedule KEY: nothing fires until resumed.")(
+    _schedule_action("POST", "/pause", "paused"))
+schedules.command("resume", help="Resume schedule KEY from the next slot.")(
+    _schedule_action("POST", "/resume", "resumed"))
+schedules.command("trigger", help="Run schedule KEY's task once, now.")(
+    _schedule_action("POST", "/trigger", "triggered"))
+schedules.command("rm", help="Delete schedule KEY (tasks it fired stay).")(
+    _schedule_action("DELETE", "", "deleted"))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the API; returns the decoded JSON body (None for 204)."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -40,29 +41,29 @@ class Client:
             except (ValueError, KeyError, TypeError):
                 message = response.text
             raise ClientError(response.status_code, message)
-        return response.json()
+        return None if response.status_code == 204 else response.json()
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("POST", "/v1/tasks", json=spec)
+        result: dict[str, Any] = self.request("POST", "/v1/tasks", json=spec)
         return result
 
     def list_tasks(self, **filters: Any) -> dict[str, Any]:
         params = {k: v for k, v in filters.items() if v is not None}
-        result: dict[str, Any] = self._request("GET", "/v1/tasks", params=params)
+        result: dict[str, Any] = self.request("GET", "/v1/tasks", params=params)
         return result
 
     def get_task(self, task_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", f"/v1/tasks/{task_id}")
+        result: dict[str, Any] = self.request("GET", f"/v1/tasks/{task_id}")
         return result
 
     def cancel(self, task_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("POST", f"/v1/tasks/{task_id}/cancel")
+        result: dict[str, Any] = self.request("POST", f"/v1/tasks/{task_id}/cancel")
         return result
 
     def retry(self, task_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("POST", f"/v1/tasks/{task_id}/retry")
+        result: dict[str, Any] = self.request("POST", f"/v1/tasks/{task_id}/retry")
         return result
 
     def queues(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._request("GET", "/v1/queues")
+        result: list[dict[str, Any]] = self.request("GET", "/v1/queues")
         return result

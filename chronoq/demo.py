@@ -1,4 +1,5 @@
-"""Sample handlers and tasks for ``chronoq dev --demo``: success, retry, dead letter, delay."""
+"""Sample handlers, tasks and a schedule for ``chronoq dev --demo``: success, retry, dead
+letter, delay, and ``demo.tick`` firing every 20 seconds."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def register(app: App) -> None:
     @app.task("demo.fail", max_attempts=2)
     def fail(reason: str = "always fails") -> None:
         raise RuntimeError(reason)
+
+    @app.periodic(cron="*/20 * * * * *", name="demo.tick", misfire_policy="skip")
+    def tick() -> str:
+        return f"tick at slot attempt {current_task.get().attempt}"
 
     @app.task("demo.report")
     def report(items: int = 100) -> dict[str, float]:

@@ -61,6 +61,18 @@ def test_dev_demo_and_cli(tmp_path: Path, procs: list[Proc]) -> None:
     retried = cli("tasks", "retry", dead["id"], "--url", url)
     assert "queued" in retried.stdout
 
+    added = cli("schedules", "add", "nightly", "--cron", "30 2 * * *", "--tz", "Europe/Paris",
+                "--task", "demo.add", "-d", '{"a": 1, "b": 2}', "--url", url)
+    assert added.returncode == 0, added.stderr
+    assert "30 2 * * * (Europe/Paris)" in added.stdout and "02:30" not in added.stderr
+    assert "nightly" in cli("schedules", "ls", "--url", url).stdout
+    assert "paused" in cli("schedules", "pause", "nightly", "--url", url).stdout
+    fired = json.loads(cli("schedules", "trigger", "nightly", "--json", "--url", url).stdout)
+    assert wait_status(url, fired["id"], "succeeded", timeout=5)["result"] == 3
+    bad = cli("schedules", "add", "x", "--cron", "99 * * * *", "--task", "t", "--url", url)
+    assert bad.returncode != 0 and "out of range" in bad.stderr
+    assert "deleted" in cli("schedules", "rm", "nightly", "--url", url).stdout
+
     assert dev.terminate() == 0
     assert "worker" in dev.output() and "stopped" in dev.output()
 
@@ -79,7 +91,7 @@ def test_cli_without_server_explains(tmp_path: Path) -> None:
 def test_db_upgrade(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     first = cli("db", "upgrade", "--database-url", url)
-    assert first.returncode == 0 and "applied migrations [1, 2]" in first.stdout
+    assert first.returncode == 0 and "applied migrations [1, 2, 3, 4]" in first.stdout
     assert "up to date" in cli("db", "upgrade", "--database-url", url).stdout
 
 
@@ -159,3 +171,39 @@ def test_killed_process_tasks_are_retried_after_lease_timeout(
     assert second_try["outcome"] == "succeeded"
     assert [r[2] for r in _records(record) if r[0] == running["id"]] == [1, 2]
     assert second.terminate() == 0
+
+
+def test_two_scheduler_processes_fire_each_slot_once(
+    db_url: str, tmp_path: Path, procs: list[Proc]
+) -> None:
+    import asyncio
+
+    from chronoq import App
+    from chronoq.models import ScheduleCreate
+
+    async def setup() -> None:
+        async with App(db_url) as app:
+            for name, rule in (("cron", {"cron": "* * * * * *"}),
+                               ("interval", {"interval_seconds": 1})):
+                await app.store.create_schedule(ScheduleCreate.model_validate(
+                    {"name": name, "task": {"name": "noop"}, **rule}), time.time())
+
+    async def slots() -> dict[str, list[float]]:
+        async with App(db_url) as app:
+            found: dict[str, list[float]] = {}
+            for name in ("cron", "interval"):
+                schedule = await app.store.get_schedule(name)
+                tasks = await app.store.list_tasks(schedule_id=schedule.id, limit=1000)
+                found[name] = [t.slot for t in tasks if t.slot is not None]
+            return found
+
+    asyncio.run(setup())
+    env = {"CHRONOQ_DATABASE_URL": db_url, "CHRONOQ_POLL_SECONDS": "0.05"}
+    for n in (1, 2):
+        procs.append(Proc(["scheduler"], env, tmp_path / f"s{n}.log"))
+    time.sleep(5)
+    for proc in procs:
+        assert proc.terminate() == 0, proc.output()
+    for name, fired in asyncio.run(slots()).items():
+        assert len(fired) >= 3, (name, fired)
+        assert len(fired) == len(set(fired)), f"{name}: a slot fired twice"

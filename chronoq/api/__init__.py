@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from chronoq import __version__
-from chronoq.api import errors, health, tasks
+from chronoq.api import errors, health, schedules, tasks
 from chronoq.app import App
 
 
@@ -30,11 +30,13 @@ def create_api(app: App) -> FastAPI:
     api = FastAPI(
         title="chronoq",
         version=__version__,
-        description="Schedule one-time tasks, run them on workers, see every attempt.",
+        description="Schedule one-time and recurring tasks, run them on workers, see every "
+        "attempt.",
         lifespan=lifespan,
     )
     api.state.chronoq = app
     errors.install(api)
     api.include_router(tasks.router)
+    api.include_router(schedules.router)
     api.include_router(health.router)
     return api

@@ -7,11 +7,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chronoq.models import ErrorResponse
 from chronoq.states import InvalidTransition
 from chronoq.store import NotFound
+from chronoq.store.schedules import ScheduleExists, ScheduleNotFound
 
 
 class ApiError(Exception):
@@ -35,7 +37,7 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 def _validation(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+    assert isinstance(exc, RequestValidationError | ValidationError)
     details = []
     for err in exc.errors():
         message = str(err.get("msg", "invalid"))
@@ -56,6 +58,16 @@ def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return error_response(404, "not_found", f"no task with id {exc.args[0]}")
 
 
+def _schedule_not_found(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(404, "not_found", f"no schedule with id or name {exc.args[0]!r}")
+
+
+def _schedule_exists(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(409, "schedule_exists",
+                          f"a schedule named {exc.args[0]!r} exists already; PATCH it instead",
+                          [{"field": "name", "message": "already taken"}])
+
+
 def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "invalid_transition", str(exc))
 
@@ -68,6 +80,9 @@ def _http(_: Request, exc: Exception) -> JSONResponse:
 
 def install(api: FastAPI) -> None:
     api.add_exception_handler(RequestValidationError, _validation)
+    api.add_exception_handler(ValidationError, _validation)
+    api.add_exception_handler(ScheduleNotFound, _schedule_not_found)
+    api.add_exception_handler(ScheduleExists, _schedule_exists)
     api.add_exception_handler(ApiError, _api_error)
     api.add_exception_handler(NotFound, _not_found)
     api.add_exception_handler(InvalidTransition, _conflict)
@@ -76,7 +91,7 @@ def install(api: FastAPI) -> None:
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the error codes a route may return."""
-    text = {400: "Bad request", 404: "Unknown id", 409: "Not allowed in the task's status",
+    text = {400: "Bad request", 404: "Unknown id", 409: "Conflicts with the current state",
             413: "Payload too large", 422: "Invalid input (the message names the field)",
             503: "Store unavailable"}
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}

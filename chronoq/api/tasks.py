@@ -27,7 +27,7 @@ AppDep = Annotated[App, Depends(get_app)]
 TaskId = Annotated[str, Path(description="task id (a UUID)", max_length=64)]
 
 
-def _check_id(task_id: str, field: str = "task_id") -> str:
+def check_id(task_id: str, field: str = "task_id") -> str:
     if not is_id(task_id):
         raise ApiError(422, "bad_id", f"{task_id!r} is not a task id (expected a lower-case "
                        "UUID such as 01890a5d-ac96-774b-bcce-b302099a8057)", field)
@@ -84,7 +84,7 @@ async def list_tasks(
 ) -> TaskPage:
     """Newest first. `status=dead` lists the dead-letter queue."""
     if cursor is not None:
-        _check_id(cursor, "cursor")
+        check_id(cursor, "cursor")
     records = await app.store.list_tasks(status=status, queue=queue, name=name, cursor=cursor,
                                          limit=limit + 1)
     more = len(records) > limit
@@ -96,7 +96,7 @@ async def list_tasks(
 @router.get("/tasks/{task_id}", response_model=Task, responses=responses(404, 422),
             summary="Get a task with its attempts")
 async def get_task(task_id: TaskId, app: AppDep) -> Task:
-    record = await app.store.get_task(_check_id(task_id))
+    record = await app.store.get_task(check_id(task_id))
     return record.to_api(await app.store.get_attempts(task_id))
 
 
@@ -104,7 +104,7 @@ async def get_task(task_id: TaskId, app: AppDep) -> Task:
              summary="Cancel a task")
 async def cancel_task(task_id: TaskId, app: AppDep) -> Task:
     """Scheduled, queued and waiting tasks never run; a running task is stopped."""
-    record = await app.store.cancel_task(_check_id(task_id), time.time())
+    record = await app.store.cancel_task(check_id(task_id), time.time())
     return record.to_api()
 
 
@@ -112,7 +112,7 @@ async def cancel_task(task_id: TaskId, app: AppDep) -> Task:
              summary="Retry a failed or dead task now")
 async def retry_task(task_id: TaskId, app: AppDep) -> Task:
     """Send a task from the dead-letter queue (or waiting for its backoff) back to the queue."""
-    record = await app.store.retry_task(_check_id(task_id), time.time())
+    record = await app.store.retry_task(check_id(task_id), time.time())
     return record.to_api()
 
 

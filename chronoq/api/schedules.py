@@ -1,0 +1,101 @@
+"""``/v1/schedules``: recurring work — create, inspect, change, pause, trigger, list runs."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from chronoq.api.errors import responses
+from chronoq.api.tasks import AppDep, check_id
+from chronoq.models import Schedule, ScheduleCreate, SchedulePage, ScheduleUpdate, Task, TaskPage
+
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+
+Key = Annotated[str, Path(description="schedule id or name", max_length=200)]
+
+
+@router.post("", status_code=201, response_model=Schedule, responses=responses(409, 422),
+             summary="Create a recurring schedule")
+async def create_schedule(spec: ScheduleCreate, app: AppDep) -> Schedule:
+    """Fire `task` on a `cron` expression (in `timezone`) or every `interval_seconds`."""
+    return (await app.store.create_schedule(spec, time.time())).to_api()
+
+
+@router.get("", response_model=SchedulePage, responses=responses(422), summary="List schedules")
+async def list_schedules(
+    app: AppDep,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
+                                        max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> SchedulePage:
+    """By name, each with its next 5 fire times."""
+    records = await app.store.list_schedules(cursor, limit + 1)
+    more = len(records) > limit
+    records = records[:limit]
+    return SchedulePage(items=[r.to_api() for r in records],
+                        next_cursor=records[-1].name if more else None)
+
+
+@router.get("/{key}", response_model=Schedule, responses=responses(404),
+            summary="Get a schedule")
+async def get_schedule(key: Key, app: AppDep) -> Schedule:
+    return (await app.store.get_schedule(key)).to_api()
+
+
+@router.patch("/{key}", response_model=Schedule, responses=responses(404, 422),
+              summary="Change a schedule")
+async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep) -> Schedule:
+    """Only the fields given change. Changing the rule (cron, interval, timezone, start,
+    end) moves the next fire time to the first new slot after now."""
+    fields = changes.model_dump(exclude_unset=True)
+    if changes.task is not None:
+        fields["task"] = changes.task
+    return (await app.store.update_schedule(key, fields, time.time())).to_api()
+
+
+@router.delete("/{key}", status_code=204, responses=responses(404), summary="Delete a schedule")
+async def delete_schedule(key: Key, app: AppDep) -> Response:
+    """Tasks it already fired stay, with their `schedule_id`."""
+    await app.store.delete_schedule(key)
+    return Response(status_code=204)
+
+
+@router.post("/{key}/pause", response_model=Schedule, responses=responses(404),
+             summary="Pause a schedule")
+async def pause_schedule(key: Key, app: AppDep) -> Schedule:
+    """Nothing fires while paused."""
+    return (await app.store.set_paused(key, True, time.time())).to_api()
+
+
+@router.post("/{key}/resume", response_model=Schedule, responses=responses(404),
+             summary="Resume a schedule")
+async def resume_schedule(key: Key, app: AppDep) -> Schedule:
+    """The next slot after now fires; slots that fell in the pause are not made up."""
+    return (await app.store.set_paused(key, False, time.time())).to_api()
+
+
+@router.post("/{key}/trigger", status_code=201, response_model=Task, responses=responses(404),
+             summary="Run a schedule's task now")
+async def trigger_schedule(key: Key, app: AppDep) -> Task:
+    """One extra run now (slot = now); the rule is unchanged."""
+    return (await app.store.trigger_schedule(key, time.time())).to_api()
+
+
+@router.get("/{key}/runs", response_model=TaskPage, responses=responses(404, 422),
+            summary="Tasks fired by a schedule")
+async def schedule_runs(
+    key: Key,
+    app: AppDep,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> TaskPage:
+    """Newest first; each task has its `slot` (nominal fire time)."""
+    record = await app.store.get_schedule(key)
+    if cursor is not None:
+        check_id(cursor, "cursor")
+    tasks = await app.store.list_tasks(schedule_id=record.id, cursor=cursor, limit=limit + 1)
+    more = len(tasks) > limit
+    tasks = tasks[:limit]
+    return TaskPage(items=[t.to_api() for t in tasks], next_cursor=tasks[-1].id if more else None)

@@ -1,0 +1,196 @@
+"""Recurring schedules end to end, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from chronoq import App
+from chronoq.models import ScheduleCreate
+from chronoq.scheduler import Scheduler
+from tests.conftest import Harness
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def every_second(name: str = "tick", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "cron": "* * * * * *", "task": {"name": "noop"}, **extra}
+
+
+async def runs_of(harness: Harness, key: str) -> list[dict[str, Any]]:
+    page = (await harness.http.get(f"/v1/schedules/{key}/runs", params={"limit": 500})).json()
+    items: list[dict[str, Any]] = page["items"]
+    return items
+
+
+async def test_create_validates_cron_timezone_and_rule(harness: Harness) -> None:
+    cases = [
+        ({"cron": "61 * * * *"}, "cron", "out of range"),
+        ({"cron": "*/5 * * * *", "timezone": "Mars/Olympus"}, "timezone", "unknown time zone"),
+        ({"cron": "* * * * *", "interval_seconds": 5}, "body", "exactly one"),
+        ({}, "body", "exactly one"),
+        ({"interval_seconds": 0.5}, "interval_seconds", "greater than or equal to 1"),
+        ({"cron": "@hourly", "misfire_policy": "sometimes"}, "misfire_policy", "skip"),
+        ({"cron": "@hourly", "start_at": "2030-01-02T00:00:00Z",
+          "end_at": "2030-01-01T00:00:00Z"}, "body", "end_at must be after start_at"),
+    ]
+    for extra, field, fragment in cases:
+        body = {"name": "s", "task": {"name": "noop"}, **extra}
+        response = await harness.http.post("/v1/schedules", json=body)
+        assert response.status_code == 422, (extra, response.text)
+        error = response.json()["error"]
+        assert field in {d["field"] for d in error["details"]}, error
+        assert fragment in error["message"], error
+    assert (await harness.http.get("/v1/schedules")).json()["items"] == []
+
+
+async def test_crud_pause_resume_trigger(harness: Harness) -> None:
+    created = await harness.http.post("/v1/schedules", json={
+        "name": "report", "cron": "0 9 * * MON-FRI", "timezone": "Europe/Paris",
+        "task": {"name": "noop", "payload": {"kind": "daily"}, "queue": "reports"}})
+    assert created.status_code == 201, created.text
+    schedule = created.json()
+    assert len(schedule["next_fire_times"]) == 5
+    assert schedule["next_fire_at"] == schedule["next_fire_times"][0]
+    first = datetime.fromisoformat(schedule["next_fire_at"]).astimezone(
+        __import__("zoneinfo").ZoneInfo("Europe/Paris"))
+    assert (first.hour, first.minute) == (9, 0) and first.weekday() < 5
+
+    dup = await harness.http.post("/v1/schedules", json={"name": "report", "cron": "@daily",
+                                                         "task": {"name": "noop"}})
+    assert dup.status_code == 409
+
+    by_name = (await harness.http.get("/v1/schedules/report")).json()
+    assert by_name["id"] == schedule["id"]
+    patched = (await harness.http.patch("/v1/schedules/report",
+                                        json={"cron": "@hourly"})).json()
+    assert patched["cron"] == "@hourly"
+    assert ts(patched["next_fire_at"]) - time.time() <= 3600
+    assert patched["task"]["payload"] == {"kind": "daily"}
+    bad = await harness.http.patch("/v1/schedules/report", json={"timezone": "Nowhere/Land"})
+    assert bad.status_code == 422
+
+    paused = (await harness.http.post("/v1/schedules/report/pause")).json()
+    assert paused["paused"] is True and paused["next_fire_at"] is None
+    resumed = (await harness.http.post(f"/v1/schedules/{schedule['id']}/resume")).json()
+    assert resumed["paused"] is False and resumed["next_fire_at"] is not None
+
+    triggered = await harness.http.post("/v1/schedules/report/trigger")
+    assert triggered.status_code == 201
+    run = triggered.json()
+    assert run["schedule_id"] == schedule["id"] and run["queue"] == "reports"
+    assert [r["id"] for r in await runs_of(harness, "report")] == [run["id"]]
+
+    assert (await harness.http.delete("/v1/schedules/report")).status_code == 204
+    assert (await harness.http.get("/v1/schedules/report")).status_code == 404
+    assert (await harness.get(run["id"]))["schedule_id"] == schedule["id"]
+
+
+async def test_fires_every_second_on_time(app: App, harness: Harness) -> None:
+    @app.task("noop")
+    def noop() -> None:
+        return None
+
+    harness.start_scheduler()
+    harness.start_worker()
+    await harness.http.post("/v1/schedules", json=every_second())
+    await asyncio.sleep(3.6)
+    runs = await runs_of(harness, "tick")
+    assert 3 <= len(runs) <= 4, runs
+    slots = sorted(ts(r["slot"]) for r in runs)
+    assert all(b - a == 1.0 for a, b in itertools.pairwise(slots)), slots
+    for r in runs:
+        task = await harness.wait_for(r["id"], "succeeded")
+        lag = ts(task["attempt_history"][0]["started_at"]) - ts(task["slot"])
+        assert 0 <= lag < 1.0, lag
+
+
+async def test_two_schedulers_never_fire_a_slot_twice(harness: Harness) -> None:
+    await harness.http.post("/v1/schedules", json=every_second())
+    await harness.http.post("/v1/schedules", json={
+        "name": "fast", "interval_seconds": 1, "task": {"name": "noop"}})
+    schedulers = [Scheduler(harness.store, poll_seconds=0.05) for _ in range(3)]
+    jobs = [asyncio.create_task(s.run()) for s in schedulers]
+    await asyncio.sleep(3.2)
+    for s in schedulers:
+        s.stop()
+    await asyncio.gather(*jobs)
+    for name in ("tick", "fast"):
+        slots = [r["slot"] for r in await runs_of(harness, name)]
+        assert len(slots) >= 3
+        assert len(slots) == len(set(slots)), f"{name} fired a slot twice"
+
+
+async def _downtime(harness: Harness, policy: str) -> list[float]:
+    """A schedule whose scheduler was down for 10 s, then one firing round."""
+    now = time.time()
+    body = every_second(policy, misfire_policy=policy, max_catch_up=3,
+                        misfire_grace_seconds=2.5)
+    schedule = (await harness.http.post("/v1/schedules", json=body)).json()
+    down_since = float(int(now) - 10)
+    async with harness.store.conn() as c:
+        await c.execute("UPDATE schedules SET next_fire_at = $1 WHERE id = $2", down_since,
+                        schedule["id"])
+    await harness.store.fire_due_schedules(now)
+    return sorted(ts(r["slot"]) - down_since for r in await runs_of(harness, policy))
+
+
+async def test_misfire_policies_after_downtime(harness: Harness) -> None:
+    skip = await _downtime(harness, "skip")
+    assert len(skip) in (2, 3) and skip[0] >= 7.5, skip  # only slots within the grace
+    run_once = await _downtime(harness, "run_once")
+    assert len(run_once) == len(skip) + 1, run_once
+    catch_up = await _downtime(harness, "catch_up")
+    assert len(catch_up) == len(skip) + 3, catch_up
+    assert catch_up[:3] == [catch_up[3] - 3, catch_up[3] - 2, catch_up[3] - 1]
+
+
+async def test_paused_schedule_fires_nothing_and_end_at_stops(harness: Harness) -> None:
+    harness.start_scheduler()
+    await harness.http.post("/v1/schedules", json=every_second("paused", paused=True))
+    end = datetime.now(UTC) + timedelta(seconds=1.5)
+    await harness.http.post("/v1/schedules", json=every_second("ending",
+                                                               end_at=end.isoformat()))
+    await asyncio.sleep(2.7)
+    assert await runs_of(harness, "paused") == []
+    ending = await runs_of(harness, "ending")
+    assert 1 <= len(ending) <= 2
+    assert all(ts(r["slot"]) <= end.timestamp() for r in ending)
+    assert (await harness.http.get("/v1/schedules/ending")).json()["next_fire_at"] is None
+
+
+async def test_periodic_declared_in_code_is_created_once_and_updated(db_url: str) -> None:
+    from tests.conftest import make_settings
+
+    def build(cron: str) -> App:
+        app = App(settings=make_settings(db_url))
+
+        @app.periodic(cron=cron, timezone="Europe/Paris", queue="maintenance")
+        def cleanup() -> None:
+            return None
+
+        return app
+
+    for cron in ("*/5 * * * *", "*/5 * * * *", "0 3 * * *"):
+        app = build(cron)
+        async with app:
+            page = await app.store.list_schedules()
+    assert len(page) == 1
+    [schedule] = page
+    assert schedule.cron == "0 3 * * *" and schedule.timezone == "Europe/Paris"
+    assert schedule.task.queue == "maintenance"
+    assert schedule.name.endswith("cleanup")
+
+
+async def test_upsert_keeps_an_operator_pause(app: App, harness: Harness) -> None:
+    spec = ScheduleCreate.model_validate(every_second("op"))
+    await harness.store.upsert_schedule(spec, time.time())
+    await harness.http.post("/v1/schedules/op/pause")
+    _, changed = await harness.store.upsert_schedule(spec, time.time())
+    assert not changed
+    assert (await harness.store.get_schedule("op")).paused
