@@ -83,7 +83,6 @@ REPO = Path(__file__).resolve().parent.parent
 APP = "benchmarks.bench_app:app"
 TASK = "bench.noop"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
-FINISHED = ("succeeded", "failed", "dead", "cancelled")
 
 
 def say(message: str) -> None:
@@ -269,21 +268,27 @@ async def status_counts(store: Store, since: float) -> dict[str, int]:
     return {r["status"]: int(r["n"]) for r in rows}
 
 
-async def wait_finished(store: Store, workers: Workers, since: float, expected: int,
-                        max_wait: float) -> bool:
-    """Poll every 100 ms until ``expected`` tasks created since ``since`` are finished."""
+async def pending(store: Store) -> int:
+    """Tasks not yet finished (cheap: the phases run one after another, so every queued or
+    running task belongs to the current phase, and ``tasks_by_status`` answers this)."""
+    rows = await fetch(store, "SELECT COUNT(*) AS n FROM tasks "
+                              "WHERE status IN ('scheduled', 'queued', 'running', 'failed')")
+    return int(rows[0]["n"])
+
+
+async def wait_finished(store: Store, workers: Workers, expected: int, max_wait: float) -> bool:
+    """Poll every 100 ms until no task is waiting or running; False after ``max_wait``."""
     deadline = time.monotonic() + max_wait
     last_report = time.monotonic()
     while True:
-        counts = await status_counts(store, since)
-        done = sum(counts.get(s, 0) for s in FINISHED)
-        if done >= expected:
+        left = await pending(store)
+        if left == 0:
             return True
         if time.monotonic() > deadline:
-            say(f"  timed out: {counts}")
+            say(f"  timed out with {left} tasks unfinished")
             return False
         if time.monotonic() - last_report > 5:
-            say(f"  … {done}/{expected} finished")
+            say(f"  ... {expected - left:,}/{expected:,} finished")
             last_report = time.monotonic()
         workers.check_alive()
         await asyncio.sleep(0.1)
@@ -317,7 +322,7 @@ async def submit_many(store: Store, count: int, in_flight: int) -> None:
 async def warm_up(store: Store, workers: Workers, batch: int, max_wait: float = 60.0) -> None:
     """Submit small batches until every worker process has run a task, then let them finish."""
     deadline = time.monotonic() + max_wait
-    start, submitted = time.time(), 0
+    submitted = 0
     while True:
         workers.check_alive()
         await submit_many(store, batch, batch)
@@ -330,7 +335,7 @@ async def warm_up(store: Store, workers: Workers, batch: int, max_wait: float = 
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {seen} of {workers.count} workers ran a task in "
                                f"{max_wait:.0f}s")
-    if not await wait_finished(store, workers, start, submitted, max_wait):
+    if not await wait_finished(store, workers, submitted, max_wait):
         raise RuntimeError("warm-up tasks did not finish")
 
 
@@ -344,7 +349,7 @@ async def loaded_phase(store: Store, workers: Workers, result: Result, max_wait:
     result.submit_rate = n / result.submit_seconds
     say(f"  loaded: submitted in {result.submit_seconds:.2f}s "
         f"({result.submit_rate:,.0f}/s); draining")
-    result.timed_out = not await wait_finished(store, workers, since, n, max_wait)
+    result.timed_out = not await wait_finished(store, workers, n, max_wait)
     rows = await timings(store, since)
     finished = [r["finished"] for r in rows if r["finished"] is not None]
     if finished:
@@ -393,7 +398,7 @@ async def backlog_phase(store: Store, workers: Workers, result: Result, max_wait
         resumed = time.time()
         workers.resume()
     say("  backlog: workers resumed; draining")
-    if not await wait_finished(store, workers, since, n, max_wait):
+    if not await wait_finished(store, workers, n, max_wait):
         result.timed_out = True
     rows = await timings(store, since)
     finished = [r["finished"] for r in rows if r["finished"] is not None]
@@ -415,7 +420,7 @@ async def idle_phase(store: Store, workers: Workers, result: Result, max_wait: f
     for _ in range(n):
         await store.create_task(spec, time.time())
         await asyncio.sleep(gap)
-    if not await wait_finished(store, workers, since, n, max_wait):
+    if not await wait_finished(store, workers, n, max_wait):
         result.timed_out = True
     rows = await timings(store, since)
     result.idle_latency = Percentiles.of([r["started"] - r["created"] for r in rows])

@@ -390,6 +390,28 @@ def queues(url: str, as_json: bool) -> None:
     click.echo(_table(rows, ["queue", *statuses]))
 
 
+@main.group()
+def workers() -> None:
+    """Worker processes and their heartbeats."""
+
+
+@workers.command("ls")
+@click.option("--all", "include_gone", is_flag=True, help="include stopped and dead workers")
+@url_option
+@json_option
+def workers_ls(include_gone: bool, url: str, as_json: bool) -> None:
+    """List workers: queues, busy slots, last heartbeat."""
+    found = _client_call(url, lambda c: c.request(
+        "GET", "/v1/workers", params={"all": str(include_gone).lower()}))
+    if as_json:
+        _echo_json(found)
+        return
+    rows = [[w["id"], w["status"], ",".join(w["queues"]), f"{w['running']}/{w['concurrency']}",
+             str(w["processed"]), _when(w["started_at"]), _when(w["last_seen_at"])]
+            for w in found]
+    click.echo(_table(rows, ["id", "status", "queues", "busy", "done", "started", "last seen"]))
+
+
 # -- schedules --------------------------------------------------------------------------------
 @main.group()
 def schedules() -> None:

@@ -247,3 +247,18 @@ class Schedule(ScheduleCreate):
 class SchedulePage(BaseModel):
     items: list[Schedule]
     next_cursor: str | None = None
+
+
+class WorkerInfo(BaseModel):
+    """A worker process as it last reported itself."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    status: Literal["alive", "stopped", "dead"]
+    running: int = Field(description="tasks running at the last heartbeat")
+    processed: int = Field(description="attempts finished since start")
+    started_at: datetime
+    last_seen_at: datetime

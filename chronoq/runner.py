@@ -80,7 +80,8 @@ class Runner:
         jobs: list[asyncio.Task[None]] = []
         try:
             if self.components.scheduler:
-                self.scheduler = Scheduler(self.app.store, poll_seconds=settings.poll_seconds)
+                self.scheduler = Scheduler(self.app.store, poll_seconds=settings.poll_seconds,
+                                           worker_timeout=settings.lease_seconds)
                 jobs.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
             if self.components.worker:
                 self.worker = Worker(

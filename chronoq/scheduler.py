@@ -23,12 +23,13 @@ log = logging.getLogger("chronoq.scheduler")
 class Scheduler:
     def __init__(
         self, store: Store, *, poll_seconds: float = 1.0, reap_seconds: float = 1.0,
-        batch: int = 1000,
+        batch: int = 1000, worker_timeout: float = 30.0,
     ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
         self.reap_seconds = reap_seconds
         self.batch = batch
+        self.worker_timeout = worker_timeout
         self.promoted = 0
         self.fired = 0
         self.reaped = 0
@@ -76,7 +77,10 @@ class Scheduler:
                      self.promoted, self.reaped)
 
     async def reap(self, now: float) -> int:
-        """Fail every attempt whose worker stopped renewing its lease."""
+        """Mark silent workers dead; fail every attempt whose worker stopped renewing its
+        lease (it is retried, or dead when it was the last attempt)."""
+        for worker_id in await self.store.mark_dead_workers(now - self.worker_timeout):
+            log.warning("worker %s stopped heartbeating; marked dead", worker_id)
         expired = await self.store.expired_leases(now)
         if not expired:
             return 0

@@ -80,6 +80,8 @@ class Worker:
         """Work until :meth:`stop`; then drain running tasks (up to ``drain_seconds``)."""
         ready = self.store.hub.ready_event(self.queues)
         unsubscribe = self.store.hub.on_cancel(self._cancel_local)
+        await self.store.register_worker(self.id, socket.gethostname(), os.getpid(),
+                                         self.queues, self.concurrency, time.time())
         helpers = [asyncio.create_task(self._flush_loop(), name="chronoq-flush"),
                    asyncio.create_task(self._heartbeat_loop(), name="chronoq-heartbeat")]
         log.info("worker %s serving queues %s with concurrency %d", self.id,
@@ -96,6 +98,11 @@ class Worker:
             await self._flush_all()
             for executor in self.executors.values():
                 await executor.close()
+            try:
+                await self.store.worker_heartbeat(self.id, 0, self.processed, self.concurrency,
+                                                  time.time(), status="stopped")
+            except Exception:
+                log.warning("could not mark worker %s stopped", self.id)
             log.info("worker %s stopped after %d tasks", self.id, self.processed)
 
     async def _claim_loop(self, ready: asyncio.Event) -> None:
@@ -213,8 +220,10 @@ class Worker:
             await asyncio.sleep(self.heartbeat_seconds)
             ids = list(self.running)
             try:
-                lost = await self.store.heartbeat(
-                    self.id, ids, time.time() + self.lease_seconds)
+                now = time.time()
+                lost = await self.store.heartbeat(self.id, ids, now + self.lease_seconds)
+                await self.store.worker_heartbeat(self.id, len(ids), self.processed,
+                                                  self.concurrency, now)
             except Exception:
                 log.exception("heartbeat failed")
                 continue

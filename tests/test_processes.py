@@ -91,7 +91,7 @@ def test_cli_without_server_explains(tmp_path: Path) -> None:
 def test_db_upgrade(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     first = cli("db", "upgrade", "--database-url", url)
-    assert first.returncode == 0 and "applied migrations [1, 2, 3, 4]" in first.stdout
+    assert first.returncode == 0 and "applied migrations [1, 2, 3, 4, 5]" in first.stdout
     assert "up to date" in cli("db", "upgrade", "--database-url", url).stdout
 
 
@@ -170,6 +170,14 @@ def test_killed_process_tasks_are_retried_after_lease_timeout(
     assert first_try["outcome"] == "lost" and "lease" in first_try["error"]
     assert second_try["outcome"] == "succeeded"
     assert [r[2] for r in _records(record) if r[0] == running["id"]] == [1, 2]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        statuses = sorted(w["status"] for w in
+                          httpx.get(f"{url}/v1/workers", params={"all": "true"}).json())
+        if statuses == ["alive", "dead"]:
+            break
+        time.sleep(0.1)
+    assert statuses == ["alive", "dead"]
     assert second.terminate() == 0
 
 

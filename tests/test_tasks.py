@@ -310,3 +310,26 @@ async def test_python_api_delay_and_schedule(app: App, harness: Harness) -> None
     scheduled = await child.aschedule(0.3, x=5)
     assert scheduled.status == "scheduled"
     assert (await harness.wait_for(scheduled.id, "succeeded"))["result"] == 10
+
+
+async def test_workers_register_heartbeat_and_stop(app: App, harness: Harness) -> None:
+    worker = harness.start_worker(concurrency=3, queues=["default", "emails"])
+    await asyncio.sleep(0.5)
+    [alive] = (await harness.http.get("/v1/workers")).json()
+    assert alive["id"] == worker.id and alive["status"] == "alive"
+    assert alive["queues"] == ["default", "emails"] and alive["concurrency"] == 3
+    assert time.time() - ts(alive["last_seen_at"]) < 1.0
+    await harness.stop_workers()
+    assert (await harness.http.get("/v1/workers")).json() == []
+    [gone] = (await harness.http.get("/v1/workers", params={"all": "true"})).json()
+    assert gone["status"] == "stopped"
+
+
+async def test_silent_worker_is_marked_dead(app: App, harness: Harness) -> None:
+    await harness.store.register_worker("ghost", "nowhere", 1, ["default"], 4,
+                                        time.time() - 60)
+    scheduler = harness.start_scheduler()
+    await asyncio.sleep(0.5)
+    assert scheduler.worker_timeout == 30.0
+    [ghost] = (await harness.http.get("/v1/workers", params={"all": "true"})).json()
+    assert ghost["status"] == "dead"

@@ -30,13 +30,14 @@ from chronoq.store.records import (
     task_row,
 )
 from chronoq.store.schedules import ScheduleQueries
+from chronoq.store.workers import WorkerQueries
 
 __all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dumps", "opened"]
 
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
 
 
-class Store(ScheduleQueries, abc.ABC):
+class Store(ScheduleQueries, WorkerQueries, abc.ABC):
     """Durable task state, shared by the API, the scheduler and the workers."""
 
     dialect: str
