@@ -69,7 +69,7 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._done: list[Completion] = []
         self._done_event = asyncio.Event()
-        self._flushed = asyncio.Event()
+        self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -82,8 +82,8 @@ class Worker:
         unsubscribe = self.store.hub.on_cancel(self._cancel_local)
         await self.store.register_worker(self.id, socket.gethostname(), os.getpid(),
                                          self.queues, self.concurrency, time.time())
-        helpers = [asyncio.create_task(self._flush_loop(), name="chronoq-flush"),
-                   asyncio.create_task(self._heartbeat_loop(), name="chronoq-heartbeat")]
+        flusher = asyncio.create_task(self._flush_loop(), name="chronoq-flush")
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="chronoq-heartbeat")
         log.info("worker %s serving queues %s with concurrency %d", self.id,
                  ",".join(self.queues), self.concurrency)
         try:
@@ -92,9 +92,10 @@ class Worker:
         finally:
             unsubscribe()
             self.store.hub.discard(ready)
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            heartbeat.cancel()
+            self._closing = True  # the flusher finishes its batch, never cut mid-write
+            self._done_event.set()
+            await asyncio.gather(heartbeat, flusher, return_exceptions=True)
             await self._flush_all()
             for executor in self.executors.values():
                 await executor.close()
@@ -116,9 +117,7 @@ class Worker:
                     continue
                 ready.clear()
                 try:
-                    claimed = await self.store.claim(
-                        self.id, self.queues, free, time.time(), self.lease_seconds
-                    )
+                    claimed = await self._claim(free)
                 except Exception:
                     log.exception("claim failed; retrying in %.1fs", self.poll_seconds)
                     await _first(None, stopping, timeout=self.poll_seconds)
@@ -129,6 +128,19 @@ class Worker:
                     await _first(ready, stopping, timeout=self.poll_seconds)
         finally:
             stopping.cancel()
+
+    async def _claim(self, free: int) -> list[TaskRecord]:
+        """Claim up to ``free`` tasks, queue by queue (each claim uses the queue's index);
+        the first queue asked rotates so no queue starves the others."""
+        claimed: list[TaskRecord] = []
+        for queue in self.queues:
+            if len(claimed) >= free:
+                break
+            claimed += await self.store.claim(self.id, queue, free - len(claimed),
+                                              time.time(), self.lease_seconds)
+        if len(self.queues) > 1:
+            self.queues.append(self.queues.pop(0))
+        return claimed
 
     async def _drain(self, drain_seconds: float) -> None:
         if not self.running:
@@ -198,7 +210,7 @@ class Worker:
 
     # -- reporting ---------------------------------------------------------------------------
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._done_event.wait()
             self._done_event.clear()
             await self._flush_all()

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chronoq import App, TaskFailed, current_task
+from chronoq.worker import Worker
 from tests.conftest import Harness
 
 
@@ -250,7 +251,7 @@ async def test_lost_lease_is_retried_by_another_worker(app: App, harness: Harnes
         return current_task.get().worker_id
 
     task = await harness.submit(name="noop", max_attempts=3, backoff={"base": 0, "jitter": 0})
-    [claimed] = await harness.store.claim("ghost", ["default"], 10, time.time(), 0.5)
+    [claimed] = await harness.store.claim("ghost", "default", 10, time.time(), 0.5)
     assert claimed.id == task["id"]
     harness.start_scheduler()
     harness.start_worker(worker_id="survivor")
@@ -333,3 +334,27 @@ async def test_silent_worker_is_marked_dead(app: App, harness: Harness) -> None:
     assert scheduler.worker_timeout == 30.0
     [ghost] = (await harness.http.get("/v1/workers", params={"all": "true"})).json()
     assert ghost["status"] == "dead"
+
+
+async def test_graceful_stop_finishes_running_tasks_and_hands_back_the_rest(
+    app: App, harness: Harness
+) -> None:
+    @app.task("nap")
+    async def nap(seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    worker = Worker(harness.store, app.executors(), concurrency=2, poll_seconds=0.1)
+    job = asyncio.create_task(worker.run(drain_seconds=1.0))
+    short = await harness.submit(name="nap", payload={"seconds": 0.3})
+    long = await harness.submit(name="nap", payload={"seconds": 30}, max_attempts=3)
+    await harness.wait_for(long["id"], "running")
+    worker.stop()
+    late = await harness.submit(name="nap", payload={"seconds": 0})
+    await asyncio.wait_for(job, 10)
+    assert (await harness.get(short["id"]))["status"] == "succeeded"
+    handed_back = await harness.get(long["id"])
+    assert handed_back["status"] in ("failed", "queued")
+    assert handed_back["attempt_history"][0]["outcome"] == "lost"
+    assert "shut down" in handed_back["attempt_history"][0]["error"]
+    assert (await harness.get(late["id"]))["status"] == "queued"  # not taken while draining

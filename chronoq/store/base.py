@@ -284,17 +284,18 @@ class Store(ScheduleQueries, WorkerQueries, abc.ABC):
 
     # -- workers -----------------------------------------------------------------------------
     async def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, now: float, lease: float
+        self, worker_id: str, queue: str, limit: int, now: float, lease: float
     ) -> list[TaskRecord]:
-        """Atomically take up to ``limit`` queued tasks (highest priority, then oldest) and
-        open an attempt for each. No two callers ever get the same attempt."""
+        """Atomically take up to ``limit`` queued tasks of ``queue`` (highest priority, then
+        oldest) and open an attempt for each. No two callers ever get the same attempt.
+        The pick walks the ``tasks_ready`` index: O(limit), whatever the backlog."""
         async with self.tx() as c:
             rows = await c.fetch(
                 "UPDATE tasks SET status = 'running', attempts = attempts + 1, worker_id = $1, "
                 "lease_expires_at = $2, updated_at = $3 WHERE id IN ("
-                f"SELECT id FROM tasks WHERE status = 'queued' AND queue {self.in_list('$4')} "
+                "SELECT id FROM tasks WHERE status = 'queued' AND queue = $4 "
                 f"ORDER BY priority DESC, run_at, id LIMIT $5{self.skip_locked}) RETURNING *",
-                worker_id, now + lease, now, self.list_param(queues), limit,
+                worker_id, now + lease, now, queue, limit,
             )
             if rows:
                 await c.executemany(

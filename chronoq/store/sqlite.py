@@ -81,6 +81,8 @@ class SQLiteStore(Store):
     async def tx(self) -> AsyncIterator[_SQLiteConn]:
         async with self._lock:
             db = self._require()
+            if db.in_transaction:  # left open by a cancelled caller: nobody else holds it
+                await db.execute("ROLLBACK")
             await db.execute("BEGIN IMMEDIATE")
             try:
                 yield _SQLiteConn(db)
