@@ -76,6 +76,9 @@ class _Configured:
         spec = _at(self.fn.spec(payload, **self.opts), at)
         return self.fn.app.run_sync(self.fn.app.submit(spec))
 
+    async def aschedule(self, at: datetime | float, **payload: Any) -> Task:
+        return await self.fn.app.submit(_at(self.fn.spec(payload, **self.opts), at))
+
 
 def _at(spec: TaskCreate, at: datetime | float) -> TaskCreate:
     if isinstance(at, datetime):

@@ -343,7 +343,10 @@ def tasks_ls(status: str | None, queue: str | None, name: str | None, limit: int
              f"{t['attempts']}/{t['max_attempts']}", _when(t["run_at"])] for t in page["items"]]
     click.echo(_table(rows, ["id", "name", "status", "queue", "prio", "tries", "run at"]))
     if page.get("next_cursor"):
-        click.echo(f"more: chronoq tasks ls --cursor {page['next_cursor']}")
+        given = [("--status", status), ("--queue", queue), ("--name", name),
+                 ("--limit", str(limit))]
+        flags = "".join(f" {flag} {value}" for flag, value in given if value)
+        click.echo(f"more: chronoq tasks ls{flags} --cursor {page['next_cursor']}")
 
 
 @tasks.command("get")

@@ -54,6 +54,11 @@ class Hub:
         for event in self._schedule:
             event.set()
 
+    def wake_all(self) -> None:
+        """Wake every waiter (after a gap in notifications, everyone re-checks the store)."""
+        self.ready(list(self._ready))
+        self.scheduled()
+
     def cancelled(self, task_id: str) -> None:
         for callback in list(self._cancel):
             callback(task_id)

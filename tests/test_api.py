@@ -174,3 +174,14 @@ async def test_non_finite_numbers_are_a_422(harness: Harness) -> None:
         response = await harness.http.post("/v1/tasks", content=raw,
                                            headers={"content-type": "application/json"})
         assert response.status_code == 422, (raw, response.text)
+
+
+def test_ids_are_strictly_increasing_uuid7() -> None:
+    import uuid
+
+    from chronoq.ids import is_id, new_id
+
+    ids = [new_id() for _ in range(20_000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(is_id(i) for i in ids[:100])
+    assert uuid.UUID(ids[0]).version == 7

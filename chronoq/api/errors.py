@@ -40,10 +40,12 @@ def _validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError | ValidationError)
     details = []
     for err in exc.errors():
-        message = str(err.get("msg", "invalid"))
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        field = _field(tuple(err.get("loc", ())))
         if err.get("type") == "json_invalid":
             message = f"request body is not valid JSON: {err.get('ctx', {}).get('error', '')}"
-        details.append({"field": _field(tuple(err.get("loc", ()))), "message": message})
+            field = "body"
+        details.append({"field": field, "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
     return error_response(422, "validation_error", summary or "invalid request", details)
 

@@ -66,6 +66,7 @@ class PostgresStore(Store):
         self.min_size, self.max_size, self.listen = min_size, max_size, listen
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._relisten_task: asyncio.Task[None] | None = None
 
     def _settings(self) -> dict[str, str]:
         settings = {"application_name": "chronoq"}
@@ -85,19 +86,51 @@ class PostgresStore(Store):
             server_settings=self._settings(), reset=_no_reset,
         )
         if self.listen:
-            self._listener = await asyncpg.connect(self.dsn, server_settings=self._settings())
-            await self._listener.add_listener("chronoq", self._on_notify)
+            await self._listen()
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self.dsn, server_settings=self._settings())
+        await conn.add_listener("chronoq", self._on_notify)
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.hub.dispatch(payload)
 
+    def _on_listener_lost(self, _conn: Any) -> None:
+        if self._pool is None:
+            return  # closing
+        log.warning("PostgreSQL LISTEN connection lost; reconnecting (polling meanwhile)")
+        self._relisten_task = asyncio.get_running_loop().create_task(self._relisten())
+
+    async def _relisten(self) -> None:
+        delay = 0.1
+        while self._pool is not None:
+            try:
+                await self._listen()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("LISTEN reconnect failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            log.info("PostgreSQL LISTEN connection restored")
+            self.hub.wake_all()  # notifications may have been missed meanwhile
+            return
+
+    @property
+    def listener_pid(self) -> int | None:
+        """Backend pid of the LISTEN connection (None when not listening)."""
+        return None if self._listener is None else int(self._listener.get_server_pid())
+
     async def close(self) -> None:
+        if self._relisten_task is not None:
+            self._relisten_task.cancel()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
 
     def _require(self) -> asyncpg.Pool:
         if self._pool is None:
