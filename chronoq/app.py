@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from chronoq.config import Settings
+from chronoq.events import EventBus
 from chronoq.executors import Executor, PythonExecutor
 from chronoq.models import BackoffSpec, ScheduleCreate, Task, TaskCreate, TaskTemplate
 from chronoq.notify import Hub
@@ -102,6 +103,7 @@ class App:
         self.tasks: dict[str, TaskFunction[Any, Any]] = {}
         self.schedules: list[ScheduleCreate] = []
         self.hub = Hub()
+        self.events = EventBus(self.settings.redis_url)
         self._store: Store | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._portal: _Portal | None = None
@@ -181,7 +183,9 @@ class App:
         """Connect to the store and apply pending migrations."""
         if self._store is not None:
             return
-        store = create_store(self.settings.database_url, self.hub)
+        if self.events.redis_url != self.settings.redis_url:
+            self.events = EventBus(self.settings.redis_url)
+        store = create_store(self.settings.database_url, self.hub, self.events)
         await store.open()
         try:
             await store.migrate()
@@ -190,10 +194,12 @@ class App:
             raise
         self._store = store
         self._loop = asyncio.get_running_loop()
+        await self.events.start()
         await self.sync_schedules()
 
     async def close(self) -> None:
         if self._store is not None:
+            await self.events.close()
             await self._store.close()
             self._store = None
             self._loop = None

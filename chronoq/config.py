@@ -16,6 +16,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the API listens on")
     port: int = Field(8000, description="port the API listens on")
     url: str = Field("http://127.0.0.1:8000", description="API address the CLI talks to")
+    redis_url: str | None = Field(None, description="redis://host:port/db: share task events "
+                                  "between processes (distributed mode)")
     app: str | None = Field(None, description="module:attribute of your chronoq.App (handlers)")
     queues: str = Field("default", description="comma-separated queues a worker serves")
     concurrency: int = Field(8, ge=1, le=10_000, description="tasks a worker runs at once")

@@ -15,6 +15,7 @@ Daylight saving time, as classic cron does it:
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ def expand(expression: str) -> str:
     return ALIASES.get(text.lower(), text)
 
 
+@functools.lru_cache(maxsize=4096)
 def check_cron(expression: str) -> str:
     """The normalised expression, or ``ValueError`` saying what is wrong with it."""
     text = expand(expression)
@@ -84,6 +86,7 @@ class Recurrence:
         self.seconds_field = len(fields) == 6
         hour = fields[2 if self.seconds_field else 1] if fields else "*"
         self.fixed_hours = hour != "*"
+        self._iter: croniter | None = None
 
     def next_after(self, t: float) -> float:
         """The first fire time strictly after epoch second ``t``."""
@@ -93,8 +96,12 @@ class Recurrence:
             steps = int((t - self.anchor) // self.interval) + 1
             return self.anchor + steps * self.interval
         assert self.cron is not None
-        it = croniter(self.cron, datetime.fromtimestamp(t, self.tz),
-                      second_at_beginning=self.seconds_field)
+        start = datetime.fromtimestamp(t, self.tz)
+        it = self._iter
+        if it is None:
+            it = self._iter = croniter(self.cron, start, second_at_beginning=self.seconds_field)
+        else:
+            it.set_current(start, force=True)
         while True:
             moment: datetime = it.get_next(datetime)
             if not (self.fixed_hours and _second_occurrence(moment, self.tz)):
@@ -109,6 +116,13 @@ class Recurrence:
                 break
             times.append(t)
         return times
+
+
+@functools.lru_cache(maxsize=16384)
+def cached(cron: str | None, interval: float | None, timezone: str, anchor: float) -> Recurrence:
+    """A shared :class:`Recurrence` per rule: parsing cron is the costly part of firing."""
+    return Recurrence(cron=cron, interval=interval, timezone=timezone,
+                      anchor=anchor if interval is not None else 0.0)
 
 
 def _second_occurrence(moment: datetime, tz: tzinfo) -> bool:

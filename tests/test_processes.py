@@ -91,7 +91,7 @@ def test_cli_without_server_explains(tmp_path: Path) -> None:
 def test_db_upgrade(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     first = cli("db", "upgrade", "--database-url", url)
-    assert first.returncode == 0 and "applied migrations [1, 2, 3, 4, 5]" in first.stdout
+    assert first.returncode == 0 and "applied migrations [1, 2, 3, 4, 5, 6]" in first.stdout
     assert "up to date" in cli("db", "upgrade", "--database-url", url).stdout
 
 

@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from chronoq import states
+from chronoq.events import EventBus, TaskEvent
 from chronoq.models import Attempt, QueueStats, TaskCreate
 from chronoq.notify import Hub
 from chronoq.states import Status
@@ -46,8 +47,9 @@ class Store(ScheduleQueries, WorkerQueries, abc.ABC):
     #: appended to a single-row SELECT inside a transaction to lock the row
     lock_row: str = ""
 
-    def __init__(self, hub: Hub | None = None) -> None:
+    def __init__(self, hub: Hub | None = None, events: EventBus | None = None) -> None:
         self.hub = hub or Hub()
+        self.events = events or EventBus()
 
     # -- connection plumbing (dialects) ------------------------------------------------------
     @abc.abstractmethod
@@ -125,15 +127,20 @@ class Store(ScheduleQueries, WorkerQueries, abc.ABC):
                     "SELECT * FROM tasks WHERE idempotency_key = $1", spec.idempotency_key
                 )
                 return TaskRecord.from_row(rows[0]), False
-        self.wake_for(row)
+        self.inserted([row])
         return TaskRecord.from_row(rows[0]), True
 
-    def wake_for(self, row: Sequence[Any]) -> None:
-        """Tell this process's scheduler or workers about a task just inserted."""
-        if row[3] == Status.QUEUED.value:
-            self.hub.ready((row[2],))
-        else:
+    def inserted(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Tell this process's scheduler or workers, and event listeners, about tasks just
+        inserted (rows in :data:`INSERT_TASK` order)."""
+        queues = {row[2] for row in rows if row[3] == Status.QUEUED.value}
+        if queues:
+            self.hub.ready(queues)
+        if len(queues) < len(rows):
             self.hub.scheduled()
+        if self.events.active:
+            self.events.publish(TaskEvent(row[0], row[1], row[2], row[3], 0, row[7], row[14])
+                                for row in rows)
 
     async def get_task(self, task_id: str) -> TaskRecord:
         async with self.conn() as c:
@@ -219,7 +226,14 @@ class Store(ScheduleQueries, WorkerQueries, abc.ABC):
                 )
         if current.status is Status.RUNNING:
             self.hub.cancelled(task_id)
-        return TaskRecord.from_row(rows[0])
+        return self._changed(rows[0], now)
+
+    def _changed(self, row: Row, now: float) -> TaskRecord:
+        """Decode a task row a user action just changed, and publish the change."""
+        record = TaskRecord.from_row(row)
+        if self.events.active:
+            self.events.publish([record.event(now)])
+        return record
 
     async def retry_task(self, task_id: str, now: float) -> TaskRecord:
         """Send a failed or dead task back to its queue now, granting at least one attempt."""
@@ -234,7 +248,7 @@ class Store(ScheduleQueries, WorkerQueries, abc.ABC):
                 task_id, now, current.status.value,
             )
         self.hub.ready((current.queue,))
-        return TaskRecord.from_row(rows[0])
+        return self._changed(rows[0], now)
 
     async def _current(self, c: Conn, task_id: str) -> TaskRecord:
         rows = await c.fetch(f"SELECT * FROM tasks WHERE id = $1{self.lock_row}", task_id)
@@ -251,12 +265,17 @@ class Store(ScheduleQueries, WorkerQueries, abc.ABC):
             rows = await c.fetch(
                 f"UPDATE tasks SET status = 'queued', updated_at = $1 WHERE id IN ("
                 f"SELECT id FROM tasks WHERE status IN ({waiting}) AND run_at <= $1 "
-                f"ORDER BY run_at LIMIT $2{self.skip_locked}) RETURNING queue",
+                f"ORDER BY run_at LIMIT $2{self.skip_locked}) "
+                "RETURNING id, name, queue, attempts, schedule_id",
                 now, limit,
             )
         queues = [r["queue"] for r in rows]
         if queues:
             self.hub.ready(set(queues))
+            if self.events.active:
+                self.events.publish(
+                    TaskEvent(r["id"], r["name"], r["queue"], "queued", r["attempts"], now,
+                              r["schedule_id"]) for r in rows)
         return queues
 
     async def next_due_at(self) -> float | None:
@@ -303,8 +322,14 @@ class Store(ScheduleQueries, WorkerQueries, abc.ABC):
                     "VALUES ($1, $2, $3, $4)",
                     [(r["id"], r["attempts"], worker_id, now) for r in rows],
                 )
+        return self.claimed(rows, now)
+
+    def claimed(self, rows: Sequence[Row], now: float) -> list[TaskRecord]:
+        """Decode claimed rows in run order and publish that they started."""
         tasks = [TaskRecord.from_row(r) for r in rows]
         tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
+        if tasks and self.events.active:
+            self.events.publish(t.event(now, wait=now - t.run_at) for t in tasks)
         return tasks
 
     async def complete(self, completions: Sequence[Completion]) -> None:
@@ -334,6 +359,8 @@ class Store(ScheduleQueries, WorkerQueries, abc.ABC):
             )
         if any(x.status is Status.FAILED for x in completions):
             self.hub.scheduled()
+        if self.events.active:
+            self.events.publish(e for e in (x.event() for x in completions) if e is not None)
 
     async def heartbeat(
         self, worker_id: str, task_ids: Sequence[str], lease_until: float

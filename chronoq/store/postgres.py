@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from chronoq.events import EventBus
 from chronoq.notify import Hub
 from chronoq.store.base import Row, Store, TaskRecord
 
@@ -58,10 +59,10 @@ class PostgresStore(Store):
     lock_row = " FOR UPDATE"
 
     def __init__(
-        self, url: str, hub: Hub | None = None, *, min_size: int = 2, max_size: int = 10,
-        listen: bool = True,
+        self, url: str, hub: Hub | None = None, events: EventBus | None = None, *,
+        min_size: int = 2, max_size: int = 10, listen: bool = True,
     ) -> None:
-        super().__init__(hub)
+        super().__init__(hub, events)
         self.dsn, self.schema = split_schema(url)
         self.min_size, self.max_size, self.listen = min_size, max_size, listen
         self._pool: asyncpg.Pool | None = None
@@ -191,9 +192,7 @@ class PostgresStore(Store):
                 "SELECT * FROM claimed",
                 worker_id, now + lease, now, queue, limit,
             )
-        tasks = [TaskRecord.from_row(r) for r in rows]
-        tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
-        return tasks
+        return self.claimed(rows, now)
 
 
 async def wait_until_ready(url: str, timeout: float = 30.0) -> None:

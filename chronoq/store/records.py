@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import orjson
 
 from chronoq import states
+from chronoq.events import TaskEvent
 from chronoq.ids import new_id
 from chronoq.models import (
     Attempt,
@@ -82,6 +83,11 @@ class TaskRecord:
             schedule_id=row["schedule_id"], slot=row["slot"],
         )
 
+    def event(self, at: float, **extra: Any) -> TaskEvent:
+        """This task's current status as an event."""
+        return TaskEvent(self.id, self.name, self.queue, self.status.value, self.attempts, at,
+                         self.schedule_id, **extra)
+
     def to_api(self, history: list[Attempt] | None = None) -> Task:
         return Task(
             id=self.id, name=self.name, queue=self.queue, status=self.status,
@@ -108,11 +114,21 @@ class Completion:
     result: Any = None
     error: str | None = None
     traceback: str | None = None
-
+    task: TaskRecord | None = None
 
     @classmethod
     def success(cls, task: TaskRecord, now: float, result: Any) -> Completion:
-        return cls(task.id, task.attempts, "succeeded", now, Status.SUCCEEDED, result=result)
+        return cls(task.id, task.attempts, "succeeded", now, Status.SUCCEEDED, result=result,
+                   task=task)
+
+    def event(self) -> TaskEvent | None:
+        """The state change this completion makes, for the event bus."""
+        task = self.task
+        if task is None:
+            return None
+        return TaskEvent(task.id, task.name, task.queue, self.status.value, self.attempt,
+                         self.finished_at, task.schedule_id, self.error,
+                         duration=self.finished_at - task.updated_at)
 
     @classmethod
     def failure(
@@ -126,7 +142,7 @@ class Completion:
             delay = 0.0 if retry_now else task.backoff.policy().delay(task.attempts)
             next_run_at = now + delay
         return cls(task.id, task.attempts, outcome, now, status, next_run_at, None, error,
-                   traceback)
+                   traceback, task)
 
 
 def attempt_from_row(row: Row) -> Attempt:

@@ -15,7 +15,7 @@ from chronoq.models import (
     to_datetime,
 )
 from chronoq.notify import Hub
-from chronoq.recurrence import FirePlan, MisfirePolicy, Recurrence, plan
+from chronoq.recurrence import FirePlan, MisfirePolicy, Recurrence, cached, plan
 from chronoq.store.records import INSERT_TASK, Row, TaskRecord, task_row
 
 #: fields whose change moves the next fire time
@@ -100,8 +100,7 @@ class ScheduleRecord:
 
     def recurrence(self) -> Recurrence:
         anchor = self.start_at if self.start_at is not None else self.created_at
-        return Recurrence(cron=self.cron, interval=self.interval_seconds,
-                                     timezone=self.timezone, anchor=anchor)
+        return cached(self.cron, self.interval_seconds, self.timezone, anchor)
 
     def first_fire_after(self, t: float) -> float | None:
         """The first slot after ``t`` (and not before ``start_at``); None past ``end_at``."""
@@ -163,7 +162,7 @@ class ScheduleQueries(abc.ABC):
     def tx(self) -> Any: ...
 
     @abc.abstractmethod
-    def wake_for(self, row: Sequence[Any]) -> None: ...
+    def inserted(self, rows: Sequence[Sequence[Any]]) -> None: ...
 
     async def create_schedule(self, spec: ScheduleCreate, now: float) -> ScheduleRecord:
         record = ScheduleRecord.new(spec, now)
@@ -253,7 +252,7 @@ class ScheduleQueries(abc.ABC):
         row = task_row(record.task, now, now, None, record.id, now)
         async with self.conn() as c:
             rows = await c.fetch(f"{INSERT_TASK} RETURNING *", *row)
-        self.wake_for(row)
+        self.inserted([row])
         return TaskRecord.from_row(rows[0])
 
     async def fire_due_schedules(self, now: float, limit: int = 500) -> int:
@@ -281,6 +280,5 @@ class ScheduleQueries(abc.ABC):
             await c.executemany(
                 "UPDATE schedules SET next_fire_at = $2, last_fire_at = $3, updated_at = $4 "
                 "WHERE id = $1", moves)
-        for row in tasks:
-            self.wake_for(row)
+        self.inserted(tasks)
         return len(tasks)

@@ -13,6 +13,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from chronoq.events import EventBus
 from chronoq.notify import Hub
 from chronoq.store.base import Row, Store
 
@@ -42,8 +43,9 @@ class SQLiteStore(Store):
 
     dialect = "sqlite"
 
-    def __init__(self, path: str | Path, hub: Hub | None = None) -> None:
-        super().__init__(hub)
+    def __init__(self, path: str | Path, hub: Hub | None = None,
+                 events: EventBus | None = None) -> None:
+        super().__init__(hub, events)
         self.path = str(path)
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
