@@ -7,6 +7,11 @@ round it fires the due slots of schedules (one task per slot, enforced by a uniq
 promotes every due task to ``queued`` (which wakes the workers) and fails the
 attempts whose lease expired, so they are retried elsewhere. Promotion is a conditional
 UPDATE, so several schedulers side by side never run a task twice.
+
+Any number of schedulers may run; one leads at a time, holding the ``scheduler`` lease
+(renewed every second, ``lease_ttl`` long). The others check every second and take over
+when it expires. Every write the leader makes checks its fencing token in the same
+transaction, so a leader that stalled past its lease cannot write after a takeover.
 """
 
 from __future__ import annotations
@@ -16,20 +21,31 @@ import logging
 import time
 
 from chronoq.store import Completion, Store
+from chronoq.store.leases import Fence, NotLeader
+from chronoq.worker import default_worker_id
 
 log = logging.getLogger("chronoq.scheduler")
+
+#: the lease every scheduler competes for; its holder is the one that acts
+LEASE = "scheduler"
 
 
 class Scheduler:
     def __init__(
         self, store: Store, *, poll_seconds: float = 1.0, reap_seconds: float = 1.0,
-        batch: int = 1000, worker_timeout: float = 30.0,
+        batch: int = 1000, worker_timeout: float = 30.0, lease_ttl: float = 5.0,
+        scheduler_id: str | None = None,
     ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
         self.reap_seconds = reap_seconds
         self.batch = batch
         self.worker_timeout = worker_timeout
+        self.lease_ttl = lease_ttl
+        self.id = scheduler_id or default_worker_id()
+        self.fence: Fence | None = None
+        self.leaderships = 0
+        self._renew_at = 0.0
         self.promoted = 0
         self.fired = 0
         self.reaped = 0
@@ -46,11 +62,15 @@ class Scheduler:
         try:
             while not self._stopping.is_set():
                 wake.clear()
+                due = None
                 try:
                     now = time.time()
-                    fired = await self.store.fire_due_schedules(now, self.batch)
+                    if not await self._lead(now):
+                        await asyncio.wait([stopping], timeout=min(1.0, self.lease_ttl / 3))
+                        continue
+                    fired = await self.store.fire_due_schedules(now, self.batch, self.fence)
                     self.fired += fired
-                    moved = await self.store.promote_due(now, self.batch)
+                    moved = await self.store.promote_due(now, self.batch, self.fence)
                     self.promoted += len(moved)
                     if len(moved) >= self.batch or fired >= self.batch:
                         continue  # more are due: no sleep
@@ -58,11 +78,15 @@ class Scheduler:
                         await self.reap(now)
                         next_reap = now + self.reap_seconds
                     due = await self.store.next_due_at()
+                except NotLeader as exc:
+                    log.warning("%s; following again", exc)
+                    self.fence = None
+                    continue
                 except Exception:
                     log.exception("scheduler round failed; retrying in %.1fs", self.poll_seconds)
-                    due = None
                 now = time.time()
-                sleep = min(self.poll_seconds, max(next_reap - now, 0.0))
+                sleep = min(self.poll_seconds, max(next_reap - now, 0.0),
+                            max(self._renew_at - now, 0.0))
                 if due is not None:
                     sleep = min(sleep, max(due - now, 0.0))
                 if sleep > 0:
@@ -73,8 +97,31 @@ class Scheduler:
         finally:
             stopping.cancel()
             self.store.hub.discard(wake)
+            if self.fence is not None:
+                try:
+                    await self.store.release_lease(self.fence)
+                except Exception:
+                    log.warning("could not release the scheduler lease")
             log.info("scheduler stopped (fired %d, promoted %d, rescued %d)", self.fired,
                      self.promoted, self.reaped)
+
+    async def _lead(self, now: float) -> bool:
+        """Take or renew the scheduler lease (at most once a second); True while leading."""
+        if self.fence is not None and now < self._renew_at:
+            return True
+        fence = await self.store.try_lease(LEASE, self.id, now, self.lease_ttl)
+        if fence is not None and (self.fence is None or fence.token != self.fence.token):
+            self.leaderships += 1
+            log.info("scheduler %s leads (fencing token %d)", self.id, fence.token)
+        elif fence is None and self.fence is not None:
+            log.warning("scheduler %s lost the lease; following", self.id)
+        self.fence = fence
+        self._renew_at = now + min(1.0, self.lease_ttl / 3)
+        return fence is not None
+
+    @property
+    def leading(self) -> bool:
+        return self.fence is not None
 
     async def reap(self, now: float) -> int:
         """Mark silent workers dead; fail every attempt whose worker stopped renewing its
@@ -89,7 +136,7 @@ class Scheduler:
                                f"worker {task.worker_id} stopped renewing its lease")
             for task in expired
         ]
-        await self.store.complete(completions)
+        await self.store.complete(completions, self.fence)
         for task in expired:
             log.warning("task %s (%s) attempt %d lost with worker %s; %s", task.id, task.name,
                         task.attempts, task.worker_id, "retrying" if task.attempts <

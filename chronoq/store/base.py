@@ -19,6 +19,7 @@ from chronoq.events import EventBus, TaskEvent
 from chronoq.models import Attempt, QueueStats, TaskCreate
 from chronoq.notify import Hub
 from chronoq.states import Status
+from chronoq.store.leases import Fence, LeaseQueries
 from chronoq.store.records import (
     INSERT_TASK,
     Completion,
@@ -38,7 +39,7 @@ __all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dump
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
 
 
-class Store(ScheduleQueries, WorkerQueries, abc.ABC):
+class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     """Durable task state, shared by the API, the scheduler and the workers."""
 
     dialect: str
@@ -257,11 +258,13 @@ class Store(ScheduleQueries, WorkerQueries, abc.ABC):
         return TaskRecord.from_row(rows[0])
 
     # -- scheduler ---------------------------------------------------------------------------
-    async def promote_due(self, now: float, limit: int = 1000) -> list[str]:
+    async def promote_due(self, now: float, limit: int = 1000, fence: Fence | None = None
+                          ) -> list[str]:
         """Move due scheduled tasks and due retries to ``queued``; returns each moved task's
         queue (so ``len()`` is the number moved)."""
         waiting = ", ".join(f"'{s.value}'" for s in states.WAITING)
         async with self.tx() as c:
+            await self.check_fence(c, fence, now)
             rows = await c.fetch(
                 f"UPDATE tasks SET status = 'queued', updated_at = $1 WHERE id IN ("
                 f"SELECT id FROM tasks WHERE status IN ({waiting}) AND run_at <= $1 "
@@ -332,12 +335,14 @@ class Store(ScheduleQueries, WorkerQueries, abc.ABC):
             self.events.publish(t.event(now, wait=now - t.run_at) for t in tasks)
         return tasks
 
-    async def complete(self, completions: Sequence[Completion]) -> None:
+    async def complete(self, completions: Sequence[Completion], fence: Fence | None = None
+                       ) -> None:
         """Record the end of attempts. Fenced: a report for an attempt that is no longer the
         task's running attempt (cancelled, or superseded after a lost lease) changes nothing."""
         if not completions:
             return
         async with self.tx() as c:
+            await self.check_fence(c, fence, completions[0].finished_at)
             await c.executemany(
                 "UPDATE tasks SET status = $3, run_at = COALESCE($4, run_at), result = $5, "
                 "error = $6, updated_at = $7, lease_expires_at = NULL "

@@ -16,6 +16,7 @@ from chronoq.models import (
 )
 from chronoq.notify import Hub
 from chronoq.recurrence import FirePlan, MisfirePolicy, Recurrence, cached, plan
+from chronoq.store.leases import Fence
 from chronoq.store.records import INSERT_TASK, Row, TaskRecord, task_row
 
 #: fields whose change moves the next fire time
@@ -164,6 +165,9 @@ class ScheduleQueries(abc.ABC):
     @abc.abstractmethod
     def inserted(self, rows: Sequence[Sequence[Any]]) -> None: ...
 
+    @abc.abstractmethod
+    async def check_fence(self, c: Any, fence: Fence | None, now: float) -> None: ...
+
     async def create_schedule(self, spec: ScheduleCreate, now: float) -> ScheduleRecord:
         record = ScheduleRecord.new(spec, now)
         async with self.conn() as c:
@@ -255,11 +259,13 @@ class ScheduleQueries(abc.ABC):
         self.inserted([row])
         return TaskRecord.from_row(rows[0])
 
-    async def fire_due_schedules(self, now: float, limit: int = 500) -> int:
+    async def fire_due_schedules(self, now: float, limit: int = 500,
+                                 fence: Fence | None = None) -> int:
         """Insert the tasks of every due slot and move each schedule to its next slot, in one
         transaction. ``ON CONFLICT (schedule_id, slot) DO NOTHING``: a slot never fires twice,
         even with several schedulers. Returns the number of tasks inserted."""
         async with self.tx() as c:
+            await self.check_fence(c, fence, now)
             rows = await c.fetch(
                 "SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 "
                 f"ORDER BY next_fire_at LIMIT $2{self.skip_locked}", now, limit)
