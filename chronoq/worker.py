@@ -54,11 +54,22 @@ class Worker:
         lease_seconds: float = 30.0,
         heartbeat_seconds: float = 5.0,
         poll_seconds: float = 1.0,
+        autoscale: tuple[int, int] | None = None,
+        scale_seconds: float = 1.0,
     ) -> None:
         self.store = store
         self.executors = dict(executors)
         self.queues = list(queues)
+        if autoscale is not None:
+            low, high = autoscale
+            if not 1 <= low <= high:
+                raise ValueError(f"autoscale needs 1 <= MIN <= MAX, got {low},{high}")
+            concurrency = low
+        self.autoscale = autoscale
+        self.scale_seconds = scale_seconds
         self.concurrency = concurrency
+        self._saturated = False
+        self._idle_rounds = 0
         self.id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = min(heartbeat_seconds, lease_seconds / 3)
@@ -84,6 +95,7 @@ class Worker:
                                          self.queues, self.concurrency, time.time())
         flusher = asyncio.create_task(self._flush_loop(), name="chronoq-flush")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="chronoq-heartbeat")
+        scaler = asyncio.create_task(self._scale_loop(), name="chronoq-autoscale")
         log.info("worker %s serving queues %s with concurrency %d", self.id,
                  ",".join(self.queues), self.concurrency)
         try:
@@ -93,9 +105,10 @@ class Worker:
             unsubscribe()
             self.store.hub.discard(ready)
             heartbeat.cancel()
+            scaler.cancel()
             self._closing = True  # the flusher finishes its batch, never cut mid-write
             self._done_event.set()
-            await asyncio.gather(heartbeat, flusher, return_exceptions=True)
+            await asyncio.gather(heartbeat, scaler, flusher, return_exceptions=True)
             await self._flush_all()
             for executor in self.executors.values():
                 await executor.close()
@@ -122,12 +135,40 @@ class Worker:
                     log.exception("claim failed; retrying in %.1fs", self.poll_seconds)
                     await _first(None, stopping, timeout=self.poll_seconds)
                     continue
+                if len(claimed) == free:
+                    self._saturated = True  # the queue had at least as much as we could take
                 for task in claimed:
                     self._start(task)
                 if not claimed:
                     await _first(ready, stopping, timeout=self.poll_seconds)
         finally:
             stopping.cancel()
+
+    async def _scale_loop(self) -> None:
+        """``autoscale=(MIN, MAX)``: double the slots while every slot is busy and the queue
+        still had work; halve them after 5 quiet periods with less than half busy."""
+        if self.autoscale is None:
+            return
+        low, high = self.autoscale
+        while True:
+            await asyncio.sleep(self.scale_seconds)
+            busy = len(self.running)
+            before = self.concurrency
+            if self._saturated and busy >= self.concurrency and self.concurrency < high:
+                self.concurrency = min(high, self.concurrency * 2)
+                self._idle_rounds = 0
+            elif busy < self.concurrency / 2 and self.concurrency > low:
+                self._idle_rounds += 1
+                if self._idle_rounds >= 5:
+                    self.concurrency = max(low, self.concurrency // 2)
+                    self._idle_rounds = 0
+            else:
+                self._idle_rounds = 0
+            self._saturated = False
+            if self.concurrency != before:
+                log.info("worker %s concurrency %d -> %d (%d busy)", self.id, before,
+                         self.concurrency, busy)
+                self._slot_free.set()
 
     async def _claim(self, free: int) -> list[TaskRecord]:
         """Claim up to ``free`` tasks, queue by queue (each claim uses the queue's index);

@@ -358,3 +358,31 @@ async def test_graceful_stop_finishes_running_tasks_and_hands_back_the_rest(
     assert handed_back["attempt_history"][0]["outcome"] == "lost"
     assert "shut down" in handed_back["attempt_history"][0]["error"]
     assert (await harness.get(late["id"]))["status"] == "queued"  # not taken while draining
+
+
+async def test_autoscale_grows_with_backlog_and_shrinks_when_idle(
+    app: App, harness: Harness
+) -> None:
+    @app.task("nap")
+    async def nap() -> None:
+        await asyncio.sleep(0.3)
+
+    worker = Worker(harness.store, app.executors(), autoscale=(1, 8), scale_seconds=0.2,
+                    poll_seconds=0.1)
+    assert worker.concurrency == 1
+    job = asyncio.create_task(worker.run())
+    for _ in range(60):
+        await harness.submit(name="nap")
+    peak = 0
+    for _ in range(60):
+        peak = max(peak, worker.concurrency)
+        await asyncio.sleep(0.05)
+    assert peak == 8
+    for _ in range(100):
+        if worker.concurrency == 1 and worker.processed == 60:
+            break
+        await asyncio.sleep(0.1)
+    assert worker.processed == 60
+    assert worker.concurrency == 1
+    worker.stop()
+    await job
