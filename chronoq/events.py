@@ -40,6 +40,7 @@ class TaskEvent:
     error: str | None = None
     duration: float | None = None
     wait: float | None = None
+    priority: int = 0
     type: str = "task"
 
     def to_wire(self) -> dict[str, Any]:
@@ -57,8 +58,9 @@ class TaskEvent:
 class Subscription:
     """An async iterator over batches of events; close it (or use ``async with``)."""
 
-    def __init__(self, bus: EventBus, maxsize: int) -> None:
+    def __init__(self, bus: EventBus, maxsize: int, local_only: bool = False) -> None:
         self.bus = bus
+        self.local_only = local_only
         self.queue: asyncio.Queue[list[TaskEvent]] = asyncio.Queue(maxsize)
         self.dropped = 0
 
@@ -101,8 +103,10 @@ class EventBus:
         """Whether anyone listens (callers skip building events otherwise)."""
         return bool(self._subscribers) or self._redis is not None
 
-    def subscribe(self, maxsize: int = 1000) -> Subscription:
-        subscription = Subscription(self, maxsize)
+    def subscribe(self, maxsize: int = 1000, local_only: bool = False) -> Subscription:
+        """Events as they happen; ``local_only`` skips those received from other processes
+        (for consumers that act on their own process's changes: metrics, the broker)."""
+        subscription = Subscription(self, maxsize, local_only)
         self._subscribers.add(subscription)
         return subscription
 
@@ -115,9 +119,10 @@ class EventBus:
             self._outbox.extend(batch)
             self._outbox_ready.set()
 
-    def _deliver(self, batch: list[TaskEvent]) -> None:
+    def _deliver(self, batch: list[TaskEvent], remote: bool = False) -> None:
         for subscription in list(self._subscribers):
-            subscription.offer(batch)
+            if not (remote and subscription.local_only):
+                subscription.offer(batch)
 
     # -- Redis bridge ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -168,7 +173,7 @@ class EventBus:
                     body = orjson.loads(message["data"])
                     if body.get("origin") == self.origin:
                         continue
-                    self._deliver([TaskEvent.from_wire(e) for e in body["events"]])
+                    self._deliver([TaskEvent.from_wire(e) for e in body["events"]], remote=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -14,9 +14,10 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from chronoq.broker import Broker, StoreBroker
 from chronoq.executors import Executor, HttpExecutor, ShellExecutor, TaskContext, current_task
 from chronoq.executors import http as http_executor
 from chronoq.executors import shell as shell_executor
@@ -56,6 +57,7 @@ class Worker:
         poll_seconds: float = 1.0,
         autoscale: tuple[int, int] | None = None,
         scale_seconds: float = 1.0,
+        broker: Callable[[Worker], Broker] | None = None,
     ) -> None:
         self.store = store
         self.executors = dict(executors)
@@ -81,15 +83,17 @@ class Worker:
         self._done: list[Completion] = []
         self._done_event = asyncio.Event()
         self._closing = False
+        self.broker = (broker or _store_broker)(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop claiming new tasks; :meth:`run` returns once running tasks finished."""
         self._stopping.set()
+        self.broker.interrupt()
 
     async def run(self, drain_seconds: float = 30.0) -> None:
         """Work until :meth:`stop`; then drain running tasks (up to ``drain_seconds``)."""
-        ready = self.store.hub.ready_event(self.queues)
+        await self.broker.start()
         unsubscribe = self.store.hub.on_cancel(self._cancel_local)
         await self.store.register_worker(self.id, socket.gethostname(), os.getpid(),
                                          self.queues, self.concurrency, time.time())
@@ -99,17 +103,17 @@ class Worker:
         log.info("worker %s serving queues %s with concurrency %d", self.id,
                  ",".join(self.queues), self.concurrency)
         try:
-            await self._claim_loop(ready)
+            await self._claim_loop()
             await self._drain(drain_seconds)
         finally:
             unsubscribe()
-            self.store.hub.discard(ready)
             heartbeat.cancel()
             scaler.cancel()
             self._closing = True  # the flusher finishes its batch, never cut mid-write
             self._done_event.set()
             await asyncio.gather(heartbeat, scaler, flusher, return_exceptions=True)
             await self._flush_all()
+            await self.broker.close()
             for executor in self.executors.values():
                 await executor.close()
             try:
@@ -119,7 +123,7 @@ class Worker:
                 log.warning("could not mark worker %s stopped", self.id)
             log.info("worker %s stopped after %d tasks", self.id, self.processed)
 
-    async def _claim_loop(self, ready: asyncio.Event) -> None:
+    async def _claim_loop(self) -> None:
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self._stopping.is_set():
@@ -128,9 +132,8 @@ class Worker:
                     self._slot_free.clear()
                     await _first(self._slot_free, stopping, timeout=None)
                     continue
-                ready.clear()
                 try:
-                    claimed = await self._claim(free)
+                    claimed = await self.broker.fetch(free, self.poll_seconds)
                 except Exception:
                     log.exception("claim failed; retrying in %.1fs", self.poll_seconds)
                     await _first(None, stopping, timeout=self.poll_seconds)
@@ -139,8 +142,6 @@ class Worker:
                     self._saturated = True  # the queue had at least as much as we could take
                 for task in claimed:
                     self._start(task)
-                if not claimed:
-                    await _first(ready, stopping, timeout=self.poll_seconds)
         finally:
             stopping.cancel()
 
@@ -169,19 +170,6 @@ class Worker:
                 log.info("worker %s concurrency %d -> %d (%d busy)", self.id, before,
                          self.concurrency, busy)
                 self._slot_free.set()
-
-    async def _claim(self, free: int) -> list[TaskRecord]:
-        """Claim up to ``free`` tasks, queue by queue (each claim uses the queue's index);
-        the first queue asked rotates so no queue starves the others."""
-        claimed: list[TaskRecord] = []
-        for queue in self.queues:
-            if len(claimed) >= free:
-                break
-            claimed += await self.store.claim(self.id, queue, free - len(claimed),
-                                              time.time(), self.lease_seconds)
-        if len(self.queues) > 1:
-            self.queues.append(self.queues.pop(0))
-        return claimed
 
     async def _drain(self, drain_seconds: float) -> None:
         if not self.running:
@@ -262,6 +250,7 @@ class Worker:
             batch, self._done = self._done, []
             try:
                 await self.store.complete(batch)
+                await self.broker.done([c.task_id for c in batch])
             except Exception:
                 log.exception("recording %d results failed; retrying in %.1fs", len(batch), delay)
                 self._done[:0] = batch
@@ -284,6 +273,10 @@ class Worker:
                 log.warning("task %s is no longer ours (cancelled or lease lost); stopping it",
                             task_id)
                 self._cancel_local(task_id)
+
+
+def _store_broker(worker: Worker) -> Broker:
+    return StoreBroker(worker.store, worker.id, worker.queues, worker.lease_seconds)
 
 
 def _log_completion(task: TaskRecord, completion: Completion, elapsed: float) -> None:

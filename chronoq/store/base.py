@@ -140,8 +140,8 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         if len(queues) < len(rows):
             self.hub.scheduled()
         if self.events.active:
-            self.events.publish(TaskEvent(row[0], row[1], row[2], row[3], 0, row[7], row[14])
-                                for row in rows)
+            self.events.publish(TaskEvent(row[0], row[1], row[2], row[3], 0, row[7], row[14],
+                                          priority=row[4]) for row in rows)
 
     async def get_task(self, task_id: str) -> TaskRecord:
         async with self.conn() as c:
@@ -269,7 +269,7 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                 f"UPDATE tasks SET status = 'queued', updated_at = $1 WHERE id IN ("
                 f"SELECT id FROM tasks WHERE status IN ({waiting}) AND run_at <= $1 "
                 f"ORDER BY run_at LIMIT $2{self.skip_locked}) "
-                "RETURNING id, name, queue, attempts, schedule_id",
+                "RETURNING id, name, queue, attempts, schedule_id, priority",
                 now, limit,
             )
         queues = [r["queue"] for r in rows]
@@ -278,7 +278,7 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             if self.events.active:
                 self.events.publish(
                     TaskEvent(r["id"], r["name"], r["queue"], "queued", r["attempts"], now,
-                              r["schedule_id"]) for r in rows)
+                              r["schedule_id"], priority=r["priority"]) for r in rows)
         return queues
 
     async def next_due_at(self) -> float | None:
@@ -311,13 +311,28 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         """Atomically take up to ``limit`` queued tasks of ``queue`` (highest priority, then
         oldest) and open an attempt for each. No two callers ever get the same attempt.
         The pick walks the ``tasks_ready`` index: O(limit), whatever the backlog."""
+        pick = ("SELECT id FROM tasks WHERE status = 'queued' AND queue = $4 "
+                f"ORDER BY priority DESC, run_at, id LIMIT $5{self.skip_locked}")
+        return await self._claim(pick, worker_id, now, lease, queue, limit)
+
+    async def claim_ids(
+        self, worker_id: str, ids: Sequence[str], now: float, lease: float
+    ) -> list[TaskRecord]:
+        """Take these tasks if they are still queued (a broker delivered their ids); ids of
+        tasks already taken, cancelled or gone are skipped."""
+        pick = f"SELECT id FROM tasks WHERE status = 'queued' AND id {self.in_list('$4')}"
+        return await self._claim(pick + self.skip_locked, worker_id, now, lease,
+                                 self.list_param(ids))
+
+    async def _claim(self, pick: str, worker_id: str, now: float, lease: float, *args: Any
+                     ) -> list[TaskRecord]:
+        """Mark the rows chosen by the ``pick`` sub-select running (parameters from ``$4``)
+        and open their attempts, in one transaction."""
         async with self.tx() as c:
             rows = await c.fetch(
                 "UPDATE tasks SET status = 'running', attempts = attempts + 1, worker_id = $1, "
-                "lease_expires_at = $2, updated_at = $3 WHERE id IN ("
-                "SELECT id FROM tasks WHERE status = 'queued' AND queue = $4 "
-                f"ORDER BY priority DESC, run_at, id LIMIT $5{self.skip_locked}) RETURNING *",
-                worker_id, now + lease, now, queue, limit,
+                f"lease_expires_at = $2, updated_at = $3 WHERE id IN ({pick}) RETURNING *",
+                worker_id, now + lease, now, *args,
             )
             if rows:
                 await c.executemany(
@@ -326,6 +341,17 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                     [(r["id"], r["attempts"], worker_id, now) for r in rows],
                 )
         return self.claimed(rows, now)
+
+    async def stale_queued(self, before: float, now: float, limit: int = 1000
+                           ) -> list[tuple[str, str, int]]:
+        """Queued tasks untouched since ``before``: (id, queue, priority). They are marked
+        touched now, so a broker reconciler re-publishes each at most once per period."""
+        async with self.tx() as c:
+            rows = await c.fetch(
+                "UPDATE tasks SET updated_at = $2 WHERE id IN (SELECT id FROM tasks "
+                "WHERE status = 'queued' AND updated_at < $1 ORDER BY updated_at "
+                f"LIMIT $3{self.skip_locked}) RETURNING id, queue, priority", before, now, limit)
+        return [(r["id"], r["queue"], r["priority"]) for r in rows]
 
     def claimed(self, rows: Sequence[Row], now: float) -> list[TaskRecord]:
         """Decode claimed rows in run order and publish that they started."""

@@ -175,22 +175,19 @@ class PostgresStore(Store):
                 "INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, time.time()
             )
 
-    async def claim(
-        self, worker_id: str, queue: str, limit: int, now: float, lease: float
-    ) -> list[TaskRecord]:
+    async def _claim(self, pick: str, worker_id: str, now: float, lease: float, *args: Any
+                     ) -> list[TaskRecord]:
         """One round trip: pick, mark running and open the attempts in a single statement."""
         async with self.conn() as c:
             rows = await c.fetch(
-                "WITH picked AS (SELECT id FROM tasks WHERE status = 'queued' "
-                "AND queue = $4 ORDER BY priority DESC, run_at, id "
-                "LIMIT $5 FOR UPDATE SKIP LOCKED), "
+                f"WITH picked AS ({pick}), "
                 "claimed AS (UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, "
                 "worker_id = $1, lease_expires_at = $2, updated_at = $3 FROM picked "
                 "WHERE t.id = picked.id RETURNING t.*), "
                 "opened AS (INSERT INTO attempts (task_id, attempt, worker_id, started_at) "
                 "SELECT id, attempts, $1, $3 FROM claimed) "
                 "SELECT * FROM claimed",
-                worker_id, now + lease, now, queue, limit,
+                worker_id, now + lease, now, *args,
             )
         return self.claimed(rows, now)
 

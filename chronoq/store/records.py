@@ -86,7 +86,7 @@ class TaskRecord:
     def event(self, at: float, **extra: Any) -> TaskEvent:
         """This task's current status as an event."""
         return TaskEvent(self.id, self.name, self.queue, self.status.value, self.attempts, at,
-                         self.schedule_id, **extra)
+                         self.schedule_id, priority=self.priority, **extra)
 
     def to_api(self, history: list[Attempt] | None = None) -> Task:
         return Task(
@@ -128,7 +128,7 @@ class Completion:
             return None
         return TaskEvent(task.id, task.name, task.queue, self.status.value, self.attempt,
                          self.finished_at, task.schedule_id, self.error,
-                         duration=self.finished_at - task.updated_at)
+                         duration=self.finished_at - task.updated_at, priority=task.priority)
 
     @classmethod
     def failure(
