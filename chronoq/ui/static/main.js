@@ -1,0 +1,153 @@
+// The dashboard shell: hash routes (#/overview, #/tasks?…, #/schedules, #/dead), live
+// updates over the event WebSocket with a 2-second polling fallback, and the search box.
+
+import { UUID } from "./api.js";
+import { throttle, toast } from "./dom.js";
+import { number, relative } from "./format.js";
+import { Live } from "./live.js";
+import { overviewView } from "./overview.js";
+import { schedulesView } from "./schedules.js";
+import { Stats } from "./stats.js";
+import { tasksView } from "./tasks.js";
+
+const POLL_MS = 2000; // refresh the open view this often without a WebSocket
+const SAFETY_MS = 10000; // ... and this often with one (events can be dropped under load)
+const STATS_MS = 5000; // queue counts for the header and throughput, on other views
+
+const VIEWS = {
+  overview: (ctx) => overviewView(ctx),
+  tasks: (ctx) => tasksView(ctx),
+  dead: (ctx) => tasksView(ctx, { dead: true }),
+  schedules: (ctx) => schedulesView(ctx),
+};
+
+const main = document.getElementById("view");
+const conn = document.getElementById("conn");
+const deadCount = document.getElementById("dead-count");
+
+let current = null; // {name, view}
+let lastRefresh = 0;
+let lastStats = 0;
+
+function parseHash() {
+  const raw = location.hash.replace(/^#\/?/, "");
+  const [path, query = ""] = raw.split("?", 2);
+  const name = VIEWS[path] ? path : "overview";
+  const params = {};
+  for (const [key, value] of new URLSearchParams(query)) if (value !== "") params[key] = value;
+  return { name, params };
+}
+
+function hashFor(name, params) {
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(params || {})) {
+    if (value !== undefined && value !== null && value !== "") query.set(key, String(value));
+  }
+  const qs = query.toString();
+  return `#/${name}${qs ? `?${qs}` : ""}`;
+}
+
+let lastError = 0;
+const ctx = {
+  navigate(name, params) {
+    const hash = hashFor(name, params);
+    if (location.hash === hash) route();
+    else location.hash = hash;
+  },
+  report(err) {
+    // Background refreshes fail every 2 s while the server is down: say it once in a while.
+    if (Date.now() - lastError > 10000) {
+      lastError = Date.now();
+      toast(err.message || String(err), "error");
+    }
+  },
+  stats: null,
+};
+
+ctx.stats = new Stats({
+  onChange(stats) {
+    const dead = stats.total("dead");
+    deadCount.hidden = dead === 0;
+    deadCount.textContent = number(dead);
+    if (current && current.view.statsChanged) current.view.statsChanged();
+  },
+  onError: (err) => ctx.report(err),
+});
+
+function route() {
+  const { name, params } = parseHash();
+  if (!current || current.name !== name) {
+    if (current) current.view.destroy();
+    const view = VIEWS[name](ctx);
+    current = { name, view };
+    main.replaceChildren(view.el);
+    for (const link of document.querySelectorAll(".tabs a")) {
+      if (link.dataset.view === name) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+    document.title = `chronoq · ${name === "dead" ? "dead letters" : name}`;
+  }
+  lastRefresh = Date.now();
+  current.view.update(params);
+}
+
+// -- live updates ----------------------------------------------------------------------------
+const statsSoon = throttle(() => ctx.stats.sample(), 2000);
+
+const live = new Live({
+  onEvents(events) {
+    if (current) current.view.onEvents(events);
+    if (events.some((ev) => ev.status === "dead" || ev.status === "succeeded")) statsSoon();
+  },
+  onMode(mode) {
+    conn.dataset.mode = mode;
+    conn.textContent = mode === "live" ? "live" : mode === "polling" ? "polling" : "connecting";
+    conn.title = mode === "live" ? "Receiving task events over a WebSocket"
+      : mode === "polling" ? `No event stream; refreshing every ${POLL_MS / 1000} s`
+        : "Connecting to the event stream";
+    if (mode === "live" && current) current.view.refresh(); // catch up on what was missed
+  },
+});
+
+setInterval(() => {
+  if (document.hidden || !current) return;
+  const now = Date.now();
+  const overview = current.name === "overview";
+  const every = live.mode !== "live" ? POLL_MS : overview ? STATS_MS : SAFETY_MS;
+  if (now - lastRefresh >= every - 50) {
+    lastRefresh = now;
+    current.view.refresh(); // the overview samples the queue counts itself
+  }
+  if (!overview && now - lastStats >= STATS_MS - 50) {
+    lastStats = now;
+    ctx.stats.sample();
+  }
+}, 500);
+
+// Relative times ("in 12 s", "3 s ago") tick every second.
+setInterval(() => {
+  for (const el of document.querySelectorAll("[data-relative]")) {
+    el.textContent = relative(el.dataset.relative);
+  }
+}, 1000);
+
+// -- search ----------------------------------------------------------------------------------
+document.getElementById("search").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const input = document.getElementById("search-input");
+  const q = input.value.trim();
+  if (!q) return;
+  if (UUID.test(q.toLowerCase())) ctx.navigate("tasks", { task: q.toLowerCase() });
+  else ctx.navigate("tasks", { name: q });
+  input.select();
+});
+
+window.addEventListener("hashchange", route);
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && current) current.view.refresh();
+});
+
+route();
+ctx.stats.sample();
+lastStats = Date.now();
+live.start();

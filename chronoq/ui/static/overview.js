@@ -1,0 +1,143 @@
+// Overview: totals, throughput, queues with their status counts, and workers.
+
+import { STATUSES, get } from "./api.js";
+import { fill, h, s, throttle } from "./dom.js";
+import { duration, number, timeEl } from "./format.js";
+
+function card(label, value, note, attrs = {}) {
+  return h("div", { class: "card", ...attrs },
+    h("div", { class: "card-label" }, label),
+    h("div", { class: "card-value" }, value),
+    h("div", { class: "card-note muted" }, note || " "));
+}
+
+function sparkline(series) {
+  const width = 240;
+  const height = 40;
+  if (series.length < 2) {
+    return s("svg", { class: "spark", viewBox: `0 0 ${width} ${height}`, "aria-hidden": "true" });
+  }
+  const max = Math.max(1, ...series.map((p) => p.rate));
+  const t0 = series[0].t;
+  const span = Math.max(1, series[series.length - 1].t - t0);
+  const points = series.map((p) => {
+    const x = ((p.t - t0) / span) * width;
+    const y = height - 2 - (p.rate / max) * (height - 4);
+    return `${x.toFixed(1)},${y.toFixed(1)}`;
+  });
+  return s("svg", { class: "spark", viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none",
+    role: "img", "aria-label": "succeeded per minute, last 5 minutes" },
+  s("polyline", { points: `0,${height} ${points.join(" ")} ${width},${height}`, class: "spark-area" }),
+  s("polyline", { points: points.join(" "), class: "spark-line" }));
+}
+
+export function overviewView(ctx) {
+  let destroyed = false;
+  let showAll = false;
+  let workers = [];
+  let workersError = null;
+
+  const cards = h("div", { class: "cards" });
+  const queuesBox = h("div", { class: "table-wrap" });
+  const workersBox = h("div", { class: "table-wrap" });
+  const allToggle = h("input", { type: "checkbox", onchange: (e) => {
+    showAll = e.target.checked;
+    loadWorkers();
+  } });
+
+  const el = h("section", { class: "view view-overview" },
+    h("div", { class: "view-head" }, h("h1", null, "Overview")),
+    cards,
+    h("h2", null, "Queues"), queuesBox,
+    h("div", { class: "section-head" }, h("h2", null, "Workers"),
+      h("label", { class: "toggle" }, allToggle, " include stopped and dead")),
+    workersBox);
+
+  function renderStats() {
+    const stats = ctx.stats;
+    const tp = stats.throughput();
+    const alive = workers.filter((w) => w.status === "alive");
+    const slots = alive.reduce((n, w) => n + w.concurrency, 0);
+    const busy = alive.reduce((n, w) => n + w.running, 0);
+    const oldest = Math.max(0, ...stats.queues.map((q) => q.oldest_queued_age_seconds || 0));
+    fill(cards,
+      card("Throughput", tp ? `${tp.perMinute < 10 ? tp.perMinute.toFixed(1) : number(Math.round(tp.perMinute))}/min` : "…",
+        [tp ? `succeeded, last ${Math.round(tp.seconds)} s` : "measuring", sparkline(stats.series())],
+        { dataset: { testid: "throughput" } }),
+      card("Queued", number(stats.total("queued")),
+        stats.total("queued") ? `oldest waits ${duration(oldest)}` : "nothing waiting"),
+      card("Running", number(stats.total("running")), slots ? `${busy} of ${slots} worker slots busy` : ""),
+      card("Scheduled", number(stats.total("scheduled") + stats.total("failed")),
+        `${number(stats.total("failed"))} waiting to retry`),
+      card("Dead letters", h("a", { href: "#/dead" }, number(stats.total("dead"))), "need attention"),
+      card("Workers", number(alive.length), workersError ? workersError : "alive"));
+
+    if (stats.queues.length === 0) {
+      fill(queuesBox, h("p", { class: "message" }, stats.latest ? "No tasks yet." : "Loading…"));
+    } else {
+      fill(queuesBox, h("table", { class: "grid queues" },
+        h("thead", null, h("tr", null, h("th", null, "Queue"), h("th", { class: "num" }, "Depth"),
+          h("th", null, "Oldest queued"),
+          STATUSES.map((st) => h("th", { class: "num" }, st)))),
+        h("tbody", null, stats.queues.map((q) => h("tr", { dataset: { queue: q.queue } },
+          h("td", { class: "name" }, h("a", { href: `#/tasks?queue=${encodeURIComponent(q.queue)}` }, q.queue)),
+          h("td", { class: "num depth" }, number(q.depth)),
+          h("td", null, q.oldest_queued_age_seconds === null || q.oldest_queued_age_seconds === undefined
+            ? h("span", { class: "muted" }, "–") : duration(q.oldest_queued_age_seconds)),
+          STATUSES.map((st) => h("td", { class: `num count-${st}`, dataset: { status: st } },
+            q.counts[st] ? h("a", {
+              href: st === "dead" ? `#/dead?queue=${encodeURIComponent(q.queue)}`
+                : `#/tasks?queue=${encodeURIComponent(q.queue)}&status=${st}`,
+            }, number(q.counts[st])) : h("span", { class: "muted" }, "0"))))))));
+    }
+
+    if (workers.length === 0) {
+      fill(workersBox, h("p", { class: "message" }, workersError || "No worker is running."));
+    } else {
+      fill(workersBox, h("table", { class: "grid workers" },
+        h("thead", null, h("tr", null, ["Worker", "Host", "PID", "Queues", "Running", "Processed",
+          "Status", "Started", "Last seen"].map((t) => h("th", null, t)))),
+        h("tbody", null, workers.map((w) => h("tr", { dataset: { id: w.id } },
+          h("td", { class: "mono", title: w.id }, w.id),
+          h("td", null, w.host),
+          h("td", { class: "num" }, String(w.pid)),
+          h("td", null, w.queues.join(", ")),
+          h("td", { class: "num" }, `${w.running}/${w.concurrency}`),
+          h("td", { class: "num" }, number(w.processed)),
+          h("td", null, h("span", { class: `badge badge-w-${w.status}` }, w.status)),
+          h("td", null, timeEl(w.started_at)),
+          h("td", null, timeEl(w.last_seen_at, { rel: true })))))));
+    }
+  }
+
+  async function loadWorkers() {
+    try {
+      workers = await get("/v1/workers", showAll ? { all: "true" } : null);
+      workersError = null;
+    } catch (err) {
+      workersError = `workers: ${err.message}`;
+    }
+    if (!destroyed) renderStats();
+  }
+
+  async function load() {
+    await Promise.all([ctx.stats.sample(), loadWorkers()]);
+  }
+
+  const loadSoon = throttle(() => { if (!destroyed) load(); }, 1000);
+
+  return {
+    el,
+    update() {
+      renderStats();
+      load();
+    },
+    refresh: load,
+    onEvents: () => loadSoon(),
+    statsChanged: () => { if (!destroyed) renderStats(); },
+    destroy() {
+      destroyed = true;
+      loadSoon.cancel();
+    },
+  };
+}

@@ -1,0 +1,331 @@
+"""The web dashboard at /ui, driven in headless Chromium against a real ``chronoq dev --demo``.
+
+Uses Playwright for Python with Debian's Chromium (``/usr/bin/chromium``; no browser download).
+Screenshots go to ``tests/artifacts/ui-*.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+
+from tests.processes import ROOT, Proc, free_port, wait_ready, wait_status
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api",
+    reason="Playwright for Python is not installed (pip install -e '.[dev]')")
+expect = sync_api.expect
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# Stands in for a server without the /v1/events WebSocket: every connection fails at once.
+NO_WEBSOCKET = """
+window.WebSocket = class extends EventTarget {
+  constructor(url) {
+    super();
+    this.url = url;
+    setTimeout(() => {
+      this.dispatchEvent(new Event("error"));
+      this.dispatchEvent(new Event("close"));
+    }, 10);
+  }
+  close() {}
+  send() {}
+};
+"""
+
+expect.set_options(timeout=15_000)
+
+
+def _find_chromium() -> str | None:
+    for candidate in ("/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _install_chromium() -> str:
+    """Debian's chromium through apt-get; the reason it failed otherwise."""
+    if not shutil.which("apt-get"):
+        return "apt-get is not available"
+    if os.geteuid() != 0:
+        return "not root, so apt-get cannot install it"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    output = ""
+    for command in (["apt-get", "install", "-y", "-q", "chromium"],
+                    ["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "chromium"]):
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        except subprocess.TimeoutExpired:
+            return f"{' '.join(command)} timed out"
+        output = (done.stdout + done.stderr)[-500:]
+        if command[1] == "install" and done.returncode == 0 and _find_chromium():
+            return ""
+    return f"apt-get install chromium failed: {output}"
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    path = _find_chromium()
+    if path is None:
+        reason = _install_chromium()
+        path = _find_chromium()
+        if path is None:
+            pytest.skip(f"UI tests need Chromium: none found at /usr/bin/chromium and it "
+                        f"could not be installed ({reason})")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``chronoq dev --demo`` on a free port with a fresh SQLite file."""
+    folder = tmp_path_factory.mktemp("ui")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = Proc(["dev", "--demo", "--port", str(port), "--database-url",
+                 f"sqlite:///{folder / 'ui.db'}"], {}, folder / "dev.log")
+    try:
+        wait_ready(url, proc)
+        answer = httpx.get(f"{url}/ui", timeout=5)
+        assert answer.status_code == 200, (
+            f"GET /ui answered {answer.status_code}: the dashboard is not mounted "
+            "(create_api must call chronoq.api.ui.mount_ui)")
+        yield url
+    finally:
+        if proc.popen.poll() is None:
+            proc.terminate()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path: str) -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium_path, headless=True,
+                                              args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+class Page:
+    """A browser tab on the dashboard that records JavaScript errors and API requests."""
+
+    def __init__(self, page: Any, url: str) -> None:
+        self.page, self.url = page, url
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on("request", lambda request: self.requests.append(request.url))
+
+    def open(self, fragment: str = "") -> Any:
+        self.page.goto(f"{self.url}/ui{fragment}")
+        expect(self.page.locator("#view > section")).to_be_visible()
+        return self.page
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"ui-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+@pytest.fixture
+def tab(browser: Any, server: str) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = Page(context.new_page(), server)
+    yield page
+    context.close()
+    assert page.errors == [], f"JavaScript errors on the page: {page.errors}"
+    for request in page.requests:  # never more than one page of tasks at a time
+        parsed = urlparse(request)
+        if parsed.path == "/v1/tasks":
+            limit = parse_qs(parsed.query).get("limit", ["50"])[0]
+            assert int(limit) <= 200, request
+
+
+def submit(url: str, **spec: Any) -> dict[str, Any]:
+    answer = httpx.post(f"{url}/v1/tasks", json=spec, timeout=5)
+    assert answer.status_code == 201, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def status_of(page: Any, task_id: str) -> Any:
+    return page.locator(f'tr[data-id="{task_id}"] .badge')
+
+
+# -- tests ------------------------------------------------------------------------------------
+def test_submitted_task_appears_and_succeeds_live(tab: Page, server: str) -> None:
+    page = tab.open("#/tasks")
+    expect(page.locator("#conn")).to_have_attribute("data-mode", "live")
+    page.evaluate("window.__notReloaded = true")
+
+    task = submit(server, name="demo.sleep", payload={"seconds": 3})
+    row = page.locator(f'tr[data-id="{task["id"]}"]')
+    expect(row).to_be_visible()
+    expect(status_of(page, task["id"])).to_have_text(re.compile("queued|running"))
+    expect(status_of(page, task["id"])).to_have_text("succeeded")
+    assert page.evaluate("window.__notReloaded") is True  # updated in place, no reload
+
+    row.click()
+    detail = page.locator("aside.detail")
+    expect(detail.locator("h2")).to_contain_text("demo.sleep")
+    expect(detail.locator(".detail-body")).to_have_attribute("data-status", "succeeded")
+    expect(detail).to_contain_text('"slept": 3')
+    expect(detail.locator("li.attempt")).to_have_count(1)
+    expect(detail.locator('li.attempt[data-outcome="succeeded"]')).to_be_visible()
+    assert "#/tasks?task=" in page.url
+    tab.screenshot("tasks")
+
+
+def test_polling_fallback_without_websocket(browser: Any, server: str) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        context.add_init_script(NO_WEBSOCKET)
+        tab = Page(context.new_page(), server)
+        page = tab.open("#/tasks?name=demo.add")
+        expect(page.locator("#conn")).to_have_attribute("data-mode", "polling")
+        page.evaluate("window.__notReloaded = true")
+        task = submit(server, name="demo.add", payload={"a": 40, "b": 2})
+        expect(status_of(page, task["id"])).to_have_text("succeeded")
+        assert page.evaluate("window.__notReloaded") is True
+        assert tab.errors == []
+    finally:
+        context.close()
+
+
+def test_filters_search_and_pages(tab: Page, server: str) -> None:
+    ids = [submit(server, name="demo.add", queue="pages", payload={"a": i, "b": 0})["id"]
+           for i in range(30)]
+    page = tab.open("#/tasks?queue=pages&limit=25")
+    rows = page.locator("table.tasks tbody tr")
+    expect(rows).to_have_count(25)
+    expect(rows.first).to_have_attribute("data-id", ids[-1])  # newest first
+    page.get_by_role("button", name="Next").click()
+    expect(rows).to_have_count(5)
+    expect(rows.last).to_have_attribute("data-id", ids[0])
+    expect(page.locator(".pager-label")).to_contain_text("page 2")
+    page.get_by_role("button", name="Previous").click()
+    expect(rows).to_have_count(25)
+
+    # No worker serves the queue "pages": its tasks stay queued.
+    page.select_option("select[name=status]", "succeeded")
+    expect(page.locator(".message")).to_have_text("No task matches these filters.")
+    page.select_option("select[name=status]", "queued")
+    expect(rows).to_have_count(25)
+    assert "status=queued" in page.url and "queue=pages" in page.url
+    assert set(page.locator("table.tasks tbody .badge").all_inner_texts()) == {"queued"}
+
+    search = page.locator("#search-input")
+    search.fill(ids[3])
+    search.press("Enter")
+    expect(page.locator("aside.detail .detail-body")).to_have_attribute("data-id", ids[3])
+    expect(page.locator("aside.detail")).to_contain_text('"a": 3')
+
+    search.fill("demo.report")
+    search.press("Enter")
+    expect(page.locator("input[name=name]")).to_have_value("demo.report")
+    expect(rows.first.locator(".name")).to_have_text("demo.report")
+
+    search.fill("01a21283-0000-7000-8000-000000000000")
+    search.press("Enter")
+    expect(page.locator("aside.detail")).to_contain_text("no task with id")
+
+
+def test_pause_resume_and_trigger_a_schedule(tab: Page, server: str) -> None:
+    page = tab.open("#/schedules")
+    row = page.locator('tr[data-name="demo.tick"]')
+    expect(row).to_have_attribute("data-state", "active")
+    expect(row.locator("td.next time")).to_have_count(2)  # next fire time, absolute + relative
+
+    row.get_by_role("button", name="Pause").click()
+    expect(row).to_have_attribute("data-state", "paused")
+    expect(row.locator(".badge")).to_have_text("paused")
+    assert httpx.get(f"{server}/v1/schedules/demo.tick", timeout=5).json()["paused"] is True
+    tab.screenshot("schedules")
+
+    row.get_by_role("button", name="Resume").click()
+    expect(row).to_have_attribute("data-state", "active")
+    schedule = httpx.get(f"{server}/v1/schedules/demo.tick", timeout=5).json()
+    assert schedule["paused"] is False and schedule["next_fire_at"] is not None
+
+    before = len(httpx.get(f"{server}/v1/schedules/demo.tick/runs", timeout=5).json()["items"])
+    row.get_by_role("button", name="Trigger").click()
+    expect(page.locator(".toast", has_text="Triggered demo.tick")).to_be_visible()
+    runs = page.locator('tr.subrow table.runs tbody tr')
+    expect(runs.first).to_be_visible()
+    after = httpx.get(f"{server}/v1/schedules/demo.tick/runs", timeout=5).json()["items"]
+    assert len(after) == before + 1
+
+
+def test_retry_from_the_dead_letter_queue(tab: Page, server: str) -> None:
+    # The demo's own demo.fail ends dead after ~1 s, with its error shown in the DLQ.
+    demo_fail = httpx.get(f"{server}/v1/tasks", params={"name": "demo.fail"}, timeout=5)
+    demo_fail_id = demo_fail.json()["items"][-1]["id"]
+    wait_status(server, demo_fail_id, "dead", timeout=15)
+    # One that fails its only attempt and succeeds when retried: it leaves the DLQ for good.
+    task = submit(server, name="demo.flaky", payload={"succeed_on_attempt": 2}, max_attempts=1)
+    wait_status(server, task["id"], "dead", timeout=10)
+
+    page = tab.open("#/dead")
+    expect(page.locator(f'tr[data-id="{demo_fail_id}"] .error-text')).to_contain_text(
+        "this one ends in the dead-letter queue")
+    row = page.locator(f'tr[data-id="{task["id"]}"]')
+    expect(row).to_be_visible()
+    expect(page.locator("#dead-count")).to_be_visible()
+    tab.screenshot("dlq")
+
+    row.get_by_role("button", name="Retry").click()
+    expect(row).to_have_count(0)
+    expect(page.locator(".toast", has_text="now queued")).to_be_visible()
+    done = wait_status(server, task["id"], "succeeded", timeout=10)
+    assert done["attempts"] == 2
+    page.wait_for_timeout(1500)  # later refreshes and events must not bring it back
+    expect(row).to_have_count(0)
+
+    tab.open(f"#/tasks?task={task['id']}")
+    detail = page.locator("aside.detail")
+    expect(detail.locator("li.attempt")).to_have_count(2)
+    expect(detail.locator('li.attempt[data-outcome="failed"] .attempt-error')).to_have_text(
+        "attempt 1 fails on purpose (succeeds on 2)")
+    expect(detail.locator('li.attempt[data-outcome="succeeded"]')).to_be_visible()
+    tab.screenshot("detail")
+
+
+def test_overview_and_escaping(tab: Page, server: str) -> None:
+    hostile = '<img src=x onerror="window.__xss=1"><b>bold</b>'
+    task = submit(server, name="demo.fail", payload={"reason": hostile}, max_attempts=1)
+    wait_status(server, task["id"], "dead", timeout=10)
+
+    page = tab.open("#/overview")
+    expect(page.locator('tr[data-queue="default"] td.depth')).to_be_visible()
+    expect(page.locator("table.workers tbody tr").first.locator(".badge")).to_have_text("alive")
+    for i in range(5):
+        submit(server, name="demo.add", payload={"a": i, "b": 1})
+    throughput = page.locator('[data-testid="throughput"] .card-value')
+    expect(throughput).to_have_text(re.compile(r"^[\d.,]+/min$"), timeout=20_000)
+    tab.screenshot("overview")
+
+    page = tab.open(f"#/dead?task={task['id']}")
+    cell = page.locator(f'tr[data-id="{task["id"]}"] .error-text')
+    expect(cell).to_contain_text("<img src=x")  # shown as text, not parsed as HTML
+    detail = page.locator("aside.detail")
+    expect(detail.locator("pre.code.error").first).to_contain_text("<b>bold</b>")
+    traceback = detail.locator("li.attempt details", has_text="Traceback")
+    traceback.locator("summary").click()
+    expect(traceback.locator("pre")).to_contain_text("RuntimeError")
+    tab.screenshot("dlq-detail")
+    assert page.locator("#view img").count() == 0
+    assert page.locator("#view b").count() == 0
+    assert page.evaluate("window.__xss") is None
