@@ -9,9 +9,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from chronoq.config import Settings
+
+if TYPE_CHECKING:
+    from chronoq.broker.redis import Publisher
 from chronoq.events import EventBus
 from chronoq.executors import Executor, PythonExecutor
 from chronoq.models import BackoffSpec, ScheduleCreate, Task, TaskCreate, TaskTemplate
@@ -104,6 +107,7 @@ class App:
         self.schedules: list[ScheduleCreate] = []
         self.hub = Hub()
         self.events = EventBus(self.settings.redis_url)
+        self.publisher: Publisher | None = None
         self._store: Store | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._portal: _Portal | None = None
@@ -195,10 +199,18 @@ class App:
         self._store = store
         self._loop = asyncio.get_running_loop()
         await self.events.start()
+        if self.settings.broker_url:
+            from chronoq.broker import redis as redis_broker
+
+            self.publisher = redis_broker.Publisher(self.settings.broker_url, self.events)
+            await self.publisher.start()
         await self.sync_schedules()
 
     async def close(self) -> None:
         if self._store is not None:
+            if self.publisher is not None:
+                await self.publisher.close()
+                self.publisher = None
             await self.events.close()
             await self._store.close()
             self._store = None

@@ -18,9 +18,13 @@ class Settings(BaseSettings):
     url: str = Field("http://127.0.0.1:8000", description="API address the CLI talks to")
     redis_url: str | None = Field(None, description="redis://host:port/db: share task events "
                                   "between processes (distributed mode)")
+    broker_url: str | None = Field(None, description="redis://host:port/db: workers get ready "
+                                   "tasks from Redis Streams instead of polling the store")
     app: str | None = Field(None, description="module:attribute of your chronoq.App (handlers)")
     queues: str = Field("default", description="comma-separated queues a worker serves")
     concurrency: int = Field(8, ge=1, le=10_000, description="tasks a worker runs at once")
+    autoscale: str | None = Field(None, pattern=r"^\d+,\d+$", description="MIN,MAX: grow "
+                                  "and shrink worker concurrency with the backlog")
     lease_seconds: float = Field(30.0, gt=0, description="a running task without a heartbeat "
                                  "for this long is retried elsewhere")
     heartbeat_seconds: float = Field(5.0, gt=0, description="how often workers renew leases")
@@ -30,6 +34,12 @@ class Settings(BaseSettings):
     shell_allow: str = Field("", description="comma-separated programs the shell executor may "
                              "run (empty: shell executor disabled)")
     log_level: str = Field("info", description="debug, info, warning, error")
+
+    def autoscale_range(self) -> tuple[int, int] | None:
+        if not self.autoscale:
+            return None
+        low, high = (int(x) for x in self.autoscale.split(","))
+        return low, high
 
     def queue_list(self) -> list[str]:
         return [q.strip() for q in self.queues.split(",") if q.strip()]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from chronoq.store import Completion, Store
 from chronoq.store.leases import Fence, NotLeader
@@ -35,6 +36,8 @@ class Scheduler:
         self, store: Store, *, poll_seconds: float = 1.0, reap_seconds: float = 1.0,
         batch: int = 1000, worker_timeout: float = 30.0, lease_ttl: float = 5.0,
         scheduler_id: str | None = None,
+        reconcile: Callable[[Store], Awaitable[int]] | None = None,
+        reconcile_seconds: float = 5.0,
     ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
@@ -46,6 +49,9 @@ class Scheduler:
         self.fence: Fence | None = None
         self.leaderships = 0
         self._renew_at = 0.0
+        self.reconcile = reconcile
+        self.reconcile_seconds = reconcile_seconds
+        self.republished = 0
         self.promoted = 0
         self.fired = 0
         self.reaped = 0
@@ -58,6 +64,7 @@ class Scheduler:
         wake = self.store.hub.schedule_event()
         stopping = asyncio.ensure_future(self._stopping.wait())
         next_reap = 0.0
+        next_reconcile = time.time() + self.reconcile_seconds
         log.info("scheduler started")
         try:
             while not self._stopping.is_set():
@@ -77,6 +84,9 @@ class Scheduler:
                     if now >= next_reap:
                         await self.reap(now)
                         next_reap = now + self.reap_seconds
+                    if self.reconcile is not None and now >= next_reconcile:
+                        next_reconcile = now + self.reconcile_seconds
+                        self.republished += await self.reconcile(self.store)
                     due = await self.store.next_due_at()
                 except NotLeader as exc:
                     log.warning("%s; following again", exc)

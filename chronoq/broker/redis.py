@@ -1,0 +1,219 @@
+"""Redis Streams broker: "task X is ready" messages between the store and the workers.
+
+* One stream per queue and priority band: ``chronoq:q:<queue>:<band>`` with bands ``high``
+  (priority > 0), ``normal`` (0) and ``low`` (< 0); workers read the bands in that order.
+* Consumer group ``chronoq``: each message goes to one worker, which claims the task in
+  the store (a conditional UPDATE, so a duplicate message never runs a task twice) and
+  acknowledges (XACK + XDEL) only after the attempt's outcome is recorded.
+* Messages a consumer took but never acknowledged (it crashed before claiming) are taken
+  over with XAUTOCLAIM after ``visibility_seconds``.
+* The store is the source of truth: :class:`Publisher` turns this process's "queued"
+  events into messages, and the leading scheduler's reconciler re-publishes tasks that
+  stay queued without being picked up (e.g. after Redis restarted empty): nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError, ResponseError
+
+from chronoq.broker.base import Broker
+from chronoq.events import EventBus, Subscription
+from chronoq.store import Store, TaskRecord
+
+log = logging.getLogger("chronoq.broker")
+
+GROUP = "chronoq"
+BANDS = ("high", "normal", "low")
+MAXLEN = 1_000_000
+
+
+def stream(queue: str, priority: int) -> str:
+    band = "high" if priority > 0 else ("low" if priority < 0 else "normal")
+    return f"chronoq:q:{queue}:{band}"
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.from_url(url, decode_responses=True, health_check_interval=10,
+                          socket_keepalive=True)
+
+
+async def publish(client: redis.Redis, ready: Iterable[tuple[str, str, int]]) -> int:
+    """XADD one message per (task id, queue, priority), pipelined."""
+    items = list(ready)
+    if not items:
+        return 0
+    async with client.pipeline(transaction=False) as pipe:
+        for task_id, queue, priority in items:
+            pipe.xadd(stream(queue, priority), {"id": task_id}, maxlen=MAXLEN,
+                      approximate=True)
+        await pipe.execute()
+    return len(items)
+
+
+class Publisher:
+    """Publishes this process's newly queued tasks (from its event bus) to Redis."""
+
+    def __init__(self, url: str, events: EventBus) -> None:
+        self.client = connect(url)
+        self.events = events
+        self._subscription: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    async def start(self) -> None:
+        self._subscription = self.events.subscribe(maxsize=100_000, local_only=True)
+        self._task = asyncio.create_task(self._run(), name="chronoq-publisher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._subscription is not None:
+            self._subscription.close()
+        await self.client.aclose()
+
+    async def _run(self) -> None:
+        assert self._subscription is not None
+        queue = self._subscription.queue
+        while True:
+            batch = await queue.get()
+            while not queue.empty():  # coalesce whatever else is waiting into one pipeline
+                batch = batch + queue.get_nowait()
+            ready = [(e.task_id, e.queue, e.priority) for e in batch if e.status == "queued"]
+            try:
+                self.published += await publish(self.client, ready)
+            except (RedisError, OSError) as exc:
+                log.warning("could not publish %d ready tasks to Redis (%s); the reconciler "
+                            "will re-publish them", len(ready), exc)
+
+    async def reconcile(self, store: Store, older_than: float = 5.0) -> int:
+        """Re-publish tasks queued for more than ``older_than`` s that nobody picked up."""
+        now = time.time()
+        stale = await store.stale_queued(now - older_than, now)
+        if stale:
+            await publish(self.client, stale)
+            log.info("re-published %d queued tasks to Redis", len(stale))
+        return len(stale)
+
+
+class RedisBroker(Broker):
+    """A worker's consumer in the ``chronoq`` group of its queues' streams."""
+
+    def __init__(self, url: str, store: Store, worker_id: str, queues: Sequence[str],
+                 lease_seconds: float, visibility_seconds: float = 30.0) -> None:
+        self.client = connect(url)
+        self.store = store
+        self.worker_id = worker_id
+        self.streams = [f"chronoq:q:{q}:{band}" for band in BANDS for q in queues]
+        self.lease_seconds = lease_seconds
+        self.visibility_seconds = visibility_seconds
+        self._inflight: dict[str, tuple[str, str]] = {}
+        self._next_autoclaim = 0.0
+        self._interrupted = False
+
+    async def start(self) -> None:
+        await self._ensure_groups()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+
+    async def _ensure_groups(self) -> None:
+        for name in self.streams:
+            try:
+                await self.client.xgroup_create(name, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def fetch(self, limit: int, timeout: float) -> list[TaskRecord]:
+        messages: list[tuple[str, str, str]] = []  # (stream, message id, task id)
+        try:
+            now = time.monotonic()
+            if now >= self._next_autoclaim:
+                self._next_autoclaim = now + self.visibility_seconds / 2
+                messages += await self._autoclaim(limit)
+            if not messages:
+                block = 0 if self._interrupted else max(1, int(min(timeout, 1.0) * 1000))
+                messages += await self._read(limit, block)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("Redis lost the consumer groups (restarted?); recreating them")
+            await self._ensure_groups()
+            return []
+        if not messages:
+            return []
+        claimed = await self.store.claim_ids(self.worker_id, [m[2] for m in messages],
+                                             time.time(), self.lease_seconds)
+        taken = {t.id for t in claimed}
+        stale = []
+        for name, message_id, task_id in messages:
+            if task_id in taken:
+                self._inflight[task_id] = (name, message_id)
+            else:
+                stale.append((name, message_id))  # already run, cancelled or a duplicate
+        await self._ack(stale)
+        return claimed
+
+    async def _read(self, limit: int, block_ms: int) -> list[tuple[str, str, str]]:
+        reply: Any = await self.client.xreadgroup(
+            GROUP, self.worker_id, {name: ">" for name in self.streams}, count=limit,
+            block=block_ms)
+        found: dict[str, list[tuple[str, str, str]]] = {}
+        for name, entries in reply or []:
+            found[name] = [(name, mid, fields["id"]) for mid, fields in entries if fields]
+        ordered = [m for name in self.streams for m in found.get(name, [])]  # bands in order
+        extra = ordered[limit:]
+        if extra:  # more than we can take: hand them back for others right away
+            await self._release(extra)
+        return ordered[:limit]
+
+    async def _release(self, messages: list[tuple[str, str, str]]) -> None:
+        """Re-publish and acknowledge messages this worker cannot take now."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name, message_id, task_id in messages:
+                pipe.xadd(name, {"id": task_id}, maxlen=MAXLEN, approximate=True)
+                pipe.xack(name, GROUP, message_id)
+                pipe.xdel(name, message_id)
+            await pipe.execute()
+
+    async def _autoclaim(self, limit: int) -> list[tuple[str, str, str]]:
+        taken: list[tuple[str, str, str]] = []
+        idle_ms = int(self.visibility_seconds * 1000)
+        for name in self.streams:
+            reply: Any = await self.client.xautoclaim(name, GROUP, self.worker_id, idle_ms,
+                                                      start_id="0-0", count=limit)
+            for mid, fields in reply[1]:
+                if fields:
+                    taken.append((name, mid, fields["id"]))
+        if taken:
+            log.info("took over %d unacknowledged messages", len(taken))
+        return taken[:limit]
+
+    async def done(self, task_ids: Sequence[str]) -> None:
+        await self._ack([m for t in task_ids if (m := self._inflight.pop(t, None))])
+
+    async def _ack(self, messages: Sequence[tuple[str, str]]) -> None:
+        if not messages:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for name, message_id in messages:
+                    pipe.xack(name, GROUP, message_id)
+                    pipe.xdel(name, message_id)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            # the outcome is in the store; a redelivered message finds the task done
+            log.warning("could not acknowledge %d messages (%s)", len(messages), exc)
