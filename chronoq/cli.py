@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import os
 import re
 import sys
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 import click
 import orjson
@@ -38,11 +39,64 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+#: attributes every LogRecord has; anything else on a record came from ``extra=``
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``timestamp`` (ISO 8601 UTC), ``level``, ``logger``,
+    ``message``, then the record's ``extra`` fields (task_id, attempt, queue, worker...),
+    and ``exception``/``stack`` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        try:
+            return orjson.dumps(entry, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # what orjson refuses outright (e.g. integers past 64 bits)
+            return json.dumps(entry, default=repr, separators=(",", ":"))
+
+
+def log_format(stream: TextIO) -> str:
+    """``json`` or ``text``: ``CHRONOQ_LOG_FORMAT`` if set, else JSON unless ``stream`` is a
+    terminal."""
+    chosen = os.environ.get("CHRONOQ_LOG_FORMAT", "").strip().lower()
+    if chosen in ("json", "text"):
+        return chosen
+    if chosen not in ("", "auto"):
+        raise click.UsageError(f"CHRONOQ_LOG_FORMAT={chosen!r}: use json, text or auto")
+    isatty = getattr(stream, "isatty", None)
+    return "text" if isatty is not None and isatty() else "json"
+
+
+def log_handler(stream: TextIO) -> logging.Handler:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if log_format(stream) == "json"
+                         else logging.Formatter(TEXT_FORMAT))
+    return handler
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    """Log to stderr: JSON lines when it is not a terminal (or ``CHRONOQ_LOG_FORMAT=json``),
+    the human format otherwise (or ``CHRONOQ_LOG_FORMAT=text``)."""
+    logging.basicConfig(level=level.upper(), handlers=[log_handler(sys.stderr)])
 
 
 def load_app(settings: Settings) -> App:
@@ -76,6 +130,10 @@ app_option = click.option("--app", "app_path", envvar="CHRONOQ_APP",
 url_option = click.option("--url", envvar="CHRONOQ_URL", default="http://127.0.0.1:8000",
                           show_default=True, help="chronoq API address [env CHRONOQ_URL]")
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+metrics_port_option = click.option(
+    "--metrics-port", envvar="CHRONOQ_METRICS_PORT", default=None, metavar="[HOST:]PORT",
+    help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to "
+         "CHRONOQ_HOST, 127.0.0.1) [env CHRONOQ_METRICS_PORT]")
 log_option = click.option("--log-level", envvar="CHRONOQ_LOG_LEVEL", default="info",
                           show_default=True,
                           type=click.Choice(["debug", "info", "warning", "error"]))
@@ -103,21 +161,46 @@ def main() -> None:
 
 
 # -- running ----------------------------------------------------------------------------------
+def _metrics_listen(value: str | None, default_host: str) -> tuple[str | None, int | None]:
+    if value is None:
+        return None, None
+    from chronoq.metrics import parse_listen
+
+    try:
+        host, port = parse_listen(value, default_host)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metrics-port") from None
+    return host, port
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", url)
+
+
 def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
-         demo: bool = False, banner: bool = False) -> None:
+         demo: bool = False, banner: bool = False, metrics_port: str | None = None) -> None:
     from chronoq import demo as demo_module
     from chronoq.runner import Components, Runner
 
     setup_logging(settings.log_level)
+    metrics_host, port = _metrics_listen(metrics_port, settings.host)
     app = load_app(settings)
     if demo:
         demo_module.register(app)
     components = Components(api=api, scheduler=scheduler, worker=worker,
                             queues=settings.queue_list(), concurrency=settings.concurrency,
-                            shell_allow=settings.shell_allow_list())
+                            shell_allow=settings.shell_allow_list(),
+                            metrics_port=port, metrics_host=metrics_host)
+    as_json = log_format(sys.stderr) == "json"
 
     async def started(runner: Runner) -> None:
-        if banner:
+        if banner and as_json:  # keep stderr all JSON lines
+            log.info("chronoq %s dev is running", __version__, extra={
+                "api": f"http://{settings.host}:{settings.port}",
+                "database": _hide_password(settings.database_url),
+                "queues": settings.queues, "concurrency": settings.concurrency,
+                "handlers": sorted(runner.executors())})
+        elif banner:
             url = f"http://{settings.host}:{settings.port}"
             handlers = ", ".join(sorted(runner.executors())) or "none"
             click.echo(
@@ -170,25 +253,28 @@ def api(database_url: str | None, host: str | None, port: int | None, log_level:
 
 @main.command()
 @db_option
+@metrics_port_option
 @log_option
-def scheduler(database_url: str | None, log_level: str) -> None:
+def scheduler(database_url: str | None, metrics_port: str | None, log_level: str) -> None:
     """Run the scheduler only: makes scheduled tasks due, rescues tasks of dead workers."""
     _run(make_settings(database_url=database_url, log_level=log_level), api=False,
-         scheduler=True, worker=False)
+         scheduler=True, worker=False, metrics_port=metrics_port)
 
 
 @main.command()
 @db_option
 @app_option
 @worker_options
+@metrics_port_option
 @log_option
 def worker(database_url: str | None, app_path: str | None, queues: str | None,
-           concurrency: int | None, shell_allow: str | None, log_level: str) -> None:
+           concurrency: int | None, shell_allow: str | None, metrics_port: str | None,
+           log_level: str) -> None:
     """Run a worker: claims tasks from QUEUES and runs up to CONCURRENCY at once."""
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
                              log_level=log_level)
-    _run(settings, api=False, scheduler=False, worker=True)
+    _run(settings, api=False, scheduler=False, worker=True, metrics_port=metrics_port)
 
 
 @main.group()

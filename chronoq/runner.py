@@ -13,11 +13,13 @@ import signal
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 
+import prometheus_client
 import uvicorn
 
 from chronoq.api import create_api
 from chronoq.app import App
 from chronoq.executors import Executor
+from chronoq.metrics import Metrics, MetricsServer, metrics_for
 from chronoq.scheduler import Scheduler
 from chronoq.worker import Worker, builtin_executors
 
@@ -42,6 +44,10 @@ class Components:
     shell_allow: list[str] = field(default_factory=list)
     worker_id: str | None = None
     drain_seconds: float = 30.0
+    #: serve Prometheus /metrics on this port (the API serves it on its own port anyway)
+    metrics_port: int | None = None
+    #: address for ``metrics_port`` (default: the settings' host)
+    metrics_host: str | None = None
 
 
 class Runner:
@@ -53,6 +59,8 @@ class Runner:
         self.server: _Server | None = None
         self.scheduler: Scheduler | None = None
         self.worker: Worker | None = None
+        self.metrics: Metrics | None = None
+        self.metrics_server: MetricsServer | None = None
         self.started = asyncio.Event()
         self._stop_requested = False
 
@@ -79,10 +87,13 @@ class Runner:
                 loop.add_signal_handler(sig, self.stop)
         jobs: list[asyncio.Task[None]] = []
         try:
+            await self._start_metrics()
             if self.components.scheduler:
                 self.scheduler = Scheduler(self.app.store, poll_seconds=settings.poll_seconds,
                                            worker_timeout=settings.lease_seconds)
                 jobs.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+                if self.metrics is not None:
+                    self.metrics.leader_probe = self._leading
             if self.components.worker:
                 self.worker = Worker(
                     self.app.store, self.executors(), queues=self.components.queues,
@@ -97,7 +108,7 @@ class Runner:
             if self.components.api:
                 config = uvicorn.Config(create_api(self.app), host=settings.host,
                                         port=settings.port, log_level="warning",
-                                        access_log=False)
+                                        access_log=False, log_config=None)
                 self.server = _Server(config)
                 jobs.append(asyncio.create_task(self.server.serve(), name="api"))
                 while not self.server.started and not jobs[-1].done():  # noqa: ASYNC110
@@ -117,7 +128,41 @@ class Runner:
             for job in jobs:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
+            await self._stop_metrics()
             await self.app.close()
+
+    async def _start_metrics(self) -> None:
+        """Count this process's task events when something serves them: the API's
+        ``/metrics``, or a metrics server on ``metrics_port``."""
+        components = self.components
+        if not components.api and components.metrics_port is None:
+            return
+        # a chronoq process owns its metrics: drop the *_created series prometheus_client adds
+        # to every counter and histogram (they double the series for no use in Prometheus)
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.metrics = metrics_for(self.app)
+        # store-wide gauges from API and scheduler processes only: N workers would run the
+        # same queries N times for the same numbers
+        self.metrics.store_gauges = components.api or components.scheduler
+        self.metrics.start(self.app.store)
+        if components.metrics_port is not None:
+            host = components.metrics_host or self.app.settings.host
+            self.metrics_server = MetricsServer(self.metrics, host, components.metrics_port)
+            await self.metrics_server.start()
+
+    def _leading(self) -> bool:
+        """Whether this process's scheduler runs and holds the scheduler lease."""
+        scheduler = self.scheduler
+        return scheduler is not None and scheduler.leading and not self._stop_requested
+
+    async def _stop_metrics(self) -> None:
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+            self.metrics_server = None
+        if self.metrics is not None:
+            self.metrics.leader_probe = None
+            await self.metrics.stop()
+
 
 
 async def _gather_or_fail(jobs: Iterable[asyncio.Task[None]], stop: Callable[[], None]) -> None:
