@@ -18,6 +18,7 @@ import uvicorn
 
 from chronoq.api import create_api
 from chronoq.app import App
+from chronoq.broker import Broker
 from chronoq.executors import Executor
 from chronoq.metrics import Metrics, MetricsServer, metrics_for
 from chronoq.scheduler import Scheduler
@@ -48,6 +49,7 @@ class Components:
     metrics_port: int | None = None
     #: address for ``metrics_port`` (default: the settings' host)
     metrics_host: str | None = None
+    autoscale: tuple[int, int] | None = None
 
 
 class Runner:
@@ -89,8 +91,11 @@ class Runner:
         try:
             await self._start_metrics()
             if self.components.scheduler:
-                self.scheduler = Scheduler(self.app.store, poll_seconds=settings.poll_seconds,
-                                           worker_timeout=settings.lease_seconds)
+                publisher = self.app.publisher
+                self.scheduler = Scheduler(
+                    self.app.store, poll_seconds=settings.poll_seconds,
+                    worker_timeout=settings.lease_seconds,
+                    reconcile=publisher.reconcile if publisher is not None else None)
                 jobs.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
                 if self.metrics is not None:
                     self.metrics.leader_probe = self._leading
@@ -102,6 +107,8 @@ class Runner:
                     lease_seconds=settings.lease_seconds,
                     heartbeat_seconds=settings.heartbeat_seconds,
                     poll_seconds=settings.poll_seconds,
+                    autoscale=self.components.autoscale or settings.autoscale_range(),
+                    broker=_broker_factory(settings.broker_url),
                 )
                 jobs.append(asyncio.create_task(
                     self.worker.run(self.components.drain_seconds), name="worker"))
@@ -163,6 +170,17 @@ class Runner:
             self.metrics.leader_probe = None
             await self.metrics.stop()
 
+
+def _broker_factory(url: str | None) -> Callable[[Worker], Broker] | None:
+    """Workers use Redis Streams when a broker URL is set, else the store directly."""
+    if not url:
+        return None
+    from chronoq.broker.redis import RedisBroker
+
+    def make(worker: Worker) -> Broker:
+        return RedisBroker(url, worker.store, worker.id, worker.queues, worker.lease_seconds)
+
+    return make
 
 
 async def _gather_or_fail(jobs: Iterable[asyncio.Task[None]], stop: Callable[[], None]) -> None:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from chronoq import __version__
-from chronoq.api import errors, events, health, metrics, schedules, tasks, workers
+from chronoq.api import errors, events, health, metrics, schedules, tasks, ui, workers
 from chronoq.app import App
 
 
@@ -42,4 +42,5 @@ def create_api(app: App) -> FastAPI:
     api.include_router(events.router)
     api.include_router(health.router)
     metrics.install(api)
+    ui.mount_ui(api)
     return api
