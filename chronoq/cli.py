@@ -261,19 +261,34 @@ def scheduler(database_url: str | None, metrics_port: str | None, log_level: str
          scheduler=True, worker=False, metrics_port=metrics_port)
 
 
+def _autoscale(_ctx: Any, _param: Any, value: str | None) -> str | None:
+    if value is None:
+        return None
+    low, _, high = value.partition(",")
+    if not (low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high)):
+        raise click.BadParameter(f"{value!r}: expected MIN,MAX with 1 <= MIN <= MAX, e.g. 2,32")
+    return value
+
+
 @main.command()
 @db_option
 @app_option
 @worker_options
+@click.option("--autoscale", callback=_autoscale, metavar="MIN,MAX",
+              help="grow and shrink concurrency between MIN and MAX with the backlog "
+                   "[env CHRONOQ_AUTOSCALE]")
 @metrics_port_option
 @log_option
 def worker(database_url: str | None, app_path: str | None, queues: str | None,
-           concurrency: int | None, shell_allow: str | None, metrics_port: str | None,
-           log_level: str) -> None:
-    """Run a worker: claims tasks from QUEUES and runs up to CONCURRENCY at once."""
+           concurrency: int | None, shell_allow: str | None, autoscale: str | None,
+           metrics_port: str | None, log_level: str) -> None:
+    """Run a worker: claims tasks from QUEUES and runs up to CONCURRENCY at once.
+
+    With CHRONOQ_BROKER_URL=redis://... it reads ready tasks from Redis Streams instead
+    of polling the store."""
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
-                             log_level=log_level)
+                             autoscale=autoscale, log_level=log_level)
     _run(settings, api=False, scheduler=False, worker=True, metrics_port=metrics_port)
 
 
