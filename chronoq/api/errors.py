@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -80,7 +82,31 @@ def _http(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail))
 
 
+#: driver errors that mean "the database cannot be reached right now"
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    sqlite3.OperationalError,
+    TimeoutError,
+)
+
+
+def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    response = error_response(
+        503, "store_unavailable",
+        f"the database is unavailable ({type(exc).__name__}: {exc}); retry shortly "
+        "(resubmitting with the same idempotency_key never creates a second task)")
+    response.headers["Retry-After"] = "2"
+    return response
+
+
 def install(api: FastAPI) -> None:
+    for kind in UNAVAILABLE:
+        api.add_exception_handler(kind, _unavailable)
     api.add_exception_handler(RequestValidationError, _validation)
     api.add_exception_handler(ValidationError, _validation)
     api.add_exception_handler(ScheduleNotFound, _schedule_not_found)

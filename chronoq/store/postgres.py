@@ -84,7 +84,7 @@ class PostgresStore(Store):
                 await conn.close()
         self._pool = await asyncpg.create_pool(
             self.dsn, min_size=self.min_size, max_size=self.max_size,
-            server_settings=self._settings(), reset=_no_reset,
+            server_settings=self._settings(), reset=_no_reset, timeout=5,
         )
         if self.listen:
             await self._listen()
