@@ -147,7 +147,24 @@ def worker_options(fn: Any) -> Any:
     fn = click.option("--shell-allow", default=None,
                       help="comma-separated programs the chronoq.shell executor may run "
                            "(off unless given)")(fn)
+    fn = click.option("--http-allow", default=None, callback=_http_allow,
+                      help="comma-separated hostnames and CIDRs whose private, loopback or "
+                           "link-local addresses chronoq.http may call, e.g. "
+                           "127.0.0.1/32,internal.example.com (public addresses are always "
+                           "allowed) [env CHRONOQ_HTTP_ALLOW]")(fn)
     return fn
+
+
+def _http_allow(_ctx: Any, _param: Any, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from chronoq.executors.http import parse_allow
+
+    try:
+        parse_allow(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -190,6 +207,7 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
     components = Components(api=api, scheduler=scheduler, worker=worker,
                             queues=settings.queue_list(), concurrency=settings.concurrency,
                             shell_allow=settings.shell_allow_list(),
+                            http_allow=settings.http_allow_list(),
                             metrics_port=port, metrics_host=metrics_host)
     as_json = log_format(sys.stderr) == "json"
 
@@ -230,12 +248,12 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
 @click.option("--demo", is_flag=True, help="register demo.* handlers and submit sample tasks")
 @log_option
 def dev(database_url: str | None, app_path: str | None, queues: str | None,
-        concurrency: int | None, shell_allow: str | None, host: str | None,
-        port: int | None, demo: bool, log_level: str) -> None:
+        concurrency: int | None, shell_allow: str | None, http_allow: str | None,
+        host: str | None, port: int | None, demo: bool, log_level: str) -> None:
     """Run API + scheduler + workers in one process (SQLite by default: no server needed)."""
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
-                             concurrency=concurrency, shell_allow=shell_allow, host=host,
-                             port=port, log_level=log_level)
+                             concurrency=concurrency, shell_allow=shell_allow,
+                             http_allow=http_allow, host=host, port=port, log_level=log_level)
     _run(settings, api=True, scheduler=True, worker=True, demo=demo, banner=True)
 
 
@@ -280,15 +298,15 @@ def _autoscale(_ctx: Any, _param: Any, value: str | None) -> str | None:
 @metrics_port_option
 @log_option
 def worker(database_url: str | None, app_path: str | None, queues: str | None,
-           concurrency: int | None, shell_allow: str | None, autoscale: str | None,
-           metrics_port: str | None, log_level: str) -> None:
+           concurrency: int | None, shell_allow: str | None, http_allow: str | None,
+           autoscale: str | None, metrics_port: str | None, log_level: str) -> None:
     """Run a worker: claims tasks from QUEUES and runs up to CONCURRENCY at once.
 
     With CHRONOQ_BROKER_URL=redis://... it reads ready tasks from Redis Streams instead
     of polling the store."""
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
-                             autoscale=autoscale, log_level=log_level)
+                             http_allow=http_allow, autoscale=autoscale, log_level=log_level)
     _run(settings, api=False, scheduler=False, worker=True, metrics_port=metrics_port)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,7 +33,22 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(256 * 1024, gt=0, description="largest accepted payload")
     shell_allow: str = Field("", description="comma-separated programs the shell executor may "
                              "run (empty: shell executor disabled)")
+    http_allow: str = Field("", description="comma-separated hostnames and CIDRs whose "
+                            "private, loopback or link-local addresses the chronoq.http "
+                            "executor may call (e.g. 127.0.0.1/32,internal.example.com)")
+    max_request_bytes: int | None = Field(None, gt=0, description="largest request body the "
+                                          "API reads (default 2 x max_payload_bytes + 64 KiB)")
+    max_fires_per_minute: int = Field(60, ge=1, description="the most times a schedule may "
+                                      "fire in a minute (60: every second)")
     log_level: str = Field("info", description="debug, info, warning, error")
+
+    @field_validator("http_allow")
+    @classmethod
+    def _valid_http_allow(cls, value: str) -> str:
+        from chronoq.executors.http import parse_allow
+
+        parse_allow(value)  # ValueError names a bad entry
+        return value
 
     def autoscale_range(self) -> tuple[int, int] | None:
         if not self.autoscale:
@@ -46,3 +61,12 @@ class Settings(BaseSettings):
 
     def shell_allow_list(self) -> list[str]:
         return [c.strip() for c in self.shell_allow.split(",") if c.strip()]
+
+    def http_allow_list(self) -> list[str]:
+        return [c.strip() for c in self.http_allow.split(",") if c.strip()]
+
+    def request_limit(self) -> int:
+        """The request body size limit: ``max_request_bytes`` or its default."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return 2 * self.max_payload_bytes + 64 * 1024

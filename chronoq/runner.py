@@ -43,6 +43,8 @@ class Components:
     queues: list[str] = field(default_factory=lambda: ["default"])
     concurrency: int = 8
     shell_allow: list[str] = field(default_factory=list)
+    #: hostnames and CIDRs whose non-public addresses chronoq.http may call
+    http_allow: list[str] = field(default_factory=list)
     worker_id: str | None = None
     drain_seconds: float = 30.0
     #: serve Prometheus /metrics on this port (the API serves it on its own port anyway)
@@ -67,7 +69,8 @@ class Runner:
         self._stop_requested = False
 
     def executors(self) -> dict[str, Executor]:
-        return {**builtin_executors(self.components.shell_allow), **self.app.executors()}
+        return {**builtin_executors(self.components.shell_allow, self.components.http_allow),
+                **self.app.executors()}
 
     def stop(self) -> None:
         if self._stop_requested and self.server is not None:

@@ -32,9 +32,11 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def builtin_executors(shell_allow: Iterable[str] = ()) -> dict[str, Executor]:
-    """``chronoq.http`` always; ``chronoq.shell`` only with a non-empty allow-list."""
-    executors: dict[str, Executor] = {http_executor.NAME: HttpExecutor()}
+def builtin_executors(shell_allow: Iterable[str] = (),
+                      http_allow: Iterable[str] = ()) -> dict[str, Executor]:
+    """``chronoq.http`` always (public addresses, plus the non-public ones ``http_allow``
+    permits: hostnames and CIDRs); ``chronoq.shell`` only with a non-empty allow-list."""
+    executors: dict[str, Executor] = {http_executor.NAME: HttpExecutor(http_allow)}
     allow = list(shell_allow)
     if allow:
         executors[shell_executor.NAME] = ShellExecutor(allow)
