@@ -246,14 +246,22 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
 @click.option("--host", default=None, help="API address [default 127.0.0.1]")
 @click.option("--port", "-p", type=int, default=None, help="API port [default 8000]")
 @click.option("--demo", is_flag=True, help="register demo.* handlers and submit sample tasks")
+@click.option("--auth/--no-auth", default=False, show_default=True,
+              help="require API keys (off is only allowed on a loopback --host)")
 @log_option
 def dev(database_url: str | None, app_path: str | None, queues: str | None,
         concurrency: int | None, shell_allow: str | None, http_allow: str | None,
-        host: str | None, port: int | None, demo: bool, log_level: str) -> None:
-    """Run API + scheduler + workers in one process (SQLite by default: no server needed)."""
+        host: str | None, port: int | None, demo: bool, auth: bool, log_level: str) -> None:
+    """Run API + scheduler + workers in one process (SQLite by default: no server needed).
+
+    Without --auth the API needs no key, so it may only listen on a loopback address."""
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
-                             http_allow=http_allow, host=host, port=port, log_level=log_level)
+                             http_allow=http_allow, host=host, port=port, log_level=log_level,
+                             auth=auth)
+    if not auth and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        raise click.UsageError(f"--host {settings.host} exposes the API beyond this machine: "
+                               "add --auth (and create a key with `chronoq keys create`)")
     _run(settings, api=True, scheduler=True, worker=True, demo=demo, banner=True)
 
 
@@ -337,7 +345,7 @@ def db_upgrade(database_url: str | None) -> None:
 
 # -- tasks ------------------------------------------------------------------------------------
 def _client_call(url: str, fn: Any) -> Any:
-    with Client(url) as client:
+    with Client(url, api_key=Settings().api_key) as client:
         try:
             return fn(client)
         except ClientError as exc:
@@ -634,6 +642,71 @@ schedules.command("trigger", help="Run schedule KEY's task once, now.")(
     _schedule_action("POST", "/trigger", "triggered"))
 schedules.command("rm", help="Delete schedule KEY (tasks it fired stay).")(
     _schedule_action("DELETE", "", "deleted"))
+
+
+# -- API keys ---------------------------------------------------------------------------------
+@main.group()
+def keys() -> None:
+    """API keys: create (shown once), list, revoke. Works on the database directly."""
+
+
+def _with_store(database_url: str | None, work: Any) -> Any:
+    from chronoq.store import create_store
+
+    async def run() -> Any:
+        store = create_store(make_settings(database_url=database_url).database_url)
+        await store.open()
+        try:
+            await store.migrate()
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, default=["read", "write"], show_default=True,
+              type=click.Choice(["read", "write", "admin"]), help="repeat for several")
+@click.option("--namespace", help="limit the key to this namespace's tasks and schedules")
+@db_option
+def keys_create(name: str, scopes: tuple[str, ...], namespace: str | None,
+                database_url: str | None) -> None:
+    """Create key NAME and print its secret (stored hashed: it cannot be shown again)."""
+    key, secret = _with_store(database_url, lambda s: s.create_key(name, list(scopes),
+                                                                   namespace))
+    click.echo(secret)
+    click.echo(f"key {key.id} ({', '.join(sorted(key.scopes))}"
+               f"{', namespace ' + namespace if namespace else ''}): use it as "
+               "'Authorization: Bearer <key>' or CHRONOQ_API_KEY", err=True)
+
+
+@keys.command("ls")
+@db_option
+@json_option
+def keys_ls(database_url: str | None, as_json: bool) -> None:
+    """List keys (never their secrets)."""
+    found = _with_store(database_url, lambda s: s.list_keys())
+    rows = [{"id": k.id, "name": k.name, "scopes": sorted(k.scopes), "namespace": k.namespace,
+             "created_at": k.created_at, "last_used_at": k.last_used_at,
+             "revoked": k.revoked_at is not None} for k in found]
+    if as_json:
+        _echo_json(rows)
+        return
+    click.echo(_table([[r["id"], r["name"], ",".join(r["scopes"]), r["namespace"] or "*",
+                        "revoked" if r["revoked"] else "active"] for r in rows],
+                      ["id", "name", "scopes", "namespace", "state"]))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@db_option
+def keys_revoke(key_id: str, database_url: str | None) -> None:
+    """Revoke key KEY_ID (the API stops accepting it within 10 s)."""
+    if not _with_store(database_url, lambda s: s.revoke_key(key_id)):
+        raise click.ClickException(f"no active key with id {key_id!r}")
+    click.echo(f"{key_id}  revoked")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the API listens on")
     port: int = Field(8000, description="port the API listens on")
     url: str = Field("http://127.0.0.1:8000", description="API address the CLI talks to")
+    auth: bool = Field(True, description="require API keys (`chronoq dev` turns this off "
+                       "unless --auth; it listens on localhost only)")
+    api_key: str | None = Field(None, description="the key the CLI sends to the API")
     redis_url: str | None = Field(None, description="redis://host:port/db: share task events "
                                   "between processes (distributed mode)")
     broker_url: str | None = Field(None, description="redis://host:port/db: workers get ready "

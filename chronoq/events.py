@@ -41,6 +41,7 @@ class TaskEvent:
     duration: float | None = None
     wait: float | None = None
     priority: int = 0
+    namespace: str = "default"
     type: str = "task"
 
     def to_wire(self) -> dict[str, Any]:

@@ -124,6 +124,7 @@ class Task(BaseModel):
     worker_id: str | None = None
     result: Any = None
     error: str | None = None
+    namespace: str = Field("default", description="the namespace of the key that made it")
     schedule_id: str | None = Field(None, description="the schedule that fired this task")
     slot: datetime | None = Field(None, description="the schedule's nominal fire time")
     attempt_history: list[Attempt] | None = Field(
@@ -237,6 +238,7 @@ class Schedule(ScheduleCreate):
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    namespace: str = "default"
     next_fire_at: datetime | None = Field(description="next slot; null when paused or ended")
     last_fire_at: datetime | None
     next_fire_times: list[datetime] = Field(description="the next 5 slots")

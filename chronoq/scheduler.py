@@ -150,6 +150,9 @@ class Scheduler:
         for task in expired:
             log.warning("task %s (%s) attempt %d lost with worker %s; %s", task.id, task.name,
                         task.attempts, task.worker_id, "retrying" if task.attempts <
-                        task.max_attempts else "dead")
+                        task.max_attempts else "dead",
+                        extra={"task_id": task.id, "task_name": task.name,
+                               "attempt": task.attempts, "queue": task.queue,
+                               "worker": task.worker_id, "outcome": "lost"})
         self.reaped += len(expired)
         return len(expired)

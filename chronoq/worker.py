@@ -283,13 +283,17 @@ def _store_broker(worker: Worker) -> Broker:
 
 def _log_completion(task: TaskRecord, completion: Completion, elapsed: float) -> None:
     what = f"{task.name}[{task.id}] attempt {task.attempts}/{task.max_attempts}"
+    extra = {"task_id": task.id, "task_name": task.name, "attempt": task.attempts,
+             "queue": task.queue, "worker": task.worker_id, "outcome": completion.outcome,
+             "duration": round(elapsed, 6)}
     if completion.outcome == "succeeded":
-        log.info("%s succeeded in %.3fs: %.200s", what, elapsed, dumps(completion.result))
+        log.info("%s succeeded in %.3fs: %.200s", what, elapsed, dumps(completion.result),
+                 extra=extra)
     else:
         after = (f"retry in {completion.next_run_at - completion.finished_at:.1f}s"
                  if completion.next_run_at is not None else completion.status.value)
         log.warning("%s %s in %.3fs (%s): %s", what, completion.outcome, elapsed, after,
-                    completion.error)
+                    completion.error, extra=extra)
 
 
 def _json_safe(completion: Completion) -> bool:

@@ -122,6 +122,7 @@ class Harness:
 
 
 def make_settings(db_url: str, **overrides: Any) -> Settings:
+    overrides.setdefault("auth", False)
     return Settings(database_url=db_url, lease_seconds=2.0, heartbeat_seconds=0.3,
                     poll_seconds=0.2, **overrides)
 

@@ -78,7 +78,7 @@ def test_events_cross_processes_through_redis(pg_url: str, tmp_path: Path) -> No
     worker's events, through Redis."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {"CHRONOQ_DATABASE_URL": pg_url, "CHRONOQ_REDIS_URL": REDIS_URL,
+    env = {"CHRONOQ_DATABASE_URL": pg_url, "CHRONOQ_REDIS_URL": REDIS_URL, "CHRONOQ_AUTH": "0",
            "CHRONOQ_APP": "tests.apps.recorder:app", "RECORD_FILE": str(tmp_path / "r.txt")}
     assert cli("db", "upgrade", env=env).returncode == 0
     api = Proc(["api", "--port", str(port)], env, tmp_path / "api.log")

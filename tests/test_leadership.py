@@ -64,14 +64,21 @@ async def test_only_the_leader_fires_and_a_follower_takes_over(app: App,
     assert len(slots) == len(set(slots)) >= 2
 
 
-def _leader_pid(db_url: str) -> int:
-    async def read() -> int:
+def _leader_pid(db_url: str, wait: float = 10.0) -> int:
+    """The pid of the scheduler holding a valid lease (waiting up to ``wait`` s for one)."""
+
+    async def read() -> int | None:
         async with App(db_url) as app:
             lease = await app.store.get_lease(LEASE)
-            assert lease is not None and lease.expires_at > time.time()
+            if lease is None or lease.expires_at <= time.time():
+                return None
             return int(lease.holder.split(":")[1])
 
-    return asyncio.run(read())
+    deadline = time.monotonic() + wait
+    while (pid := asyncio.run(read())) is None:
+        assert time.monotonic() < deadline, "no scheduler holds the lease"
+        time.sleep(0.1)
+    return pid
 
 
 def test_killed_leader_is_replaced_and_no_slot_fires_twice(
@@ -101,10 +108,7 @@ def test_killed_leader_is_replaced_and_no_slot_fires_twice(
         deadline = time.monotonic() + 15
         new_leader = leader
         while time.monotonic() < deadline:
-            try:
-                new_leader = _leader_pid(db_url)
-            except AssertionError:
-                new_leader = leader
+            new_leader = _leader_pid(db_url, wait=15)
             if new_leader != leader:
                 break
             time.sleep(0.2)

@@ -114,15 +114,19 @@ def test_distributed_two_workers_never_run_an_attempt_twice(
     env = {"CHRONOQ_DATABASE_URL": pg_url, "RECORD_FILE": str(record),
            "CHRONOQ_APP": "tests.apps.recorder:app", "CHRONOQ_LOG_LEVEL": "warning"}
     assert cli("db", "upgrade", env=env).returncode == 0
+    created = cli("keys", "create", "ci", env=env)  # `chronoq api` requires API keys
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
     api = Proc(["api", "--port", str(port)], env, tmp_path / "api.log")
     procs.append(api)
     procs.append(Proc(["scheduler"], env, tmp_path / "scheduler.log"))
     for n in (1, 2):
         procs.append(Proc(["worker", "--concurrency", "8"], env, tmp_path / f"w{n}.log"))
     wait_ready(url, api)
+    assert httpx.get(f"{url}/v1/tasks").status_code == 401
 
     ids = []
-    with httpx.Client(base_url=url) as http:
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"}) as http:
         for i in range(300):
             spec = {"name": "record", "payload": {"sleep": 0.01}}
             if i % 3 == 0:

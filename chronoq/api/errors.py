@@ -119,7 +119,9 @@ def install(api: FastAPI) -> None:
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the error codes a route may return."""
-    text = {400: "Bad request", 404: "Unknown id", 409: "Conflicts with the current state",
+    text = {400: "Bad request", 401: "Missing, invalid or revoked API key",
+            403: "The API key lacks the scope", 404: "Unknown id",
+            409: "Conflicts with the current state",
             413: "Payload too large", 422: "Invalid input (the message names the field)",
             503: "Store unavailable"}
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}

@@ -1,8 +1,11 @@
 """``GET /v1/events`` (WebSocket): task state changes as they happen.
 
 Each message is a JSON list of events ``{"type": "task", "task_id", "name", "queue",
-"status", "attempt", "at", "schedule_id", "error", "duration", "wait"}``. Query
-parameters ``task_id``, ``queue``, ``name`` and ``schedule_id`` keep only matching events.
+"status", "attempt", "at", "schedule_id", "error", "duration", "wait", "priority",
+"namespace"}``. Query parameters ``task_id``, ``queue``, ``name`` and ``schedule_id`` keep
+only matching events. With auth on, pass the key as ``Authorization: Bearer`` or
+``?token=`` (browsers cannot set WebSocket headers); a key bound to a namespace only
+receives that namespace's events.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from chronoq.api.auth import websocket_principal
 from chronoq.app import App
 from chronoq.events import TaskEvent
 
@@ -25,6 +29,12 @@ FILTERS = ("task_id", "queue", "name", "schedule_id")
 async def events(websocket: WebSocket) -> None:
     app: App = websocket.app.state.chronoq
     wanted = {k: v for k in FILTERS if (v := websocket.query_params.get(k))}
+    who = await websocket_principal(websocket)
+    if who is None:  # 4401/4403 mirror HTTP 401/403 for WebSocket clients
+        await websocket.close(code=4401, reason="missing, invalid or unauthorised API key")
+        return
+    if who.namespace is not None:
+        wanted["namespace"] = who.namespace
     await websocket.accept()
 
     def matches(event: TaskEvent) -> bool:

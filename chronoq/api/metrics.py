@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chronoq.api.auth import Reader
 from chronoq.app import App
 from chronoq.metrics import Metrics, metrics_for
 
@@ -23,7 +24,7 @@ UNMATCHED = "unmatched"
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, who: Reader) -> Response:
     app: App = request.app.state.chronoq
     found = metrics_for(app)
     if app.is_open:

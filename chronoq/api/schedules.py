@@ -7,31 +7,43 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
+from chronoq.api.auth import Principal, Reader, Writer
 from chronoq.api.errors import responses
 from chronoq.api.tasks import AppDep, check_id
+from chronoq.app import App
 from chronoq.models import Schedule, ScheduleCreate, SchedulePage, ScheduleUpdate, Task, TaskPage
+from chronoq.store.schedules import ScheduleNotFound, ScheduleRecord
 
-router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=responses(401, 403))
 
 Key = Annotated[str, Path(description="schedule id or name", max_length=200)]
 
 
+async def visible_schedule(app: App, who: Principal, key: str) -> ScheduleRecord:
+    """The schedule, if this caller's namespace may see it (else 404)."""
+    record = await app.store.get_schedule(key)
+    if not who.owns(record.namespace):
+        raise ScheduleNotFound(key)
+    return record
+
+
 @router.post("", status_code=201, response_model=Schedule, responses=responses(409, 422),
              summary="Create a recurring schedule")
-async def create_schedule(spec: ScheduleCreate, app: AppDep) -> Schedule:
+async def create_schedule(spec: ScheduleCreate, app: AppDep, who: Writer) -> Schedule:
     """Fire `task` on a `cron` expression (in `timezone`) or every `interval_seconds`."""
-    return (await app.store.create_schedule(spec, time.time())).to_api()
+    return (await app.store.create_schedule(spec, time.time(), who.home)).to_api()
 
 
 @router.get("", response_model=SchedulePage, responses=responses(422), summary="List schedules")
 async def list_schedules(
     app: AppDep,
+    who: Reader,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
                                         max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SchedulePage:
     """By name, each with its next 5 fire times."""
-    records = await app.store.list_schedules(cursor, limit + 1)
+    records = await app.store.list_schedules(cursor, limit + 1, who.namespace)
     more = len(records) > limit
     records = records[:limit]
     return SchedulePage(items=[r.to_api() for r in records],
@@ -40,15 +52,17 @@ async def list_schedules(
 
 @router.get("/{key}", response_model=Schedule, responses=responses(404),
             summary="Get a schedule")
-async def get_schedule(key: Key, app: AppDep) -> Schedule:
-    return (await app.store.get_schedule(key)).to_api()
+async def get_schedule(key: Key, app: AppDep, who: Reader) -> Schedule:
+    return (await visible_schedule(app, who, key)).to_api()
 
 
 @router.patch("/{key}", response_model=Schedule, responses=responses(404, 422),
               summary="Change a schedule")
-async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep) -> Schedule:
+async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: Writer
+                          ) -> Schedule:
     """Only the fields given change. Changing the rule (cron, interval, timezone, start,
     end) moves the next fire time to the first new slot after now."""
+    await visible_schedule(app, who, key)
     fields = changes.model_dump(exclude_unset=True)
     if changes.task is not None:
         fields["task"] = changes.task
@@ -56,30 +70,34 @@ async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep) -> Sch
 
 
 @router.delete("/{key}", status_code=204, responses=responses(404), summary="Delete a schedule")
-async def delete_schedule(key: Key, app: AppDep) -> Response:
+async def delete_schedule(key: Key, app: AppDep, who: Writer) -> Response:
     """Tasks it already fired stay, with their `schedule_id`."""
+    await visible_schedule(app, who, key)
     await app.store.delete_schedule(key)
     return Response(status_code=204)
 
 
 @router.post("/{key}/pause", response_model=Schedule, responses=responses(404),
              summary="Pause a schedule")
-async def pause_schedule(key: Key, app: AppDep) -> Schedule:
+async def pause_schedule(key: Key, app: AppDep, who: Writer) -> Schedule:
     """Nothing fires while paused."""
+    await visible_schedule(app, who, key)
     return (await app.store.set_paused(key, True, time.time())).to_api()
 
 
 @router.post("/{key}/resume", response_model=Schedule, responses=responses(404),
              summary="Resume a schedule")
-async def resume_schedule(key: Key, app: AppDep) -> Schedule:
+async def resume_schedule(key: Key, app: AppDep, who: Writer) -> Schedule:
     """The next slot after now fires; slots that fell in the pause are not made up."""
+    await visible_schedule(app, who, key)
     return (await app.store.set_paused(key, False, time.time())).to_api()
 
 
 @router.post("/{key}/trigger", status_code=201, response_model=Task, responses=responses(404),
              summary="Run a schedule's task now")
-async def trigger_schedule(key: Key, app: AppDep) -> Task:
+async def trigger_schedule(key: Key, app: AppDep, who: Writer) -> Task:
     """One extra run now (slot = now); the rule is unchanged."""
+    await visible_schedule(app, who, key)
     return (await app.store.trigger_schedule(key, time.time())).to_api()
 
 
@@ -88,11 +106,12 @@ async def trigger_schedule(key: Key, app: AppDep) -> Task:
 async def schedule_runs(
     key: Key,
     app: AppDep,
+    who: Reader,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> TaskPage:
     """Newest first; each task has its `slot` (nominal fire time)."""
-    record = await app.store.get_schedule(key)
+    record = await visible_schedule(app, who, key)
     if cursor is not None:
         check_id(cursor, "cursor")
     tasks = await app.store.list_tasks(schedule_id=record.id, cursor=cursor, limit=limit + 1)

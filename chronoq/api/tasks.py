@@ -8,14 +8,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
+from chronoq.api.auth import Principal, Reader, Writer
 from chronoq.api.errors import ApiError, responses
 from chronoq.app import App
 from chronoq.ids import is_id
 from chronoq.models import QueueStats, Task, TaskCreate, TaskPage
 from chronoq.states import Status
+from chronoq.store import NotFound, TaskRecord
 from chronoq.store.base import dumps
 
-router = APIRouter(prefix="/v1", tags=["tasks"])
+router = APIRouter(prefix="/v1", tags=["tasks"], responses=responses(401, 403))
 
 
 def get_app(request: Request) -> App:
@@ -45,13 +47,22 @@ def _finite(value: object) -> bool:
     return True
 
 
+async def visible_task(app: App, who: Principal, task_id: str) -> TaskRecord:
+    """The task, if this caller's namespace may see it (else 404, as if it did not exist)."""
+    record = await app.store.get_task(check_id(task_id))
+    if not who.owns(record.namespace):
+        raise NotFound(task_id)
+    return record
+
+
 @router.post(
     "/tasks", status_code=201, response_model=Task,
     responses={200: {"model": Task, "description": "A task with this idempotency_key existed"},
                **responses(413, 422)},
     summary="Submit a task",
 )
-async def create_task(spec: TaskCreate, app: AppDep, response: Response) -> Task:
+async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Writer
+                      ) -> Task:
     """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
     same `idempotency_key` again returns the first task (status 200) instead of a copy."""
     if not _finite(spec.payload):
@@ -66,8 +77,11 @@ async def create_task(spec: TaskCreate, app: AppDep, response: Response) -> Task
     if size > limit:
         raise ApiError(413, "payload_too_large",
                        f"payload is {size} bytes of JSON; the limit is {limit}", "payload")
-    record, created = await app.store.create_task(spec, time.time())
+    record, created = await app.store.create_task(spec, time.time(), who.home)
     if not created:
+        if record.namespace != who.home:
+            raise ApiError(409, "idempotency_conflict", "this idempotency_key is already "
+                           "used by another namespace", "idempotency_key")
         response.status_code = 200
     return record.to_api()
 
@@ -75,6 +89,7 @@ async def create_task(spec: TaskCreate, app: AppDep, response: Response) -> Task
 @router.get("/tasks", response_model=TaskPage, responses=responses(422), summary="List tasks")
 async def list_tasks(
     app: AppDep,
+    who: Reader,
     status: Annotated[Status | None, Query(description="only tasks in this status")] = None,
     queue: Annotated[str | None, Query(max_length=100)] = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
@@ -86,7 +101,7 @@ async def list_tasks(
     if cursor is not None:
         check_id(cursor, "cursor")
     records = await app.store.list_tasks(status=status, queue=queue, name=name, cursor=cursor,
-                                         limit=limit + 1)
+                                         namespace=who.namespace, limit=limit + 1)
     more = len(records) > limit
     records = records[:limit]
     return TaskPage(items=[r.to_api() for r in records],
@@ -95,28 +110,30 @@ async def list_tasks(
 
 @router.get("/tasks/{task_id}", response_model=Task, responses=responses(404, 422),
             summary="Get a task with its attempts")
-async def get_task(task_id: TaskId, app: AppDep) -> Task:
-    record = await app.store.get_task(check_id(task_id))
+async def get_task(task_id: TaskId, app: AppDep, who: Reader) -> Task:
+    record = await visible_task(app, who, task_id)
     return record.to_api(await app.store.get_attempts(task_id))
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=Task, responses=responses(404, 409, 422),
              summary="Cancel a task")
-async def cancel_task(task_id: TaskId, app: AppDep) -> Task:
+async def cancel_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
     """Scheduled, queued and waiting tasks never run; a running task is stopped."""
-    record = await app.store.cancel_task(check_id(task_id), time.time())
+    await visible_task(app, who, task_id)
+    record = await app.store.cancel_task(task_id, time.time())
     return record.to_api()
 
 
 @router.post("/tasks/{task_id}/retry", response_model=Task, responses=responses(404, 409, 422),
              summary="Retry a failed or dead task now")
-async def retry_task(task_id: TaskId, app: AppDep) -> Task:
+async def retry_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
     """Send a task from the dead-letter queue (or waiting for its backoff) back to the queue."""
-    record = await app.store.retry_task(check_id(task_id), time.time())
+    await visible_task(app, who, task_id)
+    record = await app.store.retry_task(task_id, time.time())
     return record.to_api()
 
 
 @router.get("/queues", response_model=list[QueueStats], tags=["queues"],
             summary="Depth and status counts per queue")
-async def list_queues(app: AppDep) -> list[QueueStats]:
-    return await app.store.queue_stats(time.time())
+async def list_queues(app: AppDep, who: Reader) -> list[QueueStats]:
+    return await app.store.queue_stats(time.time(), who.namespace)

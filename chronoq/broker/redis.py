@@ -121,7 +121,10 @@ class RedisBroker(Broker):
         self._interrupted = False
 
     async def start(self) -> None:
-        await self._ensure_groups()
+        try:
+            await self._ensure_groups()
+        except (RedisError, OSError) as exc:  # Redis down: fetch retries and recreates them
+            log.warning("Redis unavailable at start (%s); will retry", exc)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -152,6 +155,10 @@ class RedisBroker(Broker):
                 raise
             log.warning("Redis lost the consumer groups (restarted?); recreating them")
             await self._ensure_groups()
+            return []
+        except (RedisError, OSError) as exc:
+            log.warning("Redis unavailable (%s); retrying", exc)
+            await asyncio.sleep(min(timeout, 1.0))
             return []
         if not messages:
             return []

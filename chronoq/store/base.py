@@ -19,6 +19,7 @@ from chronoq.events import EventBus, TaskEvent
 from chronoq.models import Attempt, QueueStats, TaskCreate
 from chronoq.notify import Hub
 from chronoq.states import Status
+from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence, LeaseQueries
 from chronoq.store.records import (
     INSERT_TASK,
@@ -39,7 +40,7 @@ __all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dump
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
 
 
-class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
+class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     """Durable task state, shared by the API, the scheduler and the workers."""
 
     dialect: str
@@ -115,10 +116,11 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             await c.fetch("SELECT 1")
 
     # -- submitting and reading --------------------------------------------------------------
-    async def create_task(self, spec: TaskCreate, now: float) -> tuple[TaskRecord, bool]:
+    async def create_task(self, spec: TaskCreate, now: float, namespace: str = "default"
+                          ) -> tuple[TaskRecord, bool]:
         """Insert a task; returns ``(task, created)``. An idempotency key seen before returns
         the existing task with ``created=False``."""
-        row = task_row(spec, spec.due_at(now), now, spec.idempotency_key)
+        row = task_row(spec, spec.due_at(now), now, spec.idempotency_key, namespace=namespace)
         async with self.conn() as c:
             rows = await c.fetch(
                 f"{INSERT_TASK} ON CONFLICT (idempotency_key) DO NOTHING RETURNING *", *row
@@ -141,7 +143,7 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             self.hub.scheduled()
         if self.events.active:
             self.events.publish(TaskEvent(row[0], row[1], row[2], row[3], 0, row[7], row[14],
-                                          priority=row[4]) for row in rows)
+                                          priority=row[4], namespace=row[16]) for row in rows)
 
     async def get_task(self, task_id: str) -> TaskRecord:
         async with self.conn() as c:
@@ -164,6 +166,7 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         queue: str | None = None,
         name: str | None = None,
         schedule_id: str | None = None,
+        namespace: str | None = None,
         cursor: str | None = None,
         limit: int = 50,
     ) -> list[TaskRecord]:
@@ -171,7 +174,7 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         where: list[str] = []
         args: list[Any] = []
         filters = (("status", status), ("queue", queue), ("name", name),
-                   ("schedule_id", schedule_id))
+                   ("schedule_id", schedule_id), ("namespace", namespace))
         for column, value in filters:
             if value is not None:
                 args.append(str(value))
@@ -187,11 +190,12 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             )
         return [TaskRecord.from_row(r) for r in rows]
 
-    async def queue_stats(self, now: float) -> list[QueueStats]:
+    async def queue_stats(self, now: float, namespace: str | None = None) -> list[QueueStats]:
+        where, args = ("WHERE namespace = $1 ", [namespace]) if namespace else ("", [])
         async with self.conn() as c:
             rows = await c.fetch(
                 "SELECT queue, status, COUNT(*) AS n, MIN(run_at) AS oldest "
-                "FROM tasks GROUP BY queue, status ORDER BY queue"
+                f"FROM tasks {where}GROUP BY queue, status ORDER BY queue", *args
             )
         stats: dict[str, QueueStats] = {}
         for row in rows:
@@ -269,7 +273,7 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                 f"UPDATE tasks SET status = 'queued', updated_at = $1 WHERE id IN ("
                 f"SELECT id FROM tasks WHERE status IN ({waiting}) AND run_at <= $1 "
                 f"ORDER BY run_at LIMIT $2{self.skip_locked}) "
-                "RETURNING id, name, queue, attempts, schedule_id, priority",
+                "RETURNING id, name, queue, attempts, schedule_id, priority, namespace",
                 now, limit,
             )
         queues = [r["queue"] for r in rows]
@@ -278,7 +282,8 @@ class Store(LeaseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             if self.events.active:
                 self.events.publish(
                     TaskEvent(r["id"], r["name"], r["queue"], "queued", r["attempts"], now,
-                              r["schedule_id"], priority=r["priority"]) for r in rows)
+                              r["schedule_id"], priority=r["priority"],
+                              namespace=r["namespace"]) for r in rows)
         return queues
 
     async def next_due_at(self) -> float | None:

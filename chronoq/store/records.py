@@ -68,6 +68,7 @@ class TaskRecord:
     error: str | None
     schedule_id: str | None = None
     slot: float | None = None
+    namespace: str = "default"
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
@@ -80,13 +81,14 @@ class TaskRecord:
             timeout_seconds=row["timeout_seconds"], idempotency_key=row["idempotency_key"],
             worker_id=row["worker_id"], lease_expires_at=row["lease_expires_at"],
             result=loads(row["result"]), error=row["error"],
-            schedule_id=row["schedule_id"], slot=row["slot"],
+            schedule_id=row["schedule_id"], slot=row["slot"], namespace=row["namespace"],
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
         """This task's current status as an event."""
         return TaskEvent(self.id, self.name, self.queue, self.status.value, self.attempts, at,
-                         self.schedule_id, priority=self.priority, **extra)
+                         self.schedule_id, priority=self.priority, namespace=self.namespace,
+                         **extra)
 
     def to_api(self, history: list[Attempt] | None = None) -> Task:
         return Task(
@@ -96,7 +98,7 @@ class TaskRecord:
             attempts=self.attempts, max_attempts=self.max_attempts, backoff=self.backoff,
             timeout_seconds=self.timeout_seconds, idempotency_key=self.idempotency_key,
             worker_id=self.worker_id, result=self.result, error=self.error,
-            schedule_id=self.schedule_id, slot=to_datetime(self.slot),
+            schedule_id=self.schedule_id, slot=to_datetime(self.slot), namespace=self.namespace,
             attempt_history=history,
         )
 
@@ -128,7 +130,8 @@ class Completion:
             return None
         return TaskEvent(task.id, task.name, task.queue, self.status.value, self.attempt,
                          self.finished_at, task.schedule_id, self.error,
-                         duration=self.finished_at - task.updated_at, priority=task.priority)
+                         duration=self.finished_at - task.updated_at, priority=task.priority,
+                         namespace=task.namespace)
 
     @classmethod
     def failure(
@@ -157,14 +160,14 @@ def attempt_from_row(row: Row) -> Attempt:
 INSERT_TASK = (
     "INSERT INTO tasks (id, name, queue, status, priority, payload, run_at, created_at, "
     "updated_at, attempts, max_attempts, backoff, timeout_seconds, idempotency_key, "
-    "schedule_id, slot) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    "schedule_id, slot, namespace) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
 )
 
 
 def task_row(
     template: TaskTemplate, run_at: float, now: float, idempotency_key: str | None = None,
-    schedule_id: str | None = None, slot: float | None = None,
+    schedule_id: str | None = None, slot: float | None = None, namespace: str = "default",
 ) -> tuple[Any, ...]:
     """The values of :data:`INSERT_TASK` for a new task due at ``run_at``."""
     status = Status.QUEUED if run_at <= now else Status.SCHEDULED
@@ -172,5 +175,5 @@ def task_row(
         new_id(), template.name, template.queue, status.value, template.priority,
         dumps(template.payload), run_at, now, now, 0, template.max_attempts,
         template.backoff.model_dump_json(), template.timeout_seconds, idempotency_key,
-        schedule_id, slot,
+        schedule_id, slot, namespace,
     )

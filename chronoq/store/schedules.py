@@ -52,6 +52,7 @@ class ScheduleRecord:
     last_fire_at: float | None
     created_at: float
     updated_at: float
+    namespace: str = "default"
 
     @classmethod
     def from_row(cls, row: Row) -> ScheduleRecord:
@@ -65,15 +66,18 @@ class ScheduleRecord:
             jitter_seconds=row["jitter_seconds"], paused=bool(row["paused"]),
             next_fire_at=row["next_fire_at"], last_fire_at=row["last_fire_at"],
             created_at=row["created_at"], updated_at=row["updated_at"],
+            namespace=row["namespace"],
         )
 
     @classmethod
-    def new(cls, spec: ScheduleCreate, now: float) -> ScheduleRecord:
+    def new(cls, spec: ScheduleCreate, now: float, namespace: str = "default"
+            ) -> ScheduleRecord:
         record = cls(
             id=new_id(), name=spec.name, cron=None, interval_seconds=None, timezone="UTC",
             task=spec.task, start_at=None, end_at=None, misfire_policy="run_once",
             max_catch_up=1, misfire_grace_seconds=0, jitter_seconds=0, paused=False,
             next_fire_at=None, last_fire_at=None, created_at=now, updated_at=now,
+            namespace=namespace,
         )
         record.apply(spec, now)
         return record
@@ -124,7 +128,7 @@ class ScheduleRecord:
             self.task.model_dump_json(), self.start_at, self.end_at, self.misfire_policy,
             self.max_catch_up, self.misfire_grace_seconds, self.jitter_seconds,
             int(self.paused), self.next_fire_at, self.last_fire_at, self.created_at,
-            self.updated_at,
+            self.updated_at, self.namespace,
         )
 
     def to_api(self) -> Schedule:
@@ -133,7 +137,8 @@ class ScheduleRecord:
             upcoming = self.recurrence().upcoming(self.next_fire_at - 0.001, 5, self.end_at)
         spec = self.spec()
         return Schedule(
-            **spec.model_dump(), id=self.id, next_fire_at=to_datetime(self.next_fire_at),
+            **spec.model_dump(), id=self.id, namespace=self.namespace,
+            next_fire_at=to_datetime(self.next_fire_at),
             last_fire_at=to_datetime(self.last_fire_at),
             next_fire_times=[to_datetime(t) for t in upcoming],
             created_at=to_datetime(self.created_at), updated_at=to_datetime(self.updated_at),
@@ -143,9 +148,9 @@ class ScheduleRecord:
 _COLUMNS = (
     "id, name, cron, interval_seconds, timezone, task, start_at, end_at, misfire_policy, "
     "max_catch_up, misfire_grace_seconds, jitter_seconds, paused, next_fire_at, last_fire_at, "
-    "created_at, updated_at"
+    "created_at, updated_at, namespace"
 )
-_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 18))
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 19))
 _UPDATE = ", ".join(f"{c.strip()} = ${i}" for i, c in enumerate(_COLUMNS.split(","), 1)
                     if i > 1)
 
@@ -168,8 +173,9 @@ class ScheduleQueries(abc.ABC):
     @abc.abstractmethod
     async def check_fence(self, c: Any, fence: Fence | None, now: float) -> None: ...
 
-    async def create_schedule(self, spec: ScheduleCreate, now: float) -> ScheduleRecord:
-        record = ScheduleRecord.new(spec, now)
+    async def create_schedule(self, spec: ScheduleCreate, now: float,
+                              namespace: str = "default") -> ScheduleRecord:
+        record = ScheduleRecord.new(spec, now, namespace)
         async with self.conn() as c:
             rows = await c.fetch(
                 f"INSERT INTO schedules ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
@@ -187,13 +193,14 @@ class ScheduleQueries(abc.ABC):
             raise ScheduleNotFound(key)
         return ScheduleRecord.from_row(rows[0])
 
-    async def list_schedules(self, cursor: str | None = None, limit: int = 50
-                             ) -> list[ScheduleRecord]:
+    async def list_schedules(self, cursor: str | None = None, limit: int = 50,
+                             namespace: str | None = None) -> list[ScheduleRecord]:
         """Schedules by name; ``cursor`` is the last name of the previous page."""
+        scope = "AND namespace = $3 " if namespace else ""
         async with self.conn() as c:
             rows = await c.fetch(
-                "SELECT * FROM schedules WHERE name > $1 ORDER BY name LIMIT $2",
-                cursor or "", limit)
+                f"SELECT * FROM schedules WHERE name > $1 {scope}ORDER BY name LIMIT $2",
+                cursor or "", limit, *([namespace] if namespace else []))
         return [ScheduleRecord.from_row(r) for r in rows]
 
     async def _save(self, record: ScheduleRecord) -> None:
@@ -253,7 +260,7 @@ class ScheduleQueries(abc.ABC):
     async def trigger_schedule(self, key: str, now: float) -> TaskRecord:
         """Fire the schedule's task now, outside its rule (slot = now)."""
         record = await self.get_schedule(key)
-        row = task_row(record.task, now, now, None, record.id, now)
+        row = task_row(record.task, now, now, None, record.id, now, record.namespace)
         async with self.conn() as c:
             rows = await c.fetch(f"{INSERT_TASK} RETURNING *", *row)
         self.inserted([row])
@@ -277,7 +284,8 @@ class ScheduleQueries(abc.ABC):
                 record = ScheduleRecord.from_row(row)
                 fire = record.plan(now)
                 for slot, run_at in zip(fire.slots, fire.run_at, strict=True):
-                    tasks.append(task_row(record.task, run_at, now, None, record.id, slot))
+                    tasks.append(task_row(record.task, run_at, now, None, record.id, slot,
+                                          record.namespace))
                 last = fire.slots[-1] if fire.slots else record.last_fire_at
                 moves.append((record.id, fire.next_fire_at, last, now))
             if tasks:

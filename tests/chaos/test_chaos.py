@@ -94,6 +94,8 @@ def test_chaos(pg_url: str, tmp_path: Path) -> None:
            "CHRONOQ_HEARTBEAT_SECONDS": "0.5", "CHRONOQ_POLL_SECONDS": "0.2",
            "CHRONOQ_LOG_LEVEL": "warning"}
     assert cli("db", "upgrade", env=env).returncode == 0
+    key = cli("keys", "create", "chaos", env=env).stdout.strip()
+    auth = {"authorization": f"Bearer {key}"}
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     apis = [Proc(["api", "--port", str(p)], env, tmp_path / f"api{n}.log")
@@ -108,7 +110,7 @@ def test_chaos(pg_url: str, tmp_path: Path) -> None:
         for url, api in zip(urls, apis, strict=True):
             wait_ready(url, api)
         for n in range(SCHEDULES):
-            response = httpx.post(f"{urls[n % 2]}/v1/schedules", json={
+            response = httpx.post(f"{urls[n % 2]}/v1/schedules", headers=auth, json={
                 "name": f"every-second-{n}", "cron": "* * * * * *",
                 "misfire_policy": "catch_up", "max_catch_up": 100,
                 "task": {"name": "record", "max_attempts": 10}})
@@ -120,7 +122,8 @@ def test_chaos(pg_url: str, tmp_path: Path) -> None:
 
         def submit(i: int) -> str:
             if not hasattr(local, "clients"):  # one keep-alive client per thread and API
-                local.clients = [httpx.Client(base_url=u, timeout=30) for u in urls]
+                local.clients = [httpx.Client(base_url=u, timeout=30, headers=auth)
+                                 for u in urls]
             response = local.clients[i % 2].post("/v1/tasks", json={
                 "name": "record", "payload": {"sleep": random.choice([0, 0.01, 0.05])},
                 "max_attempts": 10, "backoff": {"base": 0.2, "max": 2}})
@@ -170,7 +173,7 @@ def test_chaos(pg_url: str, tmp_path: Path) -> None:
         pool.shutdown()
         for url in urls:
             for n in range(SCHEDULES):
-                httpx.post(f"{url}/v1/schedules/every-second-{n}/pause")
+                httpx.post(f"{url}/v1/schedules/every-second-{n}/pause", headers=auth)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             open_tasks = query(pg_url, "SELECT COUNT(*) AS n FROM tasks WHERE status NOT IN "
@@ -199,7 +202,7 @@ def test_chaos(pg_url: str, tmp_path: Path) -> None:
         assert counts["workers killed"] >= 8 and counts["redis restarts"] == 1
         assert failover_seconds and failover_seconds[0] < 10
         # recovery: every restarted worker took work
-        alive = httpx.get(f"{urls[0]}/v1/workers").json()
+        alive = httpx.get(f"{urls[0]}/v1/workers", headers=auth).json()
         assert len(alive) == 3 and all(w["processed"] > 0 or w["running"] >= 0 for w in alive)
     finally:
         for proc in everything:

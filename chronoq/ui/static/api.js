@@ -17,14 +17,33 @@ export function url(path, query) {
   return qs ? `${path}?${qs}` : path;
 }
 
-export async function request(method, path, { query, body, signal } = {}) {
+// API keys: when the server requires one (401), ask once and keep it in this browser.
+const KEY = "chronoq.apiKey";
+
+export function apiKey() {
+  try {
+    return window.localStorage.getItem(KEY) || "";
+  } catch {
+    return "";
+  }
+}
+
+function askForKey(message) {
+  const key = window.prompt(`${message}\nPaste a chronoq API key (chronoq keys create):`, "");
+  if (key) window.localStorage.setItem(KEY, key.trim());
+  return Boolean(key);
+}
+
+export async function request(method, path, { query, body, signal } = {}, retried = false) {
   let response;
   try {
+    const headers = body === undefined ? { accept: "application/json" }
+      : { accept: "application/json", "content-type": "application/json" };
+    if (apiKey()) headers.authorization = `Bearer ${apiKey()}`;
     response = await fetch(url(path, query), {
       method,
       signal,
-      headers: body === undefined ? { accept: "application/json" }
-        : { accept: "application/json", "content-type": "application/json" },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
     });
@@ -39,6 +58,12 @@ export async function request(method, path, { query, body, signal } = {}) {
       data = JSON.parse(text);
     } catch {
       data = null;
+    }
+  }
+  if (response.status === 401 && !retried) {
+    const error = data && data.error ? data.error : {};
+    if (askForKey(error.message || "This chronoq API requires an API key.")) {
+      return request(method, path, { query, body, signal }, true);
     }
   }
   if (!response.ok) {

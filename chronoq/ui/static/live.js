@@ -5,6 +5,8 @@
 // events costs one re-render. When the socket is closed or never opens, mode becomes
 // "polling" and the socket is retried with a growing delay (2 s … 30 s).
 
+import { apiKey } from "./api.js";
+
 export class Live {
   constructor({ onEvents, onMode }) {
     this.onEvents = onEvents;
@@ -19,7 +21,9 @@ export class Live {
 
   get url() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}/v1/events`;
+    const key = apiKey();
+    const token = key ? `?token=${encodeURIComponent(key)}` : "";
+    return `${scheme}//${location.host}/v1/events${token}`;
   }
 
   setMode(mode, detail) {
