@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -642,6 +643,33 @@ schedules.command("trigger", help="Run schedule KEY's task once, now.")(
     _schedule_action("POST", "/trigger", "triggered"))
 schedules.command("rm", help="Delete schedule KEY (tasks it fired stay).")(
     _schedule_action("DELETE", "", "deleted"))
+
+
+@main.command()
+@click.option("--interval", "-n", type=float, default=1.0, show_default=True,
+              help="seconds between refreshes")
+@click.option("--once", is_flag=True, help="print one frame and exit")
+@url_option
+def top(interval: float, once: bool, url: str) -> None:
+    """Live view of queues, workers and throughput (Ctrl+C to quit)."""
+    from chronoq.top import Rates, render
+
+    rates = Rates()
+    with Client(url, api_key=Settings().api_key) as client:
+        try:
+            while True:
+                try:
+                    frame = render(client.queues(), client.request("GET", "/v1/workers"),
+                                   rates, time.time(), url, _table)
+                except ClientError as exc:
+                    raise click.ClickException(exc.message) from None
+                if once:
+                    click.echo(frame)
+                    return
+                click.echo("\x1b[H\x1b[2J" + frame, nl=True)
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
 
 
 # -- API keys ---------------------------------------------------------------------------------

@@ -222,3 +222,26 @@ def test_two_scheduler_processes_fire_each_slot_once(
     for name, fired in asyncio.run(slots()).items():
         assert len(fired) >= 3, (name, fired)
         assert len(fired) == len(set(fired)), f"{name}: a slot fired twice"
+
+
+def test_top_shows_queues_workers_and_throughput(tmp_path: Path, procs: list[Proc]) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    dev = Proc(["dev", "--demo", "--port", str(port), "--database-url",
+                f"sqlite:///{tmp_path / 'top.db'}"], {}, tmp_path / "dev.log")
+    procs.append(dev)
+    wait_ready(url, dev)
+    for _ in range(20):
+        httpx.post(f"{url}/v1/tasks", json={"name": "demo.add", "payload": {"a": 1, "b": 1}})
+    time.sleep(1)
+    frame = cli("top", "--once", "--url", url)
+    assert frame.returncode == 0, frame.stderr
+    lines = frame.stdout.splitlines()
+    assert lines[0].startswith("chronoq top") and "succeeded/s" in lines[1]
+    assert "1 alive" in lines[2]
+    queue_row = next(line for line in lines if line.startswith("default "))
+    assert int(queue_row.split()[6]) >= 20  # succeeded column
+    header = next(i for i, line in enumerate(lines) if line.startswith("WORKER"))
+    worker_row = lines[header + 1].split()
+    assert worker_row[1] == "default" and worker_row[2].endswith("/8")
+    dev.terminate()
