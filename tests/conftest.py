@@ -6,7 +6,8 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from chronoq.api import create_api
 from chronoq.config import Settings
 from chronoq.scheduler import Scheduler
 from chronoq.worker import Worker, builtin_executors
+from tests.processes import Proc
 
 PG_URL = os.environ.get("CHRONOQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -132,11 +134,28 @@ def app(db_url: str) -> App:
     return App(settings=make_settings(db_url))
 
 
-@pytest.fixture
-async def harness(app: App) -> AsyncIterator[Harness]:
+@asynccontextmanager
+async def running(app: App) -> AsyncIterator[Harness]:
+    """Open ``app`` and wrap it in a :class:`Harness`, closed on exit."""
     await app.open()
     h = Harness(app)
     try:
         yield h
     finally:
         await h.close()
+
+
+@pytest.fixture
+async def harness(app: App) -> AsyncIterator[Harness]:
+    async with running(app) as h:
+        yield h
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """Real chronoq processes a test starts; any still running at the end are killed."""
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        if proc.popen.poll() is None:
+            proc.kill()

@@ -13,19 +13,14 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import connect
 
 from chronoq import App
-from tests.conftest import Harness, make_settings
+from tests.conftest import Harness, make_settings, running
 from tests.processes import Proc, cli, free_port, wait_ready
 
 
 @pytest.fixture
 async def secured(db_url: str) -> AsyncIterator[Harness]:
-    app = App(settings=make_settings(db_url, auth=True))
-    await app.open()
-    harness = Harness(app)
-    try:
+    async with running(App(settings=make_settings(db_url, auth=True))) as harness:
         yield harness
-    finally:
-        await harness.close()
 
 
 def bearer(secret: str) -> dict[str, str]:

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -288,15 +287,6 @@ def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
 
 
 # -- real processes ----------------------------------------------------------------------------
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        if proc.popen.poll() is None:
-            proc.kill()
-
-
 def scrape(url: str) -> Samples:
     response = httpx.get(f"{url}/metrics", timeout=10)
     assert response.status_code == 200, response.text

@@ -5,22 +5,11 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.processes import Proc, cli, free_port, wait_ready, wait_status
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        if proc.popen.poll() is None:
-            proc.kill()
 
 
 def test_dev_demo_and_cli(tmp_path: Path, procs: list[Proc]) -> None:

@@ -15,7 +15,7 @@ from chronoq import App, current_task
 from chronoq.broker.redis import GROUP, RedisBroker, publish, stream
 from chronoq.scheduler import Scheduler
 from chronoq.worker import Worker
-from tests.conftest import Harness, make_settings
+from tests.conftest import Harness, make_settings, running
 
 BROKER_URL = "redis://127.0.0.1:6379/3"
 
@@ -31,12 +31,8 @@ async def broker_app(db_url: str) -> AsyncIterator[App]:
 
 @pytest.fixture
 async def bh(broker_app: App) -> AsyncIterator[Harness]:
-    await broker_app.open()
-    harness = Harness(broker_app)
-    try:
+    async with running(broker_app) as harness:
         yield harness
-    finally:
-        await harness.close()
 
 
 def redis_worker(app: App, queue: str, **kwargs: Any) -> Worker:
