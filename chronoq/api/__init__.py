@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from chronoq import __version__
 from chronoq.api import errors, events, health, metrics, schedules, tasks, ui, workers
+from chronoq.api.limits import install_limits
 from chronoq.app import App
 
 
@@ -42,5 +43,6 @@ def create_api(app: App) -> FastAPI:
     api.include_router(events.router)
     api.include_router(health.router)
     metrics.install(api)
+    install_limits(api, app.settings)
     ui.mount_ui(api)
     return api

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from chronoq.api.auth import Principal, Reader, Writer
 from chronoq.api.errors import responses
+from chronoq.api.limits import check_schedule_rate
 from chronoq.api.tasks import AppDep, check_id
 from chronoq.app import App
 from chronoq.models import Schedule, ScheduleCreate, SchedulePage, ScheduleUpdate, Task, TaskPage
@@ -31,6 +32,7 @@ async def visible_schedule(app: App, who: Principal, key: str) -> ScheduleRecord
              summary="Create a recurring schedule")
 async def create_schedule(spec: ScheduleCreate, app: AppDep, who: Writer) -> Schedule:
     """Fire `task` on a `cron` expression (in `timezone`) or every `interval_seconds`."""
+    check_schedule_rate(spec, app.settings)
     return (await app.store.create_schedule(spec, time.time(), who.home)).to_api()
 
 
@@ -63,6 +65,7 @@ async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: W
     """Only the fields given change. Changing the rule (cron, interval, timezone, start,
     end) moves the next fire time to the first new slot after now."""
     await visible_schedule(app, who, key)
+    check_schedule_rate(changes, app.settings)
     fields = changes.model_dump(exclude_unset=True)
     if changes.task is not None:
         fields["task"] = changes.task
