@@ -185,3 +185,15 @@ def test_ids_are_strictly_increasing_uuid7() -> None:
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(is_id(i) for i in ids[:100])
     assert uuid.UUID(ids[0]).version == 7
+
+
+async def test_discard_only_finished_tasks(harness: Harness) -> None:
+    task = (await harness.http.post("/v1/tasks", json={"name": "x"})).json()
+    busy = await harness.http.delete(f"/v1/tasks/{task['id']}")
+    assert busy.status_code == 409 and "only finished tasks" in error_of(busy)["message"]
+    await harness.http.post(f"/v1/tasks/{task['id']}/cancel")
+    assert (await harness.http.delete(f"/v1/tasks/{task['id']}")).status_code == 204
+    assert (await harness.http.get(f"/v1/tasks/{task['id']}")).status_code == 404
+    async with harness.store.conn() as c:
+        assert await c.fetch("SELECT * FROM attempts WHERE task_id = $1", task["id"]) == []
+    assert (await harness.http.delete(f"/v1/tasks/{task['id']}")).status_code == 404

@@ -289,6 +289,13 @@ def test_retry_from_the_dead_letter_queue(tab: Page, server: str) -> None:
     row.get_by_role("button", name="Retry").click()
     expect(row).to_have_count(0)
     expect(page.locator(".toast", has_text="now queued")).to_be_visible()
+
+    # Discard deletes a dead task for good
+    fail_row = page.locator(f'tr[data-id="{demo_fail_id}"]')
+    fail_row.get_by_role("button", name="Discard").click()
+    expect(fail_row).to_have_count(0)
+    gone = httpx.get(f"{server}/v1/tasks/{demo_fail_id}", timeout=5)
+    assert gone.status_code == 404
     done = wait_status(server, task["id"], "succeeded", timeout=10)
     assert done["attempts"] == 2
     page.wait_for_timeout(1500)  # later refreshes and events must not bring it back

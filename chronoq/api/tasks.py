@@ -133,6 +133,16 @@ async def retry_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
     return record.to_api()
 
 
+@router.delete("/tasks/{task_id}", status_code=204, responses=responses(404, 409, 422),
+               summary="Discard a finished task")
+async def delete_task(task_id: TaskId, app: AppDep, who: Writer) -> Response:
+    """Remove a succeeded, dead or cancelled task and its attempts (e.g. to clear the
+    dead-letter queue). Unfinished tasks answer 409: cancel them first."""
+    await visible_task(app, who, task_id)
+    await app.store.delete_task(task_id)
+    return Response(status_code=204)
+
+
 @router.get("/queues", response_model=list[QueueStats], tags=["queues"],
             summary="Depth and status counts per queue")
 async def list_queues(app: AppDep, who: Reader) -> list[QueueStats]:

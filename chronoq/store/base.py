@@ -255,6 +255,17 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         self.hub.ready((current.queue,))
         return self._changed(rows[0], now)
 
+    async def delete_task(self, task_id: str) -> None:
+        """Discard a finished task (succeeded, dead or cancelled) and its attempts."""
+        finished = ", ".join(f"'{s.value}'" for s in states.TERMINAL)
+        async with self.tx() as c:
+            current = await self._current(c, task_id)
+            if current.status not in states.TERMINAL:
+                raise states.InvalidTransition(task_id, current.status, Status.CANCELLED,
+                                               "only finished tasks can be discarded")
+            await c.execute(f"DELETE FROM tasks WHERE id = $1 AND status IN ({finished})",
+                            task_id)
+
     async def _current(self, c: Conn, task_id: str) -> TaskRecord:
         rows = await c.fetch(f"SELECT * FROM tasks WHERE id = $1{self.lock_row}", task_id)
         if not rows:

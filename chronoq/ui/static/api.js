@@ -76,6 +76,7 @@ export async function request(method, path, { query, body, signal } = {}, retrie
 
 export const get = (path, query, options) => request("GET", path, { ...options, query });
 export const post = (path, body) => request("POST", path, { body });
+export const del = (path) => request("DELETE", path);
 
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 export const STATUSES = ["scheduled", "queued", "running", "succeeded", "failed", "dead",

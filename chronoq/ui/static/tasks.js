@@ -1,7 +1,7 @@
 // The task list (filters, cursor pages, live rows) with its detail panel; with
 // {dead: true} it is the dead-letter queue, with a Retry button per task.
 
-import { ApiError, STATUSES, get, post } from "./api.js";
+import { ApiError, STATUSES, del, get, post } from "./api.js";
 import { fill, h, throttle, toast } from "./dom.js";
 import { RETRYABLE, renderDetail } from "./detail.js";
 import { shortId, statusBadge, timeEl, truncate } from "./format.js";
@@ -122,7 +122,13 @@ export function tasksView(ctx, { dead = false } = {}) {
           h("button", {
             type: "button", class: "btn btn-small btn-primary", disabled: busy.has(task.id),
             onclick: () => retry(task),
-          }, "Retry")));
+          }, "Retry"),
+          " ",
+          h("button", {
+            type: "button", class: "btn btn-small", disabled: busy.has(task.id),
+            title: "Delete this task and its attempts",
+            onclick: () => discard(task),
+          }, "Discard")));
     } else {
       fill(tr, idCell,
         h("td", { class: "name" }, task.name),
@@ -246,6 +252,20 @@ export function tasksView(ctx, { dead = false } = {}) {
   }
 
   const retry = (task) => act(task, "Retried", `/v1/tasks/${encodeURIComponent(task.id)}/retry`);
+
+  async function discard(task) {
+    busy.add(task.id);
+    try {
+      await del(`/v1/tasks/${encodeURIComponent(task.id)}`);
+      toast(`Discarded ${task.name} ${shortId(task.id)}`);
+      removeRow(task.id);
+    } catch (err) {
+      toast(`Discard failed: ${err.message}`, "error");
+    } finally {
+      busy.delete(task.id);
+      refreshSoon();
+    }
+  }
   const cancel = (task) => act(task, "Cancelled", `/v1/tasks/${encodeURIComponent(task.id)}/cancel`);
 
   function removeRow(id) {
