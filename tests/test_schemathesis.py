@@ -5,10 +5,8 @@ the ASGI app, on a fresh SQLite database per operation, and checks each answer: 
 (The ``/v1/events`` WebSocket is not in the OpenAPI schema, nor are ``/metrics`` and the
 ``/ui`` pages, so schemathesis does not call them.)
 
-One narrow allowance: a body that is not UTF-8 gets FastAPI's own ``400 There was an
-error parsing the body``, which the body routes do not document (malformed JSON in UTF-8
-is a documented 422). Until that answer is a 422 like other unparseable JSON, or the
-routes document 400, :func:`documented_status` lets exactly that answer through.
+A body FastAPI cannot decode (not UTF-8, nested too deeply) is a documented 422, like any
+other unparseable JSON.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ schemathesis = pytest.importorskip("schemathesis")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.core import NOT_SET  # noqa: E402
 from schemathesis.python.asgi import shutdown_lifespans  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     response_schema_conformance,
@@ -34,24 +31,7 @@ from chronoq.api import create_api  # noqa: E402
 from chronoq.api.limits import install_limits  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 
-#: FastAPI's answer when it cannot decode a body (not UTF-8), through chronoq's error shape
-UNDECODABLE_BODY = "There was an error parsing the body"
-
-
-def documented_status(ctx: schemathesis.CheckContext, response: schemathesis.Response,
-                      case: schemathesis.Case) -> bool | None:
-    """``status_code_conformance``, except for FastAPI's 400 for an undecodable body."""
-    if response.status_code == 400 and case.body is not NOT_SET:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = None
-        if message == UNDECODABLE_BODY:
-            return None
-    return status_code_conformance(ctx, response, case)
-
-
-CHECKS = [not_a_server_error, documented_status, response_schema_conformance]
+CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 
 
 @pytest.fixture

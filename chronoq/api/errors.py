@@ -78,6 +78,10 @@ def _conflict(_: Request, exc: Exception) -> JSONResponse:
 
 def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8, too deep)
+        message = f"request body is not valid JSON: {exc.detail}"
+        return error_response(422, "validation_error", message,
+                              [{"field": "body", "message": message}])
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail))
 

@@ -28,7 +28,7 @@ async def visible_schedule(app: App, who: Principal, key: str) -> ScheduleRecord
     return record
 
 
-@router.post("", status_code=201, response_model=Schedule, responses=responses(409, 422),
+@router.post("", status_code=201, response_model=Schedule, responses=responses(409, 413, 422),
              summary="Create a recurring schedule")
 async def create_schedule(spec: ScheduleCreate, app: AppDep, who: Writer) -> Schedule:
     """Fire `task` on a `cron` expression (in `timezone`) or every `interval_seconds`."""
@@ -58,7 +58,7 @@ async def get_schedule(key: Key, app: AppDep, who: Reader) -> Schedule:
     return (await visible_schedule(app, who, key)).to_api()
 
 
-@router.patch("/{key}", response_model=Schedule, responses=responses(404, 422),
+@router.patch("/{key}", response_model=Schedule, responses=responses(404, 413, 422),
               summary="Change a schedule")
 async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: Writer
                           ) -> Schedule:
