@@ -260,15 +260,19 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
 @click.option("--host", default=None, help="API address [default 127.0.0.1]")
 @click.option("--port", "-p", type=int, default=None, help="API port [default 8000]")
 @click.option("--demo", is_flag=True, help="register demo.* handlers and submit sample tasks")
-@click.option("--auth/--no-auth", default=False, show_default=True,
-              help="require API keys (off is only allowed on a loopback --host)")
+@click.option("--auth/--no-auth", default=None,
+              help="require API keys [default: off, or CHRONOQ_AUTH when set]; off is only "
+                   "allowed on a loopback --host")
 @log_option
 def dev(database_url: str | None, app_path: str | None, queues: str | None,
         concurrency: int | None, shell_allow: str | None, http_allow: str | None,
-        host: str | None, port: int | None, demo: bool, auth: bool, log_level: str) -> None:
+        host: str | None, port: int | None, demo: bool, auth: bool | None,
+        log_level: str) -> None:
     """Run API + scheduler + workers in one process (SQLite by default: no server needed).
 
     Without --auth the API needs no key, so it may only listen on a loopback address."""
+    if auth is None:
+        auth = "CHRONOQ_AUTH" in os.environ and Settings().auth
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
                              http_allow=http_allow, host=host, port=port, log_level=log_level,

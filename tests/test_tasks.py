@@ -263,7 +263,10 @@ async def test_lost_lease_is_retried_by_another_worker(app: App, harness: Harnes
     # a late report from the ghost for its superseded attempt changes nothing
     from chronoq.store import Completion
 
-    await harness.store.complete([Completion.failure(claimed, time.time(), "failed", "late")])
+    with harness.store.events.subscribe() as events:
+        await harness.store.complete([Completion.failure(claimed, time.time(), "failed",
+                                                         "late")])
+        assert events.queue.empty(), "an ignored late report must not publish an event"
     assert (await harness.get(task["id"]))["status"] == "succeeded"
 
 

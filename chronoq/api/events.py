@@ -30,7 +30,8 @@ async def events(websocket: WebSocket) -> None:
     app: App = websocket.app.state.chronoq
     wanted = {k: v for k in FILTERS if (v := websocket.query_params.get(k))}
     who = await websocket_principal(websocket)
-    if who is None:  # 4401/4403 mirror HTTP 401/403 for WebSocket clients
+    if who is None:  # accept, then close with 4401 (mirrors HTTP 401) so clients see why
+        await websocket.accept()
         await websocket.close(code=4401, reason="missing, invalid or unauthorised API key")
         return
     if who.namespace is not None:

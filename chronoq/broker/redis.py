@@ -151,9 +151,10 @@ class RedisBroker(Broker):
                 block = 0 if self._interrupted else max(1, int(min(timeout, 1.0) * 1000))
                 messages += await self._read(limit, block)
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                 raise
-            log.warning("Redis lost the consumer groups (restarted?); recreating them")
+            log.warning("Redis lost the streams or consumer groups (restarted or flushed?); "
+                        "recreating them")
             await self._ensure_groups()
             return []
         except (RedisError, OSError) as exc:

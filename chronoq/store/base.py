@@ -385,6 +385,12 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             return
         async with self.tx() as c:
             await self.check_fence(c, fence, completions[0].finished_at)
+            current = await c.fetch(
+                f"SELECT id, attempts FROM tasks WHERE id {self.in_list('$1')} "
+                f"AND status = 'running'{self.lock_row}",
+                self.list_param([x.task_id for x in completions]))
+            live = {(r["id"], r["attempts"]) for r in current}
+            applied = [x for x in completions if (x.task_id, x.attempt) in live]
             await c.executemany(
                 "UPDATE tasks SET status = $3, run_at = COALESCE($4, run_at), result = $5, "
                 "error = $6, updated_at = $7, lease_expires_at = NULL "
@@ -392,7 +398,7 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                 [
                     (x.task_id, x.attempt, x.status.value, x.next_run_at, dumps(x.result),
                      x.error, x.finished_at)
-                    for x in completions
+                    for x in applied
                 ],
             )
             await c.executemany(
@@ -404,10 +410,10 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                     for x in completions
                 ],
             )
-        if any(x.status is Status.FAILED for x in completions):
+        if any(x.status is Status.FAILED for x in applied):
             self.hub.scheduled()
-        if self.events.active:
-            self.events.publish(e for e in (x.event() for x in completions) if e is not None)
+        if self.events.active:  # reports for superseded attempts changed nothing: no event
+            self.events.publish(e for e in (x.event() for x in applied) if e is not None)
 
     async def heartbeat(
         self, worker_id: str, task_ids: Sequence[str], lease_until: float
