@@ -49,9 +49,9 @@ Layouts, K = ``--workers`` processes:
 Redis databases (``--redis``): 7 chronoq's Redis Streams broker, 8 Celery's broker, 9 RQ,
 10 Celery's results, 11 the handlers' start stamps. They are flushed before and after
 each system's turn: do not point this at databases holding anything you want to keep.
-Progress goes to stderr; the table (or ``--json``) to stdout. ``--profile DIR`` samples
-a chronoq worker with py-spy and the enqueuing client with pyinstrument during phase 1
-(slower: use a separate run for the figures).
+Progress goes to stderr; the table (or ``--json``) to stdout. ``--profile DIR`` runs the
+enqueuing client under pyinstrument and samples a chronoq worker with py-spy during the
+backlog drain of phase 1 (slower: use a separate run for the figures).
 """
 
 from __future__ import annotations
@@ -293,15 +293,17 @@ class Processes:
         """SIGCONT+SIGTERM everything, wait, SIGKILL the process group of what is left;
         returns the problems seen (non-zero exits, kills)."""
         problems = []
+        running = []
         for label, proc, _, _ in self.procs:
             if proc.poll() is None:
+                running.append((label, proc))
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGCONT)
                     proc.send_signal(signal.SIGTERM)
             elif proc.returncode != 0:
                 problems.append(f"{label} had exited with code {proc.returncode}")
         deadline = time.monotonic() + timeout
-        for label, proc, _, _ in self.procs:
+        for label, proc in running:
             try:
                 code = proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -312,6 +314,7 @@ class Processes:
                 continue
             if code not in (0, -signal.SIGTERM):
                 problems.append(f"{label} exited with code {code}")
+        for _, proc, _, _ in self.procs:
             with contextlib.suppress(ProcessLookupError):  # orphans (prefork children...)
                 os.killpg(proc.pid, signal.SIGKILL)
         for handle in self._files:
@@ -683,7 +686,7 @@ async def throughput(system: System, result: Result, profiler: Profiler | None) 
     say(f"  [1] enqueueing {n:,} no-op tasks while the workers run")
     base = await system.done_count()
     if profiler:
-        profiler.start(system)
+        profiler.start_client(system)
     try:
         first = time.time()
         t0 = time.perf_counter()
@@ -693,7 +696,7 @@ async def throughput(system: System, result: Result, profiler: Profiler | None) 
         await wait_done(system, base + n, timeout, "throughput")
     finally:
         if profiler:
-            profiler.stop(system)
+            profiler.stop_client(system)
     finished = await finish_times(system, ids, result, "throughput")
     if finished:
         result.end_to_end_seconds = max(finished) - first
@@ -711,11 +714,17 @@ async def throughput(system: System, result: Result, profiler: Profiler | None) 
         result.backlog_enqueue_per_second = n / (time.perf_counter() - t0)
         servers = server_pids()
         server_before = sum(cpu_seconds(p) for p in servers)
+        if profiler:
+            profiler.start_workers(system)
         worker_before = system.procs.cpu()
         resumed = time.time()
     finally:
         system.procs.resume()
-    await wait_done(system, base + n, timeout, "backlog")
+    try:
+        await wait_done(system, base + n, timeout, "backlog")
+    finally:
+        if profiler:
+            profiler.stop_workers(system)
     result.worker_cpu_ms_per_task = (system.procs.cpu() - worker_before) * 1000 / n
     result.server_cpu_ms_per_task = (
         sum(cpu_seconds(p) for p in servers) - server_before) * 1000 / n
@@ -773,51 +782,61 @@ async def io_bound(system: System, result: Result) -> tuple[float, float]:
 
 
 class Profiler:
-    """py-spy on the first chronoq worker and pyinstrument on this client, phase 1 only."""
+    """Phase 1 of chronoq under profilers: pyinstrument on this client while it enqueues
+    (workers running), py-spy (raw collapsed stacks, 250 Hz) on the first worker while it
+    drains the backlog."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
         self.spy: list[subprocess.Popen[bytes]] = []
-        self.client: Any = None
+        self.instrument: Any = None
 
-    def start(self, system: System) -> None:
+    def start_client(self, system: System) -> None:
         if not isinstance(system, Chronoq):
             return
-        py_spy = shutil.which("py-spy")
-        if py_spy is None:
-            say("    (py-spy not installed: no worker profile)")
-        else:
-            for i, proc in enumerate(system.procs.workers[:1]):
-                raw = self.out / f"{system.name}-worker{i}.txt"
-                self.spy.append(subprocess.Popen(
-                    [py_spy, "record", "--pid", str(proc.pid), "--rate", "250", "--format",
-                     "raw", "--output", str(raw), "--nonblocking"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            time.sleep(0.5)  # py-spy attaches
         try:
             from pyinstrument import Profiler as Instrument
         except ImportError:
             say("    (pyinstrument not installed: no client profile)")
             return
-        self.client = Instrument(interval=0.0005, async_mode="enabled")
-        self.client.start()
+        self.instrument = Instrument(interval=0.001, async_mode="enabled",
+                                     use_timing_thread=True)
+        self.instrument.start()
 
-    def stop(self, system: System) -> None:
+    def stop_client(self, system: System) -> None:
+        if self.instrument is None:
+            return
+        self.instrument.stop()
+        (self.out / f"{system.name}-client.txt").write_text(
+            self.instrument.output_text(unicode=False, color=False, show_all=False))
+        (self.out / f"{system.name}-client.html").write_text(self.instrument.output_html())
+        self.instrument = None
+        say(f"    client profile in {self.out}/{system.name}-client.txt")
+
+    def start_workers(self, system: System) -> None:
         if not isinstance(system, Chronoq):
             return
-        if self.client is not None:
-            self.client.stop()
-            (self.out / f"{system.name}-client.txt").write_text(
-                self.client.output_text(unicode=False, color=False, show_all=False))
-            (self.out / f"{system.name}-client.html").write_text(self.client.output_html())
-            self.client = None
+        py_spy = shutil.which("py-spy")
+        if py_spy is None:
+            say("    (py-spy not installed: no worker profile)")
+            return
+        for i, proc in enumerate(system.procs.workers[:1]):
+            raw = self.out / f"{system.name}-worker{i}-drain.txt"
+            self.spy.append(subprocess.Popen(
+                [py_spy, "record", "--pid", str(proc.pid), "--rate", "250", "--format",
+                 "raw", "--output", str(raw), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.0)  # py-spy attaches
+
+    def stop_workers(self, system: System) -> None:
         for proc in self.spy:
             proc.send_signal(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(20)
+        if self.spy:
+            say(f"    worker profile in {self.out}/{system.name}-worker0-drain.txt")
         self.spy.clear()
-        say(f"    profiles in {self.out}")
 
 
 # -- one system ---------------------------------------------------------------------------------
@@ -1038,8 +1057,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--start-timeout", type=float, default=60.0,
                         help="seconds for a system's workers to start and warm up")
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="profile chronoq's phase 1 (py-spy on a worker, pyinstrument "
-                             "on the client) into DIR; skews that run's figures")
+                        help="profile chronoq's phase 1 (pyinstrument on the client while "
+                             "it enqueues, py-spy on a worker while it drains) into DIR; "
+                             "skews that run's figures")
     parser.add_argument("--quiet-below", type=float, default=0.3, metavar="FRACTION",
                         help="before each system, wait until the machine's CPU is less than "
                              "this busy for 3 s (default 0.3; 1 disables)")
