@@ -163,3 +163,17 @@ async def test_duplicate_messages_never_run_a_task_twice(broker_app: App, bh: Ha
     worker.stop()
     await job
     assert runs == [task["id"]]
+
+
+async def test_app_with_publisher_closes_promptly_under_load(db_url: str) -> None:
+    app = App(settings=make_settings(db_url, broker_url=BROKER_URL))
+
+    @app.task("noop")
+    def noop() -> None:
+        return None
+
+    await app.open()
+    await asyncio.gather(*(noop.adelay() for _ in range(2000)))
+    started = time.monotonic()
+    await asyncio.wait_for(app.close(), 10)
+    assert time.monotonic() - started < 6

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -73,10 +72,14 @@ class Publisher:
         self._task = asyncio.create_task(self._run(), name="chronoq-publisher")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Publish what is pending, then stop. (Not by cancelling mid-publish: redis-py's
+        pipeline can swallow a cancellation, which would leave the task waiting forever.)"""
+        if self._task is not None and self._subscription is not None:
+            self._subscription.queue.put_nowait([])  # the stop sentinel: an empty batch
+            try:
+                await asyncio.wait_for(self._task, 5)
+            except (TimeoutError, asyncio.CancelledError):
+                log.warning("publisher did not stop within 5 s; the reconciler covers the rest")
         if self._subscription is not None:
             self._subscription.close()
         await self.client.aclose()
@@ -84,10 +87,15 @@ class Publisher:
     async def _run(self) -> None:
         assert self._subscription is not None
         queue = self._subscription.queue
-        while True:
-            batch = await queue.get()
+        stopping = False
+        while not stopping:
+            first = await queue.get()
+            stopping = not first
+            batch = list(first)  # a copy: the bus hands the same list to every subscriber
             while not queue.empty():  # coalesce whatever else is waiting into one pipeline
-                batch = batch + queue.get_nowait()
+                more = queue.get_nowait()
+                stopping = stopping or not more
+                batch.extend(more)
             ready = [(e.task_id, e.queue, e.priority) for e in batch if e.status == "queued"]
             try:
                 self.published += await publish(self.client, ready)
@@ -191,10 +199,9 @@ class RedisBroker(Broker):
     async def _release(self, messages: list[tuple[str, str, str]]) -> None:
         """Re-publish and acknowledge messages this worker cannot take now."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for name, message_id, task_id in messages:
+            for name, _, task_id in messages:
                 pipe.xadd(name, {"id": task_id}, maxlen=MAXLEN, approximate=True)
-                pipe.xack(name, GROUP, message_id)
-                pipe.xdel(name, message_id)
+            _ack_into(pipe, [(name, message_id) for name, message_id, _ in messages])
             await pipe.execute()
 
     async def _autoclaim(self, limit: int) -> list[tuple[str, str, str]]:
@@ -218,10 +225,18 @@ class RedisBroker(Broker):
             return
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                for name, message_id in messages:
-                    pipe.xack(name, GROUP, message_id)
-                    pipe.xdel(name, message_id)
+                _ack_into(pipe, messages)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             # the outcome is in the store; a redelivered message finds the task done
             log.warning("could not acknowledge %d messages (%s)", len(messages), exc)
+
+
+def _ack_into(pipe: Any, messages: Sequence[tuple[str, str]]) -> None:
+    """Queue one XACK and one XDEL per stream for all ``(stream, message id)`` pairs."""
+    by_stream: dict[str, list[str]] = {}
+    for name, message_id in messages:
+        by_stream.setdefault(name, []).append(message_id)
+    for name, ids in by_stream.items():
+        pipe.xack(name, GROUP, *ids)
+        pipe.xdel(name, *ids)
