@@ -710,16 +710,15 @@ async def run_one(backend: str, broker: str, count: int, args: argparse.Namespac
                     idle_tasks=args.idle_tasks, idle_gap_ms=args.idle_gap_ms)
     say(f"[{backend} / {broker} / K={count}] {database.label}"
         + (f", broker {broker_url}" if broker_url else ""))
-    redis_client = None
-    if broker_url:
-        redis_client = aioredis.from_url(broker_url, decode_responses=True)
-        await wait_broker_db_free(redis_client, broker_url, BROKER_WAIT)
-        await redis_client.flushdb()
+    redis_client = aioredis.from_url(broker_url, decode_responses=True) if broker_url else None
     app = submitter_app(database.url, broker_url)
     workers = Workers(database.url, count, args.concurrency, poll_seconds=args.poll_seconds,
                       broker_url=broker_url, scheduler=scheduler, log_dir=tmp)
     cpu = CpuMeter(workers, redis_client)
     try:
+        if redis_client is not None and broker_url:
+            await wait_broker_db_free(redis_client, broker_url, BROKER_WAIT)
+            await redis_client.flushdb()
         await app.open()  # creates the schema and applies the migrations
         store = app.store
         workers.start()
@@ -745,7 +744,7 @@ async def run_one(backend: str, broker: str, count: int, args: argparse.Namespac
             if result.stream_messages < result.tasks_created:
                 result.broker_interference.append(
                     f"{result.tasks_created - result.stream_messages} fewer stream messages "
-                    "than tasks: the broker database was flushed during the run")
+                    "than tasks: the broker database was flushed (or lost) during the run")
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         say(f"  FAILED: {result.error}")
