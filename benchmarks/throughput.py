@@ -18,7 +18,7 @@ back-end when given).
     the default broker: workers claim straight from the store (``FOR UPDATE SKIP LOCKED``),
     woken by PostgreSQL LISTEN/NOTIFY or, on SQLite, by polling.
 ``redis``
-    ``CHRONOQ_BROKER_URL`` (``--broker-url``, default ``redis://127.0.0.1:6379/7``) set for
+    ``CHRONOQ_BROKER_URL`` (``--broker-url``, default ``redis://127.0.0.1:6379/12``) set for
     every process: workers read "task X is ready" messages from Redis Streams and claim
     those ids. Submission still goes through the store: the submitting App's publisher turns
     its own "queued" events into stream messages. The Redis database is flushed (FLUSHDB)
@@ -129,7 +129,7 @@ REPO = Path(__file__).resolve().parent.parent
 APP = "benchmarks.bench_app:app"
 TASK = "bench.noop"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
-DEFAULT_BROKER = "redis://127.0.0.1:6379/7"
+DEFAULT_BROKER = "redis://127.0.0.1:6379/12"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: how long to wait for other programs to leave the broker database before giving up
 BROKER_WAIT = 300.0
