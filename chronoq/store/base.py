@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from chronoq import states
+from chronoq.batching import GroupCommit
 from chronoq.events import EventBus, TaskEvent
 from chronoq.models import Attempt, QueueStats, TaskCreate
 from chronoq.notify import Hub
@@ -22,7 +23,7 @@ from chronoq.states import Status
 from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence, LeaseQueries
 from chronoq.store.records import (
-    INSERT_TASK,
+    INSERT_TASK_COLUMNS,
     Completion,
     Conn,
     NotFound,
@@ -36,6 +37,9 @@ from chronoq.store.schedules import ScheduleQueries
 from chronoq.store.workers import WorkerQueries
 
 __all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dumps", "opened"]
+
+#: rows per multi-row INSERT (17 parameters each; both databases allow 32,766)
+INSERT_BATCH = 500
 
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
 
@@ -52,6 +56,7 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     def __init__(self, hub: Hub | None = None, events: EventBus | None = None) -> None:
         self.hub = hub or Hub()
         self.events = events or EventBus()
+        self._inserts = GroupCommit(self._insert_rows, INSERT_BATCH)
 
     # -- connection plumbing (dialects) ------------------------------------------------------
     @abc.abstractmethod
@@ -119,19 +124,47 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     async def create_task(self, spec: TaskCreate, now: float, namespace: str = "default"
                           ) -> tuple[TaskRecord, bool]:
         """Insert a task; returns ``(task, created)``. An idempotency key seen before returns
-        the existing task with ``created=False``."""
+        the existing task with ``created=False``. Concurrent calls are written together
+        (group commit): one statement and one commit for all of them."""
         row = task_row(spec, spec.due_at(now), now, spec.idempotency_key, namespace=namespace)
+        return await self._inserts.submit(row)
+
+    async def create_tasks(self, specs: Sequence[TaskCreate], now: float,
+                           namespace: str = "default") -> list[tuple[TaskRecord, bool]]:
+        """Insert many tasks, :data:`INSERT_BATCH` per statement; ``(task, created)`` each."""
+        rows = [task_row(s, s.due_at(now), now, s.idempotency_key, namespace=namespace)
+                for s in specs]
+        found: list[tuple[TaskRecord, bool]] = []
+        for start in range(0, len(rows), INSERT_BATCH):
+            found += await self._insert_rows(rows[start:start + INSERT_BATCH])
+        return found
+
+    async def _insert_rows(self, rows: Sequence[Sequence[Any]]
+                           ) -> list[tuple[TaskRecord, bool]]:
+        """One multi-row INSERT; rows whose idempotency key exists return the existing task."""
+        width = len(rows[0])
+        values = ", ".join(
+            "(" + ", ".join(f"${i * width + j + 1}" for j in range(width)) + ")"
+            for i in range(len(rows)))
         async with self.conn() as c:
-            rows = await c.fetch(
-                f"{INSERT_TASK} ON CONFLICT (idempotency_key) DO NOTHING RETURNING *", *row
-            )
-            if not rows:
-                rows = await c.fetch(
-                    "SELECT * FROM tasks WHERE idempotency_key = $1", spec.idempotency_key
-                )
-                return TaskRecord.from_row(rows[0]), False
-        self.inserted([row])
-        return TaskRecord.from_row(rows[0]), True
+            inserted = await c.fetch(
+                f"{INSERT_TASK_COLUMNS} VALUES {values} "
+                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING *",
+                *(value for row in rows for value in row))
+            by_id = {r["id"]: r for r in inserted}
+            keys = [row[13] for row in rows if row[0] not in by_id]
+            existing = {}
+            if keys:
+                existing = {r["idempotency_key"]: r for r in await c.fetch(
+                    f"SELECT * FROM tasks WHERE idempotency_key {self.in_list('$1')}",
+                    self.list_param(keys))}
+        if by_id:
+            self.inserted([row for row in rows if row[0] in by_id])
+        lost = [row for row in rows if row[0] not in by_id and row[13] not in existing]
+        retried = iter(await self._insert_rows(lost) if lost else [])  # key's task deleted
+        return [(TaskRecord.from_row(by_id[row[0]]), True) if row[0] in by_id
+                else (TaskRecord.from_row(existing[row[13]]), False) if row[13] in existing
+                else next(retried) for row in rows]
 
     def inserted(self, rows: Sequence[Sequence[Any]]) -> None:
         """Tell this process's scheduler or workers, and event listeners, about tasks just

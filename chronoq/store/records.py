@@ -157,10 +157,13 @@ def attempt_from_row(row: Row) -> Attempt:
     )
 
 
-INSERT_TASK = (
+INSERT_TASK_COLUMNS = (
     "INSERT INTO tasks (id, name, queue, status, priority, payload, run_at, created_at, "
     "updated_at, attempts, max_attempts, backoff, timeout_seconds, idempotency_key, "
-    "schedule_id, slot, namespace) "
+    "schedule_id, slot, namespace)"
+)
+INSERT_TASK = (
+    f"{INSERT_TASK_COLUMNS} "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
 )
 

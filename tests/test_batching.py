@@ -1,0 +1,102 @@
+"""Group commit: concurrent submissions share one INSERT, and nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from chronoq import App
+from chronoq.batching import GroupCommit
+from chronoq.models import TaskCreate
+
+
+async def test_calls_during_a_write_go_out_together_in_order() -> None:
+    writes: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def write(items: Sequence[int]) -> list[int]:
+        writes.append(list(items))
+        if len(writes) == 1:
+            await gate.wait()  # hold the first write while the others queue up
+        return [i * 10 for i in items]
+
+    commit: GroupCommit[int, int] = GroupCommit(write, max_batch=4)
+    first = asyncio.create_task(commit.submit(0))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(commit.submit(i)) for i in range(1, 10)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await first == 0
+    assert await asyncio.gather(*rest) == [i * 10 for i in range(1, 10)]
+    assert writes == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9]]  # alone when idle, then batched
+
+
+async def test_a_failed_write_fails_its_callers_only() -> None:
+    async def write(items: Sequence[int]) -> list[int]:
+        if 3 in items:
+            raise ValueError("boom")
+        return list(items)
+
+    commit: GroupCommit[int, int] = GroupCommit(write, max_batch=1)
+    results = await asyncio.gather(*(commit.submit(i) for i in range(5)),
+                                   return_exceptions=True)
+    assert [r if isinstance(r, int) else str(r) for r in results] == [0, 1, 2, "boom", 4]
+    assert await commit.submit(7) == 7  # the writer recovers
+
+
+async def test_concurrent_submissions_are_each_stored_once(app: App) -> None:
+    """300 concurrent create_task calls, 100 of them sharing 20 idempotency keys: 220
+    tasks, every duplicate gets the first task back, in far fewer statements than calls."""
+    async with app:
+        store = app.store
+        writes = 0
+        write = store._inserts._write
+
+        async def counting(rows: Sequence[Sequence[object]]) -> object:
+            nonlocal writes
+            writes += 1
+            return await write(rows)
+
+        store._inserts._write = counting  # type: ignore[assignment]
+        specs = [TaskCreate(name="t", payload={"i": i},
+                            idempotency_key=f"k{i % 20}" if i % 3 == 0 else None)
+                 for i in range(300)]
+        results = await asyncio.gather(*(store.create_task(s, 1.0) for s in specs))
+        created = [r for r, new in results if new]
+        assert len(created) == 200 + 20
+        by_key: dict[str, set[str]] = {}
+        for spec, (record, _) in zip(specs, results, strict=True):
+            assert record.name == "t"
+            if spec.idempotency_key:
+                by_key.setdefault(spec.idempotency_key, set()).add(record.id)
+            else:
+                assert record.payload == spec.payload
+        assert all(len(ids) == 1 for ids in by_key.values()) and len(by_key) == 20
+        assert len(await store.list_tasks(limit=1000)) == 220
+        assert writes < 30, writes
+
+
+async def test_create_tasks_in_bulk(app: App) -> None:
+    async with app:
+        specs = [TaskCreate(name="bulk", payload={"i": i}) for i in range(1203)]
+        results = await app.store.create_tasks(specs, 1.0)
+        assert [r.payload["i"] for r, _ in results] == list(range(1203))
+        assert all(created for _, created in results)
+        again = await app.store.create_tasks(
+            [TaskCreate(name="bulk", idempotency_key="same")] * 3, 1.0)
+        assert [c for _, c in again] == [True, False, False]
+        assert len({r.id for r, _ in again}) == 1
+
+
+@pytest.mark.parametrize("n", [1, 2])
+async def test_a_cancelled_caller_does_not_break_the_others(app: App, n: int) -> None:
+    async with app:
+        calls = [asyncio.create_task(app.store.create_task(TaskCreate(name=f"c{i}"), 1.0))
+                 for i in range(10)]
+        for call in calls[:n]:
+            call.cancel()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(d, tuple) for d in done[n:])
