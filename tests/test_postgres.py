@@ -19,6 +19,12 @@ async def test_listen_connection_is_restored_after_it_is_killed(pg_url: str) -> 
     await listener.migrate()
     await writer.open()
     try:
+        assert listener.listener_pid is None  # nobody in this process needs wake-ups yet
+        woken = listener.hub.schedule_event()
+        ready = listener.hub.ready_event(["default"])
+        deadline = time.monotonic() + 5
+        while listener.listener_pid is None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         old_pid = listener.listener_pid
         admin = await asyncpg.connect(PG_URL)
         try:
@@ -30,10 +36,43 @@ async def test_listen_connection_is_restored_after_it_is_killed(pg_url: str) -> 
             await asyncio.sleep(0.05)
         assert listener.listener_pid not in (old_pid, None), "LISTEN was not restored"
 
-        woken = listener.hub.schedule_event()
+        await asyncio.sleep(0.1)
         woken.clear()
+        ready.clear()
         await writer.create_task(TaskCreate(name="x", delay_seconds=60), time.time())
         await asyncio.wait_for(woken.wait(), 2)  # the other process's INSERT woke us
+        await writer.create_task(TaskCreate(name="x"), time.time())
+        await asyncio.wait_for(ready.wait(), 2)
     finally:
         await writer.close()
         await listener.close()
+
+
+async def test_each_process_hears_only_the_wake_ups_it_needs(pg_url: str) -> None:
+    """A submission wakes workers of its queue, not schedulers or other queues' workers; a
+    scheduled task wakes schedulers, not workers. Clients that only submit never LISTEN."""
+    stores = [PostgresStore(pg_url) for _ in range(4)]
+    scheduler, worker, other_queue, client = stores
+    for store in stores:
+        await store.open()
+    await client.migrate()
+    try:
+        planned = scheduler.hub.schedule_event()
+        ready = worker.hub.ready_event(["default"])
+        elsewhere = other_queue.hub.ready_event(["other"])
+        await asyncio.sleep(0.5)  # LISTENs done, and the wake-up that follows each
+        assert client.listener_pid is None
+        for event in (planned, ready, elsewhere):
+            event.clear()
+        await client.create_task(TaskCreate(name="now"), time.time())
+        await asyncio.wait_for(ready.wait(), 2)
+        await asyncio.sleep(0.3)
+        assert not planned.is_set() and not elsewhere.is_set()
+        ready.clear()
+        await client.create_task(TaskCreate(name="later", delay_seconds=60), time.time())
+        await asyncio.wait_for(planned.wait(), 2)
+        await asyncio.sleep(0.3)
+        assert not ready.is_set() and not elsewhere.is_set()
+    finally:
+        for store in stores:
+            await store.close()

@@ -67,6 +67,9 @@ class PostgresStore(Store):
         self.min_size, self.max_size, self.listen = min_size, max_size, listen
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._listen_lock = asyncio.Lock()
+        self._channels: set[str] = set()
+        self._listen_jobs: set[asyncio.Task[None]] = set()
         self._relisten_task: asyncio.Task[None] | None = None
 
     def _settings(self) -> dict[str, str]:
@@ -87,34 +90,60 @@ class PostgresStore(Store):
             server_settings=self._settings(), reset=_no_reset, timeout=5,
         )
         if self.listen:
-            await self._listen()
+            self.hub.watch(self._want)
+            await asyncio.gather(*self._listen_jobs)  # channels already needed: listen now
 
-    async def _listen(self) -> None:
-        conn = await asyncpg.connect(self.dsn, server_settings=self._settings())
-        await conn.add_listener("chronoq", self._on_notify)
-        conn.add_termination_listener(self._on_listener_lost)
-        self._listener = conn
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        self.hub.dispatch(payload)
-
-    def _on_listener_lost(self, _conn: Any) -> None:
+    def _want(self, channel: str) -> None:
+        """A subscriber needs ``channel``: LISTEN to it (in the background)."""
         if self._pool is None:
-            return  # closing
-        log.warning("PostgreSQL LISTEN connection lost; reconnecting (polling meanwhile)")
+            return  # closed
+        self._channels.add(channel)
+        self._listen_jobs.add(asyncio.get_running_loop().create_task(self._listen(channel)))
+
+    async def _listen(self, channel: str) -> None:
+        """LISTEN on ``channel`` (opening the LISTEN connection first if need be), then wake
+        its waiters: whatever was notified before the LISTEN took effect is looked at now."""
+        try:
+            async with self._listen_lock:
+                if self._listener is None or self._listener.is_closed():
+                    conn = await asyncpg.connect(self.dsn, server_settings=self._settings())
+                    conn.add_termination_listener(self._on_listener_lost)
+                    self._listener = conn
+                await self._listener.add_listener(channel, self._on_notify)
+            self.hub.wake(channel)
+        except (OSError, asyncpg.PostgresError) as exc:
+            self._on_listener_lost(None, f"LISTEN {channel} failed: {exc}")
+        finally:
+            self._listen_jobs.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        self.hub.dispatch(channel, payload)
+
+    def _on_listener_lost(self, _conn: Any, why: str = "connection lost") -> None:
+        if self._pool is None or self._relisten_task is not None:
+            return  # closing, or already reconnecting
+        log.warning("PostgreSQL LISTEN %s; reconnecting (polling meanwhile)", why)
         self._relisten_task = asyncio.get_running_loop().create_task(self._relisten())
 
     async def _relisten(self) -> None:
         delay = 0.1
         while self._pool is not None:
             try:
-                await self._listen()
+                async with self._listen_lock:
+                    if self._listener is not None and not self._listener.is_closed():
+                        self._listener.terminate()
+                    conn = await asyncpg.connect(self.dsn, server_settings=self._settings())
+                    for channel in sorted(self._channels):
+                        await conn.add_listener(channel, self._on_notify)
+                    conn.add_termination_listener(self._on_listener_lost)
+                    self._listener = conn
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("LISTEN reconnect failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             log.info("PostgreSQL LISTEN connection restored")
+            self._relisten_task = None
             self.hub.wake_all()  # notifications may have been missed meanwhile
             return
 
@@ -124,8 +153,10 @@ class PostgresStore(Store):
         return None if self._listener is None else int(self._listener.get_server_pid())
 
     async def close(self) -> None:
-        if self._relisten_task is not None:
-            self._relisten_task.cancel()
+        self.hub.unwatch(self._want)
+        for job in [self._relisten_task, *self._listen_jobs]:
+            if job is not None:
+                job.cancel()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
