@@ -114,7 +114,7 @@ class PostgresStore(Store):
         except (OSError, asyncpg.PostgresError) as exc:
             self._on_listener_lost(None, f"LISTEN {channel} failed: {exc}")
         finally:
-            self._listen_jobs.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._listen_jobs.discard(asyncio.current_task())
 
     def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         self.hub.dispatch(channel, payload)
