@@ -15,7 +15,8 @@ turn: flush its Redis databases (and create a fresh PostgreSQL schema for chrono
 its worker processes, warm them up until every process has run a task, then
 
 1. **throughput**: enqueue N no-op tasks from this process while the workers run
-   (``enqueue/s``; ``end-to-end/s`` = N / (last completion - first enqueue)); then pause
+   (``enqueue/s``; ``end-to-end/s`` = N / (last completion - first enqueue)); then N/5
+   more with one call at a time (chronoq's client too: ``one at a time`` rows); then pause
    the workers (SIGSTOP), enqueue N more, resume them and time the backlog (``drain/s`` =
    N / (last completion - resume)), with the CPU the workers and the servers spent on it;
 2. **latency**: ``--latency-tasks`` tasks submitted one by one at ``--latency-rate``/s to
@@ -27,7 +28,9 @@ its worker processes, warm them up until every process has run a task, then
 
 then stop its processes and flush its data. The enqueuing is each system's idiomatic way
 from one client process: chronoq ``await noop.adelay()`` through an ``App`` with
-``--in-flight`` concurrent calls, Celery ``noop.delay()``, RQ ``Queue.enqueue(noop)``.
+``--in-flight`` concurrent calls (the store writes calls that overlap together: one
+INSERT and one commit for all of them), Celery ``noop.delay()``, RQ
+``Queue.enqueue(noop)``; Celery's and RQ's clients are synchronous, one call at a time.
 Completion times are the ones each system records: chronoq ``attempts.finished_at``,
 Celery's ``date_done`` in the result backend, RQ's job ``ended_at``.
 
@@ -126,6 +129,8 @@ class Result:
     end_to_end_seconds: float | None = None
     end_to_end_per_second: float | None = None
     backlog_enqueue_per_second: float | None = None
+    serial_enqueue_per_second: float | None = None
+    serial_end_to_end_per_second: float | None = None
     drain_seconds: float | None = None
     drain_per_second: float | None = None
     worker_cpu_ms_per_task: float | None = None
@@ -375,8 +380,9 @@ class System:
         raise NotImplementedError
 
     # work
-    async def enqueue(self, what: str, n: int) -> list[str]:
-        """Enqueue ``n`` tasks ``what`` (noop, sleep, whoami) as fast as the client can."""
+    async def enqueue(self, what: str, n: int, one_at_a_time: bool = False) -> list[str]:
+        """Enqueue ``n`` tasks ``what`` (noop, sleep, whoami) as fast as the client can
+        (Celery's and RQ's clients always send one task at a time)."""
         raise NotImplementedError
 
     async def submit_stamp(self, key: str, token: str) -> None:
@@ -453,10 +459,10 @@ class Chronoq(System):
                          worker=False)
         return f"{self.k} workers x {concurrency} async slots + scheduler"
 
-    async def enqueue(self, what: str, n: int) -> list[str]:
+    async def enqueue(self, what: str, n: int, one_at_a_time: bool = False) -> list[str]:
         fn = {"noop": self.mod.noop, "sleep": self.mod.sleep, "whoami": self.mod.whoami}[what]
         payload = {"seconds": self.args.io_sleep_ms / 1000} if what == "sleep" else {}
-        lanes = max(1, min(self.args.in_flight, n))
+        lanes = 1 if one_at_a_time else max(1, min(self.args.in_flight, n))
         ids: list[str] = []
 
         async def lane(count: int) -> None:
@@ -526,7 +532,7 @@ class Celery(System):
                                                  "-n", f"threads{i}-{tag}@%h"])
         return f"{self.k} workers x {threads} threads"
 
-    async def enqueue(self, what: str, n: int) -> list[str]:
+    async def enqueue(self, what: str, n: int, one_at_a_time: bool = False) -> list[str]:
         task = {"noop": self.mod.noop, "sleep": self.mod.sleep, "whoami": self.mod.whoami}[what]
         if what == "sleep":
             seconds = self.args.io_sleep_ms / 1000
@@ -601,7 +607,7 @@ class RQ(System):
             "rq.worker.SimpleWorker", "default"])
         return f"worker-pool of {processes} SimpleWorker processes"
 
-    async def enqueue(self, what: str, n: int) -> list[str]:
+    async def enqueue(self, what: str, n: int, one_at_a_time: bool = False) -> list[str]:
         fn = {"noop": self.mod.noop, "sleep": self.mod.sleep, "whoami": self.mod.whoami}[what]
         args = (self.args.io_sleep_ms / 1000,) if what == "sleep" else ()
         return [self.queue.enqueue(fn, *args, result_ttl=3600).id for _ in range(n)]
@@ -703,6 +709,21 @@ async def throughput(system: System, result: Result, profiler: Profiler | None) 
         result.end_to_end_per_second = len(finished) / result.end_to_end_seconds
     say(f"      enqueue {result.enqueue_per_second:,.0f}/s, end-to-end "
         f"{result.end_to_end_per_second or 0:,.0f}/s")
+
+    m = max(1, n // 5)
+    say(f"  [1] enqueueing {m:,} more, one call at a time")
+    await asyncio.sleep(0.5)
+    base = await system.done_count()
+    first = time.time()
+    t0 = time.perf_counter()
+    ids = await system.enqueue("noop", m, one_at_a_time=True)
+    result.serial_enqueue_per_second = m / (time.perf_counter() - t0)
+    await wait_done(system, base + m, timeout, "one at a time")
+    finished = await finish_times(system, ids, result, "one at a time")
+    if finished:
+        result.serial_end_to_end_per_second = len(finished) / (max(finished) - first)
+    say(f"      enqueue {result.serial_enqueue_per_second:,.0f}/s, end-to-end "
+        f"{result.serial_end_to_end_per_second or 0:,.0f}/s")
 
     say(f"  [1] backlog: workers paused, enqueueing {n:,}, resuming")
     await asyncio.sleep(0.5)
@@ -938,6 +959,8 @@ ROWS: list[tuple[str, Callable[[Result], float | None], int, bool]] = [
     # (label, getter, digits, higher is better)
     ("(1) enqueue/s, workers running", lambda r: r.enqueue_per_second, 0, True),
     ("(1) end-to-end tasks/s", lambda r: r.end_to_end_per_second, 0, True),
+    ("(1) enqueue/s, one call at a time", lambda r: r.serial_enqueue_per_second, 0, True),
+    ("(1) end-to-end/s, one at a time", lambda r: r.serial_end_to_end_per_second, 0, True),
     ("(1) enqueue/s, workers paused", lambda r: r.backlog_enqueue_per_second, 0, True),
     ("(1) drain tasks/s (backlog)", lambda r: r.drain_per_second, 0, True),
     ("(1) worker CPU ms/task (drain)", lambda r: r.worker_cpu_ms_per_task, 2, False),
