@@ -421,6 +421,17 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         task's running attempt (cancelled, or superseded after a lost lease) changes nothing."""
         if not completions:
             return
+        live = await self._record(completions, fence)
+        applied = [x for x in completions if (x.task_id, x.attempt) in live]
+        if any(x.status is Status.FAILED for x in applied):
+            self.hub.scheduled()
+        if self.events.active:  # reports for superseded attempts changed nothing: no event
+            self.events.publish(e for e in (x.event() for x in applied) if e is not None)
+
+    async def _record(self, completions: Sequence[Completion], fence: Fence | None
+                      ) -> set[tuple[str, int]]:
+        """Write completions in one transaction; returns the (task, attempt) pairs that were
+        still running, i.e. whose task row changed."""
         async with self.tx() as c:
             if self.relaxed_commit:
                 await c.execute(self.relaxed_commit)
@@ -430,7 +441,6 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                 f"AND status = 'running'{self.lock_row}",
                 self.list_param([x.task_id for x in completions]))
             live = {(r["id"], r["attempts"]) for r in current}
-            applied = [x for x in completions if (x.task_id, x.attempt) in live]
             await c.executemany(
                 "UPDATE tasks SET status = $3, run_at = COALESCE($4, run_at), result = $5, "
                 "error = $6, updated_at = $7, lease_expires_at = NULL "
@@ -438,7 +448,7 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                 [
                     (x.task_id, x.attempt, x.status.value, x.next_run_at, dumps(x.result),
                      x.error, x.finished_at)
-                    for x in applied
+                    for x in completions if (x.task_id, x.attempt) in live
                 ],
             )
             await c.executemany(
@@ -450,10 +460,7 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                     for x in completions
                 ],
             )
-        if any(x.status is Status.FAILED for x in applied):
-            self.hub.scheduled()
-        if self.events.active:  # reports for superseded attempts changed nothing: no event
-            self.events.publish(e for e in (x.event() for x in applied) if e is not None)
+        return live
 
     async def heartbeat(
         self, worker_id: str, task_ids: Sequence[str], lease_until: float
