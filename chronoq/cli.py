@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import json
 import logging
@@ -246,6 +247,8 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
         if demo:
             await demo_module.submit(app)
 
+    gc.collect()
+    gc.freeze()  # imports and the app live for the whole run: later collections skip them
     try:
         _event_loop_policy()
         asyncio.run(Runner(app, components).run(started))

@@ -30,7 +30,7 @@ def to_datetime(ts: float | None) -> datetime | None:
 class BackoffSpec(BaseModel):
     """Retry delay after failed attempt n: ``min(base * factor**(n-1), max)`` ± jitter."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     base: float = Field(1.0, ge=0, le=86400, description="seconds before the first retry")
     factor: float = Field(2.0, ge=1, le=100, description="multiplier per further attempt")

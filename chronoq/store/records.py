@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +35,13 @@ class Conn(Protocol):
     async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
     async def execute(self, sql: str, *args: Any) -> None: ...
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+@functools.lru_cache(maxsize=256)
+def _backoff(text: str) -> BackoffSpec:
+    """Decode a stored backoff policy; most tasks share a few, so decoded ones are reused
+    (BackoffSpec is frozen)."""
+    return BackoffSpec.model_validate_json(text)
 
 
 def dumps(value: Any) -> str:
@@ -77,7 +85,7 @@ class TaskRecord:
             priority=row["priority"], payload=loads(row["payload"]), run_at=row["run_at"],
             created_at=row["created_at"], updated_at=row["updated_at"],
             attempts=row["attempts"], max_attempts=row["max_attempts"],
-            backoff=BackoffSpec.model_validate_json(row["backoff"]),
+            backoff=_backoff(row["backoff"]),
             timeout_seconds=row["timeout_seconds"], idempotency_key=row["idempotency_key"],
             worker_id=row["worker_id"], lease_expires_at=row["lease_expires_at"],
             result=loads(row["result"]), error=row["error"],
