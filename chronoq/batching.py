@@ -19,13 +19,17 @@ class GroupCommit(Generic[T, R]):
     """Feeds items to ``write`` in batches of up to ``max_batch``; one write at a time.
 
     ``write`` returns one result per item, in order. If it raises, every caller of that
-    batch gets the exception (and later batches still run).
+    batch gets the exception (and later batches still run), unless ``split(exc)`` says
+    the error may come from one bad item: then the items are written one by one, so only
+    the bad one fails.
     """
 
     def __init__(self, write: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
-                 max_batch: int = 500) -> None:
+                 max_batch: int = 500,
+                 split: Callable[[Exception], bool] = lambda _exc: False) -> None:
         self._write = write
         self.max_batch = max_batch
+        self._split = split
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -43,21 +47,29 @@ class GroupCommit(Generic[T, R]):
                 batch = self._pending[:self.max_batch]
                 del self._pending[:self.max_batch]
                 try:
-                    results = await self._write([item for item, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
+                    await self._write_batch(batch)
                 except BaseException:
                     for _, future in batch:
                         future.cancel()
                     raise
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():  # the caller may have given up (cancelled)
-                        future.set_result(result)
         finally:
             self._writer = None
             for _, future in self._pending:  # only left when the writer was cancelled
                 future.cancel()
             self._pending.clear()
+
+    async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._write([item for item, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1 and self._split(exc):
+                for one in batch:
+                    await self._write_batch([one])
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():  # the caller may have given up (cancelled)
+                future.set_result(result)

@@ -62,7 +62,9 @@ class TaskCreate(TaskTemplate):
 
     run_at: datetime | None = Field(None, description="ISO 8601 time with a UTC offset")
     delay_seconds: float | None = Field(None, ge=0, le=10 * 365 * 86400)
-    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200,
+                                        pattern=r"^[^\x00]+$",
+                                        description="any text without NUL characters")
 
     @field_validator("run_at")
     @classmethod

@@ -31,6 +31,7 @@ def error_of(response: Any) -> dict[str, Any]:
         ({"name": "x", "timeout_seconds": 0}, "timeout_seconds", "greater than 0"),
         ({"name": "x", "backoff": {"factor": 0.5}}, "backoff.factor", "greater than or equal"),
         ({"name": "x", "colour": "red"}, "colour", "not permitted"),
+        ({"name": "x", "idempotency_key": "a\x00b"}, "idempotency_key", "pattern"),
         ({"name": "x", "run_at": "2030-01-01T09:00:00Z", "delay_seconds": 1}, "body",
          "not both"),
     ],

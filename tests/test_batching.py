@@ -47,6 +47,53 @@ async def test_a_failed_write_fails_its_callers_only() -> None:
     assert await commit.submit(7) == 7  # the writer recovers
 
 
+async def test_a_bad_item_fails_alone_when_the_error_says_so() -> None:
+    writes: list[list[int]] = []
+
+    async def write(items: Sequence[int]) -> list[int]:
+        writes.append(list(items))
+        if 3 in items:
+            raise ValueError("row 3 is bad")
+        if -1 in items:
+            raise ConnectionError("database down")
+        return list(items)
+
+    commit: GroupCommit[int, int] = GroupCommit(
+        write, split=lambda exc: isinstance(exc, ValueError))
+    blocker = asyncio.create_task(commit.submit(0))
+    await asyncio.sleep(0)
+    results = await asyncio.gather(*(commit.submit(i) for i in (1, 2, 3, 4)),
+                                   return_exceptions=True)
+    assert await blocker == 0
+    assert [r if isinstance(r, int) else str(r) for r in results] == [1, 2, "row 3 is bad", 4]
+    assert writes == [[0], [1, 2, 3, 4], [1], [2], [3], [4]]
+    writes.clear()
+    blocker = asyncio.create_task(commit.submit(0))
+    await asyncio.sleep(0)
+    down = await asyncio.gather(commit.submit(-1), commit.submit(5), return_exceptions=True)
+    await blocker
+    assert all(isinstance(r, ConnectionError) for r in down)  # an outage: no one-by-one
+    assert writes == [[0], [-1, 5]]
+
+
+async def test_one_unstorable_submission_does_not_fail_the_others(app: App) -> None:
+    """A value the database refuses (NUL in text, on PostgreSQL; the API's validation
+    rejects it first) fails only its own call, not the concurrent ones batched with it."""
+    async with app:
+        bad = TaskCreate.model_construct(**{**TaskCreate(name="t").__dict__,
+                                            "idempotency_key": "a\x00b"})
+        specs = [TaskCreate(name="t", payload={"i": i}) for i in range(20)]
+        specs.insert(7, bad)
+        results = await asyncio.gather(*(app.store.create_task(s, 1.0) for s in specs),
+                                       return_exceptions=True)
+        good = [r for i, r in enumerate(results) if i != 7]
+        assert all(isinstance(r, tuple) and r[1] for r in good)
+        if app.settings.database_url.startswith("postgresql"):
+            assert isinstance(results[7], Exception)
+        assert len(await app.store.list_tasks(limit=100)) == 20 + (not isinstance(
+            results[7], Exception))
+
+
 async def test_concurrent_submissions_are_each_stored_once(app: App) -> None:
     """300 concurrent create_task calls, 100 of them sharing 20 idempotency keys: 220
     tasks, every duplicate gets the first task back, in far fewer statements than calls."""

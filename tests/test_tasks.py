@@ -389,3 +389,23 @@ async def test_autoscale_grows_with_backlog_and_shrinks_when_idle(
     assert worker.concurrency == 1
     worker.stop()
     await job
+
+
+async def test_error_text_with_nul_characters_is_recorded(app: App, harness: Harness) -> None:
+    """PostgreSQL refuses NUL in text: an error message carrying one must not block the
+    worker's result writes (it is stored escaped) and later tasks still finish."""
+    @app.task("nul")
+    def nul() -> None:
+        raise ValueError("bad\x00byte")
+
+    @app.task("fine")
+    def fine() -> str:
+        return "ok"
+
+    harness.start_worker()
+    task = await harness.submit(name="nul", max_attempts=1)
+    dead = await harness.wait_for(task["id"], "dead")
+    assert dead["error"] == "ValueError: bad\\x00byte"
+    assert "bad\\x00byte" in dead["attempt_history"][0]["traceback"]
+    after = await harness.submit(name="fine")
+    assert (await harness.wait_for(after["id"], "succeeded"))["result"] == "ok"

@@ -57,11 +57,15 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     #: second of them; the tasks then run again (delivery is at-least-once anyway).
     #: Submissions, cancellations and schedule changes always wait for the disk.
     relaxed_commit: str | None = None
+    #: errors the database raises for a bad value in one row (not for an outage): a group
+    #: commit that hits one writes its rows one by one, so only the bad one fails
+    data_errors: tuple[type[Exception], ...] = ()
 
     def __init__(self, hub: Hub | None = None, events: EventBus | None = None) -> None:
         self.hub = hub or Hub()
         self.events = events or EventBus()
-        self._inserts = GroupCommit(self._insert_rows, INSERT_BATCH)
+        self._inserts = GroupCommit(self._insert_rows, INSERT_BATCH,
+                                    split=lambda exc: isinstance(exc, self.data_errors))
 
     # -- connection plumbing (dialects) ------------------------------------------------------
     @abc.abstractmethod

@@ -59,6 +59,7 @@ class PostgresStore(Store):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     lock_row = " FOR UPDATE"
     relaxed_commit = "SET LOCAL synchronous_commit TO OFF"
+    data_errors = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
     def __init__(
         self, url: str, hub: Hub | None = None, events: EventBus | None = None, *,

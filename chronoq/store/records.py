@@ -152,8 +152,14 @@ class Completion:
         if status is Status.FAILED:
             delay = 0.0 if retry_now else task.backoff.policy().delay(task.attempts)
             next_run_at = now + delay
-        return cls(task.id, task.attempts, outcome, now, status, next_run_at, None, error,
-                   traceback, task)
+        return cls(task.id, task.attempts, outcome, now, status, next_run_at, None,
+                   _storable(error), None if traceback is None else _storable(traceback), task)
+
+
+def _storable(text: str) -> str:
+    """Text as a database column can hold it: PostgreSQL refuses NUL characters, and a
+    handler's error message may contain any."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
 
 
 def attempt_from_row(row: Row) -> Attempt:

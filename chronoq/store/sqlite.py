@@ -42,6 +42,7 @@ class SQLiteStore(Store):
     """Tasks in a local SQLite file (``sqlite:///path``; ``sqlite:///:memory:`` for tests)."""
 
     dialect = "sqlite"
+    data_errors = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError)
 
     def __init__(self, path: str | Path, hub: Hub | None = None,
                  events: EventBus | None = None) -> None:
