@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import time
 
-import redis
 from celery import Celery
+
+from benchmarks.common import stamps
 
 BROKER_URL = os.environ.get("BENCH_CELERY_BROKER", "redis://127.0.0.1:6379/8")
 BACKEND_URL = os.environ.get("BENCH_CELERY_BACKEND", "redis://127.0.0.1:6379/10")
-STAMPS_URL = os.environ.get("BENCH_STAMPS_URL", "redis://127.0.0.1:6379/11")
 
 app = Celery("bench", broker=BROKER_URL, backend=BACKEND_URL)
 app.conf.update(
@@ -27,17 +27,6 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
-
-_stamps: redis.Redis | None = None
-
-
-def stamps() -> redis.Redis:
-    """This process's client for the stamps database (made on first use, after the fork)."""
-    global _stamps
-    if _stamps is None:
-        _stamps = redis.Redis.from_url(STAMPS_URL)
-    return _stamps
-
 
 @app.task(name="bench.noop")
 def noop() -> None:

@@ -11,23 +11,10 @@ import asyncio
 import os
 import time
 
-import redis
-
+from benchmarks.common import stamps
 from chronoq import App
 
-#: where ``bench.stamp`` records when a handler started (shared with Celery and RQ)
-STAMPS_URL = os.environ.get("BENCH_STAMPS_URL", "redis://127.0.0.1:6379/11")
-
 app = App()
-_stamps: redis.Redis | None = None
-
-
-def stamps() -> redis.Redis:
-    """This process's client for the stamps database (made on first use)."""
-    global _stamps
-    if _stamps is None:
-        _stamps = redis.Redis.from_url(STAMPS_URL)
-    return _stamps
 
 
 @app.task("bench.noop", max_attempts=1)

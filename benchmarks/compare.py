@@ -67,7 +67,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,17 +81,24 @@ from typing import IO, Any
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/compare.py` puts benchmarks/ there instead
     sys.path.insert(0, str(REPO))
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+from benchmarks.common import (  # noqa: E402
+    DEFAULT_POSTGRES,
+    Percentiles,
+    cpu_seconds,
+    drop_schema,
+    environ_without_chronoq,
+    peak_rss_kib,
+    proc_stat,
+    say,
+    tail,
+)
+
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
 SYSTEMS = ("chronoq-pg", "chronoq-redis", "celery", "rq", "rq-simple")
 LABELS = {"chronoq-pg": "chronoq pg", "chronoq-redis": "chronoq pg+redis",
           "celery": "celery", "rq": "rq", "rq-simple": "rq simple"}
 DB = {"chronoq": 7, "celery": 8, "rq": 9, "celery-results": 10, "stamps": 11}
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class BenchError(RuntimeError):
@@ -100,23 +106,6 @@ class BenchError(RuntimeError):
 
 
 # -- results ------------------------------------------------------------------------------------
-@dataclass
-class Latency:
-    count: int = 0
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-    max_ms: float | None = None
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> Latency:
-        if len(seconds) < 2:
-            return cls(len(seconds))
-        ms = sorted(s * 1000.0 for s in seconds)
-        cuts = statistics.quantiles(ms, n=100, method="inclusive")
-        return cls(len(ms), cuts[49], cuts[94], cuts[98], ms[-1])
-
-
 @dataclass
 class Result:
     system: str
@@ -135,7 +124,7 @@ class Result:
     drain_per_second: float | None = None
     worker_cpu_ms_per_task: float | None = None
     server_cpu_ms_per_task: float | None = None
-    latency: Latency = field(default_factory=Latency)
+    latency: Percentiles = field(default_factory=Percentiles)
     io_tasks: int = 0
     io_wall_seconds: float | None = None
     io_per_second: float | None = None
@@ -151,20 +140,12 @@ class Result:
 
 
 # -- processes ----------------------------------------------------------------------------------
-def _stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on
-
-
 def descendants(pid: int) -> list[int]:
     """Every live descendant of ``pid`` (children first found, depth first)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            fields = _stat(int(entry.name))
+            fields = proc_stat(int(entry.name))
             if fields:
                 children.setdefault(int(fields[1]), []).append(int(entry.name))
     found, todo = [], list(children.get(pid, []))
@@ -173,17 +154,6 @@ def descendants(pid: int) -> list[int]:
         found.append(child)
         todo += children.get(child, [])
     return found
-
-
-def cpu_seconds(pid: int, reaped: bool = True) -> float:
-    """utime+stime of ``pid`` (plus its reaped children's with ``reaped``)."""
-    fields = _stat(pid)
-    if not fields:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    if reaped:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / TICK
 
 
 def server_pids() -> list[int]:
@@ -282,13 +252,8 @@ class Processes:
 
     def peak_rss_mib(self) -> float:
         """Sum of ``VmHWM`` over the worker processes and their live children."""
-        total = 0
-        for proc in self.workers:
-            for pid in [proc.pid, *descendants(proc.pid)]:
-                with contextlib.suppress(OSError):
-                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                        if line.startswith("VmHWM:"):
-                            total += int(line.split()[1])
+        total = sum(peak_rss_kib(pid) or 0 for proc in self.workers
+                    for pid in [proc.pid, *descendants(proc.pid)])
         return round(total / 1024, 1)
 
     def count(self) -> int:
@@ -336,13 +301,6 @@ class Processes:
         return lines
 
 
-def tail(path: Path, n: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-n:])
-    except OSError:
-        return ""
-
-
 def epoch(text: str | bytes | None) -> float | None:
     """An ISO 8601 time (Celery's ``date_done``, RQ's ``ended_at``) as epoch seconds."""
     if text is None:
@@ -367,9 +325,8 @@ class System:
         self.args = args
         self.k = args.workers
         self.log_dir = log_dir
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_STAMPS_URL": args.stamps_url}
-        for key in [k for k in self.env if k.startswith("CHRONOQ_")]:
-            del self.env[key]
+        self.env = {**environ_without_chronoq(), "PYTHONPATH": str(REPO),
+                    "BENCH_STAMPS_URL": args.stamps_url}
         self.procs = Processes(log_dir, self.env)
 
     # lifecycle
@@ -429,10 +386,6 @@ class Chronoq(System):
         self.conn = await asyncpg.connect(dsn, server_settings={"search_path": self.schema})
 
     async def teardown(self) -> None:
-        import asyncpg
-
-        from chronoq.store.postgres import split_schema
-
         if self.app.is_open:
             try:  # see the README: Publisher.close() can hang after a burst of submits
                 await asyncio.wait_for(self.app.close(), 15)
@@ -440,12 +393,7 @@ class Chronoq(System):
                 say("    (App.close() did not return within 15 s)")
         if self.conn is not None:
             await self.conn.close()
-        dsn, _ = split_schema(self.url)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(self.url, self.schema)
 
     def start(self, mode: str) -> str:
         concurrency = self.args.concurrency if mode == "noop" else max(
@@ -782,7 +730,7 @@ async def latency(system: System, result: Result, stamps: Any) -> None:
             raise BenchError(f"latency: only {stamps.hlen(key)} of {n} tasks started")
         await asyncio.sleep(0.05)
     started = {k.decode(): float(v) for k, v in stamps.hgetall(key).items()}
-    result.latency = Latency.of([started[t] - submitted[t] for t in submitted])
+    result.latency = Percentiles.of([started[t] - submitted[t] for t in submitted])
     say(f"      p50 {result.latency.p50_ms:.2f} ms, p99 {result.latency.p99_ms:.2f} ms")
 
 

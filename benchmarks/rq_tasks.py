@@ -9,19 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-import redis
-
-STAMPS_URL = os.environ.get("BENCH_STAMPS_URL", "redis://127.0.0.1:6379/11")
-
-_stamps: redis.Redis | None = None
-
-
-def stamps() -> redis.Redis:
-    """This process's client for the stamps database (made on first use)."""
-    global _stamps
-    if _stamps is None:
-        _stamps = redis.Redis.from_url(STAMPS_URL)
-    return _stamps
+from benchmarks.common import stamps
 
 
 def noop() -> None:

@@ -88,18 +88,15 @@ import math
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import asyncpg
 
@@ -112,48 +109,28 @@ from chronoq.store.schedules import ScheduleRecord
 from chronoq.worker import Worker
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python benchmarks/schedules.py` puts benchmarks/ there instead
+    sys.path.insert(0, str(REPO))  # (and the in-process worker imports the bench app)
+
+from benchmarks.common import (  # noqa: E402
+    DEFAULT_POSTGRES,
+    ChronoqProcesses,
+    Database,
+    Percentiles,
+    drop_schema,
+    fetch,
+    postgres_database,
+    say,
+    sqlite_database,
+)
+
 APP = "benchmarks.schedule_app:app"
-TASK = "bench.tick"  # benchmarks.schedule_app.TASK (not imported: this file runs as a script)
+TASK = "bench.tick"  # benchmarks.schedule_app.TASK
 EVERY_SECOND = "* * * * * *"
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 FINISHED = ("succeeded", "failed", "dead", "cancelled")
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # -- figures ------------------------------------------------------------------------------------
-@dataclass
-class Percentiles:
-    count: int = 0
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-    max_ms: float | None = None
-    min_ms: float | None = None
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> Percentiles:
-        if not seconds:
-            return cls()
-        ms = sorted(s * 1000.0 for s in seconds)
-        if len(ms) == 1:
-            return cls(1, ms[0], ms[0], ms[0], ms[0], ms[0])
-        cuts = statistics.quantiles(ms, n=100, method="inclusive")
-        return cls(len(ms), cuts[49], cuts[94], cuts[98], ms[-1], ms[0])
-
-    def brief(self, *, p99: bool = True) -> str:
-        if self.p50_ms is None:
-            return "-"
-        parts = [self.p50_ms, self.p95_ms] + ([self.p99_ms] if p99 else []) + [self.max_ms]
-        return " / ".join(_ms(p) for p in parts if p is not None)
-
-
-def _ms(value: float) -> str:
-    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
-
-
 @dataclass
 class FireResult:
     backend: str
@@ -286,45 +263,20 @@ class ScaleResult:
 
 
 # -- databases ----------------------------------------------------------------------------------
-@dataclass
-class Database:
-    url: str
-    label: str
-    directory: Path | None = None
-    schema: str | None = None
-
-
 def make_database(backend: str, postgres_url: str, keep: bool) -> Database:
-    if backend == "sqlite":
-        directory = Path(tempfile.mkdtemp(prefix="chronoq-schedules-"))
-        path = directory / "bench.db"
-        return Database(f"sqlite:///{path}", str(path), directory=directory)
-    dsn, schema = split_schema(postgres_url)
-    if schema:
-        raise SystemExit("--database-url must not name a schema: the benchmark makes its own")
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    sep = "&" if "?" in dsn else "?"
-    return Database(f"{dsn}{sep}schema={schema}", f"{dsn} schema {schema}", schema=schema)
+    if backend == "sqlite":  # a file in a new temporary directory
+        return sqlite_database(Path(tempfile.mkdtemp(prefix="chronoq-schedules-")) / "bench.db")
+    return postgres_database(postgres_url)
 
 
 async def drop_database(database: Database, keep: bool) -> None:
     if keep:
         say(f"  kept {database.label}")
         return
-    if database.directory is not None:
-        shutil.rmtree(database.directory, ignore_errors=True)
+    if database.path is not None:
+        shutil.rmtree(database.path.parent, ignore_errors=True)
     if database.schema is not None:
-        dsn, _ = split_schema(database.url)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{database.schema}" CASCADE')
-        finally:
-            await conn.close()
-
-
-async def fetch(store: Store, sql: str, *args: Any) -> list[Any]:
-    async with store.conn() as c:
-        return list(await c.fetch(sql, *args))
+        await drop_schema(database.url, database.schema)
 
 
 async def scalar(store: Store, sql: str, *args: Any) -> Any:
@@ -333,7 +285,7 @@ async def scalar(store: Store, sql: str, *args: Any) -> Any:
 
 
 # -- worker processes ---------------------------------------------------------------------------
-class WorkerProcesses:
+class WorkerProcesses(ChronoqProcesses):
     """K ``chronoq worker --app benchmarks.schedule_app:app`` processes."""
 
     def __init__(self, url: str, count: int, concurrency: int, poll_seconds: float | None,
@@ -342,45 +294,10 @@ class WorkerProcesses:
         env.pop("CHRONOQ_APP", None)
         if poll_seconds is not None:
             env["CHRONOQ_POLL_SECONDS"] = str(poll_seconds)
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
-        self._files: list[IO[bytes]] = []
+        super().__init__(env, log_dir)
         for i in range(count):
-            log = log_dir / f"worker-{i}.stderr"
-            handle = log.open("wb")
-            self._files.append(handle)
-            self.logs.append(log)
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "chronoq.cli", "worker", "--app", APP,
-                 "--concurrency", str(concurrency), "--log-level", "warning"],
-                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=handle))
-
-    def check_alive(self) -> None:
-        for proc, log in zip(self.procs, self.logs, strict=True):
-            if proc.poll() is not None:
-                tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-                raise RuntimeError(f"{log.stem} exited with code {proc.returncode}:\n"
-                                   + "\n".join(tail))
-
-    def stop(self, timeout: float = 30.0) -> list[int | None]:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for handle in self._files:
-            handle.close()
-        return [proc.returncode for proc in self.procs]
-
-    def stderr(self) -> list[str]:
-        return [f"{log.stem}: {line}" for log in self.logs
-                for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            self.spawn(f"worker-{i}", ["worker", "--app", APP,
+                                       "--concurrency", str(concurrency)])
 
 
 async def wait_workers_ready(store: Store, workers: WorkerProcesses, count: int,
@@ -919,8 +836,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))  # so the in-process worker can import the bench app
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = asyncio.run(main_async(args))

@@ -103,18 +103,15 @@ import platform
 import shutil
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import asyncpg
 import redis.asyncio as aioredis
 
 import chronoq
@@ -122,51 +119,38 @@ from chronoq.broker.redis import Publisher
 from chronoq.config import Settings
 from chronoq.models import TaskCreate
 from chronoq.store import Store
-from chronoq.store.postgres import split_schema
 from chronoq.store.records import INSERT_TASK, task_row
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python benchmarks/throughput.py` puts benchmarks/ there instead
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import (  # noqa: E402
+    CLOCK_TICKS,
+    DEFAULT_POSTGRES,
+    ChronoqProcesses,
+    Database,
+    Percentiles,
+    cpu_seconds,
+    drop_schema,
+    environ_without_chronoq,
+    fetch,
+    peak_rss_kib,
+    postgres_database,
+    say,
+    sqlite_database,
+)
+
 APP = "benchmarks.bench_app:app"
 TASK = "bench.noop"
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/12"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: how long to wait for other programs to leave the broker database before giving up
 BROKER_WAIT = 300.0
 #: a connection to the broker database idle this long (seconds) is not "in use"
 BROKER_IDLE = 60
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # -- results ------------------------------------------------------------------------------------
-@dataclass
-class Percentiles:
-    count: int = 0
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-    max_ms: float | None = None
-    min_ms: float | None = None
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> Percentiles:
-        if not seconds:
-            return cls()
-        ms = sorted(s * 1000.0 for s in seconds)
-        if len(ms) == 1:
-            return cls(1, ms[0], ms[0], ms[0], ms[0], ms[0])
-        cuts = statistics.quantiles(ms, n=100, method="inclusive")
-        return cls(len(ms), cuts[49], cuts[94], cuts[98], ms[-1], ms[0])
-
-    def brief(self) -> str:
-        if self.p50_ms is None or self.p95_ms is None or self.p99_ms is None:
-            return "-"
-        return f"{_ms(self.p50_ms)} / {_ms(self.p95_ms)} / {_ms(self.p99_ms)}"
-
-
 @dataclass
 class Result:
     backend: str
@@ -230,46 +214,27 @@ class Result:
         return ", ".join(found) or "none"
 
 
-def _ms(value: float) -> str:
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
-
-
 # -- worker processes ---------------------------------------------------------------------------
-class Workers:
+class Workers(ChronoqProcesses):
     """K ``chronoq worker`` processes (plus an optional ``chronoq scheduler``)."""
 
     def __init__(self, url: str, count: int, concurrency: int, *, poll_seconds: float | None,
                  broker_url: str | None, scheduler: bool, log_dir: Path) -> None:
-        # nothing from the caller's CHRONOQ_* environment leaks into the measured processes
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOQ_")}
-        self.env["CHRONOQ_DATABASE_URL"] = url
+        env = environ_without_chronoq()
+        env["CHRONOQ_DATABASE_URL"] = url
         if broker_url:
-            self.env["CHRONOQ_BROKER_URL"] = broker_url
+            env["CHRONOQ_BROKER_URL"] = broker_url
         if poll_seconds is not None:
-            self.env["CHRONOQ_POLL_SECONDS"] = str(poll_seconds)
+            env["CHRONOQ_POLL_SECONDS"] = str(poll_seconds)
+        super().__init__(env, log_dir)
         self.count, self.concurrency, self.scheduler = count, concurrency, scheduler
-        self.log_dir = log_dir
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
-        self._files: list[IO[bytes]] = []
-
-    def _spawn(self, label: str, args: list[str]) -> None:
-        log = self.log_dir / f"{label}.stderr"
-        handle = log.open("wb")
-        self._files.append(handle)
-        self.logs.append(log)
-        self.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "chronoq.cli", *args, "--log-level", "warning"],
-            cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=handle,
-        ))
 
     def start(self) -> None:
         for i in range(self.count):
-            self._spawn(f"worker-{i}", ["worker", "--app", APP,
-                                        "--concurrency", str(self.concurrency)])
+            self.spawn(f"worker-{i}", ["worker", "--app", APP,
+                                       "--concurrency", str(self.concurrency)])
         if self.scheduler:
-            self._spawn("scheduler", ["scheduler"])
+            self.spawn("scheduler", ["scheduler"])
 
     @property
     def workers(self) -> list[subprocess.Popen[bytes]]:
@@ -278,14 +243,6 @@ class Workers:
     @property
     def scheduler_proc(self) -> subprocess.Popen[bytes] | None:
         return self.procs[self.count] if self.scheduler and len(self.procs) > self.count else None
-
-    def check_alive(self) -> None:
-        for proc, log in zip(self.procs, self.logs, strict=True):
-            code = proc.poll()
-            if code is not None:
-                tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-                raise RuntimeError(f"{log.stem} (pid {proc.pid}) exited with code {code}:\n"
-                                   + "\n".join(tail))
 
     def pause(self) -> None:
         for proc in self.workers:
@@ -297,57 +254,19 @@ class Workers:
 
     def peak_rss_mib(self) -> list[float]:
         """``VmHWM`` of each live worker, in MiB (read before stopping them)."""
-        peaks = []
-        for proc in self.workers:
-            try:
-                status = Path(f"/proc/{proc.pid}/status").read_text()
-            except OSError:
-                continue
-            for line in status.splitlines():
-                if line.startswith("VmHWM:"):
-                    peaks.append(round(int(line.split()[1]) / 1024, 1))
-        return peaks
+        peaks = [peak_rss_kib(proc.pid) for proc in self.workers]
+        return [round(kib / 1024, 1) for kib in peaks if kib is not None]
 
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU seconds (user + system) used so far by the workers (summed) and the scheduler."""
-        workers = sum(_proc_cpu(p.pid) for p in self.workers)
+        workers = sum(cpu_seconds(p.pid, reaped=False) for p in self.workers)
         sched = self.scheduler_proc
-        return workers, (_proc_cpu(sched.pid) if sched is not None else 0.0)
+        return workers, (cpu_seconds(sched.pid, reaped=False) if sched is not None else 0.0)
 
     def stop(self, timeout: float = 30.0) -> list[int | None]:
         """SIGTERM everything, wait, SIGKILL what is left; the workers' exit codes."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                say(f"  pid {proc.pid} ignored SIGTERM for {timeout:.0f}s; killing it")
-                proc.kill()
-                proc.wait()
-        for handle in self._files:
-            handle.close()
+        super().stop(timeout)
         return [proc.returncode for proc in self.workers]
-
-    def stderr(self) -> list[str]:
-        lines = []
-        for log in self.logs:
-            lines += [f"{log.stem}: {line}" for line in
-                      log.read_text(errors="replace").splitlines() if line.strip()]
-        return lines
-
-
-def _proc_cpu(pid: int) -> float:
-    """utime + stime of a process, in seconds (0 when it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)"; utime, stime are 14, 15
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _machine_busy() -> float:
@@ -386,15 +305,17 @@ class CpuMeter:
 
 
 # -- database helpers ---------------------------------------------------------------------------
-async def fetch(store: Store, sql: str, *args: Any) -> list[Any]:
-    async with store.conn() as c:
-        return list(await c.fetch(sql, *args))
-
-
 async def status_counts(store: Store, since: float) -> dict[str, int]:
     rows = await fetch(store, "SELECT status, COUNT(*) AS n FROM tasks WHERE created_at >= $1 "
                               "GROUP BY status", since)
     return {r["status"]: int(r["n"]) for r in rows}
+
+
+async def note_not_succeeded(store: Store, result: Result, since: float, phase: str) -> None:
+    """Count the tasks created since ``since`` that did not succeed in ``result``."""
+    counts = await status_counts(store, since)
+    result.not_succeeded.update({f"{phase} {s}": c for s, c in counts.items()
+                                 if s != "succeeded"})
 
 
 async def pending(store: Store) -> int:
@@ -432,6 +353,16 @@ async def timings(store: Store, since: float) -> list[Any]:
         "WHERE t.created_at >= $1",
         since,
     )
+
+
+def drain_span(rows: list[Any], start: float) -> tuple[float, float] | None:
+    """(seconds from ``start`` to the last completion, tasks finished per second) of
+    :func:`timings` rows; None when no task finished."""
+    finished = [r["finished"] for r in rows if r["finished"] is not None]
+    if not finished:
+        return None
+    seconds = max(finished) - start
+    return seconds, len(finished) / seconds
 
 
 # -- phases -------------------------------------------------------------------------------------
@@ -497,14 +428,11 @@ async def loaded_phase(store: Store, workers: Workers, result: Result, max_wait:
     result.timed_out = not await wait_finished(store, workers, n, max_wait)
     result.loaded_cpu = await cpu.stop()
     rows = await timings(store, since)
-    finished = [r["finished"] for r in rows if r["finished"] is not None]
-    if finished:
-        result.drain_seconds = max(finished) - since
-        result.tasks_per_second = len(finished) / result.drain_seconds
+    if (drained := drain_span(rows, since)) is not None:
+        result.drain_seconds, result.tasks_per_second = drained
         result.tail_seconds = max(0.0, result.drain_seconds - result.submit_seconds)
     result.loaded_latency = Percentiles.of([r["started"] - r["created"] for r in rows])
-    bad = {s: c for s, c in (await status_counts(store, since)).items() if s != "succeeded"}
-    result.not_succeeded.update({f"loaded {s}": c for s, c in bad.items()})
+    await note_not_succeeded(store, result, since, "loaded")
 
 
 def sqlite_write_lock_free(path: Path) -> bool:
@@ -558,13 +486,9 @@ async def backlog_phase(store: Store, workers: Workers, result: Result, max_wait
     if not await wait_finished(store, workers, n, max_wait):
         result.timed_out = True
     result.backlog_cpu = await cpu.stop()
-    rows = await timings(store, since)
-    finished = [r["finished"] for r in rows if r["finished"] is not None]
-    if finished:
-        result.backlog_seconds = max(finished) - resumed
-        result.backlog_tasks_per_second = len(finished) / result.backlog_seconds
-    bad = {s: c for s, c in (await status_counts(store, since)).items() if s != "succeeded"}
-    result.not_succeeded.update({f"backlog {s}": c for s, c in bad.items()})
+    if (drained := drain_span(await timings(store, since), resumed)) is not None:
+        result.backlog_seconds, result.backlog_tasks_per_second = drained
+    await note_not_succeeded(store, result, since, "backlog")
 
 
 async def idle_phase(store: Store, workers: Workers, result: Result, max_wait: float) -> None:
@@ -582,35 +506,20 @@ async def idle_phase(store: Store, workers: Workers, result: Result, max_wait: f
         result.timed_out = True
     rows = await timings(store, since)
     result.idle_latency = Percentiles.of([r["started"] - r["created"] for r in rows])
-    bad = {s: c for s, c in (await status_counts(store, since)).items() if s != "succeeded"}
-    result.not_succeeded.update({f"idle {s}": c for s, c in bad.items()})
+    await note_not_succeeded(store, result, since, "idle")
 
 
 # -- one run ------------------------------------------------------------------------------------
-@dataclass
-class Database:
-    url: str
-    label: str
-    cleanup_path: Path | None = None
-    drop_schema: str | None = None
-
-
 def make_database(backend: str, override: str | None, tmp: Path) -> Database:
     if backend == "sqlite":
         if override and override.startswith("sqlite://"):
             path = Path(override.removeprefix("sqlite://").removeprefix("/"))
             if path.exists():
                 raise SystemExit(f"{path} exists; the benchmark needs a fresh database")
-            return Database(override, str(path), cleanup_path=path)
-        path = tmp / "bench.db"
-        return Database(f"sqlite:///{path}", str(path), cleanup_path=path)
+            return sqlite_database(path, override)
+        return sqlite_database(tmp / "bench.db")
     base = override if override and override.startswith("postgres") else DEFAULT_POSTGRES
-    dsn, schema = split_schema(base)
-    if schema:
-        raise SystemExit("--database-url must not name a schema: the benchmark makes its own")
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    sep = "&" if "?" in dsn else "?"
-    return Database(f"{dsn}{sep}schema={schema}", f"{dsn} schema {schema}", drop_schema=schema)
+    return postgres_database(base)
 
 
 def worker_poll_seconds(args: argparse.Namespace) -> float:
@@ -630,19 +539,9 @@ def submitter_app(url: str, broker_url: str | None) -> chronoq.App:
 
 
 def remove_files(database: Database) -> None:
-    if database.cleanup_path:
+    if database.path:
         for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{database.cleanup_path}{suffix}").unlink(missing_ok=True)
-
-
-async def drop_schema(database: Database) -> None:
-    if database.drop_schema:
-        dsn, _ = split_schema(database.url)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{database.drop_schema}" CASCADE')
-        finally:
-            await conn.close()
+            Path(f"{database.path}{suffix}").unlink(missing_ok=True)
 
 
 async def stream_counters(client: aioredis.Redis, pids: set[int]
@@ -727,7 +626,7 @@ async def run_one(backend: str, broker: str, count: int, args: argparse.Namespac
         await warm_up(store, workers, count * args.concurrency)
         await loaded_phase(store, workers, result, args.timeout, cpu)
         if args.backlog:
-            sqlite_path = database.cleanup_path if backend == "sqlite" else None
+            sqlite_path = database.path if backend == "sqlite" else None
             await backlog_phase(store, workers, result, args.timeout, sqlite_path, cpu,
                                 app.publisher, worker_poll_seconds(args))
         await idle_phase(store, workers, result, args.timeout)
@@ -762,7 +661,8 @@ async def run_one(backend: str, broker: str, count: int, args: argparse.Namespac
         if args.keep:
             say(f"  kept {database.label}; worker logs in {tmp}")
         else:
-            await drop_schema(database)
+            if database.schema:
+                await drop_schema(database.url, database.schema)
             remove_files(database)
             shutil.rmtree(tmp, ignore_errors=True)
     return result
@@ -817,7 +717,7 @@ def table(results: list[Result]) -> str:
         r.backend, r.broker, f"{r.workers} x {r.concurrency}", f"{r.tasks:,}",
         f"{r.submit_rate:,.0f}", f"{r.tasks_per_second:,.0f}",
         f"{r.backlog_tasks_per_second:,.0f}" if r.backlog_seconds else "-",
-        r.loaded_latency.brief(), r.idle_latency.brief(),
+        r.loaded_latency.brief(maximum=False), r.idle_latency.brief(maximum=False),
         f"{max(r.worker_peak_rss_mib):.0f}" if r.worker_peak_rss_mib else "-", r.problems,
     ] for r in ordered]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
