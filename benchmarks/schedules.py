@@ -324,9 +324,9 @@ def _instrument(store: Store, calls: dict[float, tuple[float, float, int]]) -> N
     its tasks) -> (duration, wall-clock time it returned, tasks fired)."""
     original: Callable[..., Awaitable[int]] = store.fire_due_schedules
 
-    async def timed(now: float, limit: int = 500) -> int:
+    async def timed(now: float, *args: Any, **kwargs: Any) -> int:
         started = time.perf_counter()
-        fired = await original(now, limit)
+        fired = await original(now, *args, **kwargs)
         if fired:
             calls[now] = (time.perf_counter() - started, time.time(), fired)
         return fired

@@ -151,15 +151,11 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     async def _insert_rows(self, rows: Sequence[Sequence[Any]]
                            ) -> list[tuple[TaskRecord, bool]]:
         """One multi-row INSERT; rows whose idempotency key exists return the existing task."""
-        width = len(rows[0])
-        values = ", ".join(
-            "(" + ", ".join(f"${i * width + j + 1}" for j in range(width)) + ")"
-            for i in range(len(rows)))
+        source, args = self.rows_source(rows)
         async with self.conn() as c:
             inserted = await c.fetch(
-                f"{INSERT_TASK_COLUMNS} VALUES {values} "
-                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING *",
-                *(value for row in rows for value in row))
+                f"{INSERT_TASK_COLUMNS} {source} "
+                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING *", *args)
             by_id = {r["id"]: r for r in inserted}
             keys = [row[13] for row in rows if row[0] not in by_id]
             existing = {}
@@ -174,6 +170,14 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         return [(TaskRecord.from_row(by_id[row[0]]), True) if row[0] in by_id
                 else (TaskRecord.from_row(existing[row[13]]), False) if row[13] in existing
                 else next(retried) for row in rows]
+
+    def rows_source(self, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        """SQL and parameters giving ``rows`` to an INSERT: a multi-row VALUES list."""
+        width = len(rows[0])
+        values = ", ".join(
+            "(" + ", ".join(f"${i * width + j + 1}" for j in range(width)) + ")"
+            for i in range(len(rows)))
+        return f"VALUES {values}", [value for row in rows for value in row]
 
     def inserted(self, rows: Sequence[Sequence[Any]]) -> None:
         """Tell this process's scheduler or workers, and event listeners, about tasks just

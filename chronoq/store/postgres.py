@@ -21,6 +21,11 @@ from chronoq.store.leases import Fence
 log = logging.getLogger("chronoq.store")
 
 _MIGRATION_LOCK = 0x6368726F6E6F71  # "chronoq"
+#: the columns of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`, as arrays
+_TASK_ROWS = "SELECT * FROM unnest(" + ", ".join(
+    f"${i}::{kind}[]" for i, kind in enumerate(
+        ["text", "text", "text", "text", "int", "text", "float8", "float8", "float8", "int",
+         "int", "text", "float8", "text", "text", "float8", "text"], start=1)) + ")"
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
@@ -181,6 +186,11 @@ class PostgresStore(Store):
     async def tx(self) -> AsyncIterator[_PgConn]:
         async with self._require().acquire() as conn, conn.transaction():
             yield _PgConn(conn)
+
+    def rows_source(self, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        """One array per column: the same statement text for any number of rows, so it is
+        prepared once per connection and reused."""
+        return _TASK_ROWS, [list(column) for column in zip(*rows, strict=True)]
 
     def in_list(self, placeholder: str) -> str:
         return f"= ANY({placeholder}::text[])"
