@@ -46,4 +46,8 @@ def sleep(seconds: float = 0.05) -> None:
 
 @app.task(name="bench.whoami")
 def whoami() -> int:
+    """The pid of the process that ran the task (warm-up: has every worker run one?).
+    Also opens this process's stamps connection, which the latency phase should not pay
+    for."""
+    stamps().ping()
     return os.getpid()

@@ -38,5 +38,8 @@ async def sleep(seconds: float = 0.05) -> None:
 
 @app.task("bench.whoami", max_attempts=1)
 async def whoami() -> int:
-    """The pid of the process that ran the task (warm-up: has every worker run one?)."""
+    """The pid of the process that ran the task (warm-up: has every worker run one?).
+    Also opens this process's stamps connection, which the latency phase should not pay
+    for."""
+    stamps().ping()
     return os.getpid()

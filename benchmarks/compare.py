@@ -26,11 +26,15 @@ its worker processes, warm them up until every process has run a task, then
    system can), enqueue ``--io-tasks`` tasks that sleep ``--io-sleep-ms`` and report the
    wall time (first enqueue -> last completion) and tasks/s;
 
-then stop its processes and flush its data. The enqueuing is each system's idiomatic way
-from one client process: chronoq ``await noop.adelay()`` through an ``App`` with
-``--in-flight`` concurrent calls (the store writes calls that overlap together: one
-INSERT and one commit for all of them), Celery ``noop.delay()``, RQ
-``Queue.enqueue(noop)``; Celery's and RQ's clients are synchronous, one call at a time.
+then stop its processes and flush its data. ``--repeat R`` does all that R times, the
+systems taking turns in each round, and prints the median of every figure (machines are
+noisy; the per-run end-to-end and latency figures are listed under the table).
+
+The enqueuing is each system's idiomatic way from one client process: chronoq
+``await noop.adelay()`` through an ``App`` with ``--in-flight`` concurrent calls (the
+store writes calls that overlap together: one INSERT and one commit for all of them),
+Celery ``noop.delay()``, RQ ``Queue.enqueue(noop)``; Celery's and RQ's clients are
+synchronous, one call at a time.
 Completion times are the ones each system records: chronoq ``attempts.finished_at``,
 Celery's ``date_done`` in the result backend, RQ's job ``ended_at``.
 
@@ -62,11 +66,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -921,7 +927,8 @@ ROWS: list[tuple[str, Callable[[Result], float | None], int, bool]] = [
 ]
 
 
-def table(results: list[Result], args: argparse.Namespace) -> str:
+def table(results: list[Result], args: argparse.Namespace,
+          runs: list[list[Result]] | None = None) -> str:
     by = {r.system: r for r in results}
     celery = by.get("celery")
     chronoqs = [r for r in results if r.system.startswith("chronoq")]
@@ -963,6 +970,15 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         f"{args.workers} processes its I/O concurrency is {args.workers}, not "
         f"{args.io_concurrency}.",
     ]
+    if args.repeat > 1 and runs:
+        notes.append(f"each figure is the median of {args.repeat} runs (the systems took "
+                     "turns in each round); per run:")
+        for label, get, digits in (("end-to-end/s", lambda r: r.end_to_end_per_second, 0),
+                                   ("p50 ms", lambda r: r.latency.p50_ms, 2),
+                                   ("p99 ms", lambda r: r.latency.p99_ms, 2)):
+            notes.append(f"  {label}: " + "; ".join(
+                f"{LABELS[rs[0].system]} " + ", ".join(_num(get(x), digits) for x in rs)
+                for rs in runs))
     for r in results:
         notes.append(f"{LABELS[r.system]}: (1-2) {r.layout or '-'}; (3) {r.io_layout or '-'}")
     for r in results:
@@ -1036,6 +1052,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "this busy for 3 s (default 0.3; 1 disables)")
     parser.add_argument("--quiet-wait", type=float, default=180.0, metavar="SECONDS",
                         help="longest such wait (default 180)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="R",
+                        help="run every system R times, taking turns, and print the median "
+                             "of each figure (default 1)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the workers' logs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--json-out", type=Path, metavar="FILE",
@@ -1046,7 +1065,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     if min(args.tasks, args.workers, args.concurrency, args.in_flight, args.io_tasks,
-           args.io_concurrency) < 1 or args.latency_rate <= 0:
+           args.io_concurrency, args.repeat) < 1 or args.latency_rate <= 0:
         parser.error("counts and rates must be positive")
     args.redis = args.redis.rstrip("/")
     args.stamps_url = f"{args.redis}/{DB['stamps']}"
@@ -1076,15 +1095,48 @@ def preflight(args: argparse.Namespace) -> None:
             raise SystemExit(f"cannot reach PostgreSQL at {args.database_url}: {exc}") from None
 
 
-async def main_async(args: argparse.Namespace) -> list[Result]:
+async def main_async(args: argparse.Namespace) -> list[list[Result]]:
+    """Each system's results, one per round; the systems take turns within a round, so a
+    change in the machine's load affects all of them alike."""
     import redis
 
     stamps = redis.Redis.from_url(args.stamps_url)
     profiler = Profiler(args.profile) if args.profile else None
+    runs: dict[str, list[Result]] = {name: [] for name in args.systems}
     try:
-        return [await run_system(name, args, stamps, profiler) for name in args.systems]
+        for round_ in range(args.repeat):
+            if args.repeat > 1:
+                say(f"== round {round_ + 1} of {args.repeat}")
+            for name in args.systems:
+                runs[name].append(await run_system(name, args, stamps, profiler))
     finally:
         stamps.close()
+    return list(runs.values())
+
+
+def median_result(runs: list[Result]) -> Result:
+    """One result whose every figure is the median of the runs' (errors of all runs)."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = dataclasses.replace(runs[0], errors=[e for r in runs for e in r.errors],
+                                 failed_tasks=sum(r.failed_tasks for r in runs))
+    for name in ("enqueue_per_second", "end_to_end_per_second", "backlog_enqueue_per_second",
+                 "serial_enqueue_per_second", "serial_end_to_end_per_second",
+                 "drain_per_second", "worker_cpu_ms_per_task", "server_cpu_ms_per_task",
+                 "io_wall_seconds", "io_per_second", "worker_peak_rss_mib"):
+        setattr(merged, name, _median(getattr(r, name) for r in runs))
+    merged.latency = dataclasses.replace(runs[0].latency, **{
+        name: _median(getattr(r.latency, name) for r in runs)
+        for name in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "min_ms")})
+    merged.cpu_busy_before = max(r.cpu_busy_before for r in runs)
+    merged.load_average = [min(x for r in runs for x in r.load_average or [0.0]),
+                           max(x for r in runs for x in r.load_average or [0.0])]
+    return merged
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1093,10 +1145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = environment(args)
     say(f"chronoq {env['chronoq']}, celery {env['celery']}, rq {env['rq']}, "
         f"redis-py {env['redis']}; {env['cpus']} CPUs, load {env['load_average_at_start']}")
-    results = asyncio.run(main_async(args))
+    runs = asyncio.run(main_async(args))
+    results = [median_result(r) for r in runs]
     doc = json.dumps({"environment": env, "settings": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "results": [asdict(r) for r in results]}, indent=2)
+        "results": [asdict(r) for r in results],
+        "runs": {r[0].system: [asdict(x) for x in r] for r in runs}}, indent=2)
     if args.json_out:
         args.json_out.write_text(doc + "\n")
     if args.json:
@@ -1106,7 +1160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"RQ {env['rq']}; redis-py {env['redis']}, Python {env['python']}, "
               f"{env['cpus']} CPU cores, load average at start "
               f"{', '.join(f'{x:.2f}' for x in env['load_average_at_start'])}\n")
-        print(table(results, args), flush=True)
+        print(table(results, args, runs), flush=True)
     return 1 if any(r.errors for r in results) else 0
 
 
