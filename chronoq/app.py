@@ -7,7 +7,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -64,6 +64,14 @@ class TaskFunction(Generic[P, R]):
     async def aschedule(self, at: datetime | float, **payload: Any) -> Task:
         """``schedule`` for async code."""
         return await self.app.submit(_at(self.spec(payload), at))
+
+    def delay_many(self, payloads: Iterable[dict[str, Any]]) -> list[Task]:
+        """Queue one task per payload, all in one transaction (blocking call)."""
+        return self.app.run_sync(self.app.submit_many([self.spec(p) for p in payloads]))
+
+    async def adelay_many(self, payloads: Iterable[dict[str, Any]]) -> list[Task]:
+        """``delay_many`` for async code."""
+        return await self.app.submit_many([self.spec(p) for p in payloads])
 
 
 class _Configured:
@@ -230,6 +238,11 @@ class App:
         """Insert a task (idempotently, when it has a key) and wake whoever should run it."""
         record, _ = await self.store.create_task(spec, time.time())
         return record.to_api()
+
+    async def submit_many(self, specs: Sequence[TaskCreate]) -> list[Task]:
+        """Insert several tasks in one transaction (all or none)."""
+        found = await self.store.create_tasks(specs, time.time())
+        return [record.to_api() for record, _ in found]
 
     # -- sync bridge -------------------------------------------------------------------------
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:

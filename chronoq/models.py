@@ -133,6 +133,21 @@ class Task(BaseModel):
         None, description="every attempt, oldest first (only on GET /v1/tasks/{id})")
 
 
+class TaskBatch(BaseModel):
+    """Several tasks submitted at once: one request, one transaction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskCreate] = Field(..., min_length=1, max_length=1000,
+                                    description="1 to 1,000 tasks")
+
+
+class TaskBatchResult(BaseModel):
+    items: list[Task] = Field(description="the tasks, in the order submitted")
+    created: list[bool] = Field(description="per task: false when its idempotency_key "
+                                            "returned a task submitted earlier")
+
+
 class TaskPage(BaseModel):
     items: list[Task]
     next_cursor: str | None = Field(None, description="pass as `cursor` for the next page")

@@ -10,6 +10,8 @@ import pytest
 from chronoq import App
 from chronoq.batching import GroupCommit
 from chronoq.models import TaskCreate
+from chronoq.states import Status
+from tests.conftest import Harness, make_settings, running
 
 
 async def test_calls_during_a_write_go_out_together_in_order() -> None:
@@ -147,3 +149,73 @@ async def test_a_cancelled_caller_does_not_break_the_others(app: App, n: int) ->
             call.cancel()
         done = await asyncio.gather(*calls, return_exceptions=True)
         assert all(isinstance(d, tuple) for d in done[n:])
+
+
+async def test_batch_api_submits_all_in_order_and_they_run(app: App, harness: Harness) -> None:
+    ran: list[int] = []
+
+    @app.task("item")
+    def item(i: int) -> int:
+        ran.append(i)
+        return i
+
+    harness.start_worker()
+    first = await harness.http.post("/v1/tasks/batch", json={"tasks": [
+        {"name": "item", "payload": {"i": i}, "idempotency_key": f"b{i}"} for i in range(3)]})
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert [t["payload"]["i"] for t in body["items"]] == [0, 1, 2]
+    assert body["created"] == [True, True, True]
+    again = (await harness.http.post("/v1/tasks/batch", json={"tasks": [
+        {"name": "item", "payload": {"i": 1}, "idempotency_key": "b1"},
+        {"name": "item", "payload": {"i": 3}}]})).json()
+    assert again["created"] == [False, True]
+    assert again["items"][0]["id"] == body["items"][1]["id"]
+    for task in [*body["items"], again["items"][1]]:
+        await harness.wait_for(task["id"], "succeeded")
+    assert sorted(ran) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(("tasks", "status", "field"), [
+    ([], 422, "tasks"),
+    ([{"name": "x"}] * 1001, 422, "tasks"),
+    ([{"name": "x"}, {"name": "bad name"}], 422, "tasks.1.name"),
+    ([{"name": "x"}, {"name": "x", "payload": {"blob": "x" * 300_000}}], 413, "tasks.1.payload"),
+])
+async def test_a_bad_batch_is_refused_whole(harness: Harness, tasks: list[dict[str, object]],
+                                            status: int, field: str) -> None:
+    response = await harness.http.post("/v1/tasks/batch", json={"tasks": tasks})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert field in [d["field"] for d in error["details"]], error
+    assert (await harness.http.get("/v1/tasks")).json()["items"] == []
+
+
+async def test_batch_with_another_namespaces_key_submits_nothing(db_url: str) -> None:
+    async with running(App(settings=make_settings(db_url, auth=True))) as harness:
+        _, alpha = await harness.store.create_key("alpha", ["write"], namespace="alpha")
+        _, beta = await harness.store.create_key("beta", ["write"], namespace="beta")
+        taken = await harness.http.post("/v1/tasks", json={"name": "x", "idempotency_key": "k"},
+                                        headers={"authorization": f"Bearer {alpha}"})
+        assert taken.status_code == 201
+        response = await harness.http.post(
+            "/v1/tasks/batch", json={"tasks": [{"name": "y"}, {"name": "x",
+                                                               "idempotency_key": "k"}]},
+            headers={"authorization": f"Bearer {beta}"})
+        assert response.status_code == 409, response.text
+        details = response.json()["error"]["details"]
+        assert [d["field"] for d in details] == ["tasks.1.idempotency_key"]
+        assert [t.name for t in await harness.store.list_tasks()] == ["x"]  # no "y"
+
+
+async def test_delay_many_from_python(app: App) -> None:
+    @app.task("many")
+    def many(n: int) -> None: ...
+
+    async with app:
+        tasks = await many.adelay_many({"n": n} for n in range(5))
+        assert [t.payload["n"] for t in tasks] == list(range(5))
+        assert {t.status for t in tasks} == {Status.QUEUED}
+        sync = await asyncio.to_thread(many.delay_many, [{"n": 9}])  # from a sync thread
+        assert sync[0].payload == {"n": 9}
+        assert len(await app.store.list_tasks()) == 6

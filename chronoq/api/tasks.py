@@ -12,10 +12,10 @@ from chronoq.api.auth import Principal, Reader, Writer
 from chronoq.api.errors import ApiError, responses
 from chronoq.app import App
 from chronoq.ids import is_id
-from chronoq.models import QueueStats, Task, TaskCreate, TaskPage
+from chronoq.models import QueueStats, Task, TaskBatch, TaskBatchResult, TaskCreate, TaskPage
 from chronoq.states import Status
 from chronoq.store import NotFound, TaskRecord
-from chronoq.store.base import dumps
+from chronoq.store.base import IdempotencyConflict, dumps
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=responses(401, 403))
 
@@ -65,18 +65,7 @@ async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Wr
                       ) -> Task:
     """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
     same `idempotency_key` again returns the first task (status 200) instead of a copy."""
-    if not _finite(spec.payload):
-        raise ApiError(422, "validation_error",
-                       "payload contains NaN or Infinity, which JSON cannot represent", "payload")
-    try:
-        size = len(dumps(spec.payload))
-    except TypeError as exc:  # orjson: integers beyond 64 bits, NaN keys, ...
-        raise ApiError(422, "validation_error", f"payload cannot be stored as JSON: {exc}",
-                       "payload") from None
-    limit = app.settings.max_payload_bytes
-    if size > limit:
-        raise ApiError(413, "payload_too_large",
-                       f"payload is {size} bytes of JSON; the limit is {limit}", "payload")
+    _check_payload(spec, app.settings.max_payload_bytes, "payload")
     record, created = await app.store.create_task(spec, time.time(), who.home)
     if not created:
         if record.namespace != who.home:
@@ -84,6 +73,44 @@ async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Wr
                            "used by another namespace", "idempotency_key")
         response.status_code = 200
     return record.to_api()
+
+
+@router.post(
+    "/tasks/batch",
+    status_code=201,
+    response_model=TaskBatchResult,
+    responses=responses(409, 413, 422),
+    summary="Submit several tasks at once",
+)
+async def create_tasks(batch: TaskBatch, app: AppDep, who: Writer) -> TaskBatchResult:
+    """Up to 1,000 tasks in one request and one database transaction: all are accepted
+    or none is. Each is what `POST /v1/tasks` takes; an `idempotency_key` seen before
+    returns the earlier task (`created: false` at its position)."""
+    for index, spec in enumerate(batch.tasks):
+        _check_payload(spec, app.settings.max_payload_bytes, f"tasks.{index}.payload")
+    try:
+        found = await app.store.create_tasks(batch.tasks, time.time(), who.home)
+    except IdempotencyConflict as exc:
+        raise ApiError(409, "idempotency_conflict", "this idempotency_key is already used "
+                       "by another namespace; no task was submitted",
+                       f"tasks.{exc.index}.idempotency_key") from None
+    return TaskBatchResult(items=[record.to_api() for record, _ in found],
+                           created=[created for _, created in found])
+
+
+def _check_payload(spec: TaskCreate, limit: int, field: str) -> None:
+    """422 for a payload JSON cannot hold, 413 for one over ``limit`` bytes of JSON."""
+    if not _finite(spec.payload):
+        raise ApiError(422, "validation_error",
+                       "payload contains NaN or Infinity, which JSON cannot represent", field)
+    try:
+        size = len(dumps(spec.payload))
+    except TypeError as exc:  # orjson: integers beyond 64 bits, NaN keys, ...
+        raise ApiError(422, "validation_error", f"payload cannot be stored as JSON: {exc}",
+                       field) from None
+    if size > limit:
+        raise ApiError(413, "payload_too_large",
+                       f"payload is {size} bytes of JSON; the limit is {limit}", field)
 
 
 @router.get("/tasks", response_model=TaskPage, responses=responses(422), summary="List tasks")

@@ -26,6 +26,7 @@ from chronoq.store.records import (
     INSERT_TASK_COLUMNS,
     Completion,
     Conn,
+    IdempotencyConflict,
     NotFound,
     Row,
     TaskRecord,
@@ -36,7 +37,8 @@ from chronoq.store.records import (
 from chronoq.store.schedules import ScheduleQueries
 from chronoq.store.workers import WorkerQueries
 
-__all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dumps", "opened"]
+__all__ = ["Completion", "Conn", "IdempotencyConflict", "NotFound", "Row", "Store",
+           "TaskRecord", "dumps", "opened"]
 
 #: rows per multi-row INSERT (17 parameters each; both databases allow 32,766)
 INSERT_BATCH = 500
@@ -140,33 +142,45 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
 
     async def create_tasks(self, specs: Sequence[TaskCreate], now: float,
                            namespace: str = "default") -> list[tuple[TaskRecord, bool]]:
-        """Insert many tasks, :data:`INSERT_BATCH` per statement; ``(task, created)`` each."""
+        """Insert many tasks in one transaction, :data:`INSERT_BATCH` per statement;
+        ``(task, created)`` each. If an idempotency key belongs to a task of another
+        namespace, nothing is inserted and :class:`IdempotencyConflict` is raised."""
         rows = [task_row(s, s.due_at(now), now, s.idempotency_key, namespace=namespace)
                 for s in specs]
         found: list[tuple[TaskRecord, bool]] = []
-        for start in range(0, len(rows), INSERT_BATCH):
-            found += await self._insert_rows(rows[start:start + INSERT_BATCH])
+        async with self.tx() as c:
+            for start in range(0, len(rows), INSERT_BATCH):
+                found += await self._insert_on(c, rows[start:start + INSERT_BATCH])
+            for index, (record, created) in enumerate(found):
+                if not created and record.namespace != namespace:
+                    raise IdempotencyConflict(index)
+        self.inserted([row for row, (_, created) in zip(rows, found, strict=True) if created])
         return found
 
     async def _insert_rows(self, rows: Sequence[Sequence[Any]]
                            ) -> list[tuple[TaskRecord, bool]]:
-        """One multi-row INSERT; rows whose idempotency key exists return the existing task."""
-        source, args = self.rows_source(rows)
+        """The group commit's write: one multi-row INSERT in autocommit mode."""
         async with self.conn() as c:
-            inserted = await c.fetch(
-                f"{INSERT_TASK_COLUMNS} {source} "
-                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING *", *args)
-            by_id = {r["id"]: r for r in inserted}
-            keys = [row[13] for row in rows if row[0] not in by_id]
-            existing = {}
-            if keys:
-                existing = {r["idempotency_key"]: r for r in await c.fetch(
-                    f"SELECT * FROM tasks WHERE idempotency_key {self.in_list('$1')}",
-                    self.list_param(keys))}
-        if by_id:
-            self.inserted([row for row in rows if row[0] in by_id])
+            found = await self._insert_on(c, rows)
+        self.inserted([row for row, (_, created) in zip(rows, found, strict=True) if created])
+        return found
+
+    async def _insert_on(self, c: Conn, rows: Sequence[Sequence[Any]]
+                         ) -> list[tuple[TaskRecord, bool]]:
+        """Insert ``rows``; those whose idempotency key exists return the existing task."""
+        source, args = self.rows_source(rows)
+        inserted = await c.fetch(
+            f"{INSERT_TASK_COLUMNS} {source} "
+            "ON CONFLICT (idempotency_key) DO NOTHING RETURNING *", *args)
+        by_id = {r["id"]: r for r in inserted}
+        keys = [row[13] for row in rows if row[0] not in by_id]
+        existing = {}
+        if keys:
+            existing = {r["idempotency_key"]: r for r in await c.fetch(
+                f"SELECT * FROM tasks WHERE idempotency_key {self.in_list('$1')}",
+                self.list_param(keys))}
         lost = [row for row in rows if row[0] not in by_id and row[13] not in existing]
-        retried = iter(await self._insert_rows(lost) if lost else [])  # key's task deleted
+        retried = iter(await self._insert_on(c, lost) if lost else [])  # key's task deleted
         return [(TaskRecord.from_row(by_id[row[0]]), True) if row[0] in by_id
                 else (TaskRecord.from_row(existing[row[13]]), False) if row[13] in existing
                 else next(retried) for row in rows]
@@ -182,6 +196,8 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     def inserted(self, rows: Sequence[Sequence[Any]]) -> None:
         """Tell this process's scheduler or workers, and event listeners, about tasks just
         inserted (rows in :data:`INSERT_TASK` order)."""
+        if not rows:
+            return
         queues = {row[2] for row in rows if row[3] == Status.QUEUED.value}
         if queues:
             self.hub.ready(queues)

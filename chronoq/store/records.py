@@ -29,6 +29,14 @@ class NotFound(LookupError):
     """No task has this id."""
 
 
+class IdempotencyConflict(Exception):
+    """The idempotency key of submission ``index`` belongs to another namespace's task."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"idempotency_key of task {index} is used by another namespace")
+        self.index = index
+
+
 class Conn(Protocol):
     """One connection, as the store's queries use it."""
 
