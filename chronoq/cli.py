@@ -699,16 +699,12 @@ def keys() -> None:
 
 
 def _with_store(database_url: str | None, work: Any) -> Any:
-    from chronoq.store import create_store
+    from chronoq.store import create_store, opened
 
     async def run() -> Any:
-        store = create_store(make_settings(database_url=database_url).database_url)
-        await store.open()
-        try:
-            await store.migrate()
+        url = make_settings(database_url=database_url).database_url
+        async with opened(create_store(url)) as store:
             return await work(store)
-        finally:
-            await store.close()
 
     return asyncio.run(run())
 

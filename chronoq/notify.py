@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 READY = "chronoq_ready"  # payload: the queue that has work
 SCHEDULE = "chronoq_schedule"  # a task or schedule became due earlier than planned
 CANCEL = "chronoq_cancel"  # payload: the id of a running task that was cancelled
-CHANNELS = (READY, SCHEDULE, CANCEL)
 
 
 class Hub:
@@ -86,8 +85,8 @@ class Hub:
 
     def wake_all(self) -> None:
         """Wake every waiter (after a gap in notifications, everyone re-checks the store)."""
-        self.ready(list(self._ready))
-        self.scheduled()
+        self.wake(READY)
+        self.wake(SCHEDULE)
 
     def wake(self, channel: str) -> None:
         """Wake the waiters of ``channel`` (it was not listened to until now: they re-check

@@ -151,8 +151,6 @@ class Scheduler:
             log.warning("task %s (%s) attempt %d lost with worker %s; %s", task.id, task.name,
                         task.attempts, task.worker_id, "retrying" if task.attempts <
                         task.max_attempts else "dead",
-                        extra={"task_id": task.id, "task_name": task.name,
-                               "attempt": task.attempts, "queue": task.queue,
-                               "worker": task.worker_id, "outcome": "lost"})
+                        extra=task.log_fields("lost"))
         self.reaped += len(expired)
         return len(expired)

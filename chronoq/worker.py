@@ -283,9 +283,7 @@ def _store_broker(worker: Worker) -> Broker:
 
 def _log_completion(task: TaskRecord, completion: Completion, elapsed: float) -> None:
     what = f"{task.name}[{task.id}] attempt {task.attempts}/{task.max_attempts}"
-    extra = {"task_id": task.id, "task_name": task.name, "attempt": task.attempts,
-             "queue": task.queue, "worker": task.worker_id, "outcome": completion.outcome,
-             "duration": round(elapsed, 6)}
+    extra = task.log_fields(completion.outcome, duration=round(elapsed, 6))
     if completion.outcome == "succeeded":
         log.info("%s succeeded in %.3fs: %.200s", what, elapsed, dumps(completion.result),
                  extra=extra)

@@ -54,11 +54,6 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     skip_locked: str = ""
     #: appended to a single-row SELECT inside a transaction to lock the row
     lock_row: str = ""
-    #: run first in transactions that may commit without waiting for the disk: a worker's
-    #: claims and results. A database *server* crash can forget the last fraction of a
-    #: second of them; the tasks then run again (delivery is at-least-once anyway).
-    #: Submissions, cancellations and schedule changes always wait for the disk.
-    relaxed_commit: str | None = None
     #: errors the database raises for a bad value in one row (not for an outage): a group
     #: commit that hits one writes its rows one by one, so only the bad one fails
     data_errors: tuple[type[Exception], ...] = ()
@@ -137,16 +132,14 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         """Insert a task; returns ``(task, created)``. An idempotency key seen before returns
         the existing task with ``created=False``. Concurrent calls are written together
         (group commit): one statement and one commit for all of them."""
-        row = task_row(spec, spec.due_at(now), now, spec.idempotency_key, namespace=namespace)
-        return await self._inserts.submit(row)
+        return await self._inserts.submit(_submitted_row(spec, now, namespace))
 
     async def create_tasks(self, specs: Sequence[TaskCreate], now: float,
                            namespace: str = "default") -> list[tuple[TaskRecord, bool]]:
         """Insert many tasks in one transaction, :data:`INSERT_BATCH` per statement;
         ``(task, created)`` each. If an idempotency key belongs to a task of another
         namespace, nothing is inserted and :class:`IdempotencyConflict` is raised."""
-        rows = [task_row(s, s.due_at(now), now, s.idempotency_key, namespace=namespace)
-                for s in specs]
+        rows = [_submitted_row(spec, now, namespace) for spec in specs]
         found: list[tuple[TaskRecord, bool]] = []
         async with self.tx() as c:
             for start in range(0, len(rows), INSERT_BATCH):
@@ -154,7 +147,7 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             for index, (record, created) in enumerate(found):
                 if not created and record.namespace != namespace:
                     raise IdempotencyConflict(index)
-        self.inserted([row for row, (_, created) in zip(rows, found, strict=True) if created])
+        self._announce_created(rows, found)
         return found
 
     async def _insert_rows(self, rows: Sequence[Sequence[Any]]
@@ -162,8 +155,13 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         """The group commit's write: one multi-row INSERT in autocommit mode."""
         async with self.conn() as c:
             found = await self._insert_on(c, rows)
-        self.inserted([row for row, (_, created) in zip(rows, found, strict=True) if created])
+        self._announce_created(rows, found)
         return found
+
+    def _announce_created(self, rows: Sequence[Sequence[Any]],
+                          found: Sequence[tuple[TaskRecord, bool]]) -> None:
+        """:meth:`inserted` for the rows that made new tasks (not idempotent repeats)."""
+        self.inserted([row for row, (_, created) in zip(rows, found, strict=True) if created])
 
     async def _insert_on(self, c: Conn, rows: Sequence[Sequence[Any]]
                          ) -> list[tuple[TaskRecord, bool]]:
@@ -457,8 +455,6 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         """Write completions in one transaction; returns the (task, attempt) pairs that were
         still running, i.e. whose task row changed."""
         async with self.tx() as c:
-            if self.relaxed_commit:
-                await c.execute(self.relaxed_commit)
             await self.check_fence(c, fence, completions[0].finished_at)
             current = await c.fetch(
                 f"SELECT id, attempts FROM tasks WHERE id {self.in_list('$1')} "
@@ -500,6 +496,11 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                 lease_until, worker_id, self.list_param(task_ids),
             )
         return set(task_ids) - {r["id"] for r in rows}
+
+
+def _submitted_row(spec: TaskCreate, now: float, namespace: str) -> tuple[Any, ...]:
+    """The :data:`INSERT_TASK` values of a submission made at ``now``."""
+    return task_row(spec, spec.due_at(now), now, spec.idempotency_key, namespace=namespace)
 
 
 @asynccontextmanager

@@ -21,6 +21,11 @@ from chronoq.store.leases import Fence
 log = logging.getLogger("chronoq.store")
 
 _MIGRATION_LOCK = 0x6368726F6E6F71  # "chronoq"
+#: a CTE making its statement commit without waiting for the WAL flush. Only a worker's own
+#: writes use it (claims, results): a database *server* crash can forget the last fraction
+#: of a second of them, and those tasks run again (delivery is at-least-once anyway).
+#: Submissions, cancellations and schedule changes always wait for the disk.
+_RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
 #: the columns of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`, as arrays
 _TASK_ROWS = "SELECT * FROM unnest(" + ", ".join(
     f"${i}::{kind}[]" for i, kind in enumerate(
@@ -63,7 +68,6 @@ class PostgresStore(Store):
     dialect = "postgresql"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     lock_row = " FOR UPDATE"
-    relaxed_commit = "SET LOCAL synchronous_commit TO OFF"
     data_errors = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
     def __init__(
@@ -222,11 +226,10 @@ class PostgresStore(Store):
     async def _claim(self, pick: str, worker_id: str, now: float, lease: float, *args: Any
                      ) -> list[TaskRecord]:
         """One round trip: pick, mark running and open the attempts in a single statement,
-        committed without waiting for the WAL flush (see :attr:`Store.relaxed_commit`)."""
+        committed without waiting for the WAL flush (:data:`_RELAXED`)."""
         async with self.conn() as c:
             rows = await c.fetch(
-                "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)), "
-                f"picked AS ({pick}), "
+                f"WITH {_RELAXED}, picked AS ({pick}), "
                 "claimed AS (UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, "
                 "worker_id = $1, lease_expires_at = $2, updated_at = $3 FROM picked, relaxed "
                 "WHERE t.id = picked.id RETURNING t.*), "
@@ -248,7 +251,7 @@ class PostgresStore(Store):
              x.finished_at, x.outcome, x.traceback) for x in completions), strict=True))
         async with self.conn() as c:
             rows = await c.fetch(
-                "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)), "
+                f"WITH {_RELAXED}, "
                 "input AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], "
                 "$4::float8[], $5::text[], $6::text[], $7::float8[], $8::text[], $9::text[]) "
                 "AS x(task_id, attempt, status, next_run_at, result, error, finished_at, "

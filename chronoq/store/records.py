@@ -106,6 +106,11 @@ class TaskRecord:
                          self.schedule_id, priority=self.priority, namespace=self.namespace,
                          **extra)
 
+    def log_fields(self, outcome: str, **more: Any) -> dict[str, Any]:
+        """The structured fields of a log line about this task's current attempt."""
+        return {"task_id": self.id, "task_name": self.name, "attempt": self.attempts,
+                "queue": self.queue, "worker": self.worker_id, "outcome": outcome, **more}
+
     def to_api(self, history: list[Attempt] | None = None) -> Task:
         return Task(
             id=self.id, name=self.name, queue=self.queue, status=self.status,
