@@ -10,12 +10,19 @@ a wake-up as long as they arm (``clear``) their event *before* they look at the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Iterable
 
 #: notification channels (PostgreSQL LISTEN names; the triggers of migration 0009 send them)
 READY = "chronoq_ready"  # payload: the queue that has work
 SCHEDULE = "chronoq_schedule"  # a task or schedule became due earlier than planned
 CANCEL = "chronoq_cancel"  # payload: the id of a running task that was cancelled
+
+
+def worker_channel(worker_id: str) -> str:
+    """The channel a worker hears its hand-offs on (migration 0010 sends them): a task
+    inserted straight into its hands, as the row's JSON (or its id, when that is too long)."""
+    return "chronoq_w_" + hashlib.md5(worker_id.encode()).hexdigest()[:24]
 
 
 class Hub:
@@ -25,6 +32,7 @@ class Hub:
         self._ready: dict[str, set[asyncio.Event]] = {}
         self._schedule: set[asyncio.Event] = set()
         self._cancel: set[Callable[[str], None]] = set()
+        self._messages: dict[str, Callable[[str], None]] = {}
         self.channels: set[str] = set()
         self._watchers: list[Callable[[str], None]] = []
 
@@ -67,6 +75,16 @@ class Hub:
         self._need(CANCEL)
         return lambda: self._cancel.discard(callback)
 
+    def on_message(self, channel: str, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(payload)`` for each notification on a channel of one's own (a
+        worker's hand-offs); returns an unsubscribe function."""
+        self._messages[channel] = callback
+        self._need(channel)
+
+        def unsubscribe() -> None:
+            self._messages.pop(channel, None)
+        return unsubscribe
+
     def discard(self, event: asyncio.Event) -> None:
         """Forget an event obtained from this hub."""
         self._schedule.discard(event)
@@ -108,3 +126,5 @@ class Hub:
             self.scheduled()
         elif channel == CANCEL:
             self.cancelled(payload)
+        elif channel in self._messages:
+            self._messages[channel](payload)

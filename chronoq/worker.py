@@ -79,6 +79,8 @@ class Worker:
         self.heartbeat_seconds = min(heartbeat_seconds, lease_seconds / 3)
         self.poll_seconds = poll_seconds
         self.running: dict[str, asyncio.Task[None]] = {}
+        #: handed-off tasks that found every slot busy: they start as slots free up
+        self.held: dict[str, TaskRecord] = {}
         self.processed = 0
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -106,6 +108,10 @@ class Worker:
                  ",".join(self.queues), self.concurrency)
         try:
             await self._claim_loop()
+            try:
+                await self.broker.quiesce()
+            except Exception:
+                log.warning("worker %s could not withdraw its hand-off offers", self.id)
             await self._drain(drain_seconds)
         finally:
             unsubscribe()
@@ -129,7 +135,8 @@ class Worker:
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self._stopping.is_set():
-                free = self.concurrency - len(self.running)
+                self._fill()
+                free = self.concurrency - len(self.running) - len(self.held)
                 if free <= 0:
                     self._slot_free.clear()
                     await _first(self._slot_free, stopping, timeout=None)
@@ -176,8 +183,19 @@ class Worker:
     async def _drain(self, drain_seconds: float) -> None:
         if not self.running:
             return
-        log.info("worker %s draining %d running tasks", self.id, len(self.running))
-        _, pending = await asyncio.wait(list(self.running.values()), timeout=drain_seconds)
+        log.info("worker %s draining %d running tasks (%d held)", self.id, len(self.running),
+                 len(self.held))
+        deadline = time.monotonic() + drain_seconds
+        pending: set[asyncio.Task[None]] = set()
+        while self.running and time.monotonic() < deadline:  # a late hand-off joins them
+            _, pending = await asyncio.wait(list(self.running.values()),
+                                            timeout=deadline - time.monotonic())
+        pending = set(self.running.values())
+        for task in self.held.values():  # never started: back to the queue at once
+            self._done.append(Completion.failure(
+                task, time.time(), "lost", "worker shut down before the task started",
+                retry_now=True))
+        self.held.clear()
         if pending:
             log.warning("worker %s: %d tasks still running after %.0fs; they will be retried",
                         self.id, len(pending), drain_seconds)
@@ -187,8 +205,20 @@ class Worker:
 
     # -- running one task --------------------------------------------------------------------
     def _start(self, task: TaskRecord) -> None:
+        """Run a task now claimed for this worker, or hold it until a slot frees up."""
+        if task.id in self.running or task.id in self.held:
+            return
+        if len(self.running) >= self.concurrency:
+            self.held[task.id] = task
+            return
         job = asyncio.create_task(self._execute(task), name=f"chronoq-task-{task.id}")
         self.running[task.id] = job
+
+    def _fill(self) -> None:
+        """Start held tasks while slots are free."""
+        while self.held and len(self.running) < self.concurrency:
+            task_id = next(iter(self.held))
+            self._start(self.held.pop(task_id))
 
     async def _execute(self, task: TaskRecord) -> None:
         context = TaskContext(task.id, task.name, task.queue, task.attempts, task.max_attempts,
@@ -221,6 +251,7 @@ class Worker:
         finally:
             current_task.reset(token)
             self.running.pop(task.id, None)
+            self._fill()
             self._slot_free.set()
             self.processed += 1
             if completion is not None:
@@ -234,6 +265,9 @@ class Worker:
                     _log_completion(task, completion, time.perf_counter() - started)
 
     def _cancel_local(self, task_id: str) -> None:
+        if self.held.pop(task_id, None) is not None:
+            log.info("cancelled task %s before it started", task_id)
+            return
         job = self.running.get(task_id)
         if job is not None:
             log.info("cancelling running task %s", task_id)
@@ -262,7 +296,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
-            ids = list(self.running)
+            ids = [*self.running, *self.held]
             try:
                 now = time.time()
                 lost = await self.store.heartbeat(self.id, ids, now + self.lease_seconds)
@@ -278,7 +312,8 @@ class Worker:
 
 
 def _store_broker(worker: Worker) -> Broker:
-    return StoreBroker(worker.store, worker.id, worker.queues, worker.lease_seconds)
+    return StoreBroker(worker.store, worker.id, worker.queues, worker.lease_seconds,
+                       start=worker._start)
 
 
 def _log_completion(task: TaskRecord, completion: Completion, elapsed: float) -> None:

@@ -22,6 +22,9 @@ class Broker(abc.ABC):
         """Up to ``limit`` tasks now claimed for this worker in the store; waits up to
         ``timeout`` seconds (less if :meth:`interrupt` is called) when there are none."""
 
+    async def quiesce(self) -> None:  # noqa: B027 - optional hook
+        """The worker is stopping: take back any standing offer to receive new work."""
+
     async def done(self, task_ids: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """The outcomes of these tasks' attempts are recorded: acknowledge them."""
 

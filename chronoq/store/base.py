@@ -382,14 +382,17 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
 
     # -- workers -----------------------------------------------------------------------------
     async def claim(
-        self, worker_id: str, queue: str, limit: int, now: float, lease: float
+        self, worker_id: str, queue: str, limit: int, now: float, lease: float, *,
+        offer: Sequence[str] = (),
     ) -> list[TaskRecord]:
         """Atomically take up to ``limit`` queued tasks of ``queue`` (highest priority, then
         oldest) and open an attempt for each. No two callers ever get the same attempt.
-        The pick walks the ``tasks_ready`` index: O(limit), whatever the backlog."""
+        The pick walks the ``tasks_ready`` index: O(limit), whatever the backlog.
+        ``offer`` (the worker's queues): the slots left free may take hand-offs of new tasks
+        of those queues (PostgreSQL)."""
         pick = ("SELECT id FROM tasks WHERE status = 'queued' AND queue = $4 "
                 f"ORDER BY priority DESC, run_at, id LIMIT $5{self.skip_locked}")
-        return await self._claim(pick, worker_id, now, lease, queue, limit)
+        return await self._claim(pick, worker_id, now, lease, queue, limit, offer=offer)
 
     async def claim_ids(
         self, worker_id: str, ids: Sequence[str], now: float, lease: float
@@ -400,10 +403,10 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         return await self._claim(pick + self.skip_locked, worker_id, now, lease,
                                  self.list_param(ids))
 
-    async def _claim(self, pick: str, worker_id: str, now: float, lease: float, *args: Any
-                     ) -> list[TaskRecord]:
+    async def _claim(self, pick: str, worker_id: str, now: float, lease: float, *args: Any,
+                     offer: Sequence[str] = ()) -> list[TaskRecord]:
         """Mark the rows chosen by the ``pick`` sub-select running (parameters from ``$4``)
-        and open their attempts, in one transaction."""
+        and open their attempts, in one transaction. (Hand-off offers are PostgreSQL's.)"""
         async with self.tx() as c:
             rows = await c.fetch(
                 "UPDATE tasks SET status = 'running', attempts = attempts + 1, worker_id = $1, "
@@ -418,6 +421,9 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                 )
         return self.claimed(rows, now)
 
+    async def withdraw_offers(self, worker_id: str) -> None:
+        """A stopping worker takes back its hand-off offers (PostgreSQL; none here)."""
+
     async def stale_queued(self, before: float, now: float, limit: int = 1000
                            ) -> list[tuple[str, str, int]]:
         """Queued tasks untouched since ``before``: (id, queue, priority). They are marked
@@ -431,7 +437,10 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
 
     def claimed(self, rows: Sequence[Row], now: float) -> list[TaskRecord]:
         """Decode claimed rows in run order and publish that they started."""
-        tasks = [TaskRecord.from_row(r) for r in rows]
+        return self.started([TaskRecord.from_row(r) for r in rows], now)
+
+    def started(self, tasks: list[TaskRecord], now: float) -> list[TaskRecord]:
+        """Put tasks a worker now holds in run order and publish that they started."""
         tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
         if tasks and self.events.active:
             self.events.publish(t.event(now, wait=now - t.run_at) for t in tasks)

@@ -14,8 +14,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from chronoq.events import EventBus
-from chronoq.notify import Hub
-from chronoq.store.base import Completion, Row, Store, TaskRecord, dumps
+from chronoq.notify import Hub, worker_channel
+from chronoq.states import Status
+from chronoq.store.base import Completion, Conn, Row, Store, TaskRecord, dumps
 from chronoq.store.leases import Fence
 
 log = logging.getLogger("chronoq.store")
@@ -32,6 +33,34 @@ _TASK_ROWS = "SELECT * FROM unnest(" + ", ".join(
         ["text", "text", "text", "text", "int", "text", "float8", "float8", "float8", "int",
          "int", "text", "float8", "text", "text", "float8", "text"], start=1)) + ")"
 
+#: a task submitted on its own, inserted straight into the hands of an idle worker whose
+#: LISTEN connection is alive when one offers a slot for its queue (migration 0010; the
+#: trigger opens the attempt and sends the row), else inserted queued as usual. Parameters:
+#: a queued :data:`INSERT_TASK` row without its status ($4) and attempts ($10).
+_HANDOFF = (
+    "WITH offer AS (UPDATE offers o SET slots = o.slots - 1 FROM ("
+    "SELECT worker_id FROM offers WHERE $3::text = ANY(queues) AND slots > 0 "
+    "AND EXISTS (SELECT 1 FROM pg_stat_get_activity(offers.pid)) "
+    "LIMIT 1 FOR UPDATE SKIP LOCKED) AS free WHERE o.worker_id = free.worker_id "
+    "RETURNING o.worker_id, o.lease_seconds) "
+    "INSERT INTO tasks (id, name, queue, status, priority, payload, run_at, created_at, "
+    "updated_at, attempts, max_attempts, backoff, timeout_seconds, idempotency_key, "
+    "schedule_id, slot, namespace, worker_id, lease_expires_at) "
+    "SELECT $1::text, $2::text, $3::text, "
+    "CASE WHEN offer.worker_id IS NULL THEN 'queued' ELSE 'running' END, $4::int, $5::text, "
+    "$6::float8, $7::float8, $8::float8, CASE WHEN offer.worker_id IS NULL THEN 0 ELSE 1 END, "
+    "$9::int, $10::text, $11::float8, $12::text, $13::text, $14::float8, $15::text, "
+    "offer.worker_id, $8::float8 + offer.lease_seconds FROM (SELECT 1) AS one "
+    "LEFT JOIN offer ON true ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+)
+#: a claim's companion: offer the slots it left free for hand-offs ($5 limit, $6 the
+#: worker's queues, $7 its LISTEN backend's pid)
+_OFFER = (
+    "offered AS (INSERT INTO offers (worker_id, queues, slots, lease_seconds, pid) "
+    "SELECT $1, $6::text[], $5 - count(*), $2 - $3, $7::int FROM claimed "
+    "ON CONFLICT (worker_id) DO UPDATE SET queues = excluded.queues, slots = excluded.slots, "
+    "lease_seconds = excluded.lease_seconds, pid = excluded.pid), "
+)
 
 def split_schema(url: str) -> tuple[str, str | None]:
     """Strip our own ``?schema=name`` option from a PostgreSQL URL."""
@@ -81,6 +110,7 @@ class PostgresStore(Store):
         self._listener: asyncpg.Connection | None = None
         self._listen_lock = asyncio.Lock()
         self._channels: set[str] = set()
+        self._listened: set[str] = set()  # channels the LISTEN connection has taken up
         self._listen_jobs: set[asyncio.Task[None]] = set()
         self._relisten_task: asyncio.Task[None] | None = None
 
@@ -122,6 +152,7 @@ class PostgresStore(Store):
                     conn.add_termination_listener(self._on_listener_lost)
                     self._listener = conn
                 await self._listener.add_listener(channel, self._on_notify)
+                self._listened.add(channel)
             self.hub.wake(channel)
         except (OSError, asyncpg.PostgresError) as exc:
             self._on_listener_lost(None, f"LISTEN {channel} failed: {exc}")
@@ -132,6 +163,7 @@ class PostgresStore(Store):
         self.hub.dispatch(channel, payload)
 
     def _on_listener_lost(self, _conn: Any, why: str = "connection lost") -> None:
+        self._listened.clear()
         if self._pool is None or self._relisten_task is not None:
             return  # closing, or already reconnecting
         log.warning("PostgreSQL LISTEN %s; reconnecting (polling meanwhile)", why)
@@ -149,6 +181,7 @@ class PostgresStore(Store):
                         await conn.add_listener(channel, self._on_notify)
                     conn.add_termination_listener(self._on_listener_lost)
                     self._listener = conn
+                    self._listened = set(self._channels)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("LISTEN reconnect failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -163,6 +196,13 @@ class PostgresStore(Store):
     def listener_pid(self) -> int | None:
         """Backend pid of the LISTEN connection (None when not listening)."""
         return None if self._listener is None else int(self._listener.get_server_pid())
+
+    def _hearing(self, channel: str) -> int | None:
+        """The LISTEN backend's pid if it is listening to ``channel`` right now."""
+        listener = self._listener
+        if channel not in self._listened or listener is None or listener.is_closed():
+            return None
+        return int(listener.get_server_pid())
 
     async def close(self) -> None:
         self.hub.unwatch(self._want)
@@ -223,27 +263,55 @@ class PostgresStore(Store):
                 "INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, time.time()
             )
 
-    async def _claim(self, pick: str, worker_id: str, now: float, lease: float, *args: Any
-                     ) -> list[TaskRecord]:
+    async def _insert_on(self, c: Conn, rows: Sequence[Sequence[Any]]
+                         ) -> list[tuple[TaskRecord, bool]]:
+        """A queued task on its own goes to an idle worker if one offers (:data:`_HANDOFF`);
+        batches, and a key seen before, take the general path."""
+        if len(rows) == 1 and rows[0][3] == Status.QUEUED.value:
+            row = rows[0]
+            inserted = await c.fetch(_HANDOFF, *row[:3], *row[4:9], *row[10:])
+            if inserted:
+                return [(TaskRecord.from_row(inserted[0]), True)]
+        return await super()._insert_on(c, rows)
+
+    async def _claim(self, pick: str, worker_id: str, now: float, lease: float, *args: Any,
+                     offer: Sequence[str] = ()) -> list[TaskRecord]:
         """One round trip: pick, mark running and open the attempts in a single statement,
-        committed without waiting for the WAL flush (:data:`_RELAXED`)."""
+        committed without waiting for the WAL flush (:data:`_RELAXED`). With ``offer``
+        (the worker's queues), the same statement offers the slots left free for hand-offs
+        (:data:`_OFFER`), if this process hears the worker's channel."""
+        pid = self._hearing(worker_channel(worker_id)) if offer else None
+        offered = "" if pid is None else _OFFER
         async with self.conn() as c:
             rows = await c.fetch(
                 f"WITH {_RELAXED}, picked AS ({pick}), "
                 "claimed AS (UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, "
                 "worker_id = $1, lease_expires_at = $2, updated_at = $3 FROM picked, relaxed "
                 "WHERE t.id = picked.id RETURNING t.*), "
-                "opened AS (INSERT INTO attempts (task_id, attempt, worker_id, started_at) "
-                "SELECT id, attempts, $1, $3 FROM claimed) "
+                f"{offered}opened AS (INSERT INTO attempts (task_id, attempt, worker_id, "
+                "started_at) SELECT id, attempts, $1, $3 FROM claimed) "
                 "SELECT * FROM claimed",
-                worker_id, now + lease, now, *args,
+                worker_id, now + lease, now, *args, *(() if pid is None else (offer, pid)),
             )
         return self.claimed(rows, now)
 
+    async def withdraw_offers(self, worker_id: str) -> None:
+        async with self.conn() as c:
+            await c.execute("DELETE FROM offers WHERE worker_id = $1", worker_id)
+
+    async def mark_dead_workers(self, silent_since: float) -> list[str]:
+        """Also drops the offers of dead workers (they are never taken, but pile up)."""
+        dead = await super().mark_dead_workers(silent_since)
+        if dead:
+            async with self.conn() as c:
+                await c.execute("DELETE FROM offers WHERE worker_id = ANY($1::text[])", dead)
+        return dead
+
     async def _record(self, completions: Sequence[Completion], fence: Fence | None
                       ) -> set[tuple[str, int]]:
-        """A worker's completions in one statement (one round trip, one relaxed commit);
-        the leader's fenced ones take the general path, which locks the lease row."""
+        """A worker's completions in one statement (one round trip, one relaxed commit),
+        which also gives their slots back to the worker's hand-off offer; the leader's
+        fenced ones take the general path, which locks the lease row."""
         if fence is not None:
             return await super()._record(completions, fence)
         columns = list(zip(*(
@@ -260,7 +328,10 @@ class PostgresStore(Store):
                 "run_at = COALESCE(i.next_run_at, t.run_at), result = i.result, "
                 "error = i.error, updated_at = i.finished_at, lease_expires_at = NULL "
                 "FROM input i, relaxed WHERE t.id = i.task_id AND t.attempts = i.attempt "
-                "AND t.status = 'running' RETURNING t.id, t.attempts), "
+                "AND t.status = 'running' RETURNING t.id, t.attempts, t.worker_id), "
+                "freed AS (UPDATE offers o SET slots = o.slots + f.n FROM (SELECT worker_id, "
+                "count(*) AS n FROM ended GROUP BY worker_id) AS f "
+                "WHERE o.worker_id = f.worker_id), "
                 "closed AS (UPDATE attempts a SET finished_at = i.finished_at, "
                 "outcome = i.outcome, result = i.result, error = i.error, "
                 "traceback = i.traceback FROM input i WHERE a.task_id = i.task_id "
