@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,7 @@ from chronoq.states import Status
 from chronoq.store.postgres import PostgresStore
 from chronoq.worker import Worker
 from tests.conftest import PG_URL
+from tests.processes import Proc, cli
 
 
 class Setup:
@@ -177,3 +179,55 @@ async def test_a_hand_off_beyond_the_free_slots_waits_for_one(setup: Setup) -> N
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_worker_killed_with_a_hand_off_loses_the_attempt_not_the_task(
+        pg_url: str, tmp_path: Path, procs: list[Proc]) -> None:
+    """kill -9 a worker process that was handed a task: its offer is never taken again, the
+    task's lease runs out and another worker runs it; nothing is lost or run twice after."""
+    env = {"CHRONOQ_DATABASE_URL": pg_url, "RECORD_FILE": str(tmp_path / "record.txt"),
+           "CHRONOQ_APP": "tests.apps.recorder:app", "CHRONOQ_LEASE_SECONDS": "2",
+           "CHRONOQ_HEARTBEAT_SECONDS": "0.5", "CHRONOQ_LOG_LEVEL": "warning"}
+    assert cli("db", "upgrade", env=env).returncode == 0
+    client = PostgresStore(pg_url, listen=False)
+    await client.open()
+    try:
+        procs.append(Proc(["scheduler"], env, tmp_path / "scheduler.log"))
+        doomed = Proc(["worker", "--concurrency", "2"], env, tmp_path / "w1.log")
+        procs.append(doomed)
+        await Setup.wait(lambda: _offered(client), "the worker never offered its slots")
+        spec = TaskCreate(name="record", payload={"sleep": 2.0}, max_attempts=3)
+        handed, _ = await client.create_task(spec, time.time())
+        assert handed.status is Status.RUNNING
+        await Setup.wait(lambda: _true((tmp_path / "record.txt").exists()), "never started")
+        doomed.kill()  # its LISTEN backend ends as the socket closes:
+        await Setup.wait(lambda: _true_not(_offered(client)), "the offer stayed live")
+        after, _ = await client.create_task(TaskCreate(name="record"), time.time())
+        assert after.status is Status.QUEUED  # the dead worker's offer is not taken
+
+        procs.append(Proc(["worker"], env, tmp_path / "w2.log"))
+        for task_id in (after.id, handed.id):
+            await Setup.wait(lambda t=task_id: _succeeded(client, t), f"{task_id} unfinished",
+                             timeout=20)
+        history = await client.get_attempts(handed.id)
+        assert [a.outcome for a in history] == ["lost", "succeeded"]
+        lines = (tmp_path / "record.txt").read_text().splitlines()
+        assert sorted(line.split()[0] for line in lines) == sorted(
+            [handed.id, handed.id, after.id])
+    finally:
+        await client.close()
+
+
+async def _offered(store: PostgresStore) -> bool:
+    """Some worker with a live LISTEN backend offers a slot."""
+    async with store.conn() as c:
+        return bool(await c.fetch("SELECT 1 FROM offers WHERE slots > 0 "
+                                  "AND EXISTS (SELECT 1 FROM pg_stat_get_activity(pid))"))
+
+
+async def _true_not(check: Any) -> bool:
+    return not await check
+
+
+async def _succeeded(store: PostgresStore, task_id: str) -> bool:
+    return (await store.get_task(task_id)).status is Status.SUCCEEDED
