@@ -79,7 +79,8 @@ class Worker:
         self.heartbeat_seconds = min(heartbeat_seconds, lease_seconds / 3)
         self.poll_seconds = poll_seconds
         self.running: dict[str, asyncio.Task[None]] = {}
-        #: handed-off tasks that found every slot busy: they start as slots free up
+        #: handed-off tasks that found every slot busy (they start as slots free up) or
+        #: came while stopping (they go back to the queue)
         self.held: dict[str, TaskRecord] = {}
         self.processed = 0
         self._stopping = asyncio.Event()
@@ -113,6 +114,7 @@ class Worker:
             except Exception:
                 log.warning("worker %s could not withdraw its hand-off offers", self.id)
             await self._drain(drain_seconds)
+            await self._release_held()
         finally:
             unsubscribe()
             heartbeat.cancel()
@@ -191,11 +193,6 @@ class Worker:
             _, pending = await asyncio.wait(list(self.running.values()),
                                             timeout=deadline - time.monotonic())
         pending = set(self.running.values())
-        for task in self.held.values():  # never started: back to the queue at once
-            self._done.append(Completion.failure(
-                task, time.time(), "lost", "worker shut down before the task started",
-                retry_now=True))
-        self.held.clear()
         if pending:
             log.warning("worker %s: %d tasks still running after %.0fs; they will be retried",
                         self.id, len(pending), drain_seconds)
@@ -208,15 +205,27 @@ class Worker:
         """Run a task now claimed for this worker, or hold it until a slot frees up."""
         if task.id in self.running or task.id in self.held:
             return
-        if len(self.running) >= self.concurrency:
+        if len(self.running) >= self.concurrency or self._stopping.is_set():
             self.held[task.id] = task
             return
         job = asyncio.create_task(self._execute(task), name=f"chronoq-task-{task.id}")
         self.running[task.id] = job
 
+    async def _release_held(self) -> None:
+        """Tasks handed to this worker that it never started go back to their queue."""
+        await asyncio.sleep(0.05)  # a hand-off already on the wire still arrives
+        held, self.held = list(self.held.values()), {}
+        if held:
+            try:
+                await self.store.release(self.id, held)
+            except Exception:
+                log.warning("worker %s could not give back %d tasks; they are retried when "
+                            "their leases run out", self.id, len(held))
+
     def _fill(self) -> None:
-        """Start held tasks while slots are free."""
-        while self.held and len(self.running) < self.concurrency:
+        """Start held tasks while slots are free (not once stopping: they go back)."""
+        while self.held and len(self.running) < self.concurrency \
+                and not self._stopping.is_set():
             task_id = next(iter(self.held))
             self._start(self.held.pop(task_id))
 

@@ -421,6 +421,21 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                 )
         return self.claimed(rows, now)
 
+    async def release(self, worker_id: str, tasks: Sequence[TaskRecord]) -> None:
+        """Give back tasks handed to a worker that stops before starting them: queued
+        again, the attempt they were handed with undone."""
+        async with self.tx() as c:
+            for task in tasks:
+                rows = await c.fetch(
+                    "UPDATE tasks SET status = 'queued', attempts = attempts - 1, "
+                    "worker_id = NULL, lease_expires_at = NULL WHERE id = $1 AND attempts = $2 "
+                    "AND status = 'running' AND worker_id = $3 RETURNING id",
+                    task.id, task.attempts, worker_id)
+                if rows:
+                    await c.execute("DELETE FROM attempts WHERE task_id = $1 AND attempt = $2",
+                                    task.id, task.attempts)
+        self.hub.ready({task.queue for task in tasks})
+
     async def withdraw_offers(self, worker_id: str) -> None:
         """A stopping worker takes back its hand-off offers (PostgreSQL; none here)."""
 
