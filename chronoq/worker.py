@@ -188,10 +188,8 @@ class Worker:
         log.info("worker %s draining %d running tasks (%d held)", self.id, len(self.running),
                  len(self.held))
         deadline = time.monotonic() + drain_seconds
-        pending: set[asyncio.Task[None]] = set()
         while self.running and time.monotonic() < deadline:  # a late hand-off joins them
-            _, pending = await asyncio.wait(list(self.running.values()),
-                                            timeout=deadline - time.monotonic())
+            await asyncio.wait(list(self.running.values()), timeout=deadline - time.monotonic())
         pending = set(self.running.values())
         if pending:
             log.warning("worker %s: %d tasks still running after %.0fs; they will be retried",
@@ -213,7 +211,6 @@ class Worker:
 
     async def _release_held(self) -> None:
         """Tasks handed to this worker that it never started go back to their queue."""
-        await asyncio.sleep(0.05)  # a hand-off already on the wire still arrives
         held, self.held = list(self.held.values()), {}
         if held:
             try:

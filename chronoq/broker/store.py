@@ -48,6 +48,7 @@ class StoreBroker(Broker):
     async def quiesce(self) -> None:
         if self._unsubscribe is not None:
             await self.store.withdraw_offers(self.worker_id)
+            await asyncio.gather(*self._lookups)  # hand-offs by id still being read
 
     async def close(self) -> None:
         self.store.hub.discard(self._ready)

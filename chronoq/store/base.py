@@ -437,7 +437,8 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         self.hub.ready({task.queue for task in tasks})
 
     async def withdraw_offers(self, worker_id: str) -> None:
-        """A stopping worker takes back its hand-off offers (PostgreSQL; none here)."""
+        """A stopping worker takes back its hand-off offers; once this returns, every task
+        handed to it has reached it (PostgreSQL; none here)."""
 
     async def stale_queued(self, before: float, now: float, limit: int = 1000
                            ) -> list[tuple[str, str, int]]:

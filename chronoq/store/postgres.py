@@ -18,6 +18,7 @@ from chronoq.notify import Hub, worker_channel
 from chronoq.states import Status
 from chronoq.store.base import Completion, Conn, Row, Store, TaskRecord, dumps
 from chronoq.store.leases import Fence
+from chronoq.store.records import INSERT_TASK_COLUMNS
 
 log = logging.getLogger("chronoq.store")
 
@@ -27,30 +28,36 @@ _MIGRATION_LOCK = 0x6368726F6E6F71  # "chronoq"
 #: of a second of them, and those tasks run again (delivery is at-least-once anyway).
 #: Submissions, cancellations and schedule changes always wait for the disk.
 _RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
+#: the PostgreSQL types of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`, in order
+_TASK_TYPES = ["text", "text", "text", "text", "int", "text", "float8", "float8", "float8",
+               "int", "int", "text", "float8", "text", "text", "float8", "text"]
 #: the columns of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`, as arrays
 _TASK_ROWS = "SELECT * FROM unnest(" + ", ".join(
-    f"${i}::{kind}[]" for i, kind in enumerate(
-        ["text", "text", "text", "text", "int", "text", "float8", "float8", "float8", "int",
-         "int", "text", "float8", "text", "text", "float8", "text"], start=1)) + ")"
+    f"${i}::{kind}[]" for i, kind in enumerate(_TASK_TYPES, start=1)) + ")"
+
+
+def _handoff_value(i: int, kind: str) -> str:
+    """Parameter ``$i`` of a queued task's row, as a hand-off inserts it: status ($4)
+    'running' and attempts ($10) 1 when an offer was taken."""
+    value = f"${i}::{kind}"
+    taken = {4: "'running'", 10: "1"}.get(i)
+    return value if taken is None else (
+        f"CASE WHEN offer.worker_id IS NULL THEN {value} ELSE {taken} END")
+
 
 #: a task submitted on its own, inserted straight into the hands of an idle worker whose
 #: LISTEN connection is alive when one offers a slot for its queue (migration 0010; the
 #: trigger opens the attempt and sends the row), else inserted queued as usual. Parameters:
-#: a queued :data:`INSERT_TASK` row without its status ($4) and attempts ($10).
+#: a queued :data:`chronoq.store.records.INSERT_TASK` row.
 _HANDOFF = (
     "WITH offer AS (UPDATE offers o SET slots = o.slots - 1 FROM ("
     "SELECT worker_id FROM offers WHERE $3::text = ANY(queues) AND slots > 0 "
     "AND EXISTS (SELECT 1 FROM pg_stat_get_activity(offers.pid)) "
     "LIMIT 1 FOR UPDATE SKIP LOCKED) AS free WHERE o.worker_id = free.worker_id "
     "RETURNING o.worker_id, o.lease_seconds) "
-    "INSERT INTO tasks (id, name, queue, status, priority, payload, run_at, created_at, "
-    "updated_at, attempts, max_attempts, backoff, timeout_seconds, idempotency_key, "
-    "schedule_id, slot, namespace, worker_id, lease_expires_at) "
-    "SELECT $1::text, $2::text, $3::text, "
-    "CASE WHEN offer.worker_id IS NULL THEN 'queued' ELSE 'running' END, $4::int, $5::text, "
-    "$6::float8, $7::float8, $8::float8, CASE WHEN offer.worker_id IS NULL THEN 0 ELSE 1 END, "
-    "$9::int, $10::text, $11::float8, $12::text, $13::text, $14::float8, $15::text, "
-    "offer.worker_id, $8::float8 + offer.lease_seconds FROM (SELECT 1) AS one "
+    f"{INSERT_TASK_COLUMNS.removesuffix(')')}, worker_id, lease_expires_at) SELECT "
+    + ", ".join(_handoff_value(i, kind) for i, kind in enumerate(_TASK_TYPES, start=1))
+    + ", offer.worker_id, $9::float8 + offer.lease_seconds FROM (SELECT 1) AS one "
     "LEFT JOIN offer ON true ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
 )
 #: a claim's companion: offer the slots it left free for hand-offs ($5 limit, $6 the
@@ -61,6 +68,7 @@ _OFFER = (
     "ON CONFLICT (worker_id) DO UPDATE SET queues = excluded.queues, slots = excluded.slots, "
     "lease_seconds = excluded.lease_seconds, pid = excluded.pid), "
 )
+
 
 def split_schema(url: str) -> tuple[str, str | None]:
     """Strip our own ``?schema=name`` option from a PostgreSQL URL."""
@@ -268,8 +276,7 @@ class PostgresStore(Store):
         """A queued task on its own goes to an idle worker if one offers (:data:`_HANDOFF`);
         batches, and a key seen before, take the general path."""
         if len(rows) == 1 and rows[0][3] == Status.QUEUED.value:
-            row = rows[0]
-            inserted = await c.fetch(_HANDOFF, *row[:3], *row[4:9], *row[10:])
+            inserted = await c.fetch(_HANDOFF, *rows[0])
             if inserted:
                 return [(TaskRecord.from_row(inserted[0]), True)]
         return await super()._insert_on(c, rows)
@@ -296,8 +303,14 @@ class PostgresStore(Store):
         return self.claimed(rows, now)
 
     async def withdraw_offers(self, worker_id: str) -> None:
+        """Delete the offer, then make sure every hand-off made before has been heard: a
+        hand-off that took the offer committed before the DELETE could, and the LISTEN
+        connection delivers what was committed before it answers a query."""
         async with self.conn() as c:
             await c.execute("DELETE FROM offers WHERE worker_id = $1", worker_id)
+        async with self._listen_lock:
+            if self._listener is not None and not self._listener.is_closed():
+                await self._listener.execute("SELECT 1")
 
     async def mark_dead_workers(self, silent_since: float) -> list[str]:
         """Also drops the offers of dead workers (they are never taken, but pile up)."""
