@@ -86,6 +86,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._done: list[Completion] = []
+        self._recording: list[Completion] = []  # the results being written now
         self._done_event = asyncio.Event()
         self._closing = False
         self.broker = (broker or _store_broker)(self)
@@ -290,6 +291,7 @@ class Worker:
         delay = 0.1
         while self._done:
             batch, self._done = self._done, []
+            self._recording = batch
             try:
                 await self.store.complete(batch)
                 await self.broker.done([c.task_id for c in batch])
@@ -298,6 +300,13 @@ class Worker:
                 self._done[:0] = batch
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            finally:
+                self._recording = []
+
+    def _known(self) -> set[str]:
+        """Every task this worker holds, runs, or ran without its outcome recorded yet."""
+        return {*self.running, *self.held, *(c.task_id for c in self._done),
+                *(c.task_id for c in self._recording)}
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -315,6 +324,21 @@ class Worker:
                 log.warning("task %s is no longer ours (cancelled or lease lost); stopping it",
                             task_id)
                 self._cancel_local(task_id)
+            await self._adopt_strays(now)
+
+    async def _adopt_strays(self, now: float) -> None:
+        """Start tasks handed to this worker whose notification was lost. Leases of the
+        tasks it knows were renewed at most one heartbeat ago; a stray's is older than two."""
+        try:
+            strays = await self.broker.strays(
+                sorted(self._known()), now + self.lease_seconds - 2 * self.heartbeat_seconds)
+        except Exception:
+            log.exception("looking for lost hand-offs failed")
+            return
+        known = self._known()
+        for task in strays:
+            if task.id not in known:
+                self._start(task)
 
 
 def _store_broker(worker: Worker) -> Broker:

@@ -15,7 +15,8 @@ import pytest
 from chronoq.executors import PythonExecutor
 from chronoq.models import TaskCreate
 from chronoq.states import Status
-from chronoq.store.postgres import PostgresStore
+from chronoq.store.base import _submitted_row
+from chronoq.store.postgres import _HANDOFF, PostgresStore
 from chronoq.worker import Worker
 from tests.conftest import PG_URL
 from tests.processes import Proc, cli
@@ -175,6 +176,32 @@ async def test_a_hand_off_beyond_the_free_slots_waits_for_one(setup: Setup) -> N
     for task in extra:
         assert (await setup.finished(task.id)).attempts == 1
     assert setup.payloads == [{"n": 0}, {"n": 1}]
+
+
+async def test_a_hand_off_whose_notification_was_lost_is_found_by_the_heartbeat(
+        setup: Setup) -> None:
+    """The hand-off commits but its notification never reaches the worker (say its LISTEN
+    connection broke at that moment): the worker's heartbeat finds the task leased to it,
+    unknown and unrenewed, and starts it, instead of leaving it to a lease expiry that would
+    count a lost attempt."""
+    worker = await setup.start_worker(concurrency=2)
+    blocker = await setup.submit(name="block")  # runs across many heartbeats, known
+    row = _submitted_row(TaskCreate(name="record", payload={"n": 7}), time.time(), "default")
+    async with setup.client.tx() as c:  # the hand-off, without the trigger's notification
+        await c.execute("SET LOCAL session_replication_role = replica")
+        [handed] = await c.fetch(_HANDOFF, *row)
+        await c.execute("INSERT INTO attempts (task_id, attempt, worker_id, started_at) "
+                        "VALUES ($1, 1, $2, $3)", handed["id"], worker.id, handed["updated_at"])
+    assert handed["status"] == "running" and handed["worker_id"] == worker.id
+    assert handed["id"] not in worker.running
+    done = await setup.finished(handed["id"])
+    assert done.attempts == 1 and setup.payloads == [{"n": 7}]
+    history = await setup.client.get_attempts(done.id)
+    assert [(a.worker_id, a.outcome) for a in history] == [(worker.id, "succeeded")]
+    await asyncio.sleep(1.0)  # more heartbeats: nothing known is taken for a stray
+    assert setup.payloads == [{"n": 7}] and list(worker.running) == [blocker.id]
+    setup.release.set()
+    assert (await setup.finished(blocker.id)).attempts == 1
 
 
 async def _true(value: bool) -> bool:

@@ -25,6 +25,13 @@ class Broker(abc.ABC):
     async def quiesce(self) -> None:  # noqa: B027 - optional hook
         """The worker is stopping: take back any standing offer to receive new work."""
 
+    async def strays(self, known: Sequence[str], lease_before: float
+                     ) -> list[TaskRecord]:
+        """Tasks handed to this worker whose hand-off it never heard of (not in ``known``,
+        lease running out before ``lease_before``): the worker starts them. Only brokers
+        that take hand-offs have any."""
+        return []
+
     async def done(self, task_ids: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """The outcomes of these tasks' attempts are recorded: acknowledge them."""
 

@@ -57,6 +57,15 @@ class StoreBroker(Broker):
         for lookup in self._lookups:
             lookup.cancel()
 
+    async def strays(self, known: Sequence[str], lease_before: float) -> list[TaskRecord]:
+        if self._start is None:
+            return []
+        tasks = await self.store.strays(self.worker_id, known, lease_before)
+        if tasks:
+            log.warning("worker %s: the hand-off of %d tasks never arrived (%s); starting "
+                        "them now", self.worker_id, len(tasks), ", ".join(t.id for t in tasks))
+        return self.store.started(tasks, time.time())
+
     def interrupt(self) -> None:
         self._interrupted.set()
         self._ready.set()

@@ -522,6 +522,19 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             )
         return set(task_ids) - {r["id"] for r in rows}
 
+    async def strays(self, worker_id: str, known: Sequence[str], lease_before: float
+                     ) -> list[TaskRecord]:
+        """Tasks running under ``worker_id`` that it does not know of, whose lease runs out
+        before ``lease_before`` (nobody renews it): handed to the worker by a notification
+        that never reached it."""
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT * FROM tasks WHERE status = 'running' AND lease_expires_at < $1 "
+                f"AND worker_id = $2 AND NOT (id {self.in_list('$3')})",
+                lease_before, worker_id, self.list_param(known),
+            )
+        return [TaskRecord.from_row(r) for r in rows]
+
 
 def _submitted_row(spec: TaskCreate, now: float, namespace: str) -> tuple[Any, ...]:
     """The :data:`INSERT_TASK` values of a submission made at ``now``."""
