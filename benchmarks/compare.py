@@ -131,6 +131,10 @@ class Result:
     worker_cpu_ms_per_task: float | None = None
     server_cpu_ms_per_task: float | None = None
     latency: Percentiles = field(default_factory=Percentiles)
+    #: submit->start of every latency task of every run together (of a median result)
+    latency_pooled: Percentiles = field(default_factory=Percentiles)
+    #: the latency phase's submit->start durations, seconds (not written to JSON)
+    latency_samples: list[float] = field(default_factory=list)
     io_tasks: int = 0
     io_wall_seconds: float | None = None
     io_per_second: float | None = None
@@ -736,7 +740,8 @@ async def latency(system: System, result: Result, stamps: Any) -> None:
             raise BenchError(f"latency: only {stamps.hlen(key)} of {n} tasks started")
         await asyncio.sleep(0.05)
     started = {k.decode(): float(v) for k, v in stamps.hgetall(key).items()}
-    result.latency = Percentiles.of([started[t] - submitted[t] for t in submitted])
+    result.latency_samples = [started[t] - submitted[t] for t in submitted]
+    result.latency = result.latency_pooled = Percentiles.of(result.latency_samples)
     say(f"      p50 {result.latency.p50_ms:.2f} ms, p99 {result.latency.p99_ms:.2f} ms")
 
 
@@ -921,6 +926,7 @@ ROWS: list[tuple[str, Callable[[Result], float | None], int, bool]] = [
     ("(1) PG+Redis CPU ms/task (drain)", lambda r: r.server_cpu_ms_per_task, 2, False),
     ("(2) submit->start p50 ms", lambda r: r.latency.p50_ms, 2, False),
     ("(2) submit->start p99 ms", lambda r: r.latency.p99_ms, 2, False),
+    ("(2) p99 ms, all runs pooled", lambda r: r.latency_pooled.p99_ms, 2, False),
     ("(3) I/O wall s", lambda r: r.io_wall_seconds, 2, False),
     ("(3) I/O tasks/s", lambda r: r.io_per_second, 0, True),
     ("worker peak RSS MiB (sum)", lambda r: r.worker_peak_rss_mib, 0, False),
@@ -1128,10 +1134,18 @@ def median_result(runs: list[Result]) -> Result:
     merged.latency = dataclasses.replace(runs[0].latency, **{
         name: _median(getattr(r.latency, name) for r in runs)
         for name in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "min_ms")})
+    merged.latency_pooled = Percentiles.of([x for r in runs for x in r.latency_samples])
     merged.cpu_busy_before = max(r.cpu_busy_before for r in runs)
     merged.load_average = [min(x for r in runs for x in r.load_average or [0.0]),
                            max(x for r in runs for x in r.load_average or [0.0])]
     return merged
+
+
+def _json(result: Result) -> dict[str, Any]:
+    """A result as JSON, without its raw latency samples."""
+    doc = asdict(result)
+    del doc["latency_samples"]
+    return doc
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -1149,8 +1163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [median_result(r) for r in runs]
     doc = json.dumps({"environment": env, "settings": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "results": [asdict(r) for r in results],
-        "runs": {r[0].system: [asdict(x) for x in r] for r in runs}}, indent=2)
+        "results": [_json(r) for r in results],
+        "runs": {r[0].system: [_json(x) for x in r] for r in runs}}, indent=2)
     if args.json_out:
         args.json_out.write_text(doc + "\n")
     if args.json:
