@@ -140,6 +140,20 @@ async def test_create_tasks_in_bulk(app: App) -> None:
         assert len({r.id for r, _ in again}) == 1
 
 
+async def test_a_batch_of_due_tasks_wakes_workers_not_this_process_scheduler(app: App
+                                                                             ) -> None:
+    async with app:
+        planned = app.store.hub.schedule_event()
+        ready = app.store.hub.ready_event(["default"])
+        await asyncio.sleep(0.3)  # PostgreSQL: the LISTENs are done, and their wake-up
+        planned.clear()
+        ready.clear()
+        await app.store.create_tasks([TaskCreate(name="now")] * 3, 1.0)
+        assert ready.is_set() and not planned.is_set()
+        await app.store.create_tasks([TaskCreate(name="later", delay_seconds=60)] * 2, 1.0)
+        assert planned.is_set()
+
+
 @pytest.mark.parametrize("n", [1, 2])
 async def test_a_cancelled_caller_does_not_break_the_others(app: App, n: int) -> None:
     async with app:

@@ -199,7 +199,7 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         queues = {row[2] for row in rows if row[3] == Status.QUEUED.value}
         if queues:
             self.hub.ready(queues)
-        if len(queues) < len(rows):
+        if any(row[3] != Status.QUEUED.value for row in rows):
             self.hub.scheduled()
         if self.events.active:
             self.events.publish(TaskEvent(row[0], row[1], row[2], row[3], 0, row[7], row[14],
