@@ -1,8 +1,9 @@
 """Group commit: concurrent calls share one write.
 
-A call made while no write is in flight goes out at once, alone (no added latency on an
-idle system); calls made while a write is in flight wait for it and then go out together
-in the next one. Under load every round trip carries many items; nothing waits on a timer.
+A call made while no write is in flight goes out at once, alone, from the caller's own
+task (no added latency on an idle system); calls made while a write is in flight wait for
+it and then go out together in the next one. Under load every round trip carries many
+items; nothing waits on a timer.
 """
 
 from __future__ import annotations
@@ -31,15 +32,28 @@ class GroupCommit(Generic[T, R]):
         self.max_batch = max_batch
         self._split = split
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._busy = False  # a write is in flight (a caller's own, or the writer task's)
         self._writer: asyncio.Task[None] | None = None
 
     async def submit(self, item: T) -> R:
         """Write ``item`` (with whatever else is pending) and return its result."""
+        if not self._busy:  # idle: write it now, without a hop through another task
+            self._busy = True
+            try:
+                [result] = await self._write([item])
+            finally:
+                self._busy = False
+                self._start_writer()
+            return result
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._drain(), name="chronoq-group-commit")
         return await future
+
+    def _start_writer(self) -> None:
+        """Write what queued up during a caller's own write, in a task of its own."""
+        if self._pending and not self._busy:
+            self._busy = True
+            self._writer = asyncio.create_task(self._drain(), name="chronoq-group-commit")
 
     async def _drain(self) -> None:
         try:
@@ -53,6 +67,7 @@ class GroupCommit(Generic[T, R]):
                         future.cancel()
                     raise
         finally:
+            self._busy = False
             self._writer = None
             for _, future in self._pending:  # only left when the writer was cancelled
                 future.cancel()

@@ -51,29 +51,35 @@ async def test_a_failed_write_fails_its_callers_only() -> None:
 
 async def test_a_bad_item_fails_alone_when_the_error_says_so() -> None:
     writes: list[list[int]] = []
+    gate = asyncio.Event()
 
     async def write(items: Sequence[int]) -> list[int]:
         writes.append(list(items))
+        if 0 in items:
+            await gate.wait()  # hold the first write while the others queue up
         if 3 in items:
             raise ValueError("row 3 is bad")
         if -1 in items:
             raise ConnectionError("database down")
         return list(items)
 
+    async def behind_a_write(items: Sequence[int]) -> list[int | BaseException]:
+        gate.clear()
+        blocker = asyncio.create_task(commit.submit(0))
+        await asyncio.sleep(0)
+        calls = [asyncio.create_task(commit.submit(i)) for i in items]
+        await asyncio.sleep(0)
+        gate.set()
+        assert await blocker == 0
+        return await asyncio.gather(*calls, return_exceptions=True)
+
     commit: GroupCommit[int, int] = GroupCommit(
         write, split=lambda exc: isinstance(exc, ValueError))
-    blocker = asyncio.create_task(commit.submit(0))
-    await asyncio.sleep(0)
-    results = await asyncio.gather(*(commit.submit(i) for i in (1, 2, 3, 4)),
-                                   return_exceptions=True)
-    assert await blocker == 0
+    results = await behind_a_write([1, 2, 3, 4])
     assert [r if isinstance(r, int) else str(r) for r in results] == [1, 2, "row 3 is bad", 4]
     assert writes == [[0], [1, 2, 3, 4], [1], [2], [3], [4]]
     writes.clear()
-    blocker = asyncio.create_task(commit.submit(0))
-    await asyncio.sleep(0)
-    down = await asyncio.gather(commit.submit(-1), commit.submit(5), return_exceptions=True)
-    await blocker
+    down = await behind_a_write([-1, 5])
     assert all(isinstance(r, ConnectionError) for r in down)  # an outage: no one-by-one
     assert writes == [[0], [-1, 5]]
 
