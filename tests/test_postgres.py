@@ -76,3 +76,31 @@ async def test_each_process_hears_only_the_wake_ups_it_needs(pg_url: str) -> Non
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_the_group_commit_connection_survives_a_dropped_backend_and_a_cancel(
+        pg_url: str) -> None:
+    """Submissions keep one pooled connection of their own: when the server drops it, or a
+    caller is cancelled in the middle of its write, the next submission takes a new one."""
+    store = PostgresStore(pg_url, listen=False)
+    await store.open()
+    await store.migrate()
+    admin = await asyncpg.connect(PG_URL)
+    try:
+        first, _ = await store.create_task(TaskCreate(name="a"), time.time())
+        old_pid = store._inserter.get_server_pid()
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", old_pid)
+        await asyncio.sleep(0.2)
+        second, _ = await store.create_task(TaskCreate(name="b"), time.time())
+        assert store._inserter.get_server_pid() != old_pid
+        cut = asyncio.create_task(store.create_task(TaskCreate(name="c"), time.time()))
+        while not store._inserting:  # noqa: ASYNC110 - wait until its statement is out
+            await asyncio.sleep(0)
+        cut.cancel()
+        await asyncio.gather(cut, return_exceptions=True)
+        third, _ = await store.create_task(TaskCreate(name="d"), time.time())
+        for task in (first, second, third):
+            assert (await store.get_task(task.id)).name == task.name
+    finally:
+        await admin.close()
+        await store.close()

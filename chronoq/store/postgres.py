@@ -94,6 +94,15 @@ class _PgConn:
         await self._conn.executemany(sql, rows)
 
 
+def _usable(conn: Any) -> bool:
+    """Whether a pooled connection held across calls is still open (one that closed went
+    back to its pool by itself: asyncpg then refuses to be asked)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
 async def _no_reset(_conn: asyncpg.Connection) -> None:
     """Pooled connections hold no session state (no LISTEN, SET or session locks), so skip
     asyncpg's reset query: one round trip less per store call."""
@@ -116,6 +125,8 @@ class PostgresStore(Store):
         self.min_size, self.max_size, self.listen = min_size, max_size, listen
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._inserter: Any = None  # the group commit's own pooled connection
+        self._inserting = False
         self._listen_lock = asyncio.Lock()
         self._channels: set[str] = set()
         self._listened: set[str] = set()  # channels the LISTEN connection has taken up
@@ -219,7 +230,10 @@ class PostgresStore(Store):
                 job.cancel()
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            if self._inserter is not None and not self._inserting:
+                inserter, self._inserter = self._inserter, None
+                await pool.release(inserter)
+            await pool.close()  # waits for a write in flight to give its connection back
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -270,6 +284,34 @@ class PostgresStore(Store):
             await conn.execute(
                 "INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, time.time()
             )
+
+    async def _insert_rows(self, rows: Sequence[Sequence[Any]]
+                           ) -> list[tuple[TaskRecord, bool]]:
+        """The group commit's write. Its writes never overlap, so they keep one pooled
+        connection to themselves rather than take one and give it back each time (asyncpg
+        hands it back through a task of its own: a hop before the caller hears back)."""
+        pool = self._require()
+        conn = self._inserter
+        if conn is None or not _usable(conn):
+            if conn is not None:
+                await pool.release(conn)  # broken (the server restarted): the pool drops it
+            conn = self._inserter = await pool.acquire()
+        self._inserting = True
+        try:
+            found = await self._insert_on(_PgConn(conn), rows)
+        except asyncpg.PostgresError:
+            raise  # the statement failed, not the connection
+        except BaseException:  # cut off mid-statement: never reuse that connection
+            self._inserter = None
+            await pool.release(conn)
+            raise
+        finally:
+            self._inserting = False
+            if self._pool is None and self._inserter is conn:  # the store closed meanwhile
+                self._inserter = None
+                await pool.release(conn)
+        self._announce_created(rows, found)
+        return found
 
     async def _insert_on(self, c: Conn, rows: Sequence[Sequence[Any]]
                          ) -> list[tuple[TaskRecord, bool]]:
