@@ -153,10 +153,15 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     async def _insert_rows(self, rows: Sequence[Sequence[Any]]
                            ) -> list[tuple[TaskRecord, bool]]:
         """The group commit's write: one multi-row INSERT in autocommit mode."""
-        async with self.conn() as c:
+        async with self._insert_conn() as c:
             found = await self._insert_on(c, rows)
         self._announce_created(rows, found)
         return found
+
+    def _insert_conn(self) -> Any:
+        """``async with``: the connection for the group commit's writes (which never
+        overlap); by default one taken from :meth:`conn` for each write."""
+        return self.conn()
 
     def _announce_created(self, rows: Sequence[Sequence[Any]],
                           found: Sequence[tuple[TaskRecord, bool]]) -> None:

@@ -285,11 +285,11 @@ class PostgresStore(Store):
                 "INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, time.time()
             )
 
-    async def _insert_rows(self, rows: Sequence[Sequence[Any]]
-                           ) -> list[tuple[TaskRecord, bool]]:
-        """The group commit's write. Its writes never overlap, so they keep one pooled
-        connection to themselves rather than take one and give it back each time (asyncpg
-        hands it back through a task of its own: a hop before the caller hears back)."""
+    @asynccontextmanager
+    async def _insert_conn(self) -> AsyncIterator[_PgConn]:
+        """The group commit's writes never overlap, so they keep one pooled connection to
+        themselves rather than take one and give it back each time (asyncpg hands it back
+        through a task of its own: a hop before the caller hears back)."""
         pool = self._require()
         conn = self._inserter
         if conn is None or not _usable(conn):
@@ -298,7 +298,7 @@ class PostgresStore(Store):
             conn = self._inserter = await pool.acquire()
         self._inserting = True
         try:
-            found = await self._insert_on(_PgConn(conn), rows)
+            yield _PgConn(conn)
         except asyncpg.PostgresError:
             raise  # the statement failed, not the connection
         except BaseException:  # cut off mid-statement: never reuse that connection
@@ -310,8 +310,6 @@ class PostgresStore(Store):
             if self._pool is None and self._inserter is conn:  # the store closed meanwhile
                 self._inserter = None
                 await pool.release(conn)
-        self._announce_created(rows, found)
-        return found
 
     async def _insert_on(self, c: Conn, rows: Sequence[Sequence[Any]]
                          ) -> list[tuple[TaskRecord, bool]]:
