@@ -242,6 +242,20 @@ async def test_refused_event_streams_close_with_4401(secured: Harness) -> None:
                     assert ws.subprotocol == "chronoq.bearer"
 
 
+async def test_wrong_keys_on_sockets_are_throttled_too(db_url: str) -> None:
+    settings = make_settings(db_url, auth=True, auth_failures_per_minute=2)
+    async with running(App(settings=settings)) as harness:
+        _, good = await harness.store.create_key("good", ["read"])
+        async with serving(harness.app) as where:
+            url = f"ws://{where}/v1/events"
+            codes = []
+            for secret in ("cq_a_wrong", "cq_b_wrong", "cq_c_wrong", good):
+                async with ws_connect(url, subprotocols=["chronoq.bearer", secret]) as ws:
+                    codes.append(await closed_code(ws, within=5))
+            assert codes == [4401, 4401, 4429, 4429]
+            assert "too many invalid API keys" in (ws.close_reason or "")
+
+
 # -- /metrics and namespaces ---------------------------------------------------------------
 async def test_metrics_need_a_key_without_namespace(secured: Harness) -> None:
     http = secured.http
