@@ -19,6 +19,16 @@ class Settings(BaseSettings):
     auth: bool = Field(True, description="require API keys (`chronoq dev` turns this off "
                        "unless --auth; it listens on localhost only)")
     api_key: str | None = Field(None, description="the key the CLI sends to the API")
+    key_cache_seconds: float = Field(10.0, gt=0, le=3600, description="how long the API "
+                                     "trusts a key look-up: a revoked key stops working, and "
+                                     "its open event streams close, within this")
+    rate_limit: float = Field(500.0, ge=0, description="requests a second one API key may "
+                              "make to one API process, sustained (0: no limit)")
+    rate_limit_burst: int = Field(1000, ge=1, description="requests one API key may make "
+                                  "at once above rate_limit")
+    auth_failures_per_minute: int = Field(30, ge=1, description="invalid API keys one client "
+                                          "address may present a minute; then 429 before "
+                                          "any key is checked")
     redis_url: str | None = Field(None, description="redis://host:port/db: share task events "
                                   "between processes (distributed mode)")
     broker_url: str | None = Field(None, description="redis://host:port/db: workers get ready "

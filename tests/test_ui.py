@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
-from tests.processes import ROOT, Proc, free_port, wait_ready, wait_status
+from tests.processes import ROOT, Proc, cli, free_port, wait_ready, wait_status
 
 sync_api = pytest.importorskip(
     "playwright.sync_api",
@@ -104,6 +104,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             f"GET /ui answered {answer.status_code}: the dashboard is not mounted "
             "(create_api must call chronoq.api.ui.mount_ui)")
         yield url
+    finally:
+        if proc.popen.poll() is None:
+            proc.terminate()
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+    """``chronoq dev --demo --auth`` with a 2 s key cache: its URL, a read key and the
+    database URL (for ``chronoq keys``)."""
+    folder = tmp_path_factory.mktemp("ui-auth")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    db = f"sqlite:///{folder / 'ui.db'}"
+    created = cli("keys", "create", "dashboard", "--scope", "read", "--database-url", db)
+    assert created.returncode == 0, created.stderr
+    proc = Proc(["dev", "--demo", "--auth", "--port", str(port), "--database-url", db],
+                {"CHRONOQ_KEY_CACHE_SECONDS": "2"}, folder / "dev.log")
+    try:
+        wait_ready(url, proc)
+        yield url, created.stdout.strip(), db
     finally:
         if proc.popen.poll() is None:
             proc.terminate()
@@ -336,3 +356,80 @@ def test_overview_and_escaping(tab: Page, server: str) -> None:
     assert page.locator("#view img").count() == 0
     assert page.locator("#view b").count() == 0
     assert page.evaluate("window.__xss") is None
+
+
+def test_sign_in_form_session_and_socket_without_token(browser: Any,
+                                                      secured: tuple[str, str, str]) -> None:
+    url, key, _ = secured
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        tab = Page(context.new_page(), url)
+        page = tab.page
+        sockets: list[str] = []
+        dialogs: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(f"{url}/ui#/overview")
+        form = page.locator("form#signin")
+        expect(form).to_be_visible()
+        expect(page.locator("#view .cards")).to_have_count(0)  # no zeros while signed out
+        tab.screenshot("signin")
+
+        page.fill("#signin-key", "cq_00000000_not-a-key")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#signin-error")).to_contain_text("invalid or revoked API key")
+        expect(page.locator("#view .cards")).to_have_count(0)
+
+        page.fill("#signin-key", key)
+        page.get_by_role("button", name="Sign in").click()
+        expect(form).to_have_count(0)
+        succeeded = page.locator('tr[data-queue="default"] td.count-succeeded')
+        expect(succeeded).to_have_text(re.compile(r"^[1-9][\d,]*$"))  # the demo's real counts
+        expect(page.locator("#conn")).to_have_attribute("data-mode", "live")
+
+        page.reload()  # the key is kept for this tab's session
+        expect(succeeded).to_have_text(re.compile(r"^[1-9][\d,]*$"))
+        expect(form).to_have_count(0)
+        expect(page.locator("#conn")).to_have_attribute("data-mode", "live")
+        assert sockets and all(urlparse(s).query == "" for s in sockets), sockets
+        assert not [r for r in tab.requests if key in r or "token=" in r]
+        assert dialogs == []
+
+        page.locator("#signout").click()
+        expect(form).to_be_visible()
+        page.reload()
+        expect(form).to_be_visible()  # signed out: the session forgot the key
+        assert tab.errors == []
+    finally:
+        context.close()
+
+
+def test_a_revoked_key_returns_the_dashboard_to_sign_in(browser: Any,
+                                                        secured: tuple[str, str, str]) -> None:
+    url, _, db = secured
+    created = cli("keys", "create", "short-lived", "--scope", "read", "--database-url", db)
+    key = created.stdout.strip()
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        page = Page(context.new_page(), url).page
+        page.goto(f"{url}/ui#/tasks")
+        page.fill("#signin-key", key)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#conn")).to_have_attribute("data-mode", "live")
+        assert cli("keys", "revoke", key.split("_")[1], "--database-url", db).returncode == 0
+        # the open socket is closed with 4401 within the 2 s key cache; the page asks again
+        expect(page.locator("form#signin")).to_be_visible(timeout=8_000)
+        expect(page.locator("#signin-error")).to_contain_text("refused")
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("host", ["*", "evil.example", "x;script-src 'unsafe-inline'",
+                                  "127.0.0.1:1 https://evil.example", "a,b;c"])
+def test_the_csp_does_not_depend_on_the_host_header(server: str, host: str) -> None:
+    normal = httpx.get(f"{server}/ui", timeout=5).headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in normal.split(";"))
+    assert directives["connect-src"] == "'self'"  # 'self' covers the page's own ws(s)
+    answer = httpx.get(f"{server}/ui", headers={"host": host}, timeout=5)
+    assert answer.status_code == 200
+    assert answer.headers["content-security-policy"] == normal

@@ -3,6 +3,9 @@
 :func:`install` adds both to the FastAPI app. The counters start with the first request (or
 earlier, when :class:`chronoq.runner.Runner` starts them with the process); the store-wide
 gauges are read in the route, before rendering.
+
+The scrape covers every namespace (queue names, depths, task names), so it needs a key
+without a namespace; a namespaced key is answered 403.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chronoq.api.auth import Reader
+from chronoq.api.errors import ApiError
 from chronoq.app import App
 from chronoq.metrics import Metrics, metrics_for
 
@@ -25,6 +29,9 @@ UNMATCHED = "unmatched"
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request, who: Reader) -> Response:
+    if who.namespace is not None:
+        raise ApiError(403, "forbidden", "/metrics covers every namespace: scrape it with a "
+                       f"key without one (this key is bound to {who.namespace!r})")
     app: App = request.app.state.chronoq
     found = metrics_for(app)
     if app.is_open:

@@ -17,29 +17,49 @@ export function url(path, query) {
   return qs ? `${path}?${qs}` : path;
 }
 
-// API keys: when the server requires one (401), ask once and keep it in this browser.
+// API keys: when the server requires one (401), the page shows its sign-in form; the key
+// is kept in sessionStorage (this tab, until it is closed), never in a URL.
 const KEY = "chronoq.apiKey";
+
+try {
+  window.localStorage.removeItem(KEY); // older versions kept it for good
+} catch {
+  // storage disabled: nothing kept anywhere
+}
 
 export function apiKey() {
   try {
-    return window.localStorage.getItem(KEY) || "";
+    return window.sessionStorage.getItem(KEY) || "";
   } catch {
     return "";
   }
 }
 
-function askForKey(message) {
-  const key = window.prompt(`${message}\nPaste a chronoq API key (chronoq keys create):`, "");
-  if (key) window.localStorage.setItem(KEY, key.trim());
-  return Boolean(key);
+export function setApiKey(key) {
+  try {
+    if (key) window.sessionStorage.setItem(KEY, key);
+    else window.sessionStorage.removeItem(KEY);
+  } catch {
+    // storage disabled: the key lasts as long as this page
+  }
 }
 
-export async function request(method, path, { query, body, signal } = {}, retried = false) {
+let unauthorized = () => {};
+
+/** Call ``fn(message)`` whenever the API refuses the key (or its absence) with a 401. */
+export function onUnauthorized(fn) {
+  unauthorized = fn;
+}
+
+/** A request with ``key`` (default: the session's). A 401 is reported to the
+ * ``onUnauthorized`` handler unless ``key`` was given (the sign-in form checks its own). */
+export async function request(method, path, { query, body, signal, key } = {}) {
   let response;
+  const secret = key === undefined ? apiKey() : key;
   try {
     const headers = body === undefined ? { accept: "application/json" }
       : { accept: "application/json", "content-type": "application/json" };
-    if (apiKey()) headers.authorization = `Bearer ${apiKey()}`;
+    if (secret) headers.authorization = `Bearer ${secret}`;
     response = await fetch(url(path, query), {
       method,
       signal,
@@ -60,16 +80,12 @@ export async function request(method, path, { query, body, signal } = {}, retrie
       data = null;
     }
   }
-  if (response.status === 401 && !retried) {
-    const error = data && data.error ? data.error : {};
-    if (askForKey(error.message || "This chronoq API requires an API key.")) {
-      return request(method, path, { query, body, signal }, true);
-    }
-  }
   if (!response.ok) {
     const error = data && data.error ? data.error : {};
-    throw new ApiError(response.status, error.code || "http_error",
+    const failure = new ApiError(response.status, error.code || "http_error",
       error.message || `${method} ${path} answered ${response.status}`);
+    if (response.status === 401 && key === undefined) unauthorized(failure.message);
+    throw failure;
   }
   return data;
 }

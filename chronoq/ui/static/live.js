@@ -4,13 +4,18 @@
 // buffered and handed on in one batch per animation frame, so a burst of thousands of
 // events costs one re-render. When the socket is closed or never opens, mode becomes
 // "polling" and the socket is retried with a growing delay (2 s … 30 s).
+//
+// The API key travels as a subprotocol (["chronoq.bearer", key]), not in the URL, which
+// proxies log; a socket the server closes with 4401 (refused or revoked key) is not
+// retried but reported to onUnauthorized.
 
 import { apiKey } from "./api.js";
 
 export class Live {
-  constructor({ onEvents, onMode }) {
+  constructor({ onEvents, onMode, onUnauthorized }) {
     this.onEvents = onEvents;
     this.onMode = onMode;
+    this.onUnauthorized = onUnauthorized;
     this.mode = "connecting";
     this.socket = null;
     this.buffer = [];
@@ -21,9 +26,7 @@ export class Live {
 
   get url() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const key = apiKey();
-    const token = key ? `?token=${encodeURIComponent(key)}` : "";
-    return `${scheme}//${location.host}/v1/events${token}`;
+    return `${scheme}//${location.host}/v1/events`;
   }
 
   setMode(mode, detail) {
@@ -33,14 +36,26 @@ export class Live {
   }
 
   start() {
+    this.stop();
     this.connect();
+  }
+
+  /** Close the socket and retry no more (until start). */
+  stop() {
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const socket = this.socket;
+    this.socket = null;
+    if (socket) socket.close();
+    this.setMode("connecting");
   }
 
   connect() {
     this.retryTimer = null;
     let socket;
     try {
-      socket = new WebSocket(this.url);
+      const key = apiKey();
+      socket = key ? new WebSocket(this.url, ["chronoq.bearer", key]) : new WebSocket(this.url);
     } catch {
       this.fallBack();
       return;
@@ -51,11 +66,11 @@ export class Live {
       this.setMode("live");
     });
     socket.addEventListener("message", (message) => this.receive(message.data));
-    socket.addEventListener("close", () => {
-      if (this.socket === socket) {
-        this.socket = null;
-        this.fallBack();
-      }
+    socket.addEventListener("close", (event) => {
+      if (this.socket !== socket) return;
+      this.socket = null;
+      if (event.code === 4401 && this.onUnauthorized) this.onUnauthorized();
+      else this.fallBack();
     });
     // "error" is always followed by "close"; nothing to do here.
   }

@@ -1,12 +1,15 @@
 // The dashboard shell: hash routes (#/overview, #/tasks?…, #/schedules, #/dead), live
 // updates over the event WebSocket with a 2-second polling fallback, and the search box.
+// When the API wants a key the page shows only the sign-in form: no view (and so no empty
+// counts) until a key is accepted.
 
-import { UUID } from "./api.js";
+import { UUID, apiKey, get, onUnauthorized, setApiKey } from "./api.js";
 import { throttle, toast } from "./dom.js";
 import { number, relative } from "./format.js";
 import { Live } from "./live.js";
 import { overviewView } from "./overview.js";
 import { schedulesView } from "./schedules.js";
+import { signInView } from "./signin.js";
 import { Stats } from "./stats.js";
 import { tasksView } from "./tasks.js";
 
@@ -24,6 +27,7 @@ const VIEWS = {
 const main = document.getElementById("view");
 const conn = document.getElementById("conn");
 const deadCount = document.getElementById("dead-count");
+const signOut = document.getElementById("signout");
 
 let current = null; // {name, view}
 let lastRefresh = 0;
@@ -74,7 +78,10 @@ ctx.stats = new Stats({
   onError: (err) => ctx.report(err),
 });
 
+let signingIn = false; // the sign-in form is up: no view, no refreshes, no socket
+
 function route() {
+  if (signingIn) return;
   const { name, params } = parseHash();
   if (!current || current.name !== name) {
     if (current) current.view.destroy();
@@ -94,7 +101,37 @@ function route() {
 // -- live updates ----------------------------------------------------------------------------
 const statsSoon = throttle(() => ctx.stats.sample(), 2000);
 
+function showSignIn(message) {
+  if (signingIn) return;
+  signingIn = true;
+  setApiKey("");
+  live.stop();
+  conn.dataset.mode = "off";
+  conn.textContent = "signed out";
+  conn.title = "Sign in to receive task events";
+  if (current) current.view.destroy();
+  current = null;
+  ctx.stats.samples = []; // another key may see other namespaces: start counting afresh
+  ctx.stats.queues = [];
+  signOut.hidden = true;
+  deadCount.hidden = true;
+  document.title = "chronoq · sign in";
+  const form = signInView({ message, onSignedIn: enter });
+  main.replaceChildren(form.el);
+  form.focus();
+}
+
+function enter() {
+  signingIn = false;
+  signOut.hidden = !apiKey();
+  route();
+  ctx.stats.sample();
+  lastStats = Date.now();
+  live.start();
+}
+
 const live = new Live({
+  onUnauthorized: () => showSignIn("The API refused this key (invalid or revoked)."),
   onEvents(events) {
     if (current) current.view.onEvents(events);
     if (events.some((ev) => ev.status === "dead" || ev.status === "succeeded")) statsSoon();
@@ -147,7 +184,19 @@ document.addEventListener("visibilitychange", () => {
   if (!document.hidden && current) current.view.refresh();
 });
 
-route();
-ctx.stats.sample();
-lastStats = Date.now();
-live.start();
+onUnauthorized((message) => showSignIn(`Not signed in: ${message}.`));
+signOut.addEventListener("click", () => showSignIn(""));
+
+// Ask the API once whether it wants a key (and whether the kept one still works) before
+// any view renders.
+(async () => {
+  try {
+    await get("/v1/queues", null, { key: apiKey() });
+  } catch (err) {
+    if (err.status === 401) {
+      showSignIn(apiKey() ? `Not signed in: ${err.message}.` : "");
+      return;
+    }
+  }
+  enter();
+})();

@@ -60,16 +60,17 @@ export function overviewView(ctx) {
     const slots = alive.reduce((n, w) => n + w.concurrency, 0);
     const busy = alive.reduce((n, w) => n + w.running, 0);
     const oldest = Math.max(0, ...stats.queues.map((q) => q.oldest_queued_age_seconds || 0));
+    const count = (n) => (stats.latest ? number(n) : "…"); // no made-up zeros before data
     fill(cards,
       card("Throughput", tp ? `${tp.perMinute < 10 ? tp.perMinute.toFixed(1) : number(Math.round(tp.perMinute))}/min` : "…",
         [tp ? `succeeded, last ${Math.round(tp.seconds)} s` : "measuring", sparkline(stats.series())],
         { dataset: { testid: "throughput" } }),
-      card("Queued", number(stats.total("queued")),
+      card("Queued", count(stats.total("queued")),
         stats.total("queued") ? `oldest waits ${duration(oldest)}` : "nothing waiting"),
-      card("Running", number(stats.total("running")), slots ? `${busy} of ${slots} worker slots busy` : ""),
-      card("Scheduled", number(stats.total("scheduled") + stats.total("failed")),
+      card("Running", count(stats.total("running")), slots ? `${busy} of ${slots} worker slots busy` : ""),
+      card("Scheduled", count(stats.total("scheduled") + stats.total("failed")),
         `${number(stats.total("failed"))} waiting to retry`),
-      card("Dead letters", h("a", { href: "#/dead" }, number(stats.total("dead"))), "need attention"),
+      card("Dead letters", h("a", { href: "#/dead" }, count(stats.total("dead"))), "need attention"),
       card("Workers", number(alive.length), workersError ? workersError : "alive"));
 
     if (stats.queues.length === 0) {
