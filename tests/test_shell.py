@@ -15,7 +15,7 @@ import pytest
 from chronoq.executors import ShellExecutor, TaskFailed
 from chronoq.executors.shell import dangerous_env_name, parse_env_allow
 from tests.conftest import Harness
-from tests.processes import Proc, free_port, wait_ready, wait_status
+from tests.processes import Proc, cli, free_port, wait_ready, wait_status
 
 ENV = shutil.which("env", path="/usr/bin:/bin")
 #: what every child gets from chronoq: the worker's PATH and HOME, and LANG
@@ -169,3 +169,13 @@ def test_chronoq_dev_flag(tmp_path: Path, procs: list[Proc]) -> None:
     assert "BASH_ENV" in str(error) and "--shell-env-allow" in str(error)
     assert not marker.exists()
     dev.terminate()
+
+
+def test_a_worker_refuses_to_start_with_a_dangerous_name(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'refused.db'}"
+    for args, env in [(["--shell-env-allow", "GREETING,BASH_ENV"], {}),
+                      ([], {"CHRONOQ_SHELL_ENV_ALLOW": "LD_PRELOAD"})]:
+        started = cli("worker", "--database-url", db, "--shell-allow", "echo", *args, env=env)
+        assert started.returncode == 2, started.stderr
+        assert "--shell-env-allow" in started.stderr and "may not be allowed" in started.stderr
+        assert "Traceback" not in started.stderr
