@@ -20,6 +20,7 @@ from chronoq.executors import Executor, PythonExecutor
 from chronoq.models import BackoffSpec, ScheduleCreate, Task, TaskCreate, TaskTemplate
 from chronoq.notify import Hub
 from chronoq.store import Store, create_store
+from chronoq.store.schedules import id_like
 
 log = logging.getLogger("chronoq")
 
@@ -160,6 +161,9 @@ class App:
             wrapped = self.task(name, **task_options)(fn)
             template = TaskTemplate.model_validate(
                 wrapped.spec(payload or {}).model_dump(include=set(TaskTemplate.model_fields)))
+            if id_like(schedule_name or wrapped.name):
+                raise ValueError(f"schedule name {schedule_name or wrapped.name!r} is shaped "
+                                 "like an id (a UUID): give schedule_name another name")
             self.schedules.append(ScheduleCreate(
                 name=schedule_name or wrapped.name, cron=cron,
                 interval_seconds=interval_seconds, timezone=timezone, task=template,
@@ -169,7 +173,8 @@ class App:
         return register
 
     async def sync_schedules(self) -> None:
-        """Create or update the schedules declared with :meth:`periodic`."""
+        """Create or update the schedules declared with :meth:`periodic` (in the
+        ``default`` namespace)."""
         for spec in self.schedules:
             _, changed = await self.store.upsert_schedule(spec, time.time())
             if changed:

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -161,7 +162,12 @@ def worker_options(fn: Any) -> Any:
     fn = click.option("--shell-allow", default=None,
                       help="comma-separated programs the chronoq.shell executor may run "
                            "(off unless given)")(fn)
-    fn = click.option("--http-allow", default=None, callback=_http_allow,
+    fn = click.option("--shell-env-allow", envvar="CHRONOQ_SHELL_ENV_ALLOW", default=None,
+                      callback=_checked_by(_shell_env_allow),
+                      help="comma-separated environment variable names chronoq.shell "
+                           "payloads may set (none unless given; PATH, HOME, LD_*, "
+                           "BASH_ENV, PYTHON*... are refused) [env CHRONOQ_SHELL_ENV_ALLOW]")(fn)
+    fn = click.option("--http-allow", default=None, callback=_checked_by(_http_allow),
                       help="comma-separated hostnames and CIDRs whose private, loopback or "
                            "link-local addresses chronoq.http may call, e.g. "
                            "127.0.0.1/32,internal.example.com (public addresses are always "
@@ -169,16 +175,30 @@ def worker_options(fn: Any) -> Any:
     return fn
 
 
-def _http_allow(_ctx: Any, _param: Any, value: str | None) -> str | None:
-    if value is None:
-        return None
+def _checked_by(parse: Callable[[str], object]) -> Callable[[Any, Any, str | None], str | None]:
+    """A click callback: ``parse``'s ``ValueError`` becomes a usage error naming the option."""
+
+    def callback(_ctx: Any, _param: Any, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc)) from None
+        return value
+
+    return callback
+
+
+def _http_allow(value: str) -> object:
     from chronoq.executors.http import parse_allow
 
-    try:
-        parse_allow(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
+    return parse_allow(value)
+
+
+def _shell_env_allow(value: str) -> object:
+    from chronoq.executors.shell import parse_env_allow
+
+    return parse_env_allow(value.split(","))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -221,6 +241,7 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
     components = Components(api=api, scheduler=scheduler, worker=worker,
                             queues=settings.queue_list(), concurrency=settings.concurrency,
                             shell_allow=settings.shell_allow_list(),
+                            shell_env_allow=settings.shell_env_allow_list(),
                             http_allow=settings.http_allow_list(),
                             metrics_port=port, metrics_host=metrics_host)
     as_json = log_format(sys.stderr) == "json"
@@ -268,9 +289,9 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
                    "allowed on a loopback --host")
 @log_option
 def dev(database_url: str | None, app_path: str | None, queues: str | None,
-        concurrency: int | None, shell_allow: str | None, http_allow: str | None,
-        host: str | None, port: int | None, demo: bool, auth: bool | None,
-        log_level: str) -> None:
+        concurrency: int | None, shell_allow: str | None, shell_env_allow: str | None,
+        http_allow: str | None, host: str | None, port: int | None, demo: bool,
+        auth: bool | None, log_level: str) -> None:
     """Run API + scheduler + workers in one process (SQLite by default: no server needed).
 
     Without --auth the API needs no key, so it may only listen on a loopback address."""
@@ -278,8 +299,8 @@ def dev(database_url: str | None, app_path: str | None, queues: str | None,
         auth = "CHRONOQ_AUTH" in os.environ and Settings().auth
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
-                             http_allow=http_allow, host=host, port=port, log_level=log_level,
-                             auth=auth)
+                             shell_env_allow=shell_env_allow, http_allow=http_allow,
+                             host=host, port=port, log_level=log_level, auth=auth)
     if not auth and settings.host not in ("127.0.0.1", "localhost", "::1"):
         raise click.UsageError(f"--host {settings.host} exposes the API beyond this machine: "
                                "add --auth (and create a key with `chronoq keys create`)")
@@ -327,15 +348,17 @@ def _autoscale(_ctx: Any, _param: Any, value: str | None) -> str | None:
 @metrics_port_option
 @log_option
 def worker(database_url: str | None, app_path: str | None, queues: str | None,
-           concurrency: int | None, shell_allow: str | None, http_allow: str | None,
-           autoscale: str | None, metrics_port: str | None, log_level: str) -> None:
+           concurrency: int | None, shell_allow: str | None, shell_env_allow: str | None,
+           http_allow: str | None, autoscale: str | None, metrics_port: str | None,
+           log_level: str) -> None:
     """Run a worker: claims tasks from QUEUES and runs up to CONCURRENCY at once.
 
     With CHRONOQ_BROKER_URL=redis://... it reads ready tasks from Redis Streams instead
     of polling the store."""
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
-                             http_allow=http_allow, autoscale=autoscale, log_level=log_level)
+                             shell_env_allow=shell_env_allow, http_allow=http_allow,
+                             autoscale=autoscale, log_level=log_level)
     _run(settings, api=False, scheduler=False, worker=True, metrics_port=metrics_port)
 
 

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(256 * 1024, gt=0, description="largest accepted payload")
     shell_allow: str = Field("", description="comma-separated programs the shell executor may "
                              "run (empty: shell executor disabled)")
+    shell_env_allow: str = Field("", description="comma-separated environment variable "
+                                 "names chronoq.shell payloads may set (empty: none)")
     http_allow: str = Field("", description="comma-separated hostnames and CIDRs whose "
                             "private, loopback or link-local addresses the chronoq.http "
                             "executor may call (e.g. 127.0.0.1/32,internal.example.com)")
@@ -63,6 +65,14 @@ class Settings(BaseSettings):
         parse_allow(value)  # ValueError names a bad entry
         return value
 
+    @field_validator("shell_env_allow")
+    @classmethod
+    def _valid_shell_env_allow(cls, value: str) -> str:
+        from chronoq.executors.shell import parse_env_allow
+
+        parse_env_allow(value.split(","))  # ValueError names a malformed or dangerous name
+        return value
+
     def autoscale_range(self) -> tuple[int, int] | None:
         if not self.autoscale:
             return None
@@ -74,6 +84,9 @@ class Settings(BaseSettings):
 
     def shell_allow_list(self) -> list[str]:
         return [c.strip() for c in self.shell_allow.split(",") if c.strip()]
+
+    def shell_env_allow_list(self) -> list[str]:
+        return [c.strip() for c in self.shell_env_allow.split(",") if c.strip()]
 
     def http_allow_list(self) -> list[str]:
         return [c.strip() for c in self.http_allow.split(",") if c.strip()]

@@ -228,7 +228,8 @@ class ScheduleCreate(ScheduleFields):
     """A recurring schedule: fire ``task`` on a cron or interval rule."""
 
     name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$",
-                      description="unique name, e.g. `nightly-report`")
+                      description="unique in its namespace and not shaped like an id "
+                                  "(a UUID), e.g. `nightly-report`")
 
 
 class ScheduleUpdate(BaseModel):

@@ -43,6 +43,8 @@ class Components:
     queues: list[str] = field(default_factory=lambda: ["default"])
     concurrency: int = 8
     shell_allow: list[str] = field(default_factory=list)
+    #: environment variable names chronoq.shell payloads may set
+    shell_env_allow: list[str] = field(default_factory=list)
     #: hostnames and CIDRs whose non-public addresses chronoq.http may call
     http_allow: list[str] = field(default_factory=list)
     worker_id: str | None = None
@@ -69,7 +71,8 @@ class Runner:
         self._stop_requested = False
 
     def executors(self) -> dict[str, Executor]:
-        return {**builtin_executors(self.components.shell_allow, self.components.http_allow),
+        c = self.components
+        return {**builtin_executors(c.shell_allow, c.http_allow, c.shell_env_allow),
                 **self.app.executors()}
 
     def stop(self) -> None:

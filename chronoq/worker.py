@@ -32,14 +32,15 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def builtin_executors(shell_allow: Iterable[str] = (),
-                      http_allow: Iterable[str] = ()) -> dict[str, Executor]:
+def builtin_executors(shell_allow: Iterable[str] = (), http_allow: Iterable[str] = (),
+                      shell_env_allow: Iterable[str] = ()) -> dict[str, Executor]:
     """``chronoq.http`` always (public addresses, plus the non-public ones ``http_allow``
-    permits: hostnames and CIDRs); ``chronoq.shell`` only with a non-empty allow-list."""
+    permits: hostnames and CIDRs); ``chronoq.shell`` only with a non-empty allow-list, its
+    payloads setting only the environment variables ``shell_env_allow`` names."""
     executors: dict[str, Executor] = {http_executor.NAME: HttpExecutor(http_allow)}
     allow = list(shell_allow)
     if allow:
-        executors[shell_executor.NAME] = ShellExecutor(allow)
+        executors[shell_executor.NAME] = ShellExecutor(allow, shell_env_allow)
     return executors
 
 

@@ -74,9 +74,11 @@ class Harness:
         return self.scheduler
 
     def start_worker(self, concurrency: int = 4, queues: Iterable[str] = ("default",),
-                     shell_allow: Iterable[str] = (), worker_id: str | None = None) -> Worker:
+                     shell_allow: Iterable[str] = (), worker_id: str | None = None,
+                     shell_env_allow: Iterable[str] = ()) -> Worker:
         s = self.app.settings
-        worker = Worker(self.store, {**builtin_executors(shell_allow), **self.app.executors()},
+        builtin = builtin_executors(shell_allow, shell_env_allow=shell_env_allow)
+        worker = Worker(self.store, {**builtin, **self.app.executors()},
                         queues=queues, concurrency=concurrency, worker_id=worker_id,
                         lease_seconds=s.lease_seconds, heartbeat_seconds=s.heartbeat_seconds,
                         poll_seconds=s.poll_seconds)

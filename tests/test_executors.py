@@ -366,10 +366,10 @@ async def test_shell_env_cannot_change_the_program(tmp_path: Path) -> None:
     fake = tmp_path / "echo"
     fake.write_text("#!/bin/sh\necho hijacked\n")
     fake.chmod(0o755)
-    executor = ShellExecutor(["echo"])
+    executor = ShellExecutor(["echo"], env_allow=["GREETING"])
     for env in [{"PATH": str(tmp_path)}, {"LD_PRELOAD": str(tmp_path / "x.so")},
                 {"path": str(tmp_path)}]:
-        with pytest.raises(TaskFailed, match="env may not set"):
+        with pytest.raises(TaskFailed, match="which this worker does not allow"):
             await executor.run({"command": "echo", "args": ["hi"], "env": env})
     # the program is looked up on the worker's PATH, whatever the task's cwd
     result = await executor.run({"command": "echo", "args": ["hi"], "cwd": str(tmp_path),

@@ -15,7 +15,7 @@ from chronoq.ids import is_id
 from chronoq.models import QueueStats, Task, TaskBatch, TaskBatchResult, TaskCreate, TaskPage
 from chronoq.states import Status
 from chronoq.store import NotFound, TaskRecord
-from chronoq.store.base import IdempotencyConflict, dumps
+from chronoq.store.base import dumps
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=responses(401, 403))
 
@@ -68,9 +68,6 @@ async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Wr
     _check_payload(spec, app.settings.max_payload_bytes, "payload")
     record, created = await app.store.create_task(spec, time.time(), who.home)
     if not created:
-        if record.namespace != who.home:
-            raise ApiError(409, "idempotency_conflict", "this idempotency_key is already "
-                           "used by another namespace", "idempotency_key")
         response.status_code = 200
     return record.to_api()
 
@@ -79,7 +76,7 @@ async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Wr
     "/tasks/batch",
     status_code=201,
     response_model=TaskBatchResult,
-    responses=responses(409, 413, 422),
+    responses=responses(413, 422),
     summary="Submit several tasks at once",
 )
 async def create_tasks(batch: TaskBatch, app: AppDep, who: Writer) -> TaskBatchResult:
@@ -88,12 +85,7 @@ async def create_tasks(batch: TaskBatch, app: AppDep, who: Writer) -> TaskBatchR
     returns the earlier task (`created: false` at its position)."""
     for index, spec in enumerate(batch.tasks):
         _check_payload(spec, app.settings.max_payload_bytes, f"tasks.{index}.payload")
-    try:
-        found = await app.store.create_tasks(batch.tasks, time.time(), who.home)
-    except IdempotencyConflict as exc:
-        raise ApiError(409, "idempotency_conflict", "this idempotency_key is already used "
-                       "by another namespace; no task was submitted",
-                       f"tasks.{exc.index}.idempotency_key") from None
+    found = await app.store.create_tasks(batch.tasks, time.time(), who.home)
     return TaskBatchResult(items=[record.to_api() for record, _ in found],
                            created=[created for _, created in found])
 

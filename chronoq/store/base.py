@@ -26,18 +26,18 @@ from chronoq.store.records import (
     INSERT_TASK_COLUMNS,
     Completion,
     Conn,
-    IdempotencyConflict,
     NotFound,
     Row,
     TaskRecord,
     attempt_from_row,
     dumps,
+    idempotency,
     task_row,
 )
 from chronoq.store.schedules import ScheduleQueries
 from chronoq.store.workers import WorkerQueries
 
-__all__ = ["Completion", "Conn", "IdempotencyConflict", "NotFound", "Row", "Store",
+__all__ = ["Completion", "Conn", "NotFound", "Row", "Store",
            "TaskRecord", "dumps", "opened"]
 
 #: rows per multi-row INSERT (17 parameters each; both databases allow 32,766)
@@ -129,24 +129,20 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     # -- submitting and reading --------------------------------------------------------------
     async def create_task(self, spec: TaskCreate, now: float, namespace: str = "default"
                           ) -> tuple[TaskRecord, bool]:
-        """Insert a task; returns ``(task, created)``. An idempotency key seen before returns
-        the existing task with ``created=False``. Concurrent calls are written together
-        (group commit): one statement and one commit for all of them."""
+        """Insert a task; returns ``(task, created)``. An idempotency key seen before in
+        ``namespace`` returns the existing task with ``created=False``. Concurrent calls
+        are written together (group commit): one statement and one commit for all."""
         return await self._inserts.submit(_submitted_row(spec, now, namespace))
 
     async def create_tasks(self, specs: Sequence[TaskCreate], now: float,
                            namespace: str = "default") -> list[tuple[TaskRecord, bool]]:
         """Insert many tasks in one transaction, :data:`INSERT_BATCH` per statement;
-        ``(task, created)`` each. If an idempotency key belongs to a task of another
-        namespace, nothing is inserted and :class:`IdempotencyConflict` is raised."""
+        ``(task, created)`` each."""
         rows = [_submitted_row(spec, now, namespace) for spec in specs]
         found: list[tuple[TaskRecord, bool]] = []
         async with self.tx() as c:
             for start in range(0, len(rows), INSERT_BATCH):
                 found += await self._insert_on(c, rows[start:start + INSERT_BATCH])
-            for index, (record, created) in enumerate(found):
-                if not created and record.namespace != namespace:
-                    raise IdempotencyConflict(index)
         self._announce_created(rows, found)
         return found
 
@@ -170,23 +166,28 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
 
     async def _insert_on(self, c: Conn, rows: Sequence[Sequence[Any]]
                          ) -> list[tuple[TaskRecord, bool]]:
-        """Insert ``rows``; those whose idempotency key exists return the existing task."""
+        """Insert ``rows``; those whose idempotency key exists in their namespace return
+        the existing task (the same key in another namespace is another task)."""
         source, args = self.rows_source(rows)
         inserted = await c.fetch(
             f"{INSERT_TASK_COLUMNS} {source} "
-            "ON CONFLICT (idempotency_key) DO NOTHING RETURNING *", *args)
+            "ON CONFLICT (namespace, idempotency_key) DO NOTHING RETURNING *", *args)
         by_id = {r["id"]: r for r in inserted}
-        keys = [row[13] for row in rows if row[0] not in by_id]
+        wanted = {idempotency(row) for row in rows if row[0] not in by_id}
         existing = {}
-        if keys:
-            existing = {r["idempotency_key"]: r for r in await c.fetch(
-                f"SELECT * FROM tasks WHERE idempotency_key {self.in_list('$1')}",
-                self.list_param(keys))}
-        lost = [row for row in rows if row[0] not in by_id and row[13] not in existing]
+        if wanted:
+            namespaces, keys = zip(*wanted, strict=True)
+            found = await c.fetch(
+                f"SELECT * FROM tasks WHERE namespace {self.in_list('$1')} "
+                f"AND idempotency_key {self.in_list('$2')}",
+                self.list_param(set(namespaces)), self.list_param(set(keys)))
+            existing = {key: r for r in found
+                        if (key := (r["namespace"], r["idempotency_key"])) in wanted}
+        lost = [row for row in rows if row[0] not in by_id and idempotency(row) not in existing]
         retried = iter(await self._insert_on(c, lost) if lost else [])  # key's task deleted
         return [(TaskRecord.from_row(by_id[row[0]]), True) if row[0] in by_id
-                else (TaskRecord.from_row(existing[row[13]]), False) if row[13] in existing
-                else next(retried) for row in rows]
+                else (TaskRecord.from_row(existing[idempotency(row)]), False)
+                if idempotency(row) in existing else next(retried) for row in rows]
 
     def rows_source(self, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
         """SQL and parameters giving ``rows`` to an INSERT: a multi-row VALUES list."""

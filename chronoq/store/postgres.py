@@ -58,7 +58,8 @@ _HANDOFF = (
     f"{INSERT_TASK_COLUMNS.removesuffix(')')}, worker_id, lease_expires_at) SELECT "
     + ", ".join(_handoff_value(i, kind) for i, kind in enumerate(_TASK_TYPES, start=1))
     + ", offer.worker_id, $9::float8 + offer.lease_seconds FROM (SELECT 1) AS one "
-    "LEFT JOIN offer ON true ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+    "LEFT JOIN offer ON true ON CONFLICT (namespace, idempotency_key) DO NOTHING "
+    "RETURNING *"
 )
 #: a claim's companion: offer the slots it left free for hand-offs ($5 limit, $6 the
 #: worker's queues, $7 its LISTEN backend's pid)

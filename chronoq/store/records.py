@@ -29,14 +29,6 @@ class NotFound(LookupError):
     """No task has this id."""
 
 
-class IdempotencyConflict(Exception):
-    """The idempotency key of submission ``index`` belongs to another namespace's task."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__(f"idempotency_key of task {index} is used by another namespace")
-        self.index = index
-
-
 class Conn(Protocol):
     """One connection, as the store's queries use it."""
 
@@ -193,6 +185,12 @@ INSERT_TASK = (
     f"{INSERT_TASK_COLUMNS} "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
 )
+
+
+def idempotency(row: Sequence[Any]) -> tuple[str, str | None]:
+    """``(namespace, idempotency_key)`` of an :data:`INSERT_TASK` row: what makes a
+    submission a repeat (the unique index of migration 0011)."""
+    return row[16], row[13]
 
 
 def task_row(

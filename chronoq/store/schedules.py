@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chronoq.ids import new_id
+from chronoq.ids import is_id, new_id
 from chronoq.models import (
     Schedule,
     ScheduleCreate,
@@ -28,7 +28,21 @@ class ScheduleNotFound(LookupError):
 
 
 class ScheduleExists(Exception):
-    """A schedule with this name exists already."""
+    """A schedule with this name exists already (in the namespace it was created in)."""
+
+
+class ScheduleAmbiguous(LookupError):
+    """A name looked up across namespaces names a schedule in more than one of them."""
+
+    def __init__(self, name: str, namespaces: Sequence[str]) -> None:
+        super().__init__(name, namespaces)
+        self.name, self.namespaces = name, list(namespaces)
+
+
+def id_like(name: str) -> bool:
+    """Whether ``name`` is shaped like a schedule id (a UUID, in any case). New schedules
+    may not be named so: a key that looks like an id is looked up as an id, never a name."""
+    return is_id(name.lower())
 
 
 @dataclass(slots=True)
@@ -131,6 +145,11 @@ class ScheduleRecord:
             self.updated_at, self.namespace,
         )
 
+    @property
+    def cursor(self) -> str:
+        """Where a listing that ends with this schedule goes on (names never hold ``/``)."""
+        return f"{self.name}/{self.id}"
+
     def to_api(self) -> Schedule:
         upcoming: list[float] = []
         if self.next_fire_at is not None:
@@ -175,32 +194,48 @@ class ScheduleQueries(abc.ABC):
 
     async def create_schedule(self, spec: ScheduleCreate, now: float,
                               namespace: str = "default") -> ScheduleRecord:
+        """A new schedule; :class:`ScheduleExists` if ``namespace`` has one of that name
+        (another namespace's schedules of the same name do not matter)."""
         record = ScheduleRecord.new(spec, now, namespace)
         async with self.conn() as c:
             rows = await c.fetch(
                 f"INSERT INTO schedules ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
-                "ON CONFLICT (name) DO NOTHING RETURNING id", *record.values())
+                "ON CONFLICT (namespace, name) DO NOTHING RETURNING id", *record.values())
         if not rows:
             raise ScheduleExists(spec.name)
         self.hub.scheduled()
         return record
 
-    async def get_schedule(self, key: str) -> ScheduleRecord:
-        """A schedule by id or by name."""
+    async def get_schedule(self, key: str, namespace: str | None = None) -> ScheduleRecord:
+        """A schedule by id if ``key`` looks like one (:func:`id_like`), else by name; in
+        ``namespace`` only, or in any (None): then a name several namespaces use is
+        :class:`ScheduleAmbiguous`."""
+        column = "id" if id_like(key) else "name"
+        scope, args = ("AND namespace = $2", [namespace]) if namespace is not None else ("", [])
         async with self.conn() as c:
-            rows = await c.fetch("SELECT * FROM schedules WHERE id = $1 OR name = $1", key)
+            rows = await c.fetch(
+                f"SELECT * FROM schedules WHERE {column} = $1 {scope} ORDER BY namespace "
+                "LIMIT 10", key, *args)
         if not rows:
             raise ScheduleNotFound(key)
+        if len(rows) > 1:
+            raise ScheduleAmbiguous(key, [r["namespace"] for r in rows])
         return ScheduleRecord.from_row(rows[0])
 
     async def list_schedules(self, cursor: str | None = None, limit: int = 50,
                              namespace: str | None = None) -> list[ScheduleRecord]:
-        """Schedules by name; ``cursor`` is the last name of the previous page."""
-        scope = "AND namespace = $3 " if namespace else ""
+        """Schedules by name (then id: names repeat across namespaces); ``cursor`` is the
+        :attr:`ScheduleRecord.cursor` of the previous page's last schedule (or a name)."""
+        after_name, _, after_id = (cursor or "").partition("/")
+        where, args = "name > $2", [limit, after_name]
+        if after_id:
+            where, args = "(name > $2 OR (name = $2 AND id > $3))", [*args, after_id]
+        if namespace is not None:
+            where += f" AND namespace = ${len(args) + 1}"
+            args.append(namespace)
         async with self.conn() as c:
             rows = await c.fetch(
-                f"SELECT * FROM schedules WHERE name > $1 {scope}ORDER BY name LIMIT $2",
-                cursor or "", limit, *([namespace] if namespace else []))
+                f"SELECT * FROM schedules WHERE {where} ORDER BY name, id LIMIT $1", *args)
         return [ScheduleRecord.from_row(r) for r in rows]
 
     async def _save(self, record: ScheduleRecord) -> None:
@@ -227,17 +262,18 @@ class ScheduleQueries(abc.ABC):
         await self._save(record)
         return record
 
-    async def upsert_schedule(self, spec: ScheduleCreate, now: float
-                              ) -> tuple[ScheduleRecord, bool]:
-        """Create or update the schedule named ``spec.name`` (for schedules declared in code).
-        A pause set by an operator is kept. Returns ``(schedule, changed)``."""
+    async def upsert_schedule(self, spec: ScheduleCreate, now: float,
+                              namespace: str = "default") -> tuple[ScheduleRecord, bool]:
+        """Create or update the schedule named ``spec.name`` in ``namespace`` (for schedules
+        declared in code). A pause set by an operator is kept. Returns
+        ``(schedule, changed)``."""
         try:
-            record = await self.get_schedule(spec.name)
+            record = await self.get_schedule(spec.name, namespace)
         except ScheduleNotFound:
             try:
-                return await self.create_schedule(spec, now), True
+                return await self.create_schedule(spec, now, namespace), True
             except ScheduleExists:
-                record = await self.get_schedule(spec.name)
+                record = await self.get_schedule(spec.name, namespace)
         current = record.spec()
         wanted = spec.model_copy(update={"paused": current.paused})
         if current == wanted:
