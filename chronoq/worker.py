@@ -24,6 +24,7 @@ from chronoq.executors import shell as shell_executor
 from chronoq.executors.base import TaskFailed
 from chronoq.store import Completion, Store, TaskRecord
 from chronoq.store.base import dumps
+from chronoq.watchdog import LoopWatchdog
 
 log = logging.getLogger("chronoq.worker")
 
@@ -60,6 +61,7 @@ class Worker:
         autoscale: tuple[int, int] | None = None,
         scale_seconds: float = 1.0,
         broker: Callable[[Worker], Broker] | None = None,
+        blocked_loop_seconds: float = 1.0,
     ) -> None:
         self.store = store
         self.executors = dict(executors)
@@ -90,6 +92,8 @@ class Worker:
         self._done_event = asyncio.Event()
         self._closing = False
         self.broker = (broker or _store_broker)(self)
+        #: warns of handlers that block the loop and renews leases while they do
+        self.watchdog = LoopWatchdog(self, store.sibling, blocked_loop_seconds)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -106,6 +110,7 @@ class Worker:
         flusher = asyncio.create_task(self._flush_loop(), name="chronoq-flush")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="chronoq-heartbeat")
         scaler = asyncio.create_task(self._scale_loop(), name="chronoq-autoscale")
+        self.watchdog.start()
         log.info("worker %s serving queues %s with concurrency %d", self.id,
                  ",".join(self.queues), self.concurrency)
         try:
@@ -124,6 +129,7 @@ class Worker:
             self._done_event.set()
             await asyncio.gather(heartbeat, scaler, flusher, return_exceptions=True)
             await self._flush_all()
+            await self.watchdog.stop()
             await self.broker.close()
             for executor in self.executors.values():
                 await executor.close()
@@ -154,6 +160,11 @@ class Worker:
                     self._saturated = True  # the queue had at least as much as we could take
                 for task in claimed:
                     self._start(task)
+                if claimed:
+                    # let them take their first step before the next claim opens a write
+                    # transaction: a handler that blocks the loop at once then blocks with
+                    # no lock held, so the watchdog can still renew leases on SQLite
+                    await asyncio.sleep(0)
         finally:
             stopping.cancel()
 

@@ -87,6 +87,12 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     def list_param(self, values: Iterable[str]) -> Any:
         """A Python list of strings in the form :meth:`in_list` expects."""
 
+    def sibling(self) -> Store | None:
+        """A new, unopened store on the same database with connections of its own, for a
+        thread that must reach the database while this store's event loop is blocked (the
+        blocked-loop watchdog). None when no second connection sees the same data."""
+        return None
+
     async def __aenter__(self) -> Store:
         await self.open()
         return self

@@ -121,6 +121,7 @@ class PostgresStore(Store):
         min_size: int = 2, max_size: int = 10, listen: bool = True,
     ) -> None:
         super().__init__(hub, events)
+        self.url = url
         self.dsn, self.schema = split_schema(url)
         self.min_size, self.max_size, self.listen = min_size, max_size, listen
         self._pool: asyncpg.Pool | None = None
@@ -132,6 +133,10 @@ class PostgresStore(Store):
         self._listened: set[str] = set()  # channels the LISTEN connection has taken up
         self._listen_jobs: set[asyncio.Task[None]] = set()
         self._relisten_task: asyncio.Task[None] | None = None
+
+    def sibling(self) -> PostgresStore:
+        """One connection, no LISTEN: it only renews leases."""
+        return PostgresStore(self.url, min_size=1, max_size=1, listen=False)
 
     def _settings(self) -> dict[str, str]:
         settings = {"application_name": "chronoq"}
