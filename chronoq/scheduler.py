@@ -21,7 +21,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from chronoq.store import Completion, Store
+from chronoq import states
+from chronoq.store import Completion, Store, TaskRecord
 from chronoq.store.leases import Fence, NotLeader
 from chronoq.worker import default_worker_id
 
@@ -135,22 +136,34 @@ class Scheduler:
 
     async def reap(self, now: float) -> int:
         """Mark silent workers dead; fail every attempt whose worker stopped renewing its
-        lease (it is retried, or dead when it was the last attempt)."""
+        lease (it is retried, or dead when it was the last attempt). The retries of a dead
+        worker's tasks are spread apart, and a task whose attempts died before waits
+        longer (:func:`chronoq.states.after_death`), so a poison task does not take the
+        tasks that died with it down again on their retry."""
         for worker_id in await self.store.mark_dead_workers(now - self.worker_timeout):
             log.warning("worker %s stopped heartbeating; marked dead", worker_id)
         expired = await self.store.expired_leases(now)
         if not expired:
             return 0
-        completions = [
-            Completion.failure(task, now, "lost",
-                               f"worker {task.worker_id} stopped renewing its lease")
-            for task in expired
-        ]
-        await self.store.complete(completions, self.fence)
-        for task in expired:
+        deaths = await self.store.deaths([task.id for task in expired])
+        completions = [self._lost(task, now, deaths.get(task.id, 0) + 1) for task in expired]
+        await self.store.complete(completions, self.fence, lapsed=now)
+        for task, completion in zip(expired, completions, strict=True):
+            after = ("dead" if completion.next_run_at is None
+                     else f"retry in {completion.next_run_at - now:.1f}s")
             log.warning("task %s (%s) attempt %d lost with worker %s; %s", task.id, task.name,
-                        task.attempts, task.worker_id, "retrying" if task.attempts <
-                        task.max_attempts else "dead",
-                        extra=task.log_fields("lost"))
+                        task.attempts, task.worker_id, after, extra=task.log_fields("lost"))
         self.reaped += len(expired)
         return len(expired)
+
+    @staticmethod
+    def _lost(task: TaskRecord, now: float, deaths: int) -> Completion:
+        """The end of an attempt whose lease ran out: its ``deaths``-th died attempt."""
+        error = f"worker {task.worker_id} stopped renewing its lease"
+        completion = Completion.failure(task, now, "lost", error)
+        if completion.next_run_at is not None:
+            completion.next_run_at += states.after_death(deaths)
+            if deaths >= 2:
+                completion.error = (f"{error}; {deaths} attempts died so far: retried on its "
+                                    "own, later")
+        return completion

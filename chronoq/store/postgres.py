@@ -365,13 +365,13 @@ class PostgresStore(Store):
                 await c.execute("DELETE FROM offers WHERE worker_id = ANY($1::text[])", dead)
         return dead
 
-    async def _record(self, completions: Sequence[Completion], fence: Fence | None
-                      ) -> set[tuple[str, int]]:
+    async def _record(self, completions: Sequence[Completion], fence: Fence | None,
+                      lapsed: float | None = None) -> set[tuple[str, int]]:
         """A worker's completions in one statement (one round trip, one relaxed commit),
         which also gives their slots back to the worker's hand-off offer; the leader's
         fenced ones take the general path, which locks the lease row."""
-        if fence is not None:
-            return await super()._record(completions, fence)
+        if fence is not None or lapsed is not None:
+            return await super()._record(completions, fence, lapsed)
         columns = list(zip(*(
             (x.task_id, x.attempt, x.status.value, x.next_run_at, dumps(x.result), x.error,
              x.finished_at, x.outcome, x.traceback) for x in completions), strict=True))
