@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from chronoq.backoff import Outage
 from chronoq.broker import Broker, StoreBroker
 from chronoq.executors import Executor, HttpExecutor, ShellExecutor, TaskContext, current_task
 from chronoq.executors import http as http_executor
@@ -94,6 +95,11 @@ class Worker:
         self.broker = (broker or _store_broker)(self)
         #: warns of handlers that block the loop and renews leases while they do
         self.watchdog = LoopWatchdog(self, store.sibling, blocked_loop_seconds)
+        #: store or broker failures in a row (one traceback, then a line per retry)
+        self._claims = Outage("claiming tasks", log, first=poll_seconds,
+                              cap=max(5.0, poll_seconds))
+        self._beats = Outage("heartbeat", log, first=self.heartbeat_seconds,
+                             cap=self.heartbeat_seconds)  # it keeps its period
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -152,10 +158,10 @@ class Worker:
                     continue
                 try:
                     claimed = await self.broker.fetch(free, self.poll_seconds)
-                except Exception:
-                    log.exception("claim failed; retrying in %.1fs", self.poll_seconds)
-                    await _first(None, stopping, timeout=self.poll_seconds)
+                except Exception as exc:
+                    await _first(None, stopping, timeout=self._claims.failed(exc))
                     continue
+                self._claims.over()
                 if len(claimed) == free:
                     self._saturated = True  # the queue had at least as much as we could take
                 for task in claimed:
@@ -328,9 +334,10 @@ class Worker:
                 lost = await self.store.heartbeat(self.id, ids, now + self.lease_seconds)
                 await self.store.worker_heartbeat(self.id, len(ids), self.processed,
                                                   self.concurrency, now)
-            except Exception:
-                log.exception("heartbeat failed")
+            except Exception as exc:
+                self._beats.failed(exc)
                 continue
+            self._beats.over()
             for task_id in lost:
                 log.warning("task %s is no longer ours (cancelled or lease lost); stopping it",
                             task_id)

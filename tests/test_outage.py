@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -153,3 +154,43 @@ def test_api_killed_mid_request_leaves_no_half_written_task(
             assert task["payload"]["i"] == i and task["status"] == "queued"
         page = http.get("/v1/queues").json()
     assert sum(q["counts"]["queued"] for q in page) == 3000  # one task per key, none torn
+
+
+async def test_scheduler_and_worker_back_off_while_the_database_is_down(
+    proxied: tuple[Harness, Proxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    """5 s without PostgreSQL: the scheduler, the worker's claim loop and heartbeat each log
+    one traceback and then one line per retry (it logged 300-500 tracebacks a second), and
+    all of them work again by themselves once the database is back."""
+    harness, proxy = proxied
+    caplog.set_level(logging.INFO, logger="chronoq")
+
+    @harness.app.task("x")
+    async def x() -> str:
+        return "ran"
+
+    scheduler = harness.start_scheduler()
+    harness.start_worker()
+    for _ in range(100):
+        if scheduler.leading:
+            break
+        await asyncio.sleep(0.05)
+    assert scheduler.leading
+    await proxy.cut()
+    cut_at = len(caplog.records)
+    await asyncio.sleep(5)
+    during = [r for r in caplog.records[cut_at:] if r.name.startswith("chronoq")]
+    tracebacks = [r for r in during if r.exc_info]
+    assert len(tracebacks) <= 5, [r.getMessage() for r in tracebacks]
+    rounds = [r for r in during if r.getMessage().startswith("scheduler round failed")]
+    assert 2 <= len(rounds) <= 4, [r.getMessage() for r in rounds]  # 1 s, 2 s, 4 s apart
+    assert sum(1 for r in rounds if r.exc_info) == 1
+    assert len(during) < 60, [r.getMessage() for r in during]
+
+    await proxy.start()
+    deadline = time.monotonic() + 20
+    while "scheduler round works again" not in caplog.text:
+        assert time.monotonic() < deadline, "the scheduler did not recover"
+        await asyncio.sleep(0.1)
+    later = await harness.submit(name="x", delay_seconds=0.3)
+    assert (await harness.wait_for(later["id"], "succeeded", timeout=15))["result"] == "ran"

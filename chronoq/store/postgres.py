@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from chronoq.backoff import Outage
 from chronoq.events import EventBus
 from chronoq.notify import Hub, worker_channel
 from chronoq.states import Status
@@ -194,7 +195,8 @@ class PostgresStore(Store):
         self._relisten_task = asyncio.get_running_loop().create_task(self._relisten())
 
     async def _relisten(self) -> None:
-        delay = 0.1
+        outage = Outage("PostgreSQL LISTEN reconnect", log, first=0.1, cap=5.0,
+                        level=logging.WARNING)
         while self._pool is not None:
             try:
                 async with self._listen_lock:
@@ -207,10 +209,9 @@ class PostgresStore(Store):
                     self._listener = conn
                     self._listened = set(self._channels)
             except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("LISTEN reconnect failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(outage.failed(exc))
                 continue
+            outage.over()
             log.info("PostgreSQL LISTEN connection restored")
             self._relisten_task = None
             self.hub.wake_all()  # notifications may have been missed meanwhile
