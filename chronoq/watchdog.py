@@ -11,8 +11,10 @@ worker's tasks itself, with the worker's own heartbeat query, through a store of
 (its own connection, driven by an event loop of the thread), until the loop answers. While
 the loop answers, the thread makes no database traffic at all.
 
-Limits: a handler holding the GIL without a break (a long C call) stops this thread too;
-on SQLite, a write transaction the blocked loop left open keeps every writer waiting.
+A loop blocked for good keeps its leases while the process lives, as a stuck sync handler
+in a thread does. Limits: a handler holding the GIL without a break (a long C call) stops
+this thread too; on SQLite, a write transaction the blocked loop left open keeps every
+writer waiting.
 """
 
 from __future__ import annotations
