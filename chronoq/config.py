@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, description="a running task without a heartbeat "
                                  "for this long is retried elsewhere")
     heartbeat_seconds: float = Field(5.0, gt=0, description="how often workers renew leases")
+    blocked_loop_seconds: float = Field(1.0, ge=0, description="warn when a handler blocks "
+                                        "a worker's event loop this long, and renew its "
+                                        "leases from a thread meanwhile (0: off)")
     poll_seconds: float = Field(1.0, gt=0, description="longest sleep between store checks "
                                 "when no wake-up arrives")
     max_payload_bytes: int = Field(256 * 1024, gt=0, description="largest accepted payload")

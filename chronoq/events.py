@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from chronoq.backoff import Outage
+
 log = logging.getLogger("chronoq.events")
 
 CHANNEL = "chronoq:events"
@@ -98,6 +100,11 @@ class EventBus:
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Any = None
+        #: Redis down: the bridge backs off (1 s doubling to 5 s), one traceback, then a line
+        self._send_outage = Outage("publishing events to Redis", log, cap=5.0,
+                                   level=logging.WARNING)
+        self._receive_outage = Outage("the event subscription to Redis", log, cap=5.0,
+                                      level=logging.WARNING)
 
     @property
     def active(self) -> bool:
@@ -160,14 +167,16 @@ class EventBus:
             try:
                 await self._flush()
             except Exception as exc:  # Redis down: events are best-effort, state is not
-                log.warning("could not publish events to Redis: %s", exc)
-                await asyncio.sleep(1)
+                await asyncio.sleep(self._send_outage.failed(exc))
+                continue
+            self._send_outage.over()
 
     async def _receive_loop(self) -> None:
         while True:
             try:
                 pubsub = self._redis.pubsub()
                 await pubsub.subscribe(CHANNEL)
+                self._receive_outage.over()
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
                         continue
@@ -178,5 +187,4 @@ class EventBus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("event subscription to Redis lost (%s); retrying", exc)
-                await asyncio.sleep(1)
+                await asyncio.sleep(self._receive_outage.failed(exc))

@@ -112,6 +112,7 @@ class Runner:
                     worker_id=self.components.worker_id,
                     lease_seconds=settings.lease_seconds,
                     heartbeat_seconds=settings.heartbeat_seconds,
+                    blocked_loop_seconds=settings.blocked_loop_seconds,
                     poll_seconds=settings.poll_seconds,
                     autoscale=self.components.autoscale or settings.autoscale_range(),
                     broker=_broker_factory(settings.broker_url),

@@ -12,6 +12,8 @@ Any number of schedulers may run; one leads at a time, holding the ``scheduler``
 (renewed every second, ``lease_ttl`` long). The others check every second and take over
 when it expires. Every write the leader makes checks its fencing token in the same
 transaction, so a leader that stalled past its lease cannot write after a takeover.
+While the store is down, rounds back off (1 s doubling to 30 s) and log one traceback,
+then one line per retry, and one when the store answers again (:mod:`chronoq.backoff`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from chronoq.store import Completion, Store
+from chronoq import states
+from chronoq.backoff import Outage
+from chronoq.store import Completion, Store, TaskRecord
 from chronoq.store.leases import Fence, NotLeader
 from chronoq.worker import default_worker_id
 
@@ -56,6 +60,11 @@ class Scheduler:
         self.fired = 0
         self.reaped = 0
         self._stopping = asyncio.Event()
+        self._next_reap = 0.0
+        self._next_reconcile = 0.0
+        #: store failures in a row: rounds back off 1 s doubling to 30 s, one traceback
+        self._outage = Outage("scheduler round", log)
+        self._reconcile_outage = Outage("broker reconcile", log, level=logging.WARNING)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -63,43 +72,24 @@ class Scheduler:
     async def run(self) -> None:
         wake = self.store.hub.schedule_event()
         stopping = asyncio.ensure_future(self._stopping.wait())
-        next_reap = 0.0
-        next_reconcile = time.time() + self.reconcile_seconds
+        self._next_reconcile = time.time() + self.reconcile_seconds
         log.info("scheduler started")
         try:
             while not self._stopping.is_set():
                 wake.clear()
-                due = None
                 try:
-                    now = time.time()
-                    if not await self._lead(now):
-                        await asyncio.wait([stopping], timeout=min(1.0, self.lease_ttl / 3))
-                        continue
-                    fired = await self.store.fire_due_schedules(now, self.batch, self.fence)
-                    self.fired += fired
-                    moved = await self.store.promote_due(now, self.batch, self.fence)
-                    self.promoted += len(moved)
-                    if len(moved) >= self.batch or fired >= self.batch:
-                        continue  # more are due: no sleep
-                    if now >= next_reap:
-                        await self.reap(now)
-                        next_reap = now + self.reap_seconds
-                    if self.reconcile is not None and now >= next_reconcile:
-                        next_reconcile = now + self.reconcile_seconds
-                        self.republished += await self.reconcile(self.store)
-                    due = await self.store.next_due_at()
+                    sleep = await self._round(time.time())
                 except NotLeader as exc:
                     log.warning("%s; following again", exc)
                     self.fence = None
                     continue
-                except Exception:
-                    log.exception("scheduler round failed; retrying in %.1fs", self.poll_seconds)
-                now = time.time()
-                sleep = min(self.poll_seconds, max(next_reap - now, 0.0),
-                            max(self._renew_at - now, 0.0))
-                if due is not None:
-                    sleep = min(sleep, max(due - now, 0.0))
-                if sleep > 0:
+                except Exception as exc:  # the store is down: back off, never spin
+                    await asyncio.wait([stopping], timeout=self._outage.failed(exc))
+                    continue
+                self._outage.over()
+                if sleep is None:  # following: look at the lease again soon
+                    await asyncio.wait([stopping], timeout=min(1.0, self.lease_ttl / 3))
+                elif sleep > 0:
                     waiter = asyncio.ensure_future(wake.wait())
                     await asyncio.wait([waiter, stopping], timeout=sleep,
                                        return_when=asyncio.FIRST_COMPLETED)
@@ -114,6 +104,40 @@ class Scheduler:
                     log.warning("could not release the scheduler lease")
             log.info("scheduler stopped (fired %d, promoted %d, rescued %d)", self.fired,
                      self.promoted, self.reaped)
+
+    async def _round(self, now: float) -> float | None:
+        """One round: fire, promote, reap, reconcile. Returns the seconds until the next
+        (0: more are due at once; a submission wakes it earlier), None while following."""
+        if not await self._lead(now):
+            return None
+        fired = await self.store.fire_due_schedules(now, self.batch, self.fence)
+        self.fired += fired
+        moved = await self.store.promote_due(now, self.batch, self.fence)
+        self.promoted += len(moved)
+        if len(moved) >= self.batch or fired >= self.batch:
+            return 0.0  # more are due: no sleep
+        if now >= self._next_reap:
+            await self.reap(now)
+            self._next_reap = now + self.reap_seconds
+        if self.reconcile is not None and now >= self._next_reconcile:
+            self._next_reconcile = now + self.reconcile_seconds
+            await self._reconcile()
+        due = await self.store.next_due_at()
+        now = time.time()
+        sleep = min(self.poll_seconds, max(self._next_reap - now, 0.0),
+                    max(self._renew_at - now, 0.0))
+        return sleep if due is None else min(sleep, max(due - now, 0.0))
+
+    async def _reconcile(self) -> None:
+        """Re-publish tasks the broker lost. Its own outage (Redis down) must not hold up
+        the rounds: it is retried at the next reconcile period."""
+        assert self.reconcile is not None
+        try:
+            self.republished += await self.reconcile(self.store)
+        except Exception as exc:
+            self._reconcile_outage.failed(exc)
+            return
+        self._reconcile_outage.over()
 
     async def _lead(self, now: float) -> bool:
         """Take or renew the scheduler lease (at most once a second); True while leading."""
@@ -135,22 +159,34 @@ class Scheduler:
 
     async def reap(self, now: float) -> int:
         """Mark silent workers dead; fail every attempt whose worker stopped renewing its
-        lease (it is retried, or dead when it was the last attempt)."""
+        lease (it is retried, or dead when it was the last attempt). The retries of a dead
+        worker's tasks are spread apart, and a task whose attempts died before waits
+        longer (:func:`chronoq.states.after_death`), so a poison task does not take the
+        tasks that died with it down again on their retry."""
         for worker_id in await self.store.mark_dead_workers(now - self.worker_timeout):
             log.warning("worker %s stopped heartbeating; marked dead", worker_id)
         expired = await self.store.expired_leases(now)
         if not expired:
             return 0
-        completions = [
-            Completion.failure(task, now, "lost",
-                               f"worker {task.worker_id} stopped renewing its lease")
-            for task in expired
-        ]
-        await self.store.complete(completions, self.fence)
-        for task in expired:
+        deaths = await self.store.deaths([task.id for task in expired])
+        completions = [self._lost(task, now, deaths.get(task.id, 0) + 1) for task in expired]
+        await self.store.complete(completions, self.fence, lapsed=now)
+        for task, completion in zip(expired, completions, strict=True):
+            after = ("dead" if completion.next_run_at is None
+                     else f"retry in {completion.next_run_at - now:.1f}s")
             log.warning("task %s (%s) attempt %d lost with worker %s; %s", task.id, task.name,
-                        task.attempts, task.worker_id, "retrying" if task.attempts <
-                        task.max_attempts else "dead",
-                        extra=task.log_fields("lost"))
+                        task.attempts, task.worker_id, after, extra=task.log_fields("lost"))
         self.reaped += len(expired)
         return len(expired)
+
+    @staticmethod
+    def _lost(task: TaskRecord, now: float, deaths: int) -> Completion:
+        """The end of an attempt whose lease ran out: its ``deaths``-th died attempt."""
+        error = f"worker {task.worker_id} stopped renewing its lease"
+        completion = Completion.failure(task, now, "lost", error)
+        if completion.next_run_at is not None:
+            completion.next_run_at += states.after_death(deaths)
+            if deaths >= 2:
+                completion.error = (f"{error}; {deaths} attempts died so far: retried on its "
+                                    "own, later")
+        return completion

@@ -87,6 +87,31 @@ class Backoff:
         return max(0.0, raw + (rng or random).uniform(-spread, spread))
 
 
+#: attempt outcomes meaning the process running the attempt died under it, so the handler
+#: gave no verdict and the task itself may be what killed it: ``lost`` (its worker stopped
+#: renewing the lease; the reaper's outcome). The process pool's ``crashed`` joins them.
+DIED: tuple[str, ...] = ("lost",)
+#: the retries of tasks whose attempts died together are spread over this many seconds, so
+#: they come due apart and are not claimed as one batch by one worker
+DEATH_SPREAD = 5.0
+#: a task whose attempts died twice or more waits this long more before its retry,
+#: doubling with each further death (capped at :data:`QUARANTINE_MAX`)
+QUARANTINE = 30.0
+QUARANTINE_MAX = 3600.0
+
+
+def after_death(deaths: int, rng: random.Random | None = None) -> float:
+    """Seconds to add to a task's backoff when attempt number ``deaths`` of its attempts
+    died with its process (1: the first such death). Every such retry is jittered over
+    :data:`DEATH_SPREAD`; from the second death on the task is a suspect (a poison task
+    kills whatever runs beside it), and waits :data:`QUARANTINE` more, doubling per death,
+    so it comes due after the neighbours that died with it were retried, on its own."""
+    extra = (rng or random).uniform(0.0, DEATH_SPREAD)
+    if deaths >= 2:
+        extra += min(QUARANTINE * 2 ** (deaths - 2), QUARANTINE_MAX)
+    return extra
+
+
 def after_failure(attempt: int, max_attempts: int) -> Status:
     """Where a task goes when attempt number ``attempt`` failed."""
     return Status.FAILED if attempt < max_attempts else Status.DEAD

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from chronoq.backoff import Outage
 from chronoq.broker import Broker, StoreBroker
 from chronoq.executors import Executor, HttpExecutor, ShellExecutor, TaskContext, current_task
 from chronoq.executors import http as http_executor
@@ -24,6 +25,7 @@ from chronoq.executors import shell as shell_executor
 from chronoq.executors.base import TaskFailed
 from chronoq.store import Completion, Store, TaskRecord
 from chronoq.store.base import dumps
+from chronoq.watchdog import LoopWatchdog
 
 log = logging.getLogger("chronoq.worker")
 
@@ -61,6 +63,7 @@ class Worker:
         autoscale: tuple[int, int] | None = None,
         scale_seconds: float = 1.0,
         broker: Callable[[Worker], Broker] | None = None,
+        blocked_loop_seconds: float = 1.0,
     ) -> None:
         self.store = store
         self.executors = dict(executors)
@@ -91,6 +94,13 @@ class Worker:
         self._done_event = asyncio.Event()
         self._closing = False
         self.broker = (broker or _store_broker)(self)
+        #: warns of handlers that block the loop and renews leases while they do
+        self.watchdog = LoopWatchdog(self, store.sibling, blocked_loop_seconds)
+        #: store or broker failures in a row (one traceback, then a line per retry)
+        self._claims = Outage("claiming tasks", log, first=poll_seconds,
+                              cap=max(5.0, poll_seconds))
+        self._beats = Outage("heartbeat", log, first=self.heartbeat_seconds,
+                             cap=self.heartbeat_seconds)  # it keeps its period
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -107,6 +117,7 @@ class Worker:
         flusher = asyncio.create_task(self._flush_loop(), name="chronoq-flush")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="chronoq-heartbeat")
         scaler = asyncio.create_task(self._scale_loop(), name="chronoq-autoscale")
+        self.watchdog.start()
         log.info("worker %s serving queues %s with concurrency %d", self.id,
                  ",".join(self.queues), self.concurrency)
         try:
@@ -125,6 +136,7 @@ class Worker:
             self._done_event.set()
             await asyncio.gather(heartbeat, scaler, flusher, return_exceptions=True)
             await self._flush_all()
+            await self.watchdog.stop()
             await self.broker.close()
             for executor in self.executors.values():
                 await executor.close()
@@ -147,14 +159,19 @@ class Worker:
                     continue
                 try:
                     claimed = await self.broker.fetch(free, self.poll_seconds)
-                except Exception:
-                    log.exception("claim failed; retrying in %.1fs", self.poll_seconds)
-                    await _first(None, stopping, timeout=self.poll_seconds)
+                except Exception as exc:
+                    await _first(None, stopping, timeout=self._claims.failed(exc))
                     continue
+                self._claims.over()
                 if len(claimed) == free:
                     self._saturated = True  # the queue had at least as much as we could take
                 for task in claimed:
                     self._start(task)
+                if claimed:
+                    # let them take their first step before the next claim opens a write
+                    # transaction: a handler that blocks the loop at once then blocks with
+                    # no lock held, so the watchdog can still renew leases on SQLite
+                    await asyncio.sleep(0)
         finally:
             stopping.cancel()
 
@@ -318,9 +335,10 @@ class Worker:
                 lost = await self.store.heartbeat(self.id, ids, now + self.lease_seconds)
                 await self.store.worker_heartbeat(self.id, len(ids), self.processed,
                                                   self.concurrency, now)
-            except Exception:
-                log.exception("heartbeat failed")
+            except Exception as exc:
+                self._beats.failed(exc)
                 continue
+            self._beats.over()
             for task_id in lost:
                 log.warning("task %s is no longer ours (cancelled or lease lost); stopping it",
                             task_id)

@@ -1,8 +1,9 @@
 """A database outage: the API answers 503 with a retry hint, and recovers by itself; an API
 killed mid-request leaves no half-written task.
 
-The outage is made by cutting a TCP proxy between chronoq and PostgreSQL (every connection
-is dropped and new ones are refused), so the shared server keeps running for other tests.
+The outage is made by cutting a TCP proxy between chronoq and PostgreSQL or Redis (every
+connection is dropped and new ones are refused), so the shared server keeps running for
+other tests.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,14 +22,18 @@ import httpx
 import pytest
 
 from chronoq import App
+from chronoq.broker.redis import RedisBroker
+from chronoq.events import EventBus, TaskEvent
+from chronoq.store import create_store, opened
 from tests.conftest import Harness, make_settings
 from tests.processes import Proc, free_port, wait_ready
 
 
 class Proxy:
-    """127.0.0.1:<port> → PostgreSQL, which can be cut and restored."""
+    """127.0.0.1:<port> → PostgreSQL (or ``upstream``), which can be cut and restored."""
 
-    def __init__(self) -> None:
+    def __init__(self, upstream: int = 5432) -> None:
+        self.upstream = upstream
         self.server: asyncio.Server | None = None
         self.port = 0
         self.writers: set[asyncio.StreamWriter] = set()
@@ -44,7 +51,7 @@ class Proxy:
         self.writers.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5432)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
         self.writers |= {writer, up_writer}
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -153,3 +160,90 @@ def test_api_killed_mid_request_leaves_no_half_written_task(
             assert task["payload"]["i"] == i and task["status"] == "queued"
         page = http.get("/v1/queues").json()
     assert sum(q["counts"]["queued"] for q in page) == 3000  # one task per key, none torn
+
+
+async def test_scheduler_and_worker_back_off_while_the_database_is_down(
+    proxied: tuple[Harness, Proxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    """5 s without PostgreSQL: the scheduler, the worker's claim loop and heartbeat each log
+    one traceback and then one line per retry (it logged 300-500 tracebacks a second), and
+    all of them work again by themselves once the database is back."""
+    harness, proxy = proxied
+    caplog.set_level(logging.INFO, logger="chronoq")
+
+    @harness.app.task("x")
+    async def x() -> str:
+        return "ran"
+
+    scheduler = harness.start_scheduler()
+    harness.start_worker()
+    for _ in range(100):
+        if scheduler.leading:
+            break
+        await asyncio.sleep(0.05)
+    assert scheduler.leading
+    await proxy.cut()
+    cut_at = len(caplog.records)
+    await asyncio.sleep(5)
+    during = [r for r in caplog.records[cut_at:] if r.name.startswith("chronoq")]
+    tracebacks = [r for r in during if r.exc_info]
+    assert len(tracebacks) <= 5, [r.getMessage() for r in tracebacks]
+    rounds = [r for r in during if r.getMessage().startswith("scheduler round failed")]
+    assert 2 <= len(rounds) <= 4, [r.getMessage() for r in rounds]  # 1 s, 2 s, 4 s apart
+    assert sum(1 for r in rounds if r.exc_info) == 1
+    assert len(during) < 60, [r.getMessage() for r in during]
+
+    await proxy.start()
+    deadline = time.monotonic() + 20
+    while "scheduler round works again" not in caplog.text:
+        assert time.monotonic() < deadline, "the scheduler did not recover"
+        await asyncio.sleep(0.1)
+    later = await harness.submit(name="x", delay_seconds=0.3)
+    assert (await harness.wait_for(later["id"], "succeeded", timeout=15))["result"] == "ran"
+
+
+async def test_redis_loops_back_off_while_redis_is_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """5 s without Redis: the broker's reads and the event bridge back off (one traceback
+    each, then a line per retry) and work again by themselves."""
+    proxy = Proxy(upstream=6379)
+    await proxy.start()
+    url = f"redis://127.0.0.1:{proxy.port}/9"
+    queue = f"outage{uuid.uuid4().hex[:8]}"
+    bus, direct = EventBus(url), EventBus("redis://127.0.0.1:6379/9")
+    async with opened(create_store(f"sqlite:///{tmp_path / 'db'}")) as store:
+        broker = RedisBroker(url, store, "w1", [queue], 30.0)
+        await asyncio.gather(bus.start(), direct.start(), broker.start())
+        try:
+            caplog.set_level(logging.INFO, logger="chronoq")
+            await proxy.cut()
+            cut_at = len(caplog.records)
+            fetches = 0
+            until = time.monotonic() + 5
+            while time.monotonic() < until:
+                fetches += 1
+                assert await broker.fetch(1, 0.2) == []
+                bus.publish([TaskEvent("t", "x", queue, "queued", 0, time.time())])
+            during = [r for r in caplog.records[cut_at:] if r.name.startswith("chronoq")]
+            assert fetches <= 4, fetches  # 1 s, 2 s, 4 s apart (it retried every second)
+            tracebacks = [r for r in during if r.exc_info]
+            assert len(tracebacks) <= 3, [r.getMessage() for r in tracebacks]
+            assert len(during) <= 15, [r.getMessage() for r in during]
+
+            await proxy.start()
+            with bus.subscribe() as events:
+                deadline = time.monotonic() + 20
+                while not events.queue.qsize():
+                    assert time.monotonic() < deadline, "the event bridge did not recover"
+                    direct.publish([TaskEvent("t2", "x", queue, "queued", 0, time.time())])
+                    await broker.fetch(1, 0.2)
+                    await asyncio.sleep(0.2)
+            deadline = time.monotonic() + 10
+            while "reading from Redis works again" not in caplog.text:
+                assert time.monotonic() < deadline, "the broker did not recover"
+                await broker.fetch(1, 0.2)
+        finally:
+            await broker.close()
+            await asyncio.gather(bus.close(), direct.close())
+            await proxy.cut()

@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
+from chronoq.backoff import Outage
 from chronoq.broker.base import Broker
 from chronoq.events import EventBus, Subscription
 from chronoq.store import Store, TaskRecord
@@ -66,6 +67,8 @@ class Publisher:
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self.published = 0
+        self._outage = Outage("publishing ready tasks to Redis (the reconciler re-publishes "
+                              "them)", log, level=logging.WARNING)
 
     async def start(self) -> None:
         self._subscription = self.events.subscribe(maxsize=100_000, local_only=True)
@@ -99,9 +102,10 @@ class Publisher:
             ready = [(e.task_id, e.queue, e.priority) for e in batch if e.status == "queued"]
             try:
                 self.published += await publish(self.client, ready)
-            except (RedisError, OSError) as exc:
-                log.warning("could not publish %d ready tasks to Redis (%s); the reconciler "
-                            "will re-publish them", len(ready), exc)
+            except (RedisError, OSError) as exc:  # the reconciler re-publishes them
+                self._outage.failed(exc)  # no wait: every batch is tried once, as it comes
+                continue
+            self._outage.over()
 
     async def reconcile(self, store: Store, older_than: float = 5.0) -> int:
         """Re-publish tasks queued for more than ``older_than`` s that nobody picked up."""
@@ -127,6 +131,8 @@ class RedisBroker(Broker):
         self._inflight: dict[str, tuple[str, str]] = {}
         self._next_autoclaim = 0.0
         self._interrupted = False
+        #: Redis down: reads back off (1 s doubling to 5 s), one traceback, a line per retry
+        self._outage = Outage("reading from Redis", log, cap=5.0, level=logging.WARNING)
 
     async def start(self) -> None:
         try:
@@ -166,9 +172,9 @@ class RedisBroker(Broker):
             await self._ensure_groups()
             return []
         except (RedisError, OSError) as exc:
-            log.warning("Redis unavailable (%s); retrying", exc)
-            await asyncio.sleep(min(timeout, 1.0))
+            await asyncio.sleep(self._outage.failed(exc))
             return []
+        self._outage.over()
         if not messages:
             return []
         claimed = await self.store.claim_ids(self.worker_id, [m[2] for m in messages],

@@ -87,6 +87,12 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     def list_param(self, values: Iterable[str]) -> Any:
         """A Python list of strings in the form :meth:`in_list` expects."""
 
+    def sibling(self) -> Store | None:
+        """A new, unopened store on the same database with connections of its own, for a
+        thread that must reach the database while this store's event loop is blocked (the
+        blocked-loop watchdog). None when no second connection sees the same data."""
+        return None
+
     async def __aenter__(self) -> Store:
         await self.open()
         return self
@@ -386,6 +392,18 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             )
         return [TaskRecord.from_row(r) for r in rows]
 
+    async def deaths(self, task_ids: Sequence[str]) -> dict[str, int]:
+        """How many finished attempts of each task died with their process (outcomes in
+        :data:`chronoq.states.DIED`); tasks without such attempts are left out."""
+        if not task_ids:
+            return {}
+        async with self.conn() as c:
+            rows = await c.fetch(
+                f"SELECT task_id, count(*) AS n FROM attempts WHERE task_id {self.in_list('$1')} "
+                f"AND outcome {self.in_list('$2')} GROUP BY task_id",
+                self.list_param(task_ids), self.list_param(states.DIED))
+        return {r["task_id"]: int(r["n"]) for r in rows}
+
     # -- workers -----------------------------------------------------------------------------
     async def claim(
         self, worker_id: str, queue: str, limit: int, now: float, lease: float, *,
@@ -468,30 +486,36 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             self.events.publish(t.event(now, wait=now - t.run_at) for t in tasks)
         return tasks
 
-    async def complete(self, completions: Sequence[Completion], fence: Fence | None = None
-                       ) -> None:
+    async def complete(self, completions: Sequence[Completion], fence: Fence | None = None,
+                       *, lapsed: float | None = None) -> None:
         """Record the end of attempts. Fenced: a report for an attempt that is no longer the
-        task's running attempt (cancelled, or superseded after a lost lease) changes nothing."""
+        task's running attempt (cancelled, or superseded after a lost lease) changes nothing.
+        ``lapsed`` (the reaper): only attempts whose lease still ran out before that time,
+        checked in the write itself, so a lease renewed since the reaper looked is kept."""
         if not completions:
             return
-        live = await self._record(completions, fence)
+        live = await self._record(completions, fence, lapsed)
         applied = [x for x in completions if (x.task_id, x.attempt) in live]
         if any(x.status is Status.FAILED for x in applied):
             self.hub.scheduled()
         if self.events.active:  # reports for superseded attempts changed nothing: no event
             self.events.publish(e for e in (x.event() for x in applied) if e is not None)
 
-    async def _record(self, completions: Sequence[Completion], fence: Fence | None
-                      ) -> set[tuple[str, int]]:
+    async def _record(self, completions: Sequence[Completion], fence: Fence | None,
+                      lapsed: float | None = None) -> set[tuple[str, int]]:
         """Write completions in one transaction; returns the (task, attempt) pairs that were
         still running, i.e. whose task row changed."""
         async with self.tx() as c:
             await self.check_fence(c, fence, completions[0].finished_at)
+            expired, more = ("", ()) if lapsed is None else (
+                " AND lease_expires_at < $2", (lapsed,))
             current = await c.fetch(
                 f"SELECT id, attempts FROM tasks WHERE id {self.in_list('$1')} "
-                f"AND status = 'running'{self.lock_row}",
-                self.list_param([x.task_id for x in completions]))
+                f"AND status = 'running'{expired}{self.lock_row}",
+                self.list_param([x.task_id for x in completions]), *more)
             live = {(r["id"], r["attempts"]) for r in current}
+            if lapsed is not None:  # a renewed lease: its attempt runs on, left open
+                completions = [x for x in completions if (x.task_id, x.attempt) in live]
             await c.executemany(
                 "UPDATE tasks SET status = $3, run_at = COALESCE($4, run_at), result = $5, "
                 "error = $6, updated_at = $7, lease_expires_at = NULL "

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from chronoq.backoff import Outage
 from chronoq.events import EventBus
 from chronoq.notify import Hub, worker_channel
 from chronoq.states import Status
@@ -122,6 +123,7 @@ class PostgresStore(Store):
         min_size: int = 2, max_size: int = 10, listen: bool = True,
     ) -> None:
         super().__init__(hub, events)
+        self.url = url
         self.dsn, self.schema = split_schema(url)
         self.min_size, self.max_size, self.listen = min_size, max_size, listen
         self._pool: asyncpg.Pool | None = None
@@ -133,6 +135,10 @@ class PostgresStore(Store):
         self._listened: set[str] = set()  # channels the LISTEN connection has taken up
         self._listen_jobs: set[asyncio.Task[None]] = set()
         self._relisten_task: asyncio.Task[None] | None = None
+
+    def sibling(self) -> PostgresStore:
+        """One connection, no LISTEN: it only renews leases."""
+        return PostgresStore(self.url, min_size=1, max_size=1, listen=False)
 
     def _settings(self) -> dict[str, str]:
         settings = {"application_name": "chronoq"}
@@ -190,7 +196,8 @@ class PostgresStore(Store):
         self._relisten_task = asyncio.get_running_loop().create_task(self._relisten())
 
     async def _relisten(self) -> None:
-        delay = 0.1
+        outage = Outage("PostgreSQL LISTEN reconnect", log, first=0.1, cap=5.0,
+                        level=logging.WARNING)
         while self._pool is not None:
             try:
                 async with self._listen_lock:
@@ -203,10 +210,9 @@ class PostgresStore(Store):
                     self._listener = conn
                     self._listened = set(self._channels)
             except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("LISTEN reconnect failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(outage.failed(exc))
                 continue
+            outage.over()
             log.info("PostgreSQL LISTEN connection restored")
             self._relisten_task = None
             self.hub.wake_all()  # notifications may have been missed meanwhile
@@ -361,13 +367,13 @@ class PostgresStore(Store):
                 await c.execute("DELETE FROM offers WHERE worker_id = ANY($1::text[])", dead)
         return dead
 
-    async def _record(self, completions: Sequence[Completion], fence: Fence | None
-                      ) -> set[tuple[str, int]]:
+    async def _record(self, completions: Sequence[Completion], fence: Fence | None,
+                      lapsed: float | None = None) -> set[tuple[str, int]]:
         """A worker's completions in one statement (one round trip, one relaxed commit),
         which also gives their slots back to the worker's hand-off offer; the leader's
         fenced ones take the general path, which locks the lease row."""
-        if fence is not None:
-            return await super()._record(completions, fence)
+        if fence is not None or lapsed is not None:
+            return await super()._record(completions, fence, lapsed)
         columns = list(zip(*(
             (x.task_id, x.attempt, x.status.value, x.next_run_at, dumps(x.result), x.error,
              x.finished_at, x.outcome, x.traceback) for x in completions), strict=True))

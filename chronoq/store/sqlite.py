@@ -51,6 +51,9 @@ class SQLiteStore(Store):
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
+    def sibling(self) -> SQLiteStore | None:
+        return None if self.path == ":memory:" else SQLiteStore(self.path)
+
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
