@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 from chronoq.api.auth import Principal, Reader, Writer
 from chronoq.api.errors import responses
 from chronoq.api.limits import check_schedule_rate
-from chronoq.api.tasks import AppDep, check_id
+from chronoq.api.tasks import AppDep, check_id, check_payload
 from chronoq.app import App
 from chronoq.models import Schedule, ScheduleCreate, SchedulePage, ScheduleUpdate, Task, TaskPage
 from chronoq.store.schedules import ScheduleNotFound, ScheduleRecord
@@ -33,6 +33,7 @@ async def visible_schedule(app: App, who: Principal, key: str) -> ScheduleRecord
 async def create_schedule(spec: ScheduleCreate, app: AppDep, who: Writer) -> Schedule:
     """Fire `task` on a `cron` expression (in `timezone`) or every `interval_seconds`."""
     check_schedule_rate(spec, app.settings)
+    check_payload(spec.task, app.settings.max_payload_bytes, "task.payload")
     return (await app.store.create_schedule(spec, time.time(), who.home)).to_api()
 
 
@@ -68,6 +69,7 @@ async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: W
     check_schedule_rate(changes, app.settings)
     fields = changes.model_dump(exclude_unset=True)
     if changes.task is not None:
+        check_payload(changes.task, app.settings.max_payload_bytes, "task.payload")
         fields["task"] = changes.task
     return (await app.store.update_schedule(key, fields, time.time())).to_api()
 
