@@ -336,3 +336,17 @@ def test_overview_and_escaping(tab: Page, server: str) -> None:
     assert page.locator("#view img").count() == 0
     assert page.locator("#view b").count() == 0
     assert page.evaluate("window.__xss") is None
+
+
+def test_task_detail_shows_why_no_worker_will_run_it(tab: Page, server: str) -> None:
+    task = submit(server, name="demo.add", queue="nowhere", payload={"a": 1, "b": 2})
+    assert task["warnings"] == ["no live worker serves queue 'nowhere': the task waits "
+                                "until one with a handler named 'demo.add' starts"]
+    page = tab.open(f"#/tasks?task={task['id']}")
+    warning = page.locator("aside.detail .warning-text")
+    expect(warning).to_have_text(f"⚠ {task['warnings'][0]}")
+    httpx.post(f"{server}/v1/tasks/{task['id']}/cancel", timeout=5)
+    page.reload()
+    expect(page.locator("aside.detail .detail-body")).to_have_attribute(
+        "data-status", "cancelled")
+    expect(warning).to_have_count(0)
