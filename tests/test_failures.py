@@ -302,6 +302,10 @@ async def test_schedule_payload_the_database_cannot_hold_is_a_422(harness: Harne
         "/v1/schedules/nightly", headers=headers,
         content='{"task": {"name": "t", "payload": {"file": "caf\\udce9"}}}')
     assert patched.status_code == 422, patched.text
+    huge = await harness.http.post("/v1/schedules", json={  # the task payload limit holds
+        "name": "huge", "interval_seconds": 60,
+        "task": {"name": "t", "payload": {"x": "a" * 300_000}}})
+    assert huge.status_code == 413, huge.text
 
 
 async def _refuse_in_postgres(store: Store, sqlstate: str) -> None:
