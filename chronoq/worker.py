@@ -332,7 +332,6 @@ class Worker:
             self._done[:0] = left
             if self._closing and not final:
                 return
-            log.warning("%d results not recorded yet; retrying in %.1fs", len(left), delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -344,7 +343,7 @@ class Worker:
         try:
             refusal = await self._refusal(batch)
         except self.store.outage_errors as exc:
-            log.warning("recording %d results failed: %s: %s", len(batch),
+            log.warning("recording %d results failed (%s: %s); retrying", len(batch),
                         type(exc).__name__, exc)
             return [], batch
         if refusal is None:
