@@ -486,6 +486,8 @@ def submit(name: str, payload: str, run_at: str | None, delay: str | None, queue
     else:
         click.echo(f"{task['id']}  {task['name']}  {task['status']}  "
                    f"run at {_when(task['run_at'])}")
+    for warning in task.get("warnings") or ():
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.group()

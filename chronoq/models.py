@@ -131,6 +131,9 @@ class Task(BaseModel):
     slot: datetime | None = Field(None, description="the schedule's nominal fire time")
     attempt_history: list[Attempt] | None = Field(
         None, description="every attempt, oldest first (only on GET /v1/tasks/{id})")
+    warnings: list[str] | None = Field(
+        None, description="why the task may never run, e.g. no live worker of its queue "
+        "has its handler (on submission, and on GET /v1/tasks/{id} while it waits)")
 
 
 class TaskBatch(BaseModel):
@@ -282,3 +285,5 @@ class WorkerInfo(BaseModel):
     processed: int = Field(description="attempts finished since start")
     started_at: datetime
     last_seen_at: datetime
+    handlers: list[str] | None = Field(None, description="the task names it can run "
+                                       "(null: a worker too old to say)")

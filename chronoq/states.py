@@ -5,7 +5,8 @@ transition may start from, so the rules live in exactly one place::
 
     scheduled ──▶ queued ──▶ running ──▶ succeeded
         │           │          ├──────▶ failed ──▶ queued (retry after backoff)
-        │           │          └──────▶ dead   (attempts exhausted: the dead-letter queue)
+        │           │          └──────▶ dead   (attempts exhausted, or a permanent failure:
+        │           │                           the dead-letter queue)
         └───────────┴──────────┴──────▶ cancelled
 
 ``failed`` and ``dead`` tasks can be sent back to the queue by hand (``retry``).
@@ -112,6 +113,7 @@ def after_death(deaths: int, rng: random.Random | None = None) -> float:
     return extra
 
 
-def after_failure(attempt: int, max_attempts: int) -> Status:
-    """Where a task goes when attempt number ``attempt`` failed."""
-    return Status.FAILED if attempt < max_attempts else Status.DEAD
+def after_failure(attempt: int, max_attempts: int, *, retry: bool = True) -> Status:
+    """Where a task goes when attempt number ``attempt`` failed; ``retry=False`` for a
+    failure that no later attempt can mend (no handler, a payload that does not fit it)."""
+    return Status.FAILED if retry and attempt < max_attempts else Status.DEAD

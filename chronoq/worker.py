@@ -25,6 +25,7 @@ from chronoq.executors import shell as shell_executor
 from chronoq.executors.base import TaskFailed
 from chronoq.store import Completion, Store, TaskRecord
 from chronoq.store.base import dumps
+from chronoq.store.records import storable
 from chronoq.watchdog import LoopWatchdog
 
 log = logging.getLogger("chronoq.worker")
@@ -48,6 +49,9 @@ def builtin_executors(shell_allow: Iterable[str] = (), http_allow: Iterable[str]
 
 class Worker:
     """Runs up to ``concurrency`` tasks at once from ``queues``."""
+
+    #: the longest a stopping worker spends recording its last results
+    flush_seconds: float = 10.0
 
     def __init__(
         self,
@@ -113,7 +117,8 @@ class Worker:
         await self.broker.start()
         unsubscribe = self.store.hub.on_cancel(self._cancel_local)
         await self.store.register_worker(self.id, socket.gethostname(), os.getpid(),
-                                         self.queues, self.concurrency, time.time())
+                                         self.queues, self.concurrency, time.time(),
+                                         handlers=list(self.executors))
         flusher = asyncio.create_task(self._flush_loop(), name="chronoq-flush")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="chronoq-heartbeat")
         scaler = asyncio.create_task(self._scale_loop(), name="chronoq-autoscale")
@@ -134,8 +139,8 @@ class Worker:
             scaler.cancel()
             self._closing = True  # the flusher finishes its batch, never cut mid-write
             self._done_event.set()
-            await asyncio.gather(heartbeat, scaler, flusher, return_exceptions=True)
-            await self._flush_all()
+            await asyncio.gather(heartbeat, scaler, return_exceptions=True)
+            await self._final_flush(flusher)
             await self.watchdog.stop()
             await self.broker.close()
             for executor in self.executors.values():
@@ -254,7 +259,7 @@ class Worker:
         try:
             executor = self.executors.get(task.name)
             if executor is None:
-                raise TaskFailed(f"no handler named {task.name!r} on worker {self.id}")
+                raise await self._no_handler(task)
             async with asyncio.timeout(task.timeout_seconds):
                 result = await executor.run(task.payload)
             completion = Completion.success(task, time.time(), result)
@@ -262,7 +267,7 @@ class Worker:
             completion = Completion.failure(
                 task, time.time(), "timeout", f"timed out after {task.timeout_seconds}s")
         except TaskFailed as exc:
-            completion = Completion.failure(task, time.time(), "failed", str(exc))
+            completion = _task_failed(task, exc)
         except asyncio.CancelledError:
             if not self._stopping.is_set():
                 raise  # cancelled by request: the store already closed the attempt
@@ -280,14 +285,29 @@ class Worker:
             self._slot_free.set()
             self.processed += 1
             if completion is not None:
-                if completion.result is not None and not _json_safe(completion):
-                    completion = Completion.failure(
-                        task, completion.finished_at, "failed",
-                        f"result is not JSON-serialisable: {type(completion.result).__name__}")
+                completion = _storable_result(completion)
                 self._done.append(completion)
                 self._done_event.set()
                 if log.isEnabledFor(logging.INFO):
                     _log_completion(task, completion, time.perf_counter() - started)
+
+    async def _no_handler(self, task: TaskRecord) -> TaskFailed:
+        """The failure of a task this worker has no handler for: permanent when no other
+        live worker of the task's queue has one either, else retried (to reach that one)."""
+        names = sorted(self.executors)
+        mine = ", ".join(names[:10]) + (f" and {len(names) - 10} more" * (len(names) > 10))
+        try:
+            others = await self.store.served(time.time() - self.lease_seconds,
+                                             excluding=self.id)
+        except Exception:
+            log.warning("could not ask the worker registry who serves %s", task.name)
+            return TaskFailed(f"no handler named {task.name!r} on worker {self.id}")
+        if others.serves(task.queue, task.name):
+            return TaskFailed(f"no handler named {task.name!r} on worker {self.id}; "
+                              f"another worker of queue {task.queue!r} has one")
+        return TaskFailed(f"no handler named {task.name!r} on any live worker of queue "
+                          f"{task.queue!r} (worker {self.id} has: {mine or 'none'})",
+                          retry=False)
 
     def _cancel_local(self, task_id: str) -> None:
         if self.held.pop(task_id, None) is not None:
@@ -305,21 +325,104 @@ class Worker:
             self._done_event.clear()
             await self._flush_all()
 
-    async def _flush_all(self) -> None:
+    async def _flush_all(self, *, final: bool = False) -> None:
+        """Record every finished attempt, retrying with backoff while the store or broker
+        is unreachable; once stopping, only the ``final`` flush retries."""
         delay = 0.1
         while self._done:
             batch, self._done = self._done, []
             self._recording = batch
             try:
-                await self.store.complete(batch)
-                await self.broker.done([c.task_id for c in batch])
-            except Exception:
-                log.exception("recording %d results failed; retrying in %.1fs", len(batch), delay)
+                written, left = await self._record(batch)
+                if written:
+                    await self.broker.done([c.task_id for c in written])
+            except asyncio.CancelledError:  # a final flush out of time
                 self._done[:0] = batch
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                raise
+            except Exception:  # the broker: recording the batch again changes nothing
+                log.exception("acknowledging %d results failed", len(batch))
+                left = batch
             finally:
                 self._recording = []
+            if not left:
+                delay = 0.1
+                continue
+            self._done[:0] = left
+            if self._closing and not final:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _record(self, batch: list[Completion]
+                      ) -> tuple[list[Completion], list[Completion]]:
+        """Write a batch in one transaction. If the store refuses it (not an outage: a value
+        it cannot hold), write the attempts one by one, so one bad row never holds up the
+        others. Returns (written, left): ``left`` must wait, the store being unreachable."""
+        try:
+            refusal = await self._refusal(batch)
+        except self.store.outage_errors as exc:
+            log.warning("recording %d results failed (%s: %s); retrying", len(batch),
+                        type(exc).__name__, exc)
+            return [], batch
+        if refusal is None:
+            return batch, []
+        if len(batch) > 1:
+            log.warning("the store refused a batch of %d results (%s); writing them one "
+                        "by one", len(batch), type(refusal).__name__)
+        for index, completion in enumerate(batch):
+            try:
+                await self._record_one(completion, refusal if len(batch) == 1 else None)
+            except self.store.outage_errors:
+                return batch[:index], batch[index:]
+        return batch, []
+
+    async def _record_one(self, completion: Completion, refusal: Exception | None) -> None:
+        """Write one attempt (``refusal``: the store refused it already). One the store
+        refuses is recorded as a failed attempt saying why; if even that is refused, it is
+        dropped (its lease lapses and the task runs again). Raises an outage error."""
+        if refusal is None:
+            refusal = await self._refusal([completion])
+            if refusal is None:
+                return
+        log.error("the store refused the result of task %s attempt %d (%s: %.300r); "
+                  "recording the attempt as failed", completion.task_id, completion.attempt,
+                  type(refusal).__name__, str(refusal))
+        failed = completion.refused(refusal)
+        if failed is not None:
+            refusal = await self._refusal([failed])
+            if refusal is None:
+                return
+        log.error("the store refused task %s attempt %d's failure too (%s); it runs again "
+                  "once its lease lapses", completion.task_id, completion.attempt,
+                  type(refusal).__name__)
+
+    async def _refusal(self, completions: list[Completion]) -> Exception | None:
+        """Write ``completions``: None once written, else why the store refused them.
+        Raises the store's outage errors (it is unreachable, nothing was refused)."""
+        try:
+            await self.store.complete(completions)
+        except Exception as exc:
+            if isinstance(exc, self.store.outage_errors):
+                raise
+            return exc
+        return None
+
+    async def _final_flush(self, flusher: asyncio.Task[None]) -> None:
+        """Wait for the flusher's last write, then record what is left, for at most
+        :attr:`flush_seconds` in all: a stopping worker never hangs on a store that will
+        not take its results. Those it gives up on run again when their leases lapse."""
+        try:
+            async with asyncio.timeout(self.flush_seconds):
+                await asyncio.gather(flusher, return_exceptions=True)
+                await self._flush_all(final=True)
+        except TimeoutError:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+        if self._done:
+            ids = [c.task_id for c in self._done]
+            log.error("worker %s stops with %d results not recorded after %.0fs (tasks %s); "
+                      "they run again once their leases lapse", self.id, len(ids),
+                      self.flush_seconds, ", ".join(ids[:20]) + (" ..." * (len(ids) > 20)))
 
     def _known(self) -> set[str]:
         """Every task this worker holds, runs, or ran without its outcome recorded yet."""
@@ -378,12 +481,30 @@ def _log_completion(task: TaskRecord, completion: Completion, elapsed: float) ->
                     completion.error, extra=extra)
 
 
-def _json_safe(completion: Completion) -> bool:
+def _task_failed(task: TaskRecord, exc: TaskFailed) -> Completion:
+    """The completion for a ``TaskFailed``: retried, or dead at once with ``retry=False``."""
+    if exc.retry:
+        return Completion.failure(task, time.time(), "failed", str(exc))
+    return Completion.failure(task, time.time(), "failed",
+                              f"{exc} (permanent failure: not retried)", retry=False)
+
+
+def _storable_result(completion: Completion) -> Completion:
+    """The completion with a result the store can hold (lone surrogates written as escape
+    text), or a failure when JSON cannot hold the result at all."""
+    if completion.result is None:
+        return completion
     try:
-        dumps(completion.result)
+        completion.result = storable(completion.result)
     except TypeError:
-        return False
-    return True
+        task = completion.task
+        assert task is not None
+        return Completion.failure(
+            task, completion.finished_at, "failed",
+            f"result is not JSON-serialisable: {type(completion.result).__name__}")
+    return completion
+
+
 
 
 async def _first(event: asyncio.Event | None, stopping: asyncio.Future[Any],

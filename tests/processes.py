@@ -64,6 +64,21 @@ def wait_ready(url: str, proc: Proc, timeout: float = 20) -> None:
     raise AssertionError(f"{proc.args} not ready after {timeout}s:\n{proc.output()}")
 
 
+def start_dev(folder: Path, *args: str) -> tuple[Proc, str]:
+    """``chronoq dev ARGS`` on a free port with a fresh SQLite file in ``folder``, ready;
+    returns it and its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    dev = Proc(["dev", *args, "--port", str(port), "--database-url",
+                f"sqlite:///{folder / 'dev.db'}"], {}, folder / "dev.log")
+    try:
+        wait_ready(url, dev)
+    except BaseException:
+        dev.kill()
+        raise
+    return dev, url
+
+
 def wait_status(url: str, task_id: str, *statuses: str, timeout: float = 20) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:

@@ -9,16 +9,12 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import Proc, cli, free_port, wait_ready, wait_status
+from tests.processes import Proc, cli, free_port, start_dev, wait_ready, wait_status
 
 
 def test_dev_demo_and_cli(tmp_path: Path, procs: list[Proc]) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    dev = Proc(["dev", "--demo", "--port", str(port), "--database-url",
-                f"sqlite:///{tmp_path / 'dev.db'}"], {}, tmp_path / "dev.log")
+    dev, url = start_dev(tmp_path, "--demo")
     procs.append(dev)
-    wait_ready(url, dev)
 
     submitted = cli("submit", "demo.add", "--payload", '{"a": 20, "b": 22}', "--json",
                     "--url", url)

@@ -433,3 +433,16 @@ def test_the_csp_does_not_depend_on_the_host_header(server: str, host: str) -> N
     answer = httpx.get(f"{server}/ui", headers={"host": host}, timeout=5)
     assert answer.status_code == 200
     assert answer.headers["content-security-policy"] == normal
+
+def test_task_detail_shows_why_no_worker_will_run_it(tab: Page, server: str) -> None:
+    task = submit(server, name="demo.add", queue="nowhere", payload={"a": 1, "b": 2})
+    assert task["warnings"] == ["no live worker serves queue 'nowhere': the task waits "
+                                "until one with a handler named 'demo.add' starts"]
+    page = tab.open(f"#/tasks?task={task['id']}")
+    warning = page.locator("aside.detail .warning-text")
+    expect(warning).to_have_text(f"⚠ {task['warnings'][0]}")
+    httpx.post(f"{server}/v1/tasks/{task['id']}/cancel", timeout=5)
+    page.reload()
+    expect(page.locator("aside.detail .detail-body")).to_have_attribute(
+        "data-status", "cancelled")
+    expect(warning).to_have_count(0)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 from chronoq.api.auth import Principal, Reader, Writer
 from chronoq.api.errors import ApiError, responses
 from chronoq.api.limits import check_schedule_rate
-from chronoq.api.tasks import AppDep, check_id
+from chronoq.api.tasks import AppDep, check_id, check_payload
 from chronoq.app import App
 from chronoq.models import Schedule, ScheduleCreate, SchedulePage, ScheduleUpdate, Task, TaskPage
 from chronoq.store.schedules import ScheduleAmbiguous, ScheduleRecord, id_like
@@ -41,6 +41,7 @@ async def create_schedule(spec: ScheduleCreate, app: AppDep, who: Writer) -> Sch
         raise ApiError(422, "validation_error", "a schedule name may not be shaped like an id "
                        "(a UUID): /v1/schedules/{key} reads such a key as an id", "name")
     check_schedule_rate(spec, app.settings)
+    check_payload(spec.task, app.settings.max_payload_bytes, "task.payload")
     return (await app.store.create_schedule(spec, time.time(), who.home)).to_api()
 
 
@@ -76,6 +77,7 @@ async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: W
     check_schedule_rate(changes, app.settings)
     fields = changes.model_dump(exclude_unset=True)
     if changes.task is not None:
+        check_payload(changes.task, app.settings.max_payload_bytes, "task.payload")
         fields["task"] = changes.task
     return (await app.store.update_schedule(record.id, fields, time.time())).to_api()
 

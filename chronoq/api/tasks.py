@@ -10,9 +10,18 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from chronoq.api.auth import Principal, Reader, Writer
 from chronoq.api.errors import ApiError, responses
+from chronoq.api.served import add_warnings
 from chronoq.app import App
 from chronoq.ids import is_id
-from chronoq.models import QueueStats, Task, TaskBatch, TaskBatchResult, TaskCreate, TaskPage
+from chronoq.models import (
+    QueueStats,
+    Task,
+    TaskBatch,
+    TaskBatchResult,
+    TaskCreate,
+    TaskPage,
+    TaskTemplate,
+)
 from chronoq.states import Status
 from chronoq.store import NotFound, TaskRecord
 from chronoq.store.base import dumps
@@ -65,11 +74,13 @@ async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Wr
                       ) -> Task:
     """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
     same `idempotency_key` again returns the first task (status 200) instead of a copy."""
-    _check_payload(spec, app.settings.max_payload_bytes, "payload")
+    check_payload(spec, app.settings.max_payload_bytes, "payload")
     record, created = await app.store.create_task(spec, time.time(), who.home)
     if not created:
         response.status_code = 200
-    return record.to_api()
+    task = record.to_api()
+    await add_warnings(app, [task])
+    return task
 
 
 @router.post(
@@ -84,13 +95,14 @@ async def create_tasks(batch: TaskBatch, app: AppDep, who: Writer) -> TaskBatchR
     or none is. Each is what `POST /v1/tasks` takes; an `idempotency_key` seen before
     returns the earlier task (`created: false` at its position)."""
     for index, spec in enumerate(batch.tasks):
-        _check_payload(spec, app.settings.max_payload_bytes, f"tasks.{index}.payload")
+        check_payload(spec, app.settings.max_payload_bytes, f"tasks.{index}.payload")
     found = await app.store.create_tasks(batch.tasks, time.time(), who.home)
-    return TaskBatchResult(items=[record.to_api() for record, _ in found],
-                           created=[created for _, created in found])
+    items = [record.to_api() for record, _ in found]
+    await add_warnings(app, items)
+    return TaskBatchResult(items=items, created=[created for _, created in found])
 
 
-def _check_payload(spec: TaskCreate, limit: int, field: str) -> None:
+def check_payload(spec: TaskTemplate, limit: int, field: str) -> None:
     """422 for a payload JSON cannot hold, 413 for one over ``limit`` bytes of JSON."""
     if not _finite(spec.payload):
         raise ApiError(422, "validation_error",
@@ -131,7 +143,9 @@ async def list_tasks(
             summary="Get a task with its attempts")
 async def get_task(task_id: TaskId, app: AppDep, who: Reader) -> Task:
     record = await visible_task(app, who, task_id)
-    return record.to_api(await app.store.get_attempts(task_id))
+    task = record.to_api(await app.store.get_attempts(task_id))
+    await add_warnings(app, [task])
+    return task
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=Task, responses=responses(404, 409, 422),

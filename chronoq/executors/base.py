@@ -9,7 +9,15 @@ from typing import Any
 
 
 class TaskFailed(Exception):
-    """Raised by an executor for an expected failure: the message is stored, not a traceback."""
+    """Raise for an expected failure: the message is stored, not a traceback.
+
+    ``retry=False`` says no later attempt can succeed (bad input, a record that is gone):
+    the task goes to the dead-letter queue now instead of using up its attempts.
+    """
+
+    def __init__(self, message: str, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 @dataclass(frozen=True, slots=True)

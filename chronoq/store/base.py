@@ -32,6 +32,7 @@ from chronoq.store.records import (
     attempt_from_row,
     dumps,
     idempotency,
+    storable_json,
     task_row,
 )
 from chronoq.store.schedules import ScheduleQueries
@@ -57,6 +58,10 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     #: errors the database raises for a bad value in one row (not for an outage): a group
     #: commit that hits one writes its rows one by one, so only the bad one fails
     data_errors: tuple[type[Exception], ...] = ()
+    #: errors that mean the database cannot be reached or cannot take writes right now (a
+    #: write that fails with one is tried again later, unchanged); any other failed write
+    #: is taken for a refusal of what was written
+    outage_errors: tuple[type[Exception], ...] = (OSError, TimeoutError)
 
     def __init__(self, hub: Hub | None = None, events: EventBus | None = None) -> None:
         self.hub = hub or Hub()
@@ -521,8 +526,8 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                 "error = $6, updated_at = $7, lease_expires_at = NULL "
                 "WHERE id = $1 AND attempts = $2 AND status = 'running'",
                 [
-                    (x.task_id, x.attempt, x.status.value, x.next_run_at, dumps(x.result),
-                     x.error, x.finished_at)
+                    (x.task_id, x.attempt, x.status.value, x.next_run_at,
+                     storable_json(x.result), x.error, x.finished_at)
                     for x in completions if (x.task_id, x.attempt) in live
                 ],
             )
@@ -530,8 +535,8 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
                 "UPDATE attempts SET finished_at = $3, outcome = $4, result = $5, error = $6, "
                 "traceback = $7 WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL",
                 [
-                    (x.task_id, x.attempt, x.finished_at, x.outcome, dumps(x.result), x.error,
-                     x.traceback)
+                    (x.task_id, x.attempt, x.finished_at, x.outcome, storable_json(x.result),
+                     x.error, x.traceback)
                     for x in completions
                 ],
             )

@@ -17,9 +17,9 @@ from chronoq.backoff import Outage
 from chronoq.events import EventBus
 from chronoq.notify import Hub, worker_channel
 from chronoq.states import Status
-from chronoq.store.base import Completion, Conn, Row, Store, TaskRecord, dumps
+from chronoq.store.base import Completion, Conn, Row, Store, TaskRecord
 from chronoq.store.leases import Fence
-from chronoq.store.records import INSERT_TASK_COLUMNS
+from chronoq.store.records import INSERT_TASK_COLUMNS, storable_json
 
 log = logging.getLogger("chronoq.store")
 
@@ -117,6 +117,13 @@ class PostgresStore(Store):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     lock_row = " FOR UPDATE"
     data_errors = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+    outage_errors = (
+        *Store.outage_errors, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+        asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now
+        asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+        asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
+        asyncpg.exceptions.PostgresSystemError,  # I/O error
+    )
 
     def __init__(
         self, url: str, hub: Hub | None = None, events: EventBus | None = None, *,
@@ -375,8 +382,8 @@ class PostgresStore(Store):
         if fence is not None or lapsed is not None:
             return await super()._record(completions, fence, lapsed)
         columns = list(zip(*(
-            (x.task_id, x.attempt, x.status.value, x.next_run_at, dumps(x.result), x.error,
-             x.finished_at, x.outcome, x.traceback) for x in completions), strict=True))
+            (x.task_id, x.attempt, x.status.value, x.next_run_at, storable_json(x.result),
+             x.error, x.finished_at, x.outcome, x.traceback) for x in completions), strict=True))
         async with self.conn() as c:
             rows = await c.fetch(
                 f"WITH {_RELAXED}, "

@@ -48,6 +48,55 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def storable_text(text: str) -> str:
+    """Text as a database column can hold it, changed visibly where it must be: PostgreSQL
+    refuses NUL (written ``\\x00``), and UTF-8 cannot encode a lone surrogate such as the
+    ``\\udcff`` that ``surrogateescape`` puts in a file name read from undecodable bytes
+    (written as that escape text). A handler's error message or traceback may hold either."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def storable(value: Any) -> Any:
+    """``value`` itself when it can be stored as JSON; else a copy whose strings (keys
+    included) have their lone surrogates written as ``\\udcxx`` escape text. TypeError
+    when JSON cannot hold it at all (an object, an integer beyond 64 bits...). The copy is
+    made only when needed: the usual value costs one serialisation."""
+    try:
+        dumps(value)
+        return value
+    except TypeError as exc:
+        cleaned = _without_surrogates(value)
+        try:
+            dumps(cleaned)
+        except TypeError:
+            raise exc from None
+        return cleaned
+
+
+def storable_json(value: Any) -> str:
+    """The JSON text of :func:`storable` ``(value)``: what a result or payload column holds."""
+    try:
+        return dumps(value)
+    except TypeError:
+        return dumps(storable(value))
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_surrogates(v) for v in value]
+    return value
+
+
 def loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
@@ -149,22 +198,27 @@ class Completion:
     @classmethod
     def failure(
         cls, task: TaskRecord, now: float, outcome: Outcome, error: str,
-        traceback: str | None = None, *, retry_now: bool = False,
+        traceback: str | None = None, *, retry_now: bool = False, retry: bool = True,
     ) -> Completion:
-        """A failed attempt: retried after the task's backoff, or ``dead`` when it was the last."""
-        status = states.after_failure(task.attempts, task.max_attempts)
+        """A failed attempt: retried after the task's backoff, or ``dead`` when it was the
+        last or ``retry`` is false (a failure no later attempt can mend)."""
+        status = states.after_failure(task.attempts, task.max_attempts, retry=retry)
         next_run_at = None
         if status is Status.FAILED:
             delay = 0.0 if retry_now else task.backoff.policy().delay(task.attempts)
             next_run_at = now + delay
         return cls(task.id, task.attempts, outcome, now, status, next_run_at, None,
-                   _storable(error), None if traceback is None else _storable(traceback), task)
+                   storable_text(error),
+                   None if traceback is None else storable_text(traceback), task)
 
-
-def _storable(text: str) -> str:
-    """Text as a database column can hold it: PostgreSQL refuses NUL characters, and a
-    handler's error message may contain any."""
-    return text.replace("\x00", "\\x00") if "\x00" in text else text
+    def refused(self, exc: Exception) -> Completion | None:
+        """This attempt as a plain failure, for when the database refused to store it:
+        no result or traceback, an error naming the refusal (None without the task)."""
+        if self.task is None:
+            return None
+        why = f"{type(exc).__name__}: {exc}"
+        return Completion.failure(self.task, self.finished_at, "failed",
+                                  f"result could not be stored: {why[:1000]}")
 
 
 def attempt_from_row(row: Row) -> Attempt:
@@ -201,7 +255,7 @@ def task_row(
     status = Status.QUEUED if run_at <= now else Status.SCHEDULED
     return (
         new_id(), template.name, template.queue, status.value, template.priority,
-        dumps(template.payload), run_at, now, now, 0, template.max_attempts,
+        storable_json(template.payload), run_at, now, now, 0, template.max_attempts,
         template.backoff.model_dump_json(), template.timeout_seconds, idempotency_key,
         schedule_id, slot, namespace,
     )

@@ -43,6 +43,7 @@ class SQLiteStore(Store):
 
     dialect = "sqlite"
     data_errors = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError)
+    outage_errors = (*Store.outage_errors, sqlite3.OperationalError)  # locked, disk I/O
 
     def __init__(self, path: str | Path, hub: Hub | None = None,
                  events: EventBus | None = None) -> None:

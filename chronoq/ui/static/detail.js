@@ -55,6 +55,7 @@ export function renderDetail(task, { onRetry, onCancel, onClose, busy = false })
         h("div", { class: "mono muted selectable", title: "task id" }, task.id)),
       h("button", { type: "button", class: "btn btn-icon", title: "Close", "aria-label": "Close",
         onclick: onClose }, "×")),
+    (task.warnings || []).map((w) => h("p", { class: "warning-text", role: "status" }, `⚠ ${w}`)),
     h("div", { class: "actions" },
       RETRYABLE.has(task.status) ? h("button", {
         type: "button", class: "btn btn-primary", disabled: busy,
