@@ -19,11 +19,11 @@ import functools
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 MisfirePolicy = Literal["skip", "run_once", "catch_up"]
 
@@ -38,6 +38,8 @@ ALIASES = {
 }
 #: longest walk over past slots after downtime; beyond it, old slots are skipped
 MAX_STEPS = 100_000
+#: where :func:`check_cron` starts looking for a first fire time (any fixed date would do)
+_PROBE_FROM = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def expand(expression: str) -> str:
@@ -56,9 +58,18 @@ def check_cron(expression: str) -> str:
             f"cron expression {expression!r} has {len(fields)} fields; expected 5 "
             "(minute hour day month weekday), 6 (seconds first) or an alias such as @hourly")
     try:
-        croniter(text, second_at_beginning=len(fields) == 6)
+        it = croniter(text, _PROBE_FROM, second_at_beginning=len(fields) == 6)
     except (CroniterError, ValueError, KeyError) as exc:
         raise ValueError(f"invalid cron expression {expression!r}: {exc}") from None
+    try:
+        # croniter searches up to 50 years ahead: more than the 28-year cycle of weekdays
+        # and leap years (40 across a skipped leap day such as 2100's), so a rule it finds
+        # nothing for matches no date at all, e.g. 30 February or a fifth Monday on the 1st
+        it.get_next(float)
+    except CroniterBadDateError:
+        raise ValueError(
+            f"cron expression {expression!r} never fires: no date matches its day, month "
+            "and weekday fields together") from None
     return text
 
 

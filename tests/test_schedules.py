@@ -8,6 +8,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from chronoq import App
 from chronoq.models import ScheduleCreate
 from chronoq.scheduler import Scheduler
@@ -47,6 +50,36 @@ async def test_create_validates_cron_timezone_and_rule(harness: Harness) -> None
         assert field in {d["field"] for d in error["details"]}, error
         assert fragment in error["message"], error
     assert (await harness.http.get("/v1/schedules")).json()["items"] == []
+
+
+NEVER_FIRES = ["0 0 30 2 *", "0 0 31 4 *", "0 0 1 1 1#5"]
+
+
+async def test_a_cron_that_never_fires_is_a_422_on_create_and_patch(harness: Harness) -> None:
+    ok = await harness.http.post("/v1/schedules", json={"name": "ok", "cron": "@daily",
+                                                        "task": {"name": "noop"}})
+    assert ok.status_code == 201, ok.text
+    for cron in NEVER_FIRES:
+        for method, path in (("POST", "/v1/schedules"), ("PATCH", "/v1/schedules/ok")):
+            body = {"cron": cron} if method == "PATCH" else {
+                "name": "never", "cron": cron, "task": {"name": "noop"}}
+            response = await harness.http.request(method, path, json=body)
+            assert response.status_code == 422, (method, cron, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "validation_error"
+            assert [d["field"] for d in error["details"]] == ["cron"], error
+            assert "never fires" in error["message"], error
+    names = [s["name"] for s in (await harness.http.get("/v1/schedules")).json()["items"]]
+    assert names == ["ok"]
+    assert (await harness.http.get("/v1/schedules/ok")).json()["cron"] == "@daily"
+
+
+def test_periodic_with_a_cron_that_never_fires_is_refused_when_declared() -> None:
+    app = App()
+    with pytest.raises(ValidationError, match="never fires"):
+        @app.periodic(cron="0 0 30 2 *")
+        def never() -> None:
+            return None
 
 
 async def test_crud_pause_resume_trigger(harness: Harness) -> None:
