@@ -102,10 +102,7 @@ class Recurrence:
     def next_after(self, t: float) -> float:
         """The first fire time strictly after epoch second ``t``."""
         if self.interval is not None:
-            if t < self.anchor:
-                return self.anchor
-            steps = int((t - self.anchor) // self.interval) + 1
-            return self.anchor + steps * self.interval
+            return self._next_interval(t, self.interval)
         assert self.cron is not None
         start = datetime.fromtimestamp(t, self.tz)
         it = self._iter
@@ -117,6 +114,25 @@ class Recurrence:
             moment: datetime = it.get_next(datetime)
             if not (self.fixed_hours and _second_occurrence(moment, self.tz)):
                 return moment.timestamp()
+
+    def _next_interval(self, t: float, interval: float) -> float:
+        """The first slot ``anchor + k * interval`` strictly after ``t``.
+
+        Slots are always computed as ``anchor + k * interval`` (never by adding intervals
+        up), so a slot has one float value however it is reached, and the scheduler's
+        unique (schedule, slot) key sees it once. ``(t - anchor) // interval`` can land one
+        step off when the interval is not a binary fraction (1.1 s), which returned the slot
+        ``t`` itself; the loops settle ``k`` on the first slot past ``t``.
+        """
+        anchor = self.anchor
+        if t < anchor:
+            return anchor
+        k = int((t - anchor) // interval) + 1
+        while k > 1 and anchor + (k - 1) * interval > t:
+            k -= 1
+        while anchor + k * interval <= t:
+            k += 1
+        return anchor + k * interval
 
     def upcoming(self, after: float, count: int = 5, until: float | None = None) -> list[float]:
         times: list[float] = []

@@ -159,6 +159,32 @@ async def test_two_schedulers_never_fire_a_slot_twice(harness: Harness) -> None:
         assert len(slots) == len(set(slots)), f"{name} fired a slot twice"
 
 
+async def test_a_non_binary_interval_fires_each_slot_once(harness: Harness) -> None:
+    """1.1 s is no binary fraction: slots computed by float division once came back equal
+    to the slot just fired, so the scheduler walked one slot 100,000 times a round."""
+    anchor = float(int(time.time()) - 100)  # whole seconds: a start the old maths tripped on
+    created = await harness.http.post("/v1/schedules", json={
+        "name": "odd", "interval_seconds": 1.1, "task": {"name": "noop"},
+        "start_at": datetime.fromtimestamp(anchor, UTC).isoformat(),
+        "misfire_policy": "catch_up", "max_catch_up": 1000, "misfire_grace_seconds": 1000})
+    assert created.status_code == 201, created.text
+    schedulers = [Scheduler(harness.store, poll_seconds=0.05) for _ in range(2)]
+    jobs = [asyncio.create_task(s.run()) for s in schedulers]
+    started = time.time()
+    deadline = time.monotonic() + 15
+    while len(await runs_of(harness, "odd")) < 4 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    for s in schedulers:
+        s.stop()
+    await asyncio.gather(*jobs)
+    ended = time.time()
+    steps = sorted(round((ts(r["slot"]) - anchor) / 1.1) for r in await runs_of(harness, "odd"))
+    assert len(steps) >= 4, steps
+    assert steps == list(range(steps[0], steps[-1] + 1)), f"a slot fired twice or not: {steps}"
+    assert anchor + steps[0] * 1.1 <= started + 1.1 and anchor + steps[-1] * 1.1 <= ended
+    assert sum(s.fired for s in schedulers) == len(steps)
+
+
 async def _downtime(harness: Harness, policy: str) -> list[float]:
     """A schedule whose scheduler was down for 10 s, then one firing round at x.5 s."""
     now = int(time.time()) + 0.5
