@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -198,3 +200,29 @@ async def test_discard_only_finished_tasks(harness: Harness) -> None:
     async with harness.store.conn() as c:
         assert await c.fetch("SELECT * FROM attempts WHERE task_id = $1", task["id"]) == []
     assert (await harness.http.delete(f"/v1/tasks/{task['id']}")).status_code == 404
+
+
+async def test_a_nul_in_any_parameter_of_any_route_is_a_422(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL refuses NUL in text; it must never reach the store (once a 500 there)."""
+    spec = (await harness.http.get("/openapi.json")).json()
+    tried = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            params = [p for p in operation.get("parameters", []) if p["in"] in ("path", "query")]
+            plain = {p["name"]: "01890a5d-ac96-774b-bcce-b302099a8057" for p in params
+                     if p["in"] == "path"}
+            for param in params:
+                values = {**plain, param["name"]: "a\x00b"}
+                url = path.format(**{k: quote(v, safe="") for k, v in values.items()
+                                     if k in plain})
+                query = {param["name"]: "a\x00b"} if param["in"] == "query" else {}
+                response = await harness.http.request(method.upper(), url, params=query)
+                assert response.status_code == 422, (method, url, query, response.text)
+                error = error_of(response)
+                assert error["code"] == "validation_error"
+                assert [d["field"] for d in error["details"]] == [param["name"]], error
+                assert "NUL" in error["message"]
+                tried += 1
+    assert tried >= 15  # task ids, schedule keys, cursors, filters, limits
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from chronoq import __version__
 from chronoq.api import errors, events, health, metrics, schedules, tasks, ui, workers
@@ -34,6 +34,7 @@ def create_api(app: App) -> FastAPI:
         description="Schedule one-time and recurring tasks, run them on workers, see every "
         "attempt.",
         lifespan=lifespan,
+        dependencies=[Depends(errors.reject_nul)],
     )
     api.state.chronoq = app
     errors.install(api)

@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -106,6 +107,22 @@ def _unavailable(_: Request, exc: Exception) -> JSONResponse:
         "(resubmitting with the same idempotency_key never creates a second task)")
     response.headers["Retry-After"] = "2"
     return response
+
+
+def reject_nul(connection: HTTPConnection) -> None:
+    """422 for a NUL character in any query or path parameter, checked once for every
+    route (the app's own dependency). No text column can hold one (PostgreSQL refuses it
+    outright, which used to surface as a 500), so it is always bad client input."""
+    if connection.scope["type"] != "http":
+        return  # WebSocket filters are compared in memory, never sent to the store
+    found = [("query", name) for name, value in connection.query_params.multi_items()
+             if "\x00" in name or "\x00" in value]
+    found += [("path", name) for name, value in connection.path_params.items()
+              if isinstance(value, str) and "\x00" in value]
+    if found:
+        raise RequestValidationError([
+            {"loc": loc, "type": "value_error",
+             "msg": "must not contain NUL (\\x00) characters"} for loc in found])
 
 
 def install(api: FastAPI) -> None:
