@@ -226,3 +226,17 @@ async def test_a_nul_in_any_parameter_of_any_route_is_a_422(
                 tried += 1
     assert tried >= 15  # task ids, schedule keys, cursors, filters, limits
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_method_not_allowed_names_the_allowed_methods(harness: Harness) -> None:
+    for method, path, allow in [("PUT", "/v1/tasks", "GET, POST"),
+                                ("DELETE", "/v1/schedules", "GET, POST"),
+                                ("PUT", "/v1/schedules/nightly", "GET, PATCH, DELETE"),
+                                ("GET", "/v1/tasks/01890a5d-ac96-774b-bcce-b302099a8057/cancel",
+                                 "POST"),
+                                ("POST", "/healthz", "GET")]:
+        response = await harness.http.request(method, path)
+        assert response.status_code == 405, (method, path)
+        assert response.headers["allow"] == allow, (method, path)
+        error = error_of(response)
+        assert error["code"] == "method_not_allowed" and allow in error["message"]

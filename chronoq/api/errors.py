@@ -12,6 +12,7 @@ from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from chronoq.models import ErrorResponse
 from chronoq.states import InvalidTransition
@@ -77,14 +78,33 @@ def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "invalid_transition", str(exc))
 
 
-def _http(_: Request, exc: Exception) -> JSONResponse:
+def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8, too deep)
         message = f"request body is not valid JSON: {exc.detail}"
         return error_response(422, "validation_error", message,
                               [{"field": "body", "message": message}])
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    if exc.status_code == 405:
+        allow = allowed_methods(request)
+        response = error_response(405, code, f"{request.method} is not allowed on "
+                                  f"{request.url.path}; allowed: {allow}")
+        response.headers["Allow"] = allow
+        return response
     return error_response(exc.status_code, code, str(exc.detail))
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405: every method some route serves on this path
+    (Starlette names only the methods of the first route that matched the path)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+               for route in routes))
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 #: driver errors that mean "the database cannot be reached right now"
