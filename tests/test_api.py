@@ -240,3 +240,35 @@ async def test_method_not_allowed_names_the_allowed_methods(harness: Harness) ->
         assert response.headers["allow"] == allow, (method, path)
         error = error_of(response)
         assert error["code"] == "method_not_allowed" and allow in error["message"]
+
+
+async def test_openapi_states_ids_and_rules_between_fields(harness: Harness) -> None:
+    spec = (await harness.http.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    task_id = spec["paths"]["/v1/tasks/{task_id}"]["get"]["parameters"][0]["schema"]
+    cursor = {p["name"]: p for p in spec["paths"]["/v1/tasks"]["get"]["parameters"]}["cursor"]
+    for declared in (task_id, cursor["schema"], schemas["Task"]["properties"]["id"],
+                     schemas["Schedule"]["properties"]["id"]):
+        assert declared["format"] == "uuid", declared
+    one_rule = {tuple(branch["required"]) for branch in schemas["ScheduleCreate"]["oneOf"]}
+    assert one_rule == {("cron",), ("interval_seconds",)}
+    assert set(schemas["TaskCreate"]["not"]["required"]) == {"run_at", "delay_seconds"}
+    assert set(schemas["ScheduleUpdate"]["not"]["required"]) == {"cron", "interval_seconds"}
+    assert schemas["ScheduleUpdate"]["properties"]["timezone"]["type"] == "string"  # no null
+    payload = schemas["TaskTemplate"]["properties"]["payload"]["additionalProperties"]
+    assert payload == {"$ref": "#/components/schemas/JsonValue"}
+    assert {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1} in schemas[
+        "JsonValue"]["anyOf"]
+
+
+async def test_patch_refuses_null_for_fields_a_schedule_keeps(harness: Harness) -> None:
+    created = await harness.http.post("/v1/schedules", json={
+        "name": "s", "cron": "@daily", "task": {"name": "noop"},
+        "end_at": "2040-01-01T00:00:00Z"})
+    assert created.status_code == 201, created.text
+    for field in ("cron", "timezone", "task", "paused"):
+        response = await harness.http.patch("/v1/schedules/s", json={field: None})
+        assert response.status_code == 422, (field, response.text)
+        assert [d["field"] for d in error_of(response)["details"]] == [field]
+    cleared = await harness.http.patch("/v1/schedules/s", json={"end_at": None})
+    assert cleared.status_code == 200 and cleared.json()["end_at"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
@@ -11,6 +12,7 @@ from chronoq import __version__
 from chronoq.api import errors, events, health, metrics, schedules, tasks, ui, workers
 from chronoq.api.limits import install_limits
 from chronoq.app import App
+from chronoq.models import JSON_VALUE_SCHEMA
 
 
 def create_api(app: App) -> FastAPI:
@@ -37,6 +39,7 @@ def create_api(app: App) -> FastAPI:
         dependencies=[Depends(errors.reject_nul)],
     )
     api.state.chronoq = app
+    _document_payloads(api)
     errors.install(api)
     api.include_router(tasks.router)
     api.include_router(schedules.router)
@@ -47,3 +50,18 @@ def create_api(app: App) -> FastAPI:
     install_limits(api, app.settings)
     ui.mount_ui(api)
     return api
+
+
+def _document_payloads(api: FastAPI) -> None:
+    """Add the ``JsonValue`` component that payload schemas refer to (a recursive schema
+    pydantic cannot emit for a field it validates as plain ``dict``)."""
+    build = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            spec = build()
+            spec.setdefault("components", {}).setdefault("schemas", {})[
+                "JsonValue"] = JSON_VALUE_SCHEMA
+        return api.openapi_schema or {}
+
+    api.openapi = openapi  # type: ignore[method-assign]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 from chronoq.api.auth import Principal, Reader, Writer
 from chronoq.api.errors import responses
 from chronoq.api.limits import check_schedule_rate
-from chronoq.api.tasks import AppDep, check_id
+from chronoq.api.tasks import AppDep, TaskCursor, check_id
 from chronoq.app import App
 from chronoq.models import Schedule, ScheduleCreate, SchedulePage, ScheduleUpdate, Task, TaskPage
 from chronoq.store.schedules import ScheduleNotFound, ScheduleRecord
@@ -110,7 +110,7 @@ async def schedule_runs(
     key: Key,
     app: AppDep,
     who: Reader,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: TaskCursor = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> TaskPage:
     """Newest first; each task has its `slot` (nominal fire time)."""
