@@ -9,7 +9,8 @@ from urllib.parse import quote
 import pytest
 
 from chronoq import App
-from tests.conftest import Harness
+from tests.conftest import Harness, make_settings, running
+from tests.processes import free_port
 
 
 def error_of(response: Any) -> dict[str, Any]:
@@ -272,3 +273,16 @@ async def test_patch_refuses_null_for_fields_a_schedule_keeps(harness: Harness) 
         assert [d["field"] for d in error_of(response)["details"]] == [field]
     cleared = await harness.http.patch("/v1/schedules/s", json={"end_at": None})
     assert cleared.status_code == 200 and cleared.json()["end_at"] is None
+
+
+async def test_readiness_includes_the_configured_redis_broker(db_url: str) -> None:
+    down = App(settings=make_settings(db_url, broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+    async with running(down) as harness:
+        response = await harness.http.get("/readyz")
+        assert response.status_code == 503, response.text
+        error = error_of(response)
+        assert error["code"] == "broker_unavailable"
+        assert error["message"].startswith("broker unavailable:"), error
+    up = App(settings=make_settings(db_url, broker_url="redis://127.0.0.1:6379/0"))
+    async with running(up) as harness:
+        assert (await harness.http.get("/readyz")).json() == {"status": "ready"}
