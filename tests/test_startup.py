@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import PG_URL
@@ -54,3 +55,22 @@ def test_a_file_that_is_not_a_database_is_one_line_and_exits(tmp_path: Path) -> 
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         f"Error: cannot open the database at {junk}: DatabaseError: file is not a database"]
+
+
+@pytest.mark.parametrize(("variable", "flags", "keys_on"), [
+    ("true", [], True), ("false", [], False), (None, [], False), ("true", ["--no-auth"], False),
+])
+def test_dev_honours_chronoq_auth_unless_a_flag_says_otherwise(
+        tmp_path: Path, procs: list[Proc], variable: str | None, flags: list[str],
+        keys_on: bool) -> None:
+    """What the README promises: keys off by default, CHRONOQ_AUTH when set, flags win."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"CHRONOQ_AUTH": variable} if variable is not None else {}
+    dev = Proc(["dev", "--port", str(port), *flags, "--database-url",
+                f"sqlite:///{tmp_path / 'dev.db'}"], env, tmp_path / "dev.log")
+    procs.append(dev)
+    wait_ready(url, dev)
+    status = httpx.get(f"{url}/v1/tasks", timeout=5).status_code
+    assert status == (401 if keys_on else 200), dev.output()
+    assert dev.terminate() == 0
