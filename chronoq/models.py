@@ -47,9 +47,11 @@ JSON_VALUE_SCHEMA: dict[str, Any] = {"anyOf": [
     {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
 ]}
 #: a payload: validated as any JSON object (the API checks what it can store), documented
-#: as an object of :data:`JSON_VALUE_SCHEMA` values
+#: as an object of :data:`JSON_VALUE_SCHEMA` values in requests only (a stored float such
+#: as 1e300 is integral, so JSON Schema would count it an integer out of range)
 Payload = Annotated[dict[str, Any], WithJsonSchema(
-    {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}})]
+    {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    mode="validation")]
 
 #: JSON Schema for "exactly one of cron and interval_seconds is given (non-null)"
 ONE_RULE: dict[str, Any] = {"oneOf": [

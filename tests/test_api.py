@@ -256,8 +256,10 @@ async def test_openapi_states_ids_and_rules_between_fields(harness: Harness) -> 
     assert set(schemas["TaskCreate"]["not"]["required"]) == {"run_at", "delay_seconds"}
     assert set(schemas["ScheduleUpdate"]["not"]["required"]) == {"cron", "interval_seconds"}
     assert schemas["ScheduleUpdate"]["properties"]["timezone"]["type"] == "string"  # no null
-    payload = schemas["TaskTemplate"]["properties"]["payload"]["additionalProperties"]
-    assert payload == {"$ref": "#/components/schemas/JsonValue"}
+    for model in ("TaskCreate", "TaskTemplate-Input"):  # requests; answers hold any JSON
+        payload = schemas[model]["properties"]["payload"]["additionalProperties"]
+        assert payload == {"$ref": "#/components/schemas/JsonValue"}, model
+    assert schemas["Task"]["properties"]["payload"]["additionalProperties"] is True
     assert {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1} in schemas[
         "JsonValue"]["anyOf"]
 
