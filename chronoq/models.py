@@ -315,6 +315,12 @@ class ScheduleUpdate(BaseModel):
             raise ValueError(f"cannot be null: leave {info.field_name} out to keep it")
         return value
 
+    @model_validator(mode="after")
+    def _ordered(self) -> ScheduleUpdate:
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            raise ValueError("end_at must be after start_at")
+        return self
+
 
 class Schedule(ScheduleCreate):
     """A schedule as the API returns it."""

@@ -226,6 +226,12 @@ async def test_a_nul_in_any_parameter_of_any_route_is_a_422(
                 assert "NUL" in error["message"]
                 tried += 1
     assert tried >= 15  # task ids, schedule keys, cursors, filters, limits
+    for operations in spec["paths"].values():  # and the schema says so
+        for operation in operations.values():
+            for param in operation.get("parameters", []):
+                for branch in [param["schema"], *param["schema"].get("anyOf", [])]:
+                    if branch.get("type") == "string":
+                        assert "pattern" in branch, param
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
@@ -273,6 +279,13 @@ async def test_patch_refuses_null_for_fields_a_schedule_keeps(harness: Harness) 
         response = await harness.http.patch("/v1/schedules/s", json={field: None})
         assert response.status_code == 422, (field, response.text)
         assert [d["field"] for d in error_of(response)["details"]] == [field]
+    late = await harness.http.patch("/v1/schedules/s", json={"start_at": "2041-01-01T00:00:00Z"})
+    assert late.status_code == 409, late.text  # valid alone; the stored end_at is earlier
+    assert error_of(late)["code"] == "conflicting_change"
+    assert "end_at must be after start_at" in error_of(late)["message"]
+    both = await harness.http.patch("/v1/schedules/s", json={
+        "start_at": "2041-01-01T00:00:00Z", "end_at": "2040-01-01T00:00:00Z"})
+    assert both.status_code == 422, both.text  # wrong in itself
     cleared = await harness.http.patch("/v1/schedules/s", json={"end_at": None})
     assert cleared.status_code == 200 and cleared.json()["end_at"] is None
 

@@ -39,7 +39,7 @@ def create_api(app: App) -> FastAPI:
         dependencies=[Depends(errors.reject_nul)],
     )
     api.state.chronoq = app
-    _document_payloads(api)
+    _document(api)
     errors.install(api)
     api.include_router(tasks.router)
     api.include_router(schedules.router)
@@ -52,9 +52,11 @@ def create_api(app: App) -> FastAPI:
     return api
 
 
-def _document_payloads(api: FastAPI) -> None:
-    """Add the ``JsonValue`` component that payload schemas refer to (a recursive schema
-    pydantic cannot emit for a field it validates as plain ``dict``)."""
+def _document(api: FastAPI) -> None:
+    """Complete the OpenAPI document with what FastAPI cannot derive: the ``JsonValue``
+    component payload schemas refer to (a recursive schema pydantic cannot emit for a
+    field it validates as plain ``dict``), and that no parameter may hold a NUL
+    (:func:`chronoq.api.errors.reject_nul` refuses one on every route)."""
     build = api.openapi
 
     def openapi() -> dict[str, Any]:
@@ -62,6 +64,18 @@ def _document_payloads(api: FastAPI) -> None:
             spec = build()
             spec.setdefault("components", {}).setdefault("schemas", {})[
                 "JsonValue"] = JSON_VALUE_SCHEMA
+            for operations in spec.get("paths", {}).values():
+                for operation in operations.values():
+                    for parameter in operation.get("parameters", []):
+                        _no_nul(parameter.get("schema", {}))
         return api.openapi_schema or {}
 
     api.openapi = openapi  # type: ignore[method-assign]
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    """Give every string (branch) of a parameter schema without a pattern one that
+    excludes NUL."""
+    for branch in [schema, *schema.get("anyOf", [])]:
+        if branch.get("type") == "string" and "pattern" not in branch:
+            branch["pattern"] = "^[^\\x00]*$"

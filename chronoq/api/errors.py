@@ -74,6 +74,15 @@ def _schedule_exists(_: Request, exc: Exception) -> JSONResponse:
                           [{"field": "name", "message": "already taken"}])
 
 
+def merged_conflict(exc: ValidationError) -> ApiError:
+    """409 for changes each valid alone that the resource's other fields contradict (a
+    PATCH setting ``start_at`` after the schedule's ``end_at``)."""
+    reasons = "; ".join(str(e.get("msg", "invalid")).removeprefix("Value error, ")
+                        for e in exc.errors())
+    return ApiError(409, "conflicting_change",
+                    f"the change conflicts with the schedule's other fields: {reasons}")
+
+
 def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "invalid_transition", str(exc))
 

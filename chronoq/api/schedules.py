@@ -6,9 +6,10 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
+from pydantic import ValidationError
 
 from chronoq.api.auth import Principal, Reader, Writer
-from chronoq.api.errors import responses
+from chronoq.api.errors import merged_conflict, responses
 from chronoq.api.limits import check_schedule_rate
 from chronoq.api.tasks import AppDep, TaskCursor, check_id
 from chronoq.app import App
@@ -58,7 +59,7 @@ async def get_schedule(key: Key, app: AppDep, who: Reader) -> Schedule:
     return (await visible_schedule(app, who, key)).to_api()
 
 
-@router.patch("/{key}", response_model=Schedule, responses=responses(404, 413, 422),
+@router.patch("/{key}", response_model=Schedule, responses=responses(404, 409, 413, 422),
               summary="Change a schedule")
 async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: Writer
                           ) -> Schedule:
@@ -69,7 +70,10 @@ async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: W
     fields = changes.model_dump(exclude_unset=True)
     if changes.task is not None:
         fields["task"] = changes.task
-    return (await app.store.update_schedule(key, fields, time.time())).to_api()
+    try:
+        return (await app.store.update_schedule(key, fields, time.time())).to_api()
+    except ValidationError as exc:  # valid alone, not with the schedule's other fields
+        raise merged_conflict(exc) from None
 
 
 @router.delete("/{key}", status_code=204, responses=responses(404), summary="Delete a schedule")
