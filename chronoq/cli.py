@@ -224,14 +224,21 @@ def _metrics_listen(value: str | None, default_host: str) -> tuple[str | None, i
     return host, port
 
 
-def _hide_password(url: str) -> str:
-    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", url)
+def _url_host(host: str) -> str:
+    """``host`` as it goes in a URL: IPv6 addresses in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
          demo: bool = False, banner: bool = False, metrics_port: str | None = None) -> None:
     from chronoq import demo as demo_module
-    from chronoq.runner import Components, Runner
+    from chronoq.runner import (
+        Components,
+        Runner,
+        StoreUnavailable,
+        database_location,
+        hide_password,
+    )
 
     setup_logging(settings.log_level)
     metrics_host, port = _metrics_listen(metrics_port, settings.host)
@@ -246,25 +253,32 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
                             metrics_port=port, metrics_host=metrics_host)
     as_json = log_format(sys.stderr) == "json"
 
+    url = f"http://{_url_host(settings.host)}:{settings.port}"
+
     async def started(runner: Runner) -> None:
         if banner and as_json:  # keep stderr all JSON lines
             log.info("chronoq %s dev is running", __version__, extra={
-                "api": f"http://{settings.host}:{settings.port}",
-                "database": _hide_password(settings.database_url),
+                "api": url, "dashboard": f"{url}/ui",
+                "database": hide_password(settings.database_url),
                 "queues": settings.queues, "concurrency": settings.concurrency,
                 "handlers": sorted(runner.executors())})
         elif banner:
-            url = f"http://{settings.host}:{settings.port}"
             handlers = ", ".join(sorted(runner.executors())) or "none"
             click.echo(
                 f"\nchronoq {__version__} dev is running\n"
                 f"  API       {url}   (interactive docs: {url}/docs)\n"
-                f"  database  {settings.database_url}\n"
+                f"  dashboard {url}/ui\n"
+                f"  database  {hide_password(settings.database_url)}\n"
                 f"  workers   {settings.concurrency} slots on queues {settings.queues}\n"
                 f"  handlers  {handlers}\n"
                 f"  try       chronoq submit demo.add --payload '{{\"a\": 1, \"b\": 2}}'"
                 f" && chronoq tasks ls\n"
                 f"  stop      Ctrl+C\n", err=True)
+        elif api:
+            log.info("chronoq %s API listening on %s (dashboard %s/ui, docs %s/docs)",
+                     __version__, url, url, url,
+                     extra={"api": url, "dashboard": f"{url}/ui",
+                            "database": database_location(settings.database_url)})
         if demo:
             await demo_module.submit(app)
 
@@ -273,6 +287,8 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
     try:
         _event_loop_policy()
         asyncio.run(Runner(app, components).run(started))
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -383,8 +399,19 @@ def db_upgrade(database_url: str | None) -> None:
         finally:
             await store.close()
 
-    applied = asyncio.run(upgrade())
+    applied = _on_database(settings.database_url, upgrade)
     click.echo(f"applied migrations {applied}" if applied else "schema is up to date")
+
+
+def _on_database(url: str, work: Any) -> Any:
+    """Run ``work()`` (which opens the store at ``url``); a database that cannot be opened
+    is one line naming where and why, not a traceback."""
+    from chronoq.runner import OPEN_ERRORS, store_unavailable
+
+    try:
+        return asyncio.run(work())
+    except OPEN_ERRORS as exc:
+        raise click.ClickException(str(store_unavailable(url, exc))) from None
 
 
 # -- tasks ------------------------------------------------------------------------------------
@@ -726,12 +753,13 @@ def keys() -> None:
 def _with_store(database_url: str | None, work: Any) -> Any:
     from chronoq.store import create_store, opened
 
+    url = make_settings(database_url=database_url).database_url
+
     async def run() -> Any:
-        url = make_settings(database_url=database_url).database_url
         async with opened(create_store(url)) as store:
             return await work(store)
 
-    return asyncio.run(run())
+    return _on_database(url, run)
 
 
 @keys.command("create")

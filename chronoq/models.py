@@ -12,6 +12,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -20,6 +22,42 @@ from chronoq.recurrence import check_cron, check_timezone
 from chronoq.states import Backoff, Status
 
 Outcome = Literal["succeeded", "failed", "timeout", "cancelled", "lost"]
+
+#: task and schedule ids as the OpenAPI document declares them: lower-case UUIDs
+ID_SCHEMA: dict[str, Any] = {
+    "format": "uuid", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+Id = Annotated[str, Field(json_schema_extra=ID_SCHEMA)]
+
+
+def not_both(first: str, first_type: str, second: str, second_type: str) -> dict[str, Any]:
+    """JSON Schema for "``first`` and ``second`` are not both given (non-null)", so
+    clients and fuzzers know what the model validator refuses."""
+    return {"not": {"required": [first, second],
+                    "properties": {first: {"type": first_type}, second: {"type": second_type}}}}
+
+
+#: The OpenAPI component ``JsonValue``: any JSON value a payload can hold. Integers are
+#: bounded because stored JSON holds 64 bits (larger ones are a 422); the API's OpenAPI
+#: document adds it under ``components.schemas`` (see :func:`chronoq.api.create_api`).
+JSON_VALUE_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "null"}, {"type": "boolean"}, {"type": "string"},
+    {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1},
+    {"type": "number", "not": {"type": "integer"}},
+    {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+    {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+]}
+#: a payload: validated as any JSON object (the API checks what it can store), documented
+#: as an object of :data:`JSON_VALUE_SCHEMA` values in requests only (a stored float such
+#: as 1e300 is integral, so JSON Schema would count it an integer out of range)
+Payload = Annotated[dict[str, Any], WithJsonSchema(
+    {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    mode="validation")]
+
+#: JSON Schema for "exactly one of cron and interval_seconds is given (non-null)"
+ONE_RULE: dict[str, Any] = {"oneOf": [
+    {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
+    {"required": ["interval_seconds"], "properties": {"interval_seconds": {"type": "number"}}},
+]}
 
 
 def to_datetime(ts: float | None) -> datetime | None:
@@ -48,7 +86,7 @@ class TaskTemplate(BaseModel):
 
     name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$",
                       description="handler name, e.g. `send_email` or `chronoq.http`")
-    payload: dict[str, Any] = Field(default_factory=dict,
+    payload: Payload = Field(default_factory=dict,
                                     description="JSON object passed to the handler")
     queue: str = Field("default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:\-]+$")
     priority: int = Field(0, ge=-1000, le=1000, description="higher runs first within a queue")
@@ -59,6 +97,9 @@ class TaskTemplate(BaseModel):
 
 class TaskCreate(TaskTemplate):
     """A request to run a task once: now, at ``run_at``, or after ``delay_seconds``."""
+
+    model_config = ConfigDict(
+        json_schema_extra=not_both("run_at", "string", "delay_seconds", "number"))
 
     run_at: datetime | None = Field(None, description="ISO 8601 time with a UTC offset")
     delay_seconds: float | None = Field(None, ge=0, le=10 * 365 * 86400)
@@ -109,7 +150,7 @@ class Attempt(BaseModel):
 class Task(BaseModel):
     """A task as the API returns it."""
 
-    id: str
+    id: Id
     name: str
     queue: str
     status: Status
@@ -127,7 +168,7 @@ class Task(BaseModel):
     result: Any = None
     error: str | None = None
     namespace: str = Field("default", description="the namespace of the key that made it")
-    schedule_id: str | None = Field(None, description="the schedule that fired this task")
+    schedule_id: Id | None = Field(None, description="the schedule that fired this task")
     slot: datetime | None = Field(None, description="the schedule's nominal fire time")
     attempt_history: list[Attempt] | None = Field(
         None, description="every attempt, oldest first (only on GET /v1/tasks/{id})")
@@ -153,7 +194,7 @@ class TaskBatchResult(BaseModel):
 
 class TaskPage(BaseModel):
     items: list[Task]
-    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page")
+    next_cursor: Id | None = Field(None, description="pass as `cursor` for the next page")
 
 
 class QueueStats(BaseModel):
@@ -198,7 +239,7 @@ TimeZoneName = Annotated[str, Field(max_length=64), AfterValidator(_valid_timezo
 class ScheduleFields(BaseModel):
     """The fields a schedule can be created with; PATCH accepts any subset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_RULE)
 
     cron: CronExpression | None = Field(None, examples=["*/5 * * * *"],
                              description="5 fields, 6 with leading seconds, or @hourly/@daily…")
@@ -235,10 +276,29 @@ class ScheduleCreate(ScheduleFields):
                                   "(a UUID), e.g. `nightly-report`")
 
 
-class ScheduleUpdate(BaseModel):
-    """A partial update (PATCH): only the fields given change."""
+#: PATCH fields a schedule cannot be without: null is refused (leave one out to keep it)
+KEPT_UNLESS_GIVEN = ("cron", "interval_seconds", "timezone", "task", "misfire_policy",
+                     "max_catch_up", "misfire_grace_seconds", "jitter_seconds", "paused")
 
-    model_config = ConfigDict(extra="forbid")
+
+def _patch_schema(schema: dict[str, Any]) -> None:
+    """Document what ScheduleUpdate refuses: not both rules, no null where one is kept."""
+    schema.update(not_both("cron", "string", "interval_seconds", "number"))
+    for name in KEPT_UNLESS_GIVEN:
+        prop = schema["properties"][name]
+        kinds = [k for k in prop.pop("anyOf", []) if k != {"type": "null"}]
+        prop.pop("default", None)
+        if len(kinds) == 1:
+            prop.update(kinds[0])
+        elif kinds:
+            prop["anyOf"] = kinds
+
+
+class ScheduleUpdate(BaseModel):
+    """A partial update (PATCH): only the fields given change. Switching rules takes just
+    the new one (``cron`` clears ``interval_seconds`` and the other way round)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_patch_schema)
 
     cron: CronExpression | None = None
     interval_seconds: float | None = Field(None, ge=1, le=366 * 86400)
@@ -252,13 +312,26 @@ class ScheduleUpdate(BaseModel):
     jitter_seconds: float | None = Field(None, ge=0, le=86400)
     paused: bool | None = None
 
+    @field_validator(*KEPT_UNLESS_GIVEN, mode="before")
+    @classmethod
+    def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            raise ValueError(f"cannot be null: leave {info.field_name} out to keep it")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScheduleUpdate:
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            raise ValueError("end_at must be after start_at")
+        return self
+
 
 class Schedule(ScheduleCreate):
     """A schedule as the API returns it."""
 
     model_config = ConfigDict(extra="ignore")
 
-    id: str
+    id: Id
     namespace: str = "default"
     next_fire_at: datetime | None = Field(description="next slot; null when paused or ended")
     last_fire_at: datetime | None

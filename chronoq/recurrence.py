@@ -19,11 +19,11 @@ import functools
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 MisfirePolicy = Literal["skip", "run_once", "catch_up"]
 
@@ -38,6 +38,8 @@ ALIASES = {
 }
 #: longest walk over past slots after downtime; beyond it, old slots are skipped
 MAX_STEPS = 100_000
+#: where :func:`check_cron` starts looking for a first fire time (any fixed date would do)
+_PROBE_FROM = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def expand(expression: str) -> str:
@@ -56,9 +58,18 @@ def check_cron(expression: str) -> str:
             f"cron expression {expression!r} has {len(fields)} fields; expected 5 "
             "(minute hour day month weekday), 6 (seconds first) or an alias such as @hourly")
     try:
-        croniter(text, second_at_beginning=len(fields) == 6)
+        it = croniter(text, _PROBE_FROM, second_at_beginning=len(fields) == 6)
     except (CroniterError, ValueError, KeyError) as exc:
         raise ValueError(f"invalid cron expression {expression!r}: {exc}") from None
+    try:
+        # croniter searches up to 50 years ahead: more than the 28-year cycle of weekdays
+        # and leap years (40 across a skipped leap day such as 2100's), so a rule it finds
+        # nothing for matches no date at all, e.g. 30 February or a fifth Monday on the 1st
+        it.get_next(float)
+    except CroniterBadDateError:
+        raise ValueError(
+            f"cron expression {expression!r} never fires: no date matches its day, month "
+            "and weekday fields together") from None
     return text
 
 
@@ -91,10 +102,7 @@ class Recurrence:
     def next_after(self, t: float) -> float:
         """The first fire time strictly after epoch second ``t``."""
         if self.interval is not None:
-            if t < self.anchor:
-                return self.anchor
-            steps = int((t - self.anchor) // self.interval) + 1
-            return self.anchor + steps * self.interval
+            return self._next_interval(t, self.interval)
         assert self.cron is not None
         start = datetime.fromtimestamp(t, self.tz)
         it = self._iter
@@ -106,6 +114,25 @@ class Recurrence:
             moment: datetime = it.get_next(datetime)
             if not (self.fixed_hours and _second_occurrence(moment, self.tz)):
                 return moment.timestamp()
+
+    def _next_interval(self, t: float, interval: float) -> float:
+        """The first slot ``anchor + k * interval`` strictly after ``t``.
+
+        Slots are always computed as ``anchor + k * interval`` (never by adding intervals
+        up), so a slot has one float value however it is reached, and the scheduler's
+        unique (schedule, slot) key sees it once. ``(t - anchor) // interval`` can land one
+        step off when the interval is not a binary fraction (1.1 s), which returned the slot
+        ``t`` itself; the loops settle ``k`` on the first slot past ``t``.
+        """
+        anchor = self.anchor
+        if t < anchor:
+            return anchor
+        k = int((t - anchor) // interval) + 1
+        while k > 1 and anchor + (k - 1) * interval > t:
+            k -= 1
+        while anchor + k * interval <= t:
+            k += 1
+        return anchor + k * interval
 
     def upcoming(self, after: float, count: int = 5, until: float | None = None) -> list[float]:
         times: list[float] = []

@@ -9,10 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
+import sqlite3
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import prometheus_client
 import uvicorn
 
@@ -25,6 +29,44 @@ from chronoq.scheduler import Scheduler
 from chronoq.worker import Worker, builtin_executors
 
 log = logging.getLogger("chronoq")
+
+
+class StoreUnavailable(Exception):
+    """The database could not be opened: the message is one line naming where and why."""
+
+
+#: what opening a store raises for a URL that points nowhere usable: a host that does not
+#: resolve or answer, a database or role that does not exist, a file that cannot be opened,
+#: a scheme chronoq does not know
+OPEN_ERRORS: tuple[type[Exception], ...] = (
+    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, sqlite3.Error, ValueError)
+
+
+def store_unavailable(url: str, exc: Exception) -> StoreUnavailable:
+    """One line for ``exc``, raised while opening the store at ``url`` (no password)."""
+    reason = str(exc).replace(url, hide_password(url)) or "no reason given"
+    return StoreUnavailable(f"cannot open the database at {database_location(url)}: "
+                            f"{type(exc).__name__}: {reason}")
+
+
+def database_location(url: str) -> str:
+    """``host:port/dbname`` of a PostgreSQL URL, the file of a SQLite one, else the URL
+    (its password hidden)."""
+    if url.startswith("sqlite://"):
+        return url.removeprefix("sqlite:///") or "chronoq.db"
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        return hide_password(url)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        return hide_password(url)
+    host = parts.hostname or parse_qs(parts.query).get("host", ["localhost"])[0]
+    return f"{host}:{port}/{parts.path.lstrip('/') or parts.username or 'postgres'}"
+
+
+def hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", url)
 
 
 class _Server(uvicorn.Server):
@@ -88,7 +130,11 @@ class Runner:
 
     async def run(self, on_started: Callable[[Runner], Awaitable[None]] | None = None) -> None:
         settings = self.app.settings
-        await self.app.open()
+        try:
+            await self.app.open()
+        except OPEN_ERRORS as exc:
+            log.debug("opening the store failed", exc_info=True)
+            raise store_unavailable(settings.database_url, exc) from exc
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from chronoq import App
-from tests.conftest import Harness
+from tests.conftest import Harness, make_settings, running
+from tests.processes import free_port
 
 
 def error_of(response: Any) -> dict[str, Any]:
@@ -198,3 +201,103 @@ async def test_discard_only_finished_tasks(harness: Harness) -> None:
     async with harness.store.conn() as c:
         assert await c.fetch("SELECT * FROM attempts WHERE task_id = $1", task["id"]) == []
     assert (await harness.http.delete(f"/v1/tasks/{task['id']}")).status_code == 404
+
+
+async def test_a_nul_in_any_parameter_of_any_route_is_a_422(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL refuses NUL in text; it must never reach the store (once a 500 there)."""
+    spec = (await harness.http.get("/openapi.json")).json()
+    tried = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            params = [p for p in operation.get("parameters", []) if p["in"] in ("path", "query")]
+            plain = {p["name"]: "01890a5d-ac96-774b-bcce-b302099a8057" for p in params
+                     if p["in"] == "path"}
+            for param in params:
+                values = {**plain, param["name"]: "a\x00b"}
+                url = path.format(**{k: quote(v, safe="") for k, v in values.items()
+                                     if k in plain})
+                query = {param["name"]: "a\x00b"} if param["in"] == "query" else {}
+                response = await harness.http.request(method.upper(), url, params=query)
+                assert response.status_code == 422, (method, url, query, response.text)
+                error = error_of(response)
+                assert error["code"] == "validation_error"
+                assert [d["field"] for d in error["details"]] == [param["name"]], error
+                assert "NUL" in error["message"]
+                tried += 1
+    assert tried >= 15  # task ids, schedule keys, cursors, filters, limits
+    for operations in spec["paths"].values():  # and the schema says so
+        for operation in operations.values():
+            for param in operation.get("parameters", []):
+                for branch in [param["schema"], *param["schema"].get("anyOf", [])]:
+                    if branch.get("type") == "string":
+                        assert "pattern" in branch, param
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_method_not_allowed_names_the_allowed_methods(harness: Harness) -> None:
+    for method, path, allow in [("PUT", "/v1/tasks", "GET, POST"),
+                                ("DELETE", "/v1/schedules", "GET, POST"),
+                                ("PUT", "/v1/schedules/nightly", "GET, PATCH, DELETE"),
+                                ("GET", "/v1/tasks/01890a5d-ac96-774b-bcce-b302099a8057/cancel",
+                                 "POST"),
+                                ("POST", "/healthz", "GET")]:
+        response = await harness.http.request(method, path)
+        assert response.status_code == 405, (method, path)
+        assert response.headers["allow"] == allow, (method, path)
+        error = error_of(response)
+        assert error["code"] == "method_not_allowed" and allow in error["message"]
+
+
+async def test_openapi_states_ids_and_rules_between_fields(harness: Harness) -> None:
+    spec = (await harness.http.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    task_id = spec["paths"]["/v1/tasks/{task_id}"]["get"]["parameters"][0]["schema"]
+    cursor = {p["name"]: p for p in spec["paths"]["/v1/tasks"]["get"]["parameters"]}["cursor"]
+    for declared in (task_id, cursor["schema"], schemas["Task"]["properties"]["id"],
+                     schemas["Schedule"]["properties"]["id"]):
+        assert declared["format"] == "uuid", declared
+    one_rule = {tuple(branch["required"]) for branch in schemas["ScheduleCreate"]["oneOf"]}
+    assert one_rule == {("cron",), ("interval_seconds",)}
+    assert set(schemas["TaskCreate"]["not"]["required"]) == {"run_at", "delay_seconds"}
+    assert set(schemas["ScheduleUpdate"]["not"]["required"]) == {"cron", "interval_seconds"}
+    assert schemas["ScheduleUpdate"]["properties"]["timezone"]["type"] == "string"  # no null
+    for model in ("TaskCreate", "TaskTemplate-Input"):  # requests; answers hold any JSON
+        payload = schemas[model]["properties"]["payload"]["additionalProperties"]
+        assert payload == {"$ref": "#/components/schemas/JsonValue"}, model
+    assert schemas["Task"]["properties"]["payload"]["additionalProperties"] is True
+    assert {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1} in schemas[
+        "JsonValue"]["anyOf"]
+
+
+async def test_patch_refuses_null_for_fields_a_schedule_keeps(harness: Harness) -> None:
+    created = await harness.http.post("/v1/schedules", json={
+        "name": "s", "cron": "@daily", "task": {"name": "noop"},
+        "end_at": "2040-01-01T00:00:00Z"})
+    assert created.status_code == 201, created.text
+    for field in ("cron", "timezone", "task", "paused"):
+        response = await harness.http.patch("/v1/schedules/s", json={field: None})
+        assert response.status_code == 422, (field, response.text)
+        assert [d["field"] for d in error_of(response)["details"]] == [field]
+    late = await harness.http.patch("/v1/schedules/s", json={"start_at": "2041-01-01T00:00:00Z"})
+    assert late.status_code == 409, late.text  # valid alone; the stored end_at is earlier
+    assert error_of(late)["code"] == "conflicting_change"
+    assert "end_at must be after start_at" in error_of(late)["message"]
+    both = await harness.http.patch("/v1/schedules/s", json={
+        "start_at": "2041-01-01T00:00:00Z", "end_at": "2040-01-01T00:00:00Z"})
+    assert both.status_code == 422, both.text  # wrong in itself
+    cleared = await harness.http.patch("/v1/schedules/s", json={"end_at": None})
+    assert cleared.status_code == 200 and cleared.json()["end_at"] is None
+
+
+async def test_readiness_includes_the_configured_redis_broker(db_url: str) -> None:
+    down = App(settings=make_settings(db_url, broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+    async with running(down) as harness:
+        response = await harness.http.get("/readyz")
+        assert response.status_code == 503, response.text
+        error = error_of(response)
+        assert error["code"] == "broker_unavailable"
+        assert error["message"].startswith("broker unavailable:"), error
+    up = App(settings=make_settings(db_url, broker_url="redis://127.0.0.1:6379/0"))
+    async with running(up) as harness:
+        assert (await harness.http.get("/readyz")).json() == {"status": "ready"}

@@ -56,6 +56,8 @@ def test_dev_demo_and_cli(tmp_path: Path, procs: list[Proc]) -> None:
     assert wait_status(url, fired["id"], "succeeded", timeout=5)["result"] == 3
     bad = cli("schedules", "add", "x", "--cron", "99 * * * *", "--task", "t", "--url", url)
     assert bad.returncode != 0 and "out of range" in bad.stderr
+    never = cli("schedules", "add", "x", "--cron", "0 0 30 2 *", "--task", "t", "--url", url)
+    assert never.returncode != 0 and "'0 0 30 2 *' never fires" in never.stderr, never.stderr
     assert "deleted" in cli("schedules", "rm", "nightly", "--url", url).stdout
 
     assert dev.terminate() == 0

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from chronoq.models import TaskCreate
-from chronoq.recurrence import Recurrence
+from chronoq.recurrence import Recurrence, plan
 from chronoq.states import RETRYABLE, TERMINAL, TRANSITIONS, InvalidTransition, Status
 from chronoq.store import Completion, Store, TaskRecord, create_store
 
@@ -103,6 +103,70 @@ def test_fire_times_match_croniter_away_from_dst(cron: str, zone: str, start: fl
     before = croniter(cron, local - timedelta(seconds=1)).get_prev(datetime)
     assume(stable_offset(before.timestamp(), tz))
     assert before.timestamp() <= start, (cron, zone, datetime.fromtimestamp(start, tz), local)
+
+
+# -- interval rules ------------------------------------------------------------------------
+#: intervals the API accepts, most of them not binary fractions: 1.1 s, 12.3 s, 86399.9 s…
+INTERVALS = st.one_of(
+    st.integers(10, 3_600_000).map(lambda n: n / 10),
+    st.integers(100, 100_000).map(lambda n: n / 100),
+    st.floats(1, 366 * 86400, allow_nan=False, allow_infinity=False),
+)
+
+
+def interval_rule(interval: float, anchor: float) -> Recurrence:
+    return Recurrence(interval=interval, anchor=anchor)
+
+
+@PROPERTY_SETTINGS
+@given(interval=INTERVALS, anchor=TIMES, offset=st.floats(0, 10 * 366 * 86400),
+       steps=st.integers(0, 1_000_000))
+def test_interval_next_is_strictly_later_and_on_the_grid(
+        interval: float, anchor: float, offset: float, steps: int) -> None:
+    rule = interval_rule(interval, anchor)
+    slot = anchor + steps * interval  # a slot exactly as the scheduler stores it
+    for t in (slot, anchor + offset, slot - 1e-6, slot + 1e-6):
+        fire = rule.next_after(t)
+        assert fire > t, (interval, anchor, t, fire)
+        assert fire - t <= interval * 1.000001 + 1e-6, (interval, anchor, t, fire)
+        k = round((fire - anchor) / interval)
+        assert fire == anchor + k * interval  # one float value per slot, however reached
+    assert rule.next_after(slot) == anchor + (steps + 1) * interval
+
+
+@PROPERTY_SETTINGS
+@given(interval=INTERVALS, anchor=TIMES, skip=st.integers(0, 100_000))
+def test_interval_slots_walk_forward_without_repeats(
+        interval: float, anchor: float, skip: int) -> None:
+    rule = interval_rule(interval, anchor)
+    times = rule.upcoming(anchor + skip * interval, count=200)
+    assert all(a < b for a, b in itertools.pairwise(times)), times
+    assert times == [anchor + (skip + i) * interval for i in range(1, 201)]
+
+
+@PROPERTY_SETTINGS
+@given(interval=INTERVALS, anchor=TIMES, first=st.integers(0, 100_000),
+       due=st.integers(0, 300), extra=st.floats(0, 0.999),
+       policy=st.sampled_from(["skip", "run_once", "catch_up"]),
+       grace=st.floats(0, 10_000), max_catch_up=st.integers(1, 1000))
+def test_interval_plan_fires_each_due_slot_at_most_once(
+        interval: float, anchor: float, first: int, due: int, extra: float, policy: str,
+        grace: float, max_catch_up: int) -> None:
+    rule = interval_rule(interval, anchor)
+    next_fire_at = anchor + first * interval
+    now = anchor + (first + due + extra) * interval
+    expected = [s for k in range(first, first + due + 2) if (s := anchor + k * interval) <= now]
+    fired = plan(rule, next_fire_at, now, policy=policy,  # type: ignore[arg-type]
+                 max_catch_up=max_catch_up, grace=grace, end_at=None)
+    assert len(set(fired.slots)) == len(fired.slots)
+    assert all(a < b for a, b in itertools.pairwise(fired.slots))
+    assert set(fired.slots) <= set(expected)
+    assert len(fired.slots) + fired.missed == len(expected)
+    on_time = [s for s in expected if now - s <= grace]
+    assert set(on_time) <= set(fired.slots)
+    if policy == "run_once" and len(expected) > len(on_time):
+        assert len(fired.slots) == len(on_time) + 1
+    assert fired.next_fire_at == rule.next_after(now) and fired.next_fire_at > now
 
 
 # -- the task state machine ---------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,11 +14,11 @@ PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")
 
 
-def local(ts: float, tz: ZoneInfo) -> str:
+def local(ts: float, tz: tzinfo) -> str:
     return datetime.fromtimestamp(ts, tz).isoformat()
 
 
-def at(tz: ZoneInfo, *args: int) -> float:
+def at(tz: tzinfo, *args: int) -> float:
     return datetime(*args, tzinfo=tz).timestamp()  # type: ignore[misc]
 
 
@@ -39,6 +39,26 @@ def test_valid_expressions(expr: str) -> None:
 def test_invalid_expressions_say_why(expr: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         check_cron(expr)
+
+
+@pytest.mark.parametrize("expr", ["0 0 30 2 *", "0 0 31 4 *", "0 0 1 1 1#5", "0 0 0 31 11 *"])
+def test_a_rule_that_never_fires_is_invalid(expr: str) -> None:
+    with pytest.raises(ValueError, match="never fires"):
+        check_cron(expr)
+    with pytest.raises(ValueError, match="never fires"):
+        Recurrence(cron=expr)
+
+
+@pytest.mark.parametrize("expr", ["0 0 29 2 *", "0 0 29 2 1#5", "0 0 31 * *"])
+def test_rare_rules_are_valid(expr: str) -> None:
+    """Feb 29 on a Monday comes every 28 years, and once 40 years apart across 2100."""
+    check_cron(expr)
+    assert Recurrence(cron=expr).next_after(at(PARIS, 2026, 1, 1)) > 0
+
+
+def test_a_leap_day_monday_is_found_across_a_skipped_leap_year() -> None:
+    rule = Recurrence(cron="0 0 29 2 1#5", timezone="UTC")
+    assert local(rule.next_after(at(UTC, 2072, 3, 1)), UTC) == "2112-02-29T00:00:00+00:00"
 
 
 def test_unknown_timezone() -> None:

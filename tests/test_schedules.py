@@ -8,6 +8,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from chronoq import App
 from chronoq.models import ScheduleCreate
 from chronoq.scheduler import Scheduler
@@ -47,6 +50,36 @@ async def test_create_validates_cron_timezone_and_rule(harness: Harness) -> None
         assert field in {d["field"] for d in error["details"]}, error
         assert fragment in error["message"], error
     assert (await harness.http.get("/v1/schedules")).json()["items"] == []
+
+
+NEVER_FIRES = ["0 0 30 2 *", "0 0 31 4 *", "0 0 1 1 1#5"]
+
+
+async def test_a_cron_that_never_fires_is_a_422_on_create_and_patch(harness: Harness) -> None:
+    ok = await harness.http.post("/v1/schedules", json={"name": "ok", "cron": "@daily",
+                                                        "task": {"name": "noop"}})
+    assert ok.status_code == 201, ok.text
+    for cron in NEVER_FIRES:
+        for method, path in (("POST", "/v1/schedules"), ("PATCH", "/v1/schedules/ok")):
+            body = {"cron": cron} if method == "PATCH" else {
+                "name": "never", "cron": cron, "task": {"name": "noop"}}
+            response = await harness.http.request(method, path, json=body)
+            assert response.status_code == 422, (method, cron, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "validation_error"
+            assert [d["field"] for d in error["details"]] == ["cron"], error
+            assert "never fires" in error["message"], error
+    names = [s["name"] for s in (await harness.http.get("/v1/schedules")).json()["items"]]
+    assert names == ["ok"]
+    assert (await harness.http.get("/v1/schedules/ok")).json()["cron"] == "@daily"
+
+
+def test_periodic_with_a_cron_that_never_fires_is_refused_when_declared() -> None:
+    app = App()
+    with pytest.raises(ValidationError, match="never fires"):
+        @app.periodic(cron="0 0 30 2 *")
+        def never() -> None:
+            return None
 
 
 async def test_crud_pause_resume_trigger(harness: Harness) -> None:
@@ -124,6 +157,32 @@ async def test_two_schedulers_never_fire_a_slot_twice(harness: Harness) -> None:
         slots = [r["slot"] for r in await runs_of(harness, name)]
         assert len(slots) >= 3
         assert len(slots) == len(set(slots)), f"{name} fired a slot twice"
+
+
+async def test_a_non_binary_interval_fires_each_slot_once(harness: Harness) -> None:
+    """1.1 s is no binary fraction: slots computed by float division once came back equal
+    to the slot just fired, so the scheduler walked one slot 100,000 times a round."""
+    anchor = float(int(time.time()) - 100)  # whole seconds: a start the old maths tripped on
+    created = await harness.http.post("/v1/schedules", json={
+        "name": "odd", "interval_seconds": 1.1, "task": {"name": "noop"},
+        "start_at": datetime.fromtimestamp(anchor, UTC).isoformat(),
+        "misfire_policy": "catch_up", "max_catch_up": 1000, "misfire_grace_seconds": 1000})
+    assert created.status_code == 201, created.text
+    schedulers = [Scheduler(harness.store, poll_seconds=0.05) for _ in range(2)]
+    jobs = [asyncio.create_task(s.run()) for s in schedulers]
+    started = time.time()
+    deadline = time.monotonic() + 15
+    while len(await runs_of(harness, "odd")) < 4 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    for s in schedulers:
+        s.stop()
+    await asyncio.gather(*jobs)
+    ended = time.time()
+    steps = sorted(round((ts(r["slot"]) - anchor) / 1.1) for r in await runs_of(harness, "odd"))
+    assert len(steps) >= 4, steps
+    assert steps == list(range(steps[0], steps[-1] + 1)), f"a slot fired twice or not: {steps}"
+    assert anchor + steps[0] * 1.1 <= started + 1.1 and anchor + steps[-1] * 1.1 <= ended
+    assert sum(s.fired for s in schedulers) == len(steps)
 
 
 async def _downtime(harness: Harness, policy: str) -> list[float]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from chronoq import __version__
 from chronoq.api import errors, events, health, metrics, ratelimit, schedules, tasks, ui, workers
 from chronoq.api.limits import install_limits
 from chronoq.app import App
+from chronoq.models import JSON_VALUE_SCHEMA
 
 
 def create_api(app: App) -> FastAPI:
@@ -34,8 +36,10 @@ def create_api(app: App) -> FastAPI:
         description="Schedule one-time and recurring tasks, run them on workers, see every "
         "attempt.",
         lifespan=lifespan,
+        dependencies=[Depends(errors.reject_nul)],
     )
     api.state.chronoq = app
+    _document(api)
     errors.install(api)
     ratelimit.install(api, app.settings)
     api.include_router(tasks.router)
@@ -47,3 +51,32 @@ def create_api(app: App) -> FastAPI:
     install_limits(api, app.settings)
     ui.mount_ui(api)
     return api
+
+
+def _document(api: FastAPI) -> None:
+    """Complete the OpenAPI document with what FastAPI cannot derive: the ``JsonValue``
+    component payload schemas refer to (a recursive schema pydantic cannot emit for a
+    field it validates as plain ``dict``), and that no parameter may hold a NUL
+    (:func:`chronoq.api.errors.reject_nul` refuses one on every route)."""
+    build = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            spec = build()
+            spec.setdefault("components", {}).setdefault("schemas", {})[
+                "JsonValue"] = JSON_VALUE_SCHEMA
+            for operations in spec.get("paths", {}).values():
+                for operation in operations.values():
+                    for parameter in operation.get("parameters", []):
+                        _no_nul(parameter.get("schema", {}))
+        return api.openapi_schema or {}
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    """Give every string (branch) of a parameter schema without a pattern one that
+    excludes NUL."""
+    for branch in [schema, *schema.get("anyOf", [])]:
+        if branch.get("type") == "string" and "pattern" not in branch:
+            branch["pattern"] = "^[^\\x00]*$"

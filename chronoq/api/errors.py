@@ -8,9 +8,11 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from chronoq.models import ErrorResponse
 from chronoq.states import InvalidTransition
@@ -72,18 +74,46 @@ def _schedule_exists(_: Request, exc: Exception) -> JSONResponse:
                           [{"field": "name", "message": "already taken"}])
 
 
+def merged_conflict(exc: ValidationError) -> ApiError:
+    """409 for changes each valid alone that the resource's other fields contradict (a
+    PATCH setting ``start_at`` after the schedule's ``end_at``)."""
+    reasons = "; ".join(str(e.get("msg", "invalid")).removeprefix("Value error, ")
+                        for e in exc.errors())
+    return ApiError(409, "conflicting_change",
+                    f"the change conflicts with the schedule's other fields: {reasons}")
+
+
 def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "invalid_transition", str(exc))
 
 
-def _http(_: Request, exc: Exception) -> JSONResponse:
+def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8, too deep)
         message = f"request body is not valid JSON: {exc.detail}"
         return error_response(422, "validation_error", message,
                               [{"field": "body", "message": message}])
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    if exc.status_code == 405:
+        allow = allowed_methods(request)
+        response = error_response(405, code, f"{request.method} is not allowed on "
+                                  f"{request.url.path}; allowed: {allow}")
+        response.headers["Allow"] = allow
+        return response
     return error_response(exc.status_code, code, str(exc.detail))
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405: every method some route serves on this path
+    (Starlette names only the methods of the first route that matched the path)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+               for route in routes))
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 #: driver errors that mean "the database cannot be reached right now"
@@ -106,6 +136,22 @@ def _unavailable(_: Request, exc: Exception) -> JSONResponse:
         "(resubmitting with the same idempotency_key never creates a second task)")
     response.headers["Retry-After"] = "2"
     return response
+
+
+def reject_nul(connection: HTTPConnection) -> None:
+    """422 for a NUL character in any query or path parameter, checked once for every
+    route (the app's own dependency). No text column can hold one (PostgreSQL refuses it
+    outright, which used to surface as a 500), so it is always bad client input."""
+    if connection.scope["type"] != "http":
+        return  # WebSocket filters are compared in memory, never sent to the store
+    found = [("query", name) for name, value in connection.query_params.multi_items()
+             if "\x00" in name or "\x00" in value]
+    found += [("path", name) for name, value in connection.path_params.items()
+              if isinstance(value, str) and "\x00" in value]
+    if found:
+        raise RequestValidationError([
+            {"loc": loc, "type": "value_error",
+             "msg": "must not contain NUL (\\x00) characters"} for loc in found])
 
 
 def install(api: FastAPI) -> None:

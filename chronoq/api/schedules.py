@@ -6,11 +6,12 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
+from pydantic import ValidationError
 
 from chronoq.api.auth import Principal, Reader, Writer
-from chronoq.api.errors import ApiError, responses
+from chronoq.api.errors import ApiError, merged_conflict, responses
 from chronoq.api.limits import check_schedule_rate
-from chronoq.api.tasks import AppDep, check_id, check_payload
+from chronoq.api.tasks import AppDep, TaskCursor, check_id, check_payload
 from chronoq.app import App
 from chronoq.models import Schedule, ScheduleCreate, SchedulePage, ScheduleUpdate, Task, TaskPage
 from chronoq.store.schedules import ScheduleAmbiguous, ScheduleRecord, id_like
@@ -79,7 +80,10 @@ async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: W
     if changes.task is not None:
         check_payload(changes.task, app.settings.max_payload_bytes, "task.payload")
         fields["task"] = changes.task
-    return (await app.store.update_schedule(record.id, fields, time.time())).to_api()
+    try:
+        return (await app.store.update_schedule(record.id, fields, time.time())).to_api()
+    except ValidationError as exc:  # valid alone, not with the schedule's other fields
+        raise merged_conflict(exc) from None
 
 
 @router.delete("/{key}", status_code=204, responses=responses(404, 409),
@@ -122,7 +126,7 @@ async def schedule_runs(
     key: Key,
     app: AppDep,
     who: Reader,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: TaskCursor = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> TaskPage:
     """Newest first; each task has its `slot` (nominal fire time)."""

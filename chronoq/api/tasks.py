@@ -14,6 +14,7 @@ from chronoq.api.served import add_warnings
 from chronoq.app import App
 from chronoq.ids import is_id
 from chronoq.models import (
+    ID_SCHEMA,
     QueueStats,
     Task,
     TaskBatch,
@@ -35,7 +36,11 @@ def get_app(request: Request) -> App:
 
 
 AppDep = Annotated[App, Depends(get_app)]
-TaskId = Annotated[str, Path(description="task id (a UUID)", max_length=64)]
+TaskId = Annotated[str, Path(description="task id (a UUID)", max_length=64,
+                             json_schema_extra=ID_SCHEMA)]
+#: the ``cursor`` of task pages: the id of the last task of the previous page
+TaskCursor = Annotated[str | None, Query(description="next_cursor of the previous page",
+                                         max_length=64, json_schema_extra=ID_SCHEMA)]
 
 
 def check_id(task_id: str, field: str = "task_id") -> str:
@@ -124,8 +129,7 @@ async def list_tasks(
     status: Annotated[Status | None, Query(description="only tasks in this status")] = None,
     queue: Annotated[str | None, Query(max_length=100)] = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
-                                        max_length=64)] = None,
+    cursor: TaskCursor = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> TaskPage:
     """Newest first. `status=dead` lists the dead-letter queue."""

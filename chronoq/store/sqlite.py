@@ -58,15 +58,26 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+        connecting = aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            db = await connecting
+        except sqlite3.Error:
+            # aiosqlite stops its thread without waiting for it; a loop closed before the
+            # thread reports back prints a traceback from that thread
+            await asyncio.to_thread(connecting._thread.join, 1.0)
+            raise
         db.row_factory = sqlite3.Row
-        for pragma in (
-            "journal_mode = WAL",
-            "synchronous = NORMAL",
-            "foreign_keys = ON",
-            "busy_timeout = 10000",
-        ):
-            await db.execute(f"PRAGMA {pragma}")
+        try:
+            for pragma in (
+                "journal_mode = WAL",
+                "synchronous = NORMAL",
+                "foreign_keys = ON",
+                "busy_timeout = 10000",
+            ):
+                await db.execute(f"PRAGMA {pragma}")
+        except BaseException:
+            await db.close()  # e.g. "file is not a database": its thread would keep us alive
+            raise
         self._db = db
 
     async def close(self) -> None:
