@@ -105,3 +105,29 @@ def health_app(store: Callable[[], Store], readiness: Readiness,
 
     return Starlette(routes=[Route("/healthz", healthz, methods=["GET"]),
                              Route("/readyz", readyz, methods=["GET"])])
+
+
+def probe(environ: dict[str, str], timeout: float = 3.0) -> int:
+    """The image's ``HEALTHCHECK`` (``python -m chronoq.health``): 0 when this container's
+    ``/healthz`` answers 200, on ``CHRONOQ_HEALTH_PORT`` if set, else the API's
+    ``CHRONOQ_PORT`` (8000)."""
+    import httpx
+
+    from chronoq.metrics import parse_listen
+
+    listen = environ.get("CHRONOQ_HEALTH_PORT") or environ.get("CHRONOQ_PORT") or "8000"
+    host, port = parse_listen(listen, "127.0.0.1")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    try:
+        return 0 if httpx.get(f"http://{host}:{port}/healthz", timeout=timeout
+                              ).status_code == 200 else 1
+    except httpx.HTTPError:
+        return 1
+
+
+if __name__ == "__main__":
+    import os
+    import sys
+
+    sys.exit(probe(dict(os.environ)))

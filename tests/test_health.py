@@ -42,7 +42,7 @@ async def test_health_ports_follow_the_database(
     proxy = Proxy()
     await proxy.start()
     url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    env = {"CHRONOQ_DATABASE_URL": url, "CHRONOQ_BROKER_URL": "redis://127.0.0.1:6379/0",
+    env = {"CHRONOQ_DATABASE_URL": url, "CHRONOQ_BROKER_URL": "redis://127.0.0.1:6379/11",
            "CHRONOQ_POLL_SECONDS": "0.2", "CHRONOQ_LOG_LEVEL": "warning"}
     ports = {"scheduler": free_port(), "worker": free_port()}
     for name, port in ports.items():
