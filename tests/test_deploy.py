@@ -29,7 +29,7 @@ import yaml
 
 from chronoq.worker import Worker
 from deploy.kubernetes import sync_rules
-from tests.processes import ROOT, Proc, cli, free_port
+from tests.processes import ROOT, Proc, cli, free_port, wait_ready
 
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ["dev", "production"]
@@ -283,20 +283,6 @@ class Rewrite:
         return self.ports.setdefault(port, free_port())
 
 
-def _ready(url: str, proc: Proc, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise AssertionError(f"{proc.args} exited early:\n{proc.output()}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} of {proc.args} not ready:\n{proc.output()}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["compose", "kubernetes"])
 def test_deployed_commands_run_a_task(source: str, pg_url: str, tmp_path: Path,
@@ -327,10 +313,10 @@ def test_deployed_commands_run_a_task(source: str, pg_url: str, tmp_path: Path,
         health = commands[name][1].get("CHRONOQ_HEALTH_PORT")
         if name == api_name:
             assert health is None
-            _ready(f"{api_url}/readyz", proc)
+            wait_ready(api_url, proc, timeout=30)
         else:  # every scheduler and worker serves its health port
             assert health is not None and health.startswith("127.0.0.1:"), (name, health)
-            _ready(f"http://{health}/readyz", proc)
+            wait_ready(f"http://{health}", proc, timeout=30)
             assert httpx.get(f"http://{health}/healthz").json() == {"status": "ok"}
 
     headers = {}
