@@ -4,7 +4,10 @@ database outage, /readyz follows the database, the Redis broker and a draining s
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import httpx
 from chronoq import App
 from chronoq.models import TaskCreate
 from tests.conftest import make_settings
-from tests.processes import Proc, free_port
+from tests.processes import ROOT, Proc, cli, free_port
 from tests.test_outage import Proxy
 
 
@@ -115,6 +118,8 @@ async def test_draining_worker_is_alive_but_not_ready(
     base = f"http://127.0.0.1:{port}"
     async with App(settings=make_settings(pg_url)) as app, httpx.AsyncClient() as http:
         await _wait_code(http, f"{base}/readyz", 200, worker)
+        # the image's HEALTHCHECK: 0.0.0.0 (what containers listen on) is probed on loopback
+        assert await asyncio.to_thread(_probe, f"0.0.0.0:{port}") == 0
         task = await app.submit(TaskCreate(name="chronoq.shell",
                                            payload={"command": "sleep", "args": ["3"]}))
         deadline = time.monotonic() + 15
@@ -127,3 +132,19 @@ async def test_draining_worker_is_alive_but_not_ready(
         assert (await http.get(f"{base}/healthz")).status_code == 200
         assert await asyncio.to_thread(worker.popen.wait, 20) == 0
         assert (await app.store.get_task(task.id)).status == "succeeded"
+        assert await asyncio.to_thread(_probe, str(port)) == 1  # nothing answers now
+
+
+def _probe(health_port: str) -> int:
+    """``python -m chronoq.health``, as the image's HEALTHCHECK runs it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CHRONOQ_PORT",)}
+    return subprocess.run([sys.executable, "-m", "chronoq.health"], cwd=ROOT, timeout=30,
+                          env={**env, "CHRONOQ_HEALTH_PORT": health_port}).returncode
+
+
+def test_bad_health_port_is_a_usage_error(tmp_path: Path) -> None:
+    for args, env in ((["--health-port", "nine"], {}), ([], {"CHRONOQ_HEALTH_PORT": "x:y"})):
+        result = cli("scheduler", *args, env={
+            "CHRONOQ_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", **env})
+        assert result.returncode == 2, result.stderr
+        assert "--health-port" in result.stderr and "Traceback" not in result.stderr
