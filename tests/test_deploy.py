@@ -157,6 +157,13 @@ def test_probes_grace_periods_and_secrets(overlay: str) -> None:
                 assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         if name == "chronoq-worker":
             assert pod["terminationGracePeriodSeconds"] >= drain + 5
+    scaled = {d["spec"]["scaleTargetRef"]["name"] for d in docs
+              if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")}
+    assert "chronoq-api" in scaled
+    if overlay == "production":  # an apply must not reset what the autoscalers set
+        assert "chronoq-worker" in scaled
+        for name in scaled:
+            assert "replicas" not in named(docs, "Deployment", name)["spec"], name
     if overlay == "dev":  # every Secret the pods read is in the overlay
         secrets = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "Secret"}
         for name, pod in _pod_specs(docs):
