@@ -149,6 +149,11 @@ metrics_port_option = click.option(
     "--metrics-port", envvar="CHRONOQ_METRICS_PORT", default=None, metavar="[HOST:]PORT",
     help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to "
          "CHRONOQ_HOST, 127.0.0.1) [env CHRONOQ_METRICS_PORT]")
+health_port_option = click.option(
+    "--health-port", envvar="CHRONOQ_HEALTH_PORT", default=None, metavar="[HOST:]PORT",
+    help="serve /healthz (alive) and /readyz (store and Redis reachable) at "
+         "http://HOST:PORT (HOST defaults to CHRONOQ_HOST, 127.0.0.1) "
+         "[env CHRONOQ_HEALTH_PORT]")
 log_option = click.option("--log-level", envvar="CHRONOQ_LOG_LEVEL", default="info",
                           show_default=True,
                           type=click.Choice(["debug", "info", "warning", "error"]))
@@ -212,7 +217,8 @@ def main() -> None:
 
 
 # -- running ----------------------------------------------------------------------------------
-def _metrics_listen(value: str | None, default_host: str) -> tuple[str | None, int | None]:
+def _metrics_listen(value: str | None, default_host: str, option: str = "--metrics-port"
+                    ) -> tuple[str | None, int | None]:
     if value is None:
         return None, None
     from chronoq.metrics import parse_listen
@@ -220,7 +226,7 @@ def _metrics_listen(value: str | None, default_host: str) -> tuple[str | None, i
     try:
         host, port = parse_listen(value, default_host)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--metrics-port") from None
+        raise click.BadParameter(str(exc), param_hint=option) from None
     return host, port
 
 
@@ -242,6 +248,8 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
 
     setup_logging(settings.log_level)
     metrics_host, port = _metrics_listen(metrics_port, settings.host)
+    health_host, health_port = _metrics_listen(settings.health_port, settings.host,
+                                               "--health-port")
     app = load_app(settings)
     if demo:
         demo_module.register(app)
@@ -250,7 +258,8 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
                             shell_allow=settings.shell_allow_list(),
                             shell_env_allow=settings.shell_env_allow_list(),
                             http_allow=settings.http_allow_list(),
-                            metrics_port=port, metrics_host=metrics_host)
+                            metrics_port=port, metrics_host=metrics_host,
+                            health_port=health_port, health_host=health_host)
     as_json = log_format(sys.stderr) == "json"
 
     url = f"http://{_url_host(settings.host)}:{settings.port}"
@@ -338,11 +347,14 @@ def api(database_url: str | None, host: str | None, port: int | None, log_level:
 @main.command()
 @db_option
 @metrics_port_option
+@health_port_option
 @log_option
-def scheduler(database_url: str | None, metrics_port: str | None, log_level: str) -> None:
+def scheduler(database_url: str | None, metrics_port: str | None, health_port: str | None,
+              log_level: str) -> None:
     """Run the scheduler only: makes scheduled tasks due, rescues tasks of dead workers."""
-    _run(make_settings(database_url=database_url, log_level=log_level), api=False,
-         scheduler=True, worker=False, metrics_port=metrics_port)
+    _run(make_settings(database_url=database_url, log_level=log_level,
+                       health_port=health_port),
+         api=False, scheduler=True, worker=False, metrics_port=metrics_port)
 
 
 def _autoscale(_ctx: Any, _param: Any, value: str | None) -> str | None:
@@ -362,11 +374,12 @@ def _autoscale(_ctx: Any, _param: Any, value: str | None) -> str | None:
               help="grow and shrink concurrency between MIN and MAX with the backlog "
                    "[env CHRONOQ_AUTOSCALE]")
 @metrics_port_option
+@health_port_option
 @log_option
 def worker(database_url: str | None, app_path: str | None, queues: str | None,
            concurrency: int | None, shell_allow: str | None, shell_env_allow: str | None,
            http_allow: str | None, autoscale: str | None, metrics_port: str | None,
-           log_level: str) -> None:
+           health_port: str | None, log_level: str) -> None:
     """Run a worker: claims tasks from QUEUES and runs up to CONCURRENCY at once.
 
     With CHRONOQ_BROKER_URL=redis://... it reads ready tasks from Redis Streams instead
@@ -374,7 +387,8 @@ def worker(database_url: str | None, app_path: str | None, queues: str | None,
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
                              shell_env_allow=shell_env_allow, http_allow=http_allow,
-                             autoscale=autoscale, log_level=log_level)
+                             autoscale=autoscale, log_level=log_level,
+                             health_port=health_port)
     _run(settings, api=False, scheduler=False, worker=True, metrics_port=metrics_port)
 
 

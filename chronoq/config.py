@@ -58,6 +58,9 @@ class Settings(BaseSettings):
                                           "API reads (default 2 x max_payload_bytes + 64 KiB)")
     max_fires_per_minute: int = Field(60, ge=1, description="the most times a schedule may "
                                       "fire in a minute (60: every second)")
+    health_port: str | None = Field(None, description="[HOST:]PORT where `chronoq "
+                                    "scheduler` and `chronoq worker` serve /healthz and "
+                                    "/readyz (HOST defaults to `host`)")
     log_level: str = Field("info", description="debug, info, warning, error")
 
     @field_validator("http_allow")

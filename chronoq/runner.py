@@ -14,6 +14,7 @@ import signal
 import sqlite3
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -24,6 +25,7 @@ from chronoq.api import create_api
 from chronoq.app import App
 from chronoq.broker import Broker
 from chronoq.executors import Executor
+from chronoq.health import Readiness, health_app
 from chronoq.metrics import Metrics, MetricsServer, metrics_for
 from chronoq.scheduler import Scheduler
 from chronoq.worker import Worker, builtin_executors
@@ -95,6 +97,10 @@ class Components:
     metrics_port: int | None = None
     #: address for ``metrics_port`` (default: the settings' host)
     metrics_host: str | None = None
+    #: serve /healthz and /readyz on this port (the API serves them on its own port anyway)
+    health_port: int | None = None
+    #: address for ``health_port`` (default: the settings' host)
+    health_host: str | None = None
     autoscale: tuple[int, int] | None = None
 
 
@@ -109,6 +115,8 @@ class Runner:
         self.worker: Worker | None = None
         self.metrics: Metrics | None = None
         self.metrics_server: MetricsServer | None = None
+        self.health_server: _Server | None = None
+        self._readiness: Readiness | None = None
         self.started = asyncio.Event()
         self._stop_requested = False
 
@@ -140,6 +148,7 @@ class Runner:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         jobs: list[asyncio.Task[None]] = []
+        health_job: asyncio.Task[None] | None = None
         try:
             await self._start_metrics()
             if self.components.scheduler:
@@ -166,15 +175,10 @@ class Runner:
                 jobs.append(asyncio.create_task(
                     self.worker.run(self.components.drain_seconds), name="worker"))
             if self.components.api:
-                config = uvicorn.Config(create_api(self.app), host=settings.host,
-                                        port=settings.port, log_level="warning",
-                                        access_log=False, log_config=None)
-                self.server = _Server(config)
-                jobs.append(asyncio.create_task(self.server.serve(), name="api"))
-                while not self.server.started and not jobs[-1].done():  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)  # uvicorn exposes no "started" event
-                if jobs[-1].done():
-                    jobs[-1].result()  # re-raise a bind error
+                self.server = await _serve(create_api(self.app), settings.host, settings.port,
+                                           "api", jobs)
+            if self.components.health_port is not None:
+                self.health_server, health_job = await self._start_health(jobs)
             self.started.set()
             if on_started is not None:
                 await on_started(self)
@@ -188,6 +192,7 @@ class Runner:
             for job in jobs:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
+            await self._stop_health(health_job)
             await self._stop_metrics()
             await self.app.close()
 
@@ -210,6 +215,38 @@ class Runner:
             self.metrics_server = MetricsServer(self.metrics, host, components.metrics_port)
             await self.metrics_server.start()
 
+    async def _start_health(self, components_jobs: list[asyncio.Task[None]]
+                            ) -> tuple[_Server, asyncio.Task[None]]:
+        """``/healthz`` (alive: the loop answers, no component ended) and ``/readyz`` (the
+        store and configured Redis answer, not stopping) on ``health_port``. It outlives
+        the components' stop, so a draining worker stays alive (and not ready)."""
+        components, settings = self.components, self.app.settings
+        self._readiness = Readiness([settings.broker_url, settings.redis_url])
+
+        def dead() -> list[str]:
+            if self._stop_requested:
+                return []
+            return [job.get_name() for job in components_jobs if job.done()]
+
+        app = health_app(lambda: self.app.store, self._readiness, dead,
+                         lambda: self._stop_requested)
+        host = components.health_host or settings.host
+        health_jobs: list[asyncio.Task[None]] = []
+        server = await _serve(app, host, components.health_port or 0, "health", health_jobs)
+        log.info("serving health checks on http://%s:%d/healthz and /readyz", host,
+                 components.health_port or 0)
+        return server, health_jobs[0]
+
+    async def _stop_health(self, job: asyncio.Task[None] | None) -> None:
+        if self.health_server is not None and job is not None:
+            self.health_server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(job, 5)
+            self.health_server = None
+        if self._readiness is not None:
+            await self._readiness.close()
+            self._readiness = None
+
     def _leading(self) -> bool:
         """Whether this process's scheduler runs and holds the scheduler lease."""
         scheduler = self.scheduler
@@ -222,6 +259,21 @@ class Runner:
         if self.metrics is not None:
             self.metrics.leader_probe = None
             await self.metrics.stop()
+
+
+async def _serve(asgi: Any, host: str, port: int, name: str,
+                 jobs: list[asyncio.Task[None]]) -> _Server:
+    """Start uvicorn serving ``asgi`` as job ``name``; return once it listens."""
+    config = uvicorn.Config(asgi, host=host, port=port, log_level="warning",
+                            access_log=False, log_config=None)
+    server = _Server(config)
+    job = asyncio.create_task(server.serve(), name=name)
+    jobs.append(job)
+    while not server.started and not job.done():  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # uvicorn exposes no "started" event
+    if job.done():
+        job.result()  # re-raise a bind error
+    return server
 
 
 def _broker_factory(url: str | None) -> Callable[[Worker], Broker] | None:
