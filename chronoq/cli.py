@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import click
 import orjson
+from pydantic import ValidationError
 
 from chronoq import __version__, durations
 from chronoq.app import App
@@ -123,7 +124,16 @@ def _event_loop_policy() -> None:
 
 
 def make_settings(**overrides: Any) -> Settings:
-    return Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    """The settings from ``CHRONOQ_*`` with flags over them; a bad variable is a usage
+    error naming it, not a traceback."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise click.ClickException("; ".join(
+            f"CHRONOQ_{'_'.join(str(part) for part in error['loc']).upper()}: "
+            f"{str(error['msg']).removeprefix('Value error, ')}" for error in exc.errors())
+        ) from None
+    return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
 # -- common options -----------------------------------------------------------------------------

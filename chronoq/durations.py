@@ -39,4 +39,7 @@ def parse_instant(text: str, now: float) -> float:
                          "nor a duration (7d, 12h)") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+    try:
+        return when.timestamp()
+    except (OverflowError, ValueError):  # beyond what a timestamp can say
+        raise ValueError(f"{text!r} is out of range") from None

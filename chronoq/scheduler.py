@@ -6,7 +6,8 @@ than ``poll_seconds``), and is woken at once when a task is scheduled for earlie
 round it fires the due slots of schedules (one task per slot, enforced by a unique index),
 promotes every due task to ``queued`` (which wakes the workers) and fails the
 attempts whose lease expired, so they are retried elsewhere. Promotion is a conditional
-UPDATE, so several schedulers side by side never run a task twice.
+UPDATE, so several schedulers side by side never run a task twice. While leading it also
+starts the retention sweep beside its rounds (:mod:`chronoq.retention`).
 
 Any number of schedulers may run; one leads at a time, holding the ``scheduler`` lease
 (renewed every second, ``lease_ttl`` long). The others check every second and take over

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from chronoq import App
 from chronoq.config import Settings
+from chronoq.durations import parse_instant
 from chronoq.models import TaskCreate
 from chronoq.retention import Policy, PolicyError, Sweeper
 from chronoq.scheduler import Scheduler
@@ -114,6 +115,17 @@ def test_bad_policies_name_the_entry(text: str, message: str) -> None:
     with pytest.raises(ValidationError) as invalid:
         Settings(retention=text)
     assert message in str(invalid.value)
+
+
+def test_before_takes_a_time_or_an_age() -> None:
+    assert parse_instant("7d", 1e9) == 1e9 - 7 * DAY
+    assert parse_instant("90", 1e9) == 1e9 - 90
+    assert parse_instant("2030-01-01T00:00:00Z", 0) == 1893456000
+    assert parse_instant("2030-01-01T00:00:00", 0) == 1893456000  # UTC unless it says
+    assert parse_instant("2030-01-01T02:00:00+02:00", 0) == 1893456000
+    for bad in ("yesterday", "-1d", "nan", "1e400", "7x"):
+        with pytest.raises(ValueError, match="neither an ISO 8601 time"):
+            parse_instant(bad, 0)
 
 
 # -- the index ----------------------------------------------------------------------------
@@ -224,6 +236,11 @@ async def test_purge_cli_dry_run_then_purge_with_export(db_url: str, tmp_path: P
 
     bad = cli("purge", "--before", "yesterday", "--database-url", db_url)
     assert bad.returncode == 2 and "neither an ISO 8601 time" in bad.stderr
+    policy = cli("purge", "--dry-run", "--database-url", db_url,
+                 env={"CHRONOQ_RETENTION": "succeeded=7d,running=1d"})
+    assert policy.returncode == 1 and "Traceback" not in policy.stderr
+    assert ("CHRONOQ_RETENTION: retention entry 'running=1d': 'running' is not a finished "
+            "status") in policy.stderr
 
     out = tmp_path / "export"
     done = cli("purge", "--before", "1d", "--batch", "500", "--export", str(out),
