@@ -233,10 +233,11 @@ class Sweeper:
     batch: int = 1000
     pause: float = 0.05
     export_dir: str | None = None
-    purged: int = 0
-    sweeps: int = 0
-    _next: float = 0.0
-    _job: asyncio.Task[None] | None = None
+    #: tasks purged and sweeps finished so far
+    purged: int = field(default=0, init=False)
+    sweeps: int = field(default=0, init=False)
+    _next: float = field(default=0.0, init=False)
+    _job: asyncio.Task[None] | None = field(default=None, init=False)
 
     @property
     def enabled(self) -> bool:
