@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -23,7 +24,7 @@ from chronoq.states import Status
 from chronoq.store import Completion, Store, create_store, opened
 from chronoq.store.retention import Expired, finished_queues, pick
 from tests.conftest import Harness, make_settings, running
-from tests.processes import cli
+from tests.processes import Proc, cli, free_port, wait_ready, wait_status
 
 DAY = 86400.0
 
@@ -212,6 +213,39 @@ async def test_a_follower_does_not_purge(harness: Harness) -> None:
     await job
     assert not scheduler.leaderships and sweeper.sweeps == 0
     assert set(old) <= await present(store)
+
+
+def test_dev_process_leader_purges_and_exports(tmp_path: Path, procs: list[Proc]) -> None:
+    """A real `chronoq dev`: its leader purges a succeeded task once expired, exporting it
+    first, and the bulk DELETE works over real HTTP."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"CHRONOQ_RETENTION": "succeeded=2s,cancelled=off,dead=off",
+           "CHRONOQ_RETENTION_INTERVAL": "0.2", "CHRONOQ_RETENTION_EXPORT_DIR":
+           str(tmp_path / "exported")}
+    dev = Proc(["dev", "--demo", "--port", str(port), "--database-url",
+                f"sqlite:///{tmp_path / 'dev.db'}"], env, tmp_path / "dev.log")
+    procs.append(dev)
+    wait_ready(url, dev)
+    task = httpx.post(f"{url}/v1/tasks", json={"name": "demo.add",
+                                                "payload": {"a": 1, "b": 2}}).json()
+    assert wait_status(url, task["id"], "succeeded")["result"] == 3
+    later = httpx.post(f"{url}/v1/tasks", json={"name": "demo.add", "delay_seconds": 600,
+                                                 "payload": {"a": 1, "b": 2}}).json()
+    httpx.post(f"{url}/v1/tasks/{later['id']}/cancel").raise_for_status()
+    deadline = time.monotonic() + 15
+    while httpx.get(f"{url}/v1/tasks/{task['id']}").status_code != 404:
+        assert time.monotonic() < deadline, dev.output()
+        time.sleep(0.1)
+    assert task["id"] in {t["id"] for t in exported(tmp_path / "exported")}
+
+    params = {"status": "cancelled", "before": "0"}
+    counted = httpx.delete(f"{url}/v1/tasks", params={**params, "dry_run": "true"})
+    assert counted.json() == {"matched": 1, "deleted": 0}  # the leader keeps cancelled ones
+    assert httpx.delete(f"{url}/v1/tasks", params=params).json()["deleted"] == 1
+    assert httpx.get(f"{url}/v1/tasks/{later['id']}").status_code == 404
+    assert dev.terminate() == 0
+    assert "retention purged" in dev.output()
 
 
 # -- chronoq purge --------------------------------------------------------------------------
