@@ -17,29 +17,21 @@ from typing import Any, TextIO
 
 import click
 import orjson
+from pydantic import ValidationError
 
-from chronoq import __version__
+from chronoq import __version__, durations
 from chronoq.app import App
 from chronoq.client import Client, ClientError
 from chronoq.config import Settings
 
 log = logging.getLogger("chronoq")
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_duration(text: str) -> float:
-    """``90``, ``30s``, ``5m``, ``1h30m``, ``2d`` → seconds."""
-    text = text.strip().lower()
+    """``90``, ``30s``, ``5m``, ``1h30m``, ``2d`` → seconds (a usage error otherwise)."""
     try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise click.BadParameter(f"{text!r} is not a duration; try 30s, 5m, 1h30m or 2d")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
+        return durations.parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -132,7 +124,16 @@ def _event_loop_policy() -> None:
 
 
 def make_settings(**overrides: Any) -> Settings:
-    return Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    """The settings from ``CHRONOQ_*`` with flags over them; a bad variable is a usage
+    error naming it, not a traceback."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise click.ClickException("; ".join(
+            f"CHRONOQ_{'_'.join(str(part) for part in error['loc']).upper()}: "
+            f"{str(error['msg']).removeprefix('Value error, ')}" for error in exc.errors())
+        ) from None
+    return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
 # -- common options -----------------------------------------------------------------------------
@@ -756,6 +757,74 @@ def top(interval: float, once: bool, url: str) -> None:
                 time.sleep(interval)
         except KeyboardInterrupt:
             return
+
+
+# -- retention --------------------------------------------------------------------------------
+@main.command()
+@click.option("--status", "-s", "statuses", multiple=True,
+              type=click.Choice(["succeeded", "cancelled", "dead"]),
+              help="only tasks in this status (repeat for several) [default: all three]")
+@click.option("--queue", "-q", help="only tasks of this queue")
+@click.option("--before", help="only tasks that finished before this ISO 8601 time or "
+                               "longer ago than this duration (7d, 12h) [default: the "
+                               "retention policy, CHRONOQ_RETENTION]")
+@click.option("--dry-run", is_flag=True, help="print counts per status and queue; delete "
+                                              "nothing")
+@click.option("--export", "export_dir", metavar="DIR",
+              help="first write the purged tasks with their attempts to DIR as gzip JSON "
+                   "lines (fsynced before each batch is deleted)")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=1000, show_default=True,
+              help="tasks deleted per transaction")
+@db_option
+@json_option
+def purge(statuses: tuple[str, ...], queue: str | None, before: str | None, dry_run: bool,
+          export_dir: str | None, batch: int, database_url: str | None, as_json: bool) -> None:
+    """Delete finished tasks and their attempts, in batches. Works on the database
+    directly; the scheduler leader does the same continuously (CHRONOQ_RETENTION)."""
+    from chronoq import retention
+    from chronoq.states import Status
+
+    now = time.time()
+    cutoff = None
+    if before is not None:
+        try:
+            cutoff = durations.parse_instant(before, now)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--before") from None
+    chosen = [Status(s) for s in statuses] or list(retention.FINISHED)
+    policy = retention.Policy.parse(make_settings(database_url=database_url).retention)
+    last_line = [time.monotonic()]
+
+    def progress(done: retention.Progress) -> None:
+        if time.monotonic() - last_line[0] >= 1.0:
+            last_line[0] = time.monotonic()
+            click.echo(f"purged {done.total:,} so far ({done.rate():,.0f} rows/s)", err=True)
+
+    async def work(store: Any) -> dict[tuple[Status, str], int]:
+        queues = await retention.queues_by_status(store, chosen)
+        if cutoff is None:
+            expired = [e for e in policy.expired(queues, now) if queue in (None, e.queue)]
+        else:
+            expired = retention.selections(queues, cutoff, queue)
+        if dry_run:
+            return await retention.counts(store, expired)
+        export = retention.Export(export_dir) if export_dir else None
+        done = await retention.purge(store, expired, batch=batch, export=export,
+                                     on_batch=progress)
+        if export is not None and export.path is not None:
+            click.echo(f"exported {export.written:,} tasks to {export.path}", err=True)
+        return done.deleted
+
+    found = _with_store(database_url, work)
+    rows = [{"status": str(s), "queue": q, "count": n} for (s, q), n in sorted(found.items())]
+    if as_json:
+        _echo_json({"dry_run": dry_run, "total": sum(found.values()), "items": rows})
+        return
+    if rows:
+        click.echo(_table([[r["status"], r["queue"], str(r["count"])] for r in rows],
+                          ["status", "queue", "would delete" if dry_run else "deleted"]))
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {sum(found.values()):,} finished tasks")
 
 
 # -- API keys ---------------------------------------------------------------------------------

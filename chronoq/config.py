@@ -62,6 +62,19 @@ class Settings(BaseSettings):
                                     "scheduler` and `chronoq worker` serve /healthz and "
                                     "/readyz (HOST defaults to `host`)")
     log_level: str = Field("info", description="debug, info, warning, error")
+    retention: str = Field("succeeded=7d,cancelled=7d,dead=30d", description="how long "
+                           "the scheduler leader keeps finished tasks: [queue:]status=age "
+                           "entries over the defaults, e.g. dead=90d,reports:succeeded=1d "
+                           "(0 or off: forever; off alone: never purge)")
+    retention_interval: float = Field(60.0, gt=0, description="seconds between the "
+                                      "leader's retention sweeps")
+    retention_batch: int = Field(1000, ge=1, le=10_000, description="tasks one retention "
+                                 "transaction deletes")
+    retention_pause: float = Field(0.05, ge=0, le=60, description="seconds the leader's "
+                                   "sweep waits between batches")
+    retention_export_dir: str | None = Field(None, description="directory the leader "
+                                             "writes purged tasks to (gzip JSON lines) "
+                                             "before deleting them (unset: no export)")
 
     @field_validator("http_allow")
     @classmethod
@@ -69,6 +82,14 @@ class Settings(BaseSettings):
         from chronoq.executors.http import parse_allow
 
         parse_allow(value)  # ValueError names a bad entry
+        return value
+
+    @field_validator("retention")
+    @classmethod
+    def _valid_retention(cls, value: str) -> str:
+        from chronoq.retention import Policy
+
+        Policy.parse(value)  # PolicyError (a ValueError) names the bad entry
         return value
 
     @field_validator("shell_env_allow")

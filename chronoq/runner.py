@@ -27,6 +27,7 @@ from chronoq.broker import Broker
 from chronoq.executors import Executor
 from chronoq.health import Readiness, health_app
 from chronoq.metrics import Metrics, MetricsServer, metrics_for
+from chronoq.retention import sweeper_for
 from chronoq.scheduler import Scheduler
 from chronoq.worker import Worker, builtin_executors
 
@@ -156,7 +157,8 @@ class Runner:
                 self.scheduler = Scheduler(
                     self.app.store, poll_seconds=settings.poll_seconds,
                     worker_timeout=settings.lease_seconds,
-                    reconcile=publisher.reconcile if publisher is not None else None)
+                    reconcile=publisher.reconcile if publisher is not None else None,
+                    retention=sweeper_for(self.app.store, settings))
                 jobs.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
                 if self.metrics is not None:
                     self.metrics.leader_probe = self._leading

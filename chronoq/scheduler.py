@@ -6,7 +6,8 @@ than ``poll_seconds``), and is woken at once when a task is scheduled for earlie
 round it fires the due slots of schedules (one task per slot, enforced by a unique index),
 promotes every due task to ``queued`` (which wakes the workers) and fails the
 attempts whose lease expired, so they are retried elsewhere. Promotion is a conditional
-UPDATE, so several schedulers side by side never run a task twice.
+UPDATE, so several schedulers side by side never run a task twice. While leading it also
+starts the retention sweep beside its rounds (:mod:`chronoq.retention`).
 
 Any number of schedulers may run; one leads at a time, holding the ``scheduler`` lease
 (renewed every second, ``lease_ttl`` long). The others check every second and take over
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from chronoq import states
 from chronoq.backoff import Outage
+from chronoq.retention import Sweeper
 from chronoq.store import Completion, Store, TaskRecord
 from chronoq.store.leases import Fence, NotLeader
 from chronoq.worker import default_worker_id
@@ -41,7 +43,7 @@ class Scheduler:
         batch: int = 1000, worker_timeout: float = 30.0, lease_ttl: float = 5.0,
         scheduler_id: str | None = None,
         reconcile: Callable[[Store], Awaitable[int]] | None = None,
-        reconcile_seconds: float = 5.0,
+        reconcile_seconds: float = 5.0, retention: Sweeper | None = None,
     ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
@@ -55,6 +57,8 @@ class Scheduler:
         self._renew_at = 0.0
         self.reconcile = reconcile
         self.reconcile_seconds = reconcile_seconds
+        #: the leader's background purge of expired finished tasks (chronoq.retention)
+        self.retention = retention
         self.republished = 0
         self.promoted = 0
         self.fired = 0
@@ -97,6 +101,8 @@ class Scheduler:
         finally:
             stopping.cancel()
             self.store.hub.discard(wake)
+            if self.retention is not None:
+                await self.retention.stop()
             if self.fence is not None:
                 try:
                     await self.store.release_lease(self.fence)
@@ -122,6 +128,8 @@ class Scheduler:
         if self.reconcile is not None and now >= self._next_reconcile:
             self._next_reconcile = now + self.reconcile_seconds
             await self._reconcile()
+        if self.retention is not None:
+            self.retention.due(now, lambda: self.leading)
         due = await self.store.next_due_at()
         now = time.time()
         sleep = min(self.poll_seconds, max(self._next_reap - now, 0.0),
