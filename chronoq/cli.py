@@ -8,7 +8,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
