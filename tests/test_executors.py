@@ -99,10 +99,11 @@ async def test_http_executor_non_2xx_is_a_failure(harness: Harness, web: str) ->
 
 async def test_http_executor_rejects_bad_payload(harness: Harness) -> None:
     start_worker(harness)
-    task = await harness.submit(name="chronoq.http", max_attempts=1,
+    task = await harness.submit(name="chronoq.http", max_attempts=3,
                                 payload={"url": "not a url"})
     dead = await harness.wait_for(task["id"], "dead")
     assert "bad chronoq.http payload" in dead["error"]
+    assert dead["attempts"] == 1  # a payload no retry can mend: dead at once
 
 
 async def test_shell_executor_runs_only_allow_listed_programs(harness: Harness) -> None:

@@ -125,7 +125,7 @@ async def test_through_the_api_and_a_worker(harness: Harness, tmp_path: Path,
     refused = [await harness.submit(name="chronoq.shell", max_attempts=1,
                                     payload={"command": job, "env": env})
                for job in jobs.values() for env in hostile_envs(marker)]
-    nul = await harness.submit(name="chronoq.shell", max_attempts=1,
+    nul = await harness.submit(name="chronoq.shell", max_attempts=3,
                                payload={"command": jobs["bash"], "args": ["a\u0000b"]})
     greeted = await harness.submit(name="chronoq.shell", payload={
         "command": jobs["bash"], "env": {"GREETING": "world"}})
@@ -133,7 +133,9 @@ async def test_through_the_api_and_a_worker(harness: Harness, tmp_path: Path,
     for task in refused:
         dead = await harness.wait_for(task["id"], "dead")
         assert "--shell-env-allow (CHRONOQ_SHELL_ENV_ALLOW)" in dead["error"], dead["error"]
-    assert "args[0] contains a NUL byte" in (await harness.wait_for(nul["id"], "dead"))["error"]
+    nul_dead = await harness.wait_for(nul["id"], "dead")
+    assert "args[0] contains a NUL byte" in nul_dead["error"]
+    assert nul_dead["attempts"] == 1  # no retry can mend it: dead at once
     assert (await harness.wait_for(greeted["id"], "succeeded"))["result"]["stdout"] == \
         "hi world\n"
     stdout = (await harness.wait_for(shown["id"], "succeeded"))["result"]["stdout"]

@@ -283,7 +283,7 @@ class HttpExecutor(Executor):
         try:
             request = HttpRequest.model_validate(payload)
         except ValueError as exc:
-            raise TaskFailed(f"bad chronoq.http payload: {exc}") from None
+            raise TaskFailed(f"bad chronoq.http payload: {exc}", retry=False) from None
         total = request.timeout_seconds
         kwargs: dict[str, Any] = {
             "headers": request.headers,

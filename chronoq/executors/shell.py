@@ -157,11 +157,11 @@ class ShellExecutor(Executor):
         try:
             spec = ShellCommand.model_validate(payload)
         except ValueError as exc:
-            raise TaskFailed(f"bad chronoq.shell payload: {exc}") from None
+            raise TaskFailed(f"bad chronoq.shell payload: {exc}", retry=False) from None
         nul = spec.nul_field()
         if nul is not None:
             raise TaskFailed(f"chronoq.shell payload {nul} contains a NUL byte, which "
-                             "cannot be passed to a program")
+                             "cannot be passed to a program", retry=False)
         program = self._program(spec.command)
         env = self._environment(spec.env)
         try:
