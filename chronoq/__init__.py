@@ -6,18 +6,25 @@ __version__ = "0.1.0"
 
 from chronoq.app import App, TaskFunction
 from chronoq.executors import TaskContext, TaskFailed, current_task
+from chronoq.handles import ResultTimeout, TaskCancelled, TaskDead, TaskHandle
 from chronoq.models import BackoffSpec, Task, TaskCreate
 from chronoq.states import Status
+from chronoq.store import NotFound
 
 __all__ = [
     "App",
     "BackoffSpec",
+    "NotFound",
+    "ResultTimeout",
     "Status",
     "Task",
+    "TaskCancelled",
     "TaskContext",
     "TaskCreate",
+    "TaskDead",
     "TaskFailed",
     "TaskFunction",
+    "TaskHandle",
     "__version__",
     "current_task",
 ]
