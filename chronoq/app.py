@@ -92,13 +92,13 @@ class TaskFunction(Generic[P, R]):
 
     @overload
     def schedule(
-        self: TaskFunction[P, Coroutine[Any, Any, T]], at: datetime | float, /,
+        self: TaskFunction[P, Coroutine[Any, Any, T]], at: datetime | float,
         *args: P.args, **kwargs: P.kwargs
     ) -> TaskHandle[T]: ...
     @overload
-    def schedule(self, at: datetime | float, /, *args: P.args, **kwargs: P.kwargs
+    def schedule(self, at: datetime | float, *args: P.args, **kwargs: P.kwargs
                  ) -> TaskHandle[R]: ...
-    def schedule(self, at: datetime | float, /, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
+    def schedule(self, at: datetime | float, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """Queue the task to run at ``at`` (aware datetime) or after ``at`` seconds."""
         return self.app.run_sync(self._handle(_at(self.spec(self._payload(args, kwargs)), at)))
 
@@ -114,13 +114,13 @@ class TaskFunction(Generic[P, R]):
 
     @overload
     async def aschedule(
-        self: TaskFunction[P, Coroutine[Any, Any, T]], at: datetime | float, /,
+        self: TaskFunction[P, Coroutine[Any, Any, T]], at: datetime | float,
         *args: P.args, **kwargs: P.kwargs
     ) -> TaskHandle[T]: ...
     @overload
-    async def aschedule(self, at: datetime | float, /, *args: P.args, **kwargs: P.kwargs
+    async def aschedule(self, at: datetime | float, *args: P.args, **kwargs: P.kwargs
                         ) -> TaskHandle[R]: ...
-    async def aschedule(self, at: datetime | float, /, *args: Any, **kwargs: Any
+    async def aschedule(self, at: datetime | float, *args: Any, **kwargs: Any
                         ) -> TaskHandle[Any]:
         """``schedule`` for async code."""
         return await self._handle(_at(self.spec(self._payload(args, kwargs)), at))

@@ -91,7 +91,7 @@ async def test_cancelled_task_raises_and_timeout_raises(app: App, harness: Harne
     @app.task("later")
     def later() -> None: ...
 
-    handle = await later.aschedule(NEVER)
+    handle = await later.aschedule(at=NEVER)
     with pytest.raises(ResultTimeout) as timed_out:
         await handle.aresult(timeout=0.2, recheck_seconds=NEVER)
     assert isinstance(timed_out.value, TimeoutError)
@@ -140,3 +140,21 @@ def test_mypy_checks_submissions_like_calls() -> None:
     assert "handles_ok.py" not in out, out + err
     bad = (TYPING / "handles_bad.py").read_text().splitlines()
     assert reported == {n for n, line in enumerate(bad, 1) if "# E:" in line}, out + err
+
+
+async def test_result_finished_by_another_process_is_found_by_the_recheck(
+        app: App, harness: Harness) -> None:
+    """A second App on the same database stands for another process: the completion is
+    published on the worker's bus only, so the waiter finds it by its periodic re-read."""
+    @app.task("square")
+    def square(x: int) -> int:
+        return x * x
+
+    client = App(settings=app.settings)
+    remote_square = client.task("square")(square.fn)
+    async with client:
+        handle = await remote_square.adelay(x=9)
+        harness.start_worker()
+        with pytest.raises(TimeoutError):  # no event reaches this bus: only a re-read can
+            await within(handle.aresult(recheck_seconds=NEVER), 1.0)
+        assert await within(handle.aresult(recheck_seconds=0.1)) == 81

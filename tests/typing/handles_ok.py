@@ -29,3 +29,7 @@ def check() -> None:
 async def acheck() -> None:
     assert_type(await (await fetch.adelay(url="x")).aresult(), dict[str, str])
     assert_type(await (await add.aschedule(1.5, a=1)).aresult(), int)
+
+
+def check_keyword_at() -> None:
+    assert_type(add.schedule(at=60, a=1), chronoq.TaskHandle[int])
