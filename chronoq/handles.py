@@ -16,7 +16,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
-from chronoq.events import TaskEvent
+from chronoq.events import Subscription
 from chronoq.models import Attempt, Task
 from chronoq.states import TERMINAL, Status
 
@@ -99,7 +99,7 @@ class TaskHandle(Generic[R]):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         store = self.app.store
-        with store.events.subscribe(maxsize=64) as events:  # before the read: no lost wake-up
+        with store.events.subscribe() as events:  # before the read: no lost wake-up
             while True:
                 task = await self.app.aget(self.id, history=False)
                 if task.status in TERMINAL:
@@ -107,7 +107,7 @@ class TaskHandle(Generic[R]):
                 left = recheck_seconds if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     raise ResultTimeout(task, cast(float, timeout))
-                await _changed(events.queue, self.id, min(left, recheck_seconds))
+                await _changed(events, self.id, min(left, recheck_seconds))
 
     async def _outcome(self, task: Task) -> R:
         if task.status is Status.SUCCEEDED:
@@ -135,13 +135,15 @@ class TaskHandle(Generic[R]):
         return self.app.run_sync(self.aresult(timeout, recheck_seconds=recheck_seconds))
 
 
-async def _changed(queue: asyncio.Queue[list[TaskEvent]], task_id: str, seconds: float) -> None:
-    """Return when an event about ``task_id`` arrives, or after ``seconds``."""
+async def _changed(events: Subscription, task_id: str, seconds: float) -> None:
+    """Return when an event about ``task_id`` arrives (or some were dropped from the full
+    subscription queue, one of them maybe ours), or after ``seconds``."""
     deadline = time.monotonic() + seconds
+    dropped = events.dropped
     while (left := deadline - time.monotonic()) > 0:
         try:
-            batch = await asyncio.wait_for(queue.get(), left)
+            batch = await asyncio.wait_for(events.queue.get(), left)
         except TimeoutError:
             return
-        if any(event.task_id == task_id for event in batch):
+        if events.dropped != dropped or any(event.task_id == task_id for event in batch):
             return
