@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 
 import chronoq
 from chronoq import App, NotFound, ResultTimeout, Status, TaskCancelled, TaskDead
+from chronoq.events import TaskEvent
 from tests.conftest import Harness
 
 NEVER = 3600.0
@@ -158,3 +160,25 @@ async def test_result_finished_by_another_process_is_found_by_the_recheck(
         with pytest.raises(TimeoutError):  # no event reaches this bus: only a re-read can
             await within(handle.aresult(recheck_seconds=NEVER), 1.0)
         assert await within(handle.aresult(recheck_seconds=0.1)) == 81
+
+
+async def test_waiter_rereads_when_its_subscription_dropped_events(
+        app: App, harness: Harness) -> None:
+    """An event about the task may be among those a full subscription queue dropped: the
+    waiter then re-reads at once rather than sleeping until its recheck."""
+    @app.task("cube")
+    def cube(x: int) -> int:
+        return x ** 3
+
+    client = App(settings=app.settings)
+    remote_cube = client.task("cube")(cube.fn)
+    async with client:
+        handle = await remote_cube.adelay(x=2)
+        waiter = asyncio.create_task(within(handle.aresult(recheck_seconds=NEVER)))
+        harness.start_worker()  # completes it on the other App's bus: none reaches `client`
+        await harness.wait_for(handle.id, "succeeded")
+        assert not waiter.done()
+        noise = TaskEvent("elsewhere", "noise", "default", "queued", 0, time.time())
+        for _ in range(1001):  # fills the waiter's queue (1,000 batches), drops the last
+            client.store.events.publish([noise])
+        assert await waiter == 8
