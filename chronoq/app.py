@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from chronoq.config import Settings
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from chronoq.broker.redis import Publisher
 from chronoq.events import EventBus
 from chronoq.executors import Executor, PythonExecutor
+from chronoq.handles import TaskHandle
 from chronoq.models import BackoffSpec, ScheduleCreate, Task, TaskCreate, TaskTemplate
 from chronoq.notify import Hub
 from chronoq.store import Store, create_store
@@ -32,7 +34,10 @@ T = TypeVar("T")
 class TaskFunction(Generic[P, R]):
     """A registered handler. Call it to run it here and now; ``delay``/``schedule`` to queue it.
 
-    Payloads are JSON objects, so handlers take keyword arguments.
+    Payloads are JSON objects, so handlers take keyword arguments; ``delay`` and
+    ``schedule`` take the handler's own parameters, so mypy checks a submission like a call.
+    They return a :class:`~chronoq.handles.TaskHandle` whose result has the handler's
+    return type (for an ``async def`` handler, the awaited type).
     """
 
     def __init__(self, app: App, name: str, fn: Callable[P, R], defaults: dict[str, Any]):
@@ -46,25 +51,79 @@ class TaskFunction(Generic[P, R]):
         """The submission for ``payload`` with this handler's defaults and ``options``."""
         return TaskCreate(name=self.name, payload=payload, **{**self.defaults, **options})
 
-    def options(self, **options: Any) -> _Configured:
-        """Override queue, priority, idempotency_key, max_attempts… for one submission."""
-        return _Configured(self, options)
+    def options(
+        self, *, queue: str | None = None, priority: int | None = None,
+        max_attempts: int | None = None, timeout_seconds: float | None = None,
+        backoff: BackoffSpec | dict[str, float] | None = None,
+        idempotency_key: str | None = None, run_at: datetime | None = None,
+        delay_seconds: float | None = None,
+    ) -> TaskFunction[P, R]:
+        """This handler with other settings for the submissions made through the copy
+        returned (the registered handler keeps its own); unset (None) ones are kept."""
+        given: dict[str, Any] = {"queue": queue, "priority": priority, "max_attempts": max_attempts,
+                 "timeout_seconds": timeout_seconds, "idempotency_key": idempotency_key,
+                 "backoff": None if backoff is None else BackoffSpec.model_validate(backoff)}
+        changed = {k: v for k, v in given.items() if v is not None}
+        if run_at is not None or delay_seconds is not None:
+            changed.update(run_at=run_at, delay_seconds=delay_seconds)
+        configured = copy.copy(self)
+        configured.defaults = {**self.defaults, **changed}
+        configured.spec({})  # refuse bad options here, not at the first delay()
+        return configured
 
-    def delay(self, **payload: Any) -> Task:
+    def _payload(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if args:
+            raise TypeError(f"{self.name}: payloads are JSON objects; pass the handler's "
+                            "arguments by keyword")
+        return kwargs
+
+    async def _handle(self, spec: TaskCreate) -> TaskHandle[Any]:
+        return TaskHandle(self.app, await self.app.submit(spec))
+
+    @overload
+    def delay(
+        self: TaskFunction[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    @overload
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]: ...
+    def delay(self, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """Queue the task to run now (blocking call, for sync code)."""
-        return self.app.run_sync(self.app.submit(self.spec(payload)))
+        return self.app.run_sync(self._handle(self.spec(self._payload(args, kwargs))))
 
-    def schedule(self, at: datetime | float, **payload: Any) -> Task:
+    @overload
+    def schedule(
+        self: TaskFunction[P, Coroutine[Any, Any, T]], at: datetime | float,
+        *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    @overload
+    def schedule(self, at: datetime | float, *args: P.args, **kwargs: P.kwargs
+                 ) -> TaskHandle[R]: ...
+    def schedule(self, at: datetime | float, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """Queue the task to run at ``at`` (aware datetime) or after ``at`` seconds."""
-        return self.app.run_sync(self.app.submit(_at(self.spec(payload), at)))
+        return self.app.run_sync(self._handle(_at(self.spec(self._payload(args, kwargs)), at)))
 
-    async def adelay(self, **payload: Any) -> Task:
+    @overload
+    async def adelay(
+        self: TaskFunction[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    @overload
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]: ...
+    async def adelay(self, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """``delay`` for async code."""
-        return await self.app.submit(self.spec(payload))
+        return await self._handle(self.spec(self._payload(args, kwargs)))
 
-    async def aschedule(self, at: datetime | float, **payload: Any) -> Task:
+    @overload
+    async def aschedule(
+        self: TaskFunction[P, Coroutine[Any, Any, T]], at: datetime | float,
+        *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    @overload
+    async def aschedule(self, at: datetime | float, *args: P.args, **kwargs: P.kwargs
+                        ) -> TaskHandle[R]: ...
+    async def aschedule(self, at: datetime | float, *args: Any, **kwargs: Any
+                        ) -> TaskHandle[Any]:
         """``schedule`` for async code."""
-        return await self.app.submit(_at(self.spec(payload), at))
+        return await self._handle(_at(self.spec(self._payload(args, kwargs)), at))
 
     def delay_many(self, payloads: Iterable[dict[str, Any]]) -> list[Task]:
         """Queue one task per payload, all in one transaction (blocking call)."""
@@ -73,24 +132,6 @@ class TaskFunction(Generic[P, R]):
     async def adelay_many(self, payloads: Iterable[dict[str, Any]]) -> list[Task]:
         """``delay_many`` for async code."""
         return await self.app.submit_many([self.spec(p) for p in payloads])
-
-
-class _Configured:
-    def __init__(self, fn: TaskFunction[Any, Any], options: dict[str, Any]) -> None:
-        self.fn, self.opts = fn, options
-
-    def delay(self, **payload: Any) -> Task:
-        return self.fn.app.run_sync(self.fn.app.submit(self.fn.spec(payload, **self.opts)))
-
-    async def adelay(self, **payload: Any) -> Task:
-        return await self.fn.app.submit(self.fn.spec(payload, **self.opts))
-
-    def schedule(self, at: datetime | float, **payload: Any) -> Task:
-        spec = _at(self.fn.spec(payload, **self.opts), at)
-        return self.fn.app.run_sync(self.fn.app.submit(spec))
-
-    async def aschedule(self, at: datetime | float, **payload: Any) -> Task:
-        return await self.fn.app.submit(_at(self.fn.spec(payload, **self.opts), at))
 
 
 def _at(spec: TaskCreate, at: datetime | float) -> TaskCreate:
@@ -248,6 +289,33 @@ class App:
         """Insert several tasks in one transaction (all or none)."""
         found = await self.store.create_tasks(specs, time.time())
         return [record.to_api() for record, _ in found]
+
+    # -- tasks by id -------------------------------------------------------------------------
+    async def aget(self, task_id: str, *, history: bool = True) -> Task:
+        """The task ``task_id`` (with its attempt history unless ``history=False``); raises
+        :class:`~chronoq.store.NotFound` when no task has that id."""
+        record = await self.store.get_task(task_id)
+        return record.to_api(await self.store.get_attempts(task_id) if history else None)
+
+    async def acancel(self, task_id: str) -> Task:
+        """Cancel a task that has not finished (a running one is told to stop)."""
+        return (await self.store.cancel_task(task_id, time.time())).to_api()
+
+    async def aretry(self, task_id: str) -> Task:
+        """Send a failed or dead task back to its queue now."""
+        return (await self.store.retry_task(task_id, time.time())).to_api()
+
+    def get(self, task_id: str, *, history: bool = True) -> Task:
+        """:meth:`aget` for sync code."""
+        return self.run_sync(self.aget(task_id, history=history))
+
+    def cancel(self, task_id: str) -> Task:
+        """:meth:`acancel` for sync code."""
+        return self.run_sync(self.acancel(task_id))
+
+    def retry(self, task_id: str) -> Task:
+        """:meth:`aretry` for sync code."""
+        return self.run_sync(self.aretry(task_id))
 
     # -- sync bridge -------------------------------------------------------------------------
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -15,6 +15,16 @@ class ClientError(Exception):
         self.status, self.message = status, message
 
 
+def check(response: httpx.Response) -> None:
+    """Raise :class:`ClientError` with the API's message when ``response`` is a refusal."""
+    if response.is_error:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        raise ClientError(response.status_code, message)
+
+
 class Client:
     def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 10.0,
                  api_key: str | None = None) -> None:
@@ -38,12 +48,7 @@ class Client:
         except httpx.TransportError as exc:
             raise ClientError(0, f"cannot reach the chronoq API at {self.http.base_url}: "
                               f"{exc} (is `chronoq dev` or `chronoq api` running?)") from None
-        if response.is_error:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text
-            raise ClientError(response.status_code, message)
+        check(response)
         return None if response.status_code == 204 else response.json()
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:

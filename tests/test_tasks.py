@@ -310,9 +310,9 @@ async def test_python_api_delay_and_schedule(app: App, harness: Harness) -> None
     done = await harness.wait_for(task.id, "succeeded")
     assert (await harness.wait_for(done["result"], "succeeded"))["result"] == 42
     later = await child.options(priority=3).adelay(x=1)
-    assert later.priority == 3
+    assert later.task.priority == 3
     scheduled = await child.aschedule(0.3, x=5)
-    assert scheduled.status == "scheduled"
+    assert scheduled.task.status == "scheduled"
     assert (await harness.wait_for(scheduled.id, "succeeded"))["result"] == 10
 
 

@@ -1,0 +1,154 @@
+"""``chronoq.Client`` and ``chronoq.AsyncClient``: the REST API from Python, as public models.
+
+For code that reaches chronoq over HTTP (another service, a notebook) rather than through
+the database like :class:`chronoq.App`. Each call is described once, as a :class:`Call`
+(method, path, body, and the model that parses the answer); the two clients only differ in
+how they send it. A refusal raises :class:`chronoq.client.ClientError` with the API's
+message, as the CLI's client does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from chronoq.client import ClientError, check
+from chronoq.models import Task, TaskCreate, TaskPage
+from chronoq.states import Status
+
+M = TypeVar("M")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[M]):
+    """One API request and how to read its answer."""
+
+    method: str
+    path: str
+    parse: Callable[[Any], M]
+    json: Any = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def read(self, response: httpx.Response) -> M:
+        check(response)
+        return self.parse(response.json())
+
+
+def submit_call(spec: TaskCreate | dict[str, Any]) -> Call[Task]:
+    body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, TaskCreate) \
+        else spec
+    return Call("POST", "/v1/tasks", Task.model_validate, json=body)
+
+
+def list_call(status: Status | str | None, queue: str | None, name: str | None,
+              cursor: str | None, limit: int) -> Call[TaskPage]:
+    given = {"status": status, "queue": queue, "name": name, "cursor": cursor, "limit": limit}
+    return Call("GET", "/v1/tasks", TaskPage.model_validate,
+                params={k: str(v) for k, v in given.items() if v is not None})
+
+
+def task_call(task_id: str, action: str = "") -> Call[Task]:
+    method = "POST" if action else "GET"
+    return Call(method, f"/v1/tasks/{task_id}{action and '/' + action}", Task.model_validate)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _unreachable(base_url: object, exc: Exception) -> ClientError:
+    return ClientError(0, f"cannot reach the chronoq API at {base_url}: {exc}")
+
+
+class Client:
+    """Blocking client: ``with chronoq.Client(url, api_key=...) as c: c.get(task_id)``."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None,
+                 timeout: float = 10.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
+                                 headers=_headers(api_key), transport=transport)
+
+    def call(self, call: Call[M]) -> M:
+        try:
+            response = self.http.request(call.method, call.path, json=call.json,
+                                         params=call.params)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.http.base_url, exc) from None
+        return call.read(response)
+
+    def submit(self, spec: TaskCreate | dict[str, Any]) -> Task:
+        """Submit a task (a ``TaskCreate`` or its JSON form)."""
+        return self.call(submit_call(spec))
+
+    def get(self, task_id: str) -> Task:
+        """The task with its attempt history."""
+        return self.call(task_call(task_id))
+
+    def list(self, *, status: Status | str | None = None, queue: str | None = None,
+             name: str | None = None, cursor: str | None = None, limit: int = 50) -> TaskPage:
+        """One page of tasks, newest first; pass ``next_cursor`` as ``cursor`` for more."""
+        return self.call(list_call(status, queue, name, cursor, limit))
+
+    def cancel(self, task_id: str) -> Task:
+        return self.call(task_call(task_id, "cancel"))
+
+    def retry(self, task_id: str) -> Task:
+        return self.call(task_call(task_id, "retry"))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """:class:`Client` for async code: ``async with chronoq.AsyncClient(url) as c: ...``."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None,
+                 timeout: float = 10.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout,
+                                      headers=_headers(api_key), transport=transport)
+
+    async def call(self, call: Call[M]) -> M:
+        try:
+            response = await self.http.request(call.method, call.path, json=call.json,
+                                               params=call.params)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.http.base_url, exc) from None
+        return call.read(response)
+
+    async def submit(self, spec: TaskCreate | dict[str, Any]) -> Task:
+        return await self.call(submit_call(spec))
+
+    async def get(self, task_id: str) -> Task:
+        return await self.call(task_call(task_id))
+
+    async def list(self, *, status: Status | str | None = None, queue: str | None = None,
+                   name: str | None = None, cursor: str | None = None,
+                   limit: int = 50) -> TaskPage:
+        return await self.call(list_call(status, queue, name, cursor, limit))
+
+    async def cancel(self, task_id: str) -> Task:
+        return await self.call(task_call(task_id, "cancel"))
+
+    async def retry(self, task_id: str) -> Task:
+        return await self.call(task_call(task_id, "retry"))
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
