@@ -236,7 +236,7 @@ async def test_a_nul_in_any_parameter_of_any_route_is_a_422(
 
 
 async def test_method_not_allowed_names_the_allowed_methods(harness: Harness) -> None:
-    for method, path, allow in [("PUT", "/v1/tasks", "GET, POST"),
+    for method, path, allow in [("PUT", "/v1/tasks", "GET, POST, DELETE"),
                                 ("DELETE", "/v1/schedules", "GET, POST"),
                                 ("PUT", "/v1/schedules/nightly", "GET, PATCH, DELETE"),
                                 ("GET", "/v1/tasks/01890a5d-ac96-774b-bcce-b302099a8057/cancel",
