@@ -169,6 +169,27 @@ def worker_options(fn: Any) -> Any:
     return fn
 
 
+def pool_options(fn: Any) -> Any:
+    """``--pool``, ``--processes`` and the child limits (``chronoq worker`` and ``dev``)."""
+    fn = click.option("--pool", type=click.Choice(["async", "process"]), default=None,
+                      help="run Python handlers in the worker process (async: event loop "
+                           "and threads) or in child processes (process: isolated, hard "
+                           "time limits, one task per child) [env CHRONOQ_POOL; "
+                           "default async]")(fn)
+    fn = click.option("--processes", type=click.IntRange(1, 1024), default=None,
+                      help="child processes of the process pool [env CHRONOQ_PROCESSES; "
+                           "default: CPU count]")(fn)
+    fn = click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
+                      help="replace a child after this many tasks "
+                           "[env CHRONOQ_MAX_TASKS_PER_CHILD]")(fn)
+    fn = click.option("--max-memory-per-child", type=click.IntRange(1), default=None,
+                      metavar="MIB",
+                      help="replace a child whose RSS is over MIB after a task; kill it "
+                           "(outcome crashed) when it grows past MIB mid-task "
+                           "[env CHRONOQ_MAX_MEMORY_PER_CHILD]")(fn)
+    return fn
+
+
 def _http_allow(_ctx: Any, _param: Any, value: str | None) -> str | None:
     if value is None:
         return None
@@ -222,7 +243,10 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
                             queues=settings.queue_list(), concurrency=settings.concurrency,
                             shell_allow=settings.shell_allow_list(),
                             http_allow=settings.http_allow_list(),
-                            metrics_port=port, metrics_host=metrics_host)
+                            metrics_port=port, metrics_host=metrics_host,
+                            pool=settings.pool, processes=settings.processes,
+                            max_tasks_per_child=settings.max_tasks_per_child,
+                            max_memory_per_child=settings.max_memory_per_child, demo=demo)
     as_json = log_format(sys.stderr) == "json"
 
     async def started(runner: Runner) -> None:
@@ -239,13 +263,19 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
                 f"\nchronoq {__version__} dev is running\n"
                 f"  API       {url}   (interactive docs: {url}/docs)\n"
                 f"  database  {settings.database_url}\n"
-                f"  workers   {settings.concurrency} slots on queues {settings.queues}\n"
+                f"  workers   {_slots(runner)} on queues {settings.queues}\n"
                 f"  handlers  {handlers}\n"
                 f"  try       chronoq submit demo.add --payload '{{\"a\": 1, \"b\": 2}}'"
                 f" && chronoq tasks ls\n"
                 f"  stop      Ctrl+C\n", err=True)
         if demo:
             await demo_module.submit(app)
+
+    def _slots(runner: Runner) -> str:
+        worker = runner.worker
+        if worker is not None and runner.pool is not None and settings.pool == "process":
+            return f"{worker.concurrency} child processes"
+        return f"{settings.concurrency} slots"
 
     gc.collect()
     gc.freeze()  # imports and the app live for the whole run: later collections skip them
@@ -260,6 +290,7 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
 @db_option
 @app_option
 @worker_options
+@pool_options
 @click.option("--host", default=None, help="API address [default 127.0.0.1]")
 @click.option("--port", "-p", type=int, default=None, help="API port [default 8000]")
 @click.option("--demo", is_flag=True, help="register demo.* handlers and submit sample tasks")
@@ -269,8 +300,9 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
 @log_option
 def dev(database_url: str | None, app_path: str | None, queues: str | None,
         concurrency: int | None, shell_allow: str | None, http_allow: str | None,
-        host: str | None, port: int | None, demo: bool, auth: bool | None,
-        log_level: str) -> None:
+        pool: str | None, processes: int | None, max_tasks_per_child: int | None,
+        max_memory_per_child: int | None, host: str | None, port: int | None, demo: bool,
+        auth: bool | None, log_level: str) -> None:
     """Run API + scheduler + workers in one process (SQLite by default: no server needed).
 
     Without --auth the API needs no key, so it may only listen on a loopback address."""
@@ -279,7 +311,9 @@ def dev(database_url: str | None, app_path: str | None, queues: str | None,
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
                              http_allow=http_allow, host=host, port=port, log_level=log_level,
-                             auth=auth)
+                             auth=auth, pool=pool, processes=processes,
+                             max_tasks_per_child=max_tasks_per_child,
+                             max_memory_per_child=max_memory_per_child)
     if not auth and settings.host not in ("127.0.0.1", "localhost", "::1"):
         raise click.UsageError(f"--host {settings.host} exposes the API beyond this machine: "
                                "add --auth (and create a key with `chronoq keys create`)")
@@ -321,6 +355,7 @@ def _autoscale(_ctx: Any, _param: Any, value: str | None) -> str | None:
 @db_option
 @app_option
 @worker_options
+@pool_options
 @click.option("--autoscale", callback=_autoscale, metavar="MIN,MAX",
               help="grow and shrink concurrency between MIN and MAX with the backlog "
                    "[env CHRONOQ_AUTOSCALE]")
@@ -328,14 +363,21 @@ def _autoscale(_ctx: Any, _param: Any, value: str | None) -> str | None:
 @log_option
 def worker(database_url: str | None, app_path: str | None, queues: str | None,
            concurrency: int | None, shell_allow: str | None, http_allow: str | None,
-           autoscale: str | None, metrics_port: str | None, log_level: str) -> None:
+           pool: str | None, processes: int | None, max_tasks_per_child: int | None,
+           max_memory_per_child: int | None, autoscale: str | None,
+           metrics_port: str | None, log_level: str) -> None:
     """Run a worker: claims tasks from QUEUES and runs up to CONCURRENCY at once.
 
-    With CHRONOQ_BROKER_URL=redis://... it reads ready tasks from Redis Streams instead
-    of polling the store."""
+    With --pool process, handlers run in PROCESSES child processes (one task each at a
+    time); --autoscale then grows and shrinks the children. With
+    CHRONOQ_BROKER_URL=redis://... it reads ready tasks from Redis Streams instead of
+    polling the store."""
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
-                             http_allow=http_allow, autoscale=autoscale, log_level=log_level)
+                             http_allow=http_allow, autoscale=autoscale, log_level=log_level,
+                             pool=pool, processes=processes,
+                             max_tasks_per_child=max_tasks_per_child,
+                             max_memory_per_child=max_memory_per_child)
     _run(settings, api=False, scheduler=False, worker=True, metrics_port=metrics_port)
 
 

@@ -19,7 +19,7 @@ from pydantic import (
 from chronoq.recurrence import check_cron, check_timezone
 from chronoq.states import Backoff, Status
 
-Outcome = Literal["succeeded", "failed", "timeout", "cancelled", "lost"]
+Outcome = Literal["succeeded", "failed", "timeout", "cancelled", "lost", "crashed"]
 
 
 def to_datetime(ts: float | None) -> datetime | None:
@@ -281,3 +281,5 @@ class WorkerInfo(BaseModel):
     processed: int = Field(description="attempts finished since start")
     started_at: datetime
     last_seen_at: datetime
+    child_restarts: int = Field(0, description="process-pool children replaced after "
+                                "crashing or being killed for a limit")

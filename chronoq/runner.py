@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from chronoq.app import App
 from chronoq.broker import Broker
 from chronoq.executors import Executor
 from chronoq.metrics import Metrics, MetricsServer, metrics_for
+from chronoq.pool import PoolExecutor, ProcessPool, child_command
 from chronoq.scheduler import Scheduler
 from chronoq.worker import Worker, builtin_executors
 
@@ -52,6 +54,14 @@ class Components:
     #: address for ``metrics_port`` (default: the settings' host)
     metrics_host: str | None = None
     autoscale: tuple[int, int] | None = None
+    #: where Python handlers run: "async" (the worker process) or "process" (children)
+    pool: str = "async"
+    #: children of the process pool (default: the CPU count)
+    processes: int | None = None
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None
+    #: the demo handlers are registered (children register them too)
+    demo: bool = False
 
 
 class Runner:
@@ -63,18 +73,43 @@ class Runner:
         self.server: _Server | None = None
         self.scheduler: Scheduler | None = None
         self.worker: Worker | None = None
+        self.pool: ProcessPool | None = None
         self.metrics: Metrics | None = None
         self.metrics_server: MetricsServer | None = None
         self.started = asyncio.Event()
         self._stop_requested = False
 
     def executors(self) -> dict[str, Executor]:
-        return {**builtin_executors(self.components.shell_allow, self.components.http_allow),
-                **self.app.executors()}
+        """Built-in executors, then the app's handlers: in the process pool when they run
+        there (``--pool process`` or ``@app.task(pool="process")``)."""
+        executors = {**builtin_executors(self.components.shell_allow,
+                                         self.components.http_allow),
+                     **self.app.executors()}
+        if self.pool is not None:
+            in_pool = PoolExecutor(self.pool)
+            executors.update(dict.fromkeys(self.process_handlers(), in_pool))
+        return executors
+
+    def process_handlers(self) -> list[str]:
+        """The app's handlers that run in child processes."""
+        return [name for name, fn in self.app.tasks.items()
+                if (fn.pool or self.components.pool) == "process"]
+
+    def _make_pool(self) -> ProcessPool | None:
+        c = self.components
+        if c.pool != "process" and not self.process_handlers():
+            return None
+        processes = c.processes or os.cpu_count() or 1
+        return ProcessPool(child_command(self.app.settings.app, demo=c.demo), processes,
+                           max_tasks_per_child=c.max_tasks_per_child,
+                           max_memory_mib=c.max_memory_per_child)
 
     def stop(self) -> None:
         if self._stop_requested and self.server is not None:
             self.server.force_exit = True
+        if self._stop_requested and self.worker is not None:
+            log.warning("second stop signal: ending running tasks now; they will be retried")
+            self.worker.stop_now()
         self._stop_requested = True
         if self.server is not None:
             self.server.should_exit = True
@@ -103,9 +138,13 @@ class Runner:
                 if self.metrics is not None:
                     self.metrics.leader_probe = self._leading
             if self.components.worker:
+                self.pool = self._make_pool()
+                concurrency = self.components.concurrency
+                if self.components.pool == "process" and self.pool is not None:
+                    concurrency = self.pool.processes  # one task per child
                 self.worker = Worker(
                     self.app.store, self.executors(), queues=self.components.queues,
-                    concurrency=self.components.concurrency,
+                    concurrency=concurrency, pool=self.pool,
                     worker_id=self.components.worker_id,
                     lease_seconds=settings.lease_seconds,
                     heartbeat_seconds=settings.heartbeat_seconds,
@@ -113,6 +152,12 @@ class Runner:
                     autoscale=self.components.autoscale or settings.autoscale_range(),
                     broker=_broker_factory(settings.broker_url),
                 )
+                if self.components.pool == "process" and self.pool is not None:
+                    worker = self.worker
+                    self.pool.target = lambda: worker.concurrency  # follows --autoscale
+                if self.metrics is not None and self.pool is not None:
+                    pool = self.pool
+                    self.metrics.child_restarts_probe = lambda: pool.restarts
                 jobs.append(asyncio.create_task(
                     self.worker.run(self.components.drain_seconds), name="worker"))
             if self.components.api:
@@ -171,6 +216,7 @@ class Runner:
             self.metrics_server = None
         if self.metrics is not None:
             self.metrics.leader_probe = None
+            self.metrics.child_restarts_probe = None
             await self.metrics.stop()
 
 

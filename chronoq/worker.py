@@ -8,6 +8,7 @@ was submitted or promoted) or ``poll_seconds`` pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from chronoq.executors import Executor, HttpExecutor, ShellExecutor, TaskContext
 from chronoq.executors import http as http_executor
 from chronoq.executors import shell as shell_executor
 from chronoq.executors.base import TaskFailed
+from chronoq.pool import PoolFailure, ProcessPool
 from chronoq.store import Completion, Store, TaskRecord
 from chronoq.store.base import dumps
 
@@ -60,6 +62,7 @@ class Worker:
         autoscale: tuple[int, int] | None = None,
         scale_seconds: float = 1.0,
         broker: Callable[[Worker], Broker] | None = None,
+        pool: ProcessPool | None = None,
     ) -> None:
         self.store = store
         self.executors = dict(executors)
@@ -90,6 +93,9 @@ class Worker:
         self._done_event = asyncio.Event()
         self._closing = False
         self.broker = (broker or _store_broker)(self)
+        #: the child processes that run process-pool handlers (``--pool process``)
+        self.pool = pool
+        self._pool_reporter: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -97,8 +103,16 @@ class Worker:
         self._stopping.set()
         self.broker.interrupt()
 
+    def stop_now(self) -> None:
+        """Stop, and end running attempts now (a second SIGTERM): their handlers are
+        cancelled (process-pool children killed) and the tasks go back to be retried."""
+        self.stop()
+        for job in self.running.values():
+            job.cancel()
+
     async def run(self, drain_seconds: float = 30.0) -> None:
         """Work until :meth:`stop`; then drain running tasks (up to ``drain_seconds``)."""
+        await self._start_pool()
         await self.broker.start()
         unsubscribe = self.store.hub.on_cancel(self._cancel_local)
         await self.store.register_worker(self.id, socket.gethostname(), os.getpid(),
@@ -123,6 +137,7 @@ class Worker:
             self._closing = True  # the flusher finishes its batch, never cut mid-write
             self._done_event.set()
             await asyncio.gather(heartbeat, scaler, flusher, return_exceptions=True)
+            await self._close_pool()
             await self._flush_all()
             await self.broker.close()
             for executor in self.executors.values():
@@ -251,6 +266,9 @@ class Worker:
             completion = Completion.failure(
                 task, time.time(), "lost", "worker shut down before the task finished",
                 retry_now=True)
+        except PoolFailure as exc:  # a child's exception, or the child's death
+            completion = Completion.failure(task, time.time(), exc.outcome, exc.error,
+                                            exc.traceback)
         except Exception as exc:
             completion = Completion.failure(
                 task, time.time(), "failed", f"{type(exc).__name__}: {exc}",
@@ -279,6 +297,39 @@ class Worker:
         if job is not None:
             log.info("cancelling running task %s", task_id)
             job.cancel()
+
+    # -- process pool ------------------------------------------------------------------------
+    async def _start_pool(self) -> None:
+        pool = self.pool
+        if pool is None:
+            return
+        await pool.start()
+        dirty = asyncio.Event()
+        pool.on_restart = lambda _why: dirty.set()
+        self._pool_reporter = asyncio.create_task(self._report_restarts(pool, dirty),
+                                                  name="chronoq-pool-report")
+
+    async def _report_restarts(self, pool: ProcessPool, dirty: asyncio.Event) -> None:
+        """Keep the registry's child restart count current (at most one write a second)."""
+        while True:
+            await dirty.wait()
+            dirty.clear()
+            try:
+                await self.store.worker_child_restarts(self.id, pool.restarts)
+            except Exception:
+                log.warning("could not record child restarts of worker %s", self.id)
+                dirty.set()
+            await asyncio.sleep(1.0)
+
+    async def _close_pool(self) -> None:
+        if self.pool is None:
+            return
+        if self._pool_reporter is not None:
+            self._pool_reporter.cancel()
+            await asyncio.gather(self._pool_reporter, return_exceptions=True)
+        await self.pool.close()
+        with contextlib.suppress(Exception):
+            await self.store.worker_child_restarts(self.id, self.pool.restarts)
 
     # -- reporting ---------------------------------------------------------------------------
     async def _flush_loop(self) -> None:
