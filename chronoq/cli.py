@@ -246,7 +246,8 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
                             metrics_port=port, metrics_host=metrics_host,
                             pool=settings.pool, processes=settings.processes,
                             max_tasks_per_child=settings.max_tasks_per_child,
-                            max_memory_per_child=settings.max_memory_per_child, demo=demo)
+                            max_memory_per_child=settings.max_memory_per_child,
+                            prefetch=settings.prefetch, demo=demo)
     as_json = log_format(sys.stderr) == "json"
 
     async def started(runner: Runner) -> None:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     max_memory_per_child: int | None = Field(None, ge=1, description="MiB: replace a pool "
                                              "child whose RSS grew past this after a task; "
                                              "kill it (outcome crashed) if it does mid-task")
+    prefetch: int | None = Field(None, ge=0, le=100_000, description="tasks a process-pool "
+                                 "worker claims beyond one per child, so the next is at "
+                                 "hand (default 4 per child)")
     lease_seconds: float = Field(30.0, gt=0, description="a running task without a heartbeat "
                                  "for this long is retried elsewhere")
     heartbeat_seconds: float = Field(5.0, gt=0, description="how often workers renew leases")

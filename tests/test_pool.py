@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from chronoq.pool import protocol
 from chronoq.pool.process import describe_exit, rss_mib
 from tests.processes import Proc, free_port, wait_ready, wait_status
 
@@ -303,8 +305,11 @@ def test_autoscale_grows_and_shrinks_children(pg_url: str, tmp_path: Path) -> No
         with httpx.Client(base_url=url) as http:
             ids = [http.post("/v1/tasks", json={"name": "ok", "payload": {"sleep": 0.3}})
                    .json()["id"] for _ in range(40)]
-            for task_id in ids:
-                wait_status(url, task_id, "succeeded", timeout=60)
+            try:
+                for task_id in ids:
+                    wait_status(url, task_id, "succeeded", timeout=60)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{worker.output()[-4000:]}") from None
         record = (tmp_path / "record.txt").read_text().splitlines()
         pids = {line.split()[3] for line in record if line.startswith("start")}
         assert len(pids) == 3, pids  # 1 child at first, grown to the MAX of 3
@@ -326,3 +331,39 @@ def test_exit_descriptions_and_rss() -> None:
     rss = rss_mib(os.getpid())
     assert rss is not None and rss > 1
     assert rss_mib(2**22 + 12345) is None
+
+
+def test_a_handler_can_choose_its_pool(sqlite_url: str, tmp_path: Path,
+                                       pools: list[Pool]) -> None:
+    mixed = start(pools, tmp_path, sqlite_url, "--processes", "1")
+    worker_pid = mixed.proc.popen.pid
+    assert mixed.wait(mixed.submit("inline"), "succeeded")["result"] == worker_pid
+    child_pid = mixed.wait(mixed.submit("isolated"), "succeeded")["result"]
+    assert child_pid != worker_pid
+    assert mixed.close() == 0
+    port = free_port()
+    plain = Proc(["dev", "--app", APP, "--port", str(port), "--database-url", sqlite_url,
+                  "--processes", "1"], {}, tmp_path / "async.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, plain)
+        submitted = httpx.post(f"{url}/v1/tasks", json={"name": "isolated"}).json()
+        result = wait_status(url, submitted["id"], "succeeded")["result"]
+        assert result != plain.popen.pid  # in a child, though the worker's pool is async
+        submitted = httpx.post(f"{url}/v1/tasks", json={"name": "pid"}).json()
+        assert wait_status(url, submitted["id"], "succeeded")["result"] == plain.popen.pid
+        assert plain.terminate() == 0
+    finally:
+        if plain.popen.poll() is None:
+            plain.kill()
+
+
+def test_results_too_big_or_not_json_fail_in_the_child() -> None:
+    big = orjson.loads(protocol.success("t", "x" * 100, limit=50))
+    assert big["ok"] is False and big["task_failed"] is True
+    assert "more than the 50 a child may send" in big["message"]
+    odd = orjson.loads(protocol.success("t", {1, 2}, limit=1000))
+    assert odd["message"] == "result is not JSON-serialisable: set"
+    raised = orjson.loads(protocol.failure_line("t", ValueError("bad \udc80 byte")))
+    assert raised["type"] == "ValueError" and raised["retry"] is True
+    assert raised["message"] == "bad ? byte" and raised["traceback"]

@@ -274,22 +274,25 @@ class ProcessPool:
         if child.state != "busy":
             return
         child.state = "idle"
-        why = None
-        if self.max_tasks_per_child is not None and child.tasks >= self.max_tasks_per_child:
-            why = f"it ran {child.tasks} tasks (--max-tasks-per-child)"
-        elif self.max_memory_mib is not None:
-            rss = rss_mib(child.pid)
-            if rss is not None and rss > self.max_memory_mib:
-                why = (f"its RSS {rss:.0f} MiB is over --max-memory-per-child "
-                       f"{self.max_memory_mib:g} MiB")
-        elif self._live() > self.target():
-            why = "the pool shrinks"
+        why = self._recycle_reason(child)
         if why is not None:
             log.info("recycling child %d: %s", child.pid, why)
             self._retire(child)
             self._poke()
             return
         self._release(child)
+
+    def _recycle_reason(self, child: _Child) -> str | None:
+        if self.max_tasks_per_child is not None and child.tasks >= self.max_tasks_per_child:
+            return f"it ran {child.tasks} tasks (--max-tasks-per-child)"
+        if self.max_memory_mib is not None:
+            rss = rss_mib(child.pid)
+            if rss is not None and rss > self.max_memory_mib:
+                return (f"its RSS {rss:.0f} MiB is over --max-memory-per-child "
+                        f"{self.max_memory_mib:g} MiB")
+        if self._live() > max(1, self.target()):
+            return "the pool shrinks"
+        return None
 
     # -- children ----------------------------------------------------------------------------
     async def _spawn(self) -> _Child:
@@ -394,27 +397,28 @@ class ProcessPool:
         while True:
             self._wake.clear()
             want = max(1, self.target())
-            now = time.monotonic()
-            live = self._live()
-            if live < want and now >= self._spawn_after:
-                for _ in range(want - live):
-                    try:
-                        await self._spawn()
-                    except OSError:
-                        log.exception("could not start a pool child")
-                        self._spawn_after = time.monotonic() + 1.0
-                        break
-            elif live > want:
-                for child in list(self._idle)[:live - want]:
-                    log.info("retiring child %d: the pool shrinks to %d", child.pid, want)
-                    self._retire(child)
-            if self.max_memory_mib is not None:
-                self._check_memory()
+            try:
+                await self._keep(want)
+            except Exception:  # never stop supervising: log, and try again next round
+                log.exception("process pool supervision failed")
+                self._spawn_after = time.monotonic() + 1.0
             timeout = self.memory_check_seconds if self.max_memory_mib is not None else 1.0
             if self._live() < want:
                 timeout = min(timeout, max(self._spawn_after - time.monotonic(), 0.01))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _keep(self, want: int) -> None:
+        live = self._live()
+        if live < want and time.monotonic() >= self._spawn_after:
+            for _ in range(want - live):
+                await self._spawn()
+        elif live > want:
+            for child in [c for c in self._idle if c.state == "idle"][:live - want]:
+                log.info("retiring child %d: the pool shrinks to %d", child.pid, want)
+                self._retire(child)
+        if self.max_memory_mib is not None:
+            self._check_memory()
 
     def _check_memory(self) -> None:
         limit = self.max_memory_mib

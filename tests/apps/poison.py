@@ -71,3 +71,15 @@ def fails(permanent: bool = False) -> None:
 @app.task("pid")
 def pid() -> int:
     return os.getpid()
+
+
+@app.task("isolated", pool="process")
+def isolated() -> int:
+    """Runs in a pool child whatever the worker's --pool."""
+    return os.getpid()
+
+
+@app.task("inline", pool="async")
+async def inline() -> int:
+    """Runs in the worker process whatever the worker's --pool."""
+    return os.getpid()
