@@ -367,3 +367,38 @@ def test_results_too_big_or_not_json_fail_in_the_child() -> None:
     raised = orjson.loads(protocol.failure_line("t", ValueError("bad \udc80 byte")))
     assert raised["type"] == "ValueError" and raised["retry"] is True
     assert raised["message"] == "bad ? byte" and raised["traceback"]
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def dead(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2:].split()[0] == "Z"  # killed, not yet reaped
+
+
+def test_children_die_with_their_worker(sqlite_url: str, tmp_path: Path,
+                                        pools: list[Pool]) -> None:
+    pool = start(pools, tmp_path, sqlite_url, "--processes", "2")
+    busy = pool.started(pool.submit("sleepy", {"seconds": 60}))
+    children = children_of(pool.proc.popen.pid)
+    assert busy in children and len(children) == 2
+    pool.proc.kill()  # kill -9: no drain, no goodbye
+    deadline = time.monotonic() + 3
+    while not all(dead(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(dead(c) for c in children)  # even the one inside time.sleep(60)
