@@ -27,6 +27,8 @@ from chronoq.executors import Executor, TaskFailed, current_task
 from chronoq.pool import protocol
 
 _PR_SET_PDEATHSIG = 1
+#: the longest request line read (a payload the API accepted is far smaller)
+_REQUEST_LIMIT = 1 << 30
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,12 +41,19 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent()
     requests, replies = _take_protocol_fds()
     executors = _load_executors(args.app, args.demo)
-    runner = asyncio.Runner(loop_factory=_loop_factory())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve(executors, requests, replies, args.result_limit))
+
+
+async def _serve(executors: dict[str, Executor], requests: BinaryIO, replies: int,
+                 limit: int) -> None:
+    """Answer requests until stdin closes, on one loop that stays up between tasks."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_REQUEST_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), requests)
     _write(replies, orjson.dumps({"ready": os.getpid(), "handlers": sorted(executors)}) + b"\n")
-    with runner:
-        for line in requests:
-            message = orjson.loads(line)
-            _write(replies, runner.run(_run_one(executors, message, args.result_limit)))
+    while line := await reader.readline():
+        _write(replies, await _run_one(executors, orjson.loads(line), limit))
 
 
 async def _run_one(executors: dict[str, Executor], message: dict[str, Any],
@@ -67,7 +76,7 @@ async def _run_one(executors: dict[str, Executor], message: dict[str, Any],
 
 def _take_protocol_fds() -> tuple[BinaryIO, int]:
     """Keep stdin/stdout for the protocol; give handlers /dev/null and stderr instead."""
-    requests = os.fdopen(os.dup(0), "rb")
+    requests = os.fdopen(os.dup(0), "rb", buffering=0)
     replies = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
