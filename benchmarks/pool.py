@@ -52,11 +52,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks import compare  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     DEFAULT_POSTGRES,
     Percentiles,
     burn_iterations,
-    drop_schema,
     environ_without_chronoq,
     say,
 )
@@ -99,38 +99,14 @@ class System:
     async def last_finish(self) -> float: raise NotImplementedError
 
 
-class Chronoq(System):
+class Chronoq(compare.Chronoq):
+    """compare.py's chronoq on PostgreSQL (its own schema, App, connection), with one
+    worker of either pool."""
+
     def __init__(self, args: argparse.Namespace, log_dir: Path, pool: str) -> None:
-        super().__init__(args, log_dir)
+        super().__init__(args, log_dir, broker=False)
         self.name = f"chronoq-{pool}"
         self.pool = pool
-        self.schema = f"bench_pool_{uuid.uuid4().hex[:10]}"
-        sep = "&" if "?" in args.database_url else "?"
-        self.url = f"{args.database_url}{sep}schema={self.schema}"
-        self.env["CHRONOQ_DATABASE_URL"] = self.url
-        self.conn: Any = None
-
-    async def setup(self) -> None:
-        import asyncpg
-
-        from benchmarks import chronoq_app
-        from chronoq.config import Settings
-        from chronoq.store.postgres import split_schema
-
-        os.environ["BENCH_STAMPS_URL"] = self.args.stamps_url
-        self.mod = chronoq_app
-        self.app = chronoq_app.app
-        self.app.settings = Settings().model_copy(update={
-            "database_url": self.url, "broker_url": None, "redis_url": None})
-        await self.app.open()
-        dsn, _ = split_schema(self.url)
-        self.conn = await asyncpg.connect(dsn, server_settings={"search_path": self.schema})
-
-    async def teardown(self) -> None:
-        await self.app.close()
-        if self.conn is not None:
-            await self.conn.close()
-        await drop_schema(self.url, self.schema)
 
     def start(self) -> str:
         base = [sys.executable, "-m", "chronoq.cli"]
@@ -377,6 +353,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.systems = [s for s in args.systems.split(",") if s]
     args.stamps_url = f"{args.redis}/{DB['stamps']}"
+    args.workers = args.processes  # what compare.Chronoq reads
     return args
 
 
