@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 
-from benchmarks.common import stamps
+from benchmarks.common import burn, stamps
 from chronoq import App
 
 app = App()
@@ -43,3 +43,10 @@ async def whoami() -> int:
     for."""
     stamps().ping()
     return os.getpid()
+
+
+@app.task("bench.cpu", max_attempts=1)
+def cpu(n: int) -> None:
+    """CPU-bound work (``benchmarks/pool.py``): a sync handler, so the async pool runs it in
+    a thread and the process pool in a child."""
+    burn(n)

@@ -224,6 +224,28 @@ async def fetch(store: Store, sql: str, *args: Any) -> list[Any]:
         return list(await c.fetch(sql, *args))
 
 
+# -- CPU-bound work ------------------------------------------------------------------------------
+def burn(n: int) -> int:
+    """Pure-Python CPU work: ``n`` loop iterations (the GIL held throughout)."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def burn_iterations(seconds: float) -> int:
+    """How many :func:`burn` iterations take ``seconds`` on this machine (best of 5)."""
+    probe = 200_000
+    best = min(_timed(burn, probe) for _ in range(5))
+    return max(1, round(probe * seconds / best))
+
+
+def _timed(fn: Any, arg: Any) -> float:
+    t0 = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - t0
+
+
 # -- the peer apps' start stamps ------------------------------------------------------------------
 _stamps: redis.Redis | None = None
 

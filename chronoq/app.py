@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from chronoq.config import Settings
 
@@ -27,6 +27,7 @@ from chronoq.store.schedules import id_like
 log = logging.getLogger("chronoq")
 
 P = ParamSpec("P")
+PoolKind = Literal["async", "process"]
 R = TypeVar("R")
 T = TypeVar("T")
 
@@ -40,8 +41,11 @@ class TaskFunction(Generic[P, R]):
     return type (for an ``async def`` handler, the awaited type).
     """
 
-    def __init__(self, app: App, name: str, fn: Callable[P, R], defaults: dict[str, Any]):
+    def __init__(self, app: App, name: str, fn: Callable[P, R], defaults: dict[str, Any],
+                 pool: PoolKind | None = None):
         self.app, self.name, self.fn, self.defaults = app, name, fn, defaults
+        #: where workers run it: "process", "async", or None for the worker's ``--pool``
+        self.pool = pool
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -166,9 +170,12 @@ class App:
     def task(
         self, name: str | None = None, *, queue: str = "default", priority: int = 0,
         max_attempts: int = 3, timeout: float | None = None,
-        backoff: BackoffSpec | dict[str, float] | None = None,
+        backoff: BackoffSpec | dict[str, float] | None = None, pool: PoolKind | None = None,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
-        """Register a sync or async function as the handler for task ``name``."""
+        """Register a sync or async function as the handler for task ``name``; ``pool``
+        ("process" or "async") overrides where workers run it (their ``--pool``)."""
+        if pool not in (None, "async", "process"):
+            raise ValueError(f"pool must be 'async' or 'process', not {pool!r}")
 
         def register(fn: Callable[P, R]) -> TaskFunction[P, R]:
             task_name = name or f"{fn.__module__}.{fn.__name__}"
@@ -176,7 +183,7 @@ class App:
                                         "max_attempts": max_attempts, "timeout_seconds": timeout}
             if backoff is not None:
                 defaults["backoff"] = BackoffSpec.model_validate(backoff)
-            wrapped = TaskFunction(self, task_name, fn, defaults)
+            wrapped = TaskFunction(self, task_name, fn, defaults, pool)
             self.tasks[task_name] = wrapped
             return wrapped
 
@@ -194,7 +201,7 @@ class App:
         schedule fields (``misfire_policy``, ``jitter_seconds``, ``start_at``…) or task
         defaults (``queue``, ``priority``, ``max_attempts``, ``timeout``, ``backoff``).
         """
-        task_keys = {"queue", "priority", "max_attempts", "timeout", "backoff"}
+        task_keys = {"queue", "priority", "max_attempts", "timeout", "backoff", "pool"}
         task_options = {k: v for k, v in options.items() if k in task_keys}
         schedule_options = {k: v for k, v in options.items() if k not in task_keys}
 

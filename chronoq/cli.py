@@ -194,6 +194,27 @@ def _checked_by(parse: Callable[[str], object]) -> Callable[[Any, Any, str | Non
     return callback
 
 
+def pool_options(fn: Any) -> Any:
+    """``--pool``, ``--processes`` and the child limits (``chronoq worker`` and ``dev``)."""
+    fn = click.option("--pool", type=click.Choice(["async", "process"]), default=None,
+                      help="run Python handlers in the worker process (async: event loop "
+                           "and threads) or in child processes (process: isolated, hard "
+                           "time limits, one task per child) [env CHRONOQ_POOL; "
+                           "default async]")(fn)
+    fn = click.option("--processes", type=click.IntRange(1, 1024), default=None,
+                      help="child processes of the process pool [env CHRONOQ_PROCESSES; "
+                           "default: CPU count]")(fn)
+    fn = click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
+                      help="replace a child after this many tasks "
+                           "[env CHRONOQ_MAX_TASKS_PER_CHILD]")(fn)
+    fn = click.option("--max-memory-per-child", type=click.IntRange(1), default=None,
+                      metavar="MIB",
+                      help="replace a child whose RSS is over MIB after a task; kill it "
+                           "(outcome crashed) when it grows past MIB mid-task "
+                           "[env CHRONOQ_MAX_MEMORY_PER_CHILD]")(fn)
+    return fn
+
+
 def _http_allow(value: str) -> object:
     from chronoq.executors.http import parse_allow
 
@@ -259,7 +280,11 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
                             shell_env_allow=settings.shell_env_allow_list(),
                             http_allow=settings.http_allow_list(),
                             metrics_port=port, metrics_host=metrics_host,
-                            health_port=health_port, health_host=health_host)
+                            health_port=health_port, health_host=health_host,
+                            pool=settings.pool, processes=settings.processes,
+                            max_tasks_per_child=settings.max_tasks_per_child,
+                            max_memory_per_child=settings.max_memory_per_child,
+                            prefetch=settings.prefetch, demo=demo)
     as_json = log_format(sys.stderr) == "json"
 
     url = f"http://{_url_host(settings.host)}:{settings.port}"
@@ -278,7 +303,7 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
                 f"  API       {url}   (interactive docs: {url}/docs)\n"
                 f"  dashboard {url}/ui\n"
                 f"  database  {hide_password(settings.database_url)}\n"
-                f"  workers   {settings.concurrency} slots on queues {settings.queues}\n"
+                f"  workers   {_slots(runner)} on queues {settings.queues}\n"
                 f"  handlers  {handlers}\n"
                 f"  try       chronoq submit demo.add --payload '{{\"a\": 1, \"b\": 2}}'"
                 f" && chronoq tasks ls\n"
@@ -290,6 +315,12 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
                             "database": database_location(settings.database_url)})
         if demo:
             await demo_module.submit(app)
+
+    def _slots(runner: Runner) -> str:
+        worker = runner.worker
+        if worker is not None and runner.pool is not None and settings.pool == "process":
+            return f"{worker.concurrency} child processes"
+        return f"{settings.concurrency} slots"
 
     gc.collect()
     gc.freeze()  # imports and the app live for the whole run: later collections skip them
@@ -306,6 +337,7 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
 @db_option
 @app_option
 @worker_options
+@pool_options
 @click.option("--host", default=None, help="API address [default 127.0.0.1]")
 @click.option("--port", "-p", type=int, default=None, help="API port [default 8000]")
 @click.option("--demo", is_flag=True, help="register demo.* handlers and submit sample tasks")
@@ -315,7 +347,9 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
 @log_option
 def dev(database_url: str | None, app_path: str | None, queues: str | None,
         concurrency: int | None, shell_allow: str | None, shell_env_allow: str | None,
-        http_allow: str | None, host: str | None, port: int | None, demo: bool,
+        http_allow: str | None, pool: str | None, processes: int | None,
+        max_tasks_per_child: int | None, max_memory_per_child: int | None,
+        host: str | None, port: int | None, demo: bool,
         auth: bool | None, log_level: str) -> None:
     """Run API + scheduler + workers in one process (SQLite by default: no server needed).
 
@@ -325,7 +359,10 @@ def dev(database_url: str | None, app_path: str | None, queues: str | None,
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
                              shell_env_allow=shell_env_allow, http_allow=http_allow,
-                             host=host, port=port, log_level=log_level, auth=auth)
+                             host=host, port=port, log_level=log_level, auth=auth,
+                             pool=pool, processes=processes,
+                             max_tasks_per_child=max_tasks_per_child,
+                             max_memory_per_child=max_memory_per_child)
     if not auth and settings.host not in ("127.0.0.1", "localhost", "::1"):
         raise click.UsageError(f"--host {settings.host} exposes the API beyond this machine: "
                                "add --auth (and create a key with `chronoq keys create`)")
@@ -370,6 +407,7 @@ def _autoscale(_ctx: Any, _param: Any, value: str | None) -> str | None:
 @db_option
 @app_option
 @worker_options
+@pool_options
 @click.option("--autoscale", callback=_autoscale, metavar="MIN,MAX",
               help="grow and shrink concurrency between MIN and MAX with the backlog "
                    "[env CHRONOQ_AUTOSCALE]")
@@ -378,17 +416,23 @@ def _autoscale(_ctx: Any, _param: Any, value: str | None) -> str | None:
 @log_option
 def worker(database_url: str | None, app_path: str | None, queues: str | None,
            concurrency: int | None, shell_allow: str | None, shell_env_allow: str | None,
-           http_allow: str | None, autoscale: str | None, metrics_port: str | None,
-           health_port: str | None, log_level: str) -> None:
+           http_allow: str | None, pool: str | None, processes: int | None,
+           max_tasks_per_child: int | None, max_memory_per_child: int | None,
+           autoscale: str | None, metrics_port: str | None, health_port: str | None,
+           log_level: str) -> None:
     """Run a worker: claims tasks from QUEUES and runs up to CONCURRENCY at once.
 
-    With CHRONOQ_BROKER_URL=redis://... it reads ready tasks from Redis Streams instead
-    of polling the store."""
+    With --pool process, handlers run in PROCESSES child processes (one task each at a
+    time); --autoscale then grows and shrinks the children. With
+    CHRONOQ_BROKER_URL=redis://... it reads ready tasks from Redis Streams instead of
+    polling the store."""
     settings = make_settings(database_url=database_url, app=app_path, queues=queues,
                              concurrency=concurrency, shell_allow=shell_allow,
                              shell_env_allow=shell_env_allow, http_allow=http_allow,
                              autoscale=autoscale, log_level=log_level,
-                             health_port=health_port)
+                             health_port=health_port, pool=pool, processes=processes,
+                             max_tasks_per_child=max_tasks_per_child,
+                             max_memory_per_child=max_memory_per_child)
     _run(settings, api=False, scheduler=False, worker=True, metrics_port=metrics_port)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,6 +40,19 @@ class Settings(BaseSettings):
     concurrency: int = Field(8, ge=1, le=10_000, description="tasks a worker runs at once")
     autoscale: str | None = Field(None, pattern=r"^\d+,\d+$", description="MIN,MAX: grow "
                                   "and shrink worker concurrency with the backlog")
+    pool: Literal["async", "process"] = Field(
+        "async", description="where workers run Python handlers: `async` in the worker "
+        "process (event loop and threads), `process` in child processes")
+    processes: int | None = Field(None, ge=1, le=1024, description="child processes of a "
+                                  "process pool (default: the number of CPUs)")
+    max_tasks_per_child: int | None = Field(None, ge=1, description="replace a pool child "
+                                            "after this many tasks")
+    max_memory_per_child: int | None = Field(None, ge=1, description="MiB: replace a pool "
+                                             "child whose RSS grew past this after a task; "
+                                             "kill it (outcome crashed) if it does mid-task")
+    prefetch: int | None = Field(None, ge=0, le=100_000, description="tasks a process-pool "
+                                 "worker claims beyond one per child, so the next is at "
+                                 "hand (default 4 per child)")
     lease_seconds: float = Field(30.0, gt=0, description="a running task without a heartbeat "
                                  "for this long is retried elsewhere")
     heartbeat_seconds: float = Field(5.0, gt=0, description="how often workers renew leases")

@@ -101,6 +101,11 @@ class StoreCollector:
             "chronoq_metrics_events_dropped",
             "Task events this process's metrics missed because their queue was full.",
             value=m.dropped)
+        if m.child_restarts_probe is not None:
+            yield CounterMetricFamily(
+                "chronoq_worker_child_restarts",
+                "Process-pool children this process's worker replaced after they crashed or "
+                "were killed for a time or memory limit.", value=m.child_restarts_probe())
         if not m.store_gauges:
             return
         up = GaugeMetricFamily("chronoq_store_up",
@@ -150,6 +155,8 @@ class Metrics:
         self.store_gauges = True
         #: tells whether this process's scheduler leads (set by the runner)
         self.leader_probe: Callable[[], bool] | None = None
+        #: the worker's process-pool restart count (set by the runner)
+        self.child_restarts_probe: Callable[[], int] | None = None
         self.snapshot: Snapshot | None = None
         self.store: Store | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -21,7 +21,7 @@ from pydantic import (
 from chronoq.recurrence import check_cron, check_timezone
 from chronoq.states import Backoff, Status
 
-Outcome = Literal["succeeded", "failed", "timeout", "cancelled", "lost"]
+Outcome = Literal["succeeded", "failed", "timeout", "cancelled", "lost", "crashed"]
 
 #: task and schedule ids as the OpenAPI document declares them: lower-case UUIDs
 ID_SCHEMA: dict[str, Any] = {
@@ -360,3 +360,5 @@ class WorkerInfo(BaseModel):
     last_seen_at: datetime
     handlers: list[str] | None = Field(None, description="the task names it can run "
                                        "(null: a worker too old to say)")
+    child_restarts: int = Field(0, description="process-pool children replaced after "
+                                "crashing or being killed for a limit")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import sqlite3
@@ -27,11 +28,16 @@ from chronoq.broker import Broker
 from chronoq.executors import Executor
 from chronoq.health import Readiness, health_app
 from chronoq.metrics import Metrics, MetricsServer, metrics_for
+from chronoq.pool import PoolExecutor, ProcessPool, child_command
 from chronoq.retention import sweeper_for
 from chronoq.scheduler import Scheduler
 from chronoq.worker import Worker, builtin_executors
 
 log = logging.getLogger("chronoq")
+
+#: a process-pool worker claims this many tasks per child ahead (Celery's default too): the
+#: next task is at hand when a child finishes, without a claim round trip in between
+PREFETCH_PER_PROCESS = 4
 
 
 class StoreUnavailable(Exception):
@@ -103,6 +109,16 @@ class Components:
     #: address for ``health_port`` (default: the settings' host)
     health_host: str | None = None
     autoscale: tuple[int, int] | None = None
+    #: where Python handlers run: "async" (the worker process) or "process" (children)
+    pool: str = "async"
+    #: children of the process pool (default: the CPU count)
+    processes: int | None = None
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None
+    #: tasks a process-pool worker claims beyond its children (default 4 per child)
+    prefetch: int | None = None
+    #: the demo handlers are registered (children register them too)
+    demo: bool = False
 
 
 class Runner:
@@ -114,6 +130,7 @@ class Runner:
         self.server: _Server | None = None
         self.scheduler: Scheduler | None = None
         self.worker: Worker | None = None
+        self.pool: ProcessPool | None = None
         self.metrics: Metrics | None = None
         self.metrics_server: MetricsServer | None = None
         self.health_server: _Server | None = None
@@ -122,13 +139,36 @@ class Runner:
         self._stop_requested = False
 
     def executors(self) -> dict[str, Executor]:
+        """Built-in executors, then the app's handlers: in the process pool when they run
+        there (``--pool process`` or ``@app.task(pool="process")``)."""
         c = self.components
-        return {**builtin_executors(c.shell_allow, c.http_allow, c.shell_env_allow),
-                **self.app.executors()}
+        executors = {**builtin_executors(c.shell_allow, c.http_allow, c.shell_env_allow),
+                     **self.app.executors()}
+        if self.pool is not None:
+            in_pool = PoolExecutor(self.pool)
+            executors.update(dict.fromkeys(self.process_handlers(), in_pool))
+        return executors
+
+    def process_handlers(self) -> list[str]:
+        """The app's handlers that run in child processes."""
+        return [name for name, fn in self.app.tasks.items()
+                if (fn.pool or self.components.pool) == "process"]
+
+    def _make_pool(self) -> ProcessPool | None:
+        c = self.components
+        if c.pool != "process" and not self.process_handlers():
+            return None
+        processes = c.processes or os.cpu_count() or 1
+        return ProcessPool(child_command(self.app.settings.app, demo=c.demo), processes,
+                           max_tasks_per_child=c.max_tasks_per_child,
+                           max_memory_mib=c.max_memory_per_child)
 
     def stop(self) -> None:
         if self._stop_requested and self.server is not None:
             self.server.force_exit = True
+        if self._stop_requested and self.worker is not None:
+            log.warning("second stop signal: ending running tasks now; they will be retried")
+            self.worker.stop_now()
         self._stop_requested = True
         if self.server is not None:
             self.server.should_exit = True
@@ -163,9 +203,15 @@ class Runner:
                 if self.metrics is not None:
                     self.metrics.leader_probe = self._leading
             if self.components.worker:
+                self.pool = self._make_pool()
+                concurrency, prefetch = self.components.concurrency, 0
+                if self.components.pool == "process" and self.pool is not None:
+                    concurrency = self.pool.processes  # one task per child
+                    wanted = self.components.prefetch
+                    prefetch = PREFETCH_PER_PROCESS * concurrency if wanted is None else wanted
                 self.worker = Worker(
                     self.app.store, self.executors(), queues=self.components.queues,
-                    concurrency=self.components.concurrency,
+                    concurrency=concurrency, pool=self.pool, prefetch=prefetch,
                     worker_id=self.components.worker_id,
                     lease_seconds=settings.lease_seconds,
                     heartbeat_seconds=settings.heartbeat_seconds,
@@ -174,6 +220,12 @@ class Runner:
                     autoscale=self.components.autoscale or settings.autoscale_range(),
                     broker=_broker_factory(settings.broker_url),
                 )
+                if self.components.pool == "process" and self.pool is not None:
+                    worker = self.worker
+                    self.pool.target = lambda: worker.concurrency  # follows --autoscale
+                if self.metrics is not None and self.pool is not None:
+                    pool = self.pool
+                    self.metrics.child_restarts_probe = lambda: pool.restarts
                 jobs.append(asyncio.create_task(
                     self.worker.run(self.components.drain_seconds), name="worker"))
             if self.components.api:
@@ -260,6 +312,7 @@ class Runner:
             self.metrics_server = None
         if self.metrics is not None:
             self.metrics.leader_probe = None
+            self.metrics.child_restarts_probe = None
             await self.metrics.stop()
 
 

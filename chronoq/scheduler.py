@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from chronoq import states
 from chronoq.backoff import Outage
 from chronoq.retention import Sweeper
 from chronoq.store import Completion, Store, TaskRecord
@@ -190,11 +189,5 @@ class Scheduler:
     @staticmethod
     def _lost(task: TaskRecord, now: float, deaths: int) -> Completion:
         """The end of an attempt whose lease ran out: its ``deaths``-th died attempt."""
-        error = f"worker {task.worker_id} stopped renewing its lease"
-        completion = Completion.failure(task, now, "lost", error)
-        if completion.next_run_at is not None:
-            completion.next_run_at += states.after_death(deaths)
-            if deaths >= 2:
-                completion.error = (f"{error}; {deaths} attempts died so far: retried on its "
-                                    "own, later")
-        return completion
+        return Completion.died(task, now, "lost",
+                               f"worker {task.worker_id} stopped renewing its lease", deaths)

@@ -90,8 +90,8 @@ class Backoff:
 
 #: attempt outcomes meaning the process running the attempt died under it, so the handler
 #: gave no verdict and the task itself may be what killed it: ``lost`` (its worker stopped
-#: renewing the lease; the reaper's outcome). The process pool's ``crashed`` joins them.
-DIED: tuple[str, ...] = ("lost",)
+#: renewing the lease; the reaper's outcome) and ``crashed`` (a process-pool child died).
+DIED: tuple[str, ...] = ("lost", "crashed")
 #: the retries of tasks whose attempts died together are spread over this many seconds, so
 #: they come due apart and are not claimed as one batch by one worker
 DEATH_SPREAD = 5.0

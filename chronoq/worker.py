@@ -8,6 +8,7 @@ was submitted or promoted) or ``poll_seconds`` pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -17,12 +18,14 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from chronoq import states
 from chronoq.backoff import Outage
 from chronoq.broker import Broker, StoreBroker
 from chronoq.executors import Executor, HttpExecutor, ShellExecutor, TaskContext, current_task
 from chronoq.executors import http as http_executor
 from chronoq.executors import shell as shell_executor
 from chronoq.executors.base import TaskFailed
+from chronoq.pool import PoolFailure, ProcessPool
 from chronoq.store import Completion, Store, TaskRecord
 from chronoq.store.base import dumps
 from chronoq.store.records import storable
@@ -68,6 +71,8 @@ class Worker:
         scale_seconds: float = 1.0,
         broker: Callable[[Worker], Broker] | None = None,
         blocked_loop_seconds: float = 1.0,
+        pool: ProcessPool | None = None,
+        prefetch: int = 0,
     ) -> None:
         self.store = store
         self.executors = dict(executors)
@@ -105,6 +110,12 @@ class Worker:
                               cap=max(5.0, poll_seconds))
         self._beats = Outage("heartbeat", log, first=self.heartbeat_seconds,
                              cap=self.heartbeat_seconds)  # it keeps its period
+        #: the child processes that run process-pool handlers (``--pool process``)
+        self.pool = pool
+        #: tasks claimed beyond ``concurrency``, held until a slot frees: keeps a process
+        #: pool's children fed without a claim round trip between two tasks
+        self.prefetch = prefetch
+        self._pool_reporter: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -112,8 +123,16 @@ class Worker:
         self._stopping.set()
         self.broker.interrupt()
 
+    def stop_now(self) -> None:
+        """Stop, and end running attempts now (a second SIGTERM): their handlers are
+        cancelled (process-pool children killed) and the tasks go back to be retried."""
+        self.stop()
+        for job in self.running.values():
+            job.cancel()
+
     async def run(self, drain_seconds: float = 30.0) -> None:
         """Work until :meth:`stop`; then drain running tasks (up to ``drain_seconds``)."""
+        await self._start_pool()
         await self.broker.start()
         unsubscribe = self.store.hub.on_cancel(self._cancel_local)
         await self.store.register_worker(self.id, socket.gethostname(), os.getpid(),
@@ -140,6 +159,7 @@ class Worker:
             self._closing = True  # the flusher finishes its batch, never cut mid-write
             self._done_event.set()
             await asyncio.gather(heartbeat, scaler, return_exceptions=True)
+            await self._close_pool()
             await self._final_flush(flusher)
             await self.watchdog.stop()
             await self.broker.close()
@@ -157,8 +177,8 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 self._fill()
-                free = self.concurrency - len(self.running) - len(self.held)
-                if free <= 0:
+                free = self.concurrency + self.prefetch - len(self.running) - len(self.held)
+                if free <= 0 or (self.held and free <= self.prefetch // 2):
                     self._slot_free.clear()
                     await _first(self._slot_free, stopping, timeout=None)
                     continue
@@ -274,6 +294,8 @@ class Worker:
             completion = Completion.failure(
                 task, time.time(), "lost", "worker shut down before the task finished",
                 retry_now=True)
+        except PoolFailure as exc:  # a child's exception, or the child's death
+            completion = await self._pool_failure(task, exc)
         except Exception as exc:
             completion = Completion.failure(
                 task, time.time(), "failed", f"{type(exc).__name__}: {exc}",
@@ -309,6 +331,22 @@ class Worker:
                           f"{task.queue!r} (worker {self.id} has: {mine or 'none'})",
                           retry=False)
 
+    async def _pool_failure(self, task: TaskRecord, exc: PoolFailure) -> Completion:
+        """A handler's exception in a child (retried unless it said ``retry=False``), or the
+        child's death: spread and, for a repeat victim, delayed like the reaper's ``lost``."""
+        if exc.outcome not in states.DIED:
+            if exc.retry:
+                return Completion.failure(task, time.time(), exc.outcome, exc.error,
+                                          exc.traceback)
+            return Completion.failure(task, time.time(), exc.outcome,
+                                      f"{exc.error} (permanent failure: not retried)",
+                                      exc.traceback, retry=False)
+        try:
+            deaths = (await self.store.deaths([task.id])).get(task.id, 0) + 1
+        except Exception:  # the store is down: spread the retry all the same
+            deaths = 1
+        return Completion.died(task, time.time(), exc.outcome, exc.error, deaths)
+
     def _cancel_local(self, task_id: str) -> None:
         if self.held.pop(task_id, None) is not None:
             log.info("cancelled task %s before it started", task_id)
@@ -317,6 +355,39 @@ class Worker:
         if job is not None:
             log.info("cancelling running task %s", task_id)
             job.cancel()
+
+    # -- process pool ------------------------------------------------------------------------
+    async def _start_pool(self) -> None:
+        pool = self.pool
+        if pool is None:
+            return
+        await pool.start()
+        dirty = asyncio.Event()
+        pool.on_restart = lambda _why: dirty.set()
+        self._pool_reporter = asyncio.create_task(self._report_restarts(pool, dirty),
+                                                  name="chronoq-pool-report")
+
+    async def _report_restarts(self, pool: ProcessPool, dirty: asyncio.Event) -> None:
+        """Keep the registry's child restart count current (at most one write a second)."""
+        while True:
+            await dirty.wait()
+            dirty.clear()
+            try:
+                await self.store.worker_child_restarts(self.id, pool.restarts)
+            except Exception:
+                log.warning("could not record child restarts of worker %s", self.id)
+                dirty.set()
+            await asyncio.sleep(1.0)
+
+    async def _close_pool(self) -> None:
+        if self.pool is None:
+            return
+        if self._pool_reporter is not None:
+            self._pool_reporter.cancel()
+            await asyncio.gather(self._pool_reporter, return_exceptions=True)
+        await self.pool.close()
+        with contextlib.suppress(Exception):
+            await self.store.worker_child_restarts(self.id, self.pool.restarts)
 
     # -- reporting ---------------------------------------------------------------------------
     async def _flush_loop(self) -> None:

@@ -211,6 +211,21 @@ class Completion:
                    storable_text(error),
                    None if traceback is None else storable_text(traceback), task)
 
+    @classmethod
+    def died(cls, task: TaskRecord, now: float, outcome: Outcome, error: str,
+             deaths: int) -> Completion:
+        """An attempt whose process died under it (``outcome`` in
+        :data:`chronoq.states.DIED`), its task's ``deaths``-th: retried after the backoff
+        plus :func:`chronoq.states.after_death`, so the tasks that died together come due
+        apart and a repeat victim (a poison task) comes due later, on its own."""
+        completion = cls.failure(task, now, outcome, error)
+        if completion.next_run_at is not None:
+            completion.next_run_at += states.after_death(deaths)
+            if deaths >= 2:
+                completion.error = storable_text(
+                    f"{error}; {deaths} attempts died so far: retried on its own, later")
+        return completion
+
     def refused(self, exc: Exception) -> Completion | None:
         """This attempt as a plain failure, for when the database refused to store it:
         no result or traceback, an error naming the refusal (None without the task)."""

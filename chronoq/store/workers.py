@@ -19,6 +19,7 @@ def worker_from_row(row: Row) -> WorkerInfo:
         concurrency=row["concurrency"], status=row["status"], running=row["running"],
         processed=row["processed"], started_at=to_datetime(row["started_at"]),
         last_seen_at=to_datetime(row["last_seen_at"]), handlers=loads(row["handlers"]),
+        child_restarts=row["child_restarts"],
     )
 
 
@@ -72,6 +73,12 @@ class WorkerQueries(abc.ABC):
                 "UPDATE workers SET last_seen_at = $2, running = $3, processed = $4, "
                 "concurrency = $5, status = $6 WHERE id = $1",
                 worker_id, now, running, processed, concurrency, status)
+
+    async def worker_child_restarts(self, worker_id: str, restarts: int) -> None:
+        """How many pool children this worker replaced since it started."""
+        async with self.conn() as c:
+            await c.execute("UPDATE workers SET child_restarts = $2 WHERE id = $1",
+                            worker_id, restarts)
 
     async def mark_dead_workers(self, silent_since: float) -> list[str]:
         """Workers that stopped heartbeating before ``silent_since`` become ``dead``."""

@@ -1,0 +1,16 @@
+"""Execution isolation: run handlers in child processes (``--pool process``)."""
+
+from __future__ import annotations
+
+from chronoq.pool.process import (
+    ChildCrashed,
+    ChildError,
+    PoolError,
+    PoolExecutor,
+    PoolFailure,
+    ProcessPool,
+    child_command,
+)
+
+__all__ = ["ChildCrashed", "ChildError", "PoolError", "PoolExecutor", "PoolFailure",
+           "ProcessPool", "child_command"]

@@ -1,0 +1,130 @@
+"""A pool child: imports the user's app, then runs one task at a time for its parent worker.
+
+Started by :class:`chronoq.pool.process.ProcessPool` as ``python -m chronoq.pool.child
+--app module:attribute``. It reads requests from stdin and answers on stdout (see
+:mod:`chronoq.pool.protocol`); the handlers' own prints go to stderr, and stdin is
+``/dev/null`` for them. Handlers run through :class:`chronoq.executors.PythonExecutor` with
+:data:`chronoq.current_task` set, exactly as in the worker's own process. The child ignores
+SIGINT (Ctrl+C reaches the worker, which decides) and dies with its parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import orjson
+
+from chronoq.config import Settings
+from chronoq.executors import Executor, TaskFailed, current_task
+from chronoq.pool import protocol
+
+_PR_SET_PDEATHSIG = 1
+#: the longest request line read (a payload the API accepted is far smaller)
+_REQUEST_LIMIT = 1 << 30
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m chronoq.pool.child")
+    parser.add_argument("--app", default=None, help="module:attribute of the chronoq.App")
+    parser.add_argument("--demo", action="store_true", help="register the demo handlers")
+    parser.add_argument("--result-limit", type=int, default=16 * 1024 * 1024)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    requests, replies = _take_protocol_fds()
+    executors = _load_executors(args.app, args.demo)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve(executors, requests, replies, args.result_limit))
+
+
+async def _serve(executors: dict[str, Executor], requests: BinaryIO, replies: int,
+                 limit: int) -> None:
+    """Answer requests until stdin closes, on one loop that stays up between tasks."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_REQUEST_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), requests)
+    _write(replies, orjson.dumps({"ready": os.getpid(), "handlers": sorted(executors)}) + b"\n")
+    while line := await reader.readline():
+        _write(replies, await _run_one(executors, orjson.loads(line), limit))
+
+
+async def _run_one(executors: dict[str, Executor], message: dict[str, Any],
+                   limit: int) -> bytes:
+    task_id = message["id"]
+    executor = executors.get(message["name"])
+    if executor is None:
+        return protocol.failure_line(task_id, TaskFailed(
+            f"no handler named {message['name']!r} in the worker's child process "
+            f"{os.getpid()}"), with_traceback=False)
+    token = current_task.set(protocol.context_of(message))
+    try:
+        result = await executor.run(message["payload"])
+    except Exception as exc:
+        return protocol.failure_line(task_id, exc, with_traceback=not isinstance(exc, TaskFailed))
+    finally:
+        current_task.reset(token)
+    return protocol.success(task_id, result, limit)
+
+
+def _take_protocol_fds() -> tuple[BinaryIO, int]:
+    """Keep stdin/stdout for the protocol; give handlers /dev/null and stderr instead."""
+    requests = os.fdopen(os.dup(0), "rb", buffering=0)
+    replies = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    return requests, replies
+
+
+def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this child when the worker dies, even in the middle of a handler."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _load_executors(app_path: str | None, demo: bool) -> dict[str, Executor]:
+    from chronoq.cli import load_app
+
+    settings = Settings()
+    if app_path is not None:
+        settings = settings.model_copy(update={"app": app_path})
+    app = load_app(settings)
+    if demo:
+        from chronoq import demo as demo_module
+
+        demo_module.register(app)
+    return app.executors()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if os.environ.get("CHRONOQ_UVLOOP", "1") == "0":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+if __name__ == "__main__":
+    main()
