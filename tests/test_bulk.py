@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from chronoq import App
 from chronoq.models import TaskCreate
@@ -174,13 +173,12 @@ async def test_bulk_cancel_stops_running_tasks_and_spares_others(app: App, harne
     assert (await harness.get(spared["id"]))["status"] == "cancelled"
 
 
-@pytest.fixture
-async def secured(db_url: str) -> Any:
-    async with running(App(settings=make_settings(db_url, auth=True))) as harness:
-        yield harness
+async def test_bulk_actions_respect_namespaces_and_scopes(db_url: str) -> None:
+    async with running(App(settings=make_settings(db_url, auth=True))) as secured:
+        await namespaces_and_scopes(secured)
 
 
-async def test_bulk_actions_respect_namespaces_and_scopes(secured: Harness) -> None:
+async def namespaces_and_scopes(secured: Harness) -> None:
     store, http = secured.store, secured.http
     _, alpha = await store.create_key("alpha", ["write"], namespace="alpha")
     _, reader = await store.create_key("reader", ["read"], namespace="alpha")
