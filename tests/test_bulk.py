@@ -9,13 +9,18 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
+import pytest
 
 from chronoq import App
+from chronoq.api.bulk import CancelFilter, RetryFilter
 from chronoq.models import TaskCreate
+from chronoq.states import Status
 from chronoq.store import Completion, Store
+from chronoq.store.bulk import CANCEL_ACTION, RETRY_ACTION, check
+from chronoq.store.filters import TaskFilter
 from tests.conftest import Harness, make_settings, running
 from tests.processes import ROOT, start_dev, wait_status
 
@@ -122,12 +127,15 @@ async def test_filters_pick_by_error_name_queue_and_time(harness: Harness) -> No
 
 async def test_disallowed_status_and_bad_filters_are_422(harness: Harness) -> None:
     http = harness.http
-    for path, status in (("/v1/tasks/retry", "queued"), ("/v1/tasks/retry", "succeeded"),
-                         ("/v1/tasks/cancel", "dead"), ("/v1/tasks/cancel", "succeeded")):
+    retry, cancel = "'failed' or 'dead'", "'scheduled', 'queued', 'failed' or 'running'"
+    for path, status, allowed in (("/v1/tasks/retry", "queued", retry),
+                                  ("/v1/tasks/retry", "succeeded", retry),
+                                  ("/v1/tasks/cancel", "dead", cancel),
+                                  ("/v1/tasks/cancel", "succeeded", cancel)):
         response = await http.post(path, json={"filter": {"status": status}})
         assert response.status_code == 422, response.text
         error = response.json()["error"]
-        assert f"{status} tasks cannot be" in error["message"]
+        assert error["message"] == f"filter.status: Input should be {allowed}"
         assert error["details"][0]["field"] == "filter.status"
     bad = await http.post("/v1/tasks/retry", json={"filter": {"status": "dead",
                                                               "updated_before": "yesterday"}})
@@ -137,6 +145,15 @@ async def test_disallowed_status_and_bad_filters_are_422(harness: Harness) -> No
     assert missing.status_code == 422
     unknown = await http.post("/v1/tasks/cancel", json={"filter": {"status": "asleep"}})
     assert unknown.status_code == 422
+
+
+def test_the_schema_allows_exactly_the_statuses_the_state_machine_does() -> None:
+    for model, action in ((RetryFilter, RETRY_ACTION), (CancelFilter, CANCEL_ACTION)):
+        assert set(get_args(model.model_fields["status"].annotation)) == action.allowed
+        for status in Status:  # and the store refuses the others itself
+            if status not in action.allowed:
+                with pytest.raises(ValueError, match=f"{status} tasks cannot be"):
+                    check(action, TaskFilter(status))
 
 
 async def test_bulk_cancel_stops_running_tasks_and_spares_others(app: App, harness: Harness
@@ -230,6 +247,7 @@ def test_cli_counts_asks_and_retries_in_batches(tmp_path: Path) -> None:
         both = cli("tasks", "cancel", ids[1], "--status", "queued", "--url", url)
         assert both.returncode == 2 and "not both" in both.stderr
         refused = cli("tasks", "cancel", "--status", "dead", "--yes", "--url", url)
-        assert refused.returncode == 1 and "dead tasks cannot be cancelled" in refused.stderr
+        assert refused.returncode == 1
+        assert "filter.status: Input should be 'scheduled', 'queued'" in refused.stderr
     finally:
         dev.terminate()

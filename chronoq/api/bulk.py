@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
@@ -25,15 +25,13 @@ router = APIRouter(prefix="/v1", tags=["tasks"], responses=responses(401, 403))
 
 Instant = Annotated[str | None, Field(
     description="ISO 8601 time, or a duration meaning that long ago (1h, 7d)",
-    max_length=64)]
+    min_length=1, max_length=64)]
 
 
 class BulkFilter(BaseModel):
     """Which tasks: all given fields must match. `updated_*` is when a task last changed
     (a dead task: when it died)."""
 
-    status: Status = Field(description="retry: failed or dead; cancel: scheduled, queued, "
-                                       "failed or running")
     queue: str | None = Field(None, max_length=100)
     name: str | None = Field(None, max_length=200)
     error: str | None = Field(None, min_length=1, max_length=500,
@@ -44,13 +42,29 @@ class BulkFilter(BaseModel):
     updated_after: Instant = None
 
 
+class RetryFilter(BulkFilter):
+    status: Literal["failed", "dead"] = Field(description="the statuses a retry starts from")
+
+
+class CancelFilter(BulkFilter):
+    status: Literal["scheduled", "queued", "failed", "running"] = Field(
+        description="the statuses a cancel starts from")
+
+
 class BulkRequest(BaseModel):
-    filter: BulkFilter
     dry_run: bool = Field(False, description="count only, change nothing (the confirmation)")
     limit: int | None = Field(None, ge=1, le=100_000, description="change at most this many "
                               "(a client reporting progress calls again with `after`)")
     after: str | None = Field(None, max_length=64, json_schema_extra=ID_SCHEMA,
                               description="next_cursor of the previous call: go on after it")
+
+
+class RetryRequest(BulkRequest):
+    filter: RetryFilter
+
+
+class CancelRequest(BulkRequest):
+    filter: CancelFilter
 
 
 class BulkResult(BaseModel):
@@ -68,7 +82,7 @@ class DeadLetterGroup(BaseModel):
     newest: datetime = Field(description="when the latest of them died")
 
 
-def selection(spec: BulkFilter, who: Principal, now: float) -> TaskFilter:
+def selection(spec: RetryFilter | CancelFilter, who: Principal, now: float) -> TaskFilter:
     """The store filter ``spec`` means for this caller (a bound key: its namespace only)."""
     bounds: dict[str, float | None] = {}
     for field in ("created_before", "created_after", "updated_before", "updated_after"):
@@ -77,11 +91,11 @@ def selection(spec: BulkFilter, who: Principal, now: float) -> TaskFilter:
             bounds[field] = None if text is None else parse_instant(text, now)
         except ValueError as exc:
             raise ApiError(422, "validation_error", str(exc), f"filter.{field}") from None
-    return TaskFilter(spec.status, spec.queue, spec.name, who.namespace, error=spec.error,
+    return TaskFilter(Status(spec.status), spec.queue, spec.name, who.namespace, error=spec.error,
                       **bounds)
 
 
-async def _act(action: bulk.Action, request: BulkRequest, app: App, who: Principal
+async def _act(action: bulk.Action, request: RetryRequest | CancelRequest, app: App, who: Principal
                ) -> BulkResult:
     now = time.time()
     chosen = selection(request.filter, who, now)
@@ -101,7 +115,7 @@ async def _act(action: bulk.Action, request: BulkRequest, app: App, who: Princip
 
 @router.post("/tasks/retry", response_model=BulkResult, responses=responses(422),
              summary="Retry every task a filter selects")
-async def retry_tasks(request: BulkRequest, app: AppDep, who: Writer) -> BulkResult:
+async def retry_tasks(request: RetryRequest, app: AppDep, who: Writer) -> BulkResult:
     """Send every failed or dead task matching `filter` back to its queue, 500 per
     transaction, as `POST /v1/tasks/{id}/retry` does one. `dry_run` only counts. A key
     bound to a namespace changes only that namespace's tasks."""
@@ -110,7 +124,7 @@ async def retry_tasks(request: BulkRequest, app: AppDep, who: Writer) -> BulkRes
 
 @router.post("/tasks/cancel", response_model=BulkResult, responses=responses(422),
              summary="Cancel every task a filter selects")
-async def cancel_tasks(request: BulkRequest, app: AppDep, who: Writer) -> BulkResult:
+async def cancel_tasks(request: CancelRequest, app: AppDep, who: Writer) -> BulkResult:
     """Cancel every scheduled, queued, failed or running task matching `filter`, 500 per
     transaction; running ones are stopped, as by `POST /v1/tasks/{id}/cancel`."""
     return await _act(bulk.CANCEL_ACTION, request, app, who)
