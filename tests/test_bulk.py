@@ -251,3 +251,34 @@ def test_cli_counts_asks_and_retries_in_batches(tmp_path: Path) -> None:
         assert "filter.status: Input should be 'scheduled', 'queued'" in refused.stderr
     finally:
         dev.terminate()
+
+
+async def test_dead_letters_and_batches_use_the_status_indexes(db_url: str) -> None:
+    """The dead-letter GROUP BY and a bulk batch read only the rows of their status, from
+    a status index (``tasks_finished`` or ``tasks_by_status``), never the whole table."""
+    from chronoq.store import create_store, opened
+    from chronoq.store.bulk import _FIRST_LINE
+    from chronoq.store.retention import FINISHED
+
+    async with opened(create_store(db_url)) as store:
+        await dead(store, 3)
+        explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
+        line = _FIRST_LINE[store.dialect]
+        grouped = (f"SELECT {line} AS line, name, queue, count(*) AS n FROM tasks WHERE "
+                   f"status IN ({FINISHED}) AND status = $1 GROUP BY {line}, name, queue")
+        where, args = TaskFilter(Status.DEAD).where(store.dialect)
+        batch = f"SELECT id FROM tasks WHERE {where} AND id > $2 ORDER BY id LIMIT 500"
+        async with store.tx() as c:
+            if store.dialect == "postgresql":  # the planner needs a table worth an index
+                await c.execute(
+                    "INSERT INTO tasks (id, name, queue, status, payload, run_at, created_at, "
+                    "updated_at, max_attempts, backoff) SELECT 'x' || g, 'job', 'q' || (g % 4), "
+                    "CASE WHEN g % 50 = 0 THEN 'dead' ELSE 'queued' END, '{}', g, g, g, "
+                    "1, '{}' FROM generate_series(1, 20000) g")
+                await c.execute("ANALYZE tasks")
+                await c.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            plans = [" ".join(str(tuple(r)) for r in await c.fetch(explain + sql, *params))
+                     for sql, params in ((grouped, ["dead"]), (batch, [*args, "a"]))]
+        for plan in plans:
+            assert "tasks_finished" in plan or "tasks_by_status" in plan, plan
+            assert "SCAN tasks" not in plan and "Seq Scan" not in plan, plan

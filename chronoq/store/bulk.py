@@ -132,7 +132,8 @@ _FIRST_LINE = {
 async def dead_letters(store: Store, namespace: str | None = None, queue: str | None = None,
                        limit: int = 100) -> list[DeadGroup]:
     """The dead-letter queue grouped by (first error line, handler, queue), largest group
-    first: one GROUP BY over the ``tasks_finished`` partial index's dead rows."""
+    first: one GROUP BY over the dead rows of a status index (the ``tasks_finished``
+    partial index, or ``tasks_by_status``), never a scan of the table."""
     sql, args = TaskFilter(Status.DEAD, queue, namespace=namespace).where(store.dialect)
     line = _FIRST_LINE[store.dialect]
     async with store.conn() as c:
