@@ -69,7 +69,8 @@ async def test_bulk_retry_of_1000_dead_tasks_runs_them_again(app: App, harness: 
     def job() -> None:
         ran.append(1)
 
-    await dead(harness.store, 1000)
+    ids = await dead(harness.store, 1000)
+    events = harness.store.events.subscribe(maxsize=100)
     body = {"filter": {"status": "dead"}, "dry_run": True}
     dry = await harness.http.post("/v1/tasks/retry", json=body)
     assert dry.status_code == 200
@@ -78,6 +79,13 @@ async def test_bulk_retry_of_1000_dead_tasks_runs_them_again(app: App, harness: 
     done = await harness.http.post("/v1/tasks/retry", json={**body, "dry_run": False})
     assert done.json()["done"] == 1000 and done.json()["matched"] == 1000
     assert await statuses(harness.store) == {"queued": 1000}
+    published = []  # one event per retried task, in batches of 500
+    while not events.queue.empty():
+        published.append(events.queue.get_nowait())
+    events.close()
+    assert [len(batch) for batch in published] == [500, 500]
+    assert {e.task_id for batch in published for e in batch} == set(ids)
+    assert {e.status for batch in published for e in batch} == {"queued"}
     harness.start_worker(concurrency=50)
 
     async def all_succeeded() -> bool:
