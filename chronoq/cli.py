@@ -617,24 +617,86 @@ def tasks_get(task_id: str, url: str, as_json: bool) -> None:
     _echo_json(task) if as_json else _show_task(task)
 
 
+def _bulk_options(fn: Any) -> Any:
+    """The filter of a bulk retry or cancel (``tasks retry --status dead ...``)."""
+    for option in reversed([
+        click.option("--status", "-s", help="the status of the tasks to act on"),
+        click.option("--queue", "-q"),
+        click.option("--name", "-n", help="handler name"),
+        click.option("--error", "-e", help="the last error contains this text"),
+        click.option("--before", help="last changed (dead: died) before this ISO 8601 time "
+                                      "or longer ago than this duration (1h, 7d)"),
+        click.option("--after", help="last changed after this time or duration"),
+        click.option("--created-before"), click.option("--created-after"),
+        click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation"),
+        click.option("--batch", type=click.IntRange(1, 100_000), default=500,
+                     show_default=True, help="tasks per request; progress after each"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _one_or_bulk(action: str, task_id: str | None, url: str, as_json: bool, yes: bool,
+                 batch: int, **filters: str | None) -> None:
+    """``tasks retry/cancel``: one task by id, or every task the filter options select
+    (count, confirm, then batches with progress)."""
+    given = {k: v for k, v in filters.items() if v is not None}
+    if task_id is not None:
+        if given:
+            raise click.UsageError("give a TASK_ID or filter options (--status ...), not both")
+        task = _client_call(url, lambda c: getattr(c, action)(task_id))
+        _echo_json(task) if as_json else click.echo(f"{task['id']}  {task['status']}")
+        return
+    if "status" not in given:
+        raise click.UsageError("give a TASK_ID, or --status (and more filters) for many")
+    spec = {"status": given.pop("status"), "queue": given.pop("queue", None),
+            "name": given.pop("name", None), "error": given.pop("error", None),
+            "updated_before": given.pop("before", None),
+            "updated_after": given.pop("after", None), **given}
+    past = {"retry": "retried", "cancel": "cancelled"}[action]
+    matched = _client_call(url, lambda c: c.bulk(action, spec, dry_run=True))["matched"]
+    if not as_json:
+        click.echo(f"{matched:,} {spec['status']} tasks match")
+    if matched and not yes:
+        click.confirm(f"{action.capitalize()} {matched:,} tasks?", abort=True)
+    done, cursor = 0, None
+    while done < matched:  # never past the count confirmed, though more may match now
+        size = min(batch, matched - done)
+        step = _client_call(url, lambda c, n=size, after=cursor: c.bulk(
+            action, spec, limit=n, after=after))
+        done, cursor = done + step["done"], step["next_cursor"]
+        if not as_json:
+            click.echo(f"{past} {done:,}/{matched:,}")
+        if cursor is None:
+            break
+    if as_json:
+        _echo_json({"matched": matched, "done": done})
+    else:
+        click.echo(f"{past} {done:,} tasks")
+
+
 @tasks.command("cancel")
-@click.argument("task_id")
+@click.argument("task_id", required=False)
+@_bulk_options
 @url_option
 @json_option
-def tasks_cancel(task_id: str, url: str, as_json: bool) -> None:
-    """Cancel a scheduled, queued or running task."""
-    task = _client_call(url, lambda c: c.cancel(task_id))
-    _echo_json(task) if as_json else click.echo(f"{task['id']}  {task['status']}")
+def tasks_cancel(task_id: str | None, url: str, as_json: bool, yes: bool, batch: int,
+                 **filters: str | None) -> None:
+    """Cancel a scheduled, queued or running task, or every task the options select
+    (e.g. --status queued --queue emails): counts, asks, then cancels in batches."""
+    _one_or_bulk("cancel", task_id, url, as_json, yes, batch, **filters)
 
 
 @tasks.command("retry")
-@click.argument("task_id")
+@click.argument("task_id", required=False)
+@_bulk_options
 @url_option
 @json_option
-def tasks_retry(task_id: str, url: str, as_json: bool) -> None:
-    """Send a failed or dead task back to its queue now."""
-    task = _client_call(url, lambda c: c.retry(task_id))
-    _echo_json(task) if as_json else click.echo(f"{task['id']}  {task['status']}")
+def tasks_retry(task_id: str | None, url: str, as_json: bool, yes: bool, batch: int,
+                **filters: str | None) -> None:
+    """Send a failed or dead task back to its queue now, or every task the options
+    select (e.g. --status dead --error Timeout): counts, asks, then retries in batches."""
+    _one_or_bulk("retry", task_id, url, as_json, yes, batch, **filters)
 
 
 @main.command()

@@ -72,6 +72,20 @@ class Client:
         result: dict[str, Any] = self.request("POST", f"/v1/tasks/{task_id}/retry")
         return result
 
+    def bulk(self, action: str, filter: dict[str, Any], *, dry_run: bool = False,
+             limit: int | None = None, after: str | None = None) -> dict[str, Any]:
+        """``action`` ("retry" or "cancel") every task ``filter`` selects (at most ``limit``
+        past the cursor ``after``): ``{matched, done, next_cursor}``."""
+        body = {"filter": {k: v for k, v in filter.items() if v is not None},
+                "dry_run": dry_run, "limit": limit, "after": after}
+        result: dict[str, Any] = self.request("POST", f"/v1/tasks/{action}", json=body)
+        return result
+
+    def dead_letters(self, **filters: Any) -> list[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        result: list[dict[str, Any]] = self.request("GET", "/v1/dead-letters", params=params)
+        return result
+
     def queues(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", "/v1/queues")
         return result

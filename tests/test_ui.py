@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,65 @@ def test_retry_from_the_dead_letter_queue(tab: Page, server: str) -> None:
         "attempt 1 fails on purpose (succeeds on 2)")
     expect(detail.locator('li.attempt[data-outcome="succeeded"]')).to_be_visible()
     tab.screenshot("detail")
+
+
+def test_retry_all_dead_tasks_from_the_dead_letter_view(tab: Page, server: str) -> None:
+    # 1,000 tasks that fail their only attempt and succeed on the next: all dead first
+    spec = {"name": "demo.flaky", "queue": "default", "max_attempts": 1,
+            "payload": {"succeed_on_attempt": 2}}
+    made = httpx.post(f"{server}/v1/tasks/batch", json={"tasks": [spec] * 1000}, timeout=30)
+    assert made.status_code == 201, made.text
+    ids = {t["id"] for t in made.json()["items"]}
+    body = {"filter": {"status": "dead", "name": "demo.flaky"}, "dry_run": True}
+
+    def dead_flaky() -> int:
+        answer = httpx.post(f"{server}/v1/tasks/retry", json=body, timeout=10)
+        matched: int = answer.json()["matched"]
+        return matched
+
+    deadline = time.monotonic() + 60
+    while dead_flaky() < 1000:
+        assert time.monotonic() < deadline, f"only {dead_flaky()} of 1,000 dead"
+        time.sleep(0.2)
+    expected = dead_flaky()
+
+    page = tab.open("#/dead?name=demo.flaky")
+    questions: list[str] = []
+
+    def answer(dialog: Any, accept: bool) -> None:
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda d: answer(d, False))
+    page.get_by_role("button", name="Retry all").click()
+    expect(page.get_by_role("button", name="Retry all")).to_be_enabled()
+    assert questions == [f"Retry {expected:,} dead tasks (name demo.flaky)?"]
+    assert dead_flaky() == expected  # declined: nothing changed
+
+    page.once("dialog", lambda d: answer(d, True))
+    page.get_by_role("button", name="Retry all").click()
+    expect(page.locator(".toast", has_text=f"Retried {expected:,} dead tasks")).to_be_visible(
+        timeout=30_000)
+    tab.screenshot("dlq-retry-all")
+    assert dead_flaky() == 0
+    deadline = time.monotonic() + 120
+    while (done := succeeded(server, "demo.flaky") & ids) != ids:  # then run to success
+        assert time.monotonic() < deadline, f"{len(done)} of 1,000 succeeded"
+        time.sleep(0.5)
+
+
+def succeeded(server: str, name: str) -> set[str]:
+    """Ids of the succeeded tasks of handler ``name`` (every page)."""
+    found: set[str] = set()
+    cursor = None
+    while True:
+        page = httpx.get(f"{server}/v1/tasks", timeout=10, params={
+            "name": name, "status": "succeeded", "limit": 500,
+            **({"cursor": cursor} if cursor else {})}).json()
+        found |= {t["id"] for t in page["items"]}
+        cursor = page["next_cursor"]
+        if not cursor:
+            return found
 
 
 def test_overview_and_escaping(tab: Page, server: str) -> None:

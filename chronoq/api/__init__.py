@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 
 from chronoq import __version__
 from chronoq.api import errors, events, health, metrics, ratelimit, schedules, tasks, ui, workers
+from chronoq.api.bulk import router as bulk_router
 from chronoq.api.limits import install_limits
 from chronoq.api.retention import router as purge_router
 from chronoq.app import App
@@ -45,6 +46,7 @@ def create_api(app: App) -> FastAPI:
     ratelimit.install(api, app.settings)
     api.include_router(tasks.router)
     api.include_router(purge_router)
+    api.include_router(bulk_router)
     api.include_router(schedules.router)
     api.include_router(workers.router)
     api.include_router(events.router)

@@ -44,6 +44,14 @@ __all__ = ["Completion", "Conn", "NotFound", "Row", "Store",
 #: rows per multi-row INSERT (17 parameters each; both databases allow 32,766)
 INSERT_BATCH = 500
 
+#: what a user's cancel and retry set (``$2``: now), one task or a batch (store.bulk) alike
+CANCEL = "status = 'cancelled', updated_at = $2, lease_expires_at = NULL"
+#: a cancelled running task's open attempt (``$2``: now)
+CANCEL_ATTEMPT = "finished_at = $2, outcome = 'cancelled', error = 'cancelled by request'"
+#: a retry grants at least one more attempt
+RETRY = ("status = 'queued', run_at = $2, updated_at = $2, max_attempts = CASE WHEN "
+         "max_attempts > attempts THEN max_attempts ELSE attempts + 1 END")
+
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
 
 
@@ -294,18 +302,12 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         async with self.tx() as c:
             current = await self._current(c, task_id)
             states.check(task_id, current.status, Status.CANCELLED)
-            rows = await c.fetch(
-                "UPDATE tasks SET status = 'cancelled', updated_at = $2, lease_expires_at = NULL "
-                "WHERE id = $1 AND status = $3 RETURNING *",
-                task_id, now, current.status.value,
-            )
+            rows = await c.fetch(f"UPDATE tasks SET {CANCEL} WHERE id = $1 AND status = $3 "
+                                 "RETURNING *", task_id, now, current.status.value)
             if current.status is Status.RUNNING:
-                await c.execute(
-                    "UPDATE attempts SET finished_at = $3, outcome = 'cancelled', "
-                    "error = 'cancelled by request' "
-                    "WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL",
-                    task_id, current.attempts, now,
-                )
+                await c.execute(f"UPDATE attempts SET {CANCEL_ATTEMPT} WHERE task_id = $1 AND "
+                                "attempt = $3 AND finished_at IS NULL",
+                                task_id, now, current.attempts)
         if current.status is Status.RUNNING:
             self.hub.cancelled(task_id)
         return self._changed(rows[0], now)
@@ -323,12 +325,8 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             current = await self._current(c, task_id)
             if current.status not in states.RETRYABLE:
                 raise states.InvalidTransition(task_id, current.status, Status.QUEUED)
-            rows = await c.fetch(
-                "UPDATE tasks SET status = 'queued', run_at = $2, updated_at = $2, "
-                "max_attempts = CASE WHEN max_attempts > attempts THEN max_attempts "
-                "ELSE attempts + 1 END WHERE id = $1 AND status = $3 RETURNING *",
-                task_id, now, current.status.value,
-            )
+            rows = await c.fetch(f"UPDATE tasks SET {RETRY} WHERE id = $1 AND status = $3 "
+                                 "RETURNING *", task_id, now, current.status.value)
         self.hub.ready((current.queue,))
         return self._changed(rows[0], now)
 

@@ -17,6 +17,7 @@ from typing import Any
 from chronoq.models import Attempt
 from chronoq.states import TERMINAL, Status
 from chronoq.store.base import Store
+from chronoq.store.filters import TaskFilter
 from chronoq.store.records import Conn, Row, TaskRecord, attempt_from_row
 
 #: statuses retention may delete, spelled as the ``tasks_finished`` index's predicate:
@@ -41,14 +42,10 @@ class Expired:
         if self.status not in TERMINAL:
             raise ValueError(f"{self.status} tasks are not finished; only "
                              f"{', '.join(sorted(TERMINAL))} tasks can be purged")
-        args: list[Any] = [self.status.value, self.queue, self.before]
-        sql = (f"status IN ({FINISHED}) AND status = ${first} AND queue = ${first + 1} "
-               f"AND updated_at < ${first + 2}")
-        for column, value in (("namespace", self.namespace), ("name", self.name)):
-            if value is not None:
-                args.append(value)
-                sql += f" AND {column} = ${first + len(args) - 1}"
-        return sql, args
+        chosen = TaskFilter(self.status, self.queue, self.name, self.namespace,
+                            updated_before=self.before)
+        sql, args = chosen.where("sqlite", first)  # no error test: the same on both
+        return f"status IN ({FINISHED}) AND {sql}", args
 
 
 async def finished_queues(store: Store, status: Status) -> list[str]:

@@ -1,10 +1,11 @@
 // The task list (filters, cursor pages, live rows) with its detail panel; with
-// {dead: true} it is the dead-letter queue, with a Retry button per task.
+// {dead: true} it is the dead-letter queue, with a Retry button per task and a Retry all
+// (every dead task the filters select, counted and confirmed first, in batches).
 
 import { ApiError, STATUSES, del, get, post } from "./api.js";
 import { fill, h, throttle, toast } from "./dom.js";
 import { RETRYABLE, renderDetail } from "./detail.js";
-import { shortId, statusBadge, timeEl, truncate } from "./format.js";
+import { number, shortId, statusBadge, timeEl, truncate } from "./format.js";
 import { Pager } from "./pager.js";
 
 const LIMITS = [25, 50, 100, 200];
@@ -54,7 +55,11 @@ export function tasksView(ctx, { dead = false } = {}) {
       type: "button", class: "btn btn-quiet",
       onclick: () => ctx.navigate(view, {}),
     }, "Clear"),
-    queueList);
+    queueList,
+    dead ? h("button", {
+      type: "button", class: "btn btn-primary retry-all",
+      title: "Retry every dead task these filters select", onclick: () => retryAll(),
+    }, "Retry all") : null);
   statusSelect.addEventListener("change", apply);
   limitSelect.addEventListener("change", apply);
   queueInput.addEventListener("change", apply);
@@ -266,6 +271,43 @@ export function tasksView(ctx, { dead = false } = {}) {
       refreshSoon();
     }
   }
+  // POST /v1/tasks/retry: the count (dry run) for the confirmation, then 500 per request
+  // with progress on the button; the cursor keeps a task that dies again from a second go
+  async function retryAll() {
+    const button = form.querySelector(".retry-all");
+    const f = filters();
+    const filter = { status: "dead", queue: f.queue || undefined, name: f.name || undefined };
+    const what = [f.queue && `queue ${f.queue}`, f.name && `name ${f.name}`].filter(Boolean);
+    button.disabled = true;
+    try {
+      const { matched } = await post("/v1/tasks/retry", { filter, dry_run: true });
+      if (matched === 0) {
+        toast("No dead task to retry");
+        return;
+      }
+      const question = `Retry ${number(matched)} dead task${matched === 1 ? "" : "s"}` +
+        `${what.length ? ` (${what.join(", ")})` : ""}?`;
+      if (!window.confirm(question)) return;
+      let done = 0;
+      let after = null;
+      while (done < matched) {
+        const step = await post("/v1/tasks/retry",
+          { filter, limit: Math.min(500, matched - done), after });
+        done += step.done;
+        after = step.next_cursor;
+        button.textContent = `Retrying ${number(done)}/${number(matched)}…`;
+        if (!after) break;
+      }
+      toast(`Retried ${number(done)} dead tasks`);
+    } catch (err) {
+      toast(`Retry all failed: ${err.message}`, "error");
+    } finally {
+      button.disabled = false;
+      button.textContent = "Retry all";
+      refreshSoon();
+    }
+  }
+
   const cancel = (task) => act(task, "Cancelled", `/v1/tasks/${encodeURIComponent(task.id)}/cancel`);
 
   function removeRow(id) {
