@@ -8,19 +8,20 @@ import gzip
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
 from pydantic import ValidationError
 
 from chronoq import App
+from chronoq.api.retention import Purgeable
 from chronoq.config import Settings
 from chronoq.durations import parse_instant
 from chronoq.models import TaskCreate
 from chronoq.retention import Policy, PolicyError, Sweeper
 from chronoq.scheduler import Scheduler
-from chronoq.states import Status
+from chronoq.states import TERMINAL, Status
 from chronoq.store import Completion, Store, create_store, opened
 from chronoq.store.retention import Expired, finished_queues, pick
 from tests.conftest import Harness, make_settings, running
@@ -342,3 +343,8 @@ async def test_bulk_delete_respects_namespaces_and_scopes(secured: Harness) -> N
                              before=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
     assert everything.json()["deleted"] == 1  # no namespace: alpha's fresh one too
     assert await present(store) == set()
+
+
+def test_the_schema_names_exactly_the_finished_statuses() -> None:
+    """DELETE /v1/tasks states its statuses in OpenAPI (schema-valid requests succeed)."""
+    assert {Status(s) for s in get_args(Purgeable)} == TERMINAL

@@ -111,4 +111,8 @@ schema = schemathesis.pytest.from_fixture("api_schema")
                                  HealthCheck.data_too_large])
 def test_api_conforms_to_its_schema(case: schemathesis.Case) -> None:
     case.body = within_what_json_schema_cannot_say(case.body)
+    query = case.query
+    if isinstance(query, dict) and isinstance(query.get("before"), str) and not _valid(
+            lambda text: parse_instant(text, 0.0), query["before"]):
+        query["before"] = "7d"  # DELETE /v1/tasks: a time or a duration, the server parses
     case.call_and_validate(checks=CHECKS)

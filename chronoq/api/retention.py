@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
@@ -13,7 +13,10 @@ from chronoq.api.auth import Writer
 from chronoq.api.errors import ApiError, responses
 from chronoq.api.tasks import AppDep
 from chronoq.durations import parse_instant
-from chronoq.states import TERMINAL, Status
+from chronoq.states import Status
+
+#: the statuses a purge may select (:data:`chronoq.states.TERMINAL`), as the schema states them
+Purgeable = Literal["succeeded", "cancelled", "dead"]
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=responses(401, 403))
 
@@ -28,7 +31,7 @@ class PurgeResult(BaseModel):
 async def purge_tasks(
     app: AppDep,
     who: Writer,
-    status: Annotated[Status, Query(description="succeeded, cancelled or dead")],
+    status: Annotated[Purgeable, Query(description="a finished status: only those can be purged")],
     before: Annotated[str, Query(
         description="finished before this ISO 8601 time, or longer ago than this "
                     "duration (7d, 12h)", max_length=64)],
@@ -39,14 +42,11 @@ async def purge_tasks(
     """Delete finished tasks (with their attempts) of `status` that finished before
     `before`, in batches of 1,000 (one short transaction each). A key bound to a
     namespace deletes only that namespace's tasks. `write` scope, like deleting one."""
-    if status not in TERMINAL:
-        raise ApiError(422, "validation_error", f"{status} tasks are not finished; only "
-                       "succeeded, cancelled and dead tasks can be purged", "status")
     try:
         cutoff = parse_instant(before, time.time())
     except ValueError as exc:
         raise ApiError(422, "validation_error", str(exc), "before") from None
-    queues = await retention.queues_by_status(app.store, [status])
+    queues = await retention.queues_by_status(app.store, [Status(status)])
     expired = retention.selections(queues, cutoff, queue, who.namespace, name)
     if dry_run:
         matched = sum((await retention.counts(app.store, expired)).values())
