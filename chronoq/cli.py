@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import click
 import orjson
@@ -593,18 +594,60 @@ def tasks_retry(task_id: str, url: str, as_json: bool) -> None:
     _echo_json(task) if as_json else click.echo(f"{task['id']}  {task['status']}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @url_option
 @json_option
-def queues(url: str, as_json: bool) -> None:
-    """Depth and status counts per queue."""
+@click.pass_context
+def queues(ctx: click.Context, url: str, as_json: bool) -> None:
+    """Queues: depth and status counts (the default, as `queues ls`), pause, resume."""
+    if ctx.invoked_subcommand is None:
+        _list_queues(url, as_json)
+
+
+@queues.command("ls")
+@url_option
+@json_option
+def queues_ls(url: str, as_json: bool) -> None:
+    """Depth and status counts per queue, and which are paused."""
+    _list_queues(url, as_json)
+
+
+def _list_queues(url: str, as_json: bool) -> None:
     stats = _client_call(url, lambda c: c.queues())
     if as_json:
         _echo_json(stats)
         return
     statuses = ["scheduled", "queued", "running", "succeeded", "failed", "dead", "cancelled"]
-    rows = [[q["queue"], *(str(q["counts"].get(s, 0)) for s in statuses)] for q in stats]
-    click.echo(_table(rows, ["queue", *statuses]))
+    rows = [[q["queue"], *(str(q["counts"].get(s, 0)) for s in statuses),
+             "paused" if q.get("paused") else ""] for q in stats]
+    click.echo(_table(rows, ["queue", *statuses, "state"]))
+
+
+@queues.command("pause")
+@click.argument("queue")
+@url_option
+@json_option
+def queues_pause(queue: str, url: str, as_json: bool) -> None:
+    """Stop workers from claiming QUEUE's tasks (they stay queued; workers stay up)."""
+    _set_paused(queue, "pause", url, as_json)
+
+
+@queues.command("resume")
+@click.argument("queue")
+@url_option
+@json_option
+def queues_resume(queue: str, url: str, as_json: bool) -> None:
+    """Let workers claim QUEUE's tasks again, at once."""
+    _set_paused(queue, "resume", url, as_json)
+
+
+def _set_paused(queue: str, action: str, url: str, as_json: bool) -> None:
+    state = _client_call(url, lambda c: c.request(
+        "POST", f"/v1/queues/{quote(queue, safe='')}/{action}"))
+    if as_json:
+        _echo_json(state)
+    else:
+        click.echo(f"{state['queue']}  {'paused' if state['paused'] else 'active'}")
 
 
 @main.group()

@@ -205,8 +205,8 @@ class QueueStats(BaseModel):
     paused: bool = Field(False, description="paused: workers claim none of its tasks, which "
                          "stay queued until it is resumed")
     paused_at: datetime | None = None
-    paused_by: str | None = Field(None, description="the API key id that paused it, or "
-                                  "`cli` (a local command)")
+    paused_by: str | None = Field(None, description="id of the API key that paused it "
+                                  "(none when authentication is off)")
 
 
 class ErrorDetail(BaseModel):

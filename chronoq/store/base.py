@@ -478,17 +478,19 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         """A stopping worker takes back its hand-off offers; once this returns, every task
         handed to it has reached it (PostgreSQL; none here)."""
 
-    async def stale_queued(self, before: float, now: float, limit: int = 1000
-                           ) -> list[tuple[str, str, int]]:
+    async def stale_queued(self, before: float, now: float, limit: int = 1000,
+                           queue: str | None = None) -> list[tuple[str, str, int]]:
         """Queued tasks untouched since ``before``: (id, queue, priority). They are marked
         touched now, so a broker reconciler re-publishes each at most once per period.
-        Paused queues' tasks are left out (nobody may claim them; resuming publishes them)."""
+        Paused queues' tasks are left out (nobody may claim them; resuming publishes them).
+        ``queue``: only that queue's."""
+        only, args = ("AND queue = $4 ", (queue,)) if queue is not None else ("", ())
         async with self.tx() as c:
             rows = await c.fetch(
                 "UPDATE tasks SET updated_at = $2 WHERE id IN (SELECT id FROM tasks "
                 f"WHERE status = 'queued' AND updated_at < $1 AND {not_paused('tasks.queue')} "
-                "ORDER BY updated_at "
-                f"LIMIT $3{self.skip_locked}) RETURNING id, queue, priority", before, now, limit)
+                f"{only}ORDER BY updated_at LIMIT $3{self.skip_locked}) "
+                "RETURNING id, queue, priority", before, now, limit, *args)
         return [(r["id"], r["queue"], r["priority"]) for r in rows]
 
     def claimed(self, rows: Sequence[Row], now: float) -> list[TaskRecord]:
