@@ -65,12 +65,12 @@ class Snapshot:
     ok: bool
     counts: list[tuple[str, str, int]] = field(default_factory=list)
     oldest_queued: list[tuple[str, float]] = field(default_factory=list)
-    paused: list[tuple[str, bool]] = field(default_factory=list)
     workers_alive: int = 0
     busy_slots: int = 0
     slots: int = 0
     schedule_lag: float = 0.0
     lease_held: bool = False
+    paused: list[tuple[str, bool]] = field(default_factory=list)
 
 
 class StoreCollector:
