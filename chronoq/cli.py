@@ -623,31 +623,25 @@ def _list_queues(url: str, as_json: bool) -> None:
     click.echo(_table(rows, ["queue", *statuses, "state"]))
 
 
-@queues.command("pause")
-@click.argument("queue")
-@url_option
-@json_option
-def queues_pause(queue: str, url: str, as_json: bool) -> None:
-    """Stop workers from claiming QUEUE's tasks (they stay queued; workers stay up)."""
-    _set_paused(queue, "pause", url, as_json)
+def _pause_command(action: str, help_text: str) -> None:
+    """``chronoq queues pause|resume QUEUE``: the two differ only in the route they call."""
+
+    @queues.command(action, help=help_text)
+    @click.argument("queue")
+    @url_option
+    @json_option
+    def command(queue: str, url: str, as_json: bool) -> None:
+        state = _client_call(url, lambda c: c.request(
+            "POST", f"/v1/queues/{quote(queue, safe='')}/{action}"))
+        if as_json:
+            _echo_json(state)
+        else:
+            click.echo(f"{state['queue']}  {'paused' if state['paused'] else 'active'}")
 
 
-@queues.command("resume")
-@click.argument("queue")
-@url_option
-@json_option
-def queues_resume(queue: str, url: str, as_json: bool) -> None:
-    """Let workers claim QUEUE's tasks again, at once."""
-    _set_paused(queue, "resume", url, as_json)
-
-
-def _set_paused(queue: str, action: str, url: str, as_json: bool) -> None:
-    state = _client_call(url, lambda c: c.request(
-        "POST", f"/v1/queues/{quote(queue, safe='')}/{action}"))
-    if as_json:
-        _echo_json(state)
-    else:
-        click.echo(f"{state['queue']}  {'paused' if state['paused'] else 'active'}")
+_pause_command("pause", "Stop workers claiming QUEUE's tasks (they stay queued; the "
+               "workers stay up and serve their other queues).")
+_pause_command("resume", "Let workers claim QUEUE's tasks again, at once.")
 
 
 @main.group()
