@@ -241,3 +241,13 @@ def test_cli_pauses_and_resumes_a_queue(tmp_path: Path, procs: list[Proc]) -> No
         time.sleep(0.05)
     missing = cli("queues", "pause", "--url", url)
     assert missing.returncode != 0 and "QUEUE" in missing.stderr
+
+
+async def test_resume_stands_when_redis_is_down(db_url: str) -> None:
+    """The re-publish after a resume is best effort: the reconciler covers it."""
+    async with running(slow_polling(db_url, broker_url="redis://127.0.0.1:1/0")) as h:
+        await pause(h, "slow")
+        task = await h.submit(name="record", payload={"label": "x"}, queue="slow")
+        assert (await pause(h, "slow", "resume"))["paused"] is False
+        assert (await queues(h))["slow"]["paused"] is False
+        assert await status(h, task["id"]) == "queued"

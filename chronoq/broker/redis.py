@@ -118,11 +118,17 @@ class Publisher:
 
     async def republish(self, store: Store, queue: str, most: int = 10_000) -> int:
         """Publish up to ``most`` queued tasks of a queue just resumed (their messages were
-        dropped while it was paused); the reconciler publishes any beyond that later."""
+        dropped while it was paused); the reconciler publishes any beyond that, and all of
+        them if Redis cannot be reached now (the resume itself stands)."""
         now, published = time.time(), 0
         while published < most:
             batch = await store.stale_queued(now, now, min(1000, most - published), queue)
-            published += await publish(self.client, batch)
+            try:
+                published += await publish(self.client, batch)
+            except (RedisError, OSError) as exc:
+                log.warning("could not re-publish resumed queue %s to Redis (%s); the "
+                            "reconciler will", queue, exc)
+                break
             if len(batch) < 1000:
                 break
         return published
