@@ -426,7 +426,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         queue gives nothing (checked in the same statement).
         ``offer`` (the worker's queues): the slots left free may take hand-offs of new tasks
         of those queues (PostgreSQL)."""
-        pick = (f"SELECT id FROM tasks WHERE status = 'queued' AND queue = $4 "
+        pick = ("SELECT id FROM tasks WHERE status = 'queued' AND queue = $4 "
                 f"AND {not_paused('$4')} ORDER BY priority DESC, run_at, id "
                 f"LIMIT $5{self.skip_locked}")
         return await self._claim(pick, worker_id, now, lease, queue, limit, offer=offer)
