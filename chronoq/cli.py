@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import click
 import orjson
@@ -699,18 +700,54 @@ def tasks_retry(task_id: str | None, url: str, as_json: bool, yes: bool, batch: 
     _one_or_bulk("retry", task_id, url, as_json, yes, batch, **filters)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @url_option
 @json_option
-def queues(url: str, as_json: bool) -> None:
-    """Depth and status counts per queue."""
+@click.pass_context
+def queues(ctx: click.Context, url: str, as_json: bool) -> None:
+    """Queues: depth and status counts (the default, as `queues ls`), pause, resume."""
+    if ctx.invoked_subcommand is None:
+        _list_queues(url, as_json)
+
+
+@queues.command("ls")
+@url_option
+@json_option
+def queues_ls(url: str, as_json: bool) -> None:
+    """Depth and status counts per queue, and which are paused."""
+    _list_queues(url, as_json)
+
+
+def _list_queues(url: str, as_json: bool) -> None:
     stats = _client_call(url, lambda c: c.queues())
     if as_json:
         _echo_json(stats)
         return
     statuses = ["scheduled", "queued", "running", "succeeded", "failed", "dead", "cancelled"]
-    rows = [[q["queue"], *(str(q["counts"].get(s, 0)) for s in statuses)] for q in stats]
-    click.echo(_table(rows, ["queue", *statuses]))
+    rows = [[q["queue"], *(str(q["counts"].get(s, 0)) for s in statuses),
+             "paused" if q.get("paused") else ""] for q in stats]
+    click.echo(_table(rows, ["queue", *statuses, "state"]))
+
+
+def _pause_command(action: str, help_text: str) -> None:
+    """``chronoq queues pause|resume QUEUE``: the two differ only in the route they call."""
+
+    @queues.command(action, help=help_text)
+    @click.argument("queue")
+    @url_option
+    @json_option
+    def command(queue: str, url: str, as_json: bool) -> None:
+        state = _client_call(url, lambda c: c.request(
+            "POST", f"/v1/queues/{quote(queue, safe='')}/{action}"))
+        if as_json:
+            _echo_json(state)
+        else:
+            click.echo(f"{state['queue']}  {'paused' if state['paused'] else 'active'}")
+
+
+_pause_command("pause", "Stop workers claiming QUEUE's tasks (they stay queued; the "
+               "workers stay up and serve their other queues).")
+_pause_command("resume", "Let workers claim QUEUE's tasks again, at once.")
 
 
 @main.group()

@@ -8,10 +8,10 @@ One :class:`Metrics` per :class:`chronoq.App` (:func:`metrics_for`), with its ow
   :class:`~chronoq.events.TaskEvent` into counts. Only events of *this* process are counted
   (events that arrive from other processes through the Redis bridge are skipped), so summing
   over every scraped process counts each state change once.
-- **Gauges** (queue depth, workers, busy slots, schedule lag, scheduler lease) describe the
-  shared store, not the process: they are read from the store when scraped, by processes
-  that run the API or the scheduler (a worker-only process skips them, so N workers do not
-  multiply the queries). Aggregate them with ``max`` across instances, not ``sum``.
+- **Gauges** (queue depth, paused queues, workers, busy slots, schedule lag, scheduler lease)
+  describe the shared store, not the process: they are read from the store when scraped,
+  by processes that run the API or the scheduler (a worker-only process skips them, so N
+  workers do not multiply the queries). Aggregate them with ``max`` across instances, not ``sum``.
 - ``chronoq_scheduler_leader`` is 1 in a process whose scheduler currently holds the
   scheduler lease (leads), 0 elsewhere.
 
@@ -70,6 +70,7 @@ class Snapshot:
     slots: int = 0
     schedule_lag: float = 0.0
     lease_held: bool = False
+    paused: list[tuple[str, bool]] = field(default_factory=list)
 
 
 class StoreCollector:
@@ -119,6 +120,9 @@ class StoreCollector:
         oldest = GaugeMetricFamily("chronoq_queue_oldest_queued_age_seconds",
                                    "Age of the oldest due task no worker has taken yet.",
                                    labels=["queue"])
+        paused = GaugeMetricFamily("chronoq_queue_paused",
+                                   "1 if the queue is paused (workers claim none of its "
+                                   "tasks), else 0.", labels=["queue"])
         alive = GaugeMetricFamily("chronoq_workers_alive", "Workers heartbeating.")
         busy = GaugeMetricFamily("chronoq_worker_busy_slots",
                                  "Tasks running on live workers (as of their last heartbeat).")
@@ -134,12 +138,14 @@ class StoreCollector:
                 depth.add_metric([queue, status], n)
             for queue, age in snap.oldest_queued:
                 oldest.add_metric([queue], age)
+            for queue, is_paused in snap.paused:
+                paused.add_metric([queue], 1 if is_paused else 0)
             alive.add_metric([], snap.workers_alive)
             busy.add_metric([], snap.busy_slots)
             slots.add_metric([], snap.slots)
             lag.add_metric([], snap.schedule_lag)
             held.add_metric([], 1 if snap.lease_held else 0)
-        yield from (depth, oldest, alive, busy, slots, lag, held)
+        yield from (depth, oldest, paused, alive, busy, slots, lag, held)
 
 
 class Metrics:
@@ -333,6 +339,7 @@ class Metrics:
             counts=[(q.queue, str(s), n) for q in stats for s, n in q.counts.items()],
             oldest_queued=[(q.queue, q.oldest_queued_age_seconds) for q in stats
                            if q.oldest_queued_age_seconds is not None],
+            paused=[(q.queue, q.paused) for q in stats],
             workers_alive=len(workers),
             busy_slots=sum(w.running for w in workers),
             slots=sum(w.concurrency for w in workers),

@@ -202,6 +202,11 @@ class QueueStats(BaseModel):
     counts: dict[Status, int]
     depth: int = Field(description="tasks due and waiting for a worker (status queued)")
     oldest_queued_age_seconds: float | None = None
+    paused: bool = Field(False, description="paused: workers claim none of its tasks, which "
+                         "stay queued until it is resumed")
+    paused_at: datetime | None = None
+    paused_by: str | None = Field(None, description="id of the API key that paused it "
+                                  "(none when authentication is off)")
 
 
 class ErrorDetail(BaseModel):

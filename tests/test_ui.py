@@ -418,6 +418,25 @@ def test_overview_and_escaping(tab: Page, server: str) -> None:
     assert page.evaluate("window.__xss") is None
 
 
+def test_overview_pauses_and_resumes_a_queue(tab: Page, server: str) -> None:
+    submit(server, name="demo.add", payload={"a": 1, "b": 1})  # "default" is listed
+    page = tab.open("#/overview")
+    row = page.locator('tr[data-queue="default"]')
+    try:
+        row.get_by_role("button", name="Pause").click()
+        expect(row.locator('[data-testid="paused"]')).to_have_text("paused")
+        listed = {q["queue"]: q for q in httpx.get(f"{server}/v1/queues").json()}
+        assert listed["default"]["paused"] is True
+        tab.screenshot("overview-paused")
+        row.get_by_role("button", name="Resume").click()
+        expect(row.locator('[data-testid="paused"]')).to_have_count(0)
+        expect(row.get_by_role("button", name="Pause")).to_be_visible()
+        listed = {q["queue"]: q for q in httpx.get(f"{server}/v1/queues").json()}
+        assert listed["default"]["paused"] is False
+    finally:  # the other tests need the queue running
+        httpx.post(f"{server}/v1/queues/default/resume")
+
+
 def test_sign_in_form_session_and_socket_without_token(browser: Any,
                                                       secured: tuple[str, str, str]) -> None:
     url, key, _ = secured

@@ -9,7 +9,18 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from chronoq import __version__
-from chronoq.api import errors, events, health, metrics, ratelimit, schedules, tasks, ui, workers
+from chronoq.api import (
+    errors,
+    events,
+    health,
+    metrics,
+    queues,
+    ratelimit,
+    schedules,
+    tasks,
+    ui,
+    workers,
+)
 from chronoq.api.bulk import router as bulk_router
 from chronoq.api.limits import install_limits
 from chronoq.api.retention import router as purge_router
@@ -45,6 +56,7 @@ def create_api(app: App) -> FastAPI:
     errors.install(api)
     ratelimit.install(api, app.settings)
     api.include_router(tasks.router)
+    api.include_router(queues.router)
     api.include_router(purge_router)
     api.include_router(bulk_router)
     api.include_router(schedules.router)

@@ -116,6 +116,23 @@ class Publisher:
             log.info("re-published %d queued tasks to Redis", len(stale))
         return len(stale)
 
+    async def republish(self, store: Store, queue: str, most: int = 10_000) -> int:
+        """Publish up to ``most`` queued tasks of a queue just resumed (their messages were
+        dropped while it was paused); the reconciler publishes any beyond that, and all of
+        them if Redis cannot be reached now (the resume itself stands)."""
+        now, published = time.time(), 0
+        while published < most:
+            batch = await store.stale_queued(now, now, min(1000, most - published), queue)
+            try:
+                published += await publish(self.client, batch)
+            except (RedisError, OSError) as exc:
+                log.warning("could not re-publish resumed queue %s to Redis (%s); the "
+                            "reconciler will", queue, exc)
+                break
+            if len(batch) < 1000:
+                break
+        return published
+
 
 class RedisBroker(Broker):
     """A worker's consumer in the ``chronoq`` group of its queues' streams."""
@@ -184,8 +201,8 @@ class RedisBroker(Broker):
         for name, message_id, task_id in messages:
             if task_id in taken:
                 self._inflight[task_id] = (name, message_id)
-            else:
-                stale.append((name, message_id))  # already run, cancelled or a duplicate
+            else:  # already run, cancelled, a duplicate, or its queue is paused (resuming
+                stale.append((name, message_id))  # re-publishes those)
         await self._ack(stale)
         return claimed
 

@@ -17,11 +17,12 @@ from typing import Any
 from chronoq import states
 from chronoq.batching import GroupCommit
 from chronoq.events import EventBus, TaskEvent
-from chronoq.models import Attempt, QueueStats, TaskCreate
+from chronoq.models import Attempt, QueueStats, TaskCreate, to_datetime
 from chronoq.notify import Hub
 from chronoq.states import Status
 from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence, LeaseQueries
+from chronoq.store.pauses import PauseQueries, not_paused
 from chronoq.store.records import (
     INSERT_TASK_COLUMNS,
     Completion,
@@ -55,7 +56,7 @@ RETRY = ("status = 'queued', run_at = $2, updated_at = $2, max_attempts = CASE W
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
 
 
-class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
+class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     """Durable task state, shared by the API, the scheduler and the workers."""
 
     dialect: str
@@ -293,7 +294,12 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
             if status is Status.QUEUED:
                 entry.depth = row["n"]
                 entry.oldest_queued_age_seconds = max(0.0, now - row["oldest"])
-        return list(stats.values())
+        for queue, pause in (await self.paused_queues()).items():  # also when it holds none
+            entry = stats.setdefault(
+                queue, QueueStats(queue=queue, counts={s: 0 for s in Status}, depth=0))
+            entry.paused, entry.paused_at = True, to_datetime(pause.paused_at)
+            entry.paused_by = pause.paused_by
+        return [stats[queue] for queue in sorted(stats)]
 
     # -- user actions ------------------------------------------------------------------------
     async def cancel_task(self, task_id: str, now: float) -> TaskRecord:
@@ -414,19 +420,22 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
     ) -> list[TaskRecord]:
         """Atomically take up to ``limit`` queued tasks of ``queue`` (highest priority, then
         oldest) and open an attempt for each. No two callers ever get the same attempt.
-        The pick walks the ``tasks_ready`` index: O(limit), whatever the backlog.
+        The pick walks the ``tasks_ready`` index: O(limit), whatever the backlog. A paused
+        queue gives nothing (checked in the same statement).
         ``offer`` (the worker's queues): the slots left free may take hand-offs of new tasks
         of those queues (PostgreSQL)."""
         pick = ("SELECT id FROM tasks WHERE status = 'queued' AND queue = $4 "
-                f"ORDER BY priority DESC, run_at, id LIMIT $5{self.skip_locked}")
+                f"AND {not_paused('$4')} ORDER BY priority DESC, run_at, id "
+                f"LIMIT $5{self.skip_locked}")
         return await self._claim(pick, worker_id, now, lease, queue, limit, offer=offer)
 
     async def claim_ids(
         self, worker_id: str, ids: Sequence[str], now: float, lease: float
     ) -> list[TaskRecord]:
         """Take these tasks if they are still queued (a broker delivered their ids); ids of
-        tasks already taken, cancelled or gone are skipped."""
-        pick = f"SELECT id FROM tasks WHERE status = 'queued' AND id {self.in_list('$4')}"
+        tasks already taken, cancelled or gone, or of a paused queue, are skipped."""
+        pick = (f"SELECT id FROM tasks WHERE status = 'queued' AND id {self.in_list('$4')} "
+                f"AND {not_paused('tasks.queue')}")
         return await self._claim(pick + self.skip_locked, worker_id, now, lease,
                                  self.list_param(ids))
 
@@ -467,15 +476,19 @@ class Store(LeaseQueries, KeyQueries, ScheduleQueries, WorkerQueries, abc.ABC):
         """A stopping worker takes back its hand-off offers; once this returns, every task
         handed to it has reached it (PostgreSQL; none here)."""
 
-    async def stale_queued(self, before: float, now: float, limit: int = 1000
-                           ) -> list[tuple[str, str, int]]:
+    async def stale_queued(self, before: float, now: float, limit: int = 1000,
+                           queue: str | None = None) -> list[tuple[str, str, int]]:
         """Queued tasks untouched since ``before``: (id, queue, priority). They are marked
-        touched now, so a broker reconciler re-publishes each at most once per period."""
+        touched now, so a broker reconciler re-publishes each at most once per period.
+        Paused queues' tasks are left out (nobody may claim them; resuming publishes them).
+        ``queue``: only that queue's."""
+        only, args = ("AND queue = $4 ", (queue,)) if queue is not None else ("", ())
         async with self.tx() as c:
             rows = await c.fetch(
                 "UPDATE tasks SET updated_at = $2 WHERE id IN (SELECT id FROM tasks "
-                "WHERE status = 'queued' AND updated_at < $1 ORDER BY updated_at "
-                f"LIMIT $3{self.skip_locked}) RETURNING id, queue, priority", before, now, limit)
+                f"WHERE status = 'queued' AND updated_at < $1 AND {not_paused('tasks.queue')} "
+                f"{only}ORDER BY updated_at LIMIT $3{self.skip_locked}) "
+                "RETURNING id, queue, priority", before, now, limit, *args)
         return [(r["id"], r["queue"], r["priority"]) for r in rows]
 
     def claimed(self, rows: Sequence[Row], now: float) -> list[TaskRecord]:

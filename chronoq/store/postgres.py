@@ -19,6 +19,7 @@ from chronoq.notify import Hub, worker_channel
 from chronoq.states import Status
 from chronoq.store.base import Completion, Conn, Row, Store, TaskRecord
 from chronoq.store.leases import Fence
+from chronoq.store.pauses import not_paused
 from chronoq.store.records import INSERT_TASK_COLUMNS, storable_json
 
 log = logging.getLogger("chronoq.store")
@@ -48,11 +49,13 @@ def _handoff_value(i: int, kind: str) -> str:
 
 #: a task submitted on its own, inserted straight into the hands of an idle worker whose
 #: LISTEN connection is alive when one offers a slot for its queue (migration 0010; the
-#: trigger opens the attempt and sends the row), else inserted queued as usual. Parameters:
+#: trigger opens the attempt and sends the row), else inserted queued as usual (always when
+#: its queue is paused: :func:`chronoq.store.pauses.not_paused`). Parameters:
 #: a queued :data:`chronoq.store.records.INSERT_TASK` row.
 _HANDOFF = (
     "WITH offer AS (UPDATE offers o SET slots = o.slots - 1 FROM ("
     "SELECT worker_id FROM offers WHERE $3::text = ANY(queues) AND slots > 0 "
+    f"AND {not_paused('$3::text')} "
     "AND EXISTS (SELECT 1 FROM pg_stat_get_activity(offers.pid)) "
     "LIMIT 1 FOR UPDATE SKIP LOCKED) AS free WHERE o.worker_id = free.worker_id "
     "RETURNING o.worker_id, o.lease_seconds) "

@@ -1,7 +1,7 @@
 // Overview: totals, throughput, queues with their status counts, and workers.
 
-import { STATUSES, get } from "./api.js";
-import { fill, h, s, throttle } from "./dom.js";
+import { STATUSES, get, post } from "./api.js";
+import { fill, h, s, throttle, toast } from "./dom.js";
 import { duration, number, timeEl } from "./format.js";
 
 function card(label, value, note, attrs = {}) {
@@ -36,6 +36,7 @@ export function overviewView(ctx) {
   let showAll = false;
   let workers = [];
   let workersError = null;
+  const busyQueues = new Set(); // queues with a pause/resume in flight
 
   const cards = h("div", { class: "cards" });
   const queuesBox = h("div", { class: "table-wrap" });
@@ -79,9 +80,12 @@ export function overviewView(ctx) {
       fill(queuesBox, h("table", { class: "grid queues" },
         h("thead", null, h("tr", null, h("th", null, "Queue"), h("th", { class: "num" }, "Depth"),
           h("th", null, "Oldest queued"),
-          STATUSES.map((st) => h("th", { class: "num" }, st)))),
+          STATUSES.map((st) => h("th", { class: "num" }, st)), h("th", null, ""))),
         h("tbody", null, stats.queues.map((q) => h("tr", { dataset: { queue: q.queue } },
-          h("td", { class: "name" }, h("a", { href: `#/tasks?queue=${encodeURIComponent(q.queue)}` }, q.queue)),
+          h("td", { class: "name" }, h("a", { href: `#/tasks?queue=${encodeURIComponent(q.queue)}` }, q.queue),
+            q.paused ? [" ", h("span", { class: "badge badge-paused", dataset: { testid: "paused" },
+              title: `paused${q.paused_by ? ` by key ${q.paused_by}` : ""}${q.paused_at ? ` at ${q.paused_at}` : ""}` },
+            "paused")] : null),
           h("td", { class: "num depth" }, number(q.depth)),
           h("td", null, q.oldest_queued_age_seconds === null || q.oldest_queued_age_seconds === undefined
             ? h("span", { class: "muted" }, "–") : duration(q.oldest_queued_age_seconds)),
@@ -89,7 +93,13 @@ export function overviewView(ctx) {
             q.counts[st] ? h("a", {
               href: st === "dead" ? `#/dead?queue=${encodeURIComponent(q.queue)}`
                 : `#/tasks?queue=${encodeURIComponent(q.queue)}&status=${st}`,
-            }, number(q.counts[st])) : h("span", { class: "muted" }, "0"))))))));
+            }, number(q.counts[st])) : h("span", { class: "muted" }, "0"))),
+          h("td", { class: "row-actions" }, h("button", {
+            type: "button", class: "btn btn-small", disabled: busyQueues.has(q.queue),
+            title: q.paused ? "Let workers claim this queue's tasks again"
+              : "Stop workers claiming this queue's tasks (they stay queued)",
+            onclick: () => setPaused(q, q.paused ? "resume" : "pause"),
+          }, q.paused ? "Resume" : "Pause")))))));
     }
 
     if (workers.length === 0) {
@@ -108,6 +118,21 @@ export function overviewView(ctx) {
           h("td", null, h("span", { class: `badge badge-w-${w.status}` }, w.status)),
           h("td", null, timeEl(w.started_at)),
           h("td", null, timeEl(w.last_seen_at, { rel: true })))))));
+    }
+  }
+
+  async function setPaused(q, verb) {
+    busyQueues.add(q.queue);
+    renderStats();
+    try {
+      const answer = await post(`/v1/queues/${encodeURIComponent(q.queue)}/${verb}`);
+      Object.assign(q, answer); // shown now, whatever a listing in flight says
+      toast(`${answer.paused ? "Paused" : "Resumed"} queue ${q.queue}`);
+    } catch (err) {
+      toast(`${verb} ${q.queue} failed: ${err.message}`, "error");
+    } finally {
+      busyQueues.delete(q.queue);
+      if (!destroyed) renderStats();
     }
   }
 
