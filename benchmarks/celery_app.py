@@ -28,6 +28,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 
+
 @app.task(name="bench.noop")
 def noop() -> None:
     return None

@@ -80,7 +80,7 @@ def proc_stat(pid: int) -> list[str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def cpu_seconds(pid: int, reaped: bool = True) -> float:
@@ -136,19 +136,25 @@ class ChronoqProcesses:
         handle = log.open("wb")
         self._files.append(handle)
         self.logs.append(log)
-        self.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "chronoq.cli", *args, "--log-level", "warning"],
-            cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=handle,
-        ))
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "chronoq.cli", *args, "--log-level", "warning"],
+                cwd=REPO,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=handle,
+            )
+        )
 
     def check_alive(self) -> None:
         """Raise ``RuntimeError`` with the tail of its log if a process exited."""
         for proc, log in zip(self.procs, self.logs, strict=True):
             code = proc.poll()
             if code is not None:
-                raise RuntimeError(f"{log.stem} (pid {proc.pid}) exited with code {code}:\n"
-                                   + tail(log, 15))
+                raise RuntimeError(
+                    f"{log.stem} (pid {proc.pid}) exited with code {code}:\n" + tail(log, 15)
+                )
 
     def stop(self, timeout: float = 30.0) -> list[int | None]:
         """SIGCONT+SIGTERM everything, wait, SIGKILL what is left; every exit code."""
@@ -170,8 +176,12 @@ class ChronoqProcesses:
 
     def stderr(self) -> list[str]:
         """Every non-blank line the processes wrote to stderr, as ``label: line``."""
-        return [f"{log.stem}: {line}" for log in self.logs
-                for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        return [
+            f"{log.stem}: {line}"
+            for log in self.logs
+            for line in log.read_text(errors="replace").splitlines()
+            if line.strip()
+        ]
 
 
 # -- databases ----------------------------------------------------------------------------------

@@ -102,8 +102,13 @@ from benchmarks.common import (  # noqa: E402
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
 SYSTEMS = ("chronoq-pg", "chronoq-redis", "celery", "rq", "rq-simple")
-LABELS = {"chronoq-pg": "chronoq pg", "chronoq-redis": "chronoq pg+redis",
-          "celery": "celery", "rq": "rq", "rq-simple": "rq simple"}
+LABELS = {
+    "chronoq-pg": "chronoq pg",
+    "chronoq-redis": "chronoq pg+redis",
+    "celery": "celery",
+    "rq": "rq",
+    "rq-simple": "rq simple",
+}
 DB = {"chronoq": 7, "celery": 8, "rq": 9, "celery-results": 10, "stamps": 11}
 
 
@@ -182,6 +187,7 @@ def server_pids() -> list[int]:
 
 def cpu_busy(window: float = 1.0) -> float:
     """Fraction of all CPUs busy over ``window`` seconds (from /proc/stat)."""
+
     def sample() -> tuple[int, int]:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         idle = fields[3] + fields[4]  # idle + iowait
@@ -221,9 +227,15 @@ class Processes:
         log = self.log_dir / f"{label}.log"
         handle = log.open("ab")
         self._files.append(handle)
-        proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs.append((label, proc, log, worker))
 
     @property
@@ -234,8 +246,9 @@ class Processes:
         for label, proc, log, _ in self.procs:
             code = proc.poll()
             if code is not None:
-                raise BenchError(f"{label} (pid {proc.pid}) exited with code {code}:\n"
-                                 + tail(log, 15))
+                raise BenchError(
+                    f"{label} (pid {proc.pid}) exited with code {code}:\n" + tail(log, 15)
+                )
 
     def pause(self) -> None:
         for proc in self.workers:
@@ -262,8 +275,11 @@ class Processes:
 
     def peak_rss_mib(self) -> float:
         """Sum of ``VmHWM`` over the worker processes and their live children."""
-        total = sum(peak_rss_kib(pid) or 0 for proc in self.workers
-                    for pid in [proc.pid, *descendants(proc.pid)])
+        total = sum(
+            peak_rss_kib(pid) or 0
+            for proc in self.workers
+            for pid in [proc.pid, *descendants(proc.pid)]
+        )
         return round(total / 1024, 1)
 
     def count(self) -> int:
@@ -306,8 +322,11 @@ class Processes:
     def log_lines(self) -> list[str]:
         lines = []
         for log in sorted(self.log_dir.glob("*.log")):
-            lines += [f"{log.stem}: {line}" for line in
-                      log.read_text(errors="replace").splitlines() if line.strip()]
+            lines += [
+                f"{log.stem}: {line}"
+                for line in log.read_text(errors="replace").splitlines()
+                if line.strip()
+            ]
         return lines
 
 
@@ -335,8 +354,11 @@ class System:
         self.args = args
         self.k = args.workers
         self.log_dir = log_dir
-        self.env = {**environ_without_chronoq(), "PYTHONPATH": str(REPO),
-                    "BENCH_STAMPS_URL": args.stamps_url}
+        self.env = {
+            **environ_without_chronoq(),
+            "PYTHONPATH": str(REPO),
+            "BENCH_STAMPS_URL": args.stamps_url,
+        }
         self.procs = Processes(log_dir, self.env)
 
     # lifecycle
@@ -389,8 +411,9 @@ class Chronoq(System):
         os.environ["BENCH_STAMPS_URL"] = self.args.stamps_url
         self.mod = chronoq_app
         self.app = chronoq_app.app
-        self.app.settings = Settings().model_copy(update={
-            "database_url": self.url, "broker_url": self.broker_url, "redis_url": None})
+        self.app.settings = Settings().model_copy(
+            update={"database_url": self.url, "broker_url": self.broker_url, "redis_url": None}
+        )
         await self.app.open()  # creates the schema and applies the migrations
         dsn, _ = split_schema(self.url)
         self.conn = await asyncpg.connect(dsn, server_settings={"search_path": self.schema})
@@ -406,15 +429,27 @@ class Chronoq(System):
         await drop_schema(self.url, self.schema)
 
     def start(self, mode: str) -> str:
-        concurrency = self.args.concurrency if mode == "noop" else max(
-            1, self.args.io_concurrency // self.k)
+        concurrency = (
+            self.args.concurrency if mode == "noop" else max(1, self.args.io_concurrency // self.k)
+        )
         base = [sys.executable, "-m", "chronoq.cli"]
         for i in range(self.k):
-            self.procs.spawn(f"{mode}-worker-{i}", [
-                *base, "worker", "--app", "benchmarks.chronoq_app:app",
-                "--concurrency", str(concurrency), "--log-level", "warning"])
-        self.procs.spawn(f"{mode}-scheduler", [*base, "scheduler", "--log-level", "warning"],
-                         worker=False)
+            self.procs.spawn(
+                f"{mode}-worker-{i}",
+                [
+                    *base,
+                    "worker",
+                    "--app",
+                    "benchmarks.chronoq_app:app",
+                    "--concurrency",
+                    str(concurrency),
+                    "--log-level",
+                    "warning",
+                ],
+            )
+        self.procs.spawn(
+            f"{mode}-scheduler", [*base, "scheduler", "--log-level", "warning"], worker=False
+        )
         return f"{self.k} workers x {concurrency} async slots + scheduler"
 
     async def enqueue(self, what: str, n: int, one_at_a_time: bool = False) -> list[str]:
@@ -435,15 +470,19 @@ class Chronoq(System):
         await self.mod.stamp.adelay(key=key, token=token)
 
     async def done_count(self) -> int:
-        return int(await self.conn.fetchval(
-            "SELECT COUNT(*) FROM tasks WHERE status NOT IN "
-            "('scheduled', 'queued', 'running', 'failed')"))
+        return int(
+            await self.conn.fetchval(
+                "SELECT COUNT(*) FROM tasks WHERE status NOT IN "
+                "('scheduled', 'queued', 'running', 'failed')"
+            )
+        )
 
     async def outcomes(self, ids: list[str]) -> list[tuple[float | None, bool, str | None]]:
         rows = await self.conn.fetch(
             "SELECT t.status, a.finished_at, a.worker_id FROM tasks t LEFT JOIN attempts a "
             "ON a.task_id = t.id AND a.attempt = t.attempts WHERE t.id = ANY($1::text[])",
-            ids)
+            ids,
+        )
         return [(r["finished_at"], r["status"] == "succeeded", r["worker_id"]) for r in rows]
 
 
@@ -462,11 +501,13 @@ class Celery(System):
         try:
             import celery  # noqa: F401
         except ImportError as exc:
-            raise BenchError(f"Celery is not installed ({exc}): pip install -e '.[bench]'"
-                             ) from None
+            raise BenchError(
+                f"Celery is not installed ({exc}): pip install -e '.[bench]'"
+            ) from None
         import redis
 
         from benchmarks import celery_app
+
         self.mod = celery_app
         self.results = redis.Redis.from_url(self.env["BENCH_CELERY_BACKEND"])
 
@@ -476,18 +517,32 @@ class Celery(System):
         self.results.close()
 
     def start(self, mode: str) -> str:
-        base = [sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker",
-                "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
-                "--without-heartbeat"]
+        base = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "benchmarks.celery_app",
+            "worker",
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
         tag = uuid.uuid4().hex[:6]
         if mode == "noop":
-            self.procs.spawn("noop-prefork", [*base, "-P", "prefork", "-c", str(self.k),
-                                              "-n", f"prefork-{tag}@%h"])
+            self.procs.spawn(
+                "noop-prefork",
+                [*base, "-P", "prefork", "-c", str(self.k), "-n", f"prefork-{tag}@%h"],
+            )
             return f"1 prefork parent + {self.k} child processes"
         threads = max(1, self.args.io_concurrency // self.k)
         for i in range(self.k):
-            self.procs.spawn(f"io-threads-{i}", [*base, "-P", "threads", "-c", str(threads),
-                                                 "-n", f"threads{i}-{tag}@%h"])
+            self.procs.spawn(
+                f"io-threads-{i}",
+                [*base, "-P", "threads", "-c", str(threads), "-n", f"threads{i}-{tag}@%h"],
+            )
         return f"{self.k} workers x {threads} threads"
 
     async def enqueue(self, what: str, n: int, one_at_a_time: bool = False) -> list[str]:
@@ -506,14 +561,19 @@ class Celery(System):
     async def outcomes(self, ids: list[str]) -> list[tuple[float | None, bool, str | None]]:
         found = []
         for start in range(0, len(ids), 1000):
-            chunk = ids[start:start + 1000]
+            chunk = ids[start : start + 1000]
             for raw in self.results.mget([f"celery-task-meta-{i}" for i in chunk]):
                 if raw is None:
                     found.append((None, False, None))
                     continue
                 meta = json.loads(raw)
-                found.append((epoch(meta.get("date_done")), meta.get("status") == "SUCCESS",
-                              str(meta.get("result"))))
+                found.append(
+                    (
+                        epoch(meta.get("date_done")),
+                        meta.get("status") == "SUCCESS",
+                        str(meta.get("result")),
+                    )
+                )
         return found
 
 
@@ -531,11 +591,11 @@ class RQ(System):
         try:
             import rq
         except ImportError as exc:
-            raise BenchError(f"RQ is not installed ({exc}): pip install -e '.[bench]'"
-                             ) from None
+            raise BenchError(f"RQ is not installed ({exc}): pip install -e '.[bench]'") from None
         import redis
 
         from benchmarks import rq_tasks
+
         self.mod = rq_tasks
         self.redis = redis.Redis.from_url(self.url)
         self.queue = rq.Queue("default", connection=self.redis)
@@ -544,8 +604,19 @@ class RQ(System):
         self.redis.close()
 
     def worker_argv(self, name: str) -> list[str]:
-        argv = [sys.executable, "-m", "rq.cli", "worker", "--url", self.url, "--name", name,
-                "--logging_level", "WARNING", "--disable-job-desc-logging"]
+        argv = [
+            sys.executable,
+            "-m",
+            "rq.cli",
+            "worker",
+            "--url",
+            self.url,
+            "--name",
+            name,
+            "--logging_level",
+            "WARNING",
+            "--disable-job-desc-logging",
+        ]
         if self.simple:
             argv += ["--worker-class", "rq.worker.SimpleWorker"]
         return [*argv, "default"]
@@ -559,10 +630,24 @@ class RQ(System):
 
     def start_pool(self, processes: int) -> str:
         """``rq worker-pool`` of SimpleWorkers (the extra phase-3 run)."""
-        self.procs.spawn("io-pool", [
-            sys.executable, "-m", "rq.cli", "worker-pool", "--url", self.url, "-n",
-            str(processes), "--logging-level", "WARNING", "--worker-class",
-            "rq.worker.SimpleWorker", "default"])
+        self.procs.spawn(
+            "io-pool",
+            [
+                sys.executable,
+                "-m",
+                "rq.cli",
+                "worker-pool",
+                "--url",
+                self.url,
+                "-n",
+                str(processes),
+                "--logging-level",
+                "WARNING",
+                "--worker-class",
+                "rq.worker.SimpleWorker",
+                "default",
+            ],
+        )
         return f"worker-pool of {processes} SimpleWorker processes"
 
     async def enqueue(self, what: str, n: int, one_at_a_time: bool = False) -> list[str]:
@@ -574,16 +659,17 @@ class RQ(System):
         self.queue.enqueue(self.mod.stamp, key, token, result_ttl=3600)
 
     async def done_count(self) -> int:
-        return int(self.redis.zcard("rq:finished:default")
-                   + self.redis.zcard("rq:failed:default"))
+        return int(self.redis.zcard("rq:finished:default") + self.redis.zcard("rq:failed:default"))
 
     async def outcomes(self, ids: list[str]) -> list[tuple[float | None, bool, str | None]]:
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hmget(f"rq:job:{job_id}", "ended_at", "status", "worker_name")
             rows = pipe.execute()
-        return [(epoch(ended), status == b"finished", worker.decode() if worker else None)
-                for ended, status, worker in rows]
+        return [
+            (epoch(ended), status == b"finished", worker.decode() if worker else None)
+            for ended, status, worker in rows
+        ]
 
 
 def make_system(name: str, args: argparse.Namespace, log_dir: Path) -> System:
@@ -605,16 +691,16 @@ async def wait_done(system: System, target: int, timeout: float, what: str) -> f
             return time.time()
         system.procs.check_alive()
         if time.monotonic() > deadline:
-            raise BenchError(f"{what}: timed out after {timeout:.0f}s "
-                             f"({done}/{target} outcomes recorded)")
+            raise BenchError(
+                f"{what}: timed out after {timeout:.0f}s ({done}/{target} outcomes recorded)"
+            )
         if time.monotonic() - last_report > 10:
             say(f"    ... {what}: {done}/{target}")
             last_report = time.monotonic()
         await asyncio.sleep(0.05)
 
 
-async def finish_times(system: System, ids: list[str], result: Result, what: str
-                       ) -> list[float]:
+async def finish_times(system: System, ids: list[str], result: Result, what: str) -> list[float]:
     rows = await system.outcomes(ids)
     failed = sum(1 for _, ok, _ in rows if not ok) + (len(ids) - len(rows))
     if failed:
@@ -632,15 +718,16 @@ async def warm_up(system: System, expected: int, timeout: float) -> None:
         system.procs.check_alive()
         base = await system.done_count()
         ids = await system.enqueue("whoami", 8 * expected)
-        await wait_done(system, base + len(ids), max(1.0, deadline - time.monotonic()),
-                        "warm-up")
+        await wait_done(system, base + len(ids), max(1.0, deadline - time.monotonic()), "warm-up")
         rows = await system.outcomes(ids)
         seen |= {who for _, ok, who in rows if ok and who}
         if len(seen) >= expected:
             return
         if time.monotonic() > deadline:
-            raise BenchError(f"warm-up: only {len(seen)} of {expected} worker processes ran "
-                             f"a task in {timeout:.0f}s")
+            raise BenchError(
+                f"warm-up: only {len(seen)} of {expected} worker processes ran "
+                f"a task in {timeout:.0f}s"
+            )
         await asyncio.sleep(0.2)
 
 
@@ -665,8 +752,10 @@ async def throughput(system: System, result: Result, profiler: Profiler | None) 
     if finished:
         result.end_to_end_seconds = max(finished) - first
         result.end_to_end_per_second = len(finished) / result.end_to_end_seconds
-    say(f"      enqueue {result.enqueue_per_second:,.0f}/s, end-to-end "
-        f"{result.end_to_end_per_second or 0:,.0f}/s")
+    say(
+        f"      enqueue {result.enqueue_per_second:,.0f}/s, end-to-end "
+        f"{result.end_to_end_per_second or 0:,.0f}/s"
+    )
 
     m = max(1, n // 5)
     say(f"  [1] enqueueing {m:,} more, one call at a time")
@@ -680,8 +769,10 @@ async def throughput(system: System, result: Result, profiler: Profiler | None) 
     finished = await finish_times(system, ids, result, "one at a time")
     if finished:
         result.serial_end_to_end_per_second = len(finished) / (max(finished) - first)
-    say(f"      enqueue {result.serial_enqueue_per_second:,.0f}/s, end-to-end "
-        f"{result.serial_end_to_end_per_second or 0:,.0f}/s")
+    say(
+        f"      enqueue {result.serial_enqueue_per_second:,.0f}/s, end-to-end "
+        f"{result.serial_end_to_end_per_second or 0:,.0f}/s"
+    )
 
     say(f"  [1] backlog: workers paused, enqueueing {n:,}, resuming")
     await asyncio.sleep(0.5)
@@ -706,14 +797,17 @@ async def throughput(system: System, result: Result, profiler: Profiler | None) 
             profiler.stop_workers(system)
     result.worker_cpu_ms_per_task = (system.procs.cpu() - worker_before) * 1000 / n
     result.server_cpu_ms_per_task = (
-        sum(cpu_seconds(p) for p in servers) - server_before) * 1000 / n
+        (sum(cpu_seconds(p) for p in servers) - server_before) * 1000 / n
+    )
     finished = await finish_times(system, ids, result, "backlog")
     if finished:
         result.drain_seconds = max(finished) - resumed
         result.drain_per_second = len(finished) / result.drain_seconds
-    say(f"      drain {result.drain_per_second or 0:,.0f}/s, worker CPU "
+    say(
+        f"      drain {result.drain_per_second or 0:,.0f}/s, worker CPU "
         f"{result.worker_cpu_ms_per_task:.2f} ms/task, servers "
-        f"{result.server_cpu_ms_per_task:.2f} ms/task")
+        f"{result.server_cpu_ms_per_task:.2f} ms/task"
+    )
 
 
 async def latency(system: System, result: Result, stamps: Any) -> None:
@@ -780,8 +874,7 @@ class Profiler:
         except ImportError:
             say("    (pyinstrument not installed: no client profile)")
             return
-        self.instrument = Instrument(interval=0.001, async_mode="enabled",
-                                     use_timing_thread=True)
+        self.instrument = Instrument(interval=0.001, async_mode="enabled", use_timing_thread=True)
         self.instrument.start()
 
     def stop_client(self, system: System) -> None:
@@ -789,7 +882,8 @@ class Profiler:
             return
         self.instrument.stop()
         (self.out / f"{system.name}-client.txt").write_text(
-            self.instrument.output_text(unicode=False, color=False, show_all=False))
+            self.instrument.output_text(unicode=False, color=False, show_all=False)
+        )
         (self.out / f"{system.name}-client.html").write_text(self.instrument.output_html())
         self.instrument = None
         say(f"    client profile in {self.out}/{system.name}-client.txt")
@@ -803,10 +897,25 @@ class Profiler:
             return
         for i, proc in enumerate(system.procs.workers[:1]):
             raw = self.out / f"{system.name}-worker{i}-drain.txt"
-            self.spy.append(subprocess.Popen(
-                [py_spy, "record", "--pid", str(proc.pid), "--rate", "250", "--format",
-                 "raw", "--output", str(raw), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.spy.append(
+                subprocess.Popen(
+                    [
+                        py_spy,
+                        "record",
+                        "--pid",
+                        str(proc.pid),
+                        "--rate",
+                        "250",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(raw),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(1.0)  # py-spy attaches
 
     def stop_workers(self, system: System) -> None:
@@ -831,16 +940,19 @@ def flush(redis_base: str, databases: Iterable[int]) -> None:
             client.close()
 
 
-async def run_system(name: str, args: argparse.Namespace, stamps: Any,
-                     profiler: Profiler | None) -> Result:
+async def run_system(
+    name: str, args: argparse.Namespace, stamps: Any, profiler: Profiler | None
+) -> Result:
     log_dir = Path(tempfile.mkdtemp(prefix=f"chronoq-compare-{name}-"))
     system = make_system(name, args, log_dir)
     result = Result(system=name, tasks=args.tasks, io_tasks=args.io_tasks)
     if args.quiet_below < 1:
         result.cpu_busy_before = round(wait_quiet(args.quiet_below, args.quiet_wait), 3)
     result.load_average.append(round(os.getloadavg()[0], 2))
-    say(f"[{LABELS[name]}] load average {result.load_average[0]:.2f}, CPU "
-        f"{result.cpu_busy_before:.0%} busy before")
+    say(
+        f"[{LABELS[name]}] load average {result.load_average[0]:.2f}, CPU "
+        f"{result.cpu_busy_before:.0%} busy before"
+    )
     dbs = (*system.databases, DB["stamps"])
     flush(args.redis, dbs)
     set_up = False
@@ -877,8 +989,12 @@ async def run_system(name: str, args: argparse.Namespace, stamps: Any,
             say(f"  extra: {layout}")
             await warm_up(system, args.rq_io_processes, max(args.start_timeout, 120.0))
             wall, rate = await io_bound(system, result)
-            result.io_extra = {"layout": layout, "wall_seconds": wall, "per_second": rate,
-                               "peak_rss_mib": system.procs.peak_rss_mib()}
+            result.io_extra = {
+                "layout": layout,
+                "wall_seconds": wall,
+                "per_second": rate,
+                "peak_rss_mib": system.procs.peak_rss_mib(),
+            }
             say(f"      wall {wall:.2f}s, {rate:,.0f} tasks/s")
     except BenchError as exc:
         result.errors.append(str(exc))
@@ -933,15 +1049,15 @@ ROWS: list[tuple[str, Callable[[Result], float | None], int, bool]] = [
 ]
 
 
-def table(results: list[Result], args: argparse.Namespace,
-          runs: list[list[Result]] | None = None) -> str:
+def table(
+    results: list[Result], args: argparse.Namespace, runs: list[list[Result]] | None = None
+) -> str:
     by = {r.system: r for r in results}
     celery = by.get("celery")
     chronoqs = [r for r in results if r.system.startswith("chronoq")]
     headers = ["figure", *(LABELS[r.system] for r in results)]
     ratio_cols = [r for r in chronoqs if celery is not None]
-    headers += [f"{'pg' if r.system == 'chronoq-pg' else 'pg+redis'}/celery"
-                for r in ratio_cols]
+    headers += [f"{'pg' if r.system == 'chronoq-pg' else 'pg+redis'}/celery" for r in ratio_cols]
     rows = []
     for label, get, digits, _ in ROWS:
         row = [label, *(_num(get(r), digits) for r in results)]
@@ -949,20 +1065,36 @@ def table(results: list[Result], args: argparse.Namespace,
             mine, theirs = get(r), get(celery) if celery else None
             row.append(f"{mine / theirs:.2f}x" if mine is not None and theirs else "-")
         rows.append(row)
-    rows.append(["processes (1-2)", *(str(r.processes or "-") for r in results),
-                 *("" for _ in ratio_cols)])
-    rows.append(["CPU busy before / load", *(
-        f"{r.cpu_busy_before:.0%} / " + "-".join(f"{x:.1f}" for x in r.load_average)
-        for r in results), *("" for _ in ratio_cols)])
-    rows.append(["problems", *(f"{len(r.errors)} (see below)" if r.errors else "none"
-                               for r in results), *("" for _ in ratio_cols)])
+    rows.append(
+        ["processes (1-2)", *(str(r.processes or "-") for r in results), *("" for _ in ratio_cols)]
+    )
+    rows.append(
+        [
+            "CPU busy before / load",
+            *(
+                f"{r.cpu_busy_before:.0%} / " + "-".join(f"{x:.1f}" for x in r.load_average)
+                for r in results
+            ),
+            *("" for _ in ratio_cols),
+        ]
+    )
+    rows.append(
+        [
+            "problems",
+            *(f"{len(r.errors)} (see below)" if r.errors else "none" for r in results),
+            *("" for _ in ratio_cols),
+        ]
+    )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     lines = []
     for n, cells in enumerate([headers, *rows]):
         numeric = n > 0 and n <= len(ROWS)
-        lines.append("  ".join(
-            c.ljust(w) if i == 0 or not numeric else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip())
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 or not numeric else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+        )
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [
         "",
@@ -977,21 +1109,31 @@ def table(results: list[Result], args: argparse.Namespace,
         f"{args.io_concurrency}.",
     ]
     if args.repeat > 1 and runs:
-        notes.append(f"each figure is the median of {args.repeat} runs (the systems took "
-                     "turns in each round); per run:")
-        for label, get, digits in (("end-to-end/s", lambda r: r.end_to_end_per_second, 0),
-                                   ("p50 ms", lambda r: r.latency.p50_ms, 2),
-                                   ("p99 ms", lambda r: r.latency.p99_ms, 2)):
-            notes.append(f"  {label}: " + "; ".join(
-                f"{LABELS[rs[0].system]} " + ", ".join(_num(get(x), digits) for x in rs)
-                for rs in runs))
+        notes.append(
+            f"each figure is the median of {args.repeat} runs (the systems took "
+            "turns in each round); per run:"
+        )
+        for label, get, digits in (
+            ("end-to-end/s", lambda r: r.end_to_end_per_second, 0),
+            ("p50 ms", lambda r: r.latency.p50_ms, 2),
+            ("p99 ms", lambda r: r.latency.p99_ms, 2),
+        ):
+            notes.append(
+                f"  {label}: "
+                + "; ".join(
+                    f"{LABELS[rs[0].system]} " + ", ".join(_num(get(x), digits) for x in rs)
+                    for rs in runs
+                )
+            )
     for r in results:
         notes.append(f"{LABELS[r.system]}: (1-2) {r.layout or '-'}; (3) {r.io_layout or '-'}")
     for r in results:
         if r.io_extra:
-            notes.append(f"{LABELS[r.system]} extra I/O run, {r.io_extra['layout']}: wall "
-                         f"{r.io_extra['wall_seconds']:.2f}s, {r.io_extra['per_second']:,.0f} "
-                         f"tasks/s, peak RSS {r.io_extra['peak_rss_mib']:,.0f} MiB")
+            notes.append(
+                f"{LABELS[r.system]} extra I/O run, {r.io_extra['layout']}: wall "
+                f"{r.io_extra['wall_seconds']:.2f}s, {r.io_extra['per_second']:,.0f} "
+                f"tasks/s, peak RSS {r.io_extra['peak_rss_mib']:,.0f} MiB"
+            )
         for error in r.errors:
             notes.append(f"{LABELS[r.system]}: {error}")
         for line in r.stderr_sample:
@@ -1008,70 +1150,161 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
             versions[module] = __import__(module).__version__
         except (ImportError, AttributeError):
             versions[module] = None
-    return {**versions, "python": platform.python_version(), "cpus": os.cpu_count(),
-            "platform": platform.platform(), "load_average_at_start": os.getloadavg(),
-            "postgres_url": args.database_url, "redis_url": args.redis}
+    return {
+        **versions,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average_at_start": os.getloadavg(),
+        "postgres_url": args.database_url,
+        "redis_url": args.redis,
+    }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Run the same workloads on chronoq, Celery and RQ and compare them.")
-    parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help=f"comma-separated, from {', '.join(SYSTEMS)} (default all)")
-    parser.add_argument("-n", "--tasks", type=int, default=10_000,
-                        help="no-op tasks per throughput run (default 10000)")
-    parser.add_argument("-k", "--workers", type=int, default=2,
-                        help="worker processes per system (default 2)")
-    parser.add_argument("-c", "--concurrency", type=int, default=16,
-                        help="chronoq slots per worker in phases 1-2 (default 16)")
-    parser.add_argument("--in-flight", type=int, default=64,
-                        help="concurrent chronoq adelay() calls when enqueuing (default 64)")
-    parser.add_argument("--latency-tasks", type=int, default=1000,
-                        help="tasks in the latency phase; 0 skips it (default 1000)")
-    parser.add_argument("--latency-rate", type=float, default=100.0,
-                        help="submissions per second in the latency phase (default 100)")
-    parser.add_argument("--io-tasks", type=int, default=1000,
-                        help="tasks in the I/O-bound phase (default 1000)")
-    parser.add_argument("--io-sleep-ms", type=float, default=50.0,
-                        help="how long each I/O-bound task sleeps (default 50)")
-    parser.add_argument("--io-concurrency", type=int, default=100,
-                        help="tasks at once in the I/O phase, over all processes (default 100)")
-    parser.add_argument("--rq-io-processes", type=int, default=0, metavar="P",
-                        help="also run phase 3 on an rq worker-pool of P SimpleWorkers "
-                             "(e.g. 100; default off)")
-    parser.add_argument("--database-url", default=DEFAULT_POSTGRES,
-                        help=f"PostgreSQL for chronoq (default {DEFAULT_POSTGRES}); each "
-                             "configuration gets a new schema, dropped afterwards")
-    parser.add_argument("--redis", default=DEFAULT_REDIS,
-                        help=f"Redis server, without a database number (default "
-                             f"{DEFAULT_REDIS}); databases 7-11 are used and flushed")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="give up on a phase after this many seconds (default 600)")
-    parser.add_argument("--start-timeout", type=float, default=60.0,
-                        help="seconds for a system's workers to start and warm up")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="profile chronoq's phase 1 (pyinstrument on the client while "
-                             "it enqueues, py-spy on a worker while it drains) into DIR; "
-                             "skews that run's figures")
-    parser.add_argument("--quiet-below", type=float, default=0.3, metavar="FRACTION",
-                        help="before each system, wait until the machine's CPU is less than "
-                             "this busy for 3 s (default 0.3; 1 disables)")
-    parser.add_argument("--quiet-wait", type=float, default=180.0, metavar="SECONDS",
-                        help="longest such wait (default 180)")
-    parser.add_argument("--repeat", type=int, default=1, metavar="R",
-                        help="run every system R times, taking turns, and print the median "
-                             "of each figure (default 1)")
+        description="Run the same workloads on chronoq, Celery and RQ and compare them."
+    )
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated, from {', '.join(SYSTEMS)} (default all)",
+    )
+    parser.add_argument(
+        "-n",
+        "--tasks",
+        type=int,
+        default=10_000,
+        help="no-op tasks per throughput run (default 10000)",
+    )
+    parser.add_argument(
+        "-k", "--workers", type=int, default=2, help="worker processes per system (default 2)"
+    )
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=16,
+        help="chronoq slots per worker in phases 1-2 (default 16)",
+    )
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=64,
+        help="concurrent chronoq adelay() calls when enqueuing (default 64)",
+    )
+    parser.add_argument(
+        "--latency-tasks",
+        type=int,
+        default=1000,
+        help="tasks in the latency phase; 0 skips it (default 1000)",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=100.0,
+        help="submissions per second in the latency phase (default 100)",
+    )
+    parser.add_argument(
+        "--io-tasks", type=int, default=1000, help="tasks in the I/O-bound phase (default 1000)"
+    )
+    parser.add_argument(
+        "--io-sleep-ms",
+        type=float,
+        default=50.0,
+        help="how long each I/O-bound task sleeps (default 50)",
+    )
+    parser.add_argument(
+        "--io-concurrency",
+        type=int,
+        default=100,
+        help="tasks at once in the I/O phase, over all processes (default 100)",
+    )
+    parser.add_argument(
+        "--rq-io-processes",
+        type=int,
+        default=0,
+        metavar="P",
+        help="also run phase 3 on an rq worker-pool of P SimpleWorkers (e.g. 100; default off)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=DEFAULT_POSTGRES,
+        help=f"PostgreSQL for chronoq (default {DEFAULT_POSTGRES}); each "
+        "configuration gets a new schema, dropped afterwards",
+    )
+    parser.add_argument(
+        "--redis",
+        default=DEFAULT_REDIS,
+        help=f"Redis server, without a database number (default "
+        f"{DEFAULT_REDIS}); databases 7-11 are used and flushed",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="give up on a phase after this many seconds (default 600)",
+    )
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=60.0,
+        help="seconds for a system's workers to start and warm up",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="profile chronoq's phase 1 (pyinstrument on the client while "
+        "it enqueues, py-spy on a worker while it drains) into DIR; "
+        "skews that run's figures",
+    )
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.3,
+        metavar="FRACTION",
+        help="before each system, wait until the machine's CPU is less than "
+        "this busy for 3 s (default 0.3; 1 disables)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=180.0,
+        metavar="SECONDS",
+        help="longest such wait (default 180)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="R",
+        help="run every system R times, taking turns, and print the median "
+        "of each figure (default 1)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the workers' logs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--json-out", type=Path, metavar="FILE",
-                        help="also write the JSON document to FILE")
+    parser.add_argument(
+        "--json-out", type=Path, metavar="FILE", help="also write the JSON document to FILE"
+    )
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
-    if min(args.tasks, args.workers, args.concurrency, args.in_flight, args.io_tasks,
-           args.io_concurrency, args.repeat) < 1 or args.latency_rate <= 0:
+    if (
+        min(
+            args.tasks,
+            args.workers,
+            args.concurrency,
+            args.in_flight,
+            args.io_tasks,
+            args.io_concurrency,
+            args.repeat,
+        )
+        < 1
+        or args.latency_rate <= 0
+    ):
         parser.error("counts and rates must be positive")
     args.redis = args.redis.rstrip("/")
     args.stamps_url = f"{args.redis}/{DB['stamps']}"
@@ -1124,20 +1357,38 @@ def median_result(runs: list[Result]) -> Result:
     """One result whose every figure is the median of the runs' (errors of all runs)."""
     if len(runs) == 1:
         return runs[0]
-    merged = dataclasses.replace(runs[0], errors=[e for r in runs for e in r.errors],
-                                 failed_tasks=sum(r.failed_tasks for r in runs))
-    for name in ("enqueue_per_second", "end_to_end_per_second", "backlog_enqueue_per_second",
-                 "serial_enqueue_per_second", "serial_end_to_end_per_second",
-                 "drain_per_second", "worker_cpu_ms_per_task", "server_cpu_ms_per_task",
-                 "io_wall_seconds", "io_per_second", "worker_peak_rss_mib"):
+    merged = dataclasses.replace(
+        runs[0],
+        errors=[e for r in runs for e in r.errors],
+        failed_tasks=sum(r.failed_tasks for r in runs),
+    )
+    for name in (
+        "enqueue_per_second",
+        "end_to_end_per_second",
+        "backlog_enqueue_per_second",
+        "serial_enqueue_per_second",
+        "serial_end_to_end_per_second",
+        "drain_per_second",
+        "worker_cpu_ms_per_task",
+        "server_cpu_ms_per_task",
+        "io_wall_seconds",
+        "io_per_second",
+        "worker_peak_rss_mib",
+    ):
         setattr(merged, name, _median(getattr(r, name) for r in runs))
-    merged.latency = dataclasses.replace(runs[0].latency, **{
-        name: _median(getattr(r.latency, name) for r in runs)
-        for name in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "min_ms")})
+    merged.latency = dataclasses.replace(
+        runs[0].latency,
+        **{
+            name: _median(getattr(r.latency, name) for r in runs)
+            for name in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "min_ms")
+        },
+    )
     merged.latency_pooled = Percentiles.of([x for r in runs for x in r.latency_samples])
     merged.cpu_busy_before = max(r.cpu_busy_before for r in runs)
-    merged.load_average = [min(x for r in runs for x in r.load_average or [0.0]),
-                           max(x for r in runs for x in r.load_average or [0.0])]
+    merged.load_average = [
+        min(x for r in runs for x in r.load_average or [0.0]),
+        max(x for r in runs for x in r.load_average or [0.0]),
+    ]
     return merged
 
 
@@ -1157,23 +1408,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     preflight(args)
     env = environment(args)
-    say(f"chronoq {env['chronoq']}, celery {env['celery']}, rq {env['rq']}, "
-        f"redis-py {env['redis']}; {env['cpus']} CPUs, load {env['load_average_at_start']}")
+    say(
+        f"chronoq {env['chronoq']}, celery {env['celery']}, rq {env['rq']}, "
+        f"redis-py {env['redis']}; {env['cpus']} CPUs, load {env['load_average_at_start']}"
+    )
     runs = asyncio.run(main_async(args))
     results = [median_result(r) for r in runs]
-    doc = json.dumps({"environment": env, "settings": {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "results": [_json(r) for r in results],
-        "runs": {r[0].system: [_json(x) for x in r] for r in runs}}, indent=2)
+    doc = json.dumps(
+        {
+            "environment": env,
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "results": [_json(r) for r in results],
+            "runs": {r[0].system: [_json(x) for x in r] for r in runs},
+        },
+        indent=2,
+    )
     if args.json_out:
         args.json_out.write_text(doc + "\n")
     if args.json:
         print(doc)
     else:
-        print(f"chronoq {env['chronoq']} vs Celery {env['celery']} (kombu {env['kombu']}) vs "
-              f"RQ {env['rq']}; redis-py {env['redis']}, Python {env['python']}, "
-              f"{env['cpus']} CPU cores, load average at start "
-              f"{', '.join(f'{x:.2f}' for x in env['load_average_at_start'])}\n")
+        print(
+            f"chronoq {env['chronoq']} vs Celery {env['celery']} (kombu {env['kombu']}) vs "
+            f"RQ {env['rq']}; redis-py {env['redis']}, Python {env['python']}, "
+            f"{env['cpus']} CPU cores, load average at start "
+            f"{', '.join(f'{x:.2f}' for x in env['load_average_at_start'])}\n"
+        )
         print(table(results, args, runs), flush=True)
     return 1 if any(r.errors for r in results) else 0
 

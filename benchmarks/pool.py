@@ -86,17 +86,26 @@ class System:
 
     def __init__(self, args: argparse.Namespace, log_dir: Path) -> None:
         self.args = args
-        self.env = {**environ_without_chronoq(), "PYTHONPATH": str(REPO),
-                    "BENCH_STAMPS_URL": args.stamps_url}
+        self.env = {
+            **environ_without_chronoq(),
+            "PYTHONPATH": str(REPO),
+            "BENCH_STAMPS_URL": args.stamps_url,
+        }
         self.procs = Processes(log_dir, self.env)
 
     async def setup(self) -> None: ...
     async def teardown(self) -> None: ...
-    def start(self) -> str: raise NotImplementedError
+    def start(self) -> str:
+        raise NotImplementedError
+
     async def enqueue(self, what: str, count: int, **payload: Any) -> None:
         raise NotImplementedError
-    async def done(self) -> int: raise NotImplementedError
-    async def last_finish(self) -> float: raise NotImplementedError
+
+    async def done(self) -> int:
+        raise NotImplementedError
+
+    async def last_finish(self) -> float:
+        raise NotImplementedError
 
 
 class Chronoq(compare.Chronoq):
@@ -111,16 +120,30 @@ class Chronoq(compare.Chronoq):
     def start(self) -> str:
         base = [sys.executable, "-m", "chronoq.cli"]
         k = str(self.args.processes)
-        pool = (["--pool", "process", "--processes", k] if self.pool == "process"
-                else ["--concurrency", str(self.args.async_concurrency)])
-        self.procs.spawn("worker", [*base, "worker", "--app", "benchmarks.chronoq_app:app",
-                                    *pool, "--log-level", "warning"])
-        self.procs.spawn("scheduler", [*base, "scheduler", "--log-level", "warning"],
-                         worker=False)
+        pool = (
+            ["--pool", "process", "--processes", k]
+            if self.pool == "process"
+            else ["--concurrency", str(self.args.async_concurrency)]
+        )
+        self.procs.spawn(
+            "worker",
+            [
+                *base,
+                "worker",
+                "--app",
+                "benchmarks.chronoq_app:app",
+                *pool,
+                "--log-level",
+                "warning",
+            ],
+        )
+        self.procs.spawn("scheduler", [*base, "scheduler", "--log-level", "warning"], worker=False)
         if self.pool == "process":
             return f"1 worker + {k} child processes (--pool process) + scheduler"
-        return f"1 worker, {self.args.async_concurrency} async slots (sync handlers in " \
-               "threads) + scheduler"
+        return (
+            f"1 worker, {self.args.async_concurrency} async slots (sync handlers in "
+            "threads) + scheduler"
+        )
 
     async def enqueue(self, what: str, count: int, **payload: Any) -> None:
         fn = getattr(self.mod, what)
@@ -134,8 +157,11 @@ class Chronoq(compare.Chronoq):
         await asyncio.gather(*(lane(share + (i < extra)) for i in range(lanes)))
 
     async def done(self) -> int:
-        return int(await self.conn.fetchval(
-            "SELECT COUNT(*) FROM tasks WHERE status IN ('succeeded', 'dead')"))
+        return int(
+            await self.conn.fetchval(
+                "SELECT COUNT(*) FROM tasks WHERE status IN ('succeeded', 'dead')"
+            )
+        )
 
     async def last_finish(self) -> float:
         return float(await self.conn.fetchval("SELECT MAX(finished_at) FROM attempts"))
@@ -164,11 +190,30 @@ class Celery(System):
 
     def start(self) -> str:
         k = str(self.args.processes)
-        self.procs.spawn("prefork", [
-            sys.executable, "-m", "celery", "-A", "benchmarks.celery_pool_app", "worker",
-            "-P", "prefork", "-c", k, "--prefetch-multiplier", "256", "--loglevel",
-            "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "-n", f"pool-{uuid.uuid4().hex[:6]}@%h"])
+        self.procs.spawn(
+            "prefork",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "benchmarks.celery_pool_app",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                k,
+                "--prefetch-multiplier",
+                "256",
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"pool-{uuid.uuid4().hex[:6]}@%h",
+            ],
+        )
         return f"1 prefork parent + {k} children, no result backend, prefetch 256"
 
     async def enqueue(self, what: str, count: int, **payload: Any) -> None:
@@ -228,8 +273,7 @@ async def latency(system: System, stamps: Any) -> Percentiles:
     return Percentiles.of([started[t] - submitted[t] for t in submitted])
 
 
-async def run_system(name: str, args: argparse.Namespace, stamps: Any,
-                     iterations: int) -> Result:
+async def run_system(name: str, args: argparse.Namespace, stamps: Any, iterations: int) -> Result:
     log_dir = Path(tempfile.mkdtemp(prefix=f"chronoq-pool-{name}-"))
     system = make(name, args, log_dir)
     result = Result(system=name)
@@ -252,8 +296,10 @@ async def run_system(name: str, args: argparse.Namespace, stamps: Any,
         say(f"  no-op end to end: {result.noop_per_second:,.0f} tasks/s")
         await asyncio.sleep(1.0)
         result.latency = await latency(system, stamps)
-        say(f"  idle submit->start p50 {result.latency.p50_ms:.2f} ms, "
-            f"p99 {result.latency.p99_ms:.2f} ms")
+        say(
+            f"  idle submit->start p50 {result.latency.p50_ms:.2f} ms, "
+            f"p99 {result.latency.p99_ms:.2f} ms"
+        )
         result.peak_rss_mib = system.procs.peak_rss_mib()
     except (BenchError, Exception) as exc:
         result.errors.append(f"{type(exc).__name__}: {exc}")
@@ -268,10 +314,13 @@ async def run_system(name: str, args: argparse.Namespace, stamps: Any,
     return result
 
 
-ROWS = [("CPU-bound tasks/s", "cpu_per_second", 1), ("no-op end-to-end tasks/s",
-        "noop_per_second", 0), ("idle submit->start p50 ms", "p50", 2),
-        ("idle submit->start p99 ms", "p99", 2), ("peak RSS MiB, all processes",
-        "peak_rss_mib", 0)]
+ROWS = [
+    ("CPU-bound tasks/s", "cpu_per_second", 1),
+    ("no-op end-to-end tasks/s", "noop_per_second", 0),
+    ("idle submit->start p50 ms", "p50", 2),
+    ("idle submit->start p99 ms", "p99", 2),
+    ("peak RSS MiB, all processes", "peak_rss_mib", 0),
+]
 
 
 def figure(result: Result, name: str) -> float | None:
@@ -283,10 +332,13 @@ def figure(result: Result, name: str) -> float | None:
 
 
 def median(runs: list[Result]) -> Result:
-    merged = Result(system=runs[0].system, layout=runs[0].layout,
-                    processes=runs[0].processes,
-                    errors=[e for r in runs for e in r.errors],
-                    load_average=[x for r in runs for x in r.load_average])
+    merged = Result(
+        system=runs[0].system,
+        layout=runs[0].layout,
+        processes=runs[0].processes,
+        errors=[e for r in runs for e in r.errors],
+        load_average=[x for r in runs for x in r.load_average],
+    )
     for name in ("cpu_per_second", "noop_per_second", "peak_rss_mib"):
         known = [v for r in runs if (v := getattr(r, name)) is not None]
         setattr(merged, name, statistics.median(known) if known else None)
@@ -309,19 +361,30 @@ def table(results: list[Result], runs: list[list[Result]], args: argparse.Namesp
         rows.append(row)
     rows.append(["processes", *(str(r.processes) for r in results), "", ""])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-             for cells in [headers, *rows]]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        for cells in [headers, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += ["", f"CPU-bound: {args.cpu_tasks} tasks x {args.cpu_ms:g} ms of pure Python; "
-              f"no-op: {args.tasks} tasks; latency: {args.latency_tasks} tasks at "
-              f"{args.latency_rate:g}/s."]
+    lines += [
+        "",
+        f"CPU-bound: {args.cpu_tasks} tasks x {args.cpu_ms:g} ms of pure Python; "
+        f"no-op: {args.tasks} tasks; latency: {args.latency_tasks} tasks at "
+        f"{args.latency_rate:g}/s.",
+    ]
     if len(runs[0]) > 1:
         lines.append(f"medians of {len(runs[0])} runs; per run:")
         for label, name, digits in ROWS[:3]:
-            lines.append(f"  {label}: " + "; ".join(
-                f"{rs[0].system} " + ", ".join(_num(figure(x, name), digits) for x in rs)
-                for rs in runs))
+            lines.append(
+                f"  {label}: "
+                + "; ".join(
+                    f"{rs[0].system} " + ", ".join(_num(figure(x, name), digits) for x in rs)
+                    for rs in runs
+                )
+            )
     for r in results:
         lines.append(f"{r.system}: {r.layout}")
         lines += [f"{r.system}: {e}" for e in r.errors]
@@ -346,8 +409,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--database-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
-    parser.add_argument("--quiet-below", type=float, default=0.5, metavar="FRACTION",
-                        help="wait for the machine to be less busy than this first")
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.5,
+        metavar="FRACTION",
+        help="wait for the machine to be less busy than this first",
+    )
     parser.add_argument("--quiet-wait", type=float, default=60.0)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
@@ -379,9 +447,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = asyncio.run(main_async(args, iterations))
     results = [median(r) for r in runs]
     if args.json_out:
-        args.json_out.write_text(json.dumps({
-            "iterations": iterations, "results": [asdict(r) for r in results],
-            "runs": [[asdict(x) for x in r] for r in runs]}, indent=2) + "\n")
+        args.json_out.write_text(
+            json.dumps(
+                {
+                    "iterations": iterations,
+                    "results": [asdict(r) for r in results],
+                    "runs": [[asdict(x) for x in r] for r in runs],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     print(table(results, runs, args), flush=True)
     return 1 if any(r.errors for r in results) else 0
 

@@ -175,8 +175,10 @@ class FireResult:
         if self.timed_out:
             found.append("timed out waiting for tasks to finish")
         if self.created_late_seconds > 0:
-            found.append(f"schedules created {self.created_late_seconds:.2f}s after the "
-                         "window opened (raise --lead-seconds)")
+            found.append(
+                f"schedules created {self.created_late_seconds:.2f}s after the "
+                "window opened (raise --lead-seconds)"
+            )
         if self.missed:
             found.append(f"{self.missed} missed slots")
         if self.duplicate_groups:
@@ -221,10 +223,15 @@ class TickStats:
         if not ticks:
             return cls()
         total = sorted(t.total_ms for t in ticks)
-        p95 = (statistics.quantiles(total, n=20, method="inclusive")[18]
-               if len(total) > 1 else total[0])
+        p95 = (
+            statistics.quantiles(total, n=20, method="inclusive")[18]
+            if len(total) > 1
+            else total[0]
+        )
         return cls(
-            ticks=len(ticks), median_ms=statistics.median(total), p95_ms=p95,
+            ticks=len(ticks),
+            median_ms=statistics.median(total),
+            p95_ms=p95,
             max_ms=total[-1],
             fire_median_ms=statistics.median(t.fire_ms for t in ticks),
             promote_median_ms=statistics.median(t.promote_ms for t in ticks),
@@ -240,8 +247,10 @@ class TickStats:
     def parts(self) -> str:
         if self.fire_median_ms is None:
             return "-"
-        return (f"{self.fire_median_ms:.2f} + {self.promote_median_ms:.2f} + "
-                f"{self.next_due_median_ms:.2f}")
+        return (
+            f"{self.fire_median_ms:.2f} + {self.promote_median_ms:.2f} + "
+            f"{self.next_due_median_ms:.2f}"
+        )
 
 
 @dataclass
@@ -288,20 +297,21 @@ async def scalar(store: Store, sql: str, *args: Any) -> Any:
 class WorkerProcesses(ChronoqProcesses):
     """K ``chronoq worker --app benchmarks.schedule_app:app`` processes."""
 
-    def __init__(self, url: str, count: int, concurrency: int, poll_seconds: float | None,
-                 log_dir: Path) -> None:
+    def __init__(
+        self, url: str, count: int, concurrency: int, poll_seconds: float | None, log_dir: Path
+    ) -> None:
         env = {**os.environ, "CHRONOQ_DATABASE_URL": url}
         env.pop("CHRONOQ_APP", None)
         if poll_seconds is not None:
             env["CHRONOQ_POLL_SECONDS"] = str(poll_seconds)
         super().__init__(env, log_dir)
         for i in range(count):
-            self.spawn(f"worker-{i}", ["worker", "--app", APP,
-                                       "--concurrency", str(concurrency)])
+            self.spawn(f"worker-{i}", ["worker", "--app", APP, "--concurrency", str(concurrency)])
 
 
-async def wait_workers_ready(store: Store, workers: WorkerProcesses, count: int,
-                             max_wait: float = 30.0) -> None:
+async def wait_workers_ready(
+    store: Store, workers: WorkerProcesses, count: int, max_wait: float = 30.0
+) -> None:
     """Until ``count`` workers registered themselves (``workers`` table), or 3 s when the
     store has no such table."""
     deadline = time.monotonic() + max_wait
@@ -334,13 +344,22 @@ def _instrument(store: Store, calls: dict[float, tuple[float, float, int]]) -> N
     store.fire_due_schedules = timed  # type: ignore[method-assign]
 
 
-async def create_schedules(store: Store, count: int, start: float, seconds: int,
-                           in_flight: int) -> None:
+async def create_schedules(
+    store: Store, count: int, start: float, seconds: int, in_flight: int
+) -> None:
     template = TaskTemplate(name=TASK, max_attempts=1)
     start_at = datetime.fromtimestamp(start, UTC)
     end_at = datetime.fromtimestamp(start + seconds - 0.5, UTC)
-    specs = [ScheduleCreate(name=f"bench-{i:07d}", cron=EVERY_SECOND, task=template,
-                            start_at=start_at, end_at=end_at) for i in range(count)]
+    specs = [
+        ScheduleCreate(
+            name=f"bench-{i:07d}",
+            cron=EVERY_SECOND,
+            task=template,
+            start_at=start_at,
+            end_at=end_at,
+        )
+        for i in range(count)
+    ]
     queue = iter(specs)
 
     async def lane() -> None:
@@ -352,11 +371,20 @@ async def create_schedules(store: Store, count: int, start: float, seconds: int,
 
 async def fire_backend(backend: str, args: argparse.Namespace) -> FireResult:
     database = make_database(backend, args.database_url, args.keep)
-    result = FireResult(backend, database.label, args.schedules, args.seconds, args.workers,
-                        args.concurrency, args.poll_seconds)
-    say(f"(a) {backend}: {args.schedules} schedules every second for {args.seconds}s, "
+    result = FireResult(
+        backend,
+        database.label,
+        args.schedules,
+        args.seconds,
+        args.workers,
+        args.concurrency,
+        args.poll_seconds,
+    )
+    say(
+        f"(a) {backend}: {args.schedules} schedules every second for {args.seconds}s, "
         f"{'in-process worker' if not args.workers else f'{args.workers} worker processes'}"
-        f" ({database.label})")
+        f" ({database.label})"
+    )
     log_dir = Path(tempfile.mkdtemp(prefix="chronoq-schedules-logs-"))
     store = create_store(database.url)
     workers: WorkerProcesses | None = None
@@ -364,8 +392,9 @@ async def fire_backend(backend: str, args: argparse.Namespace) -> FireResult:
         await store.open()
         await store.migrate()
         if args.workers:
-            workers = WorkerProcesses(database.url, args.workers, args.concurrency,
-                                      args.poll_seconds, log_dir)
+            workers = WorkerProcesses(
+                database.url, args.workers, args.concurrency, args.poll_seconds, log_dir
+            )
             await wait_workers_ready(store, workers, args.workers)
         lead = args.lead_seconds
         if lead is None:
@@ -373,12 +402,19 @@ async def fire_backend(backend: str, args: argparse.Namespace) -> FireResult:
         start = float(math.ceil(time.time() + lead))
         result.window_start, result.window_end = start, start + args.seconds
         t0 = time.perf_counter()
-        await create_schedules(store, args.schedules, start, args.seconds,
-                               args.in_flight if backend == "postgres" else 1)
+        await create_schedules(
+            store,
+            args.schedules,
+            start,
+            args.seconds,
+            args.in_flight if backend == "postgres" else 1,
+        )
         result.create_seconds = time.perf_counter() - t0
         result.created_late_seconds = max(0.0, time.time() - start)
-        say(f"  created {args.schedules} schedules in {result.create_seconds:.2f}s; window "
-            f"opens in {start - time.time():.1f}s")
+        say(
+            f"  created {args.schedules} schedules in {result.create_seconds:.2f}s; window "
+            f"opens in {start - time.time():.1f}s"
+        )
         calls = await run_window(store, workers, result, args)
         await read_fire_results(store, result, calls)
     except Exception as exc:  # report, don't lose the other back-end's figures
@@ -395,8 +431,9 @@ async def fire_backend(backend: str, args: argparse.Namespace) -> FireResult:
     return result
 
 
-async def run_window(store: Store, workers: WorkerProcesses | None, result: FireResult,
-                     args: argparse.Namespace) -> dict[float, tuple[float, float, int]]:
+async def run_window(
+    store: Store, workers: WorkerProcesses | None, result: FireResult, args: argparse.Namespace
+) -> dict[float, tuple[float, float, int]]:
     calls: dict[float, tuple[float, float, int]] = {}
     _instrument(store, calls)
     scheduler = Scheduler(store, poll_seconds=args.poll_seconds or 1.0)
@@ -404,8 +441,12 @@ async def run_window(store: Store, workers: WorkerProcesses | None, result: Fire
     worker: Worker | None = None
     if not args.workers:
         app = importlib.import_module(APP.partition(":")[0]).app
-        worker = Worker(store, app.executors(), concurrency=args.concurrency,
-                        poll_seconds=args.poll_seconds or 1.0)
+        worker = Worker(
+            store,
+            app.executors(),
+            concurrency=args.concurrency,
+            poll_seconds=args.poll_seconds or 1.0,
+        )
         jobs.append(asyncio.create_task(worker.run(), name="worker"))
     try:
         await asyncio.sleep(max(0.0, result.window_start - time.time()))
@@ -417,8 +458,9 @@ async def run_window(store: Store, workers: WorkerProcesses | None, result: Fire
             if time.time() >= next_report:
                 say(f"  … {int(time.time() - result.window_start)}s: {scheduler.fired} fired")
                 next_report += 10
-        result.process_cpu_percent = (100 * (time.process_time() - cpu0)
-                                      / (time.perf_counter() - wall0))
+        result.process_cpu_percent = (
+            100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+        )
         result.load_average = os.getloadavg()[0]
         # the last slot (window_end - 1) has fired by now unless the scheduler is behind:
         # wait until the scheduler went quiet and no fired task is unfinished
@@ -428,10 +470,13 @@ async def run_window(store: Store, workers: WorkerProcesses | None, result: Fire
             _check(jobs, workers)
             fired_before = scheduler.fired
             unfinished = await scalar(
-                store, "SELECT COUNT(*) FROM tasks WHERE schedule_id IS NOT NULL AND "
-                "status NOT IN ('succeeded', 'failed', 'dead', 'cancelled')")
+                store,
+                "SELECT COUNT(*) FROM tasks WHERE schedule_id IS NOT NULL AND "
+                "status NOT IN ('succeeded', 'failed', 'dead', 'cancelled')",
+            )
             pending = await scalar(
-                store, "SELECT COUNT(*) FROM schedules WHERE next_fire_at IS NOT NULL")
+                store, "SELECT COUNT(*) FROM schedules WHERE next_fire_at IS NOT NULL"
+            )
             if not unfinished and not pending and scheduler.fired == fired_before:
                 break
             if time.monotonic() > deadline:
@@ -460,15 +505,17 @@ def _check(jobs: list[asyncio.Task[None]], workers: WorkerProcesses | None) -> N
         workers.check_alive()
 
 
-async def read_fire_results(store: Store, result: FireResult,
-                            calls: dict[float, tuple[float, float, int]]) -> None:
+async def read_fire_results(
+    store: Store, result: FireResult, calls: dict[float, tuple[float, float, int]]
+) -> None:
     start, seconds = result.window_start, result.seconds
     ids = [r["id"] for r in await fetch(store, "SELECT id FROM schedules")]
     rows = await fetch(
         store,
         "SELECT t.schedule_id, t.slot, t.created_at, t.status, a.started_at "
         "FROM tasks t LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = 1 "
-        "WHERE t.schedule_id IS NOT NULL")
+        "WHERE t.schedule_id IS NOT NULL",
+    )
     slots = {start + k for k in range(seconds)}
     fired: set[tuple[str, float]] = set()
     fire_lags, commit_lags, start_lags = [], [], []
@@ -495,13 +542,15 @@ async def read_fire_results(store: Store, result: FireResult,
     result.fired = len(rows) - result.outside_window
     missing = sorted((slot, sid) for sid in ids for slot in slots if (sid, slot) not in fired)
     result.missed = len(missing)
-    result.missed_sample = [f"{sid} @ {datetime.fromtimestamp(slot, UTC):%H:%M:%S}"
-                            for slot, sid in missing[:10]]
+    result.missed_sample = [
+        f"{sid} @ {datetime.fromtimestamp(slot, UTC):%H:%M:%S}" for slot, sid in missing[:10]
+    ]
     dup = await fetch(
         store,
         "SELECT COUNT(*) AS groups, COALESCE(SUM(n - 1), 0) AS extra FROM ("
         "SELECT COUNT(*) AS n FROM tasks WHERE schedule_id IS NOT NULL "
-        "GROUP BY schedule_id, slot HAVING COUNT(*) > 1) AS d")
+        "GROUP BY schedule_id, slot HAVING COUNT(*) > 1) AS d",
+    )
     result.duplicate_groups, result.duplicate_tasks = int(dup[0]["groups"]), int(dup[0]["extra"])
     result.not_succeeded = {s: n for s, n in statuses.items() if s != "succeeded"}
     if result.not_started:
@@ -509,8 +558,9 @@ async def read_fire_results(store: Store, result: FireResult,
     result.fire_lag = Percentiles.of(fire_lags)
     result.commit_lag = Percentiles.of(commit_lags)
     result.start_lag = Percentiles.of(start_lags)
-    result.max_fire_lag_by_slot_ms = [round(worst.get(start + k, math.nan) * 1000, 1)
-                                      for k in range(seconds)]
+    result.max_fire_lag_by_slot_ms = [
+        round(worst.get(start + k, math.nan) * 1000, 1) for k in range(seconds)
+    ]
 
 
 # -- (b) tick time vs stored schedules ---------------------------------------------------------
@@ -539,18 +589,24 @@ WAITING = "('scheduled', 'failed')"  # chronoq.states.WAITING, as the store spel
 async def explain(conn: asyncpg.Connection, now: float, limit: int) -> dict[str, str]:
     """EXPLAIN (ANALYZE, BUFFERS) of the queries of one scheduler round, rolled back."""
     queries = {
-        "fire_due_schedules SELECT (custom plan)":
-            ("SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 "
-             "ORDER BY next_fire_at LIMIT $2 FOR UPDATE SKIP LOCKED", (now, limit)),
-        "promote_due UPDATE":
-            ("UPDATE tasks SET status = 'queued', updated_at = $1 WHERE id IN ("
-             f"SELECT id FROM tasks WHERE status IN {WAITING} AND run_at <= $1 "
-             "ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING queue", (now, limit)),
-        "next_due_at":
-            ("SELECT MIN(t) AS t FROM ("
-             f"SELECT MIN(run_at) AS t FROM tasks WHERE status IN {WAITING} UNION ALL "
-             "SELECT MIN(next_fire_at) AS t FROM schedules "
-             "WHERE paused = 0 AND next_fire_at IS NOT NULL) AS due", ()),
+        "fire_due_schedules SELECT (custom plan)": (
+            "SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 "
+            "ORDER BY next_fire_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            (now, limit),
+        ),
+        "promote_due UPDATE": (
+            "UPDATE tasks SET status = 'queued', updated_at = $1 WHERE id IN ("
+            f"SELECT id FROM tasks WHERE status IN {WAITING} AND run_at <= $1 "
+            "ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING queue",
+            (now, limit),
+        ),
+        "next_due_at": (
+            "SELECT MIN(t) AS t FROM ("
+            f"SELECT MIN(run_at) AS t FROM tasks WHERE status IN {WAITING} UNION ALL "
+            "SELECT MIN(next_fire_at) AS t FROM schedules "
+            "WHERE paused = 0 AND next_fire_at IS NOT NULL) AS due",
+            (),
+        ),
     }
     plans: dict[str, str] = {}
     for label, (sql, params) in queries.items():
@@ -569,9 +625,9 @@ async def explain(conn: asyncpg.Connection, now: float, limit: int) -> dict[str,
         await conn.execute(
             "PREPARE bench_fire(double precision, integer) AS SELECT * FROM schedules "
             "WHERE paused = 0 AND next_fire_at <= $1 ORDER BY next_fire_at LIMIT $2 "
-            "FOR UPDATE SKIP LOCKED")
-        rows = await conn.fetch(
-            f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_fire({now!r}, {limit})")
+            "FOR UPDATE SKIP LOCKED"
+        )
+        rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_fire({now!r}, {limit})")
         plans["fire_due_schedules SELECT (generic plan)"] = "\n".join(r[0] for r in rows)
     finally:
         await tx.rollback()
@@ -631,17 +687,20 @@ async def scale_one(n: int, args: argparse.Namespace) -> ScaleResult:
         t0 = time.perf_counter()
         await conn.execute("ANALYZE schedules")
         result.analyze_seconds = time.perf_counter() - t0
-        say(f"  loaded in {result.load_seconds:.2f}s ({result.load_rows_per_second:,.0f} "
-            f"rows/s), ANALYZE {result.analyze_seconds:.2f}s")
+        say(
+            f"  loaded in {result.load_seconds:.2f}s ({result.load_rows_per_second:,.0f} "
+            f"rows/s), ANALYZE {result.analyze_seconds:.2f}s"
+        )
         result.rule_check = await check_rules(conn, time.time())
         template = TaskTemplate(name=TASK, max_attempts=1)
         for i in range(args.due):
             await store.create_schedule(
-                ScheduleCreate(name=f"due-{i:04d}", cron=EVERY_SECOND, task=template),
-                time.time())
+                ScheduleCreate(name=f"due-{i:04d}", cron=EVERY_SECOND, task=template), time.time()
+            )
         sizes = await conn.fetchrow(
             "SELECT pg_total_relation_size('schedules') AS t, "
-            "pg_relation_size('schedules_due') AS i")
+            "pg_relation_size('schedules_due') AS i"
+        )
         result.table_mib = round(sizes["t"] / 2**20, 1)
         result.due_index_mib = round(sizes["i"] / 2**20, 1)
         busy: list[Tick] = []
@@ -656,8 +715,10 @@ async def scale_one(n: int, args: argparse.Namespace) -> ScaleResult:
             second += 1
         result.busy, result.idle = TickStats.of(busy), TickStats.of(idle)
         result.load_average = os.getloadavg()[0]
-        say(f"  busy tick {result.busy.brief()} ms (median/p95, {result.busy.fired_per_tick:.0f}"
-            f" fired), idle tick {result.idle.brief()} ms")
+        say(
+            f"  busy tick {result.busy.brief()} ms (median/p95, {result.busy.fired_per_tick:.0f}"
+            f" fired), idle tick {result.idle.brief()} ms"
+        )
         result.plans = await explain(conn, time.time() + 1.0, args.batch)  # the due ones due
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
@@ -682,8 +743,10 @@ def flat_verdict(results: Sequence[ScaleResult], factor: float) -> tuple[bool, s
         notes.append(f"{label} x{ratio:.2f}")
         flat = flat and ratio <= factor
     verdict = "flat" if flat else "NOT FLAT"
-    return flat, (f"{verdict}: median at {large.schedules:,} vs {small.schedules:,} "
-                  f"schedules: {', '.join(notes)} (limit x{factor:g})")
+    return flat, (
+        f"{verdict}: median at {large.schedules:,} vs {small.schedules:,} "
+        f"schedules: {', '.join(notes)} (limit x{factor:g})"
+    )
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -691,14 +754,24 @@ def fire_table(results: Sequence[FireResult]) -> str:
     if not results:
         return ""
     first = results[0]
-    mode = (f"{first.workers} worker processes x {first.concurrency}" if first.workers
-            else f"in-process worker x {first.concurrency}")
-    head = (f"(a) {first.schedules:,} schedules x every second for {first.seconds}s "
-            f"(cron '{EVERY_SECOND}'; one in-process scheduler; {mode})")
+    mode = (
+        f"{first.workers} worker processes x {first.concurrency}"
+        if first.workers
+        else f"in-process worker x {first.concurrency}"
+    )
+    head = (
+        f"(a) {first.schedules:,} schedules x every second for {first.seconds}s "
+        f"(cron '{EVERY_SECOND}'; one in-process scheduler; {mode})"
+    )
     lines: list[tuple[str, list[str]]] = [
-        ("window (UTC)", [f"{datetime.fromtimestamp(r.window_start, UTC):%H:%M:%S}-"
-                          f"{datetime.fromtimestamp(r.window_end - 1, UTC):%H:%M:%S}"
-                          for r in results]),
+        (
+            "window (UTC)",
+            [
+                f"{datetime.fromtimestamp(r.window_start, UTC):%H:%M:%S}-"
+                f"{datetime.fromtimestamp(r.window_end - 1, UTC):%H:%M:%S}"
+                for r in results
+            ],
+        ),
         ("create schedules s", [f"{r.create_seconds:.2f}" for r in results]),
         ("expected slots", [f"{r.expected:,}" for r in results]),
         ("fired", [f"{r.fired:,}" for r in results]),
@@ -720,29 +793,49 @@ def fire_table(results: Sequence[FireResult]) -> str:
 def scale_table(results: Sequence[ScaleResult], verdict: str) -> str:
     if not results:
         return ""
-    head = (f"(b) scheduler round (fire_due_schedules + promote_due + next_due_at) vs stored "
-            f"schedules, PostgreSQL, {results[0].due} due every second, "
-            f"{results[0].busy.ticks} ticks")
+    head = (
+        f"(b) scheduler round (fire_due_schedules + promote_due + next_due_at) vs stored "
+        f"schedules, PostgreSQL, {results[0].due} due every second, "
+        f"{results[0].busy.ticks} ticks"
+    )
     rows: list[tuple[str, list[str]]] = []
     for r in results:
         if r.error:
             rows.append((f"{r.schedules:,}", [f"error: {r.error}"] + [""] * 7))
             continue
-        rows.append((f"{r.schedules:,}", [
-            f"{r.load_seconds:.2f} ({r.load_rows_per_second / 1000:,.0f}k/s)",
-            f"{r.analyze_seconds:.2f}",
-            f"{r.table_mib:g} / {r.due_index_mib:g}",
-            f"{r.busy.brief()} ({r.busy.fired_per_tick:.0f} fired)",
-            r.busy.parts(),
-            r.idle.brief(),
-            r.idle.parts(),
-            f"{r.load_average:.2f}",
-        ]))
-    table = _grid(head, ["schedules", "load s", "ANALYZE s", "table/index MiB",
-                         "busy tick ms med/p95", "busy fire+promote+next",
-                         "idle tick ms med/p95", "idle fire+promote+next", "load avg"], rows)
+        rows.append(
+            (
+                f"{r.schedules:,}",
+                [
+                    f"{r.load_seconds:.2f} ({r.load_rows_per_second / 1000:,.0f}k/s)",
+                    f"{r.analyze_seconds:.2f}",
+                    f"{r.table_mib:g} / {r.due_index_mib:g}",
+                    f"{r.busy.brief()} ({r.busy.fired_per_tick:.0f} fired)",
+                    r.busy.parts(),
+                    r.idle.brief(),
+                    r.idle.parts(),
+                    f"{r.load_average:.2f}",
+                ],
+            )
+        )
+    table = _grid(
+        head,
+        [
+            "schedules",
+            "load s",
+            "ANALYZE s",
+            "table/index MiB",
+            "busy tick ms med/p95",
+            "busy fire+promote+next",
+            "idle tick ms med/p95",
+            "idle fire+promote+next",
+            "load avg",
+        ],
+        rows,
+    )
     return f"{table}\n{verdict}\n" + "\n".join(
-        f"  {r.schedules:,}: {r.rule_check}" for r in results if r.rule_check)
+        f"  {r.schedules:,}: {r.rule_check}" for r in results if r.rule_check
+    )
 
 
 def _grid(head: str, header: list[str], rows: list[tuple[str, list[str]]]) -> str:
@@ -750,8 +843,7 @@ def _grid(head: str, header: list[str], rows: list[tuple[str, list[str]]]) -> st
     widths = [max(len(row[i]) for row in body) for i in range(len(header))]
     text = [head]
     for n, row in enumerate(body):
-        text.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                    .rstrip())
+        text.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if n == 0:
             text.append("  ".join("-" * w for w in widths))
     return "\n".join(text)
@@ -767,54 +859,99 @@ def plans_text(results: Sequence[ScaleResult]) -> str:
 
 
 def environment() -> dict[str, Any]:
-    return {"chronoq": chronoq.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "cpus": os.cpu_count()}
+    return {
+        "chronoq": chronoq.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
 
 
 # -- command line -------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--part", choices=["fire", "scale", "both"], default="both",
-                   help="(a) fire: firing accuracy; (b) scale: tick time vs stored schedules")
-    p.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both",
-                   help="back-end(s) for part (a); (b) is PostgreSQL only")
-    p.add_argument("--database-url", default=os.environ.get("CHRONOQ_BENCH_POSTGRES",
-                                                            DEFAULT_POSTGRES),
-                   help="PostgreSQL server and database to create bench_* schemas in "
-                        "[env CHRONOQ_BENCH_POSTGRES]")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the SQLite files / PostgreSQL schemas and worker logs")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--part",
+        choices=["fire", "scale", "both"],
+        default="both",
+        help="(a) fire: firing accuracy; (b) scale: tick time vs stored schedules",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["sqlite", "postgres", "both"],
+        default="both",
+        help="back-end(s) for part (a); (b) is PostgreSQL only",
+    )
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("CHRONOQ_BENCH_POSTGRES", DEFAULT_POSTGRES),
+        help="PostgreSQL server and database to create bench_* schemas in "
+        "[env CHRONOQ_BENCH_POSTGRES]",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the SQLite files / PostgreSQL schemas and worker logs",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document to stdout")
     a = p.add_argument_group("(a) firing accuracy")
     a.add_argument("--schedules", type=int, default=1000, help="schedules firing every second")
     a.add_argument("--seconds", type=int, default=60, help="length of the window")
-    a.add_argument("--workers", type=int, default=0,
-                   help="worker processes (chronoq worker); 0 = one in-process Worker")
+    a.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes (chronoq worker); 0 = one in-process Worker",
+    )
     a.add_argument("--concurrency", type=int, default=64, help="tasks each worker runs at once")
-    a.add_argument("--poll-seconds", type=float, default=None,
-                   help="scheduler/worker poll interval (chronoq's default, 1 s, if unset); "
-                        "worker processes on SQLite only learn of new tasks by polling")
-    a.add_argument("--lead-seconds", type=float, default=None,
-                   help="seconds from start-up to the window (default: 2 + time to create)")
-    a.add_argument("--in-flight", type=int, default=16,
-                   help="concurrent create_schedule calls on PostgreSQL")
-    a.add_argument("--max-wait", type=float, default=120.0,
-                   help="longest wait for fired tasks to finish after the window")
+    a.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=None,
+        help="scheduler/worker poll interval (chronoq's default, 1 s, if unset); "
+        "worker processes on SQLite only learn of new tasks by polling",
+    )
+    a.add_argument(
+        "--lead-seconds",
+        type=float,
+        default=None,
+        help="seconds from start-up to the window (default: 2 + time to create)",
+    )
+    a.add_argument(
+        "--in-flight", type=int, default=16, help="concurrent create_schedule calls on PostgreSQL"
+    )
+    a.add_argument(
+        "--max-wait",
+        type=float,
+        default=120.0,
+        help="longest wait for fired tasks to finish after the window",
+    )
     b = p.add_argument_group("(b) tick time vs stored schedules")
-    b.add_argument("--scale", default="1000,100000,1000000",
-                   help="comma-separated numbers of stored schedules")
+    b.add_argument(
+        "--scale", default="1000,100000,1000000", help="comma-separated numbers of stored schedules"
+    )
     b.add_argument("--due", type=int, default=100, help="schedules due every second")
     b.add_argument("--ticks", type=int, default=20, help="timed rounds per size")
     b.add_argument("--batch", type=int, default=1000, help="the scheduler's batch (limit)")
-    b.add_argument("--flat-factor", type=float, default=2.0,
-                   help="largest/smallest median tick ratio above which it is NOT FLAT")
-    b.add_argument("--explain", action="store_true",
-                   help="print EXPLAIN ANALYZE plans even when the tick time is flat")
+    b.add_argument(
+        "--flat-factor",
+        type=float,
+        default=2.0,
+        help="largest/smallest median tick ratio above which it is NOT FLAT",
+    )
+    b.add_argument(
+        "--explain",
+        action="store_true",
+        help="print EXPLAIN ANALYZE plans even when the tick time is flat",
+    )
     args = p.parse_args(argv)
     try:
-        args.scale_sizes = sorted({int(x.replace("_", "")) for x in args.scale.split(",")
-                                   if x.strip()})
+        args.scale_sizes = sorted(
+            {int(x.replace("_", "")) for x in args.scale.split(",") if x.strip()}
+        )
     except ValueError:
         p.error(f"--scale must be comma-separated integers, not {args.scale!r}")
     if args.schedules < 1 or args.seconds < 1:
@@ -836,22 +973,29 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     out = asyncio.run(main_async(args))
     fire: list[FireResult] = out["fire"]
     scale: list[ScaleResult] = out["scale"]
     flat, verdict = flat_verdict(scale, args.flat_factor)
     if args.json:
-        doc = {"environment": out["environment"],
-               "fire": [{**asdict(r), "problems": r.problems} for r in fire],
-               "scale": [asdict(r) for r in scale],
-               "scale_verdict": verdict if scale else None}
+        doc = {
+            "environment": out["environment"],
+            "fire": [{**asdict(r), "problems": r.problems} for r in fire],
+            "scale": [asdict(r) for r in scale],
+            "scale_verdict": verdict if scale else None,
+        }
         print(json.dumps(doc, indent=2))
     else:
         env = out["environment"]
-        print(f"chronoq {env['chronoq']}, Python {env['python']}, {env['cpus']} CPUs, "
-              f"{env['platform']}\n")
+        print(
+            f"chronoq {env['chronoq']}, Python {env['python']}, {env['cpus']} CPUs, "
+            f"{env['platform']}\n"
+        )
         if fire:
             print(fire_table(fire) + "\n")
         if scale:

@@ -218,8 +218,17 @@ class Result:
 class Workers(ChronoqProcesses):
     """K ``chronoq worker`` processes (plus an optional ``chronoq scheduler``)."""
 
-    def __init__(self, url: str, count: int, concurrency: int, *, poll_seconds: float | None,
-                 broker_url: str | None, scheduler: bool, log_dir: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        count: int,
+        concurrency: int,
+        *,
+        poll_seconds: float | None,
+        broker_url: str | None,
+        scheduler: bool,
+        log_dir: Path,
+    ) -> None:
         env = environ_without_chronoq()
         env["CHRONOQ_DATABASE_URL"] = url
         if broker_url:
@@ -231,8 +240,9 @@ class Workers(ChronoqProcesses):
 
     def start(self) -> None:
         for i in range(self.count):
-            self.spawn(f"worker-{i}", ["worker", "--app", APP,
-                                       "--concurrency", str(self.concurrency)])
+            self.spawn(
+                f"worker-{i}", ["worker", "--app", APP, "--concurrency", str(self.concurrency)]
+            )
         if self.scheduler:
             self.spawn("scheduler", ["scheduler"])
 
@@ -286,8 +296,13 @@ class CpuMeter:
 
     async def _sample(self) -> dict[str, float]:
         workers, sched = self.workers.cpu_seconds()
-        sample = {"submit": time.process_time(), "workers": workers, "sched": sched,
-                  "machine": _machine_busy(), "wall": time.monotonic()}
+        sample = {
+            "submit": time.process_time(),
+            "workers": workers,
+            "sched": sched,
+            "machine": _machine_busy(),
+            "wall": time.monotonic(),
+        }
         if self.redis is not None:
             info = await self.redis.info("cpu")
             sample["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -299,30 +314,38 @@ class CpuMeter:
     async def stop(self) -> dict[str, float]:
         end = await self._sample()
         used = {k: round(end[k] - self._start[k], 2) for k in end}
-        used["rest"] = round(used["machine"] - sum(
-            used.get(k, 0.0) for k in ("submit", "workers", "sched", "redis")), 2)
+        used["rest"] = round(
+            used["machine"]
+            - sum(used.get(k, 0.0) for k in ("submit", "workers", "sched", "redis")),
+            2,
+        )
         return used
 
 
 # -- database helpers ---------------------------------------------------------------------------
 async def status_counts(store: Store, since: float) -> dict[str, int]:
-    rows = await fetch(store, "SELECT status, COUNT(*) AS n FROM tasks WHERE created_at >= $1 "
-                              "GROUP BY status", since)
+    rows = await fetch(
+        store,
+        "SELECT status, COUNT(*) AS n FROM tasks WHERE created_at >= $1 GROUP BY status",
+        since,
+    )
     return {r["status"]: int(r["n"]) for r in rows}
 
 
 async def note_not_succeeded(store: Store, result: Result, since: float, phase: str) -> None:
     """Count the tasks created since ``since`` that did not succeed in ``result``."""
     counts = await status_counts(store, since)
-    result.not_succeeded.update({f"{phase} {s}": c for s, c in counts.items()
-                                 if s != "succeeded"})
+    result.not_succeeded.update({f"{phase} {s}": c for s, c in counts.items() if s != "succeeded"})
 
 
 async def pending(store: Store) -> int:
     """Tasks not yet finished (cheap: the phases run one after another, so every queued or
     running task belongs to the current phase, and ``tasks_by_status`` answers this)."""
-    rows = await fetch(store, "SELECT COUNT(*) AS n FROM tasks "
-                              "WHERE status IN ('scheduled', 'queued', 'running', 'failed')")
+    rows = await fetch(
+        store,
+        "SELECT COUNT(*) AS n FROM tasks "
+        "WHERE status IN ('scheduled', 'queued', 'running', 'failed')",
+    )
     return int(rows[0]["n"])
 
 
@@ -407,14 +430,16 @@ async def warm_up(store: Store, workers: Workers, batch: int, max_wait: float = 
         if seen >= workers.count:
             break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {seen} of {workers.count} workers ran a task in "
-                               f"{max_wait:.0f}s")
+            raise RuntimeError(
+                f"only {seen} of {workers.count} workers ran a task in {max_wait:.0f}s"
+            )
     if not await wait_finished(store, workers, submitted, max_wait):
         raise RuntimeError("warm-up tasks did not finish")
 
 
-async def loaded_phase(store: Store, workers: Workers, result: Result, max_wait: float,
-                       cpu: CpuMeter) -> None:
+async def loaded_phase(
+    store: Store, workers: Workers, result: Result, max_wait: float, cpu: CpuMeter
+) -> None:
     n = result.tasks
     say(f"  loaded: submitting {n} tasks ({result.in_flight} in flight)")
     await cpu.start()
@@ -423,8 +448,10 @@ async def loaded_phase(store: Store, workers: Workers, result: Result, max_wait:
     await submit_many(store, n, result.in_flight)
     result.submit_seconds = time.perf_counter() - t0
     result.submit_rate = n / result.submit_seconds
-    say(f"  loaded: submitted in {result.submit_seconds:.2f}s "
-        f"({result.submit_rate:,.0f}/s); draining")
+    say(
+        f"  loaded: submitted in {result.submit_seconds:.2f}s "
+        f"({result.submit_rate:,.0f}/s); draining"
+    )
     result.timed_out = not await wait_finished(store, workers, n, max_wait)
     result.loaded_cpu = await cpu.stop()
     rows = await timings(store, since)
@@ -460,9 +487,16 @@ async def pause_workers(workers: Workers, sqlite_path: Path | None) -> None:
     raise RuntimeError("could not pause the workers outside a write transaction")
 
 
-async def backlog_phase(store: Store, workers: Workers, result: Result, max_wait: float,
-                        sqlite_path: Path | None, cpu: CpuMeter,
-                        publisher: Publisher | None, poll_seconds: float) -> None:
+async def backlog_phase(
+    store: Store,
+    workers: Workers,
+    result: Result,
+    max_wait: float,
+    sqlite_path: Path | None,
+    cpu: CpuMeter,
+    publisher: Publisher | None,
+    poll_seconds: float,
+) -> None:
     n = result.tasks
     say(f"  backlog: pausing the workers, submitting {n} tasks")
     await pause_workers(workers, sqlite_path)
@@ -471,8 +505,11 @@ async def backlog_phase(store: Store, workers: Workers, result: Result, max_wait
         published = publisher.published if publisher is not None else 0
         await bulk_create(store, n)
         deadline = time.monotonic() + 30
-        while (publisher is not None and publisher.published < published + n  # noqa: ASYNC110
-               and time.monotonic() < deadline):
+        while (  # noqa: ASYNC110
+            publisher is not None
+            and publisher.published < published + n
+            and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.01)  # the publisher is putting them on the streams
         # paused longer than the workers' poll interval: a worker that found no work before
         # the pause must not sleep into the drain (SQLite has no cross-process wake-ups)
@@ -533,8 +570,9 @@ def submitter_app(url: str, broker_url: str | None) -> chronoq.App:
     """The submitting application: a ``chronoq.App`` on the run's database; with the Redis
     broker its publisher turns this process's "queued" events into stream messages. Every
     setting that matters is explicit, so no CHRONOQ_* variable of the caller changes it."""
-    settings = Settings(database_url=url, broker_url=broker_url, redis_url=None, app=None,
-                        log_level="warning")
+    settings = Settings(
+        database_url=url, broker_url=broker_url, redis_url=None, app=None, log_level="warning"
+    )
     return chronoq.App(settings=settings)
 
 
@@ -544,8 +582,7 @@ def remove_files(database: Database) -> None:
             Path(f"{database.path}{suffix}").unlink(missing_ok=True)
 
 
-async def stream_counters(client: aioredis.Redis, pids: set[int]
-                          ) -> tuple[int, int, set[str]]:
+async def stream_counters(client: aioredis.Redis, pids: set[int]) -> tuple[int, int, set[str]]:
     """(messages ever added, messages delivered but never acknowledged, consumers that are
     not our workers) over chronoq's streams in the broker database. Consumer names are
     worker ids, ``host:pid:random``."""
@@ -569,10 +606,13 @@ async def broker_db_others(client: aioredis.Redis) -> list[str]:
     would corrupt both). Connections idle for longer are taken as left behind."""
     me = int(await client.client_id())
     db = int(client.connection_pool.connection_kwargs.get("db", 0))
-    return [f"{c.get('addr')} (last command {c.get('cmd')}, {c.get('idle')} s ago)"
-            for c in await client.client_list()
-            if int(c.get("db", -1)) == db and int(c.get("id", -1)) != me
-            and int(c.get("idle", 0)) < BROKER_IDLE]
+    return [
+        f"{c.get('addr')} (last command {c.get('cmd')}, {c.get('idle')} s ago)"
+        for c in await client.client_list()
+        if int(c.get("db", -1)) == db
+        and int(c.get("id", -1)) != me
+        and int(c.get("idle", 0)) < BROKER_IDLE
+    ]
 
 
 async def wait_broker_db_free(client: aioredis.Redis, url: str, max_wait: float) -> None:
@@ -581,7 +621,8 @@ async def wait_broker_db_free(client: aioredis.Redis, url: str, max_wait: float)
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"{len(others)} other connections use {url} (e.g. {others[0]}) and it is "
-                "flushed before each run: choose a free database with --broker-url")
+                "flushed before each run: choose a free database with --broker-url"
+            )
         say(f"  waiting for {len(others)} other connections to leave {url}: {others[0]}")
         await asyncio.sleep(5)
 
@@ -602,17 +643,35 @@ async def run_one(backend: str, broker: str, count: int, args: argparse.Namespac
     database = make_database(backend, args.database_url, tmp)
     broker_url = args.broker_url if broker == "redis" else None
     scheduler = args.scheduler or broker == "redis"
-    result = Result(backend=backend, broker=broker, database=database.label,
-                    broker_url=broker_url, tasks=args.tasks, workers=count,
-                    concurrency=args.concurrency, in_flight=args.in_flight,
-                    poll_seconds=args.poll_seconds, scheduler=scheduler,
-                    idle_tasks=args.idle_tasks, idle_gap_ms=args.idle_gap_ms)
-    say(f"[{backend} / {broker} / K={count}] {database.label}"
-        + (f", broker {broker_url}" if broker_url else ""))
+    result = Result(
+        backend=backend,
+        broker=broker,
+        database=database.label,
+        broker_url=broker_url,
+        tasks=args.tasks,
+        workers=count,
+        concurrency=args.concurrency,
+        in_flight=args.in_flight,
+        poll_seconds=args.poll_seconds,
+        scheduler=scheduler,
+        idle_tasks=args.idle_tasks,
+        idle_gap_ms=args.idle_gap_ms,
+    )
+    say(
+        f"[{backend} / {broker} / K={count}] {database.label}"
+        + (f", broker {broker_url}" if broker_url else "")
+    )
     redis_client = aioredis.from_url(broker_url, decode_responses=True) if broker_url else None
     app = submitter_app(database.url, broker_url)
-    workers = Workers(database.url, count, args.concurrency, poll_seconds=args.poll_seconds,
-                      broker_url=broker_url, scheduler=scheduler, log_dir=tmp)
+    workers = Workers(
+        database.url,
+        count,
+        args.concurrency,
+        poll_seconds=args.poll_seconds,
+        broker_url=broker_url,
+        scheduler=scheduler,
+        log_dir=tmp,
+    )
     cpu = CpuMeter(workers, redis_client)
     try:
         if redis_client is not None and broker_url:
@@ -621,29 +680,43 @@ async def run_one(backend: str, broker: str, count: int, args: argparse.Namespac
         await app.open()  # creates the schema and applies the migrations
         store = app.store
         workers.start()
-        say(f"  started {count} workers x {args.concurrency}"
-            + (" and a scheduler" if scheduler else "") + "; warming up")
+        say(
+            f"  started {count} workers x {args.concurrency}"
+            + (" and a scheduler" if scheduler else "")
+            + "; warming up"
+        )
         await warm_up(store, workers, count * args.concurrency)
         await loaded_phase(store, workers, result, args.timeout, cpu)
         if args.backlog:
             sqlite_path = database.path if backend == "sqlite" else None
-            await backlog_phase(store, workers, result, args.timeout, sqlite_path, cpu,
-                                app.publisher, worker_poll_seconds(args))
+            await backlog_phase(
+                store,
+                workers,
+                result,
+                args.timeout,
+                sqlite_path,
+                cpu,
+                app.publisher,
+                worker_poll_seconds(args),
+            )
         await idle_phase(store, workers, result, args.timeout)
         rows = await fetch(store, "SELECT COUNT(*) AS n FROM tasks")
         result.tasks_created = int(rows[0]["n"])
         if redis_client is not None:
             pids = {proc.pid for proc in workers.workers}
             result.stream_messages, result.stream_unacked, foreign = await stream_counters(
-                redis_client, pids)
+                redis_client, pids
+            )
             if foreign:
                 result.broker_interference.append(
                     f"consumers that are not this run's workers read the streams: "
-                    f"{sorted(foreign)[:3]}")
+                    f"{sorted(foreign)[:3]}"
+                )
             if result.stream_messages < result.tasks_created:
                 result.broker_interference.append(
                     f"{result.tasks_created - result.stream_messages} fewer stream messages "
-                    "than tasks: the broker database was flushed (or lost) during the run")
+                    "than tasks: the broker database was flushed (or lost) during the run"
+                )
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         say(f"  FAILED: {result.error}")
@@ -678,8 +751,10 @@ def _readable(line: str) -> str:
         return line
     if not isinstance(entry, dict) or "message" not in entry:
         return line
-    brief = (f"{label}: {str(entry.get('timestamp', ''))[11:23]} {entry.get('level', '')} "
-             f"{entry.get('logger', '')}: {entry['message']}")
+    brief = (
+        f"{label}: {str(entry.get('timestamp', ''))[11:23]} {entry.get('level', '')} "
+        f"{entry.get('logger', '')}: {entry['message']}"
+    )
     exception = str(entry.get("exception") or "").strip().splitlines()
     return f"{brief} [{exception[-1]}]" if exception else brief
 
@@ -701,30 +776,50 @@ def _cpu_brief(used: dict[str, float]) -> str:
     if not used:
         return "-"
     keys = ["submit", "workers", "sched", *(["redis"] if "redis" in used else []), "rest"]
-    return (" ".join(f"{k} {used[k]:.1f}" for k in keys)
-            + f" s in {used['wall']:.1f} s")
+    return " ".join(f"{k} {used[k]:.1f}" for k in keys) + f" s in {used['wall']:.1f} s"
 
 
 def table(results: list[Result]) -> str:
     if not results:
         return "no run finished"
-    headers = ["backend", "broker", "K x C", "N", "submit/s", "tasks/s", "backlog/s",
-               "loaded p50/p95/p99 ms", "idle p50/p95/p99 ms", "RSS MiB", "problems"]
+    headers = [
+        "backend",
+        "broker",
+        "K x C",
+        "N",
+        "submit/s",
+        "tasks/s",
+        "backlog/s",
+        "loaded p50/p95/p99 ms",
+        "idle p50/p95/p99 ms",
+        "RSS MiB",
+        "problems",
+    ]
     right = {3, 4, 5, 6, 9}
-    ordered = sorted(results, key=lambda r: (r.backend != "sqlite", r.broker != "store",
-                                             r.workers))
-    rows = [[
-        r.backend, r.broker, f"{r.workers} x {r.concurrency}", f"{r.tasks:,}",
-        f"{r.submit_rate:,.0f}", f"{r.tasks_per_second:,.0f}",
-        f"{r.backlog_tasks_per_second:,.0f}" if r.backlog_seconds else "-",
-        r.loaded_latency.brief(maximum=False), r.idle_latency.brief(maximum=False),
-        f"{max(r.worker_peak_rss_mib):.0f}" if r.worker_peak_rss_mib else "-", r.problems,
-    ] for r in ordered]
+    ordered = sorted(results, key=lambda r: (r.backend != "sqlite", r.broker != "store", r.workers))
+    rows = [
+        [
+            r.backend,
+            r.broker,
+            f"{r.workers} x {r.concurrency}",
+            f"{r.tasks:,}",
+            f"{r.submit_rate:,.0f}",
+            f"{r.tasks_per_second:,.0f}",
+            f"{r.backlog_tasks_per_second:,.0f}" if r.backlog_seconds else "-",
+            r.loaded_latency.brief(maximum=False),
+            r.idle_latency.brief(maximum=False),
+            f"{max(r.worker_peak_rss_mib):.0f}" if r.worker_peak_rss_mib else "-",
+            r.problems,
+        ]
+        for r in ordered
+    ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     lines = [line(headers), "  ".join("-" * w for w in widths)]
     previous = None
@@ -736,28 +831,39 @@ def table(results: list[Result]) -> str:
             cells = ["", "", *cells[2:]]
         lines.append(line(cells))
         previous = group
-    notes = ["CPU seconds used during the loaded phase and the backlog drain (submit = this "
-             "process, rest = the database server and anything else on the machine):"]
+    notes = [
+        "CPU seconds used during the loaded phase and the backlog drain (submit = this "
+        "process, rest = the database server and anything else on the machine):"
+    ]
     for r in ordered:
         label = f"{r.backend}/{r.broker}/K={r.workers}"
-        notes.append(f"{label}: submit {r.submit_seconds:.2f}s, last completion "
-                     f"{r.tail_seconds:.2f}s after the last submit; backlog submitted in "
-                     f"{r.backlog_submit_seconds:.2f}s, drained in {r.backlog_seconds:.2f}s; "
-                     f"idle: {r.idle_latency.count} tasks {r.idle_gap_ms:g} ms apart")
-        notes.append(f"  CPU, loaded: {_cpu_brief(r.loaded_cpu)}; "
-                     f"backlog drain: {_cpu_brief(r.backlog_cpu)}")
+        notes.append(
+            f"{label}: submit {r.submit_seconds:.2f}s, last completion "
+            f"{r.tail_seconds:.2f}s after the last submit; backlog submitted in "
+            f"{r.backlog_submit_seconds:.2f}s, drained in {r.backlog_seconds:.2f}s; "
+            f"idle: {r.idle_latency.count} tasks {r.idle_gap_ms:g} ms apart"
+        )
+        notes.append(
+            f"  CPU, loaded: {_cpu_brief(r.loaded_cpu)}; backlog drain: {_cpu_brief(r.backlog_cpu)}"
+        )
         if r.stream_messages is not None:
-            notes.append(f"  streams: {r.stream_messages:,} messages for {r.tasks_created:,} "
-                         f"tasks ({r.stream_messages - r.tasks_created:+,} re-published), "
-                         f"{r.stream_unacked} unacknowledged")
+            notes.append(
+                f"  streams: {r.stream_messages:,} messages for {r.tasks_created:,} "
+                f"tasks ({r.stream_messages - r.tasks_created:+,} re-published), "
+                f"{r.stream_unacked} unacknowledged"
+            )
         notes += [f"  {line}" for line in [*r.broker_interference, *r.stderr_sample]]
     return "\n".join([*lines, "", *notes])
 
 
 def environment() -> dict[str, Any]:
-    return {"chronoq": chronoq.__version__, "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(),
-            "platform": platform.platform()}
+    return {
+        "chronoq": chronoq.__version__,
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
 
 
 def _workers_list(value: str) -> list[int]:
@@ -773,51 +879,106 @@ def _workers_list(value: str) -> list[int]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Submit N no-op tasks, drain them with K worker processes, and report "
-                    "tasks/s and submit→start latency for SQLite and PostgreSQL, with the "
-                    "store broker and the Redis Streams broker.")
+        "tasks/s and submit→start latency for SQLite and PostgreSQL, with the "
+        "store broker and the Redis Streams broker."
+    )
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
-    parser.add_argument("--broker", choices=["store", "redis", "both"], default=None,
-                        help="how workers get ready tasks (default: both for PostgreSQL, "
-                             "store for SQLite; when given, for every back-end)")
-    parser.add_argument("--broker-url", default=DEFAULT_BROKER,
-                        help="Redis database for the Redis broker, FLUSHED before each run "
-                             f"(default {DEFAULT_BROKER})")
-    parser.add_argument("-n", "--tasks", type=int, default=10_000,
-                        help="tasks in the loaded phase (default 10000)")
-    parser.add_argument("-k", "--workers", type=int, default=None,
-                        help="worker processes (default 2)")
-    parser.add_argument("--workers-list", type=_workers_list, default=None, metavar="K,K,...",
-                        help="one run per worker count, e.g. 1,2,4 (instead of -k)")
-    parser.add_argument("-c", "--concurrency", type=int, default=16,
-                        help="tasks each worker runs at once (default 16)")
-    parser.add_argument("--in-flight", type=int, default=32,
-                        help="concurrent submissions in the loaded phase (default 32)")
-    parser.add_argument("--no-backlog", dest="backlog", action="store_false",
-                        help="skip the backlog phase (pause workers, submit N, resume)")
-    parser.add_argument("--idle-tasks", type=int, default=200,
-                        help="tasks in the idle-latency phase; 0 skips it (default 200)")
-    parser.add_argument("--idle-gap-ms", type=float, default=10.0,
-                        help="pause between idle-phase submissions (default 10)")
-    parser.add_argument("--poll-seconds", type=float, default=None,
-                        help="CHRONOQ_POLL_SECONDS for the workers (default: chronoq's, 1 s)")
-    parser.add_argument("--database-url",
-                        help="postgresql://… server and database to create the bench schema "
-                             f"in (default {DEFAULT_POSTGRES}), or sqlite:///new-file.db")
-    parser.add_argument("--no-scheduler", dest="scheduler", action="store_false",
-                        help="run no `chronoq scheduler` in store-broker runs (every task is "
-                             "due at once; Redis-broker runs always have one, for the "
-                             "reconciler)")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="give up waiting for a phase to finish after this many seconds")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the database/schema and worker logs")
+    parser.add_argument(
+        "--broker",
+        choices=["store", "redis", "both"],
+        default=None,
+        help="how workers get ready tasks (default: both for PostgreSQL, "
+        "store for SQLite; when given, for every back-end)",
+    )
+    parser.add_argument(
+        "--broker-url",
+        default=DEFAULT_BROKER,
+        help="Redis database for the Redis broker, FLUSHED before each run "
+        f"(default {DEFAULT_BROKER})",
+    )
+    parser.add_argument(
+        "-n", "--tasks", type=int, default=10_000, help="tasks in the loaded phase (default 10000)"
+    )
+    parser.add_argument(
+        "-k", "--workers", type=int, default=None, help="worker processes (default 2)"
+    )
+    parser.add_argument(
+        "--workers-list",
+        type=_workers_list,
+        default=None,
+        metavar="K,K,...",
+        help="one run per worker count, e.g. 1,2,4 (instead of -k)",
+    )
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=16,
+        help="tasks each worker runs at once (default 16)",
+    )
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=32,
+        help="concurrent submissions in the loaded phase (default 32)",
+    )
+    parser.add_argument(
+        "--no-backlog",
+        dest="backlog",
+        action="store_false",
+        help="skip the backlog phase (pause workers, submit N, resume)",
+    )
+    parser.add_argument(
+        "--idle-tasks",
+        type=int,
+        default=200,
+        help="tasks in the idle-latency phase; 0 skips it (default 200)",
+    )
+    parser.add_argument(
+        "--idle-gap-ms",
+        type=float,
+        default=10.0,
+        help="pause between idle-phase submissions (default 10)",
+    )
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=None,
+        help="CHRONOQ_POLL_SECONDS for the workers (default: chronoq's, 1 s)",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="postgresql://… server and database to create the bench schema "
+        f"in (default {DEFAULT_POSTGRES}), or sqlite:///new-file.db",
+    )
+    parser.add_argument(
+        "--no-scheduler",
+        dest="scheduler",
+        action="store_false",
+        help="run no `chronoq scheduler` in store-broker runs (every task is "
+        "due at once; Redis-broker runs always have one, for the "
+        "reconciler)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="give up waiting for a phase to finish after this many seconds",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the database/schema and worker logs"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers_list is not None:
         parser.error("give -k/--workers or --workers-list, not both")
     args.workers_list = args.workers_list or [args.workers or 2]
-    if args.tasks < 1 or args.concurrency < 1 or args.in_flight < 1 or (
-            args.workers is not None and args.workers < 1):
+    if (
+        args.tasks < 1
+        or args.concurrency < 1
+        or args.in_flight < 1
+        or (args.workers is not None and args.workers < 1)
+    ):
         parser.error("--tasks, --workers, --concurrency and --in-flight must be positive")
     return args
 
@@ -856,13 +1017,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     results = asyncio.run(main_async(args))
     if args.json:
-        doc = {"environment": environment(), "command": sys.argv,
-               "results": [{**asdict(r), "problems": r.problems} for r in results]}
+        doc = {
+            "environment": environment(),
+            "command": sys.argv,
+            "results": [{**asdict(r), "problems": r.problems} for r in results],
+        }
         print(json.dumps(doc, indent=2))
     else:
         env = environment()
-        print(f"chronoq {env['chronoq']}, Python {env['python']}, SQLite {env['sqlite']}, "
-              f"{env['cpus']} CPUs\n")
+        print(
+            f"chronoq {env['chronoq']}, Python {env['python']}, SQLite {env['sqlite']}, "
+            f"{env['cpus']} CPUs\n"
+        )
         print(table(results), flush=True)
     if getattr(args, "interrupted", False):
         return 130

@@ -41,8 +41,14 @@ class TaskFunction(Generic[P, R]):
     return type (for an ``async def`` handler, the awaited type).
     """
 
-    def __init__(self, app: App, name: str, fn: Callable[P, R], defaults: dict[str, Any],
-                 pool: PoolKind | None = None):
+    def __init__(
+        self,
+        app: App,
+        name: str,
+        fn: Callable[P, R],
+        defaults: dict[str, Any],
+        pool: PoolKind | None = None,
+    ):
         self.app, self.name, self.fn, self.defaults = app, name, fn, defaults
         #: where workers run it: "process", "async", or None for the worker's ``--pool``
         self.pool = pool
@@ -56,17 +62,27 @@ class TaskFunction(Generic[P, R]):
         return TaskCreate(name=self.name, payload=payload, **{**self.defaults, **options})
 
     def options(
-        self, *, queue: str | None = None, priority: int | None = None,
-        max_attempts: int | None = None, timeout_seconds: float | None = None,
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout_seconds: float | None = None,
         backoff: BackoffSpec | dict[str, float] | None = None,
-        idempotency_key: str | None = None, run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        run_at: datetime | None = None,
         delay_seconds: float | None = None,
     ) -> TaskFunction[P, R]:
         """This handler with other settings for the submissions made through the copy
         returned (the registered handler keeps its own); unset (None) ones are kept."""
-        given: dict[str, Any] = {"queue": queue, "priority": priority, "max_attempts": max_attempts,
-                 "timeout_seconds": timeout_seconds, "idempotency_key": idempotency_key,
-                 "backoff": None if backoff is None else BackoffSpec.model_validate(backoff)}
+        given: dict[str, Any] = {
+            "queue": queue,
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "timeout_seconds": timeout_seconds,
+            "idempotency_key": idempotency_key,
+            "backoff": None if backoff is None else BackoffSpec.model_validate(backoff),
+        }
         changed = {k: v for k, v in given.items() if v is not None}
         if run_at is not None or delay_seconds is not None:
             changed.update(run_at=run_at, delay_seconds=delay_seconds)
@@ -77,8 +93,9 @@ class TaskFunction(Generic[P, R]):
 
     def _payload(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         if args:
-            raise TypeError(f"{self.name}: payloads are JSON objects; pass the handler's "
-                            "arguments by keyword")
+            raise TypeError(
+                f"{self.name}: payloads are JSON objects; pass the handler's arguments by keyword"
+            )
         return kwargs
 
     async def _handle(self, spec: TaskCreate) -> TaskHandle[Any]:
@@ -96,12 +113,15 @@ class TaskFunction(Generic[P, R]):
 
     @overload
     def schedule(
-        self: TaskFunction[P, Coroutine[Any, Any, T]], at: datetime | float,
-        *args: P.args, **kwargs: P.kwargs
+        self: TaskFunction[P, Coroutine[Any, Any, T]],
+        at: datetime | float,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> TaskHandle[T]: ...
     @overload
-    def schedule(self, at: datetime | float, *args: P.args, **kwargs: P.kwargs
-                 ) -> TaskHandle[R]: ...
+    def schedule(
+        self, at: datetime | float, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[R]: ...
     def schedule(self, at: datetime | float, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """Queue the task to run at ``at`` (aware datetime) or after ``at`` seconds."""
         return self.app.run_sync(self._handle(_at(self.spec(self._payload(args, kwargs)), at)))
@@ -118,14 +138,16 @@ class TaskFunction(Generic[P, R]):
 
     @overload
     async def aschedule(
-        self: TaskFunction[P, Coroutine[Any, Any, T]], at: datetime | float,
-        *args: P.args, **kwargs: P.kwargs
+        self: TaskFunction[P, Coroutine[Any, Any, T]],
+        at: datetime | float,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> TaskHandle[T]: ...
     @overload
-    async def aschedule(self, at: datetime | float, *args: P.args, **kwargs: P.kwargs
-                        ) -> TaskHandle[R]: ...
-    async def aschedule(self, at: datetime | float, *args: Any, **kwargs: Any
-                        ) -> TaskHandle[Any]:
+    async def aschedule(
+        self, at: datetime | float, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[R]: ...
+    async def aschedule(self, at: datetime | float, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """``schedule`` for async code."""
         return await self._handle(_at(self.spec(self._payload(args, kwargs)), at))
 
@@ -168,9 +190,15 @@ class App:
 
     # -- handlers ----------------------------------------------------------------------------
     def task(
-        self, name: str | None = None, *, queue: str = "default", priority: int = 0,
-        max_attempts: int = 3, timeout: float | None = None,
-        backoff: BackoffSpec | dict[str, float] | None = None, pool: PoolKind | None = None,
+        self,
+        name: str | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 3,
+        timeout: float | None = None,
+        backoff: BackoffSpec | dict[str, float] | None = None,
+        pool: PoolKind | None = None,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
         """Register a sync or async function as the handler for task ``name``; ``pool``
         ("process" or "async") overrides where workers run it (their ``--pool``)."""
@@ -179,8 +207,12 @@ class App:
 
         def register(fn: Callable[P, R]) -> TaskFunction[P, R]:
             task_name = name or f"{fn.__module__}.{fn.__name__}"
-            defaults: dict[str, Any] = {"queue": queue, "priority": priority,
-                                        "max_attempts": max_attempts, "timeout_seconds": timeout}
+            defaults: dict[str, Any] = {
+                "queue": queue,
+                "priority": priority,
+                "max_attempts": max_attempts,
+                "timeout_seconds": timeout,
+            }
             if backoff is not None:
                 defaults["backoff"] = BackoffSpec.model_validate(backoff)
             wrapped = TaskFunction(self, task_name, fn, defaults, pool)
@@ -190,9 +222,15 @@ class App:
         return register
 
     def periodic(
-        self, *, cron: str | None = None, interval_seconds: float | None = None,
-        timezone: str = "UTC", name: str | None = None, schedule_name: str | None = None,
-        payload: dict[str, Any] | None = None, **options: Any,
+        self,
+        *,
+        cron: str | None = None,
+        interval_seconds: float | None = None,
+        timezone: str = "UTC",
+        name: str | None = None,
+        schedule_name: str | None = None,
+        payload: dict[str, Any] | None = None,
+        **options: Any,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
         """Register a handler and a schedule that runs it, declared in code.
 
@@ -208,14 +246,23 @@ class App:
         def register(fn: Callable[P, R]) -> TaskFunction[P, R]:
             wrapped = self.task(name, **task_options)(fn)
             template = TaskTemplate.model_validate(
-                wrapped.spec(payload or {}).model_dump(include=set(TaskTemplate.model_fields)))
+                wrapped.spec(payload or {}).model_dump(include=set(TaskTemplate.model_fields))
+            )
             if id_like(schedule_name or wrapped.name):
-                raise ValueError(f"schedule name {schedule_name or wrapped.name!r} is shaped "
-                                 "like an id (a UUID): give schedule_name another name")
-            self.schedules.append(ScheduleCreate(
-                name=schedule_name or wrapped.name, cron=cron,
-                interval_seconds=interval_seconds, timezone=timezone, task=template,
-                **schedule_options))
+                raise ValueError(
+                    f"schedule name {schedule_name or wrapped.name!r} is shaped "
+                    "like an id (a UUID): give schedule_name another name"
+                )
+            self.schedules.append(
+                ScheduleCreate(
+                    name=schedule_name or wrapped.name,
+                    cron=cron,
+                    interval_seconds=interval_seconds,
+                    timezone=timezone,
+                    task=template,
+                    **schedule_options,
+                )
+            )
             return wrapped
 
         return register
@@ -226,8 +273,11 @@ class App:
         for spec in self.schedules:
             _, changed = await self.store.upsert_schedule(spec, time.time())
             if changed:
-                log.info("schedule %s saved (%s)", spec.name,
-                         spec.cron or f"every {spec.interval_seconds}s")
+                log.info(
+                    "schedule %s saved (%s)",
+                    spec.name,
+                    spec.cron or f"every {spec.interval_seconds}s",
+                )
 
     def executors(self) -> dict[str, Executor]:
         """An executor per registered Python handler."""
@@ -347,8 +397,9 @@ class _Portal:
 
     def __init__(self, app: App) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                       name="chronoq-portal")
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, daemon=True, name="chronoq-portal"
+        )
         self.thread.start()
         self.app = app
         self.opened = False

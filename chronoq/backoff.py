@@ -18,8 +18,15 @@ import time
 class Outage:
     """The failures in a row of one retry loop doing ``what`` (e.g. "scheduler round")."""
 
-    def __init__(self, what: str, log: logging.Logger, *, first: float = 1.0,
-                 cap: float = 30.0, level: int = logging.ERROR) -> None:
+    def __init__(
+        self,
+        what: str,
+        log: logging.Logger,
+        *,
+        first: float = 1.0,
+        cap: float = 30.0,
+        level: int = logging.ERROR,
+    ) -> None:
         self.what = what
         self.log = log
         self.first = first
@@ -34,7 +41,7 @@ class Outage:
 
     def next_delay(self) -> float:
         """Seconds to wait after the failure that comes next."""
-        return min(self.first * 2.0 ** self.failures, self.cap)
+        return min(self.first * 2.0**self.failures, self.cap)
 
     def failed(self, exc: BaseException) -> float:
         """Count and log a failure; returns the seconds to wait before retrying."""
@@ -42,17 +49,26 @@ class Outage:
         self.failures += 1
         if self.failures == 1:
             self._since = time.monotonic()
-            self.log.log(self.level, "%s failed; retrying in %.1fs", self.what, delay,
-                         exc_info=exc)
+            self.log.log(self.level, "%s failed; retrying in %.1fs", self.what, delay, exc_info=exc)
         else:
-            self.log.warning("%s failed again (%d in a row, %.0fs): %s: %s; retrying in %.1fs",
-                             self.what, self.failures, time.monotonic() - self._since,
-                             type(exc).__name__, exc, delay)
+            self.log.warning(
+                "%s failed again (%d in a row, %.0fs): %s: %s; retrying in %.1fs",
+                self.what,
+                self.failures,
+                time.monotonic() - self._since,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
         return delay
 
     def over(self) -> None:
         """The loop's call went through: log the recovery once, start afresh."""
         if self.failures:
-            self.log.warning("%s works again after %d failures in %.1fs", self.what,
-                             self.failures, time.monotonic() - self._since)
+            self.log.warning(
+                "%s works again after %d failures in %.1fs",
+                self.what,
+                self.failures,
+                time.monotonic() - self._since,
+            )
             self.failures = 0

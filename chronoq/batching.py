@@ -25,9 +25,12 @@ class GroupCommit(Generic[T, R]):
     the bad one fails.
     """
 
-    def __init__(self, write: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
-                 max_batch: int = 500,
-                 split: Callable[[Exception], bool] = lambda _exc: False) -> None:
+    def __init__(
+        self,
+        write: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        max_batch: int = 500,
+        split: Callable[[Exception], bool] = lambda _exc: False,
+    ) -> None:
         self._write = write
         self.max_batch = max_batch
         self._split = split
@@ -58,8 +61,8 @@ class GroupCommit(Generic[T, R]):
     async def _drain(self) -> None:
         try:
             while self._pending:
-                batch = self._pending[:self.max_batch]
-                del self._pending[:self.max_batch]
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
                 try:
                     await self._write_batch(batch)
                 except BaseException:

@@ -26,6 +26,7 @@ from chronoq.config import Settings
 
 log = logging.getLogger("chronoq")
 
+
 def parse_duration(text: str) -> float:
     """``90``, ``30s``, ``5m``, ``1h30m``, ``2d`` → seconds (a usage error otherwise)."""
     try:
@@ -38,7 +39,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 #: attributes every LogRecord has; anything else on a record came from ``extra=``
 _RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message", "asctime", "taskName"}
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,7 +53,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "timestamp": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -83,8 +88,9 @@ def log_format(stream: TextIO) -> str:
 
 def log_handler(stream: TextIO) -> logging.Handler:
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter() if log_format(stream) == "json"
-                         else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(
+        JsonFormatter() if log_format(stream) == "json" else logging.Formatter(TEXT_FORMAT)
+    )
     return handler
 
 
@@ -129,55 +135,94 @@ def make_settings(**overrides: Any) -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise click.ClickException("; ".join(
-            f"CHRONOQ_{'_'.join(str(part) for part in error['loc']).upper()}: "
-            f"{str(error['msg']).removeprefix('Value error, ')}" for error in exc.errors())
+        raise click.ClickException(
+            "; ".join(
+                f"CHRONOQ_{'_'.join(str(part) for part in error['loc']).upper()}: "
+                f"{str(error['msg']).removeprefix('Value error, ')}"
+                for error in exc.errors()
+            )
         ) from None
     return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
 # -- common options -----------------------------------------------------------------------------
-db_option = click.option("--database-url", envvar="CHRONOQ_DATABASE_URL",
-                         help="sqlite:///path or postgresql://user@host/db "
-                              "[env CHRONOQ_DATABASE_URL; default sqlite:///chronoq.db]")
-app_option = click.option("--app", "app_path", envvar="CHRONOQ_APP",
-                          help="module:attribute of your chronoq.App, whose @app.task "
-                               "handlers the workers run [env CHRONOQ_APP]")
-url_option = click.option("--url", envvar="CHRONOQ_URL", default="http://127.0.0.1:8000",
-                          show_default=True, help="chronoq API address [env CHRONOQ_URL]")
+db_option = click.option(
+    "--database-url",
+    envvar="CHRONOQ_DATABASE_URL",
+    help="sqlite:///path or postgresql://user@host/db "
+    "[env CHRONOQ_DATABASE_URL; default sqlite:///chronoq.db]",
+)
+app_option = click.option(
+    "--app",
+    "app_path",
+    envvar="CHRONOQ_APP",
+    help="module:attribute of your chronoq.App, whose @app.task "
+    "handlers the workers run [env CHRONOQ_APP]",
+)
+url_option = click.option(
+    "--url",
+    envvar="CHRONOQ_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="chronoq API address [env CHRONOQ_URL]",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
 metrics_port_option = click.option(
-    "--metrics-port", envvar="CHRONOQ_METRICS_PORT", default=None, metavar="[HOST:]PORT",
+    "--metrics-port",
+    envvar="CHRONOQ_METRICS_PORT",
+    default=None,
+    metavar="[HOST:]PORT",
     help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to "
-         "CHRONOQ_HOST, 127.0.0.1) [env CHRONOQ_METRICS_PORT]")
+    "CHRONOQ_HOST, 127.0.0.1) [env CHRONOQ_METRICS_PORT]",
+)
 health_port_option = click.option(
-    "--health-port", envvar="CHRONOQ_HEALTH_PORT", default=None, metavar="[HOST:]PORT",
+    "--health-port",
+    envvar="CHRONOQ_HEALTH_PORT",
+    default=None,
+    metavar="[HOST:]PORT",
     help="serve /healthz (alive) and /readyz (store and Redis reachable) at "
-         "http://HOST:PORT (HOST defaults to CHRONOQ_HOST, 127.0.0.1) "
-         "[env CHRONOQ_HEALTH_PORT]")
-log_option = click.option("--log-level", envvar="CHRONOQ_LOG_LEVEL", default="info",
-                          show_default=True,
-                          type=click.Choice(["debug", "info", "warning", "error"]))
+    "http://HOST:PORT (HOST defaults to CHRONOQ_HOST, 127.0.0.1) "
+    "[env CHRONOQ_HEALTH_PORT]",
+)
+log_option = click.option(
+    "--log-level",
+    envvar="CHRONOQ_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 
 
 def worker_options(fn: Any) -> Any:
-    fn = click.option("--queues", "-q", default=None,
-                      help="comma-separated queues to serve [default: default]")(fn)
-    fn = click.option("--concurrency", "-c", type=int, default=None,
-                      help="tasks run at once [default 8]")(fn)
-    fn = click.option("--shell-allow", default=None,
-                      help="comma-separated programs the chronoq.shell executor may run "
-                           "(off unless given)")(fn)
-    fn = click.option("--shell-env-allow", envvar="CHRONOQ_SHELL_ENV_ALLOW", default=None,
-                      callback=_checked_by(_shell_env_allow),
-                      help="comma-separated environment variable names chronoq.shell "
-                           "payloads may set (none unless given; PATH, HOME, LD_*, "
-                           "BASH_ENV, PYTHON*... are refused) [env CHRONOQ_SHELL_ENV_ALLOW]")(fn)
-    fn = click.option("--http-allow", default=None, callback=_checked_by(_http_allow),
-                      help="comma-separated hostnames and CIDRs whose private, loopback or "
-                           "link-local addresses chronoq.http may call, e.g. "
-                           "127.0.0.1/32,internal.example.com (public addresses are always "
-                           "allowed) [env CHRONOQ_HTTP_ALLOW]")(fn)
+    fn = click.option(
+        "--queues", "-q", default=None, help="comma-separated queues to serve [default: default]"
+    )(fn)
+    fn = click.option(
+        "--concurrency", "-c", type=int, default=None, help="tasks run at once [default 8]"
+    )(fn)
+    fn = click.option(
+        "--shell-allow",
+        default=None,
+        help="comma-separated programs the chronoq.shell executor may run (off unless given)",
+    )(fn)
+    fn = click.option(
+        "--shell-env-allow",
+        envvar="CHRONOQ_SHELL_ENV_ALLOW",
+        default=None,
+        callback=_checked_by(_shell_env_allow),
+        help="comma-separated environment variable names chronoq.shell "
+        "payloads may set (none unless given; PATH, HOME, LD_*, "
+        "BASH_ENV, PYTHON*... are refused) [env CHRONOQ_SHELL_ENV_ALLOW]",
+    )(fn)
+    fn = click.option(
+        "--http-allow",
+        default=None,
+        callback=_checked_by(_http_allow),
+        help="comma-separated hostnames and CIDRs whose private, loopback or "
+        "link-local addresses chronoq.http may call, e.g. "
+        "127.0.0.1/32,internal.example.com (public addresses are always "
+        "allowed) [env CHRONOQ_HTTP_ALLOW]",
+    )(fn)
     return fn
 
 
@@ -197,22 +242,36 @@ def _checked_by(parse: Callable[[str], object]) -> Callable[[Any, Any, str | Non
 
 def pool_options(fn: Any) -> Any:
     """``--pool``, ``--processes`` and the child limits (``chronoq worker`` and ``dev``)."""
-    fn = click.option("--pool", type=click.Choice(["async", "process"]), default=None,
-                      help="run Python handlers in the worker process (async: event loop "
-                           "and threads) or in child processes (process: isolated, hard "
-                           "time limits, one task per child) [env CHRONOQ_POOL; "
-                           "default async]")(fn)
-    fn = click.option("--processes", type=click.IntRange(1, 1024), default=None,
-                      help="child processes of the process pool [env CHRONOQ_PROCESSES; "
-                           "default: CPU count]")(fn)
-    fn = click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
-                      help="replace a child after this many tasks "
-                           "[env CHRONOQ_MAX_TASKS_PER_CHILD]")(fn)
-    fn = click.option("--max-memory-per-child", type=click.IntRange(1), default=None,
-                      metavar="MIB",
-                      help="replace a child whose RSS is over MIB after a task; kill it "
-                           "(outcome crashed) when it grows past MIB mid-task "
-                           "[env CHRONOQ_MAX_MEMORY_PER_CHILD]")(fn)
+    fn = click.option(
+        "--pool",
+        type=click.Choice(["async", "process"]),
+        default=None,
+        help="run Python handlers in the worker process (async: event loop "
+        "and threads) or in child processes (process: isolated, hard "
+        "time limits, one task per child) [env CHRONOQ_POOL; "
+        "default async]",
+    )(fn)
+    fn = click.option(
+        "--processes",
+        type=click.IntRange(1, 1024),
+        default=None,
+        help="child processes of the process pool [env CHRONOQ_PROCESSES; default: CPU count]",
+    )(fn)
+    fn = click.option(
+        "--max-tasks-per-child",
+        type=click.IntRange(1),
+        default=None,
+        help="replace a child after this many tasks [env CHRONOQ_MAX_TASKS_PER_CHILD]",
+    )(fn)
+    fn = click.option(
+        "--max-memory-per-child",
+        type=click.IntRange(1),
+        default=None,
+        metavar="MIB",
+        help="replace a child whose RSS is over MIB after a task; kill it "
+        "(outcome crashed) when it grows past MIB mid-task "
+        "[env CHRONOQ_MAX_MEMORY_PER_CHILD]",
+    )(fn)
     return fn
 
 
@@ -239,8 +298,9 @@ def main() -> None:
 
 
 # -- running ----------------------------------------------------------------------------------
-def _metrics_listen(value: str | None, default_host: str, option: str = "--metrics-port"
-                    ) -> tuple[str | None, int | None]:
+def _metrics_listen(
+    value: str | None, default_host: str, option: str = "--metrics-port"
+) -> tuple[str | None, int | None]:
     if value is None:
         return None, None
     from chronoq.metrics import parse_listen
@@ -257,8 +317,16 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
-         demo: bool = False, banner: bool = False, metrics_port: str | None = None) -> None:
+def _run(
+    settings: Settings,
+    *,
+    api: bool,
+    scheduler: bool,
+    worker: bool,
+    demo: bool = False,
+    banner: bool = False,
+    metrics_port: str | None = None,
+) -> None:
     from chronoq import demo as demo_module
     from chronoq.runner import (
         Components,
@@ -270,33 +338,48 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
 
     setup_logging(settings.log_level)
     metrics_host, port = _metrics_listen(metrics_port, settings.host)
-    health_host, health_port = _metrics_listen(settings.health_port, settings.host,
-                                               "--health-port")
+    health_host, health_port = _metrics_listen(settings.health_port, settings.host, "--health-port")
     app = load_app(settings)
     if demo:
         demo_module.register(app)
-    components = Components(api=api, scheduler=scheduler, worker=worker,
-                            queues=settings.queue_list(), concurrency=settings.concurrency,
-                            shell_allow=settings.shell_allow_list(),
-                            shell_env_allow=settings.shell_env_allow_list(),
-                            http_allow=settings.http_allow_list(),
-                            metrics_port=port, metrics_host=metrics_host,
-                            health_port=health_port, health_host=health_host,
-                            pool=settings.pool, processes=settings.processes,
-                            max_tasks_per_child=settings.max_tasks_per_child,
-                            max_memory_per_child=settings.max_memory_per_child,
-                            prefetch=settings.prefetch, demo=demo)
+    components = Components(
+        api=api,
+        scheduler=scheduler,
+        worker=worker,
+        queues=settings.queue_list(),
+        concurrency=settings.concurrency,
+        shell_allow=settings.shell_allow_list(),
+        shell_env_allow=settings.shell_env_allow_list(),
+        http_allow=settings.http_allow_list(),
+        metrics_port=port,
+        metrics_host=metrics_host,
+        health_port=health_port,
+        health_host=health_host,
+        pool=settings.pool,
+        processes=settings.processes,
+        max_tasks_per_child=settings.max_tasks_per_child,
+        max_memory_per_child=settings.max_memory_per_child,
+        prefetch=settings.prefetch,
+        demo=demo,
+    )
     as_json = log_format(sys.stderr) == "json"
 
     url = f"http://{_url_host(settings.host)}:{settings.port}"
 
     async def started(runner: Runner) -> None:
         if banner and as_json:  # keep stderr all JSON lines
-            log.info("chronoq %s dev is running", __version__, extra={
-                "api": url, "dashboard": f"{url}/ui",
-                "database": hide_password(settings.database_url),
-                "queues": settings.queues, "concurrency": settings.concurrency,
-                "handlers": sorted(runner.executors())})
+            log.info(
+                "chronoq %s dev is running",
+                __version__,
+                extra={
+                    "api": url,
+                    "dashboard": f"{url}/ui",
+                    "database": hide_password(settings.database_url),
+                    "queues": settings.queues,
+                    "concurrency": settings.concurrency,
+                    "handlers": sorted(runner.executors()),
+                },
+            )
         elif banner:
             handlers = ", ".join(sorted(runner.executors())) or "none"
             click.echo(
@@ -306,14 +389,24 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
                 f"  database  {hide_password(settings.database_url)}\n"
                 f"  workers   {_slots(runner)} on queues {settings.queues}\n"
                 f"  handlers  {handlers}\n"
-                f"  try       chronoq submit demo.add --payload '{{\"a\": 1, \"b\": 2}}'"
+                f'  try       chronoq submit demo.add --payload \'{{"a": 1, "b": 2}}\''
                 f" && chronoq tasks ls\n"
-                f"  stop      Ctrl+C\n", err=True)
+                f"  stop      Ctrl+C\n",
+                err=True,
+            )
         elif api:
-            log.info("chronoq %s API listening on %s (dashboard %s/ui, docs %s/docs)",
-                     __version__, url, url, url,
-                     extra={"api": url, "dashboard": f"{url}/ui",
-                            "database": database_location(settings.database_url)})
+            log.info(
+                "chronoq %s API listening on %s (dashboard %s/ui, docs %s/docs)",
+                __version__,
+                url,
+                url,
+                url,
+                extra={
+                    "api": url,
+                    "dashboard": f"{url}/ui",
+                    "database": database_location(settings.database_url),
+                },
+            )
         if demo:
             await demo_module.submit(app)
 
@@ -342,31 +435,58 @@ def _run(settings: Settings, *, api: bool, scheduler: bool, worker: bool,
 @click.option("--host", default=None, help="API address [default 127.0.0.1]")
 @click.option("--port", "-p", type=int, default=None, help="API port [default 8000]")
 @click.option("--demo", is_flag=True, help="register demo.* handlers and submit sample tasks")
-@click.option("--auth/--no-auth", default=None,
-              help="require API keys [default: off, or CHRONOQ_AUTH when set]; off is only "
-                   "allowed on a loopback --host")
+@click.option(
+    "--auth/--no-auth",
+    default=None,
+    help="require API keys [default: off, or CHRONOQ_AUTH when set]; off is only "
+    "allowed on a loopback --host",
+)
 @log_option
-def dev(database_url: str | None, app_path: str | None, queues: str | None,
-        concurrency: int | None, shell_allow: str | None, shell_env_allow: str | None,
-        http_allow: str | None, pool: str | None, processes: int | None,
-        max_tasks_per_child: int | None, max_memory_per_child: int | None,
-        host: str | None, port: int | None, demo: bool,
-        auth: bool | None, log_level: str) -> None:
+def dev(
+    database_url: str | None,
+    app_path: str | None,
+    queues: str | None,
+    concurrency: int | None,
+    shell_allow: str | None,
+    shell_env_allow: str | None,
+    http_allow: str | None,
+    pool: str | None,
+    processes: int | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    host: str | None,
+    port: int | None,
+    demo: bool,
+    auth: bool | None,
+    log_level: str,
+) -> None:
     """Run API + scheduler + workers in one process (SQLite by default: no server needed).
 
     Without --auth the API needs no key, so it may only listen on a loopback address."""
     if auth is None:
         auth = "CHRONOQ_AUTH" in os.environ and Settings().auth
-    settings = make_settings(database_url=database_url, app=app_path, queues=queues,
-                             concurrency=concurrency, shell_allow=shell_allow,
-                             shell_env_allow=shell_env_allow, http_allow=http_allow,
-                             host=host, port=port, log_level=log_level, auth=auth,
-                             pool=pool, processes=processes,
-                             max_tasks_per_child=max_tasks_per_child,
-                             max_memory_per_child=max_memory_per_child)
+    settings = make_settings(
+        database_url=database_url,
+        app=app_path,
+        queues=queues,
+        concurrency=concurrency,
+        shell_allow=shell_allow,
+        shell_env_allow=shell_env_allow,
+        http_allow=http_allow,
+        host=host,
+        port=port,
+        log_level=log_level,
+        auth=auth,
+        pool=pool,
+        processes=processes,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+    )
     if not auth and settings.host not in ("127.0.0.1", "localhost", "::1"):
-        raise click.UsageError(f"--host {settings.host} exposes the API beyond this machine: "
-                               "add --auth (and create a key with `chronoq keys create`)")
+        raise click.UsageError(
+            f"--host {settings.host} exposes the API beyond this machine: "
+            "add --auth (and create a key with `chronoq keys create`)"
+        )
     _run(settings, api=True, scheduler=True, worker=True, demo=demo, banner=True)
 
 
@@ -377,8 +497,7 @@ def dev(database_url: str | None, app_path: str | None, queues: str | None,
 @log_option
 def api(database_url: str | None, host: str | None, port: int | None, log_level: str) -> None:
     """Run the REST API only."""
-    settings = make_settings(database_url=database_url, host=host, port=port,
-                             log_level=log_level)
+    settings = make_settings(database_url=database_url, host=host, port=port, log_level=log_level)
     _run(settings, api=True, scheduler=False, worker=False)
 
 
@@ -387,12 +506,17 @@ def api(database_url: str | None, host: str | None, port: int | None, log_level:
 @metrics_port_option
 @health_port_option
 @log_option
-def scheduler(database_url: str | None, metrics_port: str | None, health_port: str | None,
-              log_level: str) -> None:
+def scheduler(
+    database_url: str | None, metrics_port: str | None, health_port: str | None, log_level: str
+) -> None:
     """Run the scheduler only: makes scheduled tasks due, rescues tasks of dead workers."""
-    _run(make_settings(database_url=database_url, log_level=log_level,
-                       health_port=health_port),
-         api=False, scheduler=True, worker=False, metrics_port=metrics_port)
+    _run(
+        make_settings(database_url=database_url, log_level=log_level, health_port=health_port),
+        api=False,
+        scheduler=True,
+        worker=False,
+        metrics_port=metrics_port,
+    )
 
 
 def _autoscale(_ctx: Any, _param: Any, value: str | None) -> str | None:
@@ -409,31 +533,54 @@ def _autoscale(_ctx: Any, _param: Any, value: str | None) -> str | None:
 @app_option
 @worker_options
 @pool_options
-@click.option("--autoscale", callback=_autoscale, metavar="MIN,MAX",
-              help="grow and shrink concurrency between MIN and MAX with the backlog "
-                   "[env CHRONOQ_AUTOSCALE]")
+@click.option(
+    "--autoscale",
+    callback=_autoscale,
+    metavar="MIN,MAX",
+    help="grow and shrink concurrency between MIN and MAX with the backlog [env CHRONOQ_AUTOSCALE]",
+)
 @metrics_port_option
 @health_port_option
 @log_option
-def worker(database_url: str | None, app_path: str | None, queues: str | None,
-           concurrency: int | None, shell_allow: str | None, shell_env_allow: str | None,
-           http_allow: str | None, pool: str | None, processes: int | None,
-           max_tasks_per_child: int | None, max_memory_per_child: int | None,
-           autoscale: str | None, metrics_port: str | None, health_port: str | None,
-           log_level: str) -> None:
+def worker(
+    database_url: str | None,
+    app_path: str | None,
+    queues: str | None,
+    concurrency: int | None,
+    shell_allow: str | None,
+    shell_env_allow: str | None,
+    http_allow: str | None,
+    pool: str | None,
+    processes: int | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    autoscale: str | None,
+    metrics_port: str | None,
+    health_port: str | None,
+    log_level: str,
+) -> None:
     """Run a worker: claims tasks from QUEUES and runs up to CONCURRENCY at once.
 
     With --pool process, handlers run in PROCESSES child processes (one task each at a
     time); --autoscale then grows and shrinks the children. With
     CHRONOQ_BROKER_URL=redis://... it reads ready tasks from Redis Streams instead of
     polling the store."""
-    settings = make_settings(database_url=database_url, app=app_path, queues=queues,
-                             concurrency=concurrency, shell_allow=shell_allow,
-                             shell_env_allow=shell_env_allow, http_allow=http_allow,
-                             autoscale=autoscale, log_level=log_level,
-                             health_port=health_port, pool=pool, processes=processes,
-                             max_tasks_per_child=max_tasks_per_child,
-                             max_memory_per_child=max_memory_per_child)
+    settings = make_settings(
+        database_url=database_url,
+        app=app_path,
+        queues=queues,
+        concurrency=concurrency,
+        shell_allow=shell_allow,
+        shell_env_allow=shell_env_allow,
+        http_allow=http_allow,
+        autoscale=autoscale,
+        log_level=log_level,
+        health_port=health_port,
+        pool=pool,
+        processes=processes,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+    )
     _run(settings, api=False, scheduler=False, worker=True, metrics_port=metrics_port)
 
 
@@ -500,8 +647,9 @@ def _when(value: str | None) -> str:
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
@@ -509,9 +657,13 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 def _show_task(task: dict[str, Any]) -> None:
     fields = [
-        ("id", task["id"]), ("name", task["name"]), ("status", task["status"]),
-        ("queue", task["queue"]), ("priority", str(task["priority"])),
-        ("run at", _when(task["run_at"])), ("created", _when(task["created_at"])),
+        ("id", task["id"]),
+        ("name", task["name"]),
+        ("status", task["status"]),
+        ("queue", task["queue"]),
+        ("priority", str(task["priority"])),
+        ("run at", _when(task["run_at"])),
+        ("created", _when(task["created_at"])),
         ("attempts", f"{task['attempts']}/{task['max_attempts']}"),
         ("payload", orjson.dumps(task["payload"]).decode()),
     ]
@@ -528,11 +680,21 @@ def _show_task(task: dict[str, Any]) -> None:
         for a in history:
             duration = "-"
             if a["finished_at"]:
-                seconds = (datetime.fromisoformat(a["finished_at"])
-                           - datetime.fromisoformat(a["started_at"])).total_seconds()
+                seconds = (
+                    datetime.fromisoformat(a["finished_at"])
+                    - datetime.fromisoformat(a["started_at"])
+                ).total_seconds()
                 duration = f"{seconds:.3f}s"
-            rows.append([str(a["attempt"]), a["worker_id"], _when(a["started_at"]), duration,
-                         a["outcome"] or "running", (a["error"] or "")[:80]])
+            rows.append(
+                [
+                    str(a["attempt"]),
+                    a["worker_id"],
+                    _when(a["started_at"]),
+                    duration,
+                    a["outcome"] or "running",
+                    (a["error"] or "")[:80],
+                ]
+            )
         click.echo(_table(rows, ["#", "worker", "started", "took", "outcome", "error"]))
 
 
@@ -542,22 +704,38 @@ def _show_task(task: dict[str, Any]) -> None:
 @click.option("--at", "run_at", help="run at this ISO 8601 time (e.g. 2030-01-01T09:00:00Z)")
 @click.option("--in", "delay", help="run after this delay (30s, 5m, 1h30m)")
 @click.option("--queue", "-q", default="default", show_default=True)
-@click.option("--priority", type=int, default=0, show_default=True,
-              help="higher runs first within its queue")
+@click.option(
+    "--priority", type=int, default=0, show_default=True, help="higher runs first within its queue"
+)
 @click.option("--max-attempts", type=int, default=3, show_default=True)
 @click.option("--timeout", help="fail an attempt running longer than this (30s, 5m)")
 @click.option("--idempotency-key", help="submitting the same key twice creates one task")
 @url_option
 @json_option
-def submit(name: str, payload: str, run_at: str | None, delay: str | None, queue: str,
-           priority: int, max_attempts: int, timeout: str | None,
-           idempotency_key: str | None, url: str, as_json: bool) -> None:
+def submit(
+    name: str,
+    payload: str,
+    run_at: str | None,
+    delay: str | None,
+    queue: str,
+    priority: int,
+    max_attempts: int,
+    timeout: str | None,
+    idempotency_key: str | None,
+    url: str,
+    as_json: bool,
+) -> None:
     """Submit task NAME (runs now unless --at or --in)."""
     body = _json_option(payload)
     if run_at and delay:
         raise click.UsageError("give --at or --in, not both")
-    spec: dict[str, Any] = {"name": name, "payload": body, "queue": queue,
-                            "priority": priority, "max_attempts": max_attempts}
+    spec: dict[str, Any] = {
+        "name": name,
+        "payload": body,
+        "queue": queue,
+        "priority": priority,
+        "max_attempts": max_attempts,
+    }
     if run_at:
         spec["run_at"] = run_at
     if delay:
@@ -570,8 +748,9 @@ def submit(name: str, payload: str, run_at: str | None, delay: str | None, queue
     if as_json:
         _echo_json(task)
     else:
-        click.echo(f"{task['id']}  {task['name']}  {task['status']}  "
-                   f"run at {_when(task['run_at'])}")
+        click.echo(
+            f"{task['id']}  {task['name']}  {task['status']}  run at {_when(task['run_at'])}"
+        )
     for warning in task.get("warnings") or ():
         click.echo(f"warning: {warning}", err=True)
 
@@ -582,28 +761,55 @@ def tasks() -> None:
 
 
 @tasks.command("ls")
-@click.option("--status", "-s", help="scheduled, queued, running, succeeded, failed, dead, "
-                                     "cancelled (dead = the dead-letter queue)")
+@click.option(
+    "--status",
+    "-s",
+    help="scheduled, queued, running, succeeded, failed, dead, "
+    "cancelled (dead = the dead-letter queue)",
+)
 @click.option("--queue", "-q")
 @click.option("--name", "-n")
 @click.option("--limit", "-l", type=int, default=20, show_default=True)
 @click.option("--cursor", help="next_cursor from a previous page")
 @url_option
 @json_option
-def tasks_ls(status: str | None, queue: str | None, name: str | None, limit: int,
-             cursor: str | None, url: str, as_json: bool) -> None:
+def tasks_ls(
+    status: str | None,
+    queue: str | None,
+    name: str | None,
+    limit: int,
+    cursor: str | None,
+    url: str,
+    as_json: bool,
+) -> None:
     """List tasks, newest first."""
-    page = _client_call(url, lambda c: c.list_tasks(status=status, queue=queue, name=name,
-                                                    limit=limit, cursor=cursor))
+    page = _client_call(
+        url,
+        lambda c: c.list_tasks(status=status, queue=queue, name=name, limit=limit, cursor=cursor),
+    )
     if as_json:
         _echo_json(page)
         return
-    rows = [[t["id"], t["name"], t["status"], t["queue"], str(t["priority"]),
-             f"{t['attempts']}/{t['max_attempts']}", _when(t["run_at"])] for t in page["items"]]
+    rows = [
+        [
+            t["id"],
+            t["name"],
+            t["status"],
+            t["queue"],
+            str(t["priority"]),
+            f"{t['attempts']}/{t['max_attempts']}",
+            _when(t["run_at"]),
+        ]
+        for t in page["items"]
+    ]
     click.echo(_table(rows, ["id", "name", "status", "queue", "prio", "tries", "run at"]))
     if page.get("next_cursor"):
-        given = [("--status", status), ("--queue", queue), ("--name", name),
-                 ("--limit", str(limit))]
+        given = [
+            ("--status", status),
+            ("--queue", queue),
+            ("--name", name),
+            ("--limit", str(limit)),
+        ]
         flags = "".join(f" {flag} {value}" for flag, value in given if value)
         click.echo(f"more: chronoq tasks ls{flags} --cursor {page['next_cursor']}")
 
@@ -620,25 +826,43 @@ def tasks_get(task_id: str, url: str, as_json: bool) -> None:
 
 def _bulk_options(fn: Any) -> Any:
     """The filter of a bulk retry or cancel (``tasks retry --status dead ...``)."""
-    for option in reversed([
-        click.option("--status", "-s", help="the status of the tasks to act on"),
-        click.option("--queue", "-q"),
-        click.option("--name", "-n", help="handler name"),
-        click.option("--error", "-e", help="the last error contains this text"),
-        click.option("--before", help="last changed (dead: died) before this ISO 8601 time "
-                                      "or longer ago than this duration (1h, 7d)"),
-        click.option("--after", help="last changed after this time or duration"),
-        click.option("--created-before"), click.option("--created-after"),
-        click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation"),
-        click.option("--batch", type=click.IntRange(1, 100_000), default=500,
-                     show_default=True, help="tasks per request; progress after each"),
-    ]):
+    for option in reversed(
+        [
+            click.option("--status", "-s", help="the status of the tasks to act on"),
+            click.option("--queue", "-q"),
+            click.option("--name", "-n", help="handler name"),
+            click.option("--error", "-e", help="the last error contains this text"),
+            click.option(
+                "--before",
+                help="last changed (dead: died) before this ISO 8601 time "
+                "or longer ago than this duration (1h, 7d)",
+            ),
+            click.option("--after", help="last changed after this time or duration"),
+            click.option("--created-before"),
+            click.option("--created-after"),
+            click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation"),
+            click.option(
+                "--batch",
+                type=click.IntRange(1, 100_000),
+                default=500,
+                show_default=True,
+                help="tasks per request; progress after each",
+            ),
+        ]
+    ):
         fn = option(fn)
     return fn
 
 
-def _one_or_bulk(action: str, task_id: str | None, url: str, as_json: bool, yes: bool,
-                 batch: int, **filters: str | None) -> None:
+def _one_or_bulk(
+    action: str,
+    task_id: str | None,
+    url: str,
+    as_json: bool,
+    yes: bool,
+    batch: int,
+    **filters: str | None,
+) -> None:
     """``tasks retry/cancel``: one task by id, or every task the filter options select
     (count, confirm, then batches with progress)."""
     given = {k: v for k, v in filters.items() if v is not None}
@@ -650,10 +874,15 @@ def _one_or_bulk(action: str, task_id: str | None, url: str, as_json: bool, yes:
         return
     if "status" not in given:
         raise click.UsageError("give a TASK_ID, or --status (and more filters) for many")
-    spec = {"status": given.pop("status"), "queue": given.pop("queue", None),
-            "name": given.pop("name", None), "error": given.pop("error", None),
-            "updated_before": given.pop("before", None),
-            "updated_after": given.pop("after", None), **given}
+    spec = {
+        "status": given.pop("status"),
+        "queue": given.pop("queue", None),
+        "name": given.pop("name", None),
+        "error": given.pop("error", None),
+        "updated_before": given.pop("before", None),
+        "updated_after": given.pop("after", None),
+        **given,
+    }
     past = {"retry": "retried", "cancel": "cancelled"}[action]
     matched = _client_call(url, lambda c: c.bulk(action, spec, dry_run=True))["matched"]
     if not as_json:
@@ -663,8 +892,9 @@ def _one_or_bulk(action: str, task_id: str | None, url: str, as_json: bool, yes:
     done, cursor = 0, None
     while done < matched:  # never past the count confirmed, though more may match now
         size = min(batch, matched - done)
-        step = _client_call(url, lambda c, n=size, after=cursor: c.bulk(
-            action, spec, limit=n, after=after))
+        step = _client_call(
+            url, lambda c, n=size, after=cursor: c.bulk(action, spec, limit=n, after=after)
+        )
         done, cursor = done + step["done"], step["next_cursor"]
         if not as_json:
             click.echo(f"{past} {done:,}/{matched:,}")
@@ -681,8 +911,9 @@ def _one_or_bulk(action: str, task_id: str | None, url: str, as_json: bool, yes:
 @_bulk_options
 @url_option
 @json_option
-def tasks_cancel(task_id: str | None, url: str, as_json: bool, yes: bool, batch: int,
-                 **filters: str | None) -> None:
+def tasks_cancel(
+    task_id: str | None, url: str, as_json: bool, yes: bool, batch: int, **filters: str | None
+) -> None:
     """Cancel a scheduled, queued or running task, or every task the options select
     (e.g. --status queued --queue emails): counts, asks, then cancels in batches."""
     _one_or_bulk("cancel", task_id, url, as_json, yes, batch, **filters)
@@ -693,8 +924,9 @@ def tasks_cancel(task_id: str | None, url: str, as_json: bool, yes: bool, batch:
 @_bulk_options
 @url_option
 @json_option
-def tasks_retry(task_id: str | None, url: str, as_json: bool, yes: bool, batch: int,
-                **filters: str | None) -> None:
+def tasks_retry(
+    task_id: str | None, url: str, as_json: bool, yes: bool, batch: int, **filters: str | None
+) -> None:
     """Send a failed or dead task back to its queue now, or every task the options
     select (e.g. --status dead --error Timeout): counts, asks, then retries in batches."""
     _one_or_bulk("retry", task_id, url, as_json, yes, batch, **filters)
@@ -724,8 +956,14 @@ def _list_queues(url: str, as_json: bool) -> None:
         _echo_json(stats)
         return
     statuses = ["scheduled", "queued", "running", "succeeded", "failed", "dead", "cancelled"]
-    rows = [[q["queue"], *(str(q["counts"].get(s, 0)) for s in statuses),
-             "paused" if q.get("paused") else ""] for q in stats]
+    rows = [
+        [
+            q["queue"],
+            *(str(q["counts"].get(s, 0)) for s in statuses),
+            "paused" if q.get("paused") else "",
+        ]
+        for q in stats
+    ]
     click.echo(_table(rows, ["queue", *statuses, "state"]))
 
 
@@ -737,16 +975,20 @@ def _pause_command(action: str, help_text: str) -> None:
     @url_option
     @json_option
     def command(queue: str, url: str, as_json: bool) -> None:
-        state = _client_call(url, lambda c: c.request(
-            "POST", f"/v1/queues/{quote(queue, safe='')}/{action}"))
+        state = _client_call(
+            url, lambda c: c.request("POST", f"/v1/queues/{quote(queue, safe='')}/{action}")
+        )
         if as_json:
             _echo_json(state)
         else:
             click.echo(f"{state['queue']}  {'paused' if state['paused'] else 'active'}")
 
 
-_pause_command("pause", "Stop workers claiming QUEUE's tasks (they stay queued; the "
-               "workers stay up and serve their other queues).")
+_pause_command(
+    "pause",
+    "Stop workers claiming QUEUE's tasks (they stay queued; the "
+    "workers stay up and serve their other queues).",
+)
 _pause_command("resume", "Let workers claim QUEUE's tasks again, at once.")
 
 
@@ -761,14 +1003,24 @@ def workers() -> None:
 @json_option
 def workers_ls(include_gone: bool, url: str, as_json: bool) -> None:
     """List workers: queues, busy slots, last heartbeat."""
-    found = _client_call(url, lambda c: c.request(
-        "GET", "/v1/workers", params={"all": str(include_gone).lower()}))
+    found = _client_call(
+        url, lambda c: c.request("GET", "/v1/workers", params={"all": str(include_gone).lower()})
+    )
     if as_json:
         _echo_json(found)
         return
-    rows = [[w["id"], w["status"], ",".join(w["queues"]), f"{w['running']}/{w['concurrency']}",
-             str(w["processed"]), _when(w["started_at"]), _when(w["last_seen_at"])]
-            for w in found]
+    rows = [
+        [
+            w["id"],
+            w["status"],
+            ",".join(w["queues"]),
+            f"{w['running']}/{w['concurrency']}",
+            str(w["processed"]),
+            _when(w["started_at"]),
+            _when(w["last_seen_at"]),
+        ]
+        for w in found
+    ]
     click.echo(_table(rows, ["id", "status", "queues", "busy", "done", "started", "last seen"]))
 
 
@@ -781,9 +1033,14 @@ def schedules() -> None:
 def _show_schedule(s: dict[str, Any]) -> None:
     rule = s["cron"] or f"every {s['interval_seconds']}s"
     fields = [
-        ("id", s["id"]), ("name", s["name"]), ("rule", f"{rule} ({s['timezone']})"),
-        ("task", f"{s['task']['name']} {orjson.dumps(s['task']['payload']).decode()} "
-                 f"queue={s['task']['queue']}"),
+        ("id", s["id"]),
+        ("name", s["name"]),
+        ("rule", f"{rule} ({s['timezone']})"),
+        (
+            "task",
+            f"{s['task']['name']} {orjson.dumps(s['task']['payload']).decode()} "
+            f"queue={s['task']['queue']}",
+        ),
         ("state", "paused" if s["paused"] else ("ended" if not s["next_fire_at"] else "active")),
         ("misfire", f"{s['misfire_policy']} (grace {s['misfire_grace_seconds']}s)"),
         ("last fire", _when(s["last_fire_at"])),
@@ -802,20 +1059,37 @@ def _show_schedule(s: dict[str, Any]) -> None:
 @click.option("--task", "task_name", required=True, help="handler name to run")
 @click.option("--payload", "-d", default="{}", help="JSON object passed to the handler")
 @click.option("--queue", "-q", default="default", show_default=True)
-@click.option("--misfire", type=click.Choice(["skip", "run_once", "catch_up"]),
-              default="run_once", show_default=True,
-              help="what to do with slots missed while chronoq was down")
+@click.option(
+    "--misfire",
+    type=click.Choice(["skip", "run_once", "catch_up"]),
+    default="run_once",
+    show_default=True,
+    help="what to do with slots missed while chronoq was down",
+)
 @click.option("--paused", is_flag=True, help="create it paused")
 @url_option
 @json_option
-def schedules_add(name: str, cron: str | None, every: str | None, timezone: str,
-                  task_name: str, payload: str, queue: str, misfire: str, paused: bool,
-                  url: str, as_json: bool) -> None:
+def schedules_add(
+    name: str,
+    cron: str | None,
+    every: str | None,
+    timezone: str,
+    task_name: str,
+    payload: str,
+    queue: str,
+    misfire: str,
+    paused: bool,
+    url: str,
+    as_json: bool,
+) -> None:
     """Create schedule NAME running --task on --cron or --every."""
     if (cron is None) == (every is None):
         raise click.UsageError("give --cron or --every (one of them)")
     body: dict[str, Any] = {
-        "name": name, "timezone": timezone, "misfire_policy": misfire, "paused": paused,
+        "name": name,
+        "timezone": timezone,
+        "misfire_policy": misfire,
+        "paused": paused,
         "task": {"name": task_name, "payload": _json_option(payload), "queue": queue},
     }
     if cron:
@@ -831,14 +1105,22 @@ def schedules_add(name: str, cron: str | None, every: str | None, timezone: str,
 @json_option
 def schedules_ls(url: str, as_json: bool) -> None:
     """List schedules with their next fire time."""
-    page = _client_call(url, lambda c: c.request("GET", "/v1/schedules",
-                                                 params={"limit": 500}))
+    page = _client_call(url, lambda c: c.request("GET", "/v1/schedules", params={"limit": 500}))
     if as_json:
         _echo_json(page)
         return
-    rows = [[s["name"], s["cron"] or f"every {s['interval_seconds']}s", s["timezone"],
-             s["task"]["name"], "paused" if s["paused"] else "active",
-             _when(s["next_fire_at"]), _when(s["last_fire_at"])] for s in page["items"]]
+    rows = [
+        [
+            s["name"],
+            s["cron"] or f"every {s['interval_seconds']}s",
+            s["timezone"],
+            s["task"]["name"],
+            "paused" if s["paused"] else "active",
+            _when(s["next_fire_at"]),
+            _when(s["last_fire_at"]),
+        ]
+        for s in page["items"]
+    ]
     click.echo(_table(rows, ["name", "rule", "tz", "task", "state", "next", "last"]))
 
 
@@ -863,20 +1145,26 @@ def _schedule_action(method: str, suffix: str, done: str) -> Any:
 
 
 schedules.command("get", help="Show schedule KEY (id or name) and its next fire times.")(
-    _schedule_action("GET", "", ""))
+    _schedule_action("GET", "", "")
+)
 schedules.command("pause", help="Pause schedule KEY: nothing fires until resumed.")(
-    _schedule_action("POST", "/pause", "paused"))
+    _schedule_action("POST", "/pause", "paused")
+)
 schedules.command("resume", help="Resume schedule KEY from the next slot.")(
-    _schedule_action("POST", "/resume", "resumed"))
+    _schedule_action("POST", "/resume", "resumed")
+)
 schedules.command("trigger", help="Run schedule KEY's task once, now.")(
-    _schedule_action("POST", "/trigger", "triggered"))
+    _schedule_action("POST", "/trigger", "triggered")
+)
 schedules.command("rm", help="Delete schedule KEY (tasks it fired stay).")(
-    _schedule_action("DELETE", "", "deleted"))
+    _schedule_action("DELETE", "", "deleted")
+)
 
 
 @main.command()
-@click.option("--interval", "-n", type=float, default=1.0, show_default=True,
-              help="seconds between refreshes")
+@click.option(
+    "--interval", "-n", type=float, default=1.0, show_default=True, help="seconds between refreshes"
+)
 @click.option("--once", is_flag=True, help="print one frame and exit")
 @url_option
 def top(interval: float, once: bool, url: str) -> None:
@@ -888,8 +1176,14 @@ def top(interval: float, once: bool, url: str) -> None:
         try:
             while True:
                 try:
-                    frame = render(client.queues(), client.request("GET", "/v1/workers"),
-                                   rates, time.time(), url, _table)
+                    frame = render(
+                        client.queues(),
+                        client.request("GET", "/v1/workers"),
+                        rates,
+                        time.time(),
+                        url,
+                        _table,
+                    )
                 except ClientError as exc:
                     raise click.ClickException(exc.message) from None
                 if once:
@@ -903,24 +1197,48 @@ def top(interval: float, once: bool, url: str) -> None:
 
 # -- retention --------------------------------------------------------------------------------
 @main.command()
-@click.option("--status", "-s", "statuses", multiple=True,
-              type=click.Choice(["succeeded", "cancelled", "dead"]),
-              help="only tasks in this status (repeat for several) [default: all three]")
+@click.option(
+    "--status",
+    "-s",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["succeeded", "cancelled", "dead"]),
+    help="only tasks in this status (repeat for several) [default: all three]",
+)
 @click.option("--queue", "-q", help="only tasks of this queue")
-@click.option("--before", help="only tasks that finished before this ISO 8601 time or "
-                               "longer ago than this duration (7d, 12h) [default: the "
-                               "retention policy, CHRONOQ_RETENTION]")
-@click.option("--dry-run", is_flag=True, help="print counts per status and queue; delete "
-                                              "nothing")
-@click.option("--export", "export_dir", metavar="DIR",
-              help="first write the purged tasks with their attempts to DIR as gzip JSON "
-                   "lines (fsynced before each batch is deleted)")
-@click.option("--batch", type=click.IntRange(1, 10_000), default=1000, show_default=True,
-              help="tasks deleted per transaction")
+@click.option(
+    "--before",
+    help="only tasks that finished before this ISO 8601 time or "
+    "longer ago than this duration (7d, 12h) [default: the "
+    "retention policy, CHRONOQ_RETENTION]",
+)
+@click.option("--dry-run", is_flag=True, help="print counts per status and queue; delete nothing")
+@click.option(
+    "--export",
+    "export_dir",
+    metavar="DIR",
+    help="first write the purged tasks with their attempts to DIR as gzip JSON "
+    "lines (fsynced before each batch is deleted)",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 10_000),
+    default=1000,
+    show_default=True,
+    help="tasks deleted per transaction",
+)
 @db_option
 @json_option
-def purge(statuses: tuple[str, ...], queue: str | None, before: str | None, dry_run: bool,
-          export_dir: str | None, batch: int, database_url: str | None, as_json: bool) -> None:
+def purge(
+    statuses: tuple[str, ...],
+    queue: str | None,
+    before: str | None,
+    dry_run: bool,
+    export_dir: str | None,
+    batch: int,
+    database_url: str | None,
+    as_json: bool,
+) -> None:
     """Delete finished tasks and their attempts, in batches. Works on the database
     directly; the scheduler leader does the same continuously (CHRONOQ_RETENTION)."""
     from chronoq import retention
@@ -951,8 +1269,7 @@ def purge(statuses: tuple[str, ...], queue: str | None, before: str | None, dry_
         if dry_run:
             return await retention.counts(store, expired)
         export = retention.Export(export_dir) if export_dir else None
-        done = await retention.purge(store, expired, batch=batch, export=export,
-                                     on_batch=progress)
+        done = await retention.purge(store, expired, batch=batch, export=export, on_batch=progress)
         if export is not None and export.path is not None:
             click.echo(f"exported {export.written:,} tasks to {export.path}", err=True)
         return done.deleted
@@ -963,8 +1280,12 @@ def purge(statuses: tuple[str, ...], queue: str | None, before: str | None, dry_
         _echo_json({"dry_run": dry_run, "total": sum(found.values()), "items": rows})
         return
     if rows:
-        click.echo(_table([[r["status"], r["queue"], str(r["count"])] for r in rows],
-                          ["status", "queue", "would delete" if dry_run else "deleted"]))
+        click.echo(
+            _table(
+                [[r["status"], r["queue"], str(r["count"])] for r in rows],
+                ["status", "queue", "would delete" if dry_run else "deleted"],
+            )
+        )
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {sum(found.values()):,} finished tasks")
 
@@ -989,19 +1310,29 @@ def _with_store(database_url: str | None, work: Any) -> Any:
 
 @keys.command("create")
 @click.argument("name")
-@click.option("--scope", "scopes", multiple=True, default=["read", "write"], show_default=True,
-              type=click.Choice(["read", "write", "admin"]), help="repeat for several")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    default=["read", "write"],
+    show_default=True,
+    type=click.Choice(["read", "write", "admin"]),
+    help="repeat for several",
+)
 @click.option("--namespace", help="limit the key to this namespace's tasks and schedules")
 @db_option
-def keys_create(name: str, scopes: tuple[str, ...], namespace: str | None,
-                database_url: str | None) -> None:
+def keys_create(
+    name: str, scopes: tuple[str, ...], namespace: str | None, database_url: str | None
+) -> None:
     """Create key NAME and print its secret (stored hashed: it cannot be shown again)."""
-    key, secret = _with_store(database_url, lambda s: s.create_key(name, list(scopes),
-                                                                   namespace))
+    key, secret = _with_store(database_url, lambda s: s.create_key(name, list(scopes), namespace))
     click.echo(secret)
-    click.echo(f"key {key.id} ({', '.join(sorted(key.scopes))}"
-               f"{', namespace ' + namespace if namespace else ''}): use it as "
-               "'Authorization: Bearer <key>' or CHRONOQ_API_KEY", err=True)
+    click.echo(
+        f"key {key.id} ({', '.join(sorted(key.scopes))}"
+        f"{', namespace ' + namespace if namespace else ''}): use it as "
+        "'Authorization: Bearer <key>' or CHRONOQ_API_KEY",
+        err=True,
+    )
 
 
 @keys.command("ls")
@@ -1010,15 +1341,36 @@ def keys_create(name: str, scopes: tuple[str, ...], namespace: str | None,
 def keys_ls(database_url: str | None, as_json: bool) -> None:
     """List keys (never their secrets)."""
     found = _with_store(database_url, lambda s: s.list_keys())
-    rows = [{"id": k.id, "name": k.name, "scopes": sorted(k.scopes), "namespace": k.namespace,
-             "created_at": k.created_at, "last_used_at": k.last_used_at,
-             "revoked": k.revoked_at is not None} for k in found]
+    rows = [
+        {
+            "id": k.id,
+            "name": k.name,
+            "scopes": sorted(k.scopes),
+            "namespace": k.namespace,
+            "created_at": k.created_at,
+            "last_used_at": k.last_used_at,
+            "revoked": k.revoked_at is not None,
+        }
+        for k in found
+    ]
     if as_json:
         _echo_json(rows)
         return
-    click.echo(_table([[r["id"], r["name"], ",".join(r["scopes"]), r["namespace"] or "*",
-                        "revoked" if r["revoked"] else "active"] for r in rows],
-                      ["id", "name", "scopes", "namespace", "state"]))
+    click.echo(
+        _table(
+            [
+                [
+                    r["id"],
+                    r["name"],
+                    ",".join(r["scopes"]),
+                    r["namespace"] or "*",
+                    "revoked" if r["revoked"] else "active",
+                ]
+                for r in rows
+            ],
+            ["id", "name", "scopes", "namespace", "state"],
+        )
+    )
 
 
 @keys.command("revoke")

@@ -26,11 +26,14 @@ def check(response: httpx.Response) -> None:
 
 
 class Client:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 10.0,
-                 api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        timeout: float = 10.0,
+        api_key: str | None = None,
+    ) -> None:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
-                                 headers=headers)
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self.http.close()
@@ -46,8 +49,11 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ClientError(0, f"cannot reach the chronoq API at {self.http.base_url}: "
-                              f"{exc} (is `chronoq dev` or `chronoq api` running?)") from None
+            raise ClientError(
+                0,
+                f"cannot reach the chronoq API at {self.http.base_url}: "
+                f"{exc} (is `chronoq dev` or `chronoq api` running?)",
+            ) from None
         check(response)
         return None if response.status_code == 204 else response.json()
 
@@ -72,12 +78,23 @@ class Client:
         result: dict[str, Any] = self.request("POST", f"/v1/tasks/{task_id}/retry")
         return result
 
-    def bulk(self, action: str, filter: dict[str, Any], *, dry_run: bool = False,
-             limit: int | None = None, after: str | None = None) -> dict[str, Any]:
+    def bulk(
+        self,
+        action: str,
+        filter: dict[str, Any],
+        *,
+        dry_run: bool = False,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> dict[str, Any]:
         """``action`` ("retry" or "cancel") every task ``filter`` selects (at most ``limit``
         past the cursor ``after``): ``{matched, done, next_cursor}``."""
-        body = {"filter": {k: v for k, v in filter.items() if v is not None},
-                "dry_run": dry_run, "limit": limit, "after": after}
+        body = {
+            "filter": {k: v for k, v in filter.items() if v is not None},
+            "dry_run": dry_run,
+            "limit": limit,
+            "after": after,
+        }
         result: dict[str, Any] = self.request("POST", f"/v1/tasks/{action}", json=body)
         return result
 

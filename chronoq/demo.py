@@ -31,8 +31,9 @@ def register(app: App) -> None:
     def flaky(succeed_on_attempt: int = 3) -> str:
         attempt = current_task.get().attempt
         if attempt < succeed_on_attempt:
-            raise TaskFailed(f"attempt {attempt} fails on purpose (succeeds on "
-                             f"{succeed_on_attempt})")
+            raise TaskFailed(
+                f"attempt {attempt} fails on purpose (succeeds on {succeed_on_attempt})"
+            )
         return f"succeeded on attempt {attempt}"
 
     @app.task("demo.fail", max_attempts=2)
@@ -53,10 +54,18 @@ DEMO_TASKS = [
     TaskCreate(name="demo.add", payload={"a": 2, "b": 40}),
     TaskCreate(name="demo.report", payload={"items": 1000}, priority=10),
     TaskCreate(name="demo.sleep", payload={"seconds": 2}),
-    TaskCreate(name="demo.flaky", payload={"succeed_on_attempt": 3}, max_attempts=4,
-               backoff=BackoffSpec(base=1, factor=2, max=10, jitter=0.1)),
-    TaskCreate(name="demo.fail", payload={"reason": "this one ends in the dead-letter queue"},
-               max_attempts=2, backoff=BackoffSpec(base=1, jitter=0)),
+    TaskCreate(
+        name="demo.flaky",
+        payload={"succeed_on_attempt": 3},
+        max_attempts=4,
+        backoff=BackoffSpec(base=1, factor=2, max=10, jitter=0.1),
+    ),
+    TaskCreate(
+        name="demo.fail",
+        payload={"reason": "this one ends in the dead-letter queue"},
+        max_attempts=2,
+        backoff=BackoffSpec(base=1, jitter=0),
+    ),
     TaskCreate(name="demo.add", payload={"a": 1, "b": 1}, delay_seconds=5),
 ]
 

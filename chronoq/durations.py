@@ -35,8 +35,9 @@ def parse_instant(text: str, now: float) -> float:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"{text!r} is neither an ISO 8601 time (2030-01-01T00:00:00Z) "
-                         "nor a duration (7d, 12h)") from None
+        raise ValueError(
+            f"{text!r} is neither an ISO 8601 time (2030-01-01T00:00:00Z) nor a duration (7d, 12h)"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     try:

@@ -101,10 +101,12 @@ class EventBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Any = None
         #: Redis down: the bridge backs off (1 s doubling to 5 s), one traceback, then a line
-        self._send_outage = Outage("publishing events to Redis", log, cap=5.0,
-                                   level=logging.WARNING)
-        self._receive_outage = Outage("the event subscription to Redis", log, cap=5.0,
-                                      level=logging.WARNING)
+        self._send_outage = Outage(
+            "publishing events to Redis", log, cap=5.0, level=logging.WARNING
+        )
+        self._receive_outage = Outage(
+            "the event subscription to Redis", log, cap=5.0, level=logging.WARNING
+        )
 
     @property
     def active(self) -> bool:
@@ -140,8 +142,10 @@ class EventBus:
         import redis.asyncio as redis
 
         self._redis = redis.from_url(self.redis_url)
-        self._tasks = [asyncio.create_task(self._send_loop(), name="chronoq-events-send"),
-                       asyncio.create_task(self._receive_loop(), name="chronoq-events-recv")]
+        self._tasks = [
+            asyncio.create_task(self._send_loop(), name="chronoq-events-send"),
+            asyncio.create_task(self._receive_loop(), name="chronoq-events-recv"),
+        ]
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -34,8 +34,9 @@ class TaskDead(Exception):
     ``attempts`` every attempt, oldest first, and ``task`` the task as it ended."""
 
     def __init__(self, task: Task) -> None:
-        super().__init__(f"task {task.id} ({task.name}) is dead after {task.attempts} "
-                         f"attempt(s): {task.error}")
+        super().__init__(
+            f"task {task.id} ({task.name}) is dead after {task.attempts} attempt(s): {task.error}"
+        )
         self.task = task
         self.error = task.error
         self.attempts: list[Attempt] = task.attempt_history or []
@@ -53,8 +54,7 @@ class ResultTimeout(TimeoutError):
     """The task did not finish within the timeout; ``task`` is its last state seen."""
 
     def __init__(self, task: Task, timeout: float) -> None:
-        super().__init__(f"task {task.id} ({task.name}) is still {task.status} "
-                         f"after {timeout:g}s")
+        super().__init__(f"task {task.id} ({task.name}) is still {task.status} after {timeout:g}s")
         self.task = task
 
 
@@ -90,8 +90,9 @@ class TaskHandle(Generic[R]):
     async def aretry(self) -> Task:
         return await self.app.aretry(self.id)
 
-    async def aresult(self, timeout: float | None = None, *,
-                      recheck_seconds: float = RECHECK_SECONDS) -> R:
+    async def aresult(
+        self, timeout: float | None = None, *, recheck_seconds: float = RECHECK_SECONDS
+    ) -> R:
         """Wait for the task to finish and return its result.
 
         Raises :class:`TaskDead`, :class:`TaskCancelled`, or :class:`ResultTimeout` (a
@@ -129,8 +130,9 @@ class TaskHandle(Generic[R]):
     def retry(self) -> Task:
         return self.app.run_sync(self.aretry())
 
-    def result(self, timeout: float | None = None, *,
-               recheck_seconds: float = RECHECK_SECONDS) -> R:
+    def result(
+        self, timeout: float | None = None, *, recheck_seconds: float = RECHECK_SECONDS
+    ) -> R:
         """:meth:`aresult` for sync code (not from inside the app's event loop)."""
         return self.app.run_sync(self.aresult(timeout, recheck_seconds=recheck_seconds))
 

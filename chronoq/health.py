@@ -38,16 +38,21 @@ class Readiness:
         """What is unreachable, e.g. ``["store: TimeoutError()"]``; empty when ready."""
         names = ["store", *(f"redis {_hide_password(url)}" for url in self.redis_urls)]
         checks = [store.ping(), *(self._ping(url) for url in self.redis_urls)]
-        results = await asyncio.gather(*(_within(check) for check in checks),
-                                       return_exceptions=True)
-        return [f"{name}: {result!r}" for name, result in zip(names, results, strict=True)
-                if isinstance(result, BaseException)]
+        results = await asyncio.gather(
+            *(_within(check) for check in checks), return_exceptions=True
+        )
+        return [
+            f"{name}: {result!r}"
+            for name, result in zip(names, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
 
     async def _ping(self, url: str) -> None:
         client = self._clients.get(url)
         if client is None:
             client = self._clients[url] = redis.from_url(
-                url, socket_timeout=CHECK_SECONDS, socket_connect_timeout=CHECK_SECONDS)
+                url, socket_timeout=CHECK_SECONDS, socket_connect_timeout=CHECK_SECONDS
+            )
         await client.ping()
 
     async def close(self) -> None:
@@ -78,12 +83,17 @@ async def readiness(store: Store, redis_urls: Iterable[str | None] = ()) -> list
 
 def not_ready(problems: list[str]) -> JSONResponse:
     """The 503 body, in the API's error format."""
-    return JSONResponse({"error": {"code": "not_ready", "message": "; ".join(problems),
-                                   "details": problems}}, 503)
+    return JSONResponse(
+        {"error": {"code": "not_ready", "message": "; ".join(problems), "details": problems}}, 503
+    )
 
 
-def health_app(store: Callable[[], Store], readiness: Readiness,
-               dead: Callable[[], list[str]], stopping: Callable[[], bool]) -> Starlette:
+def health_app(
+    store: Callable[[], Store],
+    readiness: Readiness,
+    dead: Callable[[], list[str]],
+    stopping: Callable[[], bool],
+) -> Starlette:
     """``/healthz`` and ``/readyz`` for one process.
 
     ``dead`` names the components that ended (liveness fails); ``stopping`` says the
@@ -92,9 +102,16 @@ def health_app(store: Callable[[], Store], readiness: Readiness,
     async def healthz(_request: Request) -> JSONResponse:
         ended = dead()
         if ended:
-            return JSONResponse({"error": {"code": "not_alive", "message":
-                                           f"{', '.join(ended)} stopped", "details": ended}},
-                                503)
+            return JSONResponse(
+                {
+                    "error": {
+                        "code": "not_alive",
+                        "message": f"{', '.join(ended)} stopped",
+                        "details": ended,
+                    }
+                },
+                503,
+            )
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> JSONResponse:
@@ -103,8 +120,12 @@ def health_app(store: Callable[[], Store], readiness: Readiness,
         problems = await readiness.problems(store())
         return not_ready(problems) if problems else JSONResponse({"status": "ready"})
 
-    return Starlette(routes=[Route("/healthz", healthz, methods=["GET"]),
-                             Route("/readyz", readyz, methods=["GET"])])
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ]
+    )
 
 
 def probe(environ: dict[str, str], timeout: float = 3.0) -> int:
@@ -120,8 +141,11 @@ def probe(environ: dict[str, str], timeout: float = 3.0) -> int:
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     try:
-        return 0 if httpx.get(f"http://{host}:{port}/healthz", timeout=timeout
-                              ).status_code == 200 else 1
+        return (
+            0
+            if httpx.get(f"http://{host}:{port}/healthz", timeout=timeout).status_code == 200
+            else 1
+        )
     except httpx.HTTPError:
         return 1
 

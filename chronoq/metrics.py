@@ -49,11 +49,48 @@ log = logging.getLogger("chronoq.metrics")
 OTHER = "_other"
 
 #: Seconds; task handlers run from milliseconds to an hour.
-RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-               120.0, 300.0, 600.0, 1800.0, 3600.0)
+RUN_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
 #: Seconds from due to started: a millisecond when idle, minutes under a backlog.
-WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+WAIT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -97,42 +134,58 @@ class StoreCollector:
         yield GaugeMetricFamily(
             "chronoq_scheduler_leader",
             "1 if this process's scheduler holds the scheduler lease (leads), else 0.",
-            value=1 if m.leading() else 0)
+            value=1 if m.leading() else 0,
+        )
         yield CounterMetricFamily(
             "chronoq_metrics_events_dropped",
             "Task events this process's metrics missed because their queue was full.",
-            value=m.dropped)
+            value=m.dropped,
+        )
         if m.child_restarts_probe is not None:
             yield CounterMetricFamily(
                 "chronoq_worker_child_restarts",
                 "Process-pool children this process's worker replaced after they crashed or "
-                "were killed for a time or memory limit.", value=m.child_restarts_probe())
+                "were killed for a time or memory limit.",
+                value=m.child_restarts_probe(),
+            )
         if not m.store_gauges:
             return
-        up = GaugeMetricFamily("chronoq_store_up",
-                               "1 if the store answered the last scrape's queries.")
+        up = GaugeMetricFamily(
+            "chronoq_store_up", "1 if the store answered the last scrape's queries."
+        )
         if snap is not None:
             up.add_metric([], 1 if snap.ok else 0)
         yield up
-        depth = GaugeMetricFamily("chronoq_queue_depth",
-                                  "Tasks in the store by queue and status (status=queued: "
-                                  "due and waiting for a worker).", labels=["queue", "status"])
-        oldest = GaugeMetricFamily("chronoq_queue_oldest_queued_age_seconds",
-                                   "Age of the oldest due task no worker has taken yet.",
-                                   labels=["queue"])
-        paused = GaugeMetricFamily("chronoq_queue_paused",
-                                   "1 if the queue is paused (workers claim none of its "
-                                   "tasks), else 0.", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "chronoq_queue_depth",
+            "Tasks in the store by queue and status (status=queued: due and waiting for a worker).",
+            labels=["queue", "status"],
+        )
+        oldest = GaugeMetricFamily(
+            "chronoq_queue_oldest_queued_age_seconds",
+            "Age of the oldest due task no worker has taken yet.",
+            labels=["queue"],
+        )
+        paused = GaugeMetricFamily(
+            "chronoq_queue_paused",
+            "1 if the queue is paused (workers claim none of its tasks), else 0.",
+            labels=["queue"],
+        )
         alive = GaugeMetricFamily("chronoq_workers_alive", "Workers heartbeating.")
-        busy = GaugeMetricFamily("chronoq_worker_busy_slots",
-                                 "Tasks running on live workers (as of their last heartbeat).")
+        busy = GaugeMetricFamily(
+            "chronoq_worker_busy_slots",
+            "Tasks running on live workers (as of their last heartbeat).",
+        )
         slots = GaugeMetricFamily("chronoq_worker_slots", "Concurrency of the live workers.")
         lag = GaugeMetricFamily(
             "chronoq_schedule_lag_seconds",
             "How far behind the scheduler is: age of the most overdue scheduled task, retry "
-            "or schedule slot not yet made due (0 when none is overdue).")
-        held = GaugeMetricFamily("chronoq_scheduler_lease_held",
-                                 "1 if some scheduler holds an unexpired scheduler lease.")
+            "or schedule slot not yet made due (0 when none is overdue).",
+        )
+        held = GaugeMetricFamily(
+            "chronoq_scheduler_lease_held",
+            "1 if some scheduler holds an unexpired scheduler lease.",
+        )
         if snap is not None and snap.ok:
             for queue, status, n in snap.counts:
                 depth.add_metric([queue, status], n)
@@ -151,8 +204,13 @@ class StoreCollector:
 class Metrics:
     """The metrics of one App in one process; see the module docstring."""
 
-    def __init__(self, *, max_series: int = 1000, min_refresh_seconds: float = 1.0,
-                 store_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_series: int = 1000,
+        min_refresh_seconds: float = 1.0,
+        store_timeout: float = 5.0,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.max_series = max_series
         self.min_refresh_seconds = min_refresh_seconds
@@ -179,33 +237,54 @@ class Metrics:
         self.submitted = counter(
             "chronoq_tasks_submitted_total",
             "Tasks ready to run for the first time: submitted to run now, or a delayed or "
-            "scheduled task that came due (each task counts once).")
-        self.scheduled = counter("chronoq_tasks_scheduled_total",
-                                 "Tasks submitted to run later (delay, run_at, schedule jitter).")
+            "scheduled task that came due (each task counts once).",
+        )
+        self.scheduled = counter(
+            "chronoq_tasks_scheduled_total",
+            "Tasks submitted to run later (delay, run_at, schedule jitter).",
+        )
         self.started = counter("chronoq_tasks_started_total", "Attempts started by workers.")
         self.succeeded = counter("chronoq_tasks_succeeded_total", "Attempts that succeeded.")
-        self.failed = counter("chronoq_tasks_failed_total",
-                              "Attempts that failed and will be retried after their backoff.")
-        self.dead = counter("chronoq_tasks_dead_total",
-                            "Tasks whose last attempt failed (into the dead-letter queue).")
-        self.retried = counter("chronoq_tasks_retried_total",
-                               "Tasks queued again: a retry came due, or a manual retry.")
+        self.failed = counter(
+            "chronoq_tasks_failed_total",
+            "Attempts that failed and will be retried after their backoff.",
+        )
+        self.dead = counter(
+            "chronoq_tasks_dead_total",
+            "Tasks whose last attempt failed (into the dead-letter queue).",
+        )
+        self.retried = counter(
+            "chronoq_tasks_retried_total",
+            "Tasks queued again: a retry came due, or a manual retry.",
+        )
         self.cancelled = counter("chronoq_tasks_cancelled_total", "Tasks cancelled.")
         self.run_duration = Histogram(
             "chronoq_task_run_duration_seconds",
             "Duration of finished attempts (succeeded, failed or dead), claim to report.",
-            ["queue", "name"], buckets=RUN_BUCKETS, registry=self.registry)
+            ["queue", "name"],
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
+        )
         self.queue_wait = Histogram(
             "chronoq_task_queue_wait_seconds",
             "Time from a task being due to a worker starting it.",
-            ["queue"], buckets=WAIT_BUCKETS, registry=self.registry)
+            ["queue"],
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
+        )
         self.http_duration = Histogram(
             "chronoq_http_request_duration_seconds",
             "API request latency by method, route template and status code.",
-            ["method", "route", "status"], buckets=HTTP_BUCKETS, registry=self.registry)
+            ["method", "route", "status"],
+            buckets=HTTP_BUCKETS,
+            registry=self.registry,
+        )
         self._by_status: dict[str, Counter] = {
-            "succeeded": self.succeeded, "failed": self.failed, "dead": self.dead,
-            "cancelled": self.cancelled, "running": self.started,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "dead": self.dead,
+            "cancelled": self.cancelled,
+            "running": self.started,
         }
         self.collector = StoreCollector(self)
         self.registry.register(self.collector)
@@ -238,8 +317,7 @@ class Metrics:
         self.snapshot = None
         subscription = store.events.subscribe(maxsize=10_000, local_only=True)
         self._subscription = subscription
-        self._consumer = self._loop.create_task(self._consume(subscription),
-                                                name="chronoq-metrics")
+        self._consumer = self._loop.create_task(self._consume(subscription), name="chronoq-metrics")
 
     async def stop(self) -> None:
         consumer = self._consumer
@@ -272,16 +350,27 @@ class Metrics:
         if len(self._series) >= self.max_series:
             if not self._overflow_logged:
                 self._overflow_logged = True
-                log.warning("more than %d (queue, name) pairs: counting the rest as %r",
-                            self.max_series, OTHER)
+                log.warning(
+                    "more than %d (queue, name) pairs: counting the rest as %r",
+                    self.max_series,
+                    OTHER,
+                )
             key = (OTHER, OTHER)
             if key in self._series:
                 return key
         self._series.add(key)
         # Start every counter of a new pair at 0, so rate() and sums see the first increment
         # and failed + dead arithmetic finds both series.
-        for counter in (self.submitted, self.scheduled, self.started, self.succeeded,
-                        self.failed, self.dead, self.retried, self.cancelled):
+        for counter in (
+            self.submitted,
+            self.scheduled,
+            self.started,
+            self.succeeded,
+            self.failed,
+            self.dead,
+            self.retried,
+            self.cancelled,
+        ):
             counter.labels(*key)
         return key
 
@@ -318,8 +407,7 @@ class Metrics:
             return
         async with self._refresh_lock:
             snap = self.snapshot
-            if (not force and snap is not None
-                    and time.time() - snap.at < self.min_refresh_seconds):
+            if not force and snap is not None and time.time() - snap.at < self.min_refresh_seconds:
                 return
             self.snapshot = await self._read(store)
 
@@ -335,10 +423,14 @@ class Metrics:
             log.warning("metrics: store did not answer: %s", exc)
             return Snapshot(now, ok=False)
         return Snapshot(
-            at=now, ok=True,
+            at=now,
+            ok=True,
             counts=[(q.queue, str(s), n) for q in stats for s, n in q.counts.items()],
-            oldest_queued=[(q.queue, q.oldest_queued_age_seconds) for q in stats
-                           if q.oldest_queued_age_seconds is not None],
+            oldest_queued=[
+                (q.queue, q.oldest_queued_age_seconds)
+                for q in stats
+                if q.oldest_queued_age_seconds is not None
+            ],
             paused=[(q.queue, q.paused) for q in stats],
             workers_alive=len(workers),
             busy_slots=sum(w.running for w in workers),
@@ -433,8 +525,10 @@ class MetricsServer:
                 status, body, ctype = "200 OK", b"chronoq metrics: see /metrics\n", "text/plain"
             else:
                 status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
-            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
             writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
             await writer.drain()
         except (TimeoutError, ConnectionError, ValueError):
@@ -455,4 +549,3 @@ def parse_listen(value: str, default_host: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{value!r} is not a port or host:port")
     return host.strip("[]") or default_host, int(port)
-

@@ -25,39 +25,55 @@ Outcome = Literal["succeeded", "failed", "timeout", "cancelled", "lost", "crashe
 
 #: task and schedule ids as the OpenAPI document declares them: lower-case UUIDs
 ID_SCHEMA: dict[str, Any] = {
-    "format": "uuid", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+    "format": "uuid",
+    "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+}
 Id = Annotated[str, Field(json_schema_extra=ID_SCHEMA)]
 
 
 def not_both(first: str, first_type: str, second: str, second_type: str) -> dict[str, Any]:
     """JSON Schema for "``first`` and ``second`` are not both given (non-null)", so
     clients and fuzzers know what the model validator refuses."""
-    return {"not": {"required": [first, second],
-                    "properties": {first: {"type": first_type}, second: {"type": second_type}}}}
+    return {
+        "not": {
+            "required": [first, second],
+            "properties": {first: {"type": first_type}, second: {"type": second_type}},
+        }
+    }
 
 
 #: The OpenAPI component ``JsonValue``: any JSON value a payload can hold. Integers are
 #: bounded because stored JSON holds 64 bits (larger ones are a 422); the API's OpenAPI
 #: document adds it under ``components.schemas`` (see :func:`chronoq.api.create_api`).
-JSON_VALUE_SCHEMA: dict[str, Any] = {"anyOf": [
-    {"type": "null"}, {"type": "boolean"}, {"type": "string"},
-    {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1},
-    {"type": "number", "not": {"type": "integer"}},
-    {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
-    {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
-]}
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "string"},
+        {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    ]
+}
 #: a payload: validated as any JSON object (the API checks what it can store), documented
 #: as an object of :data:`JSON_VALUE_SCHEMA` values in requests only (a stored float such
 #: as 1e300 is integral, so JSON Schema would count it an integer out of range)
-Payload = Annotated[dict[str, Any], WithJsonSchema(
-    {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
-    mode="validation")]
+Payload = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+        mode="validation",
+    ),
+]
 
 #: JSON Schema for "exactly one of cron and interval_seconds is given (non-null)"
-ONE_RULE: dict[str, Any] = {"oneOf": [
-    {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
-    {"required": ["interval_seconds"], "properties": {"interval_seconds": {"type": "number"}}},
-]}
+ONE_RULE: dict[str, Any] = {
+    "oneOf": [
+        {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
+        {"required": ["interval_seconds"], "properties": {"interval_seconds": {"type": "number"}}},
+    ]
+}
 
 
 def to_datetime(ts: float | None) -> datetime | None:
@@ -84,10 +100,14 @@ class TaskTemplate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$",
-                      description="handler name, e.g. `send_email` or `chronoq.http`")
-    payload: Payload = Field(default_factory=dict,
-                                    description="JSON object passed to the handler")
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="handler name, e.g. `send_email` or `chronoq.http`",
+    )
+    payload: Payload = Field(default_factory=dict, description="JSON object passed to the handler")
     queue: str = Field("default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:\-]+$")
     priority: int = Field(0, ge=-1000, le=1000, description="higher runs first within a queue")
     max_attempts: int = Field(3, ge=1, le=100)
@@ -99,13 +119,18 @@ class TaskCreate(TaskTemplate):
     """A request to run a task once: now, at ``run_at``, or after ``delay_seconds``."""
 
     model_config = ConfigDict(
-        json_schema_extra=not_both("run_at", "string", "delay_seconds", "number"))
+        json_schema_extra=not_both("run_at", "string", "delay_seconds", "number")
+    )
 
     run_at: datetime | None = Field(None, description="ISO 8601 time with a UTC offset")
     delay_seconds: float | None = Field(None, ge=0, le=10 * 365 * 86400)
-    idempotency_key: str | None = Field(None, min_length=1, max_length=200,
-                                        pattern=r"^[^\x00]+$",
-                                        description="any text without NUL characters")
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00]+$",
+        description="any text without NUL characters",
+    )
 
     @field_validator("run_at")
     @classmethod
@@ -171,10 +196,13 @@ class Task(BaseModel):
     schedule_id: Id | None = Field(None, description="the schedule that fired this task")
     slot: datetime | None = Field(None, description="the schedule's nominal fire time")
     attempt_history: list[Attempt] | None = Field(
-        None, description="every attempt, oldest first (only on GET /v1/tasks/{id})")
+        None, description="every attempt, oldest first (only on GET /v1/tasks/{id})"
+    )
     warnings: list[str] | None = Field(
-        None, description="why the task may never run, e.g. no live worker of its queue "
-        "has its handler (on submission, and on GET /v1/tasks/{id} while it waits)")
+        None,
+        description="why the task may never run, e.g. no live worker of its queue "
+        "has its handler (on submission, and on GET /v1/tasks/{id} while it waits)",
+    )
 
 
 class TaskBatch(BaseModel):
@@ -182,14 +210,16 @@ class TaskBatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tasks: list[TaskCreate] = Field(..., min_length=1, max_length=1000,
-                                    description="1 to 1,000 tasks")
+    tasks: list[TaskCreate] = Field(
+        ..., min_length=1, max_length=1000, description="1 to 1,000 tasks"
+    )
 
 
 class TaskBatchResult(BaseModel):
     items: list[Task] = Field(description="the tasks, in the order submitted")
-    created: list[bool] = Field(description="per task: false when its idempotency_key "
-                                            "returned a task submitted earlier")
+    created: list[bool] = Field(
+        description="per task: false when its idempotency_key returned a task submitted earlier"
+    )
 
 
 class TaskPage(BaseModel):
@@ -202,11 +232,15 @@ class QueueStats(BaseModel):
     counts: dict[Status, int]
     depth: int = Field(description="tasks due and waiting for a worker (status queued)")
     oldest_queued_age_seconds: float | None = None
-    paused: bool = Field(False, description="paused: workers claim none of its tasks, which "
-                         "stay queued until it is resumed")
+    paused: bool = Field(
+        False,
+        description="paused: workers claim none of its tasks, which "
+        "stay queued until it is resumed",
+    )
     paused_at: datetime | None = None
-    paused_by: str | None = Field(None, description="id of the API key that paused it "
-                                  "(none when authentication is off)")
+    paused_by: str | None = Field(
+        None, description="id of the API key that paused it (none when authentication is off)"
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -246,22 +280,30 @@ class ScheduleFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_RULE)
 
-    cron: CronExpression | None = Field(None, examples=["*/5 * * * *"],
-                             description="5 fields, 6 with leading seconds, or @hourly/@daily…")
-    interval_seconds: float | None = Field(None, ge=1, le=366 * 86400,
-                                           description="fire every N seconds instead of cron")
+    cron: CronExpression | None = Field(
+        None,
+        examples=["*/5 * * * *"],
+        description="5 fields, 6 with leading seconds, or @hourly/@daily…",
+    )
+    interval_seconds: float | None = Field(
+        None, ge=1, le=366 * 86400, description="fire every N seconds instead of cron"
+    )
     timezone: TimeZoneName = Field("UTC", description="IANA zone the cron is read in")
     task: TaskTemplate
     start_at: AwareDatetime | None = Field(None, description="no slot before this time")
     end_at: AwareDatetime | None = Field(None, description="no slot after this time")
     misfire_policy: MisfirePolicy = Field(
-        "run_once", description="slots missed while down or late: skip them, run the latest "
-        "once, or catch_up on up to max_catch_up")
+        "run_once",
+        description="slots missed while down or late: skip them, run the latest "
+        "once, or catch_up on up to max_catch_up",
+    )
     max_catch_up: int = Field(10, ge=1, le=1000)
-    misfire_grace_seconds: float = Field(60.0, ge=0, le=86400,
-                                         description="a slot later than this is missed")
-    jitter_seconds: float = Field(0.0, ge=0, le=86400,
-                                  description="delay each run by a random 0..jitter seconds")
+    misfire_grace_seconds: float = Field(
+        60.0, ge=0, le=86400, description="a slot later than this is missed"
+    )
+    jitter_seconds: float = Field(
+        0.0, ge=0, le=86400, description="delay each run by a random 0..jitter seconds"
+    )
     paused: bool = False
 
     @model_validator(mode="after")
@@ -276,14 +318,28 @@ class ScheduleFields(BaseModel):
 class ScheduleCreate(ScheduleFields):
     """A recurring schedule: fire ``task`` on a cron or interval rule."""
 
-    name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$",
-                      description="unique in its namespace and not shaped like an id "
-                                  "(a UUID), e.g. `nightly-report`")
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="unique in its namespace and not shaped like an id "
+        "(a UUID), e.g. `nightly-report`",
+    )
 
 
 #: PATCH fields a schedule cannot be without: null is refused (leave one out to keep it)
-KEPT_UNLESS_GIVEN = ("cron", "interval_seconds", "timezone", "task", "misfire_policy",
-                     "max_catch_up", "misfire_grace_seconds", "jitter_seconds", "paused")
+KEPT_UNLESS_GIVEN = (
+    "cron",
+    "interval_seconds",
+    "timezone",
+    "task",
+    "misfire_policy",
+    "max_catch_up",
+    "misfire_grace_seconds",
+    "jitter_seconds",
+    "paused",
+)
 
 
 def _patch_schema(schema: dict[str, Any]) -> None:
@@ -363,7 +419,9 @@ class WorkerInfo(BaseModel):
     processed: int = Field(description="attempts finished since start")
     started_at: datetime
     last_seen_at: datetime
-    handlers: list[str] | None = Field(None, description="the task names it can run "
-                                       "(null: a worker too old to say)")
-    child_restarts: int = Field(0, description="process-pool children replaced after "
-                                "crashing or being killed for a limit")
+    handlers: list[str] | None = Field(
+        None, description="the task names it can run (null: a worker too old to say)"
+    )
+    child_restarts: int = Field(
+        0, description="process-pool children replaced after crashing or being killed for a limit"
+    )

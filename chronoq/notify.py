@@ -83,6 +83,7 @@ class Hub:
 
         def unsubscribe() -> None:
             self._messages.pop(channel, None)
+
         return unsubscribe
 
     def discard(self, event: asyncio.Event) -> None:

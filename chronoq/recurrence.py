@@ -56,7 +56,8 @@ def check_cron(expression: str) -> str:
     if len(fields) not in (5, 6):
         raise ValueError(
             f"cron expression {expression!r} has {len(fields)} fields; expected 5 "
-            "(minute hour day month weekday), 6 (seconds first) or an alias such as @hourly")
+            "(minute hour day month weekday), 6 (seconds first) or an alias such as @hourly"
+        )
     try:
         it = croniter(text, _PROBE_FROM, second_at_beginning=len(fields) == 6)
     except (CroniterError, ValueError, KeyError) as exc:
@@ -69,7 +70,8 @@ def check_cron(expression: str) -> str:
     except CroniterBadDateError:
         raise ValueError(
             f"cron expression {expression!r} never fires: no date matches its day, month "
-            "and weekday fields together") from None
+            "and weekday fields together"
+        ) from None
     return text
 
 
@@ -78,15 +80,22 @@ def check_timezone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as "
-                         "'UTC' or 'Europe/Paris'") from None
+        raise ValueError(
+            f"unknown time zone {name!r}; use an IANA name such as 'UTC' or 'Europe/Paris'"
+        ) from None
 
 
 class Recurrence:
     """The fire times of a cron expression in a zone, or of a fixed interval from an anchor."""
 
-    def __init__(self, *, cron: str | None = None, interval: float | None = None,
-                 timezone: str = "UTC", anchor: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        cron: str | None = None,
+        interval: float | None = None,
+        timezone: str = "UTC",
+        anchor: float = 0.0,
+    ) -> None:
         if (cron is None) == (interval is None):
             raise ValueError("give exactly one of cron or interval_seconds")
         self.interval = interval
@@ -148,8 +157,12 @@ class Recurrence:
 @functools.lru_cache(maxsize=16384)
 def cached(cron: str | None, interval: float | None, timezone: str, anchor: float) -> Recurrence:
     """A shared :class:`Recurrence` per rule: parsing cron is the costly part of firing."""
-    return Recurrence(cron=cron, interval=interval, timezone=timezone,
-                      anchor=anchor if interval is not None else 0.0)
+    return Recurrence(
+        cron=cron,
+        interval=interval,
+        timezone=timezone,
+        anchor=anchor if interval is not None else 0.0,
+    )
 
 
 def _second_occurrence(moment: datetime, tz: tzinfo) -> bool:
@@ -170,8 +183,15 @@ class FirePlan:
 
 
 def plan(
-    recurrence: Recurrence, next_fire_at: float, now: float, *, policy: MisfirePolicy,
-    max_catch_up: int, grace: float, end_at: float | None, jitter: float = 0.0,
+    recurrence: Recurrence,
+    next_fire_at: float,
+    now: float,
+    *,
+    policy: MisfirePolicy,
+    max_catch_up: int,
+    grace: float,
+    end_at: float | None,
+    jitter: float = 0.0,
     rng: random.Random | None = None,
 ) -> FirePlan:
     """Decide which slots from ``next_fire_at`` up to ``now`` fire.

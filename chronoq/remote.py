@@ -40,16 +40,20 @@ class Call(Generic[M]):
 
 
 def submit_call(spec: TaskCreate | dict[str, Any]) -> Call[Task]:
-    body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, TaskCreate) \
-        else spec
+    body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, TaskCreate) else spec
     return Call("POST", "/v1/tasks", Task.model_validate, json=body)
 
 
-def list_call(status: Status | str | None, queue: str | None, name: str | None,
-              cursor: str | None, limit: int) -> Call[TaskPage]:
+def list_call(
+    status: Status | str | None, queue: str | None, name: str | None, cursor: str | None, limit: int
+) -> Call[TaskPage]:
     given = {"status": status, "queue": queue, "name": name, "cursor": cursor, "limit": limit}
-    return Call("GET", "/v1/tasks", TaskPage.model_validate,
-                params={k: str(v) for k, v in given.items() if v is not None})
+    return Call(
+        "GET",
+        "/v1/tasks",
+        TaskPage.model_validate,
+        params={k: str(v) for k, v in given.items() if v is not None},
+    )
 
 
 def task_call(task_id: str, action: str = "") -> Call[Task]:
@@ -68,15 +72,24 @@ def _unreachable(base_url: object, exc: Exception) -> ClientError:
 class Client:
     """Blocking client: ``with chronoq.Client(url, api_key=...) as c: c.get(task_id)``."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None,
-                 timeout: float = 10.0, transport: httpx.BaseTransport | None = None) -> None:
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
-                                 headers=_headers(api_key), transport=transport)
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            headers=_headers(api_key),
+            transport=transport,
+        )
 
     def call(self, call: Call[M]) -> M:
         try:
-            response = self.http.request(call.method, call.path, json=call.json,
-                                         params=call.params)
+            response = self.http.request(call.method, call.path, json=call.json, params=call.params)
         except httpx.TransportError as exc:
             raise _unreachable(self.http.base_url, exc) from None
         return call.read(response)
@@ -89,8 +102,15 @@ class Client:
         """The task with its attempt history."""
         return self.call(task_call(task_id))
 
-    def list(self, *, status: Status | str | None = None, queue: str | None = None,
-             name: str | None = None, cursor: str | None = None, limit: int = 50) -> TaskPage:
+    def list(
+        self,
+        *,
+        status: Status | str | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> TaskPage:
         """One page of tasks, newest first; pass ``next_cursor`` as ``cursor`` for more."""
         return self.call(list_call(status, queue, name, cursor, limit))
 
@@ -113,16 +133,26 @@ class Client:
 class AsyncClient:
     """:class:`Client` for async code: ``async with chronoq.AsyncClient(url) as c: ...``."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None,
-                 timeout: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout,
-                                      headers=_headers(api_key), transport=transport)
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            headers=_headers(api_key),
+            transport=transport,
+        )
 
     async def call(self, call: Call[M]) -> M:
         try:
-            response = await self.http.request(call.method, call.path, json=call.json,
-                                               params=call.params)
+            response = await self.http.request(
+                call.method, call.path, json=call.json, params=call.params
+            )
         except httpx.TransportError as exc:
             raise _unreachable(self.http.base_url, exc) from None
         return call.read(response)
@@ -133,9 +163,15 @@ class AsyncClient:
     async def get(self, task_id: str) -> Task:
         return await self.call(task_call(task_id))
 
-    async def list(self, *, status: Status | str | None = None, queue: str | None = None,
-                   name: str | None = None, cursor: str | None = None,
-                   limit: int = 50) -> TaskPage:
+    async def list(
+        self,
+        *,
+        status: Status | str | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> TaskPage:
         return await self.call(list_call(status, queue, name, cursor, limit))
 
     async def cancel(self, task_id: str) -> Task:

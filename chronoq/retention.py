@@ -85,8 +85,11 @@ class Policy:
             return "off" if age is None else f"{age / 86400:g}d"
 
         parts = [f"{s}={one(self.ages.get(s))}" for s in FINISHED]
-        parts += [f"{q}:{s}={one(a)}" for q, rules in sorted(self.queues.items())
-                  for s, a in rules.items()]
+        parts += [
+            f"{q}:{s}={one(a)}"
+            for q, rules in sorted(self.queues.items())
+            for s, a in rules.items()
+        ]
         return ",".join(parts)
 
 
@@ -106,15 +109,19 @@ def _entry(entry: str) -> tuple[str | None, Status, float | None]:
     """One ``[queue:]status=age`` entry."""
     rule, eq, age_text = entry.strip().partition("=")
     if not eq:
-        raise PolicyError(f"retention entry {entry.strip()!r}: expected [queue:]status=age, "
-                          "e.g. dead=30d or reports:succeeded=1d")
+        raise PolicyError(
+            f"retention entry {entry.strip()!r}: expected [queue:]status=age, "
+            "e.g. dead=30d or reports:succeeded=1d"
+        )
     queue, colon, status_text = rule.strip().rpartition(":")
     if colon and not queue.strip():
         raise PolicyError(f"retention entry {entry.strip()!r}: the queue name is empty")
     status = next((s for s in TERMINAL if s.value == status_text.strip().lower()), None)
     if status is None:
-        raise PolicyError(f"retention entry {entry.strip()!r}: {status_text.strip()!r} is "
-                          f"not a finished status (use {', '.join(FINISHED)})")
+        raise PolicyError(
+            f"retention entry {entry.strip()!r}: {status_text.strip()!r} is "
+            f"not a finished status (use {', '.join(FINISHED)})"
+        )
     age_text = age_text.strip().lower()
     if age_text in _OFF:
         return (queue.strip() or None), status, None
@@ -174,10 +181,16 @@ class Progress:
         return self.total / max(time.monotonic() - self.started, 1e-9)
 
 
-async def purge(store: Store, expired: Iterable[Expired], *, batch: int = 1000,
-                pause: float = 0.0, export: Export | None = None,
-                on_batch: Callable[[Progress], None] | None = None,
-                keep_going: Callable[[], bool] = lambda: True) -> Progress:
+async def purge(
+    store: Store,
+    expired: Iterable[Expired],
+    *,
+    batch: int = 1000,
+    pause: float = 0.0,
+    export: Export | None = None,
+    on_batch: Callable[[Progress], None] | None = None,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> Progress:
     """Delete what ``expired`` selects, ``batch`` rows per transaction, sleeping ``pause``
     seconds between batches; ``keep_going`` is asked before each batch."""
     progress = Progress()
@@ -197,8 +210,9 @@ async def purge(store: Store, expired: Iterable[Expired], *, batch: int = 1000,
     return progress
 
 
-async def queues_by_status(store: Store, statuses: Iterable[Status] = FINISHED
-                           ) -> dict[Status, list[str]]:
+async def queues_by_status(
+    store: Store, statuses: Iterable[Status] = FINISHED
+) -> dict[Status, list[str]]:
     return {s: await finished_queues(store, s) for s in statuses}
 
 
@@ -213,12 +227,20 @@ async def counts(store: Store, expired: Iterable[Expired]) -> dict[tuple[Status,
     return found
 
 
-def selections(queues: Mapping[Status, Iterable[str]], before: float,
-               queue: str | None = None, namespace: str | None = None,
-               name: str | None = None) -> list[Expired]:
+def selections(
+    queues: Mapping[Status, Iterable[str]],
+    before: float,
+    queue: str | None = None,
+    namespace: str | None = None,
+    name: str | None = None,
+) -> list[Expired]:
     """Tasks of these statuses (and ``queue``) that finished before ``before``."""
-    return [Expired(status, q, before, namespace, name) for status, found in queues.items()
-            for q in found if queue is None or q == queue]
+    return [
+        Expired(status, q, before, namespace, name)
+        for status, found in queues.items()
+        for q in found
+        if queue is None or q == queue
+    ]
 
 
 @dataclass
@@ -242,34 +264,41 @@ class Sweeper:
     @property
     def enabled(self) -> bool:
         return any(a is not None for a in self.policy.ages.values()) or any(
-            a is not None for rules in self.policy.queues.values() for a in rules.values())
+            a is not None for rules in self.policy.queues.values() for a in rules.values()
+        )
 
     def due(self, now: float, leading: Callable[[], bool]) -> None:
         """Start a sweep if one is due (never waits for it)."""
-        if not self.enabled or now < self._next or (self._job is not None
-                                                    and not self._job.done()):
+        if not self.enabled or now < self._next or (self._job is not None and not self._job.done()):
             return
         self._next = now + self.interval
-        self._job = asyncio.get_running_loop().create_task(self._sweep(leading),
-                                                           name="retention")
+        self._job = asyncio.get_running_loop().create_task(self._sweep(leading), name="retention")
 
     async def _sweep(self, leading: Callable[[], bool]) -> None:
         try:
             queues = await queues_by_status(self.store)
             export = Export(self.export_dir) if self.export_dir else None
-            done = await purge(self.store, self.policy.expired(queues, time.time()),
-                               batch=self.batch, pause=self.pause, export=export,
-                               keep_going=leading)
+            done = await purge(
+                self.store,
+                self.policy.expired(queues, time.time()),
+                batch=self.batch,
+                pause=self.pause,
+                export=export,
+                keep_going=leading,
+            )
         except Exception as exc:  # the store is down: the next sweep tries again
             log.warning("retention sweep failed: %s: %s", type(exc).__name__, exc)
             return
         self.sweeps += 1
         self.purged += done.total
         if done.total:
-            log.info("retention purged %d finished tasks (%.0f rows/s)%s", done.total,
-                     done.rate(), f" exported to {export.path}" if export and export.path
-                     else "", extra={"purged": {f"{s}:{q}": n for (s, q), n
-                                                in done.deleted.items()}})
+            log.info(
+                "retention purged %d finished tasks (%.0f rows/s)%s",
+                done.total,
+                done.rate(),
+                f" exported to {export.path}" if export and export.path else "",
+                extra={"purged": {f"{s}:{q}": n for (s, q), n in done.deleted.items()}},
+            )
 
     async def stop(self) -> None:
         if self._job is not None:
@@ -280,6 +309,11 @@ class Sweeper:
 
 def sweeper_for(store: Store, settings: Settings) -> Sweeper:
     """The leader's sweeper as the ``CHRONOQ_RETENTION*`` settings describe it."""
-    return Sweeper(store, Policy.parse(settings.retention), interval=settings.retention_interval,
-                   batch=settings.retention_batch, pause=settings.retention_pause,
-                   export_dir=settings.retention_export_dir)
+    return Sweeper(
+        store,
+        Policy.parse(settings.retention),
+        interval=settings.retention_interval,
+        batch=settings.retention_batch,
+        pause=settings.retention_pause,
+        export_dir=settings.retention_export_dir,
+    )

@@ -48,14 +48,20 @@ class StoreUnavailable(Exception):
 #: resolve or answer, a database or role that does not exist, a file that cannot be opened,
 #: a scheme chronoq does not know
 OPEN_ERRORS: tuple[type[Exception], ...] = (
-    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, sqlite3.Error, ValueError)
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    sqlite3.Error,
+    ValueError,
+)
 
 
 def store_unavailable(url: str, exc: Exception) -> StoreUnavailable:
     """One line for ``exc``, raised while opening the store at ``url`` (no password)."""
     reason = str(exc).replace(url, hide_password(url)) or "no reason given"
-    return StoreUnavailable(f"cannot open the database at {database_location(url)}: "
-                            f"{type(exc).__name__}: {reason}")
+    return StoreUnavailable(
+        f"cannot open the database at {database_location(url)}: {type(exc).__name__}: {reason}"
+    )
 
 
 def database_location(url: str) -> str:
@@ -142,8 +148,10 @@ class Runner:
         """Built-in executors, then the app's handlers: in the process pool when they run
         there (``--pool process`` or ``@app.task(pool="process")``)."""
         c = self.components
-        executors = {**builtin_executors(c.shell_allow, c.http_allow, c.shell_env_allow),
-                     **self.app.executors()}
+        executors = {
+            **builtin_executors(c.shell_allow, c.http_allow, c.shell_env_allow),
+            **self.app.executors(),
+        }
         if self.pool is not None:
             in_pool = PoolExecutor(self.pool)
             executors.update(dict.fromkeys(self.process_handlers(), in_pool))
@@ -151,17 +159,23 @@ class Runner:
 
     def process_handlers(self) -> list[str]:
         """The app's handlers that run in child processes."""
-        return [name for name, fn in self.app.tasks.items()
-                if (fn.pool or self.components.pool) == "process"]
+        return [
+            name
+            for name, fn in self.app.tasks.items()
+            if (fn.pool or self.components.pool) == "process"
+        ]
 
     def _make_pool(self) -> ProcessPool | None:
         c = self.components
         if c.pool != "process" and not self.process_handlers():
             return None
         processes = c.processes or os.cpu_count() or 1
-        return ProcessPool(child_command(self.app.settings.app, demo=c.demo), processes,
-                           max_tasks_per_child=c.max_tasks_per_child,
-                           max_memory_mib=c.max_memory_per_child)
+        return ProcessPool(
+            child_command(self.app.settings.app, demo=c.demo),
+            processes,
+            max_tasks_per_child=c.max_tasks_per_child,
+            max_memory_mib=c.max_memory_per_child,
+        )
 
     def stop(self) -> None:
         if self._stop_requested and self.server is not None:
@@ -195,10 +209,12 @@ class Runner:
             if self.components.scheduler:
                 publisher = self.app.publisher
                 self.scheduler = Scheduler(
-                    self.app.store, poll_seconds=settings.poll_seconds,
+                    self.app.store,
+                    poll_seconds=settings.poll_seconds,
                     worker_timeout=settings.lease_seconds,
                     reconcile=publisher.reconcile if publisher is not None else None,
-                    retention=sweeper_for(self.app.store, settings))
+                    retention=sweeper_for(self.app.store, settings),
+                )
                 jobs.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
                 if self.metrics is not None:
                     self.metrics.leader_probe = self._leading
@@ -210,8 +226,12 @@ class Runner:
                     wanted = self.components.prefetch
                     prefetch = PREFETCH_PER_PROCESS * concurrency if wanted is None else wanted
                 self.worker = Worker(
-                    self.app.store, self.executors(), queues=self.components.queues,
-                    concurrency=concurrency, pool=self.pool, prefetch=prefetch,
+                    self.app.store,
+                    self.executors(),
+                    queues=self.components.queues,
+                    concurrency=concurrency,
+                    pool=self.pool,
+                    prefetch=prefetch,
                     worker_id=self.components.worker_id,
                     lease_seconds=settings.lease_seconds,
                     heartbeat_seconds=settings.heartbeat_seconds,
@@ -226,11 +246,15 @@ class Runner:
                 if self.metrics is not None and self.pool is not None:
                     pool = self.pool
                     self.metrics.child_restarts_probe = lambda: pool.restarts
-                jobs.append(asyncio.create_task(
-                    self.worker.run(self.components.drain_seconds), name="worker"))
+                jobs.append(
+                    asyncio.create_task(
+                        self.worker.run(self.components.drain_seconds), name="worker"
+                    )
+                )
             if self.components.api:
-                self.server = await _serve(create_api(self.app), settings.host, settings.port,
-                                           "api", jobs)
+                self.server = await _serve(
+                    create_api(self.app), settings.host, settings.port, "api", jobs
+                )
             if self.components.health_port is not None:
                 self.health_server, health_job = await self._start_health(jobs)
             self.started.set()
@@ -269,8 +293,9 @@ class Runner:
             self.metrics_server = MetricsServer(self.metrics, host, components.metrics_port)
             await self.metrics_server.start()
 
-    async def _start_health(self, components_jobs: list[asyncio.Task[None]]
-                            ) -> tuple[_Server, asyncio.Task[None]]:
+    async def _start_health(
+        self, components_jobs: list[asyncio.Task[None]]
+    ) -> tuple[_Server, asyncio.Task[None]]:
         """``/healthz`` (alive: the loop answers, no component ended) and ``/readyz`` (the
         store and configured Redis answer, not stopping) on ``health_port``. It outlives
         the components' stop, so a draining worker stays alive (and not ready)."""
@@ -282,13 +307,17 @@ class Runner:
                 return []
             return [job.get_name() for job in components_jobs if job.done()]
 
-        app = health_app(lambda: self.app.store, self._readiness, dead,
-                         lambda: self._stop_requested)
+        app = health_app(
+            lambda: self.app.store, self._readiness, dead, lambda: self._stop_requested
+        )
         host = components.health_host or settings.host
         health_jobs: list[asyncio.Task[None]] = []
         server = await _serve(app, host, components.health_port or 0, "health", health_jobs)
-        log.info("serving health checks on http://%s:%d/healthz and /readyz", host,
-                 components.health_port or 0)
+        log.info(
+            "serving health checks on http://%s:%d/healthz and /readyz",
+            host,
+            components.health_port or 0,
+        )
         return server, health_jobs[0]
 
     async def _stop_health(self, job: asyncio.Task[None] | None) -> None:
@@ -316,11 +345,13 @@ class Runner:
             await self.metrics.stop()
 
 
-async def _serve(asgi: Any, host: str, port: int, name: str,
-                 jobs: list[asyncio.Task[None]]) -> _Server:
+async def _serve(
+    asgi: Any, host: str, port: int, name: str, jobs: list[asyncio.Task[None]]
+) -> _Server:
     """Start uvicorn serving ``asgi`` as job ``name``; return once it listens."""
-    config = uvicorn.Config(asgi, host=host, port=port, log_level="warning",
-                            access_log=False, log_config=None)
+    config = uvicorn.Config(
+        asgi, host=host, port=port, log_level="warning", access_log=False, log_config=None
+    )
     server = _Server(config)
     job = asyncio.create_task(server.serve(), name=name)
     jobs.append(job)

@@ -38,11 +38,18 @@ LEASE = "scheduler"
 
 class Scheduler:
     def __init__(
-        self, store: Store, *, poll_seconds: float = 1.0, reap_seconds: float = 1.0,
-        batch: int = 1000, worker_timeout: float = 30.0, lease_ttl: float = 5.0,
+        self,
+        store: Store,
+        *,
+        poll_seconds: float = 1.0,
+        reap_seconds: float = 1.0,
+        batch: int = 1000,
+        worker_timeout: float = 30.0,
+        lease_ttl: float = 5.0,
         scheduler_id: str | None = None,
         reconcile: Callable[[Store], Awaitable[int]] | None = None,
-        reconcile_seconds: float = 5.0, retention: Sweeper | None = None,
+        reconcile_seconds: float = 5.0,
+        retention: Sweeper | None = None,
     ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
@@ -94,8 +101,9 @@ class Scheduler:
                     await asyncio.wait([stopping], timeout=min(1.0, self.lease_ttl / 3))
                 elif sleep > 0:
                     waiter = asyncio.ensure_future(wake.wait())
-                    await asyncio.wait([waiter, stopping], timeout=sleep,
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        [waiter, stopping], timeout=sleep, return_when=asyncio.FIRST_COMPLETED
+                    )
                     waiter.cancel()
         finally:
             stopping.cancel()
@@ -107,8 +115,12 @@ class Scheduler:
                     await self.store.release_lease(self.fence)
                 except Exception:
                     log.warning("could not release the scheduler lease")
-            log.info("scheduler stopped (fired %d, promoted %d, rescued %d)", self.fired,
-                     self.promoted, self.reaped)
+            log.info(
+                "scheduler stopped (fired %d, promoted %d, rescued %d)",
+                self.fired,
+                self.promoted,
+                self.reaped,
+            )
 
     async def _round(self, now: float) -> float | None:
         """One round: fire, promote, reap, reconcile. Returns the seconds until the next
@@ -131,8 +143,9 @@ class Scheduler:
             self.retention.due(now, lambda: self.leading)
         due = await self.store.next_due_at()
         now = time.time()
-        sleep = min(self.poll_seconds, max(self._next_reap - now, 0.0),
-                    max(self._renew_at - now, 0.0))
+        sleep = min(
+            self.poll_seconds, max(self._next_reap - now, 0.0), max(self._renew_at - now, 0.0)
+        )
         return sleep if due is None else min(sleep, max(due - now, 0.0))
 
     async def _reconcile(self) -> None:
@@ -179,15 +192,26 @@ class Scheduler:
         completions = [self._lost(task, now, deaths.get(task.id, 0) + 1) for task in expired]
         await self.store.complete(completions, self.fence, lapsed=now)
         for task, completion in zip(expired, completions, strict=True):
-            after = ("dead" if completion.next_run_at is None
-                     else f"retry in {completion.next_run_at - now:.1f}s")
-            log.warning("task %s (%s) attempt %d lost with worker %s; %s", task.id, task.name,
-                        task.attempts, task.worker_id, after, extra=task.log_fields("lost"))
+            after = (
+                "dead"
+                if completion.next_run_at is None
+                else f"retry in {completion.next_run_at - now:.1f}s"
+            )
+            log.warning(
+                "task %s (%s) attempt %d lost with worker %s; %s",
+                task.id,
+                task.name,
+                task.attempts,
+                task.worker_id,
+                after,
+                extra=task.log_fields("lost"),
+            )
         self.reaped += len(expired)
         return len(expired)
 
     @staticmethod
     def _lost(task: TaskRecord, now: float, deaths: int) -> Completion:
         """The end of an attempt whose lease ran out: its ``deaths``-th died attempt."""
-        return Completion.died(task, now, "lost",
-                               f"worker {task.worker_id} stopped renewing its lease", deaths)
+        return Completion.died(
+            task, now, "lost", f"worker {task.worker_id} stopped renewing its lease", deaths
+        )

@@ -50,10 +50,10 @@ RETRYABLE: frozenset[Status] = frozenset({Status.FAILED, Status.DEAD})
 class InvalidTransition(Exception):
     """A task cannot move from its current status to the requested one."""
 
-    def __init__(self, task_id: str, current: Status, target: Status,
-                 message: str | None = None) -> None:
-        super().__init__(f"task {task_id} is {current}; "
-                         f"{message or f'it cannot become {target}'}")
+    def __init__(
+        self, task_id: str, current: Status, target: Status, message: str | None = None
+    ) -> None:
+        super().__init__(f"task {task_id} is {current}; {message or f'it cannot become {target}'}")
         self.task_id = task_id
         self.current = current
         self.target = target

@@ -22,8 +22,10 @@ class Rates:
         rates = (0.0, 0.0)
         if self.last is not None and now > self.last[0]:
             elapsed = now - self.last[0]
-            rates = (max(0, succeeded - self.last[1]) / elapsed,
-                     max(0, failed - self.last[2]) / elapsed)
+            rates = (
+                max(0, succeeded - self.last[1]) / elapsed,
+                max(0, failed - self.last[2]) / elapsed,
+            )
         self.last = (now, succeeded, failed)
         self.history = [*self.history[-59:], rates[0]]
         return rates
@@ -37,8 +39,14 @@ def sparkline(values: list[float]) -> str:
     return "".join(BARS[min(8, round(v / top * 8))] for v in values)
 
 
-def render(queues: list[dict[str, Any]], workers: list[dict[str, Any]], rates: Rates,
-           now: float, url: str, table: Callable[[list[list[str]], list[str]], str]) -> str:
+def render(
+    queues: list[dict[str, Any]],
+    workers: list[dict[str, Any]],
+    rates: Rates,
+    now: float,
+    url: str,
+    table: Callable[[list[list[str]], list[str]], str],
+) -> str:
     """One frame of the view, as text."""
     totals = {s: sum(q["counts"].get(s, 0) for q in queues) for s in STATUSES}
     ok, failed = rates.sample(now, totals["succeeded"], totals["failed"] + totals["dead"])
@@ -46,20 +54,38 @@ def render(queues: list[dict[str, Any]], workers: list[dict[str, Any]], rates: R
     slots = sum(w["concurrency"] for w in workers)
     lines = [
         f"chronoq top — {url} — {time.strftime('%H:%M:%S', time.localtime(now))}",
-        f"throughput {ok:8.1f} succeeded/s  {failed:6.1f} failed/s   "
-        f"{sparkline(rates.history)}",
+        f"throughput {ok:8.1f} succeeded/s  {failed:6.1f} failed/s   {sparkline(rates.history)}",
         f"workers    {len(workers)} alive, {busy}/{slots} slots busy   "
         f"queued {totals['queued']}  running {totals['running']}  dead {totals['dead']}",
         "",
-        table([[q["queue"], str(q["depth"]),
-                f"{q['oldest_queued_age_seconds']:.1f}s"
-                if q.get("oldest_queued_age_seconds") is not None else "-",
-                *(str(q["counts"].get(s, 0)) for s in STATUSES)] for q in queues],
-              ["queue", "depth", "oldest", *STATUSES]),
+        table(
+            [
+                [
+                    q["queue"],
+                    str(q["depth"]),
+                    f"{q['oldest_queued_age_seconds']:.1f}s"
+                    if q.get("oldest_queued_age_seconds") is not None
+                    else "-",
+                    *(str(q["counts"].get(s, 0)) for s in STATUSES),
+                ]
+                for q in queues
+            ],
+            ["queue", "depth", "oldest", *STATUSES],
+        ),
         "",
-        table([[w["id"], ",".join(w["queues"]), f"{w['running']}/{w['concurrency']}",
-                str(w["processed"]), f"{max(0.0, now - _ts(w['last_seen_at'])):.1f}s ago"]
-               for w in workers], ["worker", "queues", "busy", "done", "heartbeat"]),
+        table(
+            [
+                [
+                    w["id"],
+                    ",".join(w["queues"]),
+                    f"{w['running']}/{w['concurrency']}",
+                    str(w["processed"]),
+                    f"{max(0.0, now - _ts(w['last_seen_at'])):.1f}s ago",
+                ]
+                for w in workers
+            ],
+            ["worker", "queues", "busy", "done", "heartbeat"],
+        ),
     ]
     return "\n".join(lines)
 

@@ -57,15 +57,15 @@ class LoopWatchdog:
     ``open_store`` makes the (unopened) store the thread renews leases through, or None
     when the database cannot be reached from a second connection (in-memory SQLite)."""
 
-    def __init__(self, worker: Watched, open_store: Callable[[], Store | None],
-                 threshold: float) -> None:
+    def __init__(
+        self, worker: Watched, open_store: Callable[[], Store | None], threshold: float
+    ) -> None:
         self.worker = worker
         self.open_store = open_store
         self.threshold = threshold
         self.tick = min(0.25, threshold / 4)
         # the worker's own heartbeat is overdue once the loop was silent for a period
-        self.renew_after = min(max(threshold, worker.heartbeat_seconds),
-                               worker.lease_seconds / 3)
+        self.renew_after = min(max(threshold, worker.heartbeat_seconds), worker.lease_seconds / 3)
         self.blocks = 0  #: blocks seen (longer than ``threshold``)
         self.renewals = 0  #: lease renewals the thread made
         self._last = time.monotonic()
@@ -84,8 +84,7 @@ class LoopWatchdog:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._beat()
-        self._thread = threading.Thread(target=self._watch, name="chronoq-watchdog",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._watch, name="chronoq-watchdog", daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
@@ -110,9 +109,13 @@ class LoopWatchdog:
             while not self._stopping.wait(self.tick):
                 last = self._last
                 if block is not None and last != block:
-                    log.warning("worker %s: event loop answered again after %.1fs (leases "
-                                "renewed %d times meanwhile)", self.worker.id, last - block,
-                                renewed)
+                    log.warning(
+                        "worker %s: event loop answered again after %.1fs (leases "
+                        "renewed %d times meanwhile)",
+                        self.worker.id,
+                        last - block,
+                        renewed,
+                    )
                     block, renewed = None, 0
                 silent = time.monotonic() - last
                 if silent < self.threshold:
@@ -138,11 +141,18 @@ class LoopWatchdog:
             what = f"by {current.get_name() if current is not None else 'a callback'}"
         frame = sys._current_frames().get(self._loop_thread)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else "(unknown)\n"
-        log.warning("worker %s: event loop blocked for %.1fs (threshold %.1fs) %s; running "
-                    "tasks: %s; their leases are renewed from the watchdog thread until it "
-                    "answers. The loop thread is at:\n%s", self.worker.id, silent,
-                    self.threshold, what, ", ".join(sorted(running)) or "none", stack.rstrip(),
-                    extra={"task_id": culprit, "worker": self.worker.id})
+        log.warning(
+            "worker %s: event loop blocked for %.1fs (threshold %.1fs) %s; running "
+            "tasks: %s; their leases are renewed from the watchdog thread until it "
+            "answers. The loop thread is at:\n%s",
+            self.worker.id,
+            silent,
+            self.threshold,
+            what,
+            ", ".join(sorted(running)) or "none",
+            stack.rstrip(),
+            extra={"task_id": culprit, "worker": self.worker.id},
+        )
 
     def _renew(self, first: bool) -> int:
         """The worker's heartbeat, made from this thread; 1 when it was made."""
@@ -153,29 +163,40 @@ class LoopWatchdog:
             if self._own_loop is None:
                 self._own_loop = asyncio.new_event_loop()
             lost = self._own_loop.run_until_complete(
-                asyncio.wait_for(self._heartbeat(ids), worker.lease_seconds / 2))
+                asyncio.wait_for(self._heartbeat(ids), worker.lease_seconds / 2)
+            )
         except Exception as exc:
-            log.warning("worker %s: the watchdog could not renew %d leases: %r", worker.id,
-                        len(ids), exc)
+            log.warning(
+                "worker %s: the watchdog could not renew %d leases: %r", worker.id, len(ids), exc
+            )
             return 0
         if lost is None:
             return 0
         self.renewals += 1
-        log.log(logging.INFO if first else logging.DEBUG, "worker %s: the watchdog renewed "
-                "%d leases (the loop is blocked)", worker.id, len(ids) - len(lost))
+        log.log(
+            logging.INFO if first else logging.DEBUG,
+            "worker %s: the watchdog renewed %d leases (the loop is blocked)",
+            worker.id,
+            len(ids) - len(lost),
+        )
         if self._last == before:  # else the loop answered meanwhile: those simply finished
             for task_id in sorted(lost):
-                log.warning("task %s is no longer ours (cancelled or lease lost); the worker "
-                            "stops it once its loop answers", task_id)
+                log.warning(
+                    "task %s is no longer ours (cancelled or lease lost); the worker "
+                    "stops it once its loop answers",
+                    task_id,
+                )
         return 1
 
     async def _heartbeat(self, ids: list[str]) -> set[str] | None:
         if self._store is None:
             store = self.open_store()
             if store is None:
-                log.warning("worker %s: this database cannot be reached from a second "
-                            "connection; leases are not renewed while the loop is blocked",
-                            self.worker.id)
+                log.warning(
+                    "worker %s: this database cannot be reached from a second "
+                    "connection; leases are not renewed while the loop is blocked",
+                    self.worker.id,
+                )
                 self.renew_after = float("inf")
                 return None
             await store.open()
@@ -183,8 +204,9 @@ class LoopWatchdog:
         worker = self.worker
         now = time.time()
         lost = await self._store.heartbeat(worker.id, ids, now + worker.lease_seconds)
-        await self._store.worker_heartbeat(worker.id, len(ids), worker.processed,
-                                           worker.concurrency, now)
+        await self._store.worker_heartbeat(
+            worker.id, len(ids), worker.processed, worker.concurrency, now
+        )
         return lost
 
     def _close(self) -> None:

@@ -38,8 +38,11 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def builtin_executors(shell_allow: Iterable[str] = (), http_allow: Iterable[str] = (),
-                      shell_env_allow: Iterable[str] = ()) -> dict[str, Executor]:
+def builtin_executors(
+    shell_allow: Iterable[str] = (),
+    http_allow: Iterable[str] = (),
+    shell_env_allow: Iterable[str] = (),
+) -> dict[str, Executor]:
     """``chronoq.http`` always (public addresses, plus the non-public ones ``http_allow``
     permits: hostnames and CIDRs); ``chronoq.shell`` only with a non-empty allow-list, its
     payloads setting only the environment variables ``shell_env_allow`` names."""
@@ -106,10 +109,10 @@ class Worker:
         #: warns of handlers that block the loop and renews leases while they do
         self.watchdog = LoopWatchdog(self, store.sibling, blocked_loop_seconds)
         #: store or broker failures in a row (one traceback, then a line per retry)
-        self._claims = Outage("claiming tasks", log, first=poll_seconds,
-                              cap=max(5.0, poll_seconds))
-        self._beats = Outage("heartbeat", log, first=self.heartbeat_seconds,
-                             cap=self.heartbeat_seconds)  # it keeps its period
+        self._claims = Outage("claiming tasks", log, first=poll_seconds, cap=max(5.0, poll_seconds))
+        self._beats = Outage(
+            "heartbeat", log, first=self.heartbeat_seconds, cap=self.heartbeat_seconds
+        )  # it keeps its period
         #: the child processes that run process-pool handlers (``--pool process``)
         self.pool = pool
         #: tasks claimed beyond ``concurrency``, held until a slot frees: keeps a process
@@ -135,15 +138,25 @@ class Worker:
         await self._start_pool()
         await self.broker.start()
         unsubscribe = self.store.hub.on_cancel(self._cancel_local)
-        await self.store.register_worker(self.id, socket.gethostname(), os.getpid(),
-                                         self.queues, self.concurrency, time.time(),
-                                         handlers=list(self.executors))
+        await self.store.register_worker(
+            self.id,
+            socket.gethostname(),
+            os.getpid(),
+            self.queues,
+            self.concurrency,
+            time.time(),
+            handlers=list(self.executors),
+        )
         flusher = asyncio.create_task(self._flush_loop(), name="chronoq-flush")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="chronoq-heartbeat")
         scaler = asyncio.create_task(self._scale_loop(), name="chronoq-autoscale")
         self.watchdog.start()
-        log.info("worker %s serving queues %s with concurrency %d", self.id,
-                 ",".join(self.queues), self.concurrency)
+        log.info(
+            "worker %s serving queues %s with concurrency %d",
+            self.id,
+            ",".join(self.queues),
+            self.concurrency,
+        )
         try:
             await self._claim_loop()
             try:
@@ -166,8 +179,9 @@ class Worker:
             for executor in self.executors.values():
                 await executor.close()
             try:
-                await self.store.worker_heartbeat(self.id, 0, self.processed, self.concurrency,
-                                                  time.time(), status="stopped")
+                await self.store.worker_heartbeat(
+                    self.id, 0, self.processed, self.concurrency, time.time(), status="stopped"
+                )
             except Exception:
                 log.warning("could not mark worker %s stopped", self.id)
             log.info("worker %s stopped after %d tasks", self.id, self.processed)
@@ -222,22 +236,35 @@ class Worker:
                 self._idle_rounds = 0
             self._saturated = False
             if self.concurrency != before:
-                log.info("worker %s concurrency %d -> %d (%d busy)", self.id, before,
-                         self.concurrency, busy)
+                log.info(
+                    "worker %s concurrency %d -> %d (%d busy)",
+                    self.id,
+                    before,
+                    self.concurrency,
+                    busy,
+                )
                 self._slot_free.set()
 
     async def _drain(self, drain_seconds: float) -> None:
         if not self.running:
             return
-        log.info("worker %s draining %d running tasks (%d held)", self.id, len(self.running),
-                 len(self.held))
+        log.info(
+            "worker %s draining %d running tasks (%d held)",
+            self.id,
+            len(self.running),
+            len(self.held),
+        )
         deadline = time.monotonic() + drain_seconds
         while self.running and time.monotonic() < deadline:  # a late hand-off joins them
             await asyncio.wait(list(self.running.values()), timeout=deadline - time.monotonic())
         pending = set(self.running.values())
         if pending:
-            log.warning("worker %s: %d tasks still running after %.0fs; they will be retried",
-                        self.id, len(pending), drain_seconds)
+            log.warning(
+                "worker %s: %d tasks still running after %.0fs; they will be retried",
+                self.id,
+                len(pending),
+                drain_seconds,
+            )
             for job in pending:
                 job.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -260,19 +287,23 @@ class Worker:
             try:
                 await self.store.release(self.id, held)
             except Exception:
-                log.warning("worker %s could not give back %d tasks; they are retried when "
-                            "their leases run out", self.id, len(held))
+                log.warning(
+                    "worker %s could not give back %d tasks; they are retried when "
+                    "their leases run out",
+                    self.id,
+                    len(held),
+                )
 
     def _fill(self) -> None:
         """Start held tasks while slots are free (not once stopping: they go back)."""
-        while self.held and len(self.running) < self.concurrency \
-                and not self._stopping.is_set():
+        while self.held and len(self.running) < self.concurrency and not self._stopping.is_set():
             task_id = next(iter(self.held))
             self._start(self.held.pop(task_id))
 
     async def _execute(self, task: TaskRecord) -> None:
-        context = TaskContext(task.id, task.name, task.queue, task.attempts, task.max_attempts,
-                              self.id)
+        context = TaskContext(
+            task.id, task.name, task.queue, task.attempts, task.max_attempts, self.id
+        )
         token = current_task.set(context)
         started = time.perf_counter()
         completion: Completion | None = None
@@ -285,21 +316,26 @@ class Worker:
             completion = Completion.success(task, time.time(), result)
         except TimeoutError:
             completion = Completion.failure(
-                task, time.time(), "timeout", f"timed out after {task.timeout_seconds}s")
+                task, time.time(), "timeout", f"timed out after {task.timeout_seconds}s"
+            )
         except TaskFailed as exc:
             completion = _task_failed(task, exc)
         except asyncio.CancelledError:
             if not self._stopping.is_set():
                 raise  # cancelled by request: the store already closed the attempt
             completion = Completion.failure(
-                task, time.time(), "lost", "worker shut down before the task finished",
-                retry_now=True)
+                task,
+                time.time(),
+                "lost",
+                "worker shut down before the task finished",
+                retry_now=True,
+            )
         except PoolFailure as exc:  # a child's exception, or the child's death
             completion = await self._pool_failure(task, exc)
         except Exception as exc:
             completion = Completion.failure(
-                task, time.time(), "failed", f"{type(exc).__name__}: {exc}",
-                traceback.format_exc())
+                task, time.time(), "failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+            )
         finally:
             current_task.reset(token)
             self.running.pop(task.id, None)
@@ -319,28 +355,35 @@ class Worker:
         names = sorted(self.executors)
         mine = ", ".join(names[:10]) + (f" and {len(names) - 10} more" * (len(names) > 10))
         try:
-            others = await self.store.served(time.time() - self.lease_seconds,
-                                             excluding=self.id)
+            others = await self.store.served(time.time() - self.lease_seconds, excluding=self.id)
         except Exception:
             log.warning("could not ask the worker registry who serves %s", task.name)
             return TaskFailed(f"no handler named {task.name!r} on worker {self.id}")
         if others.serves(task.queue, task.name):
-            return TaskFailed(f"no handler named {task.name!r} on worker {self.id}; "
-                              f"another worker of queue {task.queue!r} has one")
-        return TaskFailed(f"no handler named {task.name!r} on any live worker of queue "
-                          f"{task.queue!r} (worker {self.id} has: {mine or 'none'})",
-                          retry=False)
+            return TaskFailed(
+                f"no handler named {task.name!r} on worker {self.id}; "
+                f"another worker of queue {task.queue!r} has one"
+            )
+        return TaskFailed(
+            f"no handler named {task.name!r} on any live worker of queue "
+            f"{task.queue!r} (worker {self.id} has: {mine or 'none'})",
+            retry=False,
+        )
 
     async def _pool_failure(self, task: TaskRecord, exc: PoolFailure) -> Completion:
         """A handler's exception in a child (retried unless it said ``retry=False``), or the
         child's death: spread and, for a repeat victim, delayed like the reaper's ``lost``."""
         if exc.outcome not in states.DIED:
             if exc.retry:
-                return Completion.failure(task, time.time(), exc.outcome, exc.error,
-                                          exc.traceback)
-            return Completion.failure(task, time.time(), exc.outcome,
-                                      f"{exc.error} (permanent failure: not retried)",
-                                      exc.traceback, retry=False)
+                return Completion.failure(task, time.time(), exc.outcome, exc.error, exc.traceback)
+            return Completion.failure(
+                task,
+                time.time(),
+                exc.outcome,
+                f"{exc.error} (permanent failure: not retried)",
+                exc.traceback,
+                retry=False,
+            )
         try:
             deaths = (await self.store.deaths([task.id])).get(task.id, 0) + 1
         except Exception:  # the store is down: spread the retry all the same
@@ -364,8 +407,9 @@ class Worker:
         await pool.start()
         dirty = asyncio.Event()
         pool.on_restart = lambda _why: dirty.set()
-        self._pool_reporter = asyncio.create_task(self._report_restarts(pool, dirty),
-                                                  name="chronoq-pool-report")
+        self._pool_reporter = asyncio.create_task(
+            self._report_restarts(pool, dirty), name="chronoq-pool-report"
+        )
 
     async def _report_restarts(self, pool: ProcessPool, dirty: asyncio.Event) -> None:
         """Keep the registry's child restart count current (at most one write a second)."""
@@ -424,22 +468,28 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _record(self, batch: list[Completion]
-                      ) -> tuple[list[Completion], list[Completion]]:
+    async def _record(self, batch: list[Completion]) -> tuple[list[Completion], list[Completion]]:
         """Write a batch in one transaction. If the store refuses it (not an outage: a value
         it cannot hold), write the attempts one by one, so one bad row never holds up the
         others. Returns (written, left): ``left`` must wait, the store being unreachable."""
         try:
             refusal = await self._refusal(batch)
         except self.store.outage_errors as exc:
-            log.warning("recording %d results failed (%s: %s); retrying", len(batch),
-                        type(exc).__name__, exc)
+            log.warning(
+                "recording %d results failed (%s: %s); retrying",
+                len(batch),
+                type(exc).__name__,
+                exc,
+            )
             return [], batch
         if refusal is None:
             return batch, []
         if len(batch) > 1:
-            log.warning("the store refused a batch of %d results (%s); writing them one "
-                        "by one", len(batch), type(refusal).__name__)
+            log.warning(
+                "the store refused a batch of %d results (%s); writing them one by one",
+                len(batch),
+                type(refusal).__name__,
+            )
         for index, completion in enumerate(batch):
             try:
                 await self._record_one(completion, refusal if len(batch) == 1 else None)
@@ -455,17 +505,26 @@ class Worker:
             refusal = await self._refusal([completion])
             if refusal is None:
                 return
-        log.error("the store refused the result of task %s attempt %d (%s: %.300r); "
-                  "recording the attempt as failed", completion.task_id, completion.attempt,
-                  type(refusal).__name__, str(refusal))
+        log.error(
+            "the store refused the result of task %s attempt %d (%s: %.300r); "
+            "recording the attempt as failed",
+            completion.task_id,
+            completion.attempt,
+            type(refusal).__name__,
+            str(refusal),
+        )
         failed = completion.refused(refusal)
         if failed is not None:
             refusal = await self._refusal([failed])
             if refusal is None:
                 return
-        log.error("the store refused task %s attempt %d's failure too (%s); it runs again "
-                  "once its lease lapses", completion.task_id, completion.attempt,
-                  type(refusal).__name__)
+        log.error(
+            "the store refused task %s attempt %d's failure too (%s); it runs again "
+            "once its lease lapses",
+            completion.task_id,
+            completion.attempt,
+            type(refusal).__name__,
+        )
 
     async def _refusal(self, completions: list[Completion]) -> Exception | None:
         """Write ``completions``: None once written, else why the store refused them.
@@ -491,14 +550,23 @@ class Worker:
             await asyncio.gather(flusher, return_exceptions=True)
         if self._done:
             ids = [c.task_id for c in self._done]
-            log.error("worker %s stops with %d results not recorded after %.0fs (tasks %s); "
-                      "they run again once their leases lapse", self.id, len(ids),
-                      self.flush_seconds, ", ".join(ids[:20]) + (" ..." * (len(ids) > 20)))
+            log.error(
+                "worker %s stops with %d results not recorded after %.0fs (tasks %s); "
+                "they run again once their leases lapse",
+                self.id,
+                len(ids),
+                self.flush_seconds,
+                ", ".join(ids[:20]) + (" ..." * (len(ids) > 20)),
+            )
 
     def _known(self) -> set[str]:
         """Every task this worker holds, runs, or ran without its outcome recorded yet."""
-        return {*self.running, *self.held, *(c.task_id for c in self._done),
-                *(c.task_id for c in self._recording)}
+        return {
+            *self.running,
+            *self.held,
+            *(c.task_id for c in self._done),
+            *(c.task_id for c in self._recording),
+        }
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -507,15 +575,17 @@ class Worker:
             try:
                 now = time.time()
                 lost = await self.store.heartbeat(self.id, ids, now + self.lease_seconds)
-                await self.store.worker_heartbeat(self.id, len(ids), self.processed,
-                                                  self.concurrency, now)
+                await self.store.worker_heartbeat(
+                    self.id, len(ids), self.processed, self.concurrency, now
+                )
             except Exception as exc:
                 self._beats.failed(exc)
                 continue
             self._beats.over()
             for task_id in lost:
-                log.warning("task %s is no longer ours (cancelled or lease lost); stopping it",
-                            task_id)
+                log.warning(
+                    "task %s is no longer ours (cancelled or lease lost); stopping it", task_id
+                )
                 self._cancel_local(task_id)
             await self._adopt_strays(now)
 
@@ -524,7 +594,8 @@ class Worker:
         tasks it knows were renewed at most one heartbeat ago; a stray's is older than two."""
         try:
             strays = await self.broker.strays(
-                sorted(self._known()), now + self.lease_seconds - 2 * self.heartbeat_seconds)
+                sorted(self._known()), now + self.lease_seconds - 2 * self.heartbeat_seconds
+            )
         except Exception:
             log.exception("looking for lost hand-offs failed")
             return
@@ -535,29 +606,42 @@ class Worker:
 
 
 def _store_broker(worker: Worker) -> Broker:
-    return StoreBroker(worker.store, worker.id, worker.queues, worker.lease_seconds,
-                       start=worker._start)
+    return StoreBroker(
+        worker.store, worker.id, worker.queues, worker.lease_seconds, start=worker._start
+    )
 
 
 def _log_completion(task: TaskRecord, completion: Completion, elapsed: float) -> None:
     what = f"{task.name}[{task.id}] attempt {task.attempts}/{task.max_attempts}"
     extra = task.log_fields(completion.outcome, duration=round(elapsed, 6))
     if completion.outcome == "succeeded":
-        log.info("%s succeeded in %.3fs: %.200s", what, elapsed, dumps(completion.result),
-                 extra=extra)
+        log.info(
+            "%s succeeded in %.3fs: %.200s", what, elapsed, dumps(completion.result), extra=extra
+        )
     else:
-        after = (f"retry in {completion.next_run_at - completion.finished_at:.1f}s"
-                 if completion.next_run_at is not None else completion.status.value)
-        log.warning("%s %s in %.3fs (%s): %s", what, completion.outcome, elapsed, after,
-                    completion.error, extra=extra)
+        after = (
+            f"retry in {completion.next_run_at - completion.finished_at:.1f}s"
+            if completion.next_run_at is not None
+            else completion.status.value
+        )
+        log.warning(
+            "%s %s in %.3fs (%s): %s",
+            what,
+            completion.outcome,
+            elapsed,
+            after,
+            completion.error,
+            extra=extra,
+        )
 
 
 def _task_failed(task: TaskRecord, exc: TaskFailed) -> Completion:
     """The completion for a ``TaskFailed``: retried, or dead at once with ``retry=False``."""
     if exc.retry:
         return Completion.failure(task, time.time(), "failed", str(exc))
-    return Completion.failure(task, time.time(), "failed",
-                              f"{exc} (permanent failure: not retried)", retry=False)
+    return Completion.failure(
+        task, time.time(), "failed", f"{exc} (permanent failure: not retried)", retry=False
+    )
 
 
 def _storable_result(completion: Completion) -> Completion:
@@ -571,15 +655,17 @@ def _storable_result(completion: Completion) -> Completion:
         task = completion.task
         assert task is not None
         return Completion.failure(
-            task, completion.finished_at, "failed",
-            f"result is not JSON-serialisable: {type(completion.result).__name__}")
+            task,
+            completion.finished_at,
+            "failed",
+            f"result is not JSON-serialisable: {type(completion.result).__name__}",
+        )
     return completion
 
 
-
-
-async def _first(event: asyncio.Event | None, stopping: asyncio.Future[Any],
-                 timeout: float | None) -> None:
+async def _first(
+    event: asyncio.Event | None, stopping: asyncio.Future[Any], timeout: float | None
+) -> None:
     """Wait until ``event`` is set, ``stopping`` resolves, or ``timeout`` passes."""
     waiters: list[asyncio.Future[Any]] = [stopping]
     waiter = None
@@ -591,4 +677,3 @@ async def _first(event: asyncio.Event | None, stopping: asyncio.Future[Any],
     finally:
         if waiter is not None:
             waiter.cancel()
-

@@ -57,8 +57,9 @@ class Harness:
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(app)),
-                                      base_url="http://chronoq")
+        self.http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_api(app)), base_url="http://chronoq"
+        )
         self.workers: list[tuple[Worker, asyncio.Task[None]]] = []
         self.scheduler: Scheduler | None = None
         self._scheduler_task: asyncio.Task[None] | None = None
@@ -73,15 +74,26 @@ class Harness:
         self._scheduler_task = asyncio.create_task(self.scheduler.run())
         return self.scheduler
 
-    def start_worker(self, concurrency: int = 4, queues: Iterable[str] = ("default",),
-                     shell_allow: Iterable[str] = (), worker_id: str | None = None,
-                     shell_env_allow: Iterable[str] = ()) -> Worker:
+    def start_worker(
+        self,
+        concurrency: int = 4,
+        queues: Iterable[str] = ("default",),
+        shell_allow: Iterable[str] = (),
+        worker_id: str | None = None,
+        shell_env_allow: Iterable[str] = (),
+    ) -> Worker:
         s = self.app.settings
         builtin = builtin_executors(shell_allow, shell_env_allow=shell_env_allow)
-        worker = Worker(self.store, {**builtin, **self.app.executors()},
-                        queues=queues, concurrency=concurrency, worker_id=worker_id,
-                        lease_seconds=s.lease_seconds, heartbeat_seconds=s.heartbeat_seconds,
-                        poll_seconds=s.poll_seconds)
+        worker = Worker(
+            self.store,
+            {**builtin, **self.app.executors()},
+            queues=queues,
+            concurrency=concurrency,
+            worker_id=worker_id,
+            lease_seconds=s.lease_seconds,
+            heartbeat_seconds=s.heartbeat_seconds,
+            poll_seconds=s.poll_seconds,
+        )
         self.workers.append((worker, asyncio.create_task(worker.run(drain_seconds=5))))
         return worker
 
@@ -103,8 +115,7 @@ class Harness:
         body: dict[str, Any] = response.json()
         return body
 
-    async def wait_for(self, task_id: str, *statuses: str, timeout: float = 10.0
-                       ) -> dict[str, Any]:
+    async def wait_for(self, task_id: str, *statuses: str, timeout: float = 10.0) -> dict[str, Any]:
         """Poll until the task reaches one of ``statuses``; fail after ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -112,8 +123,10 @@ class Harness:
             if task["status"] in statuses:
                 return task
             if time.monotonic() > deadline:
-                raise AssertionError(f"task {task_id} still {task['status']} after {timeout}s, "
-                                     f"wanted {statuses}: {task}")
+                raise AssertionError(
+                    f"task {task_id} still {task['status']} after {timeout}s, "
+                    f"wanted {statuses}: {task}"
+                )
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
@@ -127,8 +140,9 @@ class Harness:
 
 def make_settings(db_url: str, **overrides: Any) -> Settings:
     overrides.setdefault("auth", False)
-    return Settings(database_url=db_url, lease_seconds=2.0, heartbeat_seconds=0.3,
-                    poll_seconds=0.2, **overrides)
+    return Settings(
+        database_url=db_url, lease_seconds=2.0, heartbeat_seconds=0.3, poll_seconds=0.2, **overrides
+    )
 
 
 @pytest.fixture

@@ -30,8 +30,11 @@ class Proc:
         self.args, self.log = args, log
         self.out = log.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "chronoq.cli", *args], cwd=ROOT,
-            env={**os.environ, **env}, stdout=self.out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "chronoq.cli", *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
         )
 
     def output(self) -> str:
@@ -69,8 +72,11 @@ def start_dev(folder: Path, *args: str) -> tuple[Proc, str]:
     returns it and its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    dev = Proc(["dev", *args, "--port", str(port), "--database-url",
-                f"sqlite:///{folder / 'dev.db'}"], {}, folder / "dev.log")
+    dev = Proc(
+        ["dev", *args, "--port", str(port), "--database-url", f"sqlite:///{folder / 'dev.db'}"],
+        {},
+        folder / "dev.log",
+    )
     try:
         wait_ready(url, dev)
     except BaseException:
@@ -91,6 +97,11 @@ def wait_status(url: str, task_id: str, *statuses: str, timeout: float = 20) -> 
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chronoq.cli", *args], cwd=ROOT,
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "chronoq.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

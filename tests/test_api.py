@@ -35,8 +35,7 @@ def error_of(response: Any) -> dict[str, Any]:
         ({"name": "x", "backoff": {"factor": 0.5}}, "backoff.factor", "greater than or equal"),
         ({"name": "x", "colour": "red"}, "colour", "not permitted"),
         ({"name": "x", "idempotency_key": "a\x00b"}, "idempotency_key", "pattern"),
-        ({"name": "x", "run_at": "2030-01-01T09:00:00Z", "delay_seconds": 1}, "body",
-         "not both"),
+        ({"name": "x", "run_at": "2030-01-01T09:00:00Z", "delay_seconds": 1}, "body", "not both"),
     ],
 )
 async def test_bad_submissions_name_the_field(
@@ -53,22 +52,25 @@ async def test_bad_submissions_name_the_field(
 
 
 async def test_malformed_json_is_a_422(harness: Harness) -> None:
-    response = await harness.http.post("/v1/tasks", content=b"{not json",
-                                       headers={"content-type": "application/json"})
+    response = await harness.http.post(
+        "/v1/tasks", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert "not valid JSON" in error_of(response)["message"]
 
 
 async def test_payload_over_the_limit_is_413(app: App, harness: Harness) -> None:
     limit = app.settings.max_payload_bytes
-    response = await harness.http.post("/v1/tasks", json={"name": "x",
-                                                          "payload": {"blob": "a" * limit}})
+    response = await harness.http.post(
+        "/v1/tasks", json={"name": "x", "payload": {"blob": "a" * limit}}
+    )
     assert response.status_code == 413
     error = error_of(response)
     assert error["details"][0]["field"] == "payload"
     assert str(limit) in error["message"]
-    ok = await harness.http.post("/v1/tasks", json={"name": "x",
-                                                    "payload": {"blob": "a" * (limit - 100)}})
+    ok = await harness.http.post(
+        "/v1/tasks", json={"name": "x", "payload": {"blob": "a" * (limit - 100)}}
+    )
     assert ok.status_code == 201
 
 
@@ -97,8 +99,10 @@ async def test_retry_of_a_task_that_is_not_failed_is_409(harness: Harness) -> No
 async def test_cursor_pagination_and_filters(harness: Harness) -> None:
     ids = []
     for i in range(7):
-        task = await harness.http.post("/v1/tasks", json={
-            "name": "even" if i % 2 == 0 else "odd", "queue": "a" if i < 4 else "b"})
+        task = await harness.http.post(
+            "/v1/tasks",
+            json={"name": "even" if i % 2 == 0 else "odd", "queue": "a" if i < 4 else "b"},
+        )
         ids.append(task.json()["id"])
     seen: list[str] = []
     cursor = None
@@ -126,8 +130,7 @@ async def test_cursor_pagination_and_filters(harness: Harness) -> None:
 async def test_queue_stats(harness: Harness) -> None:
     for queue in ("emails", "emails", "reports"):
         await harness.http.post("/v1/tasks", json={"name": "x", "queue": queue})
-    await harness.http.post("/v1/tasks", json={"name": "x", "queue": "emails",
-                                               "delay_seconds": 60})
+    await harness.http.post("/v1/tasks", json={"name": "x", "queue": "emails", "delay_seconds": 60})
     stats = {q["queue"]: q for q in (await harness.http.get("/v1/queues")).json()}
     assert stats["emails"]["depth"] == 2
     assert stats["emails"]["counts"]["scheduled"] == 1
@@ -154,8 +157,15 @@ async def test_readiness_reports_a_closed_store(app: App, harness: Harness) -> N
 async def test_openapi_describes_every_route_and_error(harness: Harness) -> None:
     spec = (await harness.http.get("/openapi.json")).json()
     paths = spec["paths"]
-    for path in ["/v1/tasks", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/cancel",
-                 "/v1/tasks/{task_id}/retry", "/v1/queues", "/healthz", "/readyz"]:
+    for path in [
+        "/v1/tasks",
+        "/v1/tasks/{task_id}",
+        "/v1/tasks/{task_id}/cancel",
+        "/v1/tasks/{task_id}/retry",
+        "/v1/queues",
+        "/healthz",
+        "/readyz",
+    ]:
         assert path in paths, path
     assert set(paths["/v1/tasks"]["post"]["responses"]) >= {"200", "201", "413", "422"}
     assert set(paths["/v1/tasks/{task_id}/cancel"]["post"]["responses"]) >= {"404", "409"}
@@ -163,20 +173,25 @@ async def test_openapi_describes_every_route_and_error(harness: Harness) -> None
 
 
 async def test_payload_that_json_cannot_hold_is_a_422(harness: Harness) -> None:
-    response = await harness.http.post("/v1/tasks", content=b'{"name": "x", "payload": '
-                                       b'{"big": 123456789012345678901234567890}}',
-                                       headers={"content-type": "application/json"})
+    response = await harness.http.post(
+        "/v1/tasks",
+        content=b'{"name": "x", "payload": {"big": 123456789012345678901234567890}}',
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 422
     assert error_of(response)["details"][0]["field"] == "payload"
 
 
 async def test_non_finite_numbers_are_a_422(harness: Harness) -> None:
-    for raw in (b'{"name": "x", "payload": {"v": [1, Infinity]}}',
-                b'{"name": "x", "payload": {"v": NaN}}',
-                b'{"name": "x", "delay_seconds": Infinity}',
-                b'{"name": "x", "priority": NaN}'):
-        response = await harness.http.post("/v1/tasks", content=raw,
-                                           headers={"content-type": "application/json"})
+    for raw in (
+        b'{"name": "x", "payload": {"v": [1, Infinity]}}',
+        b'{"name": "x", "payload": {"v": NaN}}',
+        b'{"name": "x", "delay_seconds": Infinity}',
+        b'{"name": "x", "priority": NaN}',
+    ):
+        response = await harness.http.post(
+            "/v1/tasks", content=raw, headers={"content-type": "application/json"}
+        )
         assert response.status_code == 422, (raw, response.text)
 
 
@@ -204,19 +219,22 @@ async def test_discard_only_finished_tasks(harness: Harness) -> None:
 
 
 async def test_a_nul_in_any_parameter_of_any_route_is_a_422(
-        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     """PostgreSQL refuses NUL in text; it must never reach the store (once a 500 there)."""
     spec = (await harness.http.get("/openapi.json")).json()
     tried = 0
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             params = [p for p in operation.get("parameters", []) if p["in"] in ("path", "query")]
-            plain = {p["name"]: "01890a5d-ac96-774b-bcce-b302099a8057" for p in params
-                     if p["in"] == "path"}
+            plain = {
+                p["name"]: "01890a5d-ac96-774b-bcce-b302099a8057"
+                for p in params
+                if p["in"] == "path"
+            }
             for param in params:
                 values = {**plain, param["name"]: "a\x00b"}
-                url = path.format(**{k: quote(v, safe="") for k, v in values.items()
-                                     if k in plain})
+                url = path.format(**{k: quote(v, safe="") for k, v in values.items() if k in plain})
                 query = {param["name"]: "a\x00b"} if param["in"] == "query" else {}
                 response = await harness.http.request(method.upper(), url, params=query)
                 assert response.status_code == 422, (method, url, query, response.text)
@@ -236,12 +254,13 @@ async def test_a_nul_in_any_parameter_of_any_route_is_a_422(
 
 
 async def test_method_not_allowed_names_the_allowed_methods(harness: Harness) -> None:
-    for method, path, allow in [("PUT", "/v1/tasks", "GET, POST, DELETE"),
-                                ("DELETE", "/v1/schedules", "GET, POST"),
-                                ("PUT", "/v1/schedules/nightly", "GET, PATCH, DELETE"),
-                                ("GET", "/v1/tasks/01890a5d-ac96-774b-bcce-b302099a8057/cancel",
-                                 "POST"),
-                                ("POST", "/healthz", "GET")]:
+    for method, path, allow in [
+        ("PUT", "/v1/tasks", "GET, POST, DELETE"),
+        ("DELETE", "/v1/schedules", "GET, POST"),
+        ("PUT", "/v1/schedules/nightly", "GET, PATCH, DELETE"),
+        ("GET", "/v1/tasks/01890a5d-ac96-774b-bcce-b302099a8057/cancel", "POST"),
+        ("POST", "/healthz", "GET"),
+    ]:
         response = await harness.http.request(method, path)
         assert response.status_code == 405, (method, path)
         assert response.headers["allow"] == allow, (method, path)
@@ -254,8 +273,12 @@ async def test_openapi_states_ids_and_rules_between_fields(harness: Harness) -> 
     schemas = spec["components"]["schemas"]
     task_id = spec["paths"]["/v1/tasks/{task_id}"]["get"]["parameters"][0]["schema"]
     cursor = {p["name"]: p for p in spec["paths"]["/v1/tasks"]["get"]["parameters"]}["cursor"]
-    for declared in (task_id, cursor["schema"], schemas["Task"]["properties"]["id"],
-                     schemas["Schedule"]["properties"]["id"]):
+    for declared in (
+        task_id,
+        cursor["schema"],
+        schemas["Task"]["properties"]["id"],
+        schemas["Schedule"]["properties"]["id"],
+    ):
         assert declared["format"] == "uuid", declared
     one_rule = {tuple(branch["required"]) for branch in schemas["ScheduleCreate"]["oneOf"]}
     assert one_rule == {("cron",), ("interval_seconds",)}
@@ -266,14 +289,21 @@ async def test_openapi_states_ids_and_rules_between_fields(harness: Harness) -> 
         payload = schemas[model]["properties"]["payload"]["additionalProperties"]
         assert payload == {"$ref": "#/components/schemas/JsonValue"}, model
     assert schemas["Task"]["properties"]["payload"]["additionalProperties"] is True
-    assert {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1} in schemas[
-        "JsonValue"]["anyOf"]
+    assert {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1} in schemas["JsonValue"][
+        "anyOf"
+    ]
 
 
 async def test_patch_refuses_null_for_fields_a_schedule_keeps(harness: Harness) -> None:
-    created = await harness.http.post("/v1/schedules", json={
-        "name": "s", "cron": "@daily", "task": {"name": "noop"},
-        "end_at": "2040-01-01T00:00:00Z"})
+    created = await harness.http.post(
+        "/v1/schedules",
+        json={
+            "name": "s",
+            "cron": "@daily",
+            "task": {"name": "noop"},
+            "end_at": "2040-01-01T00:00:00Z",
+        },
+    )
     assert created.status_code == 201, created.text
     for field in ("cron", "timezone", "task", "paused"):
         response = await harness.http.patch("/v1/schedules/s", json={field: None})
@@ -283,8 +313,10 @@ async def test_patch_refuses_null_for_fields_a_schedule_keeps(harness: Harness) 
     assert late.status_code == 409, late.text  # valid alone; the stored end_at is earlier
     assert error_of(late)["code"] == "conflicting_change"
     assert "end_at must be after start_at" in error_of(late)["message"]
-    both = await harness.http.patch("/v1/schedules/s", json={
-        "start_at": "2041-01-01T00:00:00Z", "end_at": "2040-01-01T00:00:00Z"})
+    both = await harness.http.patch(
+        "/v1/schedules/s",
+        json={"start_at": "2041-01-01T00:00:00Z", "end_at": "2040-01-01T00:00:00Z"},
+    )
     assert both.status_code == 422, both.text  # wrong in itself
     cleared = await harness.http.patch("/v1/schedules/s", json={"end_at": None})
     assert cleared.status_code == 200 and cleared.json()["end_at"] is None

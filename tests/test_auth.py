@@ -68,8 +68,9 @@ async def test_scopes(secured: Harness) -> None:
     assert denied.status_code == 403 and "'write' scope" in denied.json()["error"]["message"]
     task = (await http.post("/v1/tasks", json={"name": "x"}, headers=bearer(writer))).json()
     assert (await http.get(f"/v1/tasks/{task['id']}", headers=bearer(reader))).status_code == 200
-    assert (await http.post(f"/v1/tasks/{task['id']}/cancel",
-                            headers=bearer(reader))).status_code == 403
+    assert (
+        await http.post(f"/v1/tasks/{task['id']}/cancel", headers=bearer(reader))
+    ).status_code == 403
     assert (await http.get("/v1/workers", headers=bearer(reader))).status_code == 200
     assert (await http.get("/metrics", headers=bearer(reader))).status_code == 200
     assert (await http.get("/metrics")).status_code == 401
@@ -80,32 +81,38 @@ async def test_namespaces_are_isolated(secured: Harness) -> None:
     _, alpha = await secured.store.create_key("alpha", ["write"], namespace="alpha")
     _, beta = await secured.store.create_key("beta", ["write"], namespace="beta")
     _, admin = await secured.store.create_key("ops", ["admin"])
-    task = (await http.post("/v1/tasks", json={"name": "x", "queue": "q1"},
-                            headers=bearer(alpha))).json()
+    task = (
+        await http.post("/v1/tasks", json={"name": "x", "queue": "q1"}, headers=bearer(alpha))
+    ).json()
     assert task["namespace"] == "alpha"
     for method, path in [("GET", ""), ("POST", "/cancel"), ("POST", "/retry")]:
-        response = await http.request(method, f"/v1/tasks/{task['id']}{path}",
-                                      headers=bearer(beta))
+        response = await http.request(method, f"/v1/tasks/{task['id']}{path}", headers=bearer(beta))
         assert response.status_code == 404, (method, path)
     assert (await http.get("/v1/tasks", headers=bearer(beta))).json()["items"] == []
     assert (await http.get("/v1/queues", headers=bearer(beta))).json() == []
-    assert [q["queue"] for q in (await http.get("/v1/queues",
-                                                headers=bearer(alpha))).json()] == ["q1"]
+    assert [q["queue"] for q in (await http.get("/v1/queues", headers=bearer(alpha))).json()] == [
+        "q1"
+    ]
     everything = (await http.get("/v1/tasks", headers=bearer(admin))).json()["items"]
     assert [t["id"] for t in everything] == [task["id"]]
     # the same idempotency key in another namespace is another task (tests/test_namespaces.py)
     for who, status in ((alpha, 201), (alpha, 200), (beta, 201)):
-        response = await http.post("/v1/tasks", json={"name": "x", "idempotency_key": "k"},
-                                   headers=bearer(who))
+        response = await http.post(
+            "/v1/tasks", json={"name": "x", "idempotency_key": "k"}, headers=bearer(who)
+        )
         assert response.status_code == status, response.text
 
     schedule = {"name": "nightly", "cron": "@daily", "task": {"name": "x"}}
     created = await http.post("/v1/schedules", json=schedule, headers=bearer(alpha))
     assert created.status_code == 201 and created.json()["namespace"] == "alpha"
-    for method, path in [("GET", ""), ("POST", "/pause"), ("POST", "/trigger"),
-                         ("DELETE", ""), ("GET", "/runs")]:
-        response = await http.request(method, f"/v1/schedules/nightly{path}",
-                                      headers=bearer(beta))
+    for method, path in [
+        ("GET", ""),
+        ("POST", "/pause"),
+        ("POST", "/trigger"),
+        ("DELETE", ""),
+        ("GET", "/runs"),
+    ]:
+        response = await http.request(method, f"/v1/schedules/nightly{path}", headers=bearer(beta))
         assert response.status_code == 404, (method, path)
     assert (await http.get("/v1/schedules", headers=bearer(beta))).json()["items"] == []
     run = (await http.post("/v1/schedules/nightly/trigger", headers=bearer(alpha))).json()
@@ -121,33 +128,45 @@ def test_dev_with_auth_cli_keys_and_websocket(tmp_path: Path) -> None:
     secret = created.stdout.strip()
     listed = cli("keys", "ls", "--database-url", db)
     assert "me" in listed.stdout and secret not in listed.stdout
-    dev = Proc(["dev", "--demo", "--auth", "--port", str(port), "--database-url", db], {},
-               tmp_path / "dev.log")
+    dev = Proc(
+        ["dev", "--demo", "--auth", "--port", str(port), "--database-url", db],
+        {},
+        tmp_path / "dev.log",
+    )
     try:
         wait_ready(url, dev)
         refused = cli("tasks", "ls", "--url", url)
         assert refused.returncode != 0 and "missing API key" in refused.stderr
         env = {"CHRONOQ_API_KEY": secret}
-        submitted = cli("submit", "demo.add", "-d", '{"a": 1, "b": 2}', "--json", "--url", url,
-                        env=env)
+        submitted = cli(
+            "submit", "demo.add", "-d", '{"a": 1, "b": 2}', "--json", "--url", url, env=env
+        )
         assert submitted.returncode == 0, submitted.stderr
-        with (pytest.raises((InvalidStatus, WebSocketException, TimeoutError)),
-              connect(f"ws://127.0.0.1:{port}/v1/events") as ws):
+        with (
+            pytest.raises((InvalidStatus, WebSocketException, TimeoutError)),
+            connect(f"ws://127.0.0.1:{port}/v1/events") as ws,
+        ):
             ws.recv(timeout=2)
         with connect(f"ws://127.0.0.1:{port}/v1/events?token={secret}") as ws:
-            task = httpx.post(f"{url}/v1/tasks", json={"name": "demo.add",
-                                                       "payload": {"a": 2, "b": 2}},
-                              headers=bearer(secret)).json()
+            task = httpx.post(
+                f"{url}/v1/tasks",
+                json={"name": "demo.add", "payload": {"a": 2, "b": 2}},
+                headers=bearer(secret),
+            ).json()
             deadline = time.monotonic() + 10
             statuses = []
             while "succeeded" not in statuses and time.monotonic() < deadline:
-                statuses += [e["status"] for e in json.loads(ws.recv(timeout=5))
-                             if e["task_id"] == task["id"]]
+                statuses += [
+                    e["status"]
+                    for e in json.loads(ws.recv(timeout=5))
+                    if e["task_id"] == task["id"]
+                ]
             assert "succeeded" in statuses
         # the dashboard's way: the key as a subprotocol, not in the URL; revoking the key
         # with the CLI closes the open stream within the default 10 s key cache
-        with connect(f"ws://127.0.0.1:{port}/v1/events",
-                     subprotocols=["chronoq.bearer", secret]) as ws:
+        with connect(
+            f"ws://127.0.0.1:{port}/v1/events", subprotocols=["chronoq.bearer", secret]
+        ) as ws:
             assert ws.subprotocol == "chronoq.bearer"
             revoked = cli("keys", "revoke", secret.split("_")[1], "--database-url", db)
             assert "revoked" in revoked.stdout
@@ -171,8 +190,11 @@ def test_dev_refuses_a_public_host_without_auth() -> None:
 async def serving(app: App) -> AsyncIterator[str]:
     """The API of the open ``app`` on a real socket (uvicorn in this event loop): host:port."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_api(app), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_api(app), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+    )
     job = asyncio.create_task(server.serve())
     while not server.started:
         assert not job.done(), job.result()
@@ -207,14 +229,17 @@ async def test_revoking_a_key_closes_its_event_streams(fast_revocation: Harness)
     _, writer = await store.create_key("writer", ["write"])
     async with serving(fast_revocation.app) as where:
         url = f"ws://{where}/v1/events"
-        async with (ws_connect(url, subprotocols=["chronoq.bearer", secret]) as browser,
-                    ws_connect(url, additional_headers=bearer(secret)) as script,
-                    ws_connect(url, additional_headers=bearer(other_secret)) as bystander):
+        async with (
+            ws_connect(url, subprotocols=["chronoq.bearer", secret]) as browser,
+            ws_connect(url, additional_headers=bearer(secret)) as script,
+            ws_connect(url, additional_headers=bearer(other_secret)) as bystander,
+        ):
             assert browser.subprotocol == "chronoq.bearer"
             await asyncio.sleep(2.5)  # more than two re-checks: a valid key stays connected
             async with httpx.AsyncClient(base_url=f"http://{where}") as http:
-                task = (await http.post("/v1/tasks", json={"name": "x"},
-                                        headers=bearer(writer))).json()
+                task = (
+                    await http.post("/v1/tasks", json={"name": "x"}, headers=bearer(writer))
+                ).json()
             for ws in (browser, script, bystander):
                 events = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert events[0]["task_id"] == task["id"]
@@ -234,8 +259,12 @@ async def test_revoking_a_key_closes_its_event_streams(fast_revocation: Harness)
 async def test_refused_event_streams_close_with_4401(secured: Harness) -> None:
     async with serving(secured.app) as where:
         url = f"ws://{where}/v1/events"
-        for kwargs in ({}, {"subprotocols": ["chronoq.bearer", "cq_bad_bad"]},
-                       {"subprotocols": ["chronoq.bearer"]}, {"additional_headers": bearer("x")}):
+        for kwargs in (
+            {},
+            {"subprotocols": ["chronoq.bearer", "cq_bad_bad"]},
+            {"subprotocols": ["chronoq.bearer"]},
+            {"additional_headers": bearer("x")},
+        ):
             async with ws_connect(url, **kwargs) as ws:
                 assert await closed_code(ws, within=5) == 4401, kwargs
                 if "subprotocols" in kwargs:  # echoed, so a browser sees the 4401
@@ -261,8 +290,9 @@ async def test_metrics_need_a_key_without_namespace(secured: Harness) -> None:
     http = secured.http
     _, alpha = await secured.store.create_key("alpha", ["write"], namespace="alpha")
     _, scraper = await secured.store.create_key("prometheus", ["read"])
-    created = await http.post("/v1/tasks", json={"name": "alpha.secret", "queue": "alpha-q"},
-                              headers=bearer(alpha))
+    created = await http.post(
+        "/v1/tasks", json={"name": "alpha.secret", "queue": "alpha-q"}, headers=bearer(alpha)
+    )
     assert created.status_code == 201
     denied = await http.get("/metrics", headers=bearer(alpha))
     assert denied.status_code == 403, denied.text
@@ -303,13 +333,16 @@ async def test_wrong_keys_from_one_address_are_throttled(db_url: str) -> None:
     async with running(App(settings=settings)) as harness:
         _, good = await harness.store.create_key("good", ["read"])
         api = create_api(harness.app)
-        async with (client(harness, "203.0.113.7", api) as attacker,
-                    client(harness, "198.51.100.2", api) as neighbour):
+        async with (
+            client(harness, "203.0.113.7", api) as attacker,
+            client(harness, "198.51.100.2", api) as neighbour,
+        ):
             for _ in range(10):  # no key at all costs nothing and is not counted
                 assert (await attacker.get("/v1/tasks")).status_code == 401
             for _ in range(3):
-                wrong = await attacker.get("/v1/tasks",
-                                           headers=bearer(f"cq_x_{secrets.token_hex(8)}"))
+                wrong = await attacker.get(
+                    "/v1/tasks", headers=bearer(f"cq_x_{secrets.token_hex(8)}")
+                )
                 assert wrong.status_code == 401
             lookups = api.state.keys.store_lookups
             throttled = await attacker.get("/v1/tasks", headers=bearer("cq_x_another"))

@@ -29,6 +29,7 @@ def test_delays_double_to_the_cap_and_start_afresh_after_a_success(
     outage.over()
     outage.over()  # nothing to report twice
     assert [r.getMessage() for r in caplog.records[7:]] == [
-        caplog.records[7].getMessage()] and "works again after 7 failures" in caplog.text
+        caplog.records[7].getMessage()
+    ] and "works again after 7 failures" in caplog.text
     assert not outage.failing and outage.failed(OSError("again")) == 1.0
     assert caplog.records[-1].exc_info  # a new outage: a new traceback

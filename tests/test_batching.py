@@ -43,8 +43,7 @@ async def test_a_failed_write_fails_its_callers_only() -> None:
         return list(items)
 
     commit: GroupCommit[int, int] = GroupCommit(write, max_batch=1)
-    results = await asyncio.gather(*(commit.submit(i) for i in range(5)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(*(commit.submit(i) for i in range(5)), return_exceptions=True)
     assert [r if isinstance(r, int) else str(r) for r in results] == [0, 1, 2, "boom", 4]
     assert await commit.submit(7) == 7  # the writer recovers
 
@@ -74,7 +73,8 @@ async def test_a_bad_item_fails_alone_when_the_error_says_so() -> None:
         return await asyncio.gather(*calls, return_exceptions=True)
 
     commit: GroupCommit[int, int] = GroupCommit(
-        write, split=lambda exc: isinstance(exc, ValueError))
+        write, split=lambda exc: isinstance(exc, ValueError)
+    )
     results = await behind_a_write([1, 2, 3, 4])
     assert [r if isinstance(r, int) else str(r) for r in results] == [1, 2, "row 3 is bad", 4]
     assert writes == [[0], [1, 2, 3, 4], [1], [2], [3], [4]]
@@ -88,18 +88,21 @@ async def test_one_unstorable_submission_does_not_fail_the_others(app: App) -> N
     """A value the database refuses (NUL in text, on PostgreSQL; the API's validation
     rejects it first) fails only its own call, not the concurrent ones batched with it."""
     async with app:
-        bad = TaskCreate.model_construct(**{**TaskCreate(name="t").__dict__,
-                                            "idempotency_key": "a\x00b"})
+        bad = TaskCreate.model_construct(
+            **{**TaskCreate(name="t").__dict__, "idempotency_key": "a\x00b"}
+        )
         specs = [TaskCreate(name="t", payload={"i": i}) for i in range(20)]
         specs.insert(7, bad)
-        results = await asyncio.gather(*(app.store.create_task(s, 1.0) for s in specs),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(app.store.create_task(s, 1.0) for s in specs), return_exceptions=True
+        )
         good = [r for i, r in enumerate(results) if i != 7]
         assert all(isinstance(r, tuple) and r[1] for r in good)
         if app.settings.database_url.startswith("postgresql"):
             assert isinstance(results[7], Exception)
-        assert len(await app.store.list_tasks(limit=100)) == 20 + (not isinstance(
-            results[7], Exception))
+        assert len(await app.store.list_tasks(limit=100)) == 20 + (
+            not isinstance(results[7], Exception)
+        )
 
 
 async def test_concurrent_submissions_are_each_stored_once(app: App) -> None:
@@ -116,9 +119,12 @@ async def test_concurrent_submissions_are_each_stored_once(app: App) -> None:
             return await write(rows)
 
         store._inserts._write = counting  # type: ignore[assignment]
-        specs = [TaskCreate(name="t", payload={"i": i},
-                            idempotency_key=f"k{i % 20}" if i % 3 == 0 else None)
-                 for i in range(300)]
+        specs = [
+            TaskCreate(
+                name="t", payload={"i": i}, idempotency_key=f"k{i % 20}" if i % 3 == 0 else None
+            )
+            for i in range(300)
+        ]
         results = await asyncio.gather(*(store.create_task(s, 1.0) for s in specs))
         created = [r for r, new in results if new]
         assert len(created) == 200 + 20
@@ -141,13 +147,13 @@ async def test_create_tasks_in_bulk(app: App) -> None:
         assert [r.payload["i"] for r, _ in results] == list(range(1203))
         assert all(created for _, created in results)
         again = await app.store.create_tasks(
-            [TaskCreate(name="bulk", idempotency_key="same")] * 3, 1.0)
+            [TaskCreate(name="bulk", idempotency_key="same")] * 3, 1.0
+        )
         assert [c for _, c in again] == [True, False, False]
         assert len({r.id for r, _ in again}) == 1
 
 
-async def test_a_batch_of_due_tasks_wakes_workers_not_this_process_scheduler(app: App
-                                                                             ) -> None:
+async def test_a_batch_of_due_tasks_wakes_workers_not_this_process_scheduler(app: App) -> None:
     async with app:
         planned = app.store.hub.schedule_event()
         ready = app.store.hub.ready_event(["default"])
@@ -163,8 +169,10 @@ async def test_a_batch_of_due_tasks_wakes_workers_not_this_process_scheduler(app
 @pytest.mark.parametrize("n", [1, 2])
 async def test_a_cancelled_caller_does_not_break_the_others(app: App, n: int) -> None:
     async with app:
-        calls = [asyncio.create_task(app.store.create_task(TaskCreate(name=f"c{i}"), 1.0))
-                 for i in range(10)]
+        calls = [
+            asyncio.create_task(app.store.create_task(TaskCreate(name=f"c{i}"), 1.0))
+            for i in range(10)
+        ]
         for call in calls[:n]:
             call.cancel()
         done = await asyncio.gather(*calls, return_exceptions=True)
@@ -180,15 +188,29 @@ async def test_batch_api_submits_all_in_order_and_they_run(app: App, harness: Ha
         return i
 
     harness.start_worker()
-    first = await harness.http.post("/v1/tasks/batch", json={"tasks": [
-        {"name": "item", "payload": {"i": i}, "idempotency_key": f"b{i}"} for i in range(3)]})
+    first = await harness.http.post(
+        "/v1/tasks/batch",
+        json={
+            "tasks": [
+                {"name": "item", "payload": {"i": i}, "idempotency_key": f"b{i}"} for i in range(3)
+            ]
+        },
+    )
     assert first.status_code == 201, first.text
     body = first.json()
     assert [t["payload"]["i"] for t in body["items"]] == [0, 1, 2]
     assert body["created"] == [True, True, True]
-    again = (await harness.http.post("/v1/tasks/batch", json={"tasks": [
-        {"name": "item", "payload": {"i": 1}, "idempotency_key": "b1"},
-        {"name": "item", "payload": {"i": 3}}]})).json()
+    again = (
+        await harness.http.post(
+            "/v1/tasks/batch",
+            json={
+                "tasks": [
+                    {"name": "item", "payload": {"i": 1}, "idempotency_key": "b1"},
+                    {"name": "item", "payload": {"i": 3}},
+                ]
+            },
+        )
+    ).json()
     assert again["created"] == [False, True]
     assert again["items"][0]["id"] == body["items"][1]["id"]
     for task in [*body["items"], again["items"][1]]:
@@ -196,14 +218,22 @@ async def test_batch_api_submits_all_in_order_and_they_run(app: App, harness: Ha
     assert sorted(ran) == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize(("tasks", "status", "field"), [
-    ([], 422, "tasks"),
-    ([{"name": "x"}] * 1001, 422, "tasks"),
-    ([{"name": "x"}, {"name": "bad name"}], 422, "tasks.1.name"),
-    ([{"name": "x"}, {"name": "x", "payload": {"blob": "x" * 300_000}}], 413, "tasks.1.payload"),
-])
-async def test_a_bad_batch_is_refused_whole(harness: Harness, tasks: list[dict[str, object]],
-                                            status: int, field: str) -> None:
+@pytest.mark.parametrize(
+    ("tasks", "status", "field"),
+    [
+        ([], 422, "tasks"),
+        ([{"name": "x"}] * 1001, 422, "tasks"),
+        ([{"name": "x"}, {"name": "bad name"}], 422, "tasks.1.name"),
+        (
+            [{"name": "x"}, {"name": "x", "payload": {"blob": "x" * 300_000}}],
+            413,
+            "tasks.1.payload",
+        ),
+    ],
+)
+async def test_a_bad_batch_is_refused_whole(
+    harness: Harness, tasks: list[dict[str, object]], status: int, field: str
+) -> None:
     response = await harness.http.post("/v1/tasks/batch", json={"tasks": tasks})
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -217,13 +247,17 @@ async def test_batch_keys_are_per_namespace(db_url: str) -> None:
     async with running(App(settings=make_settings(db_url, auth=True))) as harness:
         _, alpha = await harness.store.create_key("alpha", ["write"], namespace="alpha")
         _, beta = await harness.store.create_key("beta", ["write"], namespace="beta")
-        taken = await harness.http.post("/v1/tasks", json={"name": "x", "idempotency_key": "k"},
-                                        headers={"authorization": f"Bearer {alpha}"})
+        taken = await harness.http.post(
+            "/v1/tasks",
+            json={"name": "x", "idempotency_key": "k"},
+            headers={"authorization": f"Bearer {alpha}"},
+        )
         assert taken.status_code == 201
         response = await harness.http.post(
-            "/v1/tasks/batch", json={"tasks": [{"name": "y"}, {"name": "x",
-                                                               "idempotency_key": "k"}]},
-            headers={"authorization": f"Bearer {beta}"})
+            "/v1/tasks/batch",
+            json={"tasks": [{"name": "y"}, {"name": "x", "idempotency_key": "k"}]},
+            headers={"authorization": f"Bearer {beta}"},
+        )
         assert response.status_code == 201, response.text
         assert response.json()["created"] == [True, True]
         mine = response.json()["items"][1]

@@ -25,9 +25,16 @@ from tests.conftest import Harness, make_settings, running
 from tests.processes import ROOT, start_dev, wait_status
 
 
-async def dead(store: Store, n: int, *, error: str = "boom", name: str = "job",
-               queue: str = "default", namespace: str = "default", age: float = 0.0
-               ) -> list[str]:
+async def dead(
+    store: Store,
+    n: int,
+    *,
+    error: str = "boom",
+    name: str = "job",
+    queue: str = "default",
+    namespace: str = "default",
+    age: float = 0.0,
+) -> list[str]:
     """``n`` tasks whose only attempt failed with ``error``, dead ``age`` seconds ago."""
     now = time.time()
     specs = [TaskCreate(name=name, queue=queue, max_attempts=1) for _ in range(n)]
@@ -37,8 +44,11 @@ async def dead(store: Store, n: int, *, error: str = "boom", name: str = "job",
     await store.complete([Completion.failure(t, now, "failed", error) for t in claimed])
     if age:
         async with store.conn() as c:
-            await c.execute(f"UPDATE tasks SET updated_at = $1 WHERE id {store.in_list('$2')}",
-                            now - age, store.list_param(ids))
+            await c.execute(
+                f"UPDATE tasks SET updated_at = $1 WHERE id {store.in_list('$2')}",
+                now - age,
+                store.list_param(ids),
+            )
     return ids
 
 
@@ -61,8 +71,7 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 30.0)
         await asyncio.sleep(0.05)
 
 
-async def test_bulk_retry_of_1000_dead_tasks_runs_them_again(app: App, harness: Harness
-                                                             ) -> None:
+async def test_bulk_retry_of_1000_dead_tasks_runs_them_again(app: App, harness: Harness) -> None:
     ran: list[int] = []
 
     @app.task("job")
@@ -104,28 +113,30 @@ async def test_filters_pick_by_error_name_queue_and_time(harness: Harness) -> No
     old = await dead(store, 2, error="KeyError: 'user'", name="sync", queue="q2", age=7200)
 
     async def retry(dry_run: bool = False, **spec: Any) -> Any:
-        response = await http.post("/v1/tasks/retry", json={
-            "filter": {"status": "dead", **spec}, "dry_run": dry_run})
+        response = await http.post(
+            "/v1/tasks/retry", json={"filter": {"status": "dead", **spec}, "dry_run": dry_run}
+        )
         return counts(response)
 
     groups = (await http.get("/v1/dead-letters")).json()
     assert [(g["error"], g["name"], g["queue"], g["count"]) for g in groups] == [
         ("TimeoutError: gave up after 30s", "job", "default", 3),  # the first line only
         ("KeyError: 'user'", "sync", "default", 2),
-        ("KeyError: 'user'", "sync", "q2", 2)]
+        ("KeyError: 'user'", "sync", "q2", 2),
+    ]
     assert [g["count"] for g in (await http.get("/v1/dead-letters?queue=q2")).json()] == [2]
     assert await retry(dry_run=True, error="Timeout") == {"matched": 3, "done": 0}
     assert await retry(dry_run=True, error="timeout") == {"matched": 0, "done": 0}
-    assert await retry(dry_run=True, name="sync", updated_before="1h") == {
-        "matched": 2, "done": 0}
-    assert await retry(dry_run=True, name="sync", updated_after="1h") == {
-        "matched": 2, "done": 0}
+    assert await retry(dry_run=True, name="sync", updated_before="1h") == {"matched": 2, "done": 0}
+    assert await retry(dry_run=True, name="sync", updated_after="1h") == {"matched": 2, "done": 0}
     assert await retry(dry_run=True, created_after="1m") == {"matched": 7, "done": 0}
     assert await retry(dry_run=True, created_before="1m") == {"matched": 0, "done": 0}
     # a group of the dead-letter view is retried with its own fields as the filter
     group = groups[2]
     assert await retry(name=group["name"], queue=group["queue"], error=group["error"]) == {
-        "matched": 2, "done": 2}
+        "matched": 2,
+        "done": 2,
+    }
     assert {(await store.get_task(i)).status for i in old} == {"queued"}
     assert await retry(error="Timeout") == {"matched": 3, "done": 3}
     assert {(await store.get_task(i)).status for i in timeouts} == {"queued"}
@@ -136,17 +147,20 @@ async def test_filters_pick_by_error_name_queue_and_time(harness: Harness) -> No
 async def test_disallowed_status_and_bad_filters_are_422(harness: Harness) -> None:
     http = harness.http
     retry, cancel = "'failed' or 'dead'", "'scheduled', 'queued', 'failed' or 'running'"
-    for path, status, allowed in (("/v1/tasks/retry", "queued", retry),
-                                  ("/v1/tasks/retry", "succeeded", retry),
-                                  ("/v1/tasks/cancel", "dead", cancel),
-                                  ("/v1/tasks/cancel", "succeeded", cancel)):
+    for path, status, allowed in (
+        ("/v1/tasks/retry", "queued", retry),
+        ("/v1/tasks/retry", "succeeded", retry),
+        ("/v1/tasks/cancel", "dead", cancel),
+        ("/v1/tasks/cancel", "succeeded", cancel),
+    ):
         response = await http.post(path, json={"filter": {"status": status}})
         assert response.status_code == 422, response.text
         error = response.json()["error"]
         assert error["message"] == f"filter.status: Input should be {allowed}"
         assert error["details"][0]["field"] == "filter.status"
-    bad = await http.post("/v1/tasks/retry", json={"filter": {"status": "dead",
-                                                              "updated_before": "yesterday"}})
+    bad = await http.post(
+        "/v1/tasks/retry", json={"filter": {"status": "dead", "updated_before": "yesterday"}}
+    )
     assert bad.status_code == 422
     assert bad.json()["error"]["details"][0]["field"] == "filter.updated_before"
     missing = await http.post("/v1/tasks/cancel", json={"filter": {"queue": "default"}})
@@ -164,8 +178,9 @@ def test_the_schema_allows_exactly_the_statuses_the_state_machine_does() -> None
                     check(action, TaskFilter(status))
 
 
-async def test_bulk_cancel_stops_running_tasks_and_spares_others(app: App, harness: Harness
-                                                                 ) -> None:
+async def test_bulk_cancel_stops_running_tasks_and_spares_others(
+    app: App, harness: Harness
+) -> None:
     started: set[int] = set()
     stopped: list[int] = []
 
@@ -178,13 +193,13 @@ async def test_bulk_cancel_stops_running_tasks_and_spares_others(app: App, harne
             stopped.append(n)
             raise
 
-    running_ids = [(await harness.submit(name="long", payload={"n": n}))["id"]
-                   for n in range(3)]
+    running_ids = [(await harness.submit(name="long", payload={"n": n}))["id"] for n in range(3)]
     harness.start_worker(concurrency=3)
     await until(lambda: asyncio.sleep(0, len(started) == 3))
     spared = await harness.submit(name="long", payload={"n": 9}, queue="other")
-    response = await harness.http.post("/v1/tasks/cancel",
-                                       json={"filter": {"status": "running", "name": "long"}})
+    response = await harness.http.post(
+        "/v1/tasks/cancel", json={"filter": {"status": "running", "name": "long"}}
+    )
     assert counts(response) == {"matched": 3, "done": 3}
     await until(lambda: asyncio.sleep(0, len(stopped) == 3), 10)
     for task_id in running_ids:
@@ -192,8 +207,9 @@ async def test_bulk_cancel_stops_running_tasks_and_spares_others(app: App, harne
         assert task["status"] == "cancelled"
         assert task["attempt_history"][0]["outcome"] == "cancelled"
     assert (await harness.get(spared["id"]))["status"] == "queued"
-    queued = await harness.http.post("/v1/tasks/cancel", json={"filter": {
-        "status": "queued", "queue": "other"}})
+    queued = await harness.http.post(
+        "/v1/tasks/cancel", json={"filter": {"status": "queued", "queue": "other"}}
+    )
     assert counts(queued) == {"matched": 1, "done": 1}
     assert (await harness.get(spared["id"]))["status"] == "cancelled"
 
@@ -211,8 +227,7 @@ async def namespaces_and_scopes(secured: Harness) -> None:
     theirs = await dead(store, 2, namespace="beta", error="other")
 
     def call(secret: str, method: str, path: str, **kwargs: Any) -> Any:
-        return http.request(method, path, headers={"authorization": f"Bearer {secret}"},
-                            **kwargs)
+        return http.request(method, path, headers={"authorization": f"Bearer {secret}"}, **kwargs)
 
     body = {"filter": {"status": "dead"}}
     refused = await call(reader, "POST", "/v1/tasks/retry", json=body)
@@ -227,15 +242,23 @@ async def namespaces_and_scopes(secured: Harness) -> None:
 
 # -- chronoq tasks retry / cancel ------------------------------------------------------------
 def cli(*args: str, answer: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chronoq.cli", *args], cwd=ROOT,
-                          input=answer, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "chronoq.cli", *args],
+        cwd=ROOT,
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_cli_counts_asks_and_retries_in_batches(tmp_path: Path) -> None:
     dev, url = start_dev(tmp_path)
     try:
-        ids = [httpx.post(f"{url}/v1/tasks", json={"name": "missing", "max_attempts": 1}
-                          ).json()["id"] for _ in range(5)]
+        ids = [
+            httpx.post(f"{url}/v1/tasks", json={"name": "missing", "max_attempts": 1}).json()["id"]
+            for _ in range(5)
+        ]
         for task_id in ids:  # no handler and no retry left: dead at once
             wait_status(url, task_id, "dead")
         declined = cli("tasks", "retry", "--status", "dead", "--url", url, answer="n\n")
@@ -245,8 +268,13 @@ def test_cli_counts_asks_and_retries_in_batches(tmp_path: Path) -> None:
         assert {httpx.get(f"{url}/v1/tasks/{i}").json()["attempts"] for i in ids} == {1}
         done = cli("tasks", "retry", "--status", "dead", "--batch", "2", "--yes", "--url", url)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.splitlines() == ["5 dead tasks match", "retried 2/5", "retried 4/5",
-                                            "retried 5/5", "retried 5 tasks"]
+        assert done.stdout.splitlines() == [
+            "5 dead tasks match",
+            "retried 2/5",
+            "retried 4/5",
+            "retried 5/5",
+            "retried 5 tasks",
+        ]
         for task_id in ids:  # each ran once more (and died again: still no handler)
             wait_status(url, task_id, "dead")
             assert httpx.get(f"{url}/v1/tasks/{task_id}").json()["attempts"] == 2
@@ -272,8 +300,10 @@ async def test_dead_letters_and_batches_use_the_status_indexes(db_url: str) -> N
         await dead(store, 3)
         explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
         line = _FIRST_LINE[store.dialect]
-        grouped = (f"SELECT {line} AS line, name, queue, count(*) AS n FROM tasks WHERE "
-                   f"status IN ({FINISHED}) AND status = $1 GROUP BY {line}, name, queue")
+        grouped = (
+            f"SELECT {line} AS line, name, queue, count(*) AS n FROM tasks WHERE "
+            f"status IN ({FINISHED}) AND status = $1 GROUP BY {line}, name, queue"
+        )
         where, args = TaskFilter(Status.DEAD).where(store.dialect)
         batch = f"SELECT id FROM tasks WHERE {where} AND id > $2 ORDER BY id LIMIT 500"
         async with store.tx() as c:
@@ -282,11 +312,14 @@ async def test_dead_letters_and_batches_use_the_status_indexes(db_url: str) -> N
                     "INSERT INTO tasks (id, name, queue, status, payload, run_at, created_at, "
                     "updated_at, max_attempts, backoff) SELECT 'x' || g, 'job', 'q' || (g % 4), "
                     "CASE WHEN g % 50 = 0 THEN 'dead' ELSE 'queued' END, '{}', g, g, g, "
-                    "1, '{}' FROM generate_series(1, 20000) g")
+                    "1, '{}' FROM generate_series(1, 20000) g"
+                )
                 await c.execute("ANALYZE tasks")
                 await c.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            plans = [" ".join(str(tuple(r)) for r in await c.fetch(explain + sql, *params))
-                     for sql, params in ((grouped, ["dead"]), (batch, [*args, "a"]))]
+            plans = [
+                " ".join(str(tuple(r)) for r in await c.fetch(explain + sql, *params))
+                for sql, params in ((grouped, ["dead"]), (batch, [*args, "a"]))
+            ]
         for plan in plans:
             assert "tasks_finished" in plan or "tasks_by_status" in plan, plan
             assert "SCAN tasks" not in plan and "Seq Scan" not in plan, plan

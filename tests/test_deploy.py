@@ -44,8 +44,12 @@ REDIS_DB_BASE = 12
 def rendered(overlay: str) -> list[dict[str, Any]]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl (for `kubectl kustomize`) is not installed")
-    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "kubernetes/overlays" / overlay)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(DEPLOY / "kubernetes/overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
@@ -63,8 +67,11 @@ def strict(schema: dict[str, Any]) -> dict[str, Any]:
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if ("properties" in node and "additionalProperties" not in node
-                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node["additionalProperties"] = False
             for value in node.values():
                 walk(value)
@@ -102,18 +109,35 @@ def test_kubernetes_manifests_render_and_validate(overlay: str) -> None:
         try:
             validate(doc)
         except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as exc:
-            raise AssertionError(f"{overlay}: {doc['kind']} {doc['metadata']['name']}: "
-                                 f"{exc.message} at {list(exc.path)}") from None
-    kinds = {(d["kind"], d["metadata"]["name"].rsplit("-", 1)[0] if d["kind"] == "Secret"
-              else d["metadata"]["name"]) for d in docs}
-    expected = {("Deployment", "chronoq-api"), ("Deployment", "chronoq-scheduler"),
-                ("Deployment", "chronoq-worker"), ("Service", "chronoq-api"),
-                ("ConfigMap", "chronoq-config"), ("Job", "chronoq-migrate"),
-                ("HorizontalPodAutoscaler", "chronoq-api"),
-                *(("PodDisruptionBudget", f"chronoq-{c}") for c in ("api", "scheduler", "worker"))}
+            raise AssertionError(
+                f"{overlay}: {doc['kind']} {doc['metadata']['name']}: "
+                f"{exc.message} at {list(exc.path)}"
+            ) from None
+    kinds = {
+        (
+            d["kind"],
+            d["metadata"]["name"].rsplit("-", 1)[0]
+            if d["kind"] == "Secret"
+            else d["metadata"]["name"],
+        )
+        for d in docs
+    }
+    expected = {
+        ("Deployment", "chronoq-api"),
+        ("Deployment", "chronoq-scheduler"),
+        ("Deployment", "chronoq-worker"),
+        ("Service", "chronoq-api"),
+        ("ConfigMap", "chronoq-config"),
+        ("Job", "chronoq-migrate"),
+        ("HorizontalPodAutoscaler", "chronoq-api"),
+        *(("PodDisruptionBudget", f"chronoq-{c}") for c in ("api", "scheduler", "worker")),
+    }
     if overlay == "production":
-        expected |= {("ScaledObject", "chronoq-worker"), ("ServiceMonitor", "chronoq"),
-                     ("PrometheusRule", "chronoq")}
+        expected |= {
+            ("ScaledObject", "chronoq-worker"),
+            ("ServiceMonitor", "chronoq"),
+            ("PrometheusRule", "chronoq"),
+        }
     else:
         expected.add(("Secret", "chronoq-database"))
     assert expected <= kinds, expected - kinds
@@ -136,9 +160,11 @@ def test_the_validation_catches_mistakes() -> None:
 
 def _pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     for doc in docs:
-        if doc["kind"] in ("Deployment", "Job") and doc["metadata"]["name"].startswith(
-                "chronoq-") and doc["metadata"]["name"] not in ("chronoq-postgres",
-                                                                "chronoq-redis"):
+        if (
+            doc["kind"] in ("Deployment", "Job")
+            and doc["metadata"]["name"].startswith("chronoq-")
+            and doc["metadata"]["name"] not in ("chronoq-postgres", "chronoq-redis")
+        ):
             yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
 
 
@@ -157,8 +183,11 @@ def test_probes_grace_periods_and_secrets(overlay: str) -> None:
                 assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         if name == "chronoq-worker":
             assert pod["terminationGracePeriodSeconds"] >= drain + 5
-    scaled = {d["spec"]["scaleTargetRef"]["name"] for d in docs
-              if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")}
+    scaled = {
+        d["spec"]["scaleTargetRef"]["name"]
+        for d in docs
+        if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
+    }
     assert "chronoq-api" in scaled
     if overlay == "production":  # an apply must not reset what the autoscalers set
         assert "chronoq-worker" in scaled
@@ -176,7 +205,8 @@ def test_probes_grace_periods_and_secrets(overlay: str) -> None:
 def test_prometheus_rule_is_alerts_yml() -> None:
     rule = named(rendered("production"), "PrometheusRule", "chronoq")
     assert rule["spec"] == sync_rules.rule_object()["spec"], (
-        "run python deploy/kubernetes/sync_rules.py")
+        "run python deploy/kubernetes/sync_rules.py"
+    )
     path = DEPLOY / "kubernetes/overlays/production/prometheusrule.yaml"
     assert path.read_text() == sync_rules.render()
 
@@ -184,8 +214,10 @@ def test_prometheus_rule_is_alerts_yml() -> None:
 # -- compose ---------------------------------------------------------------------------------
 def _compose_tool() -> list[str]:
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True
-                                 ).returncode == 0:
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
         return [docker, "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
@@ -194,14 +226,23 @@ def _compose_tool() -> list[str]:
 
 def test_compose_file_validates(tmp_path: Path) -> None:
     compose = DEPLOY / "compose.yaml"
-    out = subprocess.run([*_compose_tool(), "-f", str(compose), "config", "-q"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*_compose_tool(), "-f", str(compose), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     broken = tmp_path / "compose.yaml"  # and the tool does refuse a bad file
-    broken.write_text(compose.read_text().replace("condition: service_healthy",
-                                                  "condition: healthy-ish", 1))
-    out = subprocess.run([*_compose_tool(), "-f", str(broken), "config", "-q"],
-                         capture_output=True, text=True, timeout=60)
+    broken.write_text(
+        compose.read_text().replace("condition: service_healthy", "condition: healthy-ish", 1)
+    )
+    out = subprocess.run(
+        [*_compose_tool(), "-f", str(broken), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0
 
 
@@ -217,8 +258,12 @@ def test_compose_dependencies_and_prometheus_config() -> None:
     assert float(services["worker-1"]["stop_grace_period"].rstrip("s")) >= drain + 5
     if shutil.which("promtool") is None:
         pytest.skip("promtool is not installed")
-    out = subprocess.run(["promtool", "check", "config", str(DEPLOY / "prometheus/prometheus.yml")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["promtool", "check", "config", str(DEPLOY / "prometheus/prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -232,17 +277,24 @@ def test_image_entrypoint_is_chronoq() -> None:
 
 def compose_processes() -> dict[str, tuple[list[str], dict[str, str]]]:
     services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
-    return {name: ([str(a) for a in s["command"]],
-                   {k: str(v) for k, v in s.get("environment", {}).items()})
-            for name, s in services.items() if s.get("image", "").startswith("chronoq")}
+    return {
+        name: (
+            [str(a) for a in s["command"]],
+            {k: str(v) for k, v in s.get("environment", {}).items()},
+        )
+        for name, s in services.items()
+        if s.get("image", "").startswith("chronoq")
+    }
 
 
 def kubernetes_processes() -> dict[str, tuple[list[str], dict[str, str]]]:
     docs = rendered("dev")
     maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
-    secrets = {d["metadata"]["name"]: {k: base64.b64decode(v).decode()
-                                       for k, v in d["data"].items()}
-               for d in docs if d["kind"] == "Secret"}
+    secrets = {
+        d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in d["data"].items()}
+        for d in docs
+        if d["kind"] == "Secret"
+    }
     found = {}
     for name, pod in _pod_specs(docs):
         (container,) = pod["containers"]
@@ -257,7 +309,8 @@ def kubernetes_processes() -> dict[str, tuple[list[str], dict[str, str]]]:
                 ref = item["valueFrom"]
                 if "secretKeyRef" in ref:
                     env[item["name"]] = secrets[ref["secretKeyRef"]["name"]][
-                        ref["secretKeyRef"]["key"]]
+                        ref["secretKeyRef"]["key"]
+                    ]
                 else:
                     key = ref["configMapKeyRef"]
                     env[item["name"]] = maps[key["name"]][key["key"]]
@@ -276,10 +329,12 @@ class Rewrite:
     def __call__(self, value: str) -> str:
         if value.startswith("postgresql://"):
             return self.pg_url
-        value = re.sub(r"redis://[^/]+/(\d+)",
-                       lambda m: f"redis://127.0.0.1:6379/{REDIS_DB_BASE + int(m[1])}", value)
-        value = re.sub(r"^0\.0\.0\.0:(\d+)$", lambda m: f"127.0.0.1:{self.port(int(m[1]))}",
-                       value)
+        value = re.sub(
+            r"redis://[^/]+/(\d+)",
+            lambda m: f"redis://127.0.0.1:6379/{REDIS_DB_BASE + int(m[1])}",
+            value,
+        )
+        value = re.sub(r"^0\.0\.0\.0:(\d+)$", lambda m: f"127.0.0.1:{self.port(int(m[1]))}", value)
         if value == "0.0.0.0":
             return "127.0.0.1"
         if value.isdigit() and int(value) in self.ports:
@@ -292,8 +347,9 @@ class Rewrite:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["compose", "kubernetes"])
-def test_deployed_commands_run_a_task(source: str, pg_url: str, tmp_path: Path,
-                                      procs: list[Proc]) -> None:
+def test_deployed_commands_run_a_task(
+    source: str, pg_url: str, tmp_path: Path, procs: list[Proc]
+) -> None:
     processes = compose_processes() if source == "compose" else kubernetes_processes()
     assert {n.rstrip("-12") for n in processes} == {"migrate", "api", "scheduler", "worker"}
     for db in (REDIS_DB_BASE, REDIS_DB_BASE + 1):
@@ -303,16 +359,16 @@ def test_deployed_commands_run_a_task(source: str, pg_url: str, tmp_path: Path,
     for name, (args, env) in processes.items():
         rewrite = rewrites[name] = Rewrite(pg_url)
         rewrite.port(8000)  # the API's --port and CHRONOQ_PORT (a bare number)
-        commands[name] = ([rewrite(a) for a in args],
-                          {k: rewrite(v) for k, v in env.items()})
+        commands[name] = ([rewrite(a) for a in args], {k: rewrite(v) for k, v in env.items()})
 
     migrate_args, migrate_env = commands.pop("migrate")
     migrate = Proc(migrate_args, migrate_env, tmp_path / "migrate.log")
     assert migrate.popen.wait(60) == 0, migrate.output()
     assert "applied migrations" in migrate.output()
 
-    started = {name: Proc(args, env, tmp_path / f"{name}.log")
-               for name, (args, env) in commands.items()}
+    started = {
+        name: Proc(args, env, tmp_path / f"{name}.log") for name, (args, env) in commands.items()
+    }
     procs.extend(started.values())
     api_name = next(n for n in started if n.startswith("api"))
     api_url = f"http://127.0.0.1:{rewrites[api_name].ports[8000]}"
@@ -357,22 +413,45 @@ def test_image_builds_and_runs(tmp_path: Path) -> None:
     if subprocess.run([runtime, "info"], capture_output=True, timeout=60).returncode != 0:
         pytest.skip(f"{runtime} cannot reach a container engine here")
     tag = "localhost/chronoq-test:latest"
-    build = subprocess.run([runtime, "build", "-t", tag, str(ROOT)], capture_output=True,
-                           text=True, timeout=600)
+    build = subprocess.run(
+        [runtime, "build", "-t", tag, str(ROOT)], capture_output=True, text=True, timeout=600
+    )
     if build.returncode != 0:
         pulls = ("registry", "pull", "lookup", "dial tcp", "no such host", "manifest unknown")
         if any(word in build.stderr for word in pulls):
             last = build.stderr.strip().splitlines()[-1]
             pytest.skip(f"{runtime} cannot pull the python:3.11-slim base image: {last}")
         raise AssertionError(build.stdout + build.stderr)
-    shown = subprocess.run([runtime, "run", "--rm", tag, "--help"], capture_output=True,
-                           text=True, timeout=120)
+    shown = subprocess.run(
+        [runtime, "run", "--rm", tag, "--help"], capture_output=True, text=True, timeout=120
+    )
     assert shown.returncode == 0 and "chronoq" in shown.stdout, shown.stderr
-    user = subprocess.run([runtime, "run", "--rm", "--entrypoint", "id", tag, "-u"],
-                          capture_output=True, text=True, timeout=120)
+    user = subprocess.run(
+        [runtime, "run", "--rm", "--entrypoint", "id", tag, "-u"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert user.stdout.strip() == "10001"
     demo = subprocess.run(
-        [runtime, "run", "--rm", "--entrypoint", "timeout", tag, "-s", "INT", "15",
-         "chronoq", "dev", "--demo", "--database-url", "sqlite:////tmp/chronoq.db"],
-        capture_output=True, text=True, timeout=120)
+        [
+            runtime,
+            "run",
+            "--rm",
+            "--entrypoint",
+            "timeout",
+            tag,
+            "-s",
+            "INT",
+            "15",
+            "chronoq",
+            "dev",
+            "--demo",
+            "--database-url",
+            "sqlite:////tmp/chronoq.db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "demo: submitted demo.add" in demo.stderr, demo.stderr

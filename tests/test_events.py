@@ -34,14 +34,22 @@ def collect(ws: Any, task_id: str, until: str, timeout: float = 10) -> list[dict
 def test_websocket_streams_task_lifecycle(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    dev = Proc(["dev", "--demo", "--port", str(port), "--database-url",
-                f"sqlite:///{tmp_path / 'ev.db'}"], {}, tmp_path / "dev.log")
+    dev = Proc(
+        ["dev", "--demo", "--port", str(port), "--database-url", f"sqlite:///{tmp_path / 'ev.db'}"],
+        {},
+        tmp_path / "dev.log",
+    )
     try:
         wait_ready(url, dev)
         with connect(f"ws://127.0.0.1:{port}/v1/events?name=demo.flaky") as ws:
-            task = httpx.post(f"{url}/v1/tasks", json={
-                "name": "demo.flaky", "payload": {"succeed_on_attempt": 2},
-                "backoff": {"base": 0.2, "jitter": 0}}).json()
+            task = httpx.post(
+                f"{url}/v1/tasks",
+                json={
+                    "name": "demo.flaky",
+                    "payload": {"succeed_on_attempt": 2},
+                    "backoff": {"base": 0.2, "jitter": 0},
+                },
+            ).json()
             events = collect(ws, task["id"], "succeeded")
         statuses = [e["status"] for e in events]
         assert statuses == ["queued", "running", "failed", "queued", "running", "succeeded"]
@@ -78,8 +86,13 @@ def test_events_cross_processes_through_redis(pg_url: str, tmp_path: Path) -> No
     worker's events, through Redis."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {"CHRONOQ_DATABASE_URL": pg_url, "CHRONOQ_REDIS_URL": REDIS_URL, "CHRONOQ_AUTH": "0",
-           "CHRONOQ_APP": "tests.apps.recorder:app", "RECORD_FILE": str(tmp_path / "r.txt")}
+    env = {
+        "CHRONOQ_DATABASE_URL": pg_url,
+        "CHRONOQ_REDIS_URL": REDIS_URL,
+        "CHRONOQ_AUTH": "0",
+        "CHRONOQ_APP": "tests.apps.recorder:app",
+        "RECORD_FILE": str(tmp_path / "r.txt"),
+    }
     assert cli("db", "upgrade", env=env).returncode == 0
     api = Proc(["api", "--port", str(port)], env, tmp_path / "api.log")
     worker = Proc(["worker"], env, tmp_path / "worker.log")
@@ -99,8 +112,11 @@ def test_events_cross_processes_through_redis(pg_url: str, tmp_path: Path) -> No
 def test_websocket_filters(tmp_path: Path, filters: dict[str, str]) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    dev = Proc(["dev", "--demo", "--port", str(port), "--database-url",
-                f"sqlite:///{tmp_path / 'f.db'}"], {}, tmp_path / "dev.log")
+    dev = Proc(
+        ["dev", "--demo", "--port", str(port), "--database-url", f"sqlite:///{tmp_path / 'f.db'}"],
+        {},
+        tmp_path / "dev.log",
+    )
     try:
         wait_ready(url, dev)
         query = "&".join(f"{k}={v}" for k, v in filters.items())

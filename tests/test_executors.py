@@ -25,15 +25,20 @@ from tests.conftest import Harness
 LOCAL = ("127.0.0.1/32",)
 
 
-def start_worker(harness: Harness, *, http_allow: Iterable[str] = LOCAL,
-                 shell_allow: Iterable[str] = ()) -> Worker:
+def start_worker(
+    harness: Harness, *, http_allow: Iterable[str] = LOCAL, shell_allow: Iterable[str] = ()
+) -> Worker:
     """A worker like ``harness.start_worker`` with an HTTP allow-list (the test server
     listens on 127.0.0.1, which chronoq.http refuses by default)."""
     s = harness.app.settings
-    worker = Worker(harness.store, {**builtin_executors(shell_allow, http_allow),
-                                    **harness.app.executors()},
-                    concurrency=4, lease_seconds=s.lease_seconds,
-                    heartbeat_seconds=s.heartbeat_seconds, poll_seconds=s.poll_seconds)
+    worker = Worker(
+        harness.store,
+        {**builtin_executors(shell_allow, http_allow), **harness.app.executors()},
+        concurrency=4,
+        lease_seconds=s.lease_seconds,
+        heartbeat_seconds=s.heartbeat_seconds,
+        poll_seconds=s.poll_seconds,
+    )
     harness.workers.append((worker, asyncio.create_task(worker.run(drain_seconds=5))))
     return worker
 
@@ -44,8 +49,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length", 0))
         body = json.loads(self.rfile.read(length) or b"null")
-        self.received.append({"path": self.path, "body": body,
-                              "auth": self.headers.get("authorization")})
+        self.received.append(
+            {"path": self.path, "body": body, "auth": self.headers.get("authorization")}
+        )
         status = 500 if self.path == "/broken" else 200
         payload = json.dumps({"ok": status == 200}).encode()
         self.send_response(status)
@@ -82,8 +88,14 @@ def web() -> Iterator[str]:
 
 async def test_http_executor_calls_the_url(harness: Harness, web: str) -> None:
     start_worker(harness)
-    task = await harness.submit(name="chronoq.http", payload={
-        "url": f"{web}/hook", "json": {"order": 7}, "headers": {"authorization": "Bearer t"}})
+    task = await harness.submit(
+        name="chronoq.http",
+        payload={
+            "url": f"{web}/hook",
+            "json": {"order": 7},
+            "headers": {"authorization": "Bearer t"},
+        },
+    )
     done = await harness.wait_for(task["id"], "succeeded")
     assert done["result"] == {"status_code": 200, "body": {"ok": True}}
     assert _Handler.received == [{"path": "/hook", "body": {"order": 7}, "auth": "Bearer t"}]
@@ -91,16 +103,16 @@ async def test_http_executor_calls_the_url(harness: Harness, web: str) -> None:
 
 async def test_http_executor_non_2xx_is_a_failure(harness: Harness, web: str) -> None:
     start_worker(harness)
-    task = await harness.submit(name="chronoq.http", max_attempts=1,
-                                payload={"url": f"{web}/broken", "json": {}})
+    task = await harness.submit(
+        name="chronoq.http", max_attempts=1, payload={"url": f"{web}/broken", "json": {}}
+    )
     dead = await harness.wait_for(task["id"], "dead")
     assert "answered 500" in dead["error"]
 
 
 async def test_http_executor_rejects_bad_payload(harness: Harness) -> None:
     start_worker(harness)
-    task = await harness.submit(name="chronoq.http", max_attempts=3,
-                                payload={"url": "not a url"})
+    task = await harness.submit(name="chronoq.http", max_attempts=3, payload={"url": "not a url"})
     dead = await harness.wait_for(task["id"], "dead")
     assert "bad chronoq.http payload" in dead["error"]
     assert dead["attempts"] == 1  # a payload no retry can mend: dead at once
@@ -108,10 +120,12 @@ async def test_http_executor_rejects_bad_payload(harness: Harness) -> None:
 
 async def test_shell_executor_runs_only_allow_listed_programs(harness: Harness) -> None:
     harness.start_worker(shell_allow=["echo"])
-    ok = await harness.submit(name="chronoq.shell", payload={"command": "echo",
-                                                             "args": ["hello", "world"]})
-    refused = await harness.submit(name="chronoq.shell", max_attempts=1,
-                                   payload={"command": "rm", "args": ["-rf", "/tmp/x"]})
+    ok = await harness.submit(
+        name="chronoq.shell", payload={"command": "echo", "args": ["hello", "world"]}
+    )
+    refused = await harness.submit(
+        name="chronoq.shell", max_attempts=1, payload={"command": "rm", "args": ["-rf", "/tmp/x"]}
+    )
     done = await harness.wait_for(ok["id"], "succeeded")
     assert done["result"]["stdout"] == "hello world\n"
     assert done["result"]["exit_code"] == 0
@@ -121,32 +135,35 @@ async def test_shell_executor_runs_only_allow_listed_programs(harness: Harness) 
 
 async def test_shell_executor_is_off_without_allow_list(harness: Harness) -> None:
     harness.start_worker()
-    task = await harness.submit(name="chronoq.shell", max_attempts=1,
-                                payload={"command": "echo"})
+    task = await harness.submit(name="chronoq.shell", max_attempts=1, payload={"command": "echo"})
     dead = await harness.wait_for(task["id"], "dead")
     assert "no handler named 'chronoq.shell'" in dead["error"]
 
 
 async def test_shell_executor_kills_on_timeout(harness: Harness) -> None:
     harness.start_worker(shell_allow=["sleep"])
-    task = await harness.submit(name="chronoq.shell", max_attempts=1, timeout_seconds=0.3,
-                                payload={"command": "sleep", "args": ["30"]})
+    task = await harness.submit(
+        name="chronoq.shell",
+        max_attempts=1,
+        timeout_seconds=0.3,
+        payload={"command": "sleep", "args": ["30"]},
+    )
     dead = await harness.wait_for(task["id"], "dead")
     assert dead["attempt_history"][0]["outcome"] == "timeout"
 
 
 async def test_shell_nonzero_exit_fails(harness: Harness) -> None:
     harness.start_worker(shell_allow=["false"])
-    task = await harness.submit(name="chronoq.shell", max_attempts=1,
-                                payload={"command": "false"})
+    task = await harness.submit(name="chronoq.shell", max_attempts=1, payload={"command": "false"})
     dead = await harness.wait_for(task["id"], "dead")
     assert "exited with 1" in dead["error"]
 
 
 # -- chronoq.http: server-side request forgery ------------------------------------------------
 async def _dead_error(harness: Harness, url: str) -> str:
-    task = await harness.submit(name="chronoq.http", max_attempts=1,
-                                payload={"url": url, "method": "GET"})
+    task = await harness.submit(
+        name="chronoq.http", max_attempts=1, payload={"url": url, "method": "GET"}
+    )
     dead = await harness.wait_for(task["id"], "dead")
     error: str = dead["error"]
     return error
@@ -168,8 +185,9 @@ async def test_http_refuses_cloud_metadata(harness: Harness) -> None:
     assert "metadata" in error
 
 
-async def test_http_refuses_a_hostname_that_resolves_to_loopback(harness: Harness,
-                                                                 web: str) -> None:
+async def test_http_refuses_a_hostname_that_resolves_to_loopback(
+    harness: Harness, web: str
+) -> None:
     start_worker(harness, http_allow=())
     port = web.rsplit(":", 1)[1]
     error = await _dead_error(harness, f"http://localhost:{port}/hook")
@@ -182,13 +200,15 @@ async def test_http_refuses_a_hostname_that_resolves_to_loopback(harness: Harnes
 async def test_http_allows_a_hostname_by_cidr_and_by_name(harness: Harness, web: str) -> None:
     port = web.rsplit(":", 1)[1]
     start_worker(harness, http_allow=("127.0.0.1/32",))  # localhost's ::1 stays refused
-    by_cidr = await harness.submit(name="chronoq.http", payload={
-        "url": f"http://localhost:{port}/by-cidr", "method": "GET"})
+    by_cidr = await harness.submit(
+        name="chronoq.http", payload={"url": f"http://localhost:{port}/by-cidr", "method": "GET"}
+    )
     assert (await harness.wait_for(by_cidr["id"], "succeeded"))["result"]["status_code"] == 200
     await harness.stop_workers()
     start_worker(harness, http_allow=("localhost",))
-    by_name = await harness.submit(name="chronoq.http", payload={
-        "url": f"http://localhost:{port}/by-name", "method": "GET"})
+    by_name = await harness.submit(
+        name="chronoq.http", payload={"url": f"http://localhost:{port}/by-name", "method": "GET"}
+    )
     assert (await harness.wait_for(by_name["id"], "succeeded"))["result"]["body"] == {"ok": True}
     assert [r["path"] for r in _Handler.received] == ["/by-cidr", "/by-name"]
 
@@ -207,38 +227,46 @@ async def test_http_timeout_covers_the_answer(web: str) -> None:
     server.listen()
     try:  # accepts, never answers
         with pytest.raises(TaskFailed, match=r"timed out reading|within 0\.3s"):
-            await executor.run({"url": f"http://127.0.0.1:{server.getsockname()[1]}/",
-                                "method": "GET", "timeout_seconds": 0.3})
+            await executor.run(
+                {
+                    "url": f"http://127.0.0.1:{server.getsockname()[1]}/",
+                    "method": "GET",
+                    "timeout_seconds": 0.3,
+                }
+            )
     finally:
         server.close()
         await executor.close()
 
 
-@pytest.mark.parametrize(("entries", "address", "refused"), [
-    ((), "8.8.8.8", False),
-    ((), "2001:4860:4860::8888", False),
-    ((), "10.1.2.3", True),
-    ((), "172.16.0.1", True),
-    ((), "192.168.1.1", True),
-    ((), "100.64.0.1", True),
-    ((), "0.0.0.0", True),
-    ((), "224.0.0.1", True),
-    ((), "240.0.0.1", True),
-    ((), "::1", True),
-    ((), "::", True),
-    ((), "fe80::1", True),
-    ((), "fd00::1", True),
-    ((), "ff02::1", True),
-    ((), "::ffff:127.0.0.1", True),
-    ((), "64:ff9b::a9fe:a9fe", True),  # NAT64 of 169.254.169.254
-    ((), "2002:7f00:1::", True),  # 6to4 of 127.0.0.1
-    (("10.0.0.0/8",), "10.1.2.3", False),
-    (("10.0.0.0/8",), "11.0.0.1", False),
-    (("10.0.0.0/8",), "192.168.1.1", True),
-    (("fd00::/8",), "fd00::1", False),
-    (("127.0.0.1",), "127.0.0.1", False),
-    (("127.0.0.1",), "127.0.0.2", True),
-])
+@pytest.mark.parametrize(
+    ("entries", "address", "refused"),
+    [
+        ((), "8.8.8.8", False),
+        ((), "2001:4860:4860::8888", False),
+        ((), "10.1.2.3", True),
+        ((), "172.16.0.1", True),
+        ((), "192.168.1.1", True),
+        ((), "100.64.0.1", True),
+        ((), "0.0.0.0", True),
+        ((), "224.0.0.1", True),
+        ((), "240.0.0.1", True),
+        ((), "::1", True),
+        ((), "::", True),
+        ((), "fe80::1", True),
+        ((), "fd00::1", True),
+        ((), "ff02::1", True),
+        ((), "::ffff:127.0.0.1", True),
+        ((), "64:ff9b::a9fe:a9fe", True),  # NAT64 of 169.254.169.254
+        ((), "2002:7f00:1::", True),  # 6to4 of 127.0.0.1
+        (("10.0.0.0/8",), "10.1.2.3", False),
+        (("10.0.0.0/8",), "11.0.0.1", False),
+        (("10.0.0.0/8",), "192.168.1.1", True),
+        (("fd00::/8",), "fd00::1", False),
+        (("127.0.0.1",), "127.0.0.1", False),
+        (("127.0.0.1",), "127.0.0.2", True),
+    ],
+)
 def test_address_policy(entries: tuple[str, ...], address: str, refused: bool) -> None:
     import ipaddress
 
@@ -265,8 +293,15 @@ async def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
     async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(host, str) and host in names:
-            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
-                     (names[host], int(port or 0)))]
+            return [
+                (
+                    socket.AF_INET,
+                    socket.SOCK_STREAM,
+                    socket.IPPROTO_TCP,
+                    "",
+                    (names[host], int(port or 0)),
+                )
+            ]
         return await real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
@@ -294,9 +329,28 @@ def _certificate(folder: Path, name: str) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     cert, key = folder / f"{name}.crt", folder / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            f"subjectAltName=DNS:{name}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -316,15 +370,15 @@ def tls_web(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 async def test_https_to_a_pinned_address_verifies_the_hostname(
-        fake_dns: dict[str, str], tls_web: tuple[str, Path]) -> None:
+    fake_dns: dict[str, str], tls_web: tuple[str, Path]
+) -> None:
     port, cert = tls_web
     fake_dns["secure.example"] = "127.0.0.1"
     fake_dns["other.example"] = "127.0.0.1"
     trusted = ssl.create_default_context(cafile=str(cert))
     executor = HttpExecutor(LOCAL, verify=trusted)
     try:
-        result = await executor.run({"url": f"https://secure.example:{port}/tls",
-                                     "method": "GET"})
+        result = await executor.run({"url": f"https://secure.example:{port}/tls", "method": "GET"})
         assert result["body"] == {"ok": True}
         # same address, a name the certificate does not carry: TLS refuses
         with pytest.raises(TaskFailed, match=r"Hostname mismatch"):
@@ -338,8 +392,7 @@ async def test_https_to_a_pinned_address_verifies_the_hostname(
 async def test_shell_metacharacters_in_args_are_literal(harness: Harness) -> None:
     harness.start_worker(shell_allow=["echo"])
     hostile = ["$(id); rm -rf /", "`whoami`", "a | b && c", "*", "'\"", "$HOME"]
-    task = await harness.submit(name="chronoq.shell", payload={"command": "echo",
-                                                               "args": hostile})
+    task = await harness.submit(name="chronoq.shell", payload={"command": "echo", "args": hostile})
     done = await harness.wait_for(task["id"], "succeeded")
     assert done["result"]["stdout"] == " ".join(hostile) + "\n"
 
@@ -348,8 +401,11 @@ async def test_shell_paths_must_be_listed_exactly() -> None:
     echo = shutil.which("echo")
     assert echo is not None
     by_name = ShellExecutor(["echo"])
-    with pytest.raises(TaskFailed, match=r"not in this worker's shell allow-list.*allowed "
-                                         r"by name"):
+    with pytest.raises(
+        TaskFailed,
+        match=r"not in this worker's shell allow-list.*allowed "
+        r"by name",
+    ):
         await by_name.run({"command": echo, "args": ["x"]})
     for sneaky in ["./echo", "../bin/echo", "bin/echo", "echo/"]:
         with pytest.raises(TaskFailed, match="not in this worker's shell allow-list"):
@@ -368,12 +424,16 @@ async def test_shell_env_cannot_change_the_program(tmp_path: Path) -> None:
     fake.write_text("#!/bin/sh\necho hijacked\n")
     fake.chmod(0o755)
     executor = ShellExecutor(["echo"], env_allow=["GREETING"])
-    for env in [{"PATH": str(tmp_path)}, {"LD_PRELOAD": str(tmp_path / "x.so")},
-                {"path": str(tmp_path)}]:
+    for env in [
+        {"PATH": str(tmp_path)},
+        {"LD_PRELOAD": str(tmp_path / "x.so")},
+        {"path": str(tmp_path)},
+    ]:
         with pytest.raises(TaskFailed, match="which this worker does not allow"):
             await executor.run({"command": "echo", "args": ["hi"], "env": env})
     # the program is looked up on the worker's PATH, whatever the task's cwd
-    result = await executor.run({"command": "echo", "args": ["hi"], "cwd": str(tmp_path),
-                                 "env": {"GREETING": "x"}})
+    result = await executor.run(
+        {"command": "echo", "args": ["hi"], "cwd": str(tmp_path), "env": {"GREETING": "x"}}
+    )
     assert result["stdout"] == "hi\n"
     assert os.environ.get("PATH")

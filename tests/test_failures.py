@@ -53,13 +53,15 @@ async def test_payload_that_does_not_fit_the_handler_is_dead_at_once(
 
     harness.start_scheduler()
     harness.start_worker()
-    missing = await harness.submit(name="add", payload={"a": 1}, max_attempts=5,
-                                   backoff=FAST_RETRY)
-    extra = await harness.submit(name="add", payload={"a": 1, "b": 2, "c": 3},
-                                 max_attempts=5, backoff=FAST_RETRY)
+    missing = await harness.submit(name="add", payload={"a": 1}, max_attempts=5, backoff=FAST_RETRY)
+    extra = await harness.submit(
+        name="add", payload={"a": 1, "b": 2, "c": 3}, max_attempts=5, backoff=FAST_RETRY
+    )
     fine = await harness.submit(name="add", payload={"a": 1, "b": 2})
-    for task, why in ((missing, "missing a required argument: 'b'"),
-                      (extra, "got an unexpected keyword argument 'c'")):
+    for task, why in (
+        (missing, "missing a required argument: 'b'"),
+        (extra, "got an unexpected keyword argument 'c'"),
+    ):
         dead = await harness.wait_for(task["id"], "dead")
         assert dead["attempts"] == 1
         assert dead["error"].startswith("payload does not fit the handler "), dead["error"]
@@ -75,14 +77,14 @@ async def test_payload_that_does_not_fit_the_handler_is_dead_at_once(
 async def test_type_error_inside_the_handler_is_retried(app: App, harness: Harness) -> None:
     """Only a payload that cannot bind is permanent: a TypeError the handler raises
     itself is an ordinary failure."""
+
     @app.task("typo")
     def typo(x: int) -> int:
         return len(x)  # type: ignore[arg-type]
 
     harness.start_scheduler()
     harness.start_worker()
-    task = await harness.submit(name="typo", payload={"x": 1}, max_attempts=3,
-                                backoff=FAST_RETRY)
+    task = await harness.submit(name="typo", payload={"x": 1}, max_attempts=3, backoff=FAST_RETRY)
     dead = await harness.wait_for(task["id"], "dead")
     assert dead["attempts"] == 3
     assert dead["error"] == "TypeError: object of type 'int' has no len()"
@@ -97,8 +99,9 @@ async def test_task_failed_without_retry_is_dead_at_once(app: App, harness: Harn
     harness.start_scheduler()
     harness.start_worker()
     final = await harness.submit(name="gone", payload={"retry": False}, max_attempts=5)
-    again = await harness.submit(name="gone", payload={"retry": True}, max_attempts=2,
-                                 backoff=FAST_RETRY)
+    again = await harness.submit(
+        name="gone", payload={"retry": True}, max_attempts=2, backoff=FAST_RETRY
+    )
     dead = await harness.wait_for(final["id"], "dead")
     assert dead["attempts"] == 1
     assert dead["error"] == "the invoice was deleted (permanent failure: not retried)"
@@ -117,23 +120,26 @@ async def test_no_handler_is_permanent_only_when_no_live_worker_has_it(
     nobody = await harness.submit(name="report", max_attempts=5, backoff=FAST_RETRY)
     dead = await harness.wait_for(nobody["id"], "dead")
     assert dead["attempts"] == 1
-    assert dead["error"] == (f"no handler named 'report' on any live worker of queue "
-                             f"'default' (worker {worker.id} has: chronoq.http) "
-                             "(permanent failure: not retried)")
+    assert dead["error"] == (
+        f"no handler named 'report' on any live worker of queue "
+        f"'default' (worker {worker.id} has: chronoq.http) "
+        "(permanent failure: not retried)"
+    )
 
     now = time.time()
-    await harness.store.register_worker("reporter", "elsewhere", 1, ["default"], 1, now,
-                                        handlers=["report"])
+    await harness.store.register_worker(
+        "reporter", "elsewhere", 1, ["default"], 1, now, handlers=["report"]
+    )
     await harness.store.register_worker("old", "elsewhere", 2, ["legacy"], 1, now)
     for queue in ("default", "legacy"):  # "old" did not say what it serves: maybe this
-        task = await harness.submit(name="report", queue=queue, max_attempts=2,
-                                    backoff=FAST_RETRY)
+        task = await harness.submit(name="report", queue=queue, max_attempts=2, backoff=FAST_RETRY)
         if queue == "legacy":
             harness.start_worker(queues=["legacy"])
         dead = await harness.wait_for(task["id"], "dead")
         assert dead["attempts"] == 2, dead
         assert dead["attempt_history"][0]["error"].endswith(
-            f"another worker of queue {queue!r} has one")
+            f"another worker of queue {queue!r} has one"
+        )
 
 
 # -- the registry and submission warnings ------------------------------------------------------
@@ -161,13 +167,22 @@ async def test_submission_no_live_worker_serves_carries_a_warning(
     assert answer.status_code == 201
     [warning] = answer.json()["warnings"]
     assert warning.startswith("no live worker of queue 'images' has a handler named 'rezise'")
-    batch = await harness.http.post("/v1/tasks/batch", json={"tasks": [
-        {"name": "resize", "queue": "images"}, {"name": "resize", "delay_seconds": 60}]})
+    batch = await harness.http.post(
+        "/v1/tasks/batch",
+        json={
+            "tasks": [
+                {"name": "resize", "queue": "images"},
+                {"name": "resize", "delay_seconds": 60},
+            ]
+        },
+    )
     assert batch.status_code == 201
     first, second = batch.json()["items"]
     assert first["warnings"] is None
-    assert second["warnings"] == ["no live worker serves queue 'default': the task waits "
-                                  "until one with a handler named 'resize' starts"]
+    assert second["warnings"] == [
+        "no live worker serves queue 'default': the task waits "
+        "until one with a handler named 'resize' starts"
+    ]
     waiting = (await harness.http.get(f"/v1/tasks/{second['id']}")).json()
     assert waiting["warnings"] == second["warnings"]  # shown where the task is viewed
     done = await harness.wait_for(served["id"], "succeeded")
@@ -189,8 +204,7 @@ async def test_the_live_handler_set_is_cached(db_url: str) -> None:
         assert not (await cache.get(store)).serves("default", "x")  # cached
         clock[0] = 2.0
         assert (await cache.get(store)).serves("default", "x")
-        await store.register_worker("w2", "h", 2, ["quiet"], 1, time.time() - 31,
-                                    handlers=["y"])
+        await store.register_worker("w2", "h", 2, ["quiet"], 1, time.time() - 31, handlers=["y"])
         clock[0] = 4.0
         assert not (await cache.get(store)).serves("quiet", "y")
 
@@ -208,19 +222,17 @@ def _text_visible(text: str) -> str:
 
 #: any code point, with lone surrogates and NUL well represented (``st.text`` drops
 #: surrogates from an alphabet that mixes them with other characters)
-ANY_TEXT = st.lists(st.one_of(st.characters(), st.characters(categories=["Cs"]),
-                              st.just("\x00")), max_size=30).map("".join)
+ANY_TEXT = st.lists(
+    st.one_of(st.characters(), st.characters(categories=["Cs"]), st.just("\x00")), max_size=30
+).map("".join)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-def test_any_text_is_stored_visibly_and_never_blocks_the_worker(
-    kind: str, tmp_path: Path
-) -> None:
+def test_any_text_is_stored_visibly_and_never_blocks_the_worker(kind: str, tmp_path: Path) -> None:
     """Arbitrary Unicode, lone surrogates and NUL included, through results (keys too),
     error messages, tracebacks and payloads, end to end through a worker."""
     schema = f"test_{uuid.uuid4().hex[:12]}"
-    url = (f"sqlite:///{tmp_path / 'text.db'}" if kind == "sqlite"
-           else f"{PG_URL}?schema={schema}")
+    url = f"sqlite:///{tmp_path / 'text.db'}" if kind == "sqlite" else f"{PG_URL}?schema={schema}"
     app = App(settings=make_settings(url))
     texts: dict[str, str] = {}
 
@@ -242,7 +254,9 @@ def test_any_text_is_stored_visibly_and_never_blocks_the_worker(
     async def finished(task_id: str) -> Any:
         deadline = time.monotonic() + 10
         while (record := await app.store.get_task(task_id)).status.value not in (
-                "succeeded", "dead"):
+            "succeeded",
+            "dead",
+        ):
             assert time.monotonic() < deadline, record
             await asyncio.sleep(0.005)
         return record
@@ -250,10 +264,13 @@ def test_any_text_is_stored_visibly_and_never_blocks_the_worker(
     async def one(text: str) -> None:
         key = uuid.uuid4().hex
         texts[key] = text
-        made, failed, echoed = await app.submit_many([
-            TaskCreate(name="make", payload={"key": key}),
-            TaskCreate(name="boom", payload={"key": key}, max_attempts=1),
-            TaskCreate(name="echo", payload={"t": text})])
+        made, failed, echoed = await app.submit_many(
+            [
+                TaskCreate(name="make", payload={"key": key}),
+                TaskCreate(name="boom", payload={"key": key}, max_attempts=1),
+                TaskCreate(name="echo", payload={"t": text}),
+            ]
+        )
         visible = _json_visible(text)
         made_record = await finished(made.id)
         assert made_record.result == {"text": visible, visible: [visible]}
@@ -290,24 +307,34 @@ async def _started(app: App) -> Harness:
 
 
 async def test_schedule_payload_the_database_cannot_hold_is_a_422(harness: Harness) -> None:
-    body = ('{"name": "nightly", "interval_seconds": 60, '
-            '"task": {"name": "t", "payload": {"file": "caf\\udce9"}}}')
+    body = (
+        '{"name": "nightly", "interval_seconds": 60, '
+        '"task": {"name": "t", "payload": {"file": "caf\\udce9"}}}'
+    )
     headers = {"content-type": "application/json"}
     answer = await harness.http.post("/v1/schedules", content=body, headers=headers)
     assert answer.status_code == 422, answer.text
     error = answer.json()["error"]
     assert error["code"] == "validation_error" and "surrogates" in error["message"]
     assert error["details"][0]["field"] == "task.payload"
-    created = await harness.http.post("/v1/schedules", json={
-        "name": "nightly", "interval_seconds": 60, "task": {"name": "t"}})
+    created = await harness.http.post(
+        "/v1/schedules", json={"name": "nightly", "interval_seconds": 60, "task": {"name": "t"}}
+    )
     assert created.status_code == 201
     patched = await harness.http.patch(
-        "/v1/schedules/nightly", headers=headers,
-        content='{"task": {"name": "t", "payload": {"file": "caf\\udce9"}}}')
+        "/v1/schedules/nightly",
+        headers=headers,
+        content='{"task": {"name": "t", "payload": {"file": "caf\\udce9"}}}',
+    )
     assert patched.status_code == 422, patched.text
-    huge = await harness.http.post("/v1/schedules", json={  # the task payload limit holds
-        "name": "huge", "interval_seconds": 60,
-        "task": {"name": "t", "payload": {"x": "a" * 300_000}}})
+    huge = await harness.http.post(
+        "/v1/schedules",
+        json={  # the task payload limit holds
+            "name": "huge",
+            "interval_seconds": 60,
+            "task": {"name": "t", "payload": {"x": "a" * 300_000}},
+        },
+    )
     assert huge.status_code == 413, huge.text
 
 
@@ -319,9 +346,11 @@ async def _refuse_in_postgres(store: Store, sqlstate: str) -> None:
             "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
             "IF NEW.result LIKE '%refuse me%' THEN "
             f"RAISE EXCEPTION 'refusing %', NEW.task_id USING ERRCODE = '{sqlstate}'; "
-            "END IF; RETURN NEW; END $$ LANGUAGE plpgsql")
-        await c.execute("CREATE TRIGGER refuse BEFORE UPDATE ON attempts FOR EACH ROW "
-                        "EXECUTE FUNCTION refuse()")
+            "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        await c.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON attempts FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
 
 
 async def test_a_refused_row_fails_only_its_own_task(pg_url: str) -> None:
@@ -337,7 +366,8 @@ async def test_a_refused_row_fails_only_its_own_task(pg_url: str) -> None:
         harness.start_worker(concurrency=8)
         tasks = await app.submit_many(
             [TaskCreate(name="echo", payload={"text": f"fine {i}"}) for i in range(7)]
-            + [TaskCreate(name="echo", payload={"text": "refuse me"}, max_attempts=1)])
+            + [TaskCreate(name="echo", payload={"text": "refuse me"}, max_attempts=1)]
+        )
         for task in tasks[:-1]:
             assert (await harness.wait_for(task.id, "succeeded"))["attempts"] == 1
         dead = await harness.wait_for(tasks[-1].id, "dead")
@@ -385,9 +415,13 @@ def test_surrogate_error_beside_innocent_tasks_on_postgres(
     """The issue's wedge: one task's error holds a lone surrogate. Its 30 neighbours run
     exactly once, its error is recorded, and SIGTERM stops the worker process."""
     record = tmp_path / "record.txt"
-    env = {"CHRONOQ_DATABASE_URL": pg_url, "RECORD_FILE": str(record),
-           "CHRONOQ_APP": "tests.apps.failures:app", "CHRONOQ_LEASE_SECONDS": "3",
-           "CHRONOQ_HEARTBEAT_SECONDS": "0.5"}
+    env = {
+        "CHRONOQ_DATABASE_URL": pg_url,
+        "RECORD_FILE": str(record),
+        "CHRONOQ_APP": "tests.apps.failures:app",
+        "CHRONOQ_LEASE_SECONDS": "3",
+        "CHRONOQ_HEARTBEAT_SECONDS": "0.5",
+    }
     assert cli("db", "upgrade", env=env).returncode == 0
     worker = Proc(["worker", "--concurrency", "8"], env, tmp_path / "worker.log")
     procs.append(worker)
@@ -407,7 +441,9 @@ def test_surrogate_error_beside_innocent_tasks_on_postgres(
                 await asyncio.sleep(0.1)
             bad = records[15]
             return [t.id for t in tasks if t.name == "record"], (
-                bad, await app.store.get_attempts(bad.id))
+                bad,
+                await app.store.get_attempts(bad.id),
+            )
 
     innocent, (bad, attempts) = asyncio.run(submit_and_wait())
     runs = Counter(line.split()[0] for line in record.read_text().splitlines())
@@ -430,7 +466,8 @@ def test_cli_submit_prints_the_warning(tmp_path: Path, procs: list[Proc]) -> Non
     assert served.returncode == 0 and served.stderr == ""
     typo = cli("submit", "demo.ad", "--url", url)
     assert typo.returncode == 0, typo.stderr
-    assert typo.stderr.startswith("warning: no live worker of queue 'default' has a handler "
-                                  "named 'demo.ad'")
+    assert typo.stderr.startswith(
+        "warning: no live worker of queue 'default' has a handler named 'demo.ad'"
+    )
     assert " demo.ad " in typo.stdout
     assert dev.terminate() == 0

@@ -16,10 +16,14 @@ from chronoq.api import create_api
 from tests.conftest import make_settings
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                  max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 bodies = st.fixed_dictionaries(
@@ -33,15 +37,17 @@ bodies = st.fixed_dictionaries(
         "max_attempts": st.integers(-5, 200),
         "timeout_seconds": st.floats(allow_nan=False, allow_infinity=False),
         "idempotency_key": st.text(max_size=10),
-        "backoff": st.dictionaries(st.sampled_from(["base", "factor", "max", "jitter", "x"]),
-                                   st.floats(allow_nan=False, allow_infinity=False)
-                                   | st.integers()),
+        "backoff": st.dictionaries(
+            st.sampled_from(["base", "factor", "max", "jitter", "x"]),
+            st.floats(allow_nan=False, allow_infinity=False) | st.integers(),
+        ),
     },
 )
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(body=bodies)
 async def test_submit_never_5xx_and_round_trips(tmp_path: Path, body: dict[str, Any]) -> None:
     app = App(settings=make_settings(f"sqlite:///{tmp_path / uuid.uuid4().hex}.db"))

@@ -29,6 +29,8 @@ NEVER = 3600.0
 
 async def within(awaitable: Awaitable[T], seconds: float = 10.0) -> T:
     return await asyncio.wait_for(awaitable, seconds)
+
+
 T = TypeVar("T")
 TYPING = Path(__file__).parent / "typing"
 
@@ -65,8 +67,7 @@ async def test_async_handler_result_and_options(app: App, harness: Harness) -> N
         await echo.adelay("positional")  # type: ignore[call-arg]
 
 
-async def test_dead_task_raises_with_attempt_history_then_retry(
-        app: App, harness: Harness) -> None:
+async def test_dead_task_raises_with_attempt_history_then_retry(app: App, harness: Harness) -> None:
     fixed = False
 
     @app.task("flaky", max_attempts=2, backoff={"base": 0, "jitter": 0})
@@ -135,19 +136,31 @@ async def test_app_get_cancel_retry_return_public_tasks(app: App, harness: Harne
 def test_mypy_checks_submissions_like_calls() -> None:
     """tests/typing/handles_ok.py type-checks; every line marked ``# E:`` in
     handles_bad.py is reported, and nothing else."""
-    out, err, _ = mypy_api.run(["--strict", "--no-incremental", "--hide-error-context",
-                                str(TYPING / "handles_ok.py"), str(TYPING / "handles_bad.py")])
-    reported = {int(m.group(2)) for m in re.finditer(r"(handles_\w+)\.py:(\d+): error", out)
-                if m.group(1) == "handles_bad"}
+    out, err, _ = mypy_api.run(
+        [
+            "--strict",
+            "--no-incremental",
+            "--hide-error-context",
+            str(TYPING / "handles_ok.py"),
+            str(TYPING / "handles_bad.py"),
+        ]
+    )
+    reported = {
+        int(m.group(2))
+        for m in re.finditer(r"(handles_\w+)\.py:(\d+): error", out)
+        if m.group(1) == "handles_bad"
+    }
     assert "handles_ok.py" not in out, out + err
     bad = (TYPING / "handles_bad.py").read_text().splitlines()
     assert reported == {n for n, line in enumerate(bad, 1) if "# E:" in line}, out + err
 
 
 async def test_result_finished_by_another_process_is_found_by_the_recheck(
-        app: App, harness: Harness) -> None:
+    app: App, harness: Harness
+) -> None:
     """A second App on the same database stands for another process: the completion is
     published on the worker's bus only, so the waiter finds it by its periodic re-read."""
+
     @app.task("square")
     def square(x: int) -> int:
         return x * x
@@ -163,12 +176,14 @@ async def test_result_finished_by_another_process_is_found_by_the_recheck(
 
 
 async def test_waiter_rereads_when_its_subscription_dropped_events(
-        app: App, harness: Harness) -> None:
+    app: App, harness: Harness
+) -> None:
     """An event about the task may be among those a full subscription queue dropped: the
     waiter then re-reads at once rather than sleeping until its recheck."""
+
     @app.task("cube")
     def cube(x: int) -> int:
-        return x ** 3
+        return x**3
 
     client = App(settings=app.settings)
     remote_cube = client.task("cube")(cube.fn)

@@ -40,9 +40,13 @@ class Setup:
         await self.release.wait()
 
     async def start_worker(self, concurrency: int = 2) -> Worker:
-        worker = Worker(self.worker_store, {"record": PythonExecutor(self.record),
-                                            "block": PythonExecutor(self.block)},
-                        concurrency=concurrency, lease_seconds=3, heartbeat_seconds=0.3)
+        worker = Worker(
+            self.worker_store,
+            {"record": PythonExecutor(self.record), "block": PythonExecutor(self.block)},
+            concurrency=concurrency,
+            lease_seconds=3,
+            heartbeat_seconds=0.3,
+        )
         self.jobs.append((worker, asyncio.create_task(worker.run(drain_seconds=2))))
         await self.wait(lambda: self.offers(worker.id), "the worker never offered its slots")
         return worker
@@ -88,8 +92,7 @@ async def setup(pg_url: str) -> AsyncIterator[Setup]:
         await s.worker_store.close()
 
 
-async def test_an_idle_worker_is_handed_a_new_task_and_takes_its_offer_back(setup: Setup
-                                                                            ) -> None:
+async def test_an_idle_worker_is_handed_a_new_task_and_takes_its_offer_back(setup: Setup) -> None:
     worker = await setup.start_worker(concurrency=2)
     task = await setup.submit(name="record", payload={"n": 1})
     assert task.status is Status.RUNNING and task.worker_id == worker.id
@@ -97,8 +100,7 @@ async def test_an_idle_worker_is_handed_a_new_task_and_takes_its_offer_back(setu
     done = await setup.finished(task.id)
     assert done.result == 1 and setup.payloads == [{"n": 1}]
     history = await setup.client.get_attempts(task.id)
-    assert [(a.attempt, a.worker_id, a.outcome) for a in history] == [
-        (1, worker.id, "succeeded")]
+    assert [(a.attempt, a.worker_id, a.outcome) for a in history] == [(1, worker.id, "succeeded")]
     worker.stop()
     await setup.jobs.pop()[1]
     assert await setup.offers(worker.id) == 0
@@ -142,7 +144,8 @@ async def test_a_repeated_key_returns_the_task_it_made_and_runs_once(setup: Setu
     await setup.start_worker()
     first = await setup.submit(name="record", idempotency_key="k1")
     record, created = await setup.client.create_task(
-        TaskCreate(name="record", idempotency_key="k1"), time.time())
+        TaskCreate(name="record", idempotency_key="k1"), time.time()
+    )
     assert not created and record.id == first.id
     await setup.finished(first.id)
     await asyncio.sleep(0.2)
@@ -179,7 +182,8 @@ async def test_a_hand_off_beyond_the_free_slots_waits_for_one(setup: Setup) -> N
 
 
 async def test_a_hand_off_whose_notification_was_lost_is_found_by_the_heartbeat(
-        setup: Setup) -> None:
+    setup: Setup,
+) -> None:
     """The hand-off commits but its notification never reaches the worker (say its LISTEN
     connection broke at that moment): the worker's heartbeat finds the task leased to it,
     unknown and unrenewed, and starts it, instead of leaving it to a lease expiry that would
@@ -190,8 +194,12 @@ async def test_a_hand_off_whose_notification_was_lost_is_found_by_the_heartbeat(
     async with setup.client.tx() as c:  # the hand-off, without the trigger's notification
         await c.execute("SET LOCAL session_replication_role = replica")
         [handed] = await c.fetch(_HANDOFF, *row)
-        await c.execute("INSERT INTO attempts (task_id, attempt, worker_id, started_at) "
-                        "VALUES ($1, 1, $2, $3)", handed["id"], worker.id, handed["updated_at"])
+        await c.execute(
+            "INSERT INTO attempts (task_id, attempt, worker_id, started_at) VALUES ($1, 1, $2, $3)",
+            handed["id"],
+            worker.id,
+            handed["updated_at"],
+        )
     assert handed["status"] == "running" and handed["worker_id"] == worker.id
     assert handed["id"] not in worker.running
     done = await setup.finished(handed["id"])
@@ -209,12 +217,18 @@ async def _true(value: bool) -> bool:
 
 
 async def test_a_worker_killed_with_a_hand_off_loses_the_attempt_not_the_task(
-        pg_url: str, tmp_path: Path, procs: list[Proc]) -> None:
+    pg_url: str, tmp_path: Path, procs: list[Proc]
+) -> None:
     """kill -9 a worker process that was handed a task: its offer is never taken again, the
     task's lease runs out and another worker runs it; nothing is lost or run twice after."""
-    env = {"CHRONOQ_DATABASE_URL": pg_url, "RECORD_FILE": str(tmp_path / "record.txt"),
-           "CHRONOQ_APP": "tests.apps.recorder:app", "CHRONOQ_LEASE_SECONDS": "2",
-           "CHRONOQ_HEARTBEAT_SECONDS": "0.5", "CHRONOQ_LOG_LEVEL": "warning"}
+    env = {
+        "CHRONOQ_DATABASE_URL": pg_url,
+        "RECORD_FILE": str(tmp_path / "record.txt"),
+        "CHRONOQ_APP": "tests.apps.recorder:app",
+        "CHRONOQ_LEASE_SECONDS": "2",
+        "CHRONOQ_HEARTBEAT_SECONDS": "0.5",
+        "CHRONOQ_LOG_LEVEL": "warning",
+    }
     assert cli("db", "upgrade", env=env).returncode == 0
     client = PostgresStore(pg_url, listen=False)
     await client.open()
@@ -234,13 +248,13 @@ async def test_a_worker_killed_with_a_hand_off_loses_the_attempt_not_the_task(
 
         procs.append(Proc(["worker"], env, tmp_path / "w2.log"))
         for task_id in (after.id, handed.id):
-            await Setup.wait(lambda t=task_id: _succeeded(client, t), f"{task_id} unfinished",
-                             timeout=20)
+            await Setup.wait(
+                lambda t=task_id: _succeeded(client, t), f"{task_id} unfinished", timeout=20
+            )
         history = await client.get_attempts(handed.id)
         assert [a.outcome for a in history] == ["lost", "succeeded"]
         lines = (tmp_path / "record.txt").read_text().splitlines()
-        assert sorted(line.split()[0] for line in lines) == sorted(
-            [handed.id, handed.id, after.id])
+        assert sorted(line.split()[0] for line in lines) == sorted([handed.id, handed.id, after.id])
     finally:
         await client.close()
 
@@ -248,8 +262,12 @@ async def test_a_worker_killed_with_a_hand_off_loses_the_attempt_not_the_task(
 async def _offered(store: PostgresStore) -> bool:
     """Some worker with a live LISTEN backend offers a slot."""
     async with store.conn() as c:
-        return bool(await c.fetch("SELECT 1 FROM offers WHERE slots > 0 "
-                                  "AND EXISTS (SELECT 1 FROM pg_stat_get_activity(pid))"))
+        return bool(
+            await c.fetch(
+                "SELECT 1 FROM offers WHERE slots > 0 "
+                "AND EXISTS (SELECT 1 FROM pg_stat_get_activity(pid))"
+            )
+        )
 
 
 async def _true_not(check: Any) -> bool:

@@ -41,10 +41,13 @@ async def test_one_lease_holder_and_takeover_bumps_the_token(harness: Harness) -
     assert c is not None and c.token == 3
 
 
-async def test_only_the_leader_fires_and_a_follower_takes_over(app: App,
-                                                               harness: Harness) -> None:
-    await harness.store.create_schedule(ScheduleCreate.model_validate(
-        {"name": "tick", "cron": "* * * * * *", "task": {"name": "noop"}}), time.time())
+async def test_only_the_leader_fires_and_a_follower_takes_over(app: App, harness: Harness) -> None:
+    await harness.store.create_schedule(
+        ScheduleCreate.model_validate(
+            {"name": "tick", "cron": "* * * * * *", "task": {"name": "noop"}}
+        ),
+        time.time(),
+    )
     first = Scheduler(harness.store, poll_seconds=0.1, lease_ttl=1.5, scheduler_id="first")
     second = Scheduler(harness.store, poll_seconds=0.1, lease_ttl=1.5, scheduler_id="second")
     jobs = [asyncio.create_task(first.run())]
@@ -81,14 +84,21 @@ def _leader_pid(db_url: str, wait: float = 10.0) -> int:
     return pid
 
 
-def test_killed_leader_is_replaced_and_no_slot_fires_twice(
-    db_url: str, tmp_path: Path
-) -> None:
+def test_killed_leader_is_replaced_and_no_slot_fires_twice(db_url: str, tmp_path: Path) -> None:
     async def setup() -> None:
         async with App(db_url) as app:
-            await app.store.create_schedule(ScheduleCreate.model_validate(
-                {"name": "tick", "cron": "* * * * * *", "task": {"name": "noop"},
-                 "misfire_policy": "catch_up", "max_catch_up": 100}), time.time())
+            await app.store.create_schedule(
+                ScheduleCreate.model_validate(
+                    {
+                        "name": "tick",
+                        "cron": "* * * * * *",
+                        "task": {"name": "noop"},
+                        "misfire_policy": "catch_up",
+                        "max_catch_up": 100,
+                    }
+                ),
+                time.time(),
+            )
 
     async def slots() -> list[float]:
         async with App(db_url) as app:

@@ -36,8 +36,11 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def parse(text: str) -> Samples:
     """Every sample of a Prometheus text exposition: (name, labels) → value."""
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples: Samples, metric: str, /, **labels: str) -> float | None:
@@ -54,29 +57,32 @@ def names(samples: Samples) -> set[str]:
     return {name for name, _ in samples}
 
 
-def event(status: str, attempt: int = 0, name: str = "job", queue: str = "default",
-          **extra: Any) -> TaskEvent:
+def event(
+    status: str, attempt: int = 0, name: str = "job", queue: str = "default", **extra: Any
+) -> TaskEvent:
     return TaskEvent("t1", name, queue, status, attempt, time.time(), **extra)
 
 
 # -- counters and histograms from events -----------------------------------------------------
 def test_events_become_counters_and_histograms() -> None:
     metrics = Metrics()
-    metrics.observe([
-        event("queued"),                                   # submitted, runs now
-        event("running", 1, wait=0.5),
-        event("failed", 1, error="boom", duration=0.2),
-        event("queued", 1),                                # its retry came due
-        event("running", 2, wait=-0.01),                   # clock skew: counted as 0
-        event("succeeded", 2, duration=1.5),
-        event("scheduled", name="later"),                  # submitted for later...
-        event("queued", name="later"),                     # ...and came due: submitted
-        event("cancelled", name="later"),
-        event("running", 1, name="bad", queue="q2", wait=20.0),
-        event("dead", 1, name="bad", queue="q2", duration=3.0),
-        event("queued", 1, name="bad", queue="q2"),         # manual retry from the DLQ
-        TaskEvent("s", "x", "default", "queued", 0, 0.0, type="other"),  # not a task event
-    ])
+    metrics.observe(
+        [
+            event("queued"),  # submitted, runs now
+            event("running", 1, wait=0.5),
+            event("failed", 1, error="boom", duration=0.2),
+            event("queued", 1),  # its retry came due
+            event("running", 2, wait=-0.01),  # clock skew: counted as 0
+            event("succeeded", 2, duration=1.5),
+            event("scheduled", name="later"),  # submitted for later...
+            event("queued", name="later"),  # ...and came due: submitted
+            event("cancelled", name="later"),
+            event("running", 1, name="bad", queue="q2", wait=20.0),
+            event("dead", 1, name="bad", queue="q2", duration=3.0),
+            event("queued", 1, name="bad", queue="q2"),  # manual retry from the DLQ
+            TaskEvent("s", "x", "default", "queued", 0, 0.0, type="other"),  # not a task event
+        ]
+    )
     get = metrics.registry.get_sample_value
     job = {"queue": "default", "name": "job"}
     assert get("chronoq_tasks_submitted_total", job) == 1
@@ -105,8 +111,9 @@ def test_label_pairs_are_bounded() -> None:
     metrics = Metrics(max_series=2)
     metrics.observe([event("queued", name=f"n{i}", queue=f"q{i}") for i in range(5)])
     samples = parse(generate_latest(metrics.registry).decode())
-    seen = {dict(labels)["name"] for name, labels in samples
-            if name == "chronoq_tasks_submitted_total"}
+    seen = {
+        dict(labels)["name"] for name, labels in samples if name == "chronoq_tasks_submitted_total"
+    }
     assert seen == {"n0", "n1", OTHER}
     assert value(samples, "chronoq_tasks_submitted_total", queue=OTHER, name=OTHER) == 3
 
@@ -129,8 +136,7 @@ async def test_only_this_process_events_are_counted() -> None:
             await asyncio.sleep(0.05)
         get = metrics.registry.get_sample_value
         assert get("chronoq_tasks_succeeded_total", {"queue": "default", "name": "local"}) == 1
-        assert get("chronoq_tasks_succeeded_total",
-                   {"queue": "default", "name": "remote"}) is None
+        assert get("chronoq_tasks_succeeded_total", {"queue": "default", "name": "remote"}) is None
     finally:
         await metrics.stop()
         await here.close()
@@ -175,10 +181,17 @@ async def test_api_metrics_route_templates_and_store_gauges(harness: Harness) ->
     assert value(samples, "chronoq_schedule_lag_seconds") == 0
     assert value(samples, "chronoq_scheduler_lease_held") == 1
     assert value(samples, "chronoq_store_up") == 1
-    routes = {dict(labels)["route"] for name, labels in samples
-              if name == "chronoq_http_request_duration_seconds_count"}
-    assert routes == {"/v1/tasks", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/cancel",
-                      "unmatched"}  # templates, never ids; /metrics is timed after the render
+    routes = {
+        dict(labels)["route"]
+        for name, labels in samples
+        if name == "chronoq_http_request_duration_seconds_count"
+    }
+    assert routes == {
+        "/v1/tasks",
+        "/v1/tasks/{task_id}",
+        "/v1/tasks/{task_id}/cancel",
+        "unmatched",
+    }  # templates, never ids; /metrics is timed after the render
     http = "chronoq_http_request_duration_seconds_count"
     assert value(samples, http, method="POST", route="/v1/tasks", status="201") == 4
     assert value(samples, http, method="GET", route="/v1/tasks/{task_id}", status="422") == 1
@@ -206,13 +219,23 @@ def exported_metric_names() -> set[str]:
     """Every sample name chronoq's metrics produce once each kind of event, request and
     store gauge has been seen."""
     metrics = Metrics()
-    metrics.observe([event("scheduled"), event("queued"), event("running", 1, wait=0.1),
-                     event("failed", 1, duration=0.1), event("queued", 1),
-                     event("running", 2, wait=0.1), event("dead", 2, duration=0.1),
-                     event("succeeded", 2, duration=0.1), event("cancelled", 2)])
+    metrics.observe(
+        [
+            event("scheduled"),
+            event("queued"),
+            event("running", 1, wait=0.1),
+            event("failed", 1, duration=0.1),
+            event("queued", 1),
+            event("running", 2, wait=0.1),
+            event("dead", 2, duration=0.1),
+            event("succeeded", 2, duration=0.1),
+            event("cancelled", 2),
+        ]
+    )
     metrics.observe_request("GET", "/v1/tasks", 200, 0.01)
-    metrics.snapshot = Snapshot(time.time(), True, [("default", "queued", 1)],
-                                [("default", 1.0)], 1, 1, 8, 0.0, True)
+    metrics.snapshot = Snapshot(
+        time.time(), True, [("default", "queued", 1)], [("default", 1.0)], 1, 1, 8, 0.0, True
+    )
     return names(parse(generate_latest(metrics.registry).decode()))
 
 
@@ -231,17 +254,28 @@ def test_dashboard_panels_query_exported_metrics() -> None:
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     titles = {p["title"] for p in panels}
-    assert {"Throughput", "Run duration p50 / p95 / p99", "Queue wait p50 / p95 / p99",
-            "Queue depth by queue", "Failures and dead letters", "Workers alive",
-            "Busy slots"} <= titles
-    quantiles = [t["expr"] for p in panels for t in p["targets"]
-                 if "histogram_quantile" in t["expr"]]
-    for metric in ("chronoq_task_run_duration_seconds_bucket",
-                   "chronoq_task_queue_wait_seconds_bucket"):
+    assert {
+        "Throughput",
+        "Run duration p50 / p95 / p99",
+        "Queue wait p50 / p95 / p99",
+        "Queue depth by queue",
+        "Failures and dead letters",
+        "Workers alive",
+        "Busy slots",
+    } <= titles
+    quantiles = [
+        t["expr"] for p in panels for t in p["targets"] if "histogram_quantile" in t["expr"]
+    ]
+    for metric in (
+        "chronoq_task_run_duration_seconds_bucket",
+        "chronoq_task_queue_wait_seconds_bucket",
+    ):
         found = [q for q in quantiles if metric in q]
-        assert {q.split(",")[0] for q in found} >= {"histogram_quantile(0.5",
-                                                   "histogram_quantile(0.95",
-                                                   "histogram_quantile(0.99"}
+        assert {q.split(",")[0] for q in found} >= {
+            "histogram_quantile(0.5",
+            "histogram_quantile(0.95",
+            "histogram_quantile(0.99",
+        }
     for panel in panels:
         assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
         assert panel["targets"], panel["title"]
@@ -256,9 +290,14 @@ def test_alert_rules_query_exported_metrics() -> None:
     yaml = pytest.importorskip("yaml")
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     alerts = {r["alert"]: r for group in rules["groups"] for r in group["rules"]}
-    assert {"ChronoqQueueWaitHigh", "ChronoqSchedulingLagHigh", "ChronoqTaskFailureRateHigh",
-            "ChronoqDeadLetterQueueGrowing", "ChronoqNoWorkersAlive",
-            "ChronoqNoSchedulerLeader"} <= set(alerts)
+    assert {
+        "ChronoqQueueWaitHigh",
+        "ChronoqSchedulingLagHigh",
+        "ChronoqTaskFailureRateHigh",
+        "ChronoqDeadLetterQueueGrowing",
+        "ChronoqNoWorkersAlive",
+        "ChronoqNoSchedulerLeader",
+    } <= set(alerts)
     exported = exported_metric_names()
     for rule in alerts.values():
         check_expr(rule["expr"], exported)
@@ -268,8 +307,12 @@ def promtool() -> str:
     """promtool, installed with Debian's ``prometheus`` package if missing and possible."""
     found = shutil.which("promtool")
     if found is None and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-q", "prometheus"],
-                       capture_output=True, timeout=600, check=False)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "prometheus"],
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
         found = shutil.which("promtool")
     if found is None:
         pytest.skip("promtool is not installed and cannot be (apt-get install prometheus)")
@@ -278,10 +321,13 @@ def promtool() -> str:
 
 def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
     tool = promtool()
-    for args in (["check", "rules", "deploy/prometheus/alerts.yml"],
-                 ["test", "rules", "deploy/prometheus/alerts_test.yml"]):
-        result = subprocess.run([tool, *args], cwd=ROOT, capture_output=True, text=True,
-                                timeout=120)
+    for args in (
+        ["check", "rules", "deploy/prometheus/alerts.yml"],
+        ["test", "rules", "deploy/prometheus/alerts_test.yml"],
+    ):
+        result = subprocess.run(
+            [tool, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "SUCCESS" in result.stdout
 
@@ -302,26 +348,49 @@ def scrape_until(url: str, check: Any, timeout: float = 15) -> Samples:
         time.sleep(0.2)
 
 
-def test_dev_and_worker_processes_serve_metrics(db_url: str, tmp_path: Path,
-                                                 procs: list[Proc]) -> None:
+def test_dev_and_worker_processes_serve_metrics(
+    db_url: str, tmp_path: Path, procs: list[Proc]
+) -> None:
     port, worker_port = free_port(), free_port()
     url, worker_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{worker_port}"
-    env = {"CHRONOQ_DATABASE_URL": db_url, "CHRONOQ_POLL_SECONDS": "0.2",
-           "RECORD_FILE": str(tmp_path / "record.txt")}
+    env = {
+        "CHRONOQ_DATABASE_URL": db_url,
+        "CHRONOQ_POLL_SECONDS": "0.2",
+        "RECORD_FILE": str(tmp_path / "record.txt"),
+    }
     dev = Proc(["dev", "--demo", "--port", str(port)], env, tmp_path / "dev.log")
     procs.append(dev)
     wait_ready(url, dev)
-    worker = Proc(["worker", "--app", "tests.apps.recorder:app", "--queues", "elsewhere",
-                   "--metrics-port", str(worker_port)],
-                  {**env, "CHRONOQ_LOG_FORMAT": "text"}, tmp_path / "worker.log")
+    worker = Proc(
+        [
+            "worker",
+            "--app",
+            "tests.apps.recorder:app",
+            "--queues",
+            "elsewhere",
+            "--metrics-port",
+            str(worker_port),
+        ],
+        {**env, "CHRONOQ_LOG_FORMAT": "text"},
+        tmp_path / "worker.log",
+    )
     procs.append(worker)
 
     with httpx.Client(base_url=url, timeout=10) as http:
-        ids = [http.post("/v1/tasks", json={"name": "demo.add", "payload": {"a": i, "b": 1}})
-               .json()["id"] for i in range(3)]
-        flaky = http.post("/v1/tasks", json={
-            "name": "demo.flaky", "payload": {"succeed_on_attempt": 2},
-            "backoff": {"base": 0.1, "jitter": 0}}).json()["id"]
+        ids = [
+            http.post("/v1/tasks", json={"name": "demo.add", "payload": {"a": i, "b": 1}}).json()[
+                "id"
+            ]
+            for i in range(3)
+        ]
+        flaky = http.post(
+            "/v1/tasks",
+            json={
+                "name": "demo.flaky",
+                "payload": {"succeed_on_attempt": 2},
+                "backoff": {"base": 0.1, "jitter": 0},
+            },
+        ).json()["id"]
         dead = http.post("/v1/tasks", json={"name": "demo.fail", "max_attempts": 1}).json()
         elsewhere = http.post("/v1/tasks", json={"name": "record", "queue": "elsewhere"}).json()
     for task_id in [*ids, flaky]:
@@ -346,10 +415,20 @@ def test_dev_and_worker_processes_serve_metrics(db_url: str, tmp_path: Path,
     assert value(samples, "chronoq_scheduler_lease_held") == 1
     assert value(samples, "chronoq_store_up") == 1
     assert value(samples, "chronoq_workers_alive") == 2  # its own worker and the other one
-    assert total(samples, "chronoq_http_request_duration_seconds_count", method="POST",
-                 route="/v1/tasks", status="201") >= 6
-    assert total(samples, "chronoq_http_request_duration_seconds_count",
-                 route="/v1/tasks/{task_id}") >= 1
+    assert (
+        total(
+            samples,
+            "chronoq_http_request_duration_seconds_count",
+            method="POST",
+            route="/v1/tasks",
+            status="201",
+        )
+        >= 6
+    )
+    assert (
+        total(samples, "chronoq_http_request_duration_seconds_count", route="/v1/tasks/{task_id}")
+        >= 1
+    )
     assert "process_resident_memory_bytes" in names(samples)
     assert not any(n.endswith("_created") for n in names(samples))
     # the API counted the submit to "elsewhere", but not the other process's run of it
@@ -384,8 +463,9 @@ def test_scheduler_processes_report_the_leader(tmp_path: Path, procs: list[Proc]
     for n in (1, 2):
         port = free_port()
         urls.append(f"http://127.0.0.1:{port}")
-        procs.append(Proc(["scheduler", "--metrics-port", f"127.0.0.1:{port}"], env,
-                          tmp_path / f"s{n}.log"))
+        procs.append(
+            Proc(["scheduler", "--metrics-port", f"127.0.0.1:{port}"], env, tmp_path / f"s{n}.log")
+        )
         if n == 1:  # let the first one take the lease
             scrape_until_up(urls[0], procs[0])
             scrape_until(urls[0], lambda s: value(s, "chronoq_scheduler_leader") == 1)
@@ -414,9 +494,21 @@ def scrape_until_up(url: str, proc: Proc, timeout: float = 20) -> None:
 
 def test_bad_metrics_port_is_a_usage_error(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "chronoq.cli", "worker", "--metrics-port", "nine",
-         "--database-url", f"sqlite:///{tmp_path / 'x.db'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "chronoq.cli",
+            "worker",
+            "--metrics-port",
+            "nine",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'x.db'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "--metrics-port" in result.stderr
 
 
@@ -437,9 +529,17 @@ def test_json_formatter_fields_extras_and_exceptions() -> None:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        logger.warning("task %s failed", "t1", extra={
-            "task_id": "t1", "attempt": 2, "queue": "default", "worker": "w:1",
-            "when": time.gmtime(0)})
+        logger.warning(
+            "task %s failed",
+            "t1",
+            extra={
+                "task_id": "t1",
+                "attempt": 2,
+                "queue": "default",
+                "worker": "w:1",
+                "when": time.gmtime(0),
+            },
+        )
         try:
             raise RuntimeError("boom")
         except RuntimeError:
@@ -449,10 +549,17 @@ def test_json_formatter_fields_extras_and_exceptions() -> None:
         logger.propagate = True
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["timestamp"])
-    assert {k: first[k] for k in ("level", "logger", "message", "task_id", "attempt",
-                                  "queue", "worker")} == {
-        "level": "WARNING", "logger": "chronoq.test.json", "message": "task t1 failed",
-        "task_id": "t1", "attempt": 2, "queue": "default", "worker": "w:1"}
+    assert {
+        k: first[k] for k in ("level", "logger", "message", "task_id", "attempt", "queue", "worker")
+    } == {
+        "level": "WARNING",
+        "logger": "chronoq.test.json",
+        "message": "task t1 failed",
+        "task_id": "t1",
+        "attempt": 2,
+        "queue": "default",
+        "worker": "w:1",
+    }
     assert "time.struct_time" in first["when"]  # anything JSON cannot hold: its repr
     assert "exception" not in first and "args" not in first and "msg" not in first
     assert second["level"] == "ERROR" and second["message"] == "it broke"
@@ -468,10 +575,17 @@ class Stream(io.StringIO):
         return self.tty
 
 
-@pytest.mark.parametrize(("env", "tty", "expected"), [
-    (None, False, "json"), (None, True, "text"), ("auto", False, "json"),
-    ("json", True, "json"), ("text", False, "text"), ("JSON", True, "json"),
-])
+@pytest.mark.parametrize(
+    ("env", "tty", "expected"),
+    [
+        (None, False, "json"),
+        (None, True, "text"),
+        ("auto", False, "json"),
+        ("json", True, "json"),
+        ("text", False, "text"),
+        ("JSON", True, "json"),
+    ],
+)
 def test_log_format_follows_the_terminal_unless_told(
     monkeypatch: pytest.MonkeyPatch, env: str | None, tty: bool, expected: str
 ) -> None:
@@ -482,8 +596,9 @@ def test_log_format_follows_the_terminal_unless_told(
     stream = Stream(tty)
     assert log_format(stream) == expected
     handler = log_handler(stream)
-    handler.handle(logging.LogRecord("chronoq", logging.INFO, __file__, 1, "hello %s",
-                                     ("there",), None))
+    handler.handle(
+        logging.LogRecord("chronoq", logging.INFO, __file__, 1, "hello %s", ("there",), None)
+    )
     line = stream.getvalue().strip()
     if expected == "json":
         assert json.loads(line)["message"] == "hello there"

@@ -33,8 +33,9 @@ class Tenants:
     beta: dict[str, str]
     admin: dict[str, str]
 
-    async def call(self, who: dict[str, str], method: str, path: str,
-                   body: Any = None) -> httpx.Response:
+    async def call(
+        self, who: dict[str, str], method: str, path: str, body: Any = None
+    ) -> httpx.Response:
         return await self.harness.http.request(method, path, json=body, headers=who)
 
 
@@ -42,8 +43,11 @@ class Tenants:
 async def tenants(db_url: str) -> AsyncIterator[Tenants]:
     async with running(App(settings=make_settings(db_url, auth=True))) as harness:
         headers = []
-        for name, scope, namespace in [("a", "write", "alpha"), ("b", "write", "beta"),
-                                       ("ops", "admin", None)]:
+        for name, scope, namespace in [
+            ("a", "write", "alpha"),
+            ("b", "write", "beta"),
+            ("ops", "admin", None),
+        ]:
             _, secret = await harness.store.create_key(name, [scope], namespace=namespace)
             headers.append({"authorization": f"Bearer {secret}"})
         yield Tenants(harness, *headers)
@@ -73,10 +77,20 @@ async def test_same_schedule_name_in_two_namespaces(tenants: Tenants) -> None:
     assert runs["items"] == []
 
     # another namespace's id is a 404 like any unknown id, and nothing names its owner
-    for method, path in [("GET", ""), ("PATCH", ""), ("POST", "/pause"), ("POST", "/trigger"),
-                         ("GET", "/runs"), ("DELETE", "")]:
-        answer = await t.call(t.beta, method, f"/v1/schedules/{alpha_id}{path}",
-                              {"paused": True} if method == "PATCH" else None)
+    for method, path in [
+        ("GET", ""),
+        ("PATCH", ""),
+        ("POST", "/pause"),
+        ("POST", "/trigger"),
+        ("GET", "/runs"),
+        ("DELETE", ""),
+    ]:
+        answer = await t.call(
+            t.beta,
+            method,
+            f"/v1/schedules/{alpha_id}{path}",
+            {"paused": True} if method == "PATCH" else None,
+        )
         assert answer.status_code == 404, (method, path, answer.text)
         assert "alpha" not in answer.text
     listed = (await t.call(t.beta, "GET", "/v1/schedules")).json()["items"]
@@ -91,9 +105,13 @@ async def test_same_schedule_name_in_two_namespaces(tenants: Tenants) -> None:
     assert (await t.call(t.admin, "GET", f"/v1/schedules/{beta_id}")).json()["paused"]
     seen, cursor = [], None
     while True:
-        page = (await t.harness.http.get("/v1/schedules", headers=t.admin,
-                                         params={"limit": 1, **({"cursor": cursor}
-                                                                if cursor else {})})).json()
+        page = (
+            await t.harness.http.get(
+                "/v1/schedules",
+                headers=t.admin,
+                params={"limit": 1, **({"cursor": cursor} if cursor else {})},
+            )
+        ).json()
         seen += [s["id"] for s in page["items"]]
         if not (cursor := page["next_cursor"]):
             break
@@ -131,20 +149,23 @@ async def test_same_idempotency_key_in_two_namespaces(tenants: Tenants) -> None:
     for who, original in [(t.alpha, first.json()), (t.beta, other.json())]:
         repeat = await t.call(who, "POST", "/v1/tasks", task)
         assert repeat.status_code == 200 and repeat.json()["id"] == original["id"]
-    batch = await t.call(t.beta, "POST", "/v1/tasks/batch",
-                         {"tasks": [task, {"name": "x", "idempotency_key": "k2"}]})
+    batch = await t.call(
+        t.beta, "POST", "/v1/tasks/batch", {"tasks": [task, {"name": "x", "idempotency_key": "k2"}]}
+    )
     assert batch.status_code == 201, batch.text
     assert batch.json()["created"] == [False, True]
     assert batch.json()["items"][0]["id"] == other.json()["id"]
-    [(gamma, created)] = await t.harness.store.create_tasks([TaskCreate(**task)], time.time(),
-                                                           namespace="gamma")
+    [(gamma, created)] = await t.harness.store.create_tasks(
+        [TaskCreate(**task)], time.time(), namespace="gamma"
+    )
     assert created and gamma.namespace == "gamma"
 
     # submitted at the same moment, the group commit writes both namespaces' rows in one
     # statement: each namespace still gets its own task, and a repeat its own first one
     same = {"name": "x", "idempotency_key": "together"}
-    answers = await asyncio.gather(*[t.call(who, "POST", "/v1/tasks", same)
-                                     for who in [t.alpha, t.beta, t.alpha, t.beta]])
+    answers = await asyncio.gather(
+        *[t.call(who, "POST", "/v1/tasks", same) for who in [t.alpha, t.beta, t.alpha, t.beta]]
+    )
     by_namespace: dict[str, set[str]] = {}
     for answer in answers:
         by_namespace.setdefault(answer.json()["namespace"], set()).add(answer.json()["id"])
@@ -166,12 +187,18 @@ async def test_migration_keeps_rows_and_makes_names_per_namespace(db_url: str) -
         nightly = ScheduleRecord.new(ScheduleCreate.model_validate(NIGHTLY), now, "alpha")
         columns = [f.name for f in dataclasses.fields(ScheduleRecord)]  # values() order
         async with store.conn() as c:
-            await c.execute(f"INSERT INTO schedules ({', '.join(columns)}) VALUES "
-                            f"({', '.join(f'${i}' for i in range(1, len(columns) + 1))})",
-                            *nightly.values())
+            await c.execute(
+                f"INSERT INTO schedules ({', '.join(columns)}) VALUES "
+                f"({', '.join(f'${i}' for i in range(1, len(columns) + 1))})",
+                *nightly.values(),
+            )
             await c.execute(INSERT_TASK, *row)
-            await c.execute("INSERT INTO attempts (task_id, attempt, worker_id, started_at) "
-                            "VALUES ($1, 1, 'w', $2)", row[0], now)
+            await c.execute(
+                "INSERT INTO attempts (task_id, attempt, worker_id, started_at) "
+                "VALUES ($1, 1, 'w', $2)",
+                row[0],
+                now,
+            )
         assert 11 in await store.migrate()
         old = await store.get_task(row[0])
         assert (old.idempotency_key, old.namespace) == ("k1", "alpha")

@@ -87,9 +87,11 @@ async def test_outage_is_503_with_retry_after_and_recovers(
     harness, proxy = proxied
     before = await harness.submit(name="x", idempotency_key="k1")
     await proxy.cut()
-    for request in (harness.http.get("/v1/tasks"),
-                    harness.http.post("/v1/tasks", json={"name": "x"}),
-                    harness.http.get(f"/v1/tasks/{before['id']}")):
+    for request in (
+        harness.http.get("/v1/tasks"),
+        harness.http.post("/v1/tasks", json={"name": "x"}),
+        harness.http.get(f"/v1/tasks/{before['id']}"),
+    ):
         response = await request
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"] == "2"
@@ -129,8 +131,10 @@ def test_api_killed_mid_request_leaves_no_half_written_task(
             local.http = httpx.Client(base_url=url, timeout=5)
         key = f"k{i}"
         try:
-            response = local.http.post("/v1/tasks", json={
-                "name": "x", "idempotency_key": key, "payload": {"i": i, "pad": "x" * 2000}})
+            response = local.http.post(
+                "/v1/tasks",
+                json={"name": "x", "idempotency_key": key, "payload": {"i": i, "pad": "x" * 2000}},
+            )
         except httpx.HTTPError:
             return  # no answer: the client does not know whether it was accepted
         if response.status_code in (200, 201):
@@ -151,8 +155,10 @@ def test_api_killed_mid_request_leaves_no_half_written_task(
     with httpx.Client(base_url=url, timeout=10) as http:
         for i in range(3000):
             key = f"k{i}"
-            response = http.post("/v1/tasks", json={
-                "name": "x", "idempotency_key": key, "payload": {"i": i, "pad": "x" * 2000}})
+            response = http.post(
+                "/v1/tasks",
+                json={"name": "x", "idempotency_key": key, "payload": {"i": i, "pad": "x" * 2000}},
+            )
             assert response.status_code in (200, 201), response.text
             task = response.json()
             if key in answered:

@@ -73,6 +73,7 @@ async def settled(h: Harness, worker: Worker) -> None:
         async with h.store.conn() as c:
             rows = await c.fetch("SELECT slots FROM offers WHERE worker_id = $1", worker.id)
         return bool(rows) and rows[0]["slots"] == worker.concurrency
+
     await until(offered, "the worker never offered its slots")
 
 
@@ -87,14 +88,14 @@ async def queues(h: Harness) -> dict[str, dict[str, Any]]:
     return {q["queue"]: q for q in (await h.http.get("/v1/queues")).json()}
 
 
-async def test_paused_queue_waits_while_others_run_and_resume_starts_it_at_once(
-        h: Harness) -> None:
+async def test_paused_queue_waits_while_others_run_and_resume_starts_it_at_once(h: Harness) -> None:
     assert (await pause(h, "slow"))["paused"] is True
     worker = h.start_worker(queues=["slow", "default"])
     await settled(h, worker)
 
-    held = [await h.submit(name="record", payload={"label": f"s{i}"}, queue="slow")
-            for i in range(3)]
+    held = [
+        await h.submit(name="record", payload={"label": f"s{i}"}, queue="slow") for i in range(3)
+    ]
     # a hand-off would have inserted it running, into the idle worker's hands
     assert {t["status"] for t in held} == {"queued"}
     other = await h.submit(name="record", payload={"label": "d"})
@@ -156,8 +157,11 @@ async def test_listing_metrics_and_idempotence(h: Harness) -> None:
 async def test_only_unscoped_keys_pause(db_url: str) -> None:
     async with running(App(settings=make_settings(db_url, auth=True))) as h:
         keys = {}
-        for name, scopes, namespace in [("tenant", ["write"], "acme"), ("reader", ["read"], None),
-                                        ("ops", ["write"], None)]:
+        for name, scopes, namespace in [
+            ("tenant", ["write"], "acme"),
+            ("reader", ["read"], None),
+            ("ops", ["write"], None),
+        ]:
             key, secret = await h.store.create_key(name, scopes, namespace=namespace)
             keys[name] = (key.id, {"authorization": f"Bearer {secret}"})
         for who in ("tenant", "reader"):
@@ -170,7 +174,8 @@ async def test_only_unscoped_keys_pause(db_url: str) -> None:
         assert response.status_code == 200 and response.json()["paused_by"] == ops_id
         listed = (await h.http.get("/v1/queues", headers=keys["tenant"][1])).json()
         assert [(q["queue"], q["paused"], q["paused_by"]) for q in listed] == [
-            ("q", True, ops_id)]  # a tenant sees that a shared queue is paused
+            ("q", True, ops_id)
+        ]  # a tenant sees that a shared queue is paused
 
 
 @pytest.fixture
@@ -182,27 +187,36 @@ async def broker_h(db_url: str) -> AsyncIterator[Harness]:
         yield harness
 
 
-async def test_redis_broker_drops_paused_messages_and_resume_republishes(
-        broker_h: Harness) -> None:
+async def test_redis_broker_drops_paused_messages_and_resume_republishes(broker_h: Harness) -> None:
     h = broker_h
     await pause(h, "slow")
 
     def make(worker: Worker) -> RedisBroker:
-        return RedisBroker(BROKER_URL, worker.store, worker.id, worker.queues,
-                           worker.lease_seconds, visibility_seconds=1.0)
+        return RedisBroker(
+            BROKER_URL,
+            worker.store,
+            worker.id,
+            worker.queues,
+            worker.lease_seconds,
+            visibility_seconds=1.0,
+        )
 
-    worker = Worker(h.store, h.app.executors(), queues=["slow", "default"], broker=make,
-                    poll_seconds=0.2)
+    worker = Worker(
+        h.store, h.app.executors(), queues=["slow", "default"], broker=make, poll_seconds=0.2
+    )
     job = asyncio.create_task(worker.run(drain_seconds=2))
     client = redis.from_url(BROKER_URL)
     try:
-        held = [await h.submit(name="record", payload={"label": f"s{i}"}, queue="slow")
-                for i in range(3)]
+        held = [
+            await h.submit(name="record", payload={"label": f"s{i}"}, queue="slow")
+            for i in range(3)
+        ]
         other = await h.submit(name="record", payload={"label": "d"})
         await h.wait_for(other["id"], "succeeded", timeout=10)
 
         async def dropped() -> bool:  # read, refused by the claim, acknowledged
             return int(await client.xlen("chronoq:q:slow:normal")) == 0
+
         await until(dropped, "the worker never read the paused queue's messages")
         assert [await status(h, t["id"]) for t in held] == ["queued"] * 3
         # the reconciler leaves a paused queue's tasks alone (nobody may claim them)
@@ -222,15 +236,17 @@ def test_cli_pauses_and_resumes_a_queue(tmp_path: Path, procs: list[Proc]) -> No
     paused = cli("queues", "pause", "slow", "--url", url)
     assert paused.returncode == 0, paused.stderr
     assert paused.stdout.split() == ["slow", "paused"]
-    task = httpx.post(f"{url}/v1/tasks", json={"name": "demo.add", "queue": "slow",
-                                               "payload": {"a": 1, "b": 2}}).json()
+    task = httpx.post(
+        f"{url}/v1/tasks", json={"name": "demo.add", "queue": "slow", "payload": {"a": 1, "b": 2}}
+    ).json()
     listed = cli("queues", "--url", url)  # bare `chronoq queues` still lists
     assert listed.returncode == 0, listed.stderr
     row = next(line.split() for line in listed.stdout.splitlines() if line.startswith("slow"))
     assert row[2] == "1" and row[-1] == "paused", listed.stdout  # one queued
     shown = cli("queues", "ls", "--json", "--url", url)
-    assert [q["paused"] for q in httpx.Response(200, text=shown.stdout).json()
-            if q["queue"] == "slow"] == [True]
+    assert [
+        q["paused"] for q in httpx.Response(200, text=shown.stdout).json() if q["queue"] == "slow"
+    ] == [True]
     assert httpx.get(f"{url}/v1/tasks/{task['id']}").json()["status"] == "queued"
 
     resumed = cli("queues", "resume", "slow", "--url", url)

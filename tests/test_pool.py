@@ -31,24 +31,47 @@ QUICK_RETRY = {"base": 0.2, "factor": 2, "jitter": 0}
 class Pool:
     """A running ``chronoq dev --pool process`` and the attempts its handlers recorded."""
 
-    def __init__(self, tmp_path: Path, db_url: str, *flags: str,
-                 env: dict[str, str] | None = None, name: str = "dev") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        db_url: str,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        name: str = "dev",
+    ) -> None:
         self.record = tmp_path / "record.txt"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_url = db_url
-        self.proc = Proc(["dev", "--app", APP, "--pool", "process", "--port", str(self.port),
-                          "--database-url", db_url, *flags],
-                         {"RECORD_FILE": str(self.record), "CHRONOQ_LOG_FORMAT": "text",
-                          "CHRONOQ_LEASE_SECONDS": "3", "CHRONOQ_HEARTBEAT_SECONDS": "0.5",
-                          **(env or {})},
-                         tmp_path / f"{name}.log")
+        self.proc = Proc(
+            [
+                "dev",
+                "--app",
+                APP,
+                "--pool",
+                "process",
+                "--port",
+                str(self.port),
+                "--database-url",
+                db_url,
+                *flags,
+            ],
+            {
+                "RECORD_FILE": str(self.record),
+                "CHRONOQ_LOG_FORMAT": "text",
+                "CHRONOQ_LEASE_SECONDS": "3",
+                "CHRONOQ_HEARTBEAT_SECONDS": "0.5",
+                **(env or {}),
+            },
+            tmp_path / f"{name}.log",
+        )
         wait_ready(self.url, self.proc, timeout=40)
         self.http = httpx.Client(base_url=self.url, timeout=10)
 
     def submit(self, name: str, payload: dict[str, Any] | None = None, **spec: Any) -> str:
-        response = self.http.post("/v1/tasks", json={"name": name, "payload": payload or {},
-                                                     **spec})
+        response = self.http.post(
+            "/v1/tasks", json={"name": name, "payload": payload or {}, **spec}
+        )
         assert response.status_code in (200, 201), response.text
         return str(response.json()["id"])
 
@@ -150,11 +173,13 @@ def test_poison_tasks_fail_only_their_own_attempts(
     for i in range(30):
         ordinary.append(pool.submit("ok", {"n": i, "sleep": 0.01}))
         if i % 10 == 3:
-            poison[pool.submit("exit", {"code": 3}, max_attempts=2,
-                               backoff=QUICK_RETRY)] = "child process exited with code 3"
+            poison[pool.submit("exit", {"code": 3}, max_attempts=2, backoff=QUICK_RETRY)] = (
+                "child process exited with code 3"
+            )
         if i % 10 == 7:
-            poison[pool.submit("segfault", max_attempts=2,
-                               backoff=QUICK_RETRY)] = "child process killed by SIGSEGV"
+            poison[pool.submit("segfault", max_attempts=2, backoff=QUICK_RETRY)] = (
+                "child process killed by SIGSEGV"
+            )
     assert_poison_contained(pool, ordinary, poison)
     pids = {pid for *_, pid, _ in pool.records()}
     assert pool.proc.popen.pid not in pids  # handlers never ran in the worker process
@@ -163,14 +188,24 @@ def test_poison_tasks_fail_only_their_own_attempts(
     assert pool.close() == 0
 
 
-def test_poison_with_the_redis_broker(sqlite_url: str, tmp_path: Path,
-                                      pools: list[Pool]) -> None:
+def test_poison_with_the_redis_broker(sqlite_url: str, tmp_path: Path, pools: list[Pool]) -> None:
     queue = f"pool{uuid.uuid4().hex[:8]}"
-    pool = start(pools, tmp_path, sqlite_url, "--processes", "2", "--queues", queue,
-                 env={"CHRONOQ_BROKER_URL": "redis://127.0.0.1:6379/12"})
+    pool = start(
+        pools,
+        tmp_path,
+        sqlite_url,
+        "--processes",
+        "2",
+        "--queues",
+        queue,
+        env={"CHRONOQ_BROKER_URL": "redis://127.0.0.1:6379/12"},
+    )
     ordinary = [pool.submit("ok", {"n": i}, queue=queue) for i in range(20)]
-    poison = {pool.submit("segfault", queue=queue, max_attempts=2, backoff=QUICK_RETRY):
-              "child process killed by SIGSEGV"}
+    poison = {
+        pool.submit(
+            "segfault", queue=queue, max_attempts=2, backoff=QUICK_RETRY
+        ): "child process killed by SIGSEGV"
+    }
     ordinary += [pool.submit("ok_async", {"n": i}, queue=queue) for i in range(10)]
     assert_poison_contained(pool, ordinary, poison)
     assert pool.close() == 0
@@ -230,8 +265,17 @@ def test_cancelling_a_running_task_kills_its_child(
 def test_memory_and_task_limits_recycle_children(
     sqlite_url: str, tmp_path: Path, pools: list[Pool]
 ) -> None:
-    pool = start(pools, tmp_path, sqlite_url, "--processes", "1",
-                 "--max-memory-per-child", "200", "--max-tasks-per-child", "3")
+    pool = start(
+        pools,
+        tmp_path,
+        sqlite_url,
+        "--processes",
+        "1",
+        "--max-memory-per-child",
+        "200",
+        "--max-tasks-per-child",
+        "3",
+    )
     hog = pool.submit("hog", {"mib": 3000}, max_attempts=1)
     hog_pid = pool.started(hog)
     task = pool.wait(hog, "dead", timeout=20)
@@ -295,16 +339,34 @@ def test_sigterm_drains_children_and_a_second_one_gives_tasks_back(
 def test_autoscale_grows_and_shrinks_children(pg_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = {"RECORD_FILE": str(tmp_path / "record.txt"), "CHRONOQ_LOG_FORMAT": "text"}
-    api = Proc(["dev", "--app", APP, "--port", str(port), "--database-url", pg_url,
-                "--concurrency", "1"], {**env, "CHRONOQ_QUEUES": "none"}, tmp_path / "api.log")
-    worker = Proc(["worker", "--app", APP, "--pool", "process", "--autoscale", "1,3",
-                   "--database-url", pg_url], env, tmp_path / "worker.log")
+    api = Proc(
+        ["dev", "--app", APP, "--port", str(port), "--database-url", pg_url, "--concurrency", "1"],
+        {**env, "CHRONOQ_QUEUES": "none"},
+        tmp_path / "api.log",
+    )
+    worker = Proc(
+        [
+            "worker",
+            "--app",
+            APP,
+            "--pool",
+            "process",
+            "--autoscale",
+            "1,3",
+            "--database-url",
+            pg_url,
+        ],
+        env,
+        tmp_path / "worker.log",
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, api)
         with httpx.Client(base_url=url) as http:
-            ids = [http.post("/v1/tasks", json={"name": "ok", "payload": {"sleep": 0.3}})
-                   .json()["id"] for _ in range(40)]
+            ids = [
+                http.post("/v1/tasks", json={"name": "ok", "payload": {"sleep": 0.3}}).json()["id"]
+                for _ in range(40)
+            ]
             try:
                 for task_id in ids:
                     wait_status(url, task_id, "succeeded", timeout=60)
@@ -333,8 +395,7 @@ def test_exit_descriptions_and_rss() -> None:
     assert rss_mib(2**22 + 12345) is None
 
 
-def test_a_handler_can_choose_its_pool(sqlite_url: str, tmp_path: Path,
-                                       pools: list[Pool]) -> None:
+def test_a_handler_can_choose_its_pool(sqlite_url: str, tmp_path: Path, pools: list[Pool]) -> None:
     mixed = start(pools, tmp_path, sqlite_url, "--processes", "1")
     worker_pid = mixed.proc.popen.pid
     assert mixed.wait(mixed.submit("inline"), "succeeded")["result"] == worker_pid
@@ -342,8 +403,21 @@ def test_a_handler_can_choose_its_pool(sqlite_url: str, tmp_path: Path,
     assert child_pid != worker_pid
     assert mixed.close() == 0
     port = free_port()
-    plain = Proc(["dev", "--app", APP, "--port", str(port), "--database-url", sqlite_url,
-                  "--processes", "1"], {}, tmp_path / "async.log")
+    plain = Proc(
+        [
+            "dev",
+            "--app",
+            APP,
+            "--port",
+            str(port),
+            "--database-url",
+            sqlite_url,
+            "--processes",
+            "1",
+        ],
+        {},
+        tmp_path / "async.log",
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, plain)
@@ -377,7 +451,7 @@ def children_of(pid: int) -> list[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             if int(fields[1]) == pid and fields[0] != "Z":
                 found.append(int(entry.name))
     return found
@@ -388,11 +462,10 @@ def dead(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True
-    return stat[stat.rindex(")") + 2:].split()[0] == "Z"  # killed, not yet reaped
+    return stat[stat.rindex(")") + 2 :].split()[0] == "Z"  # killed, not yet reaped
 
 
-def test_children_die_with_their_worker(sqlite_url: str, tmp_path: Path,
-                                        pools: list[Pool]) -> None:
+def test_children_die_with_their_worker(sqlite_url: str, tmp_path: Path, pools: list[Pool]) -> None:
     pool = start(pools, tmp_path, sqlite_url, "--processes", "2")
     busy = pool.started(pool.submit("sleepy", {"seconds": 60}))
     children = children_of(pool.proc.popen.pid)

@@ -79,7 +79,8 @@ async def test_each_process_hears_only_the_wake_ups_it_needs(pg_url: str) -> Non
 
 
 async def test_the_group_commit_connection_survives_a_dropped_backend_and_a_cancel(
-        pg_url: str) -> None:
+    pg_url: str,
+) -> None:
     """Submissions keep one pooled connection of their own: when the server drops it, or a
     caller is cancelled in the middle of its write, the next submission takes a new one."""
     store = PostgresStore(pg_url, listen=False)

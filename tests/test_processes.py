@@ -16,8 +16,7 @@ def test_dev_demo_and_cli(tmp_path: Path, procs: list[Proc]) -> None:
     dev, url = start_dev(tmp_path, "--demo")
     procs.append(dev)
 
-    submitted = cli("submit", "demo.add", "--payload", '{"a": 20, "b": 22}', "--json",
-                    "--url", url)
+    submitted = cli("submit", "demo.add", "--payload", '{"a": 20, "b": 22}', "--json", "--url", url)
     assert submitted.returncode == 0, submitted.stderr
     task_id = json.loads(submitted.stdout)["id"]
     done = wait_status(url, task_id, "succeeded", timeout=5)
@@ -30,8 +29,11 @@ def test_dev_demo_and_cli(tmp_path: Path, procs: list[Proc]) -> None:
     assert listing.stdout.splitlines()[0].split()[:3] == ["ID", "NAME", "STATUS"]
     assert "demo.report" in listing.stdout  # the demo submitted its own tasks
 
-    later = json.loads(cli("submit", "demo.add", "-d", '{"a": 1, "b": 1}', "--in", "1m",
-                           "--json", "--url", url).stdout)
+    later = json.loads(
+        cli(
+            "submit", "demo.add", "-d", '{"a": 1, "b": 1}', "--in", "1m", "--json", "--url", url
+        ).stdout
+    )
     assert later["status"] == "scheduled"
     cancelled = cli("tasks", "cancel", later["id"], "--url", url)
     assert "cancelled" in cancelled.stdout
@@ -46,8 +48,21 @@ def test_dev_demo_and_cli(tmp_path: Path, procs: list[Proc]) -> None:
     retried = cli("tasks", "retry", dead["id"], "--url", url)
     assert "queued" in retried.stdout
 
-    added = cli("schedules", "add", "nightly", "--cron", "30 2 * * *", "--tz", "Europe/Paris",
-                "--task", "demo.add", "-d", '{"a": 1, "b": 2}', "--url", url)
+    added = cli(
+        "schedules",
+        "add",
+        "nightly",
+        "--cron",
+        "30 2 * * *",
+        "--tz",
+        "Europe/Paris",
+        "--task",
+        "demo.add",
+        "-d",
+        '{"a": 1, "b": 2}',
+        "--url",
+        url,
+    )
     assert added.returncode == 0, added.stderr
     assert "30 2 * * * (Europe/Paris)" in added.stdout and "02:30" not in added.stderr
     assert "nightly" in cli("schedules", "ls", "--url", url).stdout
@@ -88,8 +103,9 @@ def test_db_upgrade(tmp_path: Path) -> None:
 def _records(path: Path) -> list[tuple[str, str, int]]:
     if not path.exists():
         return []
-    return [(p[0], p[1], int(p[2])) for p in
-            (line.split() for line in path.read_text().splitlines())]
+    return [
+        (p[0], p[1], int(p[2])) for p in (line.split() for line in path.read_text().splitlines())
+    ]
 
 
 def test_distributed_two_workers_never_run_an_attempt_twice(
@@ -98,8 +114,12 @@ def test_distributed_two_workers_never_run_an_attempt_twice(
     record = tmp_path / "record.txt"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {"CHRONOQ_DATABASE_URL": pg_url, "RECORD_FILE": str(record),
-           "CHRONOQ_APP": "tests.apps.recorder:app", "CHRONOQ_LOG_LEVEL": "warning"}
+    env = {
+        "CHRONOQ_DATABASE_URL": pg_url,
+        "RECORD_FILE": str(record),
+        "CHRONOQ_APP": "tests.apps.recorder:app",
+        "CHRONOQ_LOG_LEVEL": "warning",
+    }
     assert cli("db", "upgrade", env=env).returncode == 0
     created = cli("keys", "create", "ci", env=env)  # `chronoq api` requires API keys
     assert created.returncode == 0, created.stderr
@@ -143,14 +163,19 @@ def test_killed_process_tasks_are_retried_after_lease_timeout(
     record = tmp_path / "record.txt"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {"CHRONOQ_DATABASE_URL": db_url, "RECORD_FILE": str(record),
-           "CHRONOQ_APP": "tests.apps.recorder:app", "CHRONOQ_LEASE_SECONDS": "2",
-           "CHRONOQ_HEARTBEAT_SECONDS": "0.5"}
+    env = {
+        "CHRONOQ_DATABASE_URL": db_url,
+        "RECORD_FILE": str(record),
+        "CHRONOQ_APP": "tests.apps.recorder:app",
+        "CHRONOQ_LEASE_SECONDS": "2",
+        "CHRONOQ_HEARTBEAT_SECONDS": "0.5",
+    }
     first = Proc(["dev", "--port", str(port), "--concurrency", "1"], env, tmp_path / "1.log")
     procs.append(first)
     wait_ready(url, first)
-    running = httpx.post(f"{url}/v1/tasks", json={"name": "record", "payload": {"sleep": 1.5},
-                                                  "max_attempts": 3}).json()
+    running = httpx.post(
+        f"{url}/v1/tasks", json={"name": "record", "payload": {"sleep": 1.5}, "max_attempts": 3}
+    ).json()
     waiting = httpx.post(f"{url}/v1/tasks", json={"name": "record"}).json()
     wait_status(url, running["id"], "running", timeout=5)
     first.kill()
@@ -166,8 +191,9 @@ def test_killed_process_tasks_are_retried_after_lease_timeout(
     assert [r[2] for r in _records(record) if r[0] == running["id"]] == [1, 2]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        statuses = sorted(w["status"] for w in
-                          httpx.get(f"{url}/v1/workers", params={"all": "true"}).json())
+        statuses = sorted(
+            w["status"] for w in httpx.get(f"{url}/v1/workers", params={"all": "true"}).json()
+        )
         if statuses == ["alive", "dead"]:
             break
         time.sleep(0.1)
@@ -185,10 +211,14 @@ def test_two_scheduler_processes_fire_each_slot_once(
 
     async def setup() -> None:
         async with App(db_url) as app:
-            for name, rule in (("cron", {"cron": "* * * * * *"}),
-                               ("interval", {"interval_seconds": 1})):
-                await app.store.create_schedule(ScheduleCreate.model_validate(
-                    {"name": name, "task": {"name": "noop"}, **rule}), time.time())
+            for name, rule in (
+                ("cron", {"cron": "* * * * * *"}),
+                ("interval", {"interval_seconds": 1}),
+            ):
+                await app.store.create_schedule(
+                    ScheduleCreate.model_validate({"name": name, "task": {"name": "noop"}, **rule}),
+                    time.time(),
+                )
 
     async def slots() -> dict[str, list[float]]:
         async with App(db_url) as app:
@@ -214,8 +244,18 @@ def test_two_scheduler_processes_fire_each_slot_once(
 def test_top_shows_queues_workers_and_throughput(tmp_path: Path, procs: list[Proc]) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    dev = Proc(["dev", "--demo", "--port", str(port), "--database-url",
-                f"sqlite:///{tmp_path / 'top.db'}"], {}, tmp_path / "dev.log")
+    dev = Proc(
+        [
+            "dev",
+            "--demo",
+            "--port",
+            str(port),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'top.db'}",
+        ],
+        {},
+        tmp_path / "dev.log",
+    )
     procs.append(dev)
     wait_ready(url, dev)
     for _ in range(20):

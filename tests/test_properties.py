@@ -36,7 +36,8 @@ def field(low: int, high: int) -> st.SearchStrategy[str]:
         st.just("*"),
         value.map(str),
         st.lists(value, min_size=2, max_size=4, unique=True).map(
-            lambda v: ",".join(map(str, sorted(v)))),
+            lambda v: ",".join(map(str, sorted(v)))
+        ),
         ranges,
         st.integers(2, max(2, (high - low) // 2)).map(lambda n: f"*/{n}"),
         st.tuples(ranges, st.integers(1, 5)).map(lambda r: f"{r[0]}/{r[1]}"),
@@ -44,30 +45,35 @@ def field(low: int, high: int) -> st.SearchStrategy[str]:
 
 
 #: 5-field expressions; days stop at 28 so every expression fires in every month
-CRONS = st.tuples(field(0, 59), field(0, 23), field(1, 28), field(1, 12), field(0, 6)).map(
-    " ".join)
+CRONS = st.tuples(field(0, 59), field(0, 23), field(1, 28), field(1, 12), field(0, 6)).map(" ".join)
 #: the same with a fixed hour (a value or a list: no ``*``, no step over the whole day)
 FIXED_HOUR_CRONS = st.tuples(
     field(0, 59),
-    st.one_of(st.integers(0, 23).map(str),
-              st.lists(st.integers(0, 23), min_size=2, max_size=3, unique=True).map(
-                  lambda v: ",".join(map(str, sorted(v))))),
-    field(1, 28), field(1, 12), field(0, 6)).map(" ".join)
+    st.one_of(
+        st.integers(0, 23).map(str),
+        st.lists(st.integers(0, 23), min_size=2, max_size=3, unique=True).map(
+            lambda v: ",".join(map(str, sorted(v)))
+        ),
+    ),
+    field(1, 28),
+    field(1, 12),
+    field(0, 6),
+).map(" ".join)
 
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None)
 
 
 def stable_offset(moment: float, zone: ZoneInfo, margin: float = 3 * 3600) -> bool:
     """No UTC offset change within ``margin`` seconds of ``moment`` (away from DST)."""
-    offsets = {datetime.fromtimestamp(moment + d, zone).utcoffset()
-               for d in (-margin, 0, margin)}
+    offsets = {datetime.fromtimestamp(moment + d, zone).utcoffset() for d in (-margin, 0, margin)}
     return len(offsets) == 1
 
 
 @PROPERTY_SETTINGS
 @given(cron=CRONS, zone=st.sampled_from(ZONES), times=st.lists(TIMES, min_size=1, max_size=6))
-def test_next_fire_is_strictly_later_and_monotonic(cron: str, zone: str,
-                                                   times: list[float]) -> None:
+def test_next_fire_is_strictly_later_and_monotonic(
+    cron: str, zone: str, times: list[float]
+) -> None:
     rule = Recurrence(cron=cron, timezone=zone)  # one object: its cached iterator is reused
     fires = [(t, rule.next_after(t)) for t in times]  # in random order
     for t, fire in fires:
@@ -119,10 +125,15 @@ def interval_rule(interval: float, anchor: float) -> Recurrence:
 
 
 @PROPERTY_SETTINGS
-@given(interval=INTERVALS, anchor=TIMES, offset=st.floats(0, 10 * 366 * 86400),
-       steps=st.integers(0, 1_000_000))
+@given(
+    interval=INTERVALS,
+    anchor=TIMES,
+    offset=st.floats(0, 10 * 366 * 86400),
+    steps=st.integers(0, 1_000_000),
+)
 def test_interval_next_is_strictly_later_and_on_the_grid(
-        interval: float, anchor: float, offset: float, steps: int) -> None:
+    interval: float, anchor: float, offset: float, steps: int
+) -> None:
     rule = interval_rule(interval, anchor)
     slot = anchor + steps * interval  # a slot exactly as the scheduler stores it
     for t in (slot, anchor + offset, slot - 1e-6, slot + 1e-6):
@@ -137,7 +148,8 @@ def test_interval_next_is_strictly_later_and_on_the_grid(
 @PROPERTY_SETTINGS
 @given(interval=INTERVALS, anchor=TIMES, skip=st.integers(0, 100_000))
 def test_interval_slots_walk_forward_without_repeats(
-        interval: float, anchor: float, skip: int) -> None:
+    interval: float, anchor: float, skip: int
+) -> None:
     rule = interval_rule(interval, anchor)
     times = rule.upcoming(anchor + skip * interval, count=200)
     assert all(a < b for a, b in itertools.pairwise(times)), times
@@ -145,19 +157,39 @@ def test_interval_slots_walk_forward_without_repeats(
 
 
 @PROPERTY_SETTINGS
-@given(interval=INTERVALS, anchor=TIMES, first=st.integers(0, 100_000),
-       due=st.integers(0, 300), extra=st.floats(0, 0.999),
-       policy=st.sampled_from(["skip", "run_once", "catch_up"]),
-       grace=st.floats(0, 10_000), max_catch_up=st.integers(1, 1000))
+@given(
+    interval=INTERVALS,
+    anchor=TIMES,
+    first=st.integers(0, 100_000),
+    due=st.integers(0, 300),
+    extra=st.floats(0, 0.999),
+    policy=st.sampled_from(["skip", "run_once", "catch_up"]),
+    grace=st.floats(0, 10_000),
+    max_catch_up=st.integers(1, 1000),
+)
 def test_interval_plan_fires_each_due_slot_at_most_once(
-        interval: float, anchor: float, first: int, due: int, extra: float, policy: str,
-        grace: float, max_catch_up: int) -> None:
+    interval: float,
+    anchor: float,
+    first: int,
+    due: int,
+    extra: float,
+    policy: str,
+    grace: float,
+    max_catch_up: int,
+) -> None:
     rule = interval_rule(interval, anchor)
     next_fire_at = anchor + first * interval
     now = anchor + (first + due + extra) * interval
     expected = [s for k in range(first, first + due + 2) if (s := anchor + k * interval) <= now]
-    fired = plan(rule, next_fire_at, now, policy=policy,  # type: ignore[arg-type]
-                 max_catch_up=max_catch_up, grace=grace, end_at=None)
+    fired = plan(
+        rule,
+        next_fire_at,
+        now,
+        policy=policy,  # type: ignore[arg-type]
+        max_catch_up=max_catch_up,
+        grace=grace,
+        end_at=None,
+    )
     assert len(set(fired.slots)) == len(fired.slots)
     assert all(a < b for a, b in itertools.pairwise(fired.slots))
     assert set(fired.slots) <= set(expected)
@@ -217,8 +249,12 @@ class TaskLifecycle(RuleBasedStateMachine):
     @rule(delay=st.sampled_from([0.0, 0.0, 5.0, 60.0]), max_attempts=st.sampled_from([1, 1, 2, 3]))
     def submit(self, delay: float, max_attempts: int) -> None:
         self.last_op = "submit"
-        spec = TaskCreate(name="prop", delay_seconds=delay, max_attempts=max_attempts,
-                          backoff={"base": 2, "factor": 2, "max": 30, "jitter": 0})
+        spec = TaskCreate(
+            name="prop",
+            delay_seconds=delay,
+            max_attempts=max_attempts,
+            backoff={"base": 2, "factor": 2, "max": 30, "jitter": 0},
+        )
         record, created = self.run(self.store.create_task(spec, self.now))
         assert created
         assert record.status is (Status.QUEUED if delay == 0 else Status.SCHEDULED)
@@ -255,8 +291,11 @@ class TaskLifecycle(RuleBasedStateMachine):
             pick = -1
         task = self.claims[pick % len(self.claims)] if pick >= 0 else self.claims[-1]
         current = self.run(self.store.get_task(task.id))
-        completion = (Completion.success(task, self.now, {"ok": True}) if succeed
-                      else Completion.failure(task, self.now, "failed", "boom"))
+        completion = (
+            Completion.success(task, self.now, {"ok": True})
+            if succeed
+            else Completion.failure(task, self.now, "failed", "boom")
+        )
         self.run(self.store.complete([completion]))
         after = self.run(self.store.get_task(task.id))
         stale = current.status is not Status.RUNNING or current.attempts != task.attempts
@@ -299,8 +338,11 @@ class TaskLifecycle(RuleBasedStateMachine):
         self.last_op = "reap"
         expired = self.run(self.store.expired_leases(self.now))
         assert all(t.status is Status.RUNNING for t in expired)
-        self.run(self.store.complete([
-            Completion.failure(t, self.now, "lost", "lease expired") for t in expired]))
+        self.run(
+            self.store.complete(
+                [Completion.failure(t, self.now, "lost", "lease expired") for t in expired]
+            )
+        )
 
     # -- what must hold after every step -------------------------------------------------
     @invariant()
@@ -311,11 +353,12 @@ class TaskLifecycle(RuleBasedStateMachine):
             if after is not before:
                 event(f"{before} -> {after}")
                 assert before in TRANSITIONS[after], (
-                    f"{self.last_op}: {task_id} went {before} -> {after}")
+                    f"{self.last_op}: {task_id} went {before} -> {after}"
+                )
                 if before in TERMINAL:
-                    assert (before, after, self.last_op) == (
-                        Status.DEAD, Status.QUEUED, "retry"), (
-                        f"{self.last_op}: terminal {before} became {after}")
+                    assert (before, after, self.last_op) == (Status.DEAD, Status.QUEUED, "retry"), (
+                        f"{self.last_op}: terminal {before} became {after}"
+                    )
             assert record.attempts >= self.attempts[task_id]  # attempts never go back
             assert record.attempts <= record.max_attempts
             if after is Status.RUNNING:
@@ -325,8 +368,11 @@ class TaskLifecycle(RuleBasedStateMachine):
 
 
 TaskLifecycle.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=50, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow])
+    max_examples=100,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 test_task_lifecycle = TaskLifecycle.TestCase
 
 

@@ -28,8 +28,9 @@ def test_after_death_spreads_and_quarantines_repeated_deaths() -> None:
     assert states.after_death(50, rng) <= states.QUARANTINE_MAX + states.DEATH_SPREAD
 
 
-async def _wait_until(harness: Harness, ids: list[str], status: str, timeout: float = 20
-                      ) -> list[dict[str, object]]:
+async def _wait_until(
+    harness: Harness, ids: list[str], status: str, timeout: float = 20
+) -> list[dict[str, object]]:
     deadline = time.monotonic() + timeout
     while True:
         tasks = [await harness.get(i) for i in ids]
@@ -40,9 +41,14 @@ async def _wait_until(harness: Harness, ids: list[str], status: str, timeout: fl
 
 
 def _worker(db_url: str, tmp_path: Path, n: int) -> Proc:
-    env = {"CHRONOQ_DATABASE_URL": db_url, "CHRONOQ_APP": "tests.apps.recorder:app",
-           "RECORD_FILE": str(tmp_path / "record.txt"), "CHRONOQ_LEASE_SECONDS": "2",
-           "CHRONOQ_HEARTBEAT_SECONDS": "0.3", "CHRONOQ_POLL_SECONDS": "0.1"}
+    env = {
+        "CHRONOQ_DATABASE_URL": db_url,
+        "CHRONOQ_APP": "tests.apps.recorder:app",
+        "RECORD_FILE": str(tmp_path / "record.txt"),
+        "CHRONOQ_LEASE_SECONDS": "2",
+        "CHRONOQ_HEARTBEAT_SECONDS": "0.3",
+        "CHRONOQ_POLL_SECONDS": "0.1",
+    }
     return Proc(["worker", "--concurrency", "8"], env, tmp_path / f"w{n}.log")
 
 
@@ -53,8 +59,14 @@ async def test_killed_worker_tasks_are_spread_and_a_repeat_victim_is_separated(
     Run them again beside 3 fresh tasks and kill that worker too: the 4 whose attempts
     died twice come due 30 s after the 3 that died once."""
     harness.start_scheduler()
-    first = [(await harness.submit(name="record", payload={"sleep": 60}, max_attempts=5,
-                                   backoff=NO_JITTER))["id"] for _ in range(4)]
+    first = [
+        (
+            await harness.submit(
+                name="record", payload={"sleep": 60}, max_attempts=5, backoff=NO_JITTER
+            )
+        )["id"]
+        for _ in range(4)
+    ]
     worker = _worker(db_url, tmp_path, 1)
     procs.append(worker)
     await _wait_until(harness, first, "running")
@@ -66,8 +78,14 @@ async def test_killed_worker_tasks_are_spread_and_a_repeat_victim_is_separated(
     assert run_at[-1] - run_at[0] > 0.2, run_at
     assert all(r < killed_at + 1 + states.DEATH_SPREAD + 1 for r in run_at), run_at
 
-    fresh = [(await harness.submit(name="record", payload={"sleep": 60}, max_attempts=5,
-                                   backoff=NO_JITTER))["id"] for _ in range(3)]
+    fresh = [
+        (
+            await harness.submit(
+                name="record", payload={"sleep": 60}, max_attempts=5, backoff=NO_JITTER
+            )
+        )["id"]
+        for _ in range(3)
+    ]
     again = _worker(db_url, tmp_path, 2)
     procs.append(again)
     await _wait_until(harness, first + fresh, "running", timeout=30)

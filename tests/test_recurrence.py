@@ -22,20 +22,36 @@ def at(tz: tzinfo, *args: int) -> float:
     return datetime(*args, tzinfo=tz).timestamp()  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("expr", ["*/5 * * * *", "0 9 * * MON-FRI", "0 0 1 JAN *", "@hourly",
-                                  "@daily", "@weekly", "@monthly", "@yearly", "@midnight",
-                                  "*/10 * * * * *", "0 30 9 * * SUN"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "*/5 * * * *",
+        "0 9 * * MON-FRI",
+        "0 0 1 JAN *",
+        "@hourly",
+        "@daily",
+        "@weekly",
+        "@monthly",
+        "@yearly",
+        "@midnight",
+        "*/10 * * * * *",
+        "0 30 9 * * SUN",
+    ],
+)
 def test_valid_expressions(expr: str) -> None:
     check_cron(expr)
 
 
-@pytest.mark.parametrize(("expr", "fragment"), [
-    ("61 * * * *", "out of range"),
-    ("* * *", "has 3 fields"),
-    ("every minute", "has 2 fields"),
-    ("* * * * FUNDAY", "invalid cron expression"),
-    ("@fortnightly", "has 1 fields"),
-])
+@pytest.mark.parametrize(
+    ("expr", "fragment"),
+    [
+        ("61 * * * *", "out of range"),
+        ("* * *", "has 3 fields"),
+        ("every minute", "has 2 fields"),
+        ("* * * * FUNDAY", "invalid cron expression"),
+        ("@fortnightly", "has 1 fields"),
+    ],
+)
 def test_invalid_expressions_say_why(expr: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         check_cron(expr)
@@ -70,7 +86,9 @@ def test_cron_in_a_timezone_and_weekdays() -> None:
     rule = Recurrence(cron="0 9 * * MON-FRI", timezone="America/New_York")
     friday_noon = at(NEW_YORK, 2026, 11, 27, 12, 0)
     assert [local(t, NEW_YORK) for t in rule.upcoming(friday_noon, 2)] == [
-        "2026-11-30T09:00:00-05:00", "2026-12-01T09:00:00-05:00"]
+        "2026-11-30T09:00:00-05:00",
+        "2026-12-01T09:00:00-05:00",
+    ]
 
 
 def test_seconds_field_comes_first() -> None:
@@ -81,22 +99,31 @@ def test_seconds_field_comes_first() -> None:
 def test_spring_forward_missing_slot_fires_once_at_shifted_time() -> None:
     rule = Recurrence(cron="30 2 * * *", timezone="Europe/Paris")
     fires = [local(t, PARIS) for t in rule.upcoming(at(PARIS, 2026, 3, 28, 12, 0), 3)]
-    assert fires == ["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00",
-                     "2026-03-31T02:30:00+02:00"]
+    assert fires == [
+        "2026-03-29T03:00:00+02:00",
+        "2026-03-30T02:30:00+02:00",
+        "2026-03-31T02:30:00+02:00",
+    ]
 
 
 def test_fall_back_repeated_hour_fires_once_for_fixed_hours() -> None:
     rule = Recurrence(cron="30 2 * * *", timezone="Europe/Paris")
     fires = [local(t, PARIS) for t in rule.upcoming(at(PARIS, 2026, 10, 24, 12, 0), 3)]
-    assert fires == ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00",
-                     "2026-10-27T02:30:00+01:00"]
+    assert fires == [
+        "2026-10-25T02:30:00+02:00",
+        "2026-10-26T02:30:00+01:00",
+        "2026-10-27T02:30:00+01:00",
+    ]
 
 
 def test_fall_back_hourly_rules_follow_real_time() -> None:
     rule = Recurrence(cron="0 * * * *", timezone="Europe/Paris")
     fires = [local(t, PARIS) for t in rule.upcoming(at(PARIS, 2026, 10, 25, 1, 30), 3)]
-    assert fires == ["2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00",
-                     "2026-10-25T03:00:00+01:00"]
+    assert fires == [
+        "2026-10-25T02:00:00+02:00",
+        "2026-10-25T02:00:00+01:00",
+        "2026-10-25T03:00:00+01:00",
+    ]
     gaps = {b - a for a, b in itertools.pairwise(rule.upcoming(0, 50))}
     assert gaps == {3600.0}
 
@@ -113,15 +140,25 @@ def test_exactly_one_of_cron_or_interval() -> None:
         Recurrence(cron="* * * * *", interval=5)
 
 
-@pytest.mark.parametrize(("policy", "expected"), [
-    ("skip", [950, 960, 970, 980, 990, 1000]),
-    ("run_once", [940, 950, 960, 970, 980, 990, 1000]),
-    ("catch_up", [920, 930, 940, 950, 960, 970, 980, 990, 1000]),
-])
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("skip", [950, 960, 970, 980, 990, 1000]),
+        ("run_once", [940, 950, 960, 970, 980, 990, 1000]),
+        ("catch_up", [920, 930, 940, 950, 960, 970, 980, 990, 1000]),
+    ],
+)
 def test_misfire_policies(policy: str, expected: list[float]) -> None:
     rule = Recurrence(interval=10, anchor=0)
-    fire = plan(rule, 100, 1000, policy=policy, max_catch_up=3,  # type: ignore[arg-type]
-                grace=55, end_at=None)
+    fire = plan(
+        rule,
+        100,
+        1000,
+        policy=policy,
+        max_catch_up=3,  # type: ignore[arg-type]
+        grace=55,
+        end_at=None,
+    )
     assert fire.slots == expected
     assert fire.next_fire_at == 1010
 
@@ -135,7 +172,6 @@ def test_end_at_stops_the_schedule() -> None:
 
 def test_jitter_delays_run_but_not_slot() -> None:
     rule = Recurrence(interval=10, anchor=0)
-    fire = plan(rule, 10, 10, policy="skip", max_catch_up=1, grace=5, end_at=None,
-                jitter=3)
+    fire = plan(rule, 10, 10, policy="skip", max_catch_up=1, grace=5, end_at=None, jitter=3)
     assert fire.slots == [10]
     assert 10 <= fire.run_at[0] <= 13

@@ -37,15 +37,23 @@ async def bh(broker_app: App) -> AsyncIterator[Harness]:
 
 def redis_worker(app: App, queue: str, **kwargs: Any) -> Worker:
     def make(worker: Worker) -> RedisBroker:
-        return RedisBroker(BROKER_URL, worker.store, worker.id, worker.queues,
-                           worker.lease_seconds, visibility_seconds=1.0)
+        return RedisBroker(
+            BROKER_URL,
+            worker.store,
+            worker.id,
+            worker.queues,
+            worker.lease_seconds,
+            visibility_seconds=1.0,
+        )
 
-    return Worker(app.store, app.executors(), queues=[queue], poll_seconds=0.2,
-                  broker=make, **kwargs)
+    return Worker(
+        app.store, app.executors(), queues=[queue], poll_seconds=0.2, broker=make, **kwargs
+    )
 
 
-async def wait_all(harness: Harness, ids: list[str], status: str = "succeeded",
-                   timeout: float = 20) -> None:
+async def wait_all(
+    harness: Harness, ids: list[str], status: str = "succeeded", timeout: float = 20
+) -> None:
     for task_id in ids:
         await harness.wait_for(task_id, status, timeout=timeout)
 
@@ -89,8 +97,12 @@ async def test_nothing_lost_when_redis_loses_everything(broker_app: App, bh: Har
     await client.aclose()
     publisher = broker_app.publisher
     assert publisher is not None
-    scheduler = Scheduler(bh.store, poll_seconds=0.1, reconcile_seconds=0.3,
-                          reconcile=lambda store: publisher.reconcile(store, older_than=0.2))
+    scheduler = Scheduler(
+        bh.store,
+        poll_seconds=0.1,
+        reconcile_seconds=0.3,
+        reconcile=lambda store: publisher.reconcile(store, older_than=0.2),
+    )
     sched_job = asyncio.create_task(scheduler.run())
     worker = redis_worker(broker_app, queue, concurrency=8)
     job = asyncio.create_task(worker.run())

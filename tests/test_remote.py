@@ -15,8 +15,7 @@ from tests.conftest import Harness
 from tests.processes import free_port
 
 
-async def test_async_client_submits_gets_lists_cancels_retries(
-        app: App, harness: Harness) -> None:
+async def test_async_client_submits_gets_lists_cancels_retries(app: App, harness: Harness) -> None:
     transport = httpx.ASGITransport(app=create_api(app))
     async with AsyncClient("http://chronoq", transport=transport) as client:
         task = await client.submit(TaskCreate(name="nobody.handles.this", max_attempts=1))

@@ -30,27 +30,49 @@ from tests.processes import Proc, cli, free_port, wait_ready, wait_status
 DAY = 86400.0
 
 
-async def finished(store: Store, status: str, *, queue: str = "default", age: float,
-                   n: int = 1, namespace: str = "default", name: str = "job") -> list[str]:
+async def finished(
+    store: Store,
+    status: str,
+    *,
+    queue: str = "default",
+    age: float,
+    n: int = 1,
+    namespace: str = "default",
+    name: str = "job",
+) -> list[str]:
     """``n`` tasks that really ran (one attempt each) and ended ``status`` ``age`` seconds
     ago; ``status`` may also be an unfinished one (queued, scheduled) for tasks kept."""
     now = time.time()
-    specs = [TaskCreate(name=name, queue=queue, max_attempts=1,
-                        **({"delay_seconds": 3600} if status == "scheduled" else {}))
-             for _ in range(n)]
+    specs = [
+        TaskCreate(
+            name=name,
+            queue=queue,
+            max_attempts=1,
+            **({"delay_seconds": 3600} if status == "scheduled" else {}),
+        )
+        for _ in range(n)
+    ]
     ids = [t.id for t, _ in await store.create_tasks(specs, now, namespace)]
     if status in ("succeeded", "dead"):
         claimed = await store.claim("w1", queue, n, now, 30)
         assert sorted(t.id for t in claimed) == sorted(ids)
-        await store.complete([Completion.success(t, now, {"ok": 1}) if status == "succeeded"
-                              else Completion.failure(t, now, "failed", "boom")
-                              for t in claimed])
+        await store.complete(
+            [
+                Completion.success(t, now, {"ok": 1})
+                if status == "succeeded"
+                else Completion.failure(t, now, "failed", "boom")
+                for t in claimed
+            ]
+        )
     elif status == "cancelled":
         for task_id in ids:
             await store.cancel_task(task_id, now)
     async with store.conn() as c:  # back-date: they finished (or were last touched) then
-        await c.execute(f"UPDATE tasks SET updated_at = $1 WHERE id {store.in_list('$2')}",
-                        now - age, store.list_param(ids))
+        await c.execute(
+            f"UPDATE tasks SET updated_at = $1 WHERE id {store.in_list('$2')}",
+            now - age,
+            store.list_param(ids),
+        )
     for task_id in ids:
         assert (await store.get_task(task_id)).status == status
     return ids
@@ -95,21 +117,23 @@ def test_policy_defaults_overrides_and_off() -> None:
     assert policy.age("reports", Status.DEAD) == 90 * DAY
     assert policy.age("archive", Status.DEAD) is None
     off = Policy.parse("off")
-    assert all(off.age("q", s) is None for s in (Status.SUCCEEDED, Status.CANCELLED,
-                                                  Status.DEAD))
+    assert all(off.age("q", s) is None for s in (Status.SUCCEEDED, Status.CANCELLED, Status.DEAD))
     assert not Sweeper(None, off).enabled  # type: ignore[arg-type]
     assert Settings(retention="succeeded=1h").retention == "succeeded=1h"
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("dead", "expected [queue:]status=age"),
-    ("running=1d", "'running' is not a finished status (use succeeded, cancelled, dead)"),
-    ("succeeded=7x", "'7x' is not a duration"),
-    ("succeeded=-1d", "is not a duration"),
-    (":dead=1d", "the queue name is empty"),
-    ("dead=1d,dead=2d", "dead is given twice"),
-    ("q:dead=1d,q:dead=off", "dead in queue 'q' is given twice"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dead", "expected [queue:]status=age"),
+        ("running=1d", "'running' is not a finished status (use succeeded, cancelled, dead)"),
+        ("succeeded=7x", "'7x' is not a duration"),
+        ("succeeded=-1d", "is not a duration"),
+        (":dead=1d", "the queue name is empty"),
+        ("dead=1d,dead=2d", "dead is given twice"),
+        ("q:dead=1d,q:dead=off", "dead in queue 'q' is given twice"),
+    ],
+)
 def test_bad_policies_name_the_entry(text: str, message: str) -> None:
     with pytest.raises(PolicyError) as caught:
         Policy.parse(text)
@@ -138,14 +162,15 @@ async def test_purge_batches_walk_the_finished_index(db_url: str) -> None:
         await finished(store, "succeeded", age=2 * DAY, n=3)
         selection = Expired(Status.SUCCEEDED, "q1", time.time())
         sql, args = pick(store, selection, (0.0, "a"), 1000, "id, updated_at")
-        explain = ("EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN ")
+        explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
         async with store.tx() as c:
             if store.dialect == "postgresql":  # the planner needs a table worth an index
                 await c.execute(
                     "INSERT INTO tasks (id, name, queue, status, payload, run_at, created_at, "
                     "updated_at, max_attempts, backoff) SELECT 'x' || g, 'job', 'q' || (g % 4), "
                     "CASE WHEN g % 10 = 0 THEN 'queued' ELSE 'succeeded' END, '{}', g, g, g, "
-                    "1, '{}' FROM generate_series(1, 20000) g")
+                    "1, '{}' FROM generate_series(1, 20000) g"
+                )
                 await c.execute("ANALYZE tasks")
                 await c.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             plan = " ".join(str(tuple(r)) for r in await c.fetch(explain + sql, *args))
@@ -159,7 +184,8 @@ async def test_purge_batches_walk_the_finished_index(db_url: str) -> None:
 
 # -- the leader -----------------------------------------------------------------------------
 async def test_leader_purges_expired_finished_tasks_with_attempts(
-        harness: Harness, tmp_path: Path) -> None:
+    harness: Harness, tmp_path: Path
+) -> None:
     store = harness.store
     old_ok = await finished(store, "succeeded", age=8 * DAY, n=3)
     old_cancel = await finished(store, "cancelled", age=8 * DAY)
@@ -175,13 +201,21 @@ async def test_leader_purges_expired_finished_tasks_with_attempts(
     kept = set(young_dead + young_ok + waiting + queued + reports_young + archive)
     assert {*old_ok, *old_dead, *young_dead} <= await attempt_owners(store)
 
-    sweeper = Sweeper(store, Policy.parse("reports:succeeded=1d,archive:dead=off"),
-                      interval=0.1, batch=2, pause=0, export_dir=str(tmp_path / "out"))
+    sweeper = Sweeper(
+        store,
+        Policy.parse("reports:succeeded=1d,archive:dead=off"),
+        interval=0.1,
+        batch=2,
+        pause=0,
+        export_dir=str(tmp_path / "out"),
+    )
     scheduler = Scheduler(store, poll_seconds=0.1, retention=sweeper)
     job = asyncio.create_task(scheduler.run())
     try:
+
         async def purged() -> bool:
             return not (await present(store)) & expired
+
         await until(purged)
         await asyncio.sleep(0.3)  # a few more sweeps: still nothing else goes
     finally:
@@ -221,18 +255,33 @@ def test_dev_process_leader_purges_and_exports(tmp_path: Path, procs: list[Proc]
     first, and the bulk DELETE works over real HTTP."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {"CHRONOQ_RETENTION": "succeeded=2s,cancelled=off,dead=off",
-           "CHRONOQ_RETENTION_INTERVAL": "0.2", "CHRONOQ_RETENTION_EXPORT_DIR":
-           str(tmp_path / "exported")}
-    dev = Proc(["dev", "--demo", "--port", str(port), "--database-url",
-                f"sqlite:///{tmp_path / 'dev.db'}"], env, tmp_path / "dev.log")
+    env = {
+        "CHRONOQ_RETENTION": "succeeded=2s,cancelled=off,dead=off",
+        "CHRONOQ_RETENTION_INTERVAL": "0.2",
+        "CHRONOQ_RETENTION_EXPORT_DIR": str(tmp_path / "exported"),
+    }
+    dev = Proc(
+        [
+            "dev",
+            "--demo",
+            "--port",
+            str(port),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'dev.db'}",
+        ],
+        env,
+        tmp_path / "dev.log",
+    )
     procs.append(dev)
     wait_ready(url, dev)
-    task = httpx.post(f"{url}/v1/tasks", json={"name": "demo.add",
-                                                "payload": {"a": 1, "b": 2}}).json()
+    task = httpx.post(
+        f"{url}/v1/tasks", json={"name": "demo.add", "payload": {"a": 1, "b": 2}}
+    ).json()
     assert wait_status(url, task["id"], "succeeded")["result"] == 3
-    later = httpx.post(f"{url}/v1/tasks", json={"name": "demo.add", "delay_seconds": 600,
-                                                 "payload": {"a": 1, "b": 2}}).json()
+    later = httpx.post(
+        f"{url}/v1/tasks",
+        json={"name": "demo.add", "delay_seconds": 600, "payload": {"a": 1, "b": 2}},
+    ).json()
     httpx.post(f"{url}/v1/tasks/{later['id']}/cancel").raise_for_status()
     deadline = time.monotonic() + 15
     while httpx.get(f"{url}/v1/tasks/{task['id']}").status_code != 404:
@@ -259,27 +308,48 @@ async def test_purge_cli_dry_run_then_purge_with_export(db_url: str, tmp_path: P
 
     dry = cli("purge", "--dry-run", "--json", "--database-url", db_url)
     assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout) == {"dry_run": True, "total": 1500, "items": [
-        {"status": "succeeded", "queue": "default", "count": 1500}]}  # the policy: dead kept
+    assert json.loads(dry.stdout) == {
+        "dry_run": True,
+        "total": 1500,
+        "items": [{"status": "succeeded", "queue": "default", "count": 1500}],
+    }  # the policy: dead kept
     text = cli("purge", "--dry-run", "--before", "1d", "--database-url", db_url)
     assert text.returncode == 0, text.stderr
     assert "would delete 1,502 finished tasks" in text.stdout
     assert "dead" in text.stdout and "q2" in text.stdout
-    one = cli("purge", "--dry-run", "--json", "--status", "dead", "--queue", "q2",
-              "--before", "2030-01-01T00:00:00Z", "--database-url", db_url)
+    one = cli(
+        "purge",
+        "--dry-run",
+        "--json",
+        "--status",
+        "dead",
+        "--queue",
+        "q2",
+        "--before",
+        "2030-01-01T00:00:00Z",
+        "--database-url",
+        db_url,
+    )
     assert json.loads(one.stdout)["total"] == 2
 
     bad = cli("purge", "--before", "yesterday", "--database-url", db_url)
     assert bad.returncode == 2 and "neither an ISO 8601 time" in bad.stderr
-    policy = cli("purge", "--dry-run", "--database-url", db_url,
-                 env={"CHRONOQ_RETENTION": "succeeded=7d,running=1d"})
+    policy = cli(
+        "purge",
+        "--dry-run",
+        "--database-url",
+        db_url,
+        env={"CHRONOQ_RETENTION": "succeeded=7d,running=1d"},
+    )
     assert policy.returncode == 1 and "Traceback" not in policy.stderr
-    assert ("CHRONOQ_RETENTION: retention entry 'running=1d': 'running' is not a finished "
-            "status") in policy.stderr
+    assert (
+        "CHRONOQ_RETENTION: retention entry 'running=1d': 'running' is not a finished status"
+    ) in policy.stderr
 
     out = tmp_path / "export"
-    done = cli("purge", "--before", "1d", "--batch", "500", "--export", str(out),
-               "--database-url", db_url)
+    done = cli(
+        "purge", "--before", "1d", "--batch", "500", "--export", str(out), "--database-url", db_url
+    )
     assert done.returncode == 0, done.stderr
     assert "deleted 1,502 finished tasks" in done.stdout
     assert "exported 1,502 tasks to" in done.stderr
@@ -307,14 +377,16 @@ async def test_bulk_delete_respects_namespaces_and_scopes(secured: Harness) -> N
     _, reader = await store.create_key("reader", ["read"])
     _, admin = await store.create_key("ops", ["admin"])
     mine = await finished(store, "succeeded", age=2 * DAY, n=3, namespace="alpha")
-    mine_other = await finished(store, "succeeded", age=2 * DAY, namespace="alpha",
-                                name="other", queue="q2")
+    mine_other = await finished(
+        store, "succeeded", age=2 * DAY, namespace="alpha", name="other", queue="q2"
+    )
     theirs = await finished(store, "succeeded", age=2 * DAY, n=2, namespace="beta")
     fresh = await finished(store, "succeeded", age=60, namespace="alpha")
 
     def purge(secret: str, **params: Any) -> Any:
-        return http.delete("/v1/tasks", params=params,
-                           headers={"authorization": f"Bearer {secret}"})
+        return http.delete(
+            "/v1/tasks", params=params, headers={"authorization": f"Bearer {secret}"}
+        )
 
     dry = await purge(alpha, status="succeeded", before="1d", dry_run="true")
     assert dry.status_code == 200 and dry.json() == {"matched": 4, "deleted": 0}
@@ -325,22 +397,27 @@ async def test_bulk_delete_respects_namespaces_and_scopes(secured: Harness) -> N
     assert done.status_code == 200 and done.json() == {"matched": 3, "deleted": 3}
     assert await present(store) == {*theirs, *fresh}  # beta's are untouched
     assert (await purge(beta, status="succeeded", before="1m", dry_run="true")).json() == {
-        "matched": 2, "deleted": 0}  # alpha's fresh one is not beta's to see
+        "matched": 2,
+        "deleted": 0,
+    }  # alpha's fresh one is not beta's to see
     assert (await purge(beta, status="succeeded", before="1d")).json()["deleted"] == 2
     assert await present(store) == set(fresh)
 
     assert (await purge(reader, status="succeeded", before="1d")).status_code == 403
-    for params, field in [({"status": "running", "before": "1d"}, "status"),
-                          ({"status": "queued", "before": "1d"}, "status"),
-                          ({"status": "succeeded", "before": "last week"}, "before"),
-                          ({"status": "bogus", "before": "1d"}, "status"),
-                          ({"before": "1d"}, "status"),
-                          ({"status": "dead"}, "before")]:
+    for params, field in [
+        ({"status": "running", "before": "1d"}, "status"),
+        ({"status": "queued", "before": "1d"}, "status"),
+        ({"status": "succeeded", "before": "last week"}, "before"),
+        ({"status": "bogus", "before": "1d"}, "status"),
+        ({"before": "1d"}, "status"),
+        ({"status": "dead"}, "before"),
+    ]:
         refused = await purge(alpha, **params)
         assert refused.status_code == 422, (params, refused.text)
         assert refused.json()["error"]["details"][0]["field"] == field, refused.text
-    everything = await purge(admin, status="succeeded",
-                             before=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
+    everything = await purge(
+        admin, status="succeeded", before=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    )
     assert everything.json()["deleted"] == 1  # no namespace: alpha's fresh one too
     assert await present(store) == set()
 

@@ -39,8 +39,15 @@ async def test_create_validates_cron_timezone_and_rule(harness: Harness) -> None
         ({}, "body", "exactly one"),
         ({"interval_seconds": 0.5}, "interval_seconds", "greater than or equal to 1"),
         ({"cron": "@hourly", "misfire_policy": "sometimes"}, "misfire_policy", "skip"),
-        ({"cron": "@hourly", "start_at": "2030-01-02T00:00:00Z",
-          "end_at": "2030-01-01T00:00:00Z"}, "body", "end_at must be after start_at"),
+        (
+            {
+                "cron": "@hourly",
+                "start_at": "2030-01-02T00:00:00Z",
+                "end_at": "2030-01-01T00:00:00Z",
+            },
+            "body",
+            "end_at must be after start_at",
+        ),
     ]
     for extra, field, fragment in cases:
         body = {"name": "s", "task": {"name": "noop"}, **extra}
@@ -56,13 +63,17 @@ NEVER_FIRES = ["0 0 30 2 *", "0 0 31 4 *", "0 0 1 1 1#5"]
 
 
 async def test_a_cron_that_never_fires_is_a_422_on_create_and_patch(harness: Harness) -> None:
-    ok = await harness.http.post("/v1/schedules", json={"name": "ok", "cron": "@daily",
-                                                        "task": {"name": "noop"}})
+    ok = await harness.http.post(
+        "/v1/schedules", json={"name": "ok", "cron": "@daily", "task": {"name": "noop"}}
+    )
     assert ok.status_code == 201, ok.text
     for cron in NEVER_FIRES:
         for method, path in (("POST", "/v1/schedules"), ("PATCH", "/v1/schedules/ok")):
-            body = {"cron": cron} if method == "PATCH" else {
-                "name": "never", "cron": cron, "task": {"name": "noop"}}
+            body = (
+                {"cron": cron}
+                if method == "PATCH"
+                else {"name": "never", "cron": cron, "task": {"name": "noop"}}
+            )
             response = await harness.http.request(method, path, json=body)
             assert response.status_code == 422, (method, cron, response.text)
             error = response.json()["error"]
@@ -77,31 +88,39 @@ async def test_a_cron_that_never_fires_is_a_422_on_create_and_patch(harness: Har
 def test_periodic_with_a_cron_that_never_fires_is_refused_when_declared() -> None:
     app = App()
     with pytest.raises(ValidationError, match="never fires"):
+
         @app.periodic(cron="0 0 30 2 *")
         def never() -> None:
             return None
 
 
 async def test_crud_pause_resume_trigger(harness: Harness) -> None:
-    created = await harness.http.post("/v1/schedules", json={
-        "name": "report", "cron": "0 9 * * MON-FRI", "timezone": "Europe/Paris",
-        "task": {"name": "noop", "payload": {"kind": "daily"}, "queue": "reports"}})
+    created = await harness.http.post(
+        "/v1/schedules",
+        json={
+            "name": "report",
+            "cron": "0 9 * * MON-FRI",
+            "timezone": "Europe/Paris",
+            "task": {"name": "noop", "payload": {"kind": "daily"}, "queue": "reports"},
+        },
+    )
     assert created.status_code == 201, created.text
     schedule = created.json()
     assert len(schedule["next_fire_times"]) == 5
     assert schedule["next_fire_at"] == schedule["next_fire_times"][0]
     first = datetime.fromisoformat(schedule["next_fire_at"]).astimezone(
-        __import__("zoneinfo").ZoneInfo("Europe/Paris"))
+        __import__("zoneinfo").ZoneInfo("Europe/Paris")
+    )
     assert (first.hour, first.minute) == (9, 0) and first.weekday() < 5
 
-    dup = await harness.http.post("/v1/schedules", json={"name": "report", "cron": "@daily",
-                                                         "task": {"name": "noop"}})
+    dup = await harness.http.post(
+        "/v1/schedules", json={"name": "report", "cron": "@daily", "task": {"name": "noop"}}
+    )
     assert dup.status_code == 409
 
     by_name = (await harness.http.get("/v1/schedules/report")).json()
     assert by_name["id"] == schedule["id"]
-    patched = (await harness.http.patch("/v1/schedules/report",
-                                        json={"cron": "@hourly"})).json()
+    patched = (await harness.http.patch("/v1/schedules/report", json={"cron": "@hourly"})).json()
     assert patched["cron"] == "@hourly"
     assert ts(patched["next_fire_at"]) - time.time() <= 3600
     assert patched["task"]["payload"] == {"kind": "daily"}
@@ -145,8 +164,9 @@ async def test_fires_every_second_on_time(app: App, harness: Harness) -> None:
 
 async def test_two_schedulers_never_fire_a_slot_twice(harness: Harness) -> None:
     await harness.http.post("/v1/schedules", json=every_second())
-    await harness.http.post("/v1/schedules", json={
-        "name": "fast", "interval_seconds": 1, "task": {"name": "noop"}})
+    await harness.http.post(
+        "/v1/schedules", json={"name": "fast", "interval_seconds": 1, "task": {"name": "noop"}}
+    )
     schedulers = [Scheduler(harness.store, poll_seconds=0.05) for _ in range(3)]
     jobs = [asyncio.create_task(s.run()) for s in schedulers]
     await asyncio.sleep(3.2)
@@ -163,10 +183,18 @@ async def test_a_non_binary_interval_fires_each_slot_once(harness: Harness) -> N
     """1.1 s is no binary fraction: slots computed by float division once came back equal
     to the slot just fired, so the scheduler walked one slot 100,000 times a round."""
     anchor = float(int(time.time()) - 100)  # whole seconds: a start the old maths tripped on
-    created = await harness.http.post("/v1/schedules", json={
-        "name": "odd", "interval_seconds": 1.1, "task": {"name": "noop"},
-        "start_at": datetime.fromtimestamp(anchor, UTC).isoformat(),
-        "misfire_policy": "catch_up", "max_catch_up": 1000, "misfire_grace_seconds": 1000})
+    created = await harness.http.post(
+        "/v1/schedules",
+        json={
+            "name": "odd",
+            "interval_seconds": 1.1,
+            "task": {"name": "noop"},
+            "start_at": datetime.fromtimestamp(anchor, UTC).isoformat(),
+            "misfire_policy": "catch_up",
+            "max_catch_up": 1000,
+            "misfire_grace_seconds": 1000,
+        },
+    )
     assert created.status_code == 201, created.text
     schedulers = [Scheduler(harness.store, poll_seconds=0.05) for _ in range(2)]
     jobs = [asyncio.create_task(s.run()) for s in schedulers]
@@ -188,13 +216,13 @@ async def test_a_non_binary_interval_fires_each_slot_once(harness: Harness) -> N
 async def _downtime(harness: Harness, policy: str) -> list[float]:
     """A schedule whose scheduler was down for 10 s, then one firing round at x.5 s."""
     now = int(time.time()) + 0.5
-    body = every_second(policy, misfire_policy=policy, max_catch_up=3,
-                        misfire_grace_seconds=2.5)
+    body = every_second(policy, misfire_policy=policy, max_catch_up=3, misfire_grace_seconds=2.5)
     schedule = (await harness.http.post("/v1/schedules", json=body)).json()
     down_since = float(int(now) - 10)
     async with harness.store.conn() as c:
-        await c.execute("UPDATE schedules SET next_fire_at = $1 WHERE id = $2", down_since,
-                        schedule["id"])
+        await c.execute(
+            "UPDATE schedules SET next_fire_at = $1 WHERE id = $2", down_since, schedule["id"]
+        )
     await harness.store.fire_due_schedules(now)
     return sorted(ts(r["slot"]) - down_since for r in await runs_of(harness, policy))
 
@@ -210,8 +238,7 @@ async def test_paused_schedule_fires_nothing_and_end_at_stops(harness: Harness) 
     harness.start_scheduler()
     await harness.http.post("/v1/schedules", json=every_second("paused", paused=True))
     end = datetime.now(UTC) + timedelta(seconds=1.5)
-    await harness.http.post("/v1/schedules", json=every_second("ending",
-                                                               end_at=end.isoformat()))
+    await harness.http.post("/v1/schedules", json=every_second("ending", end_at=end.isoformat()))
     await asyncio.sleep(2.7)
     assert await runs_of(harness, "paused") == []
     ending = await runs_of(harness, "ending")

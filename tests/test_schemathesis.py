@@ -43,8 +43,12 @@ from chronoq.durations import parse_instant  # noqa: E402
 from chronoq.recurrence import check_cron, check_timezone  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 
-CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance,
-          positive_data_acceptance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    response_schema_conformance,
+    positive_data_acceptance,
+]
 
 
 def _valid(check: Any, value: Any) -> bool:
@@ -65,7 +69,8 @@ def within_what_json_schema_cannot_say(body: Any) -> Any:
     if isinstance(chosen, dict):  # a bulk action's times: ISO 8601 or a duration ago
         for key in ("created_before", "created_after", "updated_before", "updated_after"):
             if isinstance(chosen.get(key), str) and not _valid(
-                    lambda text: parse_instant(text, 0.0), chosen[key]):
+                lambda text: parse_instant(text, 0.0), chosen[key]
+            ):
                 del chosen[key]
     if isinstance(body.get("cron"), str) and not _valid(check_cron, body["cron"]):
         body["cron"] = "*/5 * * * *"
@@ -106,13 +111,22 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                 HealthCheck.data_too_large])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+)
 def test_api_conforms_to_its_schema(case: schemathesis.Case) -> None:
     case.body = within_what_json_schema_cannot_say(case.body)
     query = case.query
-    if isinstance(query, dict) and isinstance(query.get("before"), str) and not _valid(
-            lambda text: parse_instant(text, 0.0), query["before"]):
+    if (
+        isinstance(query, dict)
+        and isinstance(query.get("before"), str)
+        and not _valid(lambda text: parse_instant(text, 0.0), query["before"])
+    ):
         query["before"] = "7d"  # DELETE /v1/tasks: a time or a duration, the server parses
     case.call_and_validate(checks=CHECKS)

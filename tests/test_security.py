@@ -32,9 +32,14 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 async def limited(tmp_path: Path) -> AsyncIterator[tuple[App, httpx.AsyncClient]]:
     """The API with its limits installed, small ones: 4 KiB payloads, 16 KiB requests,
     10 fires a minute."""
-    app = App(settings=make_settings(f"sqlite:///{tmp_path / 'limits.db'}",
-                                     max_payload_bytes=4096, max_request_bytes=16 * 1024,
-                                     max_fires_per_minute=10))
+    app = App(
+        settings=make_settings(
+            f"sqlite:///{tmp_path / 'limits.db'}",
+            max_payload_bytes=4096,
+            max_request_bytes=16 * 1024,
+            max_fires_per_minute=10,
+        )
+    )
     async with app:
         api = create_api(app)
         install_limits(api, app.settings)
@@ -51,11 +56,13 @@ def test_request_limit_defaults_to_twice_the_payload_limit_plus_64k() -> None:
 
 
 async def test_body_over_the_request_limit_is_413_before_parsing(
-        limited: tuple[App, httpx.AsyncClient]) -> None:
+    limited: tuple[App, httpx.AsyncClient],
+) -> None:
     _, http = limited
     # not even JSON: the size alone decides, nothing parses it
-    response = await http.post("/v1/tasks", content=b"{" * (16 * 1024 + 1),
-                               headers={"content-type": "application/json"})
+    response = await http.post(
+        "/v1/tasks", content=b"{" * (16 * 1024 + 1), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413, response.text
     error = error_of(response)
     assert error["code"] == "payload_too_large"
@@ -68,8 +75,7 @@ async def test_body_over_the_request_limit_is_413_before_parsing(
     assert (await http.post("/v1/tasks", json={"name": "x"})).status_code == 201
 
 
-async def test_chunked_body_is_cut_off_at_the_limit(
-        limited: tuple[App, httpx.AsyncClient]) -> None:
+async def test_chunked_body_is_cut_off_at_the_limit(limited: tuple[App, httpx.AsyncClient]) -> None:
     _, http = limited
     sent = 0
 
@@ -81,8 +87,9 @@ async def test_chunked_body_is_cut_off_at_the_limit(
             yield b"a" * 1024
         yield b'"}}'
 
-    response = await http.post("/v1/tasks", content=endless(),
-                               headers={"content-type": "application/json"})
+    response = await http.post(
+        "/v1/tasks", content=endless(), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413, response.text
     assert "larger than 16384 bytes" in error_of(response)["message"]
     assert sent < 1000 * 1024  # it stopped reading
@@ -99,28 +106,36 @@ async def test_chunked_body_is_cut_off_at_the_limit(
 
 async def test_bodies_are_json_only(limited: tuple[App, httpx.AsyncClient]) -> None:
     _, http = limited
-    for content_type in ["application/x-www-form-urlencoded", "application/python-pickle",
-                         "text/plain"]:
-        response = await http.post("/v1/tasks", content=b'{"name": "x"}',
-                                   headers={"content-type": content_type})
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "application/python-pickle",
+        "text/plain",
+    ]:
+        response = await http.post(
+            "/v1/tasks", content=b'{"name": "x"}', headers={"content-type": content_type}
+        )
         assert response.status_code == 422, (content_type, response.text)
     deep = b'{"name": "x", "payload": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
-    response = await http.post("/v1/tasks", content=deep,
-                               headers={"content-type": "application/json"})
+    response = await http.post(
+        "/v1/tasks", content=deep, headers={"content-type": "application/json"}
+    )
     assert 400 <= response.status_code < 500, response.text
     assert (await http.get("/v1/tasks")).json()["items"] == []
 
 
 # -- schedule rate --------------------------------------------------------------------------
-@pytest.mark.parametrize(("cron", "rate"), [
-    ("* * * * * *", 60),
-    ("*/10 * * * * *", 6),
-    ("0-29 * * * * *", 30),
-    ("*/10 * 3 * * *", 6),  # only during 03:00, but then 6 a minute
-    ("* * * * *", 1),
-    ("0 2 * * *", 1),
-    ("@hourly", 1),
-])
+@pytest.mark.parametrize(
+    ("cron", "rate"),
+    [
+        ("* * * * * *", 60),
+        ("*/10 * * * * *", 6),
+        ("0-29 * * * * *", 30),
+        ("*/10 * 3 * * *", 6),  # only during 03:00, but then 6 a minute
+        ("* * * * *", 1),
+        ("0 2 * * *", 1),
+        ("@hourly", 1),
+    ],
+)
 def test_fires_per_minute_counts_the_busiest_minute(cron: str, rate: int) -> None:
     for zone in ["UTC", "Europe/Paris", "Australia/Lord_Howe"]:
         assert fires_per_minute(Recurrence(cron=cron, timezone=zone), now=1_800_000_000) == rate
@@ -157,19 +172,23 @@ def test_schedule_rate_limit() -> None:
 wired = "check_schedule_rate" in inspect.getsource(chronoq.api.schedules)
 
 
-@pytest.mark.skipif(not wired, reason="chronoq/api/schedules.py does not call "
-                    "check_schedule_rate yet")
+@pytest.mark.skipif(
+    not wired, reason="chronoq/api/schedules.py does not call check_schedule_rate yet"
+)
 async def test_schedule_api_refuses_rules_that_fire_too_often(
-        limited: tuple[App, httpx.AsyncClient]) -> None:
+    limited: tuple[App, httpx.AsyncClient],
+) -> None:
     _, http = limited
-    response = await http.post("/v1/schedules", json={
-        "name": "hammer", "cron": "* * * * * *", "task": {"name": "x"}})
+    response = await http.post(
+        "/v1/schedules", json={"name": "hammer", "cron": "* * * * * *", "task": {"name": "x"}}
+    )
     assert response.status_code == 422, response.text
     error = error_of(response)
     assert error["details"] == [{"field": "cron", "message": error["message"]}]
     assert "the limit is 10" in error["message"]
-    ok = await http.post("/v1/schedules", json={
-        "name": "calm", "cron": "*/10 * * * * *", "task": {"name": "x"}})
+    ok = await http.post(
+        "/v1/schedules", json={"name": "calm", "cron": "*/10 * * * * *", "task": {"name": "x"}}
+    )
     assert ok.status_code == 201, ok.text
     patched = await http.patch("/v1/schedules/calm", json={"interval_seconds": 2})
     assert patched.status_code == 422, patched.text

@@ -56,8 +56,9 @@ async def test_async_handler_and_context(app: App, harness: Harness) -> None:
 
 async def test_idempotency_key_returns_the_existing_task(app: App, harness: Harness) -> None:
     first = await harness.http.post("/v1/tasks", json={"name": "x", "idempotency_key": "k-1"})
-    second = await harness.http.post("/v1/tasks", json={"name": "x", "idempotency_key": "k-1",
-                                                        "payload": {"other": True}})
+    second = await harness.http.post(
+        "/v1/tasks", json={"name": "x", "idempotency_key": "k-1", "payload": {"other": True}}
+    )
     assert first.status_code == 201
     assert second.status_code == 200
     assert second.json()["id"] == first.json()["id"]
@@ -67,9 +68,12 @@ async def test_idempotency_key_returns_the_existing_task(app: App, harness: Harn
 
 
 async def test_concurrent_idempotent_submits_create_one_task(app: App, harness: Harness) -> None:
-    responses = await asyncio.gather(*(
-        harness.http.post("/v1/tasks", json={"name": "x", "idempotency_key": "same"})
-        for _ in range(10)))
+    responses = await asyncio.gather(
+        *(
+            harness.http.post("/v1/tasks", json={"name": "x", "idempotency_key": "same"})
+            for _ in range(10)
+        )
+    )
     assert sorted(r.status_code for r in responses) == [200] * 9 + [201]
     assert len({r.json()["id"] for r in responses}) == 1
 
@@ -85,11 +89,11 @@ async def test_priority_then_run_at_order(app: App, harness: Harness) -> None:
         if len(order) == 5:
             loop.call_soon_threadsafe(five.set)
 
-    for label, priority in [("low-1", 0), ("high-1", 10), ("low-2", 0), ("mid", 5),
-                            ("high-2", 10)]:
+    for label, priority in [("low-1", 0), ("high-1", 10), ("low-2", 0), ("mid", 5), ("high-2", 10)]:
         await harness.submit(name="record", payload={"label": label}, priority=priority)
-    other = await harness.submit(name="record", payload={"label": "other-queue"}, queue="other",
-                                 priority=100)
+    other = await harness.submit(
+        name="record", payload={"label": "other-queue"}, queue="other", priority=100
+    )
     harness.start_worker(concurrency=1)
     await asyncio.wait_for(five.wait(), 10)
     assert order == ["high-1", "high-2", "mid", "low-1", "low-2"]
@@ -106,8 +110,9 @@ async def test_retries_with_exponential_backoff_then_success(app: App, harness: 
 
     harness.start_scheduler()
     harness.start_worker()
-    task = await harness.submit(name="flaky", max_attempts=5,
-                                backoff={"base": 0.3, "factor": 2, "max": 10, "jitter": 0})
+    task = await harness.submit(
+        name="flaky", max_attempts=5, backoff={"base": 0.3, "factor": 2, "max": 10, "jitter": 0}
+    )
     done = await harness.wait_for(task["id"], "succeeded")
     history = done["attempt_history"]
     assert [a["outcome"] for a in history] == ["failed", "failed", "succeeded"]
@@ -131,8 +136,7 @@ async def test_exhausted_retries_go_to_dead_letter_queue_and_can_be_retried(
 
     harness.start_scheduler()
     harness.start_worker()
-    task = await harness.submit(name="broken", max_attempts=2,
-                                backoff={"base": 0.05, "jitter": 0})
+    task = await harness.submit(name="broken", max_attempts=2, backoff={"base": 0.05, "jitter": 0})
     dead = await harness.wait_for(task["id"], "dead")
     assert dead["attempts"] == 2
     assert dead["error"] == "ValueError: database says no"
@@ -264,8 +268,7 @@ async def test_lost_lease_is_retried_by_another_worker(app: App, harness: Harnes
     from chronoq.store import Completion
 
     with harness.store.events.subscribe() as events:
-        await harness.store.complete([Completion.failure(claimed, time.time(), "failed",
-                                                         "late")])
+        await harness.store.complete([Completion.failure(claimed, time.time(), "failed", "late")])
         assert events.queue.empty(), "an ignored late report must not publish an event"
     assert (await harness.get(task["id"]))["status"] == "succeeded"
 
@@ -330,8 +333,7 @@ async def test_workers_register_heartbeat_and_stop(app: App, harness: Harness) -
 
 
 async def test_silent_worker_is_marked_dead(app: App, harness: Harness) -> None:
-    await harness.store.register_worker("ghost", "nowhere", 1, ["default"], 4,
-                                        time.time() - 60)
+    await harness.store.register_worker("ghost", "nowhere", 1, ["default"], 4, time.time() - 60)
     scheduler = harness.start_scheduler()
     await asyncio.sleep(0.5)
     assert scheduler.worker_timeout == 30.0
@@ -370,8 +372,9 @@ async def test_autoscale_grows_with_backlog_and_shrinks_when_idle(
     async def nap() -> None:
         await asyncio.sleep(0.3)
 
-    worker = Worker(harness.store, app.executors(), autoscale=(1, 8), scale_seconds=0.2,
-                    poll_seconds=0.1)
+    worker = Worker(
+        harness.store, app.executors(), autoscale=(1, 8), scale_seconds=0.2, poll_seconds=0.1
+    )
     assert worker.concurrency == 1
     job = asyncio.create_task(worker.run())
     for _ in range(60):
@@ -394,6 +397,7 @@ async def test_autoscale_grows_with_backlog_and_shrinks_when_idle(
 async def test_error_text_with_nul_characters_is_recorded(app: App, harness: Harness) -> None:
     """PostgreSQL refuses NUL in text: an error message carrying one must not block the
     worker's result writes (it is stored escaped) and later tasks still finish."""
+
     @app.task("nul")
     def nul() -> None:
         raise ValueError("bad\x00byte")

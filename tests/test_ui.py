@@ -22,8 +22,8 @@ import pytest
 from tests.processes import ROOT, Proc, cli, free_port, wait_ready, wait_status
 
 sync_api = pytest.importorskip(
-    "playwright.sync_api",
-    reason="Playwright for Python is not installed (pip install -e '.[dev]')")
+    "playwright.sync_api", reason="Playwright for Python is not installed (pip install -e '.[dev]')"
+)
 expect = sync_api.expect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -50,8 +50,11 @@ expect.set_options(timeout=15_000)
 
 
 def _find_chromium() -> str | None:
-    for candidate in ("/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
+    for candidate in (
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -65,9 +68,11 @@ def _install_chromium() -> str:
         return "not root, so apt-get cannot install it"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     output = ""
-    for command in (["apt-get", "install", "-y", "-q", "chromium"],
-                    ["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "chromium"]):
+    for command in (
+        ["apt-get", "install", "-y", "-q", "chromium"],
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "chromium"],
+    ):
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
         except subprocess.TimeoutExpired:
@@ -85,8 +90,10 @@ def chromium_path() -> str:
         reason = _install_chromium()
         path = _find_chromium()
         if path is None:
-            pytest.skip(f"UI tests need Chromium: none found at /usr/bin/chromium and it "
-                        f"could not be installed ({reason})")
+            pytest.skip(
+                f"UI tests need Chromium: none found at /usr/bin/chromium and it "
+                f"could not be installed ({reason})"
+            )
     return path
 
 
@@ -96,14 +103,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("ui")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = Proc(["dev", "--demo", "--port", str(port), "--database-url",
-                 f"sqlite:///{folder / 'ui.db'}"], {}, folder / "dev.log")
+    proc = Proc(
+        ["dev", "--demo", "--port", str(port), "--database-url", f"sqlite:///{folder / 'ui.db'}"],
+        {},
+        folder / "dev.log",
+    )
     try:
         wait_ready(url, proc)
         answer = httpx.get(f"{url}/ui", timeout=5)
         assert answer.status_code == 200, (
             f"GET /ui answered {answer.status_code}: the dashboard is not mounted "
-            "(create_api must call chronoq.api.ui.mount_ui)")
+            "(create_api must call chronoq.api.ui.mount_ui)"
+        )
         yield url
     finally:
         if proc.popen.poll() is None:
@@ -120,8 +131,11 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     db = f"sqlite:///{folder / 'ui.db'}"
     created = cli("keys", "create", "dashboard", "--scope", "read", "--database-url", db)
     assert created.returncode == 0, created.stderr
-    proc = Proc(["dev", "--demo", "--auth", "--port", str(port), "--database-url", db],
-                {"CHRONOQ_KEY_CACHE_SECONDS": "2"}, folder / "dev.log")
+    proc = Proc(
+        ["dev", "--demo", "--auth", "--port", str(port), "--database-url", db],
+        {"CHRONOQ_KEY_CACHE_SECONDS": "2"},
+        folder / "dev.log",
+    )
     try:
         wait_ready(url, proc)
         yield url, created.stdout.strip(), db
@@ -133,8 +147,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
 @pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium_path, headless=True,
-                                              args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(
+            executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS
+        )
         yield launched
         launched.close()
 
@@ -227,8 +242,10 @@ def test_polling_fallback_without_websocket(browser: Any, server: str) -> None:
 
 
 def test_filters_search_and_pages(tab: Page, server: str) -> None:
-    ids = [submit(server, name="demo.add", queue="pages", payload={"a": i, "b": 0})["id"]
-           for i in range(30)]
+    ids = [
+        submit(server, name="demo.add", queue="pages", payload={"a": i, "b": 0})["id"]
+        for i in range(30)
+    ]
     page = tab.open("#/tasks?queue=pages&limit=25")
     rows = page.locator("table.tasks tbody tr")
     expect(rows).to_have_count(25)
@@ -284,7 +301,7 @@ def test_pause_resume_and_trigger_a_schedule(tab: Page, server: str) -> None:
     before = len(httpx.get(f"{server}/v1/schedules/demo.tick/runs", timeout=5).json()["items"])
     row.get_by_role("button", name="Trigger").click()
     expect(page.locator(".toast", has_text="Triggered demo.tick")).to_be_visible()
-    runs = page.locator('tr.subrow table.runs tbody tr')
+    runs = page.locator("tr.subrow table.runs tbody tr")
     expect(runs.first).to_be_visible()
     after = httpx.get(f"{server}/v1/schedules/demo.tick/runs", timeout=5).json()["items"]
     assert len(after) == before + 1
@@ -301,7 +318,8 @@ def test_retry_from_the_dead_letter_queue(tab: Page, server: str) -> None:
 
     page = tab.open("#/dead")
     expect(page.locator(f'tr[data-id="{demo_fail_id}"] .error-text')).to_contain_text(
-        "this one ends in the dead-letter queue")
+        "this one ends in the dead-letter queue"
+    )
     row = page.locator(f'tr[data-id="{task["id"]}"]')
     expect(row).to_be_visible()
     expect(page.locator("#dead-count")).to_be_visible()
@@ -326,15 +344,20 @@ def test_retry_from_the_dead_letter_queue(tab: Page, server: str) -> None:
     detail = page.locator("aside.detail")
     expect(detail.locator("li.attempt")).to_have_count(2)
     expect(detail.locator('li.attempt[data-outcome="failed"] .attempt-error')).to_have_text(
-        "attempt 1 fails on purpose (succeeds on 2)")
+        "attempt 1 fails on purpose (succeeds on 2)"
+    )
     expect(detail.locator('li.attempt[data-outcome="succeeded"]')).to_be_visible()
     tab.screenshot("detail")
 
 
 def test_retry_all_dead_tasks_from_the_dead_letter_view(tab: Page, server: str) -> None:
     # 1,000 tasks that fail their only attempt and succeed on the next: all dead first
-    spec = {"name": "demo.flaky", "queue": "default", "max_attempts": 1,
-            "payload": {"succeed_on_attempt": 2}}
+    spec = {
+        "name": "demo.flaky",
+        "queue": "default",
+        "max_attempts": 1,
+        "payload": {"succeed_on_attempt": 2},
+    }
     made = httpx.post(f"{server}/v1/tasks/batch", json={"tasks": [spec] * 1000}, timeout=30)
     assert made.status_code == 201, made.text
     ids = {t["id"] for t in made.json()["items"]}
@@ -367,7 +390,8 @@ def test_retry_all_dead_tasks_from_the_dead_letter_view(tab: Page, server: str) 
     page.once("dialog", lambda d: answer(d, True))
     page.get_by_role("button", name="Retry all").click()
     expect(page.locator(".toast", has_text=f"Retried {expected:,} dead tasks")).to_be_visible(
-        timeout=30_000)
+        timeout=30_000
+    )
     tab.screenshot("dlq-retry-all")
     assert dead_flaky() == 0
     deadline = time.monotonic() + 120
@@ -381,9 +405,16 @@ def succeeded(server: str, name: str) -> set[str]:
     found: set[str] = set()
     cursor = None
     while True:
-        page = httpx.get(f"{server}/v1/tasks", timeout=10, params={
-            "name": name, "status": "succeeded", "limit": 500,
-            **({"cursor": cursor} if cursor else {})}).json()
+        page = httpx.get(
+            f"{server}/v1/tasks",
+            timeout=10,
+            params={
+                "name": name,
+                "status": "succeeded",
+                "limit": 500,
+                **({"cursor": cursor} if cursor else {}),
+            },
+        ).json()
         found |= {t["id"] for t in page["items"]}
         cursor = page["next_cursor"]
         if not cursor:
@@ -437,8 +468,9 @@ def test_overview_pauses_and_resumes_a_queue(tab: Page, server: str) -> None:
         httpx.post(f"{server}/v1/queues/default/resume")
 
 
-def test_sign_in_form_session_and_socket_without_token(browser: Any,
-                                                      secured: tuple[str, str, str]) -> None:
+def test_sign_in_form_session_and_socket_without_token(
+    browser: Any, secured: tuple[str, str, str]
+) -> None:
     url, key, _ = secured
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     try:
@@ -483,8 +515,9 @@ def test_sign_in_form_session_and_socket_without_token(browser: Any,
         context.close()
 
 
-def test_a_revoked_key_returns_the_dashboard_to_sign_in(browser: Any,
-                                                        secured: tuple[str, str, str]) -> None:
+def test_a_revoked_key_returns_the_dashboard_to_sign_in(
+    browser: Any, secured: tuple[str, str, str]
+) -> None:
     url, _, db = secured
     created = cli("keys", "create", "short-lived", "--scope", "read", "--database-url", db)
     key = created.stdout.strip()
@@ -503,8 +536,16 @@ def test_a_revoked_key_returns_the_dashboard_to_sign_in(browser: Any,
         context.close()
 
 
-@pytest.mark.parametrize("host", ["*", "evil.example", "x;script-src 'unsafe-inline'",
-                                  "127.0.0.1:1 https://evil.example", "a,b;c"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "*",
+        "evil.example",
+        "x;script-src 'unsafe-inline'",
+        "127.0.0.1:1 https://evil.example",
+        "a,b;c",
+    ],
+)
 def test_the_csp_does_not_depend_on_the_host_header(server: str, host: str) -> None:
     normal = httpx.get(f"{server}/ui", timeout=5).headers["content-security-policy"]
     directives = dict(d.strip().split(" ", 1) for d in normal.split(";"))
@@ -513,15 +554,17 @@ def test_the_csp_does_not_depend_on_the_host_header(server: str, host: str) -> N
     assert answer.status_code == 200
     assert answer.headers["content-security-policy"] == normal
 
+
 def test_task_detail_shows_why_no_worker_will_run_it(tab: Page, server: str) -> None:
     task = submit(server, name="demo.add", queue="nowhere", payload={"a": 1, "b": 2})
-    assert task["warnings"] == ["no live worker serves queue 'nowhere': the task waits "
-                                "until one with a handler named 'demo.add' starts"]
+    assert task["warnings"] == [
+        "no live worker serves queue 'nowhere': the task waits "
+        "until one with a handler named 'demo.add' starts"
+    ]
     page = tab.open(f"#/tasks?task={task['id']}")
     warning = page.locator("aside.detail .warning-text")
     expect(warning).to_have_text(f"⚠ {task['warnings'][0]}")
     httpx.post(f"{server}/v1/tasks/{task['id']}/cancel", timeout=5)
     page.reload()
-    expect(page.locator("aside.detail .detail-body")).to_have_attribute(
-        "data-status", "cancelled")
+    expect(page.locator("aside.detail .detail-body")).to_have_attribute("data-status", "cancelled")
     expect(warning).to_have_count(0)

@@ -73,24 +73,36 @@ def test_blocking_handler_runs_once_with_the_redis_broker(
 ) -> None:
     """The same through Redis Streams (its own database and queue: nobody else's streams)."""
     queue = f"block{uuid.uuid4().hex[:8]}"
-    _block_once_beside_a_second_worker(pg_url, tmp_path, procs, {
-        "CHRONOQ_BROKER_URL": "redis://127.0.0.1:6379/9", "CHRONOQ_QUEUES": queue}, queue)
+    _block_once_beside_a_second_worker(
+        pg_url,
+        tmp_path,
+        procs,
+        {"CHRONOQ_BROKER_URL": "redis://127.0.0.1:6379/9", "CHRONOQ_QUEUES": queue},
+        queue,
+    )
 
 
-def _block_once_beside_a_second_worker(db_url: str, tmp_path: Path, procs: list[Proc],
-                                       extra: dict[str, str], queue: str = "default") -> None:
+def _block_once_beside_a_second_worker(
+    db_url: str, tmp_path: Path, procs: list[Proc], extra: dict[str, str], queue: str = "default"
+) -> None:
     record = tmp_path / "record.txt"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {"CHRONOQ_DATABASE_URL": db_url, "RECORD_FILE": str(record), "CHRONOQ_AUTH": "0",
-           "CHRONOQ_APP": "tests.apps.blocker:app", "CHRONOQ_LEASE_SECONDS": "3",
-           "CHRONOQ_HEARTBEAT_SECONDS": "0.5", "CHRONOQ_POLL_SECONDS": "0.2", **extra}
+    env = {
+        "CHRONOQ_DATABASE_URL": db_url,
+        "RECORD_FILE": str(record),
+        "CHRONOQ_AUTH": "0",
+        "CHRONOQ_APP": "tests.apps.blocker:app",
+        "CHRONOQ_LEASE_SECONDS": "3",
+        "CHRONOQ_HEARTBEAT_SECONDS": "0.5",
+        "CHRONOQ_POLL_SECONDS": "0.2",
+        **extra,
+    }
     assert cli("db", "upgrade", env=env).returncode == 0
     api = Proc(["api", "--port", str(port)], env, tmp_path / "api.log")
     procs.append(api)
     procs.append(Proc(["scheduler"], env, tmp_path / "scheduler.log"))
-    workers = [Proc(["worker", "--concurrency", "4"], env, tmp_path / f"w{n}.log")
-               for n in (1, 2)]
+    workers = [Proc(["worker", "--concurrency", "4"], env, tmp_path / f"w{n}.log") for n in (1, 2)]
     procs.extend(workers)
     wait_ready(url, api)
     deadline = time.monotonic() + 20
@@ -98,8 +110,10 @@ def _block_once_beside_a_second_worker(db_url: str, tmp_path: Path, procs: list[
         assert time.monotonic() < deadline, "workers did not register"
         time.sleep(0.1)
 
-    task = httpx.post(f"{url}/v1/tasks", json={"name": "block", "payload": {"seconds": 8},
-                                               "max_attempts": 3, "queue": queue}).json()
+    task = httpx.post(
+        f"{url}/v1/tasks",
+        json={"name": "block", "payload": {"seconds": 8}, "max_attempts": 3, "queue": queue},
+    ).json()
     done = wait_status(url, task["id"], "succeeded", "failed", "dead", timeout=30)
     assert [a["outcome"] for a in done["attempt_history"]] == ["succeeded"], done
     runs = record.read_text().splitlines()

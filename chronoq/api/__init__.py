@@ -79,8 +79,9 @@ def _document(api: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is None:
             spec = build()
-            spec.setdefault("components", {}).setdefault("schemas", {})[
-                "JsonValue"] = JSON_VALUE_SCHEMA
+            spec.setdefault("components", {}).setdefault("schemas", {})["JsonValue"] = (
+                JSON_VALUE_SCHEMA
+            )
             for operations in spec.get("paths", {}).values():
                 for operation in operations.values():
                     for parameter in operation.get("parameters", []):

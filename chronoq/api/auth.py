@@ -100,16 +100,26 @@ class KeyCache:
         return max(0.0, expires - time.monotonic()) if expires is not None else 0.0
 
 
-async def identify(app: App, cache: KeyCache, secret: str | None, *,
-                   limits: RateLimits | None = None, address: str | None = None) -> Principal:
+async def identify(
+    app: App,
+    cache: KeyCache,
+    secret: str | None,
+    *,
+    limits: RateLimits | None = None,
+    address: str | None = None,
+) -> Principal:
     """The caller holding ``secret``. With ``limits``, an ``address`` that sent too many
     wrong keys is refused (429) before its key is looked up, a wrong key counts against
     it, and a right one spends one of its key's requests."""
     if not app.settings.auth:
         return EVERYONE
     if not secret:
-        raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer "
-                       "<key>' (create one with `chronoq keys create`)")
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing API key: send 'Authorization: Bearer "
+            "<key>' (create one with `chronoq keys create`)",
+        )
     if limits is not None and address is not None:
         limits.check_address(address)
     key = await cache.lookup(app, secret)
@@ -135,8 +145,13 @@ def _address(connection: Request | WebSocket) -> str:
 
 
 async def _identify(connection: Request | WebSocket, secret: str | None) -> Principal:
-    return await identify(connection.app.state.chronoq, _cache(connection), secret,
-                          limits=limits_of(connection.app), address=_address(connection))
+    return await identify(
+        connection.app.state.chronoq,
+        _cache(connection),
+        secret,
+        limits=limits_of(connection.app),
+        address=_address(connection),
+    )
 
 
 def require(scope: str) -> Callable[..., Awaitable[Principal]]:
@@ -216,8 +231,9 @@ async def until_revoked(websocket: WebSocket, secret: str) -> None:
             if await cache.lookup(app, secret) is None:
                 return
         except Exception as exc:  # the database is down: no reason to drop the listener
-            log.warning("could not re-check an event stream's API key: %s: %s",
-                        type(exc).__name__, exc)
+            log.warning(
+                "could not re-check an event stream's API key: %s: %s", type(exc).__name__, exc
+            )
             await asyncio.sleep(min(cache.ttl, 5.0))
 
 

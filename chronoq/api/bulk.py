@@ -23,9 +23,14 @@ from chronoq.store.filters import TaskFilter
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=responses(401, 403))
 
-Instant = Annotated[str | None, Field(
-    description="ISO 8601 time, or a duration meaning that long ago (1h, 7d)",
-    min_length=1, max_length=64)]
+Instant = Annotated[
+    str | None,
+    Field(
+        description="ISO 8601 time, or a duration meaning that long ago (1h, 7d)",
+        min_length=1,
+        max_length=64,
+    ),
+]
 
 
 class BulkFilter(BaseModel):
@@ -34,8 +39,9 @@ class BulkFilter(BaseModel):
 
     queue: str | None = Field(None, max_length=100)
     name: str | None = Field(None, max_length=200)
-    error: str | None = Field(None, min_length=1, max_length=500,
-                              description="the task's last error contains this text")
+    error: str | None = Field(
+        None, min_length=1, max_length=500, description="the task's last error contains this text"
+    )
     created_before: Instant = None
     created_after: Instant = None
     updated_before: Instant = None
@@ -48,15 +54,25 @@ class RetryFilter(BulkFilter):
 
 class CancelFilter(BulkFilter):
     status: Literal["scheduled", "queued", "failed", "running"] = Field(
-        description="the statuses a cancel starts from")
+        description="the statuses a cancel starts from"
+    )
 
 
 class BulkRequest(BaseModel):
     dry_run: bool = Field(False, description="count only, change nothing (the confirmation)")
-    limit: int | None = Field(None, ge=1, le=100_000, description="change at most this many "
-                              "(a client reporting progress calls again with `after`)")
-    after: str | None = Field(None, max_length=64, json_schema_extra=ID_SCHEMA,
-                              description="next_cursor of the previous call: go on after it")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="change at most this many "
+        "(a client reporting progress calls again with `after`)",
+    )
+    after: str | None = Field(
+        None,
+        max_length=64,
+        json_schema_extra=ID_SCHEMA,
+        description="next_cursor of the previous call: go on after it",
+    )
 
 
 class RetryRequest(BulkRequest):
@@ -70,8 +86,9 @@ class CancelRequest(BulkRequest):
 class BulkResult(BaseModel):
     matched: int = Field(description="tasks the filter selected when the request began")
     done: int = Field(description="tasks changed (0 on a dry run)")
-    next_cursor: str | None = Field(None, description="pass as `after` to go on; null when "
-                                    "no selected task is left")
+    next_cursor: str | None = Field(
+        None, description="pass as `after` to go on; null when no selected task is left"
+    )
 
 
 class DeadLetterGroup(BaseModel):
@@ -91,12 +108,14 @@ def selection(spec: RetryFilter | CancelFilter, who: Principal, now: float) -> T
             bounds[field] = None if text is None else parse_instant(text, now)
         except ValueError as exc:
             raise ApiError(422, "validation_error", str(exc), f"filter.{field}") from None
-    return TaskFilter(Status(spec.status), spec.queue, spec.name, who.namespace, error=spec.error,
-                      **bounds)
+    return TaskFilter(
+        Status(spec.status), spec.queue, spec.name, who.namespace, error=spec.error, **bounds
+    )
 
 
-async def _act(action: bulk.Action, request: RetryRequest | CancelRequest, app: App, who: Principal
-               ) -> BulkResult:
+async def _act(
+    action: bulk.Action, request: RetryRequest | CancelRequest, app: App, who: Principal
+) -> BulkResult:
     now = time.time()
     chosen = selection(request.filter, who, now)
     try:
@@ -108,13 +127,16 @@ async def _act(action: bulk.Action, request: RetryRequest | CancelRequest, app: 
     matched = await bulk.count(app.store, chosen)
     if request.dry_run or matched == 0:
         return BulkResult(matched=matched, done=0)
-    done, cursor = await bulk.apply(app.store, action, chosen, now, request.limit,
-                                    request.after)
+    done, cursor = await bulk.apply(app.store, action, chosen, now, request.limit, request.after)
     return BulkResult(matched=matched, done=done, next_cursor=cursor)
 
 
-@router.post("/tasks/retry", response_model=BulkResult, responses=responses(422),
-             summary="Retry every task a filter selects")
+@router.post(
+    "/tasks/retry",
+    response_model=BulkResult,
+    responses=responses(422),
+    summary="Retry every task a filter selects",
+)
 async def retry_tasks(request: RetryRequest, app: AppDep, who: Writer) -> BulkResult:
     """Send every failed or dead task matching `filter` back to its queue, 500 per
     transaction, as `POST /v1/tasks/{id}/retry` does one. `dry_run` only counts. A key
@@ -122,16 +144,23 @@ async def retry_tasks(request: RetryRequest, app: AppDep, who: Writer) -> BulkRe
     return await _act(bulk.RETRY_ACTION, request, app, who)
 
 
-@router.post("/tasks/cancel", response_model=BulkResult, responses=responses(422),
-             summary="Cancel every task a filter selects")
+@router.post(
+    "/tasks/cancel",
+    response_model=BulkResult,
+    responses=responses(422),
+    summary="Cancel every task a filter selects",
+)
 async def cancel_tasks(request: CancelRequest, app: AppDep, who: Writer) -> BulkResult:
     """Cancel every scheduled, queued, failed or running task matching `filter`, 500 per
     transaction; running ones are stopped, as by `POST /v1/tasks/{id}/cancel`."""
     return await _act(bulk.CANCEL_ACTION, request, app, who)
 
 
-@router.get("/dead-letters", response_model=list[DeadLetterGroup],
-            summary="The dead-letter queue grouped by error")
+@router.get(
+    "/dead-letters",
+    response_model=list[DeadLetterGroup],
+    summary="The dead-letter queue grouped by error",
+)
 async def dead_letters(
     app: AppDep,
     who: Reader,
@@ -142,5 +171,13 @@ async def dead_letters(
     Retry a group with `POST /v1/tasks/retry` and `{"status": "dead", "name", "queue",
     "error"}` as the filter."""
     groups = await bulk.dead_letters(app.store, who.namespace, queue, limit)
-    return [DeadLetterGroup(error=g.error, name=g.name, queue=g.queue, count=g.count,
-                            newest=datetime.fromtimestamp(g.newest, UTC)) for g in groups]
+    return [
+        DeadLetterGroup(
+            error=g.error,
+            name=g.name,
+            queue=g.queue,
+            count=g.count,
+            newest=datetime.fromtimestamp(g.newest, UTC),
+        )
+        for g in groups
+    ]

@@ -28,8 +28,9 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
-def error_response(status: int, code: str, message: str,
-                   details: list[dict[str, Any]] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message, "details": details or []}}, status
     )
@@ -69,18 +70,25 @@ def _schedule_not_found(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _schedule_exists(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(409, "schedule_exists",
-                          f"a schedule named {exc.args[0]!r} exists already; PATCH it instead",
-                          [{"field": "name", "message": "already taken"}])
+    return error_response(
+        409,
+        "schedule_exists",
+        f"a schedule named {exc.args[0]!r} exists already; PATCH it instead",
+        [{"field": "name", "message": "already taken"}],
+    )
 
 
 def merged_conflict(exc: ValidationError) -> ApiError:
     """409 for changes each valid alone that the resource's other fields contradict (a
     PATCH setting ``start_at`` after the schedule's ``end_at``)."""
-    reasons = "; ".join(str(e.get("msg", "invalid")).removeprefix("Value error, ")
-                        for e in exc.errors())
-    return ApiError(409, "conflicting_change",
-                    f"the change conflicts with the schedule's other fields: {reasons}")
+    reasons = "; ".join(
+        str(e.get("msg", "invalid")).removeprefix("Value error, ") for e in exc.errors()
+    )
+    return ApiError(
+        409,
+        "conflicting_change",
+        f"the change conflicts with the schedule's other fields: {reasons}",
+    )
 
 
 def _conflict(_: Request, exc: Exception) -> JSONResponse:
@@ -91,13 +99,15 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8, too deep)
         message = f"request body is not valid JSON: {exc.detail}"
-        return error_response(422, "validation_error", message,
-                              [{"field": "body", "message": message}])
+        return error_response(
+            422, "validation_error", message, [{"field": "body", "message": message}]
+        )
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     if exc.status_code == 405:
         allow = allowed_methods(request)
-        response = error_response(405, code, f"{request.method} is not allowed on "
-                                  f"{request.url.path}; allowed: {allow}")
+        response = error_response(
+            405, code, f"{request.method} is not allowed on {request.url.path}; allowed: {allow}"
+        )
         response.headers["Allow"] = allow
         return response
     return error_response(exc.status_code, code, str(exc.detail))
@@ -108,9 +118,12 @@ def allowed_methods(request: Request) -> str:
     (Starlette names only the methods of the first route that matched the path)."""
     routes = request.app.router.routes
     return ", ".join(
-        method for method in METHODS
-        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
-               for route in routes))
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
 
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -131,9 +144,11 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 
 def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     response = error_response(
-        503, "store_unavailable",
+        503,
+        "store_unavailable",
         f"the database is unavailable ({type(exc).__name__}: {exc}); retry shortly "
-        "(resubmitting with the same idempotency_key never creates a second task)")
+        "(resubmitting with the same idempotency_key never creates a second task)",
+    )
     response.headers["Retry-After"] = "2"
     return response
 
@@ -144,14 +159,27 @@ def reject_nul(connection: HTTPConnection) -> None:
     outright, which used to surface as a 500), so it is always bad client input."""
     if connection.scope["type"] != "http":
         return  # WebSocket filters are compared in memory, never sent to the store
-    found = [("query", name) for name, value in connection.query_params.multi_items()
-             if "\x00" in name or "\x00" in value]
-    found += [("path", name) for name, value in connection.path_params.items()
-              if isinstance(value, str) and "\x00" in value]
+    found = [
+        ("query", name)
+        for name, value in connection.query_params.multi_items()
+        if "\x00" in name or "\x00" in value
+    ]
+    found += [
+        ("path", name)
+        for name, value in connection.path_params.items()
+        if isinstance(value, str) and "\x00" in value
+    ]
     if found:
-        raise RequestValidationError([
-            {"loc": loc, "type": "value_error",
-             "msg": "must not contain NUL (\\x00) characters"} for loc in found])
+        raise RequestValidationError(
+            [
+                {
+                    "loc": loc,
+                    "type": "value_error",
+                    "msg": "must not contain NUL (\\x00) characters",
+                }
+                for loc in found
+            ]
+        )
 
 
 def install(api: FastAPI) -> None:
@@ -169,9 +197,14 @@ def install(api: FastAPI) -> None:
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the error codes a route may return."""
-    text = {400: "Bad request", 401: "Missing, invalid or revoked API key",
-            403: "The API key lacks the scope", 404: "Unknown id",
-            409: "Conflicts with the current state",
-            413: "Payload too large", 422: "Invalid input (the message names the field)",
-            503: "Store unavailable"}
+    text = {
+        400: "Bad request",
+        401: "Missing, invalid or revoked API key",
+        403: "The API key lacks the scope",
+        404: "Unknown id",
+        409: "Conflicts with the current state",
+        413: "Payload too large",
+        422: "Invalid input (the message names the field)",
+        503: "Store unavailable",
+    }
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}

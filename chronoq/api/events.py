@@ -54,14 +54,16 @@ async def events(websocket: WebSocket) -> None:
 
     closed = asyncio.create_task(wait_for_close())
     never = asyncio.Event()  # with auth off there is no key to revoke
-    revoked = asyncio.create_task(until_revoked(websocket, caller.secret)
-                                  if caller.secret and who.key_id else never.wait())
+    revoked = asyncio.create_task(
+        until_revoked(websocket, caller.secret) if caller.secret and who.key_id else never.wait()
+    )
     with app.store.events.subscribe() as subscription:
         try:
             while not closed.done():
                 next_batch = asyncio.ensure_future(anext(subscription))
-                await asyncio.wait([next_batch, closed, revoked],
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    [next_batch, closed, revoked], return_when=asyncio.FIRST_COMPLETED
+                )
                 if not next_batch.done():
                     next_batch.cancel()
                     if revoked.done() and not closed.done():

@@ -30,8 +30,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: the store and the Redis broker (if any) answer",
-            responses=responses(503))
+@router.get(
+    "/readyz",
+    summary="Readiness: the store and the Redis broker (if any) answer",
+    responses=responses(503),
+)
 async def readyz(request: Request) -> JSONResponse:
     """`503` naming each dependency that does not answer within 2 s: `store_unavailable`
     when the store is among them, else `broker_unavailable`."""

@@ -29,8 +29,9 @@ class _TooLarge(Exception):
 
 
 def too_large(message: str) -> Any:
-    return error_response(413, "payload_too_large", message,
-                          [{"field": "body", "message": message}])
+    return error_response(
+        413, "payload_too_large", message, [{"field": "body", "message": message}]
+    )
 
 
 class BodyLimitMiddleware:
@@ -42,8 +43,7 @@ class BodyLimitMiddleware:
 
     def _message(self, size: int | None) -> str:
         said = f"is {size} bytes" if size is not None else f"is larger than {self.max_bytes} bytes"
-        return (f"request body {said}; the limit is {self.max_bytes} "
-                "(CHRONOQ_MAX_REQUEST_BYTES)")
+        return f"request body {said}; the limit is {self.max_bytes} (CHRONOQ_MAX_REQUEST_BYTES)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,8 +92,7 @@ def install_limits(api: FastAPI, settings: Settings) -> None:
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.request_limit())
 
 
-def fires_per_minute(recurrence: Recurrence, *, now: float | None = None,
-                     ceiling: int = 60) -> int:
+def fires_per_minute(recurrence: Recurrence, *, now: float | None = None, ceiling: int = 60) -> int:
     """How many times ``recurrence`` fires in its busiest minute (counted up to ``ceiling``;
     cron fires at most once a second, so 60 is exact for cron).
 
@@ -113,10 +112,13 @@ def check_schedule_rate(spec: ScheduleFields | ScheduleUpdate, settings: Setting
         rate = 60.0 / spec.interval_seconds
         if rate > limit:
             raise ApiError(
-                422, "validation_error",
+                422,
+                "validation_error",
                 f"interval_seconds {spec.interval_seconds:g} fires {rate:g} times a minute; "
                 f"the limit is {limit} (CHRONOQ_MAX_FIRES_PER_MINUTE), so at least "
-                f"{60 / limit:g} seconds", "interval_seconds")
+                f"{60 / limit:g} seconds",
+                "interval_seconds",
+            )
         return
     if spec.cron is None:
         return
@@ -126,6 +128,9 @@ def check_schedule_rate(spec: ScheduleFields | ScheduleUpdate, settings: Setting
         return
     if rate > limit:
         raise ApiError(
-            422, "validation_error",
+            422,
+            "validation_error",
             f"cron {spec.cron!r} fires {rate} times a minute; the limit is {limit} "
-            "(CHRONOQ_MAX_FIRES_PER_MINUTE)", "cron")
+            "(CHRONOQ_MAX_FIRES_PER_MINUTE)",
+            "cron",
+        )

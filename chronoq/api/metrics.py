@@ -30,8 +30,12 @@ UNMATCHED = "unmatched"
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request, who: Reader) -> Response:
     if who.namespace is not None:
-        raise ApiError(403, "forbidden", "/metrics covers every namespace: scrape it with a "
-                       f"key without one (this key is bound to {who.namespace!r})")
+        raise ApiError(
+            403,
+            "forbidden",
+            "/metrics covers every namespace: scrape it with a "
+            f"key without one (this key is bound to {who.namespace!r})",
+        )
     app: App = request.app.state.chronoq
     found = metrics_for(app)
     if app.is_open:
@@ -62,8 +66,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         chronoq = self.chronoq
-        if chronoq.is_open and (self.metrics.store is not chronoq.store
-                                or not self.metrics.running):
+        if chronoq.is_open and (
+            self.metrics.store is not chronoq.store or not self.metrics.running
+        ):
             self._started_here = self._started_here or not self.metrics.running
             self.metrics.start(chronoq.store)
         status = 500
@@ -81,8 +86,7 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            self.metrics.observe_request(method, template, status,
-                                         time.perf_counter() - started)
+            self.metrics.observe_request(method, template, status, time.perf_counter() - started)
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:

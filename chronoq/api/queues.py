@@ -21,8 +21,12 @@ from chronoq.models import to_datetime
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"], responses=responses(401, 403, 422))
 
-QueueName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:\-]+$",
-                                description="the queue's name")]
+QueueName = Annotated[
+    str,
+    Path(
+        min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:\-]+$", description="the queue's name"
+    ),
+]
 
 
 class QueuePauseState(BaseModel):
@@ -34,8 +38,12 @@ class QueuePauseState(BaseModel):
 
 def _unscoped(who: Principal) -> None:
     if who.namespace is not None:
-        raise ApiError(403, "forbidden", "pausing or resuming a queue affects every "
-                       "namespace: it takes a key not bound to a namespace")
+        raise ApiError(
+            403,
+            "forbidden",
+            "pausing or resuming a queue affects every "
+            "namespace: it takes a key not bound to a namespace",
+        )
 
 
 @router.post("/{queue}/pause", response_model=QueuePauseState, summary="Pause a queue")
@@ -44,8 +52,9 @@ async def pause_queue(queue: QueueName, app: AppDep, who: Writer) -> QueuePauseS
     stay queued. Pausing a paused queue changes nothing. `write` scope, no namespace."""
     _unscoped(who)
     pause = await app.store.pause_queue(queue, time.time(), who.key_id)
-    return QueuePauseState(queue=queue, paused=True, paused_at=to_datetime(pause.paused_at),
-                           paused_by=pause.paused_by)
+    return QueuePauseState(
+        queue=queue, paused=True, paused_at=to_datetime(pause.paused_at), paused_by=pause.paused_by
+    )
 
 
 @router.post("/{queue}/resume", response_model=QueuePauseState, summary="Resume a queue")

@@ -133,15 +133,20 @@ class RateLimits:
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimits:
         per_minute = settings.auth_failures_per_minute
-        return cls(Limiter(settings.rate_limit, settings.rate_limit_burst),
-                   Limiter(per_minute / 60.0, per_minute))
+        return cls(
+            Limiter(settings.rate_limit, settings.rate_limit_burst),
+            Limiter(per_minute / 60.0, per_minute),
+        )
 
     def check_key(self, key_id: str) -> None:
         """Spend a request of ``key_id``; raise :class:`RateLimited` when it has none."""
         wait = self.per_key.take(key_id)
         if wait > 0:
-            raise RateLimited("too many requests with this API key; the limit is "
-                              f"{self.per_key.rate:g} a second (CHRONOQ_RATE_LIMIT)", wait)
+            raise RateLimited(
+                "too many requests with this API key; the limit is "
+                f"{self.per_key.rate:g} a second (CHRONOQ_RATE_LIMIT)",
+                wait,
+            )
 
     def check_address(self, address: str) -> None:
         """Raise :class:`RateLimited` when ``address`` has used up its failed attempts."""
@@ -149,7 +154,9 @@ class RateLimits:
         if wait > 0:
             raise RateLimited(
                 "too many invalid API keys from this address; the limit is "
-                f"{self.failures.burst:g} a minute (CHRONOQ_AUTH_FAILURES_PER_MINUTE)", wait)
+                f"{self.failures.burst:g} a minute (CHRONOQ_AUTH_FAILURES_PER_MINUTE)",
+                wait,
+            )
 
     def failed(self, address: str) -> None:
         """Count a failed authentication from ``address``."""

@@ -26,15 +26,24 @@ class PurgeResult(BaseModel):
     deleted: int = Field(description="tasks deleted with their attempts (0 on a dry run)")
 
 
-@router.delete("/tasks", response_model=PurgeResult, responses=responses(422),
-               summary="Purge finished tasks in bulk")
+@router.delete(
+    "/tasks",
+    response_model=PurgeResult,
+    responses=responses(422),
+    summary="Purge finished tasks in bulk",
+)
 async def purge_tasks(
     app: AppDep,
     who: Writer,
     status: Annotated[Purgeable, Query(description="a finished status: only those can be purged")],
-    before: Annotated[str, Query(
-        description="finished before this ISO 8601 time, or longer ago than this "
-                    "duration (7d, 12h)", max_length=64)],
+    before: Annotated[
+        str,
+        Query(
+            description="finished before this ISO 8601 time, or longer ago than this "
+            "duration (7d, 12h)",
+            max_length=64,
+        ),
+    ],
     queue: Annotated[str | None, Query(max_length=100)] = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
     dry_run: Annotated[bool, Query(description="count only, delete nothing")] = False,

@@ -18,8 +18,14 @@ from chronoq.store.schedules import ScheduleAmbiguous, ScheduleRecord, id_like
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=responses(401, 403))
 
-Key = Annotated[str, Path(description="schedule id, or name in the caller's namespace (a "
-                                      "key shaped like an id is an id)", max_length=200)]
+Key = Annotated[
+    str,
+    Path(
+        description="schedule id, or name in the caller's namespace (a "
+        "key shaped like an id is an id)",
+        max_length=200,
+    ),
+]
 
 
 async def visible_schedule(app: App, who: Principal, key: str) -> ScheduleRecord:
@@ -29,18 +35,31 @@ async def visible_schedule(app: App, who: Principal, key: str) -> ScheduleRecord
     try:
         return await app.store.get_schedule(key, who.namespace)
     except ScheduleAmbiguous as exc:
-        raise ApiError(409, "ambiguous_name", f"schedules named {exc.name!r} exist in "
-                       f"namespaces {', '.join(exc.namespaces)}: use the schedule's id"
-                       ) from None
+        raise ApiError(
+            409,
+            "ambiguous_name",
+            f"schedules named {exc.name!r} exist in "
+            f"namespaces {', '.join(exc.namespaces)}: use the schedule's id",
+        ) from None
 
 
-@router.post("", status_code=201, response_model=Schedule, responses=responses(409, 413, 422),
-             summary="Create a recurring schedule")
+@router.post(
+    "",
+    status_code=201,
+    response_model=Schedule,
+    responses=responses(409, 413, 422),
+    summary="Create a recurring schedule",
+)
 async def create_schedule(spec: ScheduleCreate, app: AppDep, who: Writer) -> Schedule:
     """Fire `task` on a `cron` expression (in `timezone`) or every `interval_seconds`."""
     if id_like(spec.name):
-        raise ApiError(422, "validation_error", "a schedule name may not be shaped like an id "
-                       "(a UUID): /v1/schedules/{key} reads such a key as an id", "name")
+        raise ApiError(
+            422,
+            "validation_error",
+            "a schedule name may not be shaped like an id "
+            "(a UUID): /v1/schedules/{key} reads such a key as an id",
+            "name",
+        )
     check_schedule_rate(spec, app.settings)
     check_payload(spec.task, app.settings.max_payload_bytes, "task.payload")
     return (await app.store.create_schedule(spec, time.time(), who.home)).to_api()
@@ -50,28 +69,34 @@ async def create_schedule(spec: ScheduleCreate, app: AppDep, who: Writer) -> Sch
 async def list_schedules(
     app: AppDep,
     who: Reader,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
-                                        max_length=240)] = None,
+    cursor: Annotated[
+        str | None, Query(description="next_cursor of the previous page", max_length=240)
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SchedulePage:
     """By name, each with its next 5 fire times."""
     records = await app.store.list_schedules(cursor, limit + 1, who.namespace)
     more = len(records) > limit
     records = records[:limit]
-    return SchedulePage(items=[r.to_api() for r in records],
-                        next_cursor=records[-1].cursor if more else None)
+    return SchedulePage(
+        items=[r.to_api() for r in records], next_cursor=records[-1].cursor if more else None
+    )
 
 
-@router.get("/{key}", response_model=Schedule, responses=responses(404, 409),
-            summary="Get a schedule")
+@router.get(
+    "/{key}", response_model=Schedule, responses=responses(404, 409), summary="Get a schedule"
+)
 async def get_schedule(key: Key, app: AppDep, who: Reader) -> Schedule:
     return (await visible_schedule(app, who, key)).to_api()
 
 
-@router.patch("/{key}", response_model=Schedule, responses=responses(404, 409, 413, 422),
-              summary="Change a schedule")
-async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: Writer
-                          ) -> Schedule:
+@router.patch(
+    "/{key}",
+    response_model=Schedule,
+    responses=responses(404, 409, 413, 422),
+    summary="Change a schedule",
+)
+async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: Writer) -> Schedule:
     """Only the fields given change. Changing the rule (cron, interval, timezone, start,
     end) moves the next fire time to the first new slot after now."""
     record = await visible_schedule(app, who, key)
@@ -86,8 +111,9 @@ async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: W
         raise merged_conflict(exc) from None
 
 
-@router.delete("/{key}", status_code=204, responses=responses(404, 409),
-                summary="Delete a schedule")
+@router.delete(
+    "/{key}", status_code=204, responses=responses(404, 409), summary="Delete a schedule"
+)
 async def delete_schedule(key: Key, app: AppDep, who: Writer) -> Response:
     """Tasks it already fired stay, with their `schedule_id`."""
     record = await visible_schedule(app, who, key)
@@ -95,33 +121,49 @@ async def delete_schedule(key: Key, app: AppDep, who: Writer) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/{key}/pause", response_model=Schedule, responses=responses(404, 409),
-             summary="Pause a schedule")
+@router.post(
+    "/{key}/pause",
+    response_model=Schedule,
+    responses=responses(404, 409),
+    summary="Pause a schedule",
+)
 async def pause_schedule(key: Key, app: AppDep, who: Writer) -> Schedule:
     """Nothing fires while paused."""
     record = await visible_schedule(app, who, key)
     return (await app.store.set_paused(record.id, True, time.time())).to_api()
 
 
-@router.post("/{key}/resume", response_model=Schedule, responses=responses(404, 409),
-             summary="Resume a schedule")
+@router.post(
+    "/{key}/resume",
+    response_model=Schedule,
+    responses=responses(404, 409),
+    summary="Resume a schedule",
+)
 async def resume_schedule(key: Key, app: AppDep, who: Writer) -> Schedule:
     """The next slot after now fires; slots that fell in the pause are not made up."""
     record = await visible_schedule(app, who, key)
     return (await app.store.set_paused(record.id, False, time.time())).to_api()
 
 
-@router.post("/{key}/trigger", status_code=201, response_model=Task,
-             responses=responses(404, 409),
-             summary="Run a schedule's task now")
+@router.post(
+    "/{key}/trigger",
+    status_code=201,
+    response_model=Task,
+    responses=responses(404, 409),
+    summary="Run a schedule's task now",
+)
 async def trigger_schedule(key: Key, app: AppDep, who: Writer) -> Task:
     """One extra run now (slot = now); the rule is unchanged."""
     record = await visible_schedule(app, who, key)
     return (await app.store.trigger_schedule(record.id, time.time())).to_api()
 
 
-@router.get("/{key}/runs", response_model=TaskPage, responses=responses(404, 409, 422),
-            summary="Tasks fired by a schedule")
+@router.get(
+    "/{key}/runs",
+    response_model=TaskPage,
+    responses=responses(404, 409, 422),
+    summary="Tasks fired by a schedule",
+)
 async def schedule_runs(
     key: Key,
     app: AppDep,

@@ -36,17 +36,27 @@ def get_app(request: Request) -> App:
 
 
 AppDep = Annotated[App, Depends(get_app)]
-TaskId = Annotated[str, Path(description="task id (a UUID)", max_length=64,
-                             json_schema_extra=ID_SCHEMA)]
+TaskId = Annotated[
+    str, Path(description="task id (a UUID)", max_length=64, json_schema_extra=ID_SCHEMA)
+]
 #: the ``cursor`` of task pages: the id of the last task of the previous page
-TaskCursor = Annotated[str | None, Query(description="next_cursor of the previous page",
-                                         max_length=64, json_schema_extra=ID_SCHEMA)]
+TaskCursor = Annotated[
+    str | None,
+    Query(
+        description="next_cursor of the previous page", max_length=64, json_schema_extra=ID_SCHEMA
+    ),
+]
 
 
 def check_id(task_id: str, field: str = "task_id") -> str:
     if not is_id(task_id):
-        raise ApiError(422, "bad_id", f"{task_id!r} is not a task id (expected a lower-case "
-                       "UUID such as 01890a5d-ac96-774b-bcce-b302099a8057)", field)
+        raise ApiError(
+            422,
+            "bad_id",
+            f"{task_id!r} is not a task id (expected a lower-case "
+            "UUID such as 01890a5d-ac96-774b-bcce-b302099a8057)",
+            field,
+        )
     return task_id
 
 
@@ -70,13 +80,16 @@ async def visible_task(app: App, who: Principal, task_id: str) -> TaskRecord:
 
 
 @router.post(
-    "/tasks", status_code=201, response_model=Task,
-    responses={200: {"model": Task, "description": "A task with this idempotency_key existed"},
-               **responses(413, 422)},
+    "/tasks",
+    status_code=201,
+    response_model=Task,
+    responses={
+        200: {"model": Task, "description": "A task with this idempotency_key existed"},
+        **responses(413, 422),
+    },
     summary="Submit a task",
 )
-async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Writer
-                      ) -> Task:
+async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Writer) -> Task:
     """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
     same `idempotency_key` again returns the first task (status 200) instead of a copy."""
     check_payload(spec, app.settings.max_payload_bytes, "payload")
@@ -110,16 +123,25 @@ async def create_tasks(batch: TaskBatch, app: AppDep, who: Writer) -> TaskBatchR
 def check_payload(spec: TaskTemplate, limit: int, field: str) -> None:
     """422 for a payload JSON cannot hold, 413 for one over ``limit`` bytes of JSON."""
     if not _finite(spec.payload):
-        raise ApiError(422, "validation_error",
-                       "payload contains NaN or Infinity, which JSON cannot represent", field)
+        raise ApiError(
+            422,
+            "validation_error",
+            "payload contains NaN or Infinity, which JSON cannot represent",
+            field,
+        )
     try:
         size = len(dumps(spec.payload))
     except TypeError as exc:  # orjson: integers beyond 64 bits, NaN keys, ...
-        raise ApiError(422, "validation_error", f"payload cannot be stored as JSON: {exc}",
-                       field) from None
+        raise ApiError(
+            422, "validation_error", f"payload cannot be stored as JSON: {exc}", field
+        ) from None
     if size > limit:
-        raise ApiError(413, "payload_too_large",
-                       f"payload is {size} bytes of JSON; the limit is {limit}", field)
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"payload is {size} bytes of JSON; the limit is {limit}",
+            field,
+        )
 
 
 @router.get("/tasks", response_model=TaskPage, responses=responses(422), summary="List tasks")
@@ -135,16 +157,27 @@ async def list_tasks(
     """Newest first. `status=dead` lists the dead-letter queue."""
     if cursor is not None:
         check_id(cursor, "cursor")
-    records = await app.store.list_tasks(status=status, queue=queue, name=name, cursor=cursor,
-                                         namespace=who.namespace, limit=limit + 1)
+    records = await app.store.list_tasks(
+        status=status,
+        queue=queue,
+        name=name,
+        cursor=cursor,
+        namespace=who.namespace,
+        limit=limit + 1,
+    )
     more = len(records) > limit
     records = records[:limit]
-    return TaskPage(items=[r.to_api() for r in records],
-                    next_cursor=records[-1].id if more else None)
+    return TaskPage(
+        items=[r.to_api() for r in records], next_cursor=records[-1].id if more else None
+    )
 
 
-@router.get("/tasks/{task_id}", response_model=Task, responses=responses(404, 422),
-            summary="Get a task with its attempts")
+@router.get(
+    "/tasks/{task_id}",
+    response_model=Task,
+    responses=responses(404, 422),
+    summary="Get a task with its attempts",
+)
 async def get_task(task_id: TaskId, app: AppDep, who: Reader) -> Task:
     record = await visible_task(app, who, task_id)
     task = record.to_api(await app.store.get_attempts(task_id))
@@ -152,8 +185,12 @@ async def get_task(task_id: TaskId, app: AppDep, who: Reader) -> Task:
     return task
 
 
-@router.post("/tasks/{task_id}/cancel", response_model=Task, responses=responses(404, 409, 422),
-             summary="Cancel a task")
+@router.post(
+    "/tasks/{task_id}/cancel",
+    response_model=Task,
+    responses=responses(404, 409, 422),
+    summary="Cancel a task",
+)
 async def cancel_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
     """Scheduled, queued and waiting tasks never run; a running task is stopped."""
     await visible_task(app, who, task_id)
@@ -161,8 +198,12 @@ async def cancel_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
     return record.to_api()
 
 
-@router.post("/tasks/{task_id}/retry", response_model=Task, responses=responses(404, 409, 422),
-             summary="Retry a failed or dead task now")
+@router.post(
+    "/tasks/{task_id}/retry",
+    response_model=Task,
+    responses=responses(404, 409, 422),
+    summary="Retry a failed or dead task now",
+)
 async def retry_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
     """Send a task from the dead-letter queue (or waiting for its backoff) back to the queue."""
     await visible_task(app, who, task_id)
@@ -170,8 +211,12 @@ async def retry_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
     return record.to_api()
 
 
-@router.delete("/tasks/{task_id}", status_code=204, responses=responses(404, 409, 422),
-               summary="Discard a finished task")
+@router.delete(
+    "/tasks/{task_id}",
+    status_code=204,
+    responses=responses(404, 409, 422),
+    summary="Discard a finished task",
+)
 async def delete_task(task_id: TaskId, app: AppDep, who: Writer) -> Response:
     """Remove a succeeded, dead or cancelled task and its attempts (e.g. to clear the
     dead-letter queue). Unfinished tasks answer 409: cancel them first."""
@@ -180,7 +225,11 @@ async def delete_task(task_id: TaskId, app: AppDep, who: Writer) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/queues", response_model=list[QueueStats], tags=["queues"],
-            summary="Depth and status counts per queue")
+@router.get(
+    "/queues",
+    response_model=list[QueueStats],
+    tags=["queues"],
+    summary="Depth and status counts per queue",
+)
 async def list_queues(app: AppDep, who: Reader) -> list[QueueStats]:
     return await app.store.queue_stats(time.time(), who.namespace)

@@ -27,8 +27,10 @@ def static_dir() -> Path:
 # The page loads only its own files. One constant, never built from the request: a Host
 # header is the client's to choose. CSP Level 3 'self' also matches ws:/wss: on the page's
 # own host and port (Chromium, Firefox and Safari do so), which is all the event socket needs.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
@@ -55,8 +57,7 @@ def router(folder: Path) -> APIRouter:
     @ui.get("/ui")
     @ui.get("/ui/")
     async def page() -> FileResponse:
-        return FileResponse(index, media_type="text/html; charset=utf-8",
-                            headers=SECURITY_HEADERS)
+        return FileResponse(index, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
 
     @ui.get("/")
     async def home() -> RedirectResponse:

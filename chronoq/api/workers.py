@@ -18,8 +18,9 @@ router = APIRouter(prefix="/v1/workers", tags=["workers"], responses=responses(4
 async def list_workers(
     app: AppDep,
     who: Reader,
-    include_all: Annotated[bool, Query(alias="all",
-                                       description="include stopped and dead workers")] = False,
+    include_all: Annotated[
+        bool, Query(alias="all", description="include stopped and dead workers")
+    ] = False,
 ) -> list[WorkerInfo]:
     """Alive workers (newest first); `all=true` adds stopped and dead ones."""
     return await app.store.list_workers(include_gone=include_all)

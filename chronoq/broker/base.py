@@ -25,8 +25,7 @@ class Broker(abc.ABC):
     async def quiesce(self) -> None:  # noqa: B027 - optional hook
         """The worker is stopping: take back any standing offer to receive new work."""
 
-    async def strays(self, known: Sequence[str], lease_before: float
-                     ) -> list[TaskRecord]:
+    async def strays(self, known: Sequence[str], lease_before: float) -> list[TaskRecord]:
         """Tasks handed to this worker whose hand-off it never heard of (not in ``known``,
         lease running out before ``lease_before``): the worker starts them. Only brokers
         that take hand-offs have any."""

@@ -41,8 +41,9 @@ def stream(queue: str, priority: int) -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    return redis.from_url(url, decode_responses=True, health_check_interval=10,
-                          socket_keepalive=True)
+    return redis.from_url(
+        url, decode_responses=True, health_check_interval=10, socket_keepalive=True
+    )
 
 
 async def publish(client: redis.Redis, ready: Iterable[tuple[str, str, int]]) -> int:
@@ -52,8 +53,7 @@ async def publish(client: redis.Redis, ready: Iterable[tuple[str, str, int]]) ->
         return 0
     async with client.pipeline(transaction=False) as pipe:
         for task_id, queue, priority in items:
-            pipe.xadd(stream(queue, priority), {"id": task_id}, maxlen=MAXLEN,
-                      approximate=True)
+            pipe.xadd(stream(queue, priority), {"id": task_id}, maxlen=MAXLEN, approximate=True)
         await pipe.execute()
     return len(items)
 
@@ -67,8 +67,11 @@ class Publisher:
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self.published = 0
-        self._outage = Outage("publishing ready tasks to Redis (the reconciler re-publishes "
-                              "them)", log, level=logging.WARNING)
+        self._outage = Outage(
+            "publishing ready tasks to Redis (the reconciler re-publishes them)",
+            log,
+            level=logging.WARNING,
+        )
 
     async def start(self) -> None:
         self._subscription = self.events.subscribe(maxsize=100_000, local_only=True)
@@ -126,8 +129,11 @@ class Publisher:
             try:
                 published += await publish(self.client, batch)
             except (RedisError, OSError) as exc:
-                log.warning("could not re-publish resumed queue %s to Redis (%s); the "
-                            "reconciler will", queue, exc)
+                log.warning(
+                    "could not re-publish resumed queue %s to Redis (%s); the reconciler will",
+                    queue,
+                    exc,
+                )
                 break
             if len(batch) < 1000:
                 break
@@ -137,8 +143,15 @@ class Publisher:
 class RedisBroker(Broker):
     """A worker's consumer in the ``chronoq`` group of its queues' streams."""
 
-    def __init__(self, url: str, store: Store, worker_id: str, queues: Sequence[str],
-                 lease_seconds: float, visibility_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        store: Store,
+        worker_id: str,
+        queues: Sequence[str],
+        lease_seconds: float,
+        visibility_seconds: float = 30.0,
+    ) -> None:
         self.client = connect(url)
         self.store = store
         self.worker_id = worker_id
@@ -184,8 +197,9 @@ class RedisBroker(Broker):
         except ResponseError as exc:
             if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                 raise
-            log.warning("Redis lost the streams or consumer groups (restarted or flushed?); "
-                        "recreating them")
+            log.warning(
+                "Redis lost the streams or consumer groups (restarted or flushed?); recreating them"
+            )
             await self._ensure_groups()
             return []
         except (RedisError, OSError) as exc:
@@ -194,8 +208,9 @@ class RedisBroker(Broker):
         self._outage.over()
         if not messages:
             return []
-        claimed = await self.store.claim_ids(self.worker_id, [m[2] for m in messages],
-                                             time.time(), self.lease_seconds)
+        claimed = await self.store.claim_ids(
+            self.worker_id, [m[2] for m in messages], time.time(), self.lease_seconds
+        )
         taken = {t.id for t in claimed}
         stale = []
         for name, message_id, task_id in messages:
@@ -208,8 +223,8 @@ class RedisBroker(Broker):
 
     async def _read(self, limit: int, block_ms: int) -> list[tuple[str, str, str]]:
         reply: Any = await self.client.xreadgroup(
-            GROUP, self.worker_id, {name: ">" for name in self.streams}, count=limit,
-            block=block_ms)
+            GROUP, self.worker_id, {name: ">" for name in self.streams}, count=limit, block=block_ms
+        )
         found: dict[str, list[tuple[str, str, str]]] = {}
         for name, entries in reply or []:
             found[name] = [(name, mid, fields["id"]) for mid, fields in entries if fields]
@@ -231,8 +246,9 @@ class RedisBroker(Broker):
         taken: list[tuple[str, str, str]] = []
         idle_ms = int(self.visibility_seconds * 1000)
         for name in self.streams:
-            reply: Any = await self.client.xautoclaim(name, GROUP, self.worker_id, idle_ms,
-                                                      start_id="0-0", count=limit)
+            reply: Any = await self.client.xautoclaim(
+                name, GROUP, self.worker_id, idle_ms, start_id="0-0", count=limit
+            )
             for mid, fields in reply[1]:
                 if fields:
                     taken.append((name, mid, fields["id"]))

@@ -27,9 +27,14 @@ class StoreBroker(Broker):
     to this worker is passed to ``start`` the moment its notification arrives (``start``
     must hold it back if every slot is busy: offers can lag behind by a few)."""
 
-    def __init__(self, store: Store, worker_id: str, queues: Sequence[str],
-                 lease_seconds: float, start: Callable[[TaskRecord], None] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        store: Store,
+        worker_id: str,
+        queues: Sequence[str],
+        lease_seconds: float,
+        start: Callable[[TaskRecord], None] | None = None,
+    ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.queues = list(queues)
@@ -42,8 +47,9 @@ class StoreBroker(Broker):
 
     async def start(self) -> None:
         if self._start is not None:
-            self._unsubscribe = self.store.hub.on_message(worker_channel(self.worker_id),
-                                                          self._handed)
+            self._unsubscribe = self.store.hub.on_message(
+                worker_channel(self.worker_id), self._handed
+            )
 
     async def quiesce(self) -> None:
         if self._unsubscribe is not None:
@@ -62,8 +68,12 @@ class StoreBroker(Broker):
             return []
         tasks = await self.store.strays(self.worker_id, known, lease_before)
         if tasks:
-            log.warning("worker %s: the hand-off of %d tasks never arrived (%s); starting "
-                        "them now", self.worker_id, len(tasks), ", ".join(t.id for t in tasks))
+            log.warning(
+                "worker %s: the hand-off of %d tasks never arrived (%s); starting them now",
+                self.worker_id,
+                len(tasks),
+                ", ".join(t.id for t in tasks),
+            )
         return self.store.started(tasks, time.time())
 
     def interrupt(self) -> None:
@@ -85,8 +95,10 @@ class StoreBroker(Broker):
         except NotFound:
             return
         except Exception:
-            log.exception("could not read handed-off task %s; its lease will expire and "
-                          "it will be retried", task_id)
+            log.exception(
+                "could not read handed-off task %s; its lease will expire and it will be retried",
+                task_id,
+            )
             return
         if task.status is Status.RUNNING and task.worker_id == self.worker_id:
             self._begin(self.store.started([task], time.time()))
@@ -102,9 +114,14 @@ class StoreBroker(Broker):
         for queue in self.queues:
             if len(claimed) >= limit:
                 break
-            claimed += await self.store.claim(self.worker_id, queue, limit - len(claimed),
-                                              time.time(), self.lease_seconds,
-                                              offer=self.queues if self._start else ())
+            claimed += await self.store.claim(
+                self.worker_id,
+                queue,
+                limit - len(claimed),
+                time.time(),
+                self.lease_seconds,
+                offer=self.queues if self._start else (),
+            )
         if len(self.queues) > 1:
             self.queues.append(self.queues.pop(0))
         if not claimed and not self._interrupted.is_set():

@@ -48,8 +48,10 @@ CONNECT_TIMEOUT = 10.0
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
-                       r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$"
+)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
 
@@ -80,8 +82,10 @@ class HttpAllow:
                 pass
             host = _normal_host(entry)
             if not _HOSTNAME.match(host) or "/" in entry:
-                raise ValueError(f"http allow-list entry {raw!r} is neither a hostname nor "
-                                 "an IP network (e.g. internal.example.com, 10.0.0.0/8)")
+                raise ValueError(
+                    f"http allow-list entry {raw!r} is neither a hostname nor "
+                    "an IP network (e.g. internal.example.com, 10.0.0.0/8)"
+                )
             hosts.add(host)
         self.hosts = frozenset(hosts)
         self.networks = tuple(networks)
@@ -165,8 +169,9 @@ async def resolve(host: str, port: int, timeout: float | None) -> list[IPAddress
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                           proto=socket.IPPROTO_TCP)
+            infos = await loop.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
     except TimeoutError:
         raise httpcore.ConnectTimeout(f"resolving {host} took longer than {timeout}s") from None
     except (socket.gaierror, UnicodeError) as exc:
@@ -184,9 +189,11 @@ def refused_message(host: str, refused: list[tuple[IPAddress, str]]) -> str:
     first = refused[0][0]
     network = f"{first}/{first.max_prefixlen}"
     named = "" if host == str(first) else f" or the host name {host}"
-    return (f"refused to connect to {host}: {what}. chronoq.http only calls public "
-            f"addresses unless the worker allows more: add {network}{named} to "
-            "--http-allow (CHRONOQ_HTTP_ALLOW)")
+    return (
+        f"refused to connect to {host}: {what}. chronoq.http only calls public "
+        f"addresses unless the worker allows more: add {network}{named} to "
+        "--http-allow (CHRONOQ_HTTP_ALLOW)"
+    )
 
 
 class _PinnedBackend(httpcore.AsyncNetworkBackend):
@@ -200,7 +207,10 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
         self.inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
-        self, host: str, port: int, timeout: float | None = None,
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
         local_address: str | None = None,
         socket_options: typing.Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
@@ -219,15 +229,21 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
         for address in permitted:
             try:
                 return await self.inner.connect_tcp(
-                    str(address), port, timeout=timeout, local_address=local_address,
-                    socket_options=socket_options)
+                    str(address),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         assert error is not None
         raise error
 
     async def connect_unix_socket(
-        self, path: str, timeout: float | None = None,
+        self,
+        path: str,
+        timeout: float | None = None,
         socket_options: typing.Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         raise AddressRefused("chronoq.http does not connect to unix sockets")
@@ -244,8 +260,12 @@ class _PinnedTransport(httpx.AsyncHTTPTransport):
         context = httpx.create_ssl_context(verify=verify, trust_env=False)
         # httpx has no public hook for the network backend; its pool is ``_pool``
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context, http1=True, http2=False, retries=0,
-            network_backend=_PinnedBackend(allow))
+            ssl_context=context,
+            http1=True,
+            http2=False,
+            retries=0,
+            network_backend=_PinnedBackend(allow),
+        )
 
 
 class HttpRequest(BaseModel):
@@ -264,9 +284,13 @@ class HttpExecutor(Executor):
     worker's ``--http-allow``). ``verify``: TLS verification (``True``, or an
     :class:`ssl.SSLContext` trusting other authorities)."""
 
-    def __init__(self, allow: Iterable[str] | HttpAllow = (), *,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES,
-                 verify: ssl.SSLContext | bool = True) -> None:
+    def __init__(
+        self,
+        allow: Iterable[str] | HttpAllow = (),
+        *,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self.allow = allow if isinstance(allow, HttpAllow) else HttpAllow(allow)
         self.max_response_bytes = max_response_bytes
         self.verify = verify
@@ -275,8 +299,10 @@ class HttpExecutor(Executor):
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                transport=_PinnedTransport(self.allow, self.verify), follow_redirects=False,
-                trust_env=False)
+                transport=_PinnedTransport(self.allow, self.verify),
+                follow_redirects=False,
+                trust_env=False,
+            )
         return self._client
 
     async def run(self, payload: dict[str, Any]) -> Any:
@@ -298,19 +324,24 @@ class HttpExecutor(Executor):
             # the whole call, answer included; the task's own timeout_seconds cancels it
             # sooner when it is shorter
             async with asyncio.timeout(total):
-                async with self._http().stream(request.method, str(request.url),
-                                               **kwargs) as response:
+                async with self._http().stream(
+                    request.method, str(request.url), **kwargs
+                ) as response:
                     self._check_peer(response)
                     content = await self._read(response, what)
         except TimeoutError:
-            raise TaskFailed(f"{what} did not finish within {total:g}s "
-                             "(payload timeout_seconds)") from None
+            raise TaskFailed(
+                f"{what} did not finish within {total:g}s (payload timeout_seconds)"
+            ) from None
         except AddressRefused as exc:
             raise TaskFailed(str(exc)) from None
         except httpx.TimeoutException as exc:
-            phase = {httpx.ConnectTimeout: "connecting", httpx.ReadTimeout: "reading",
-                     httpx.WriteTimeout: "sending", httpx.PoolTimeout: "waiting for a "
-                     "connection"}.get(type(exc), "waiting")
+            phase = {
+                httpx.ConnectTimeout: "connecting",
+                httpx.ReadTimeout: "reading",
+                httpx.WriteTimeout: "sending",
+                httpx.PoolTimeout: "waiting for a connection",
+            }.get(type(exc), "waiting")
             raise TaskFailed(f"{what} timed out {phase}: {exc!r}") from None
         except httpx.HTTPError as exc:
             raise TaskFailed(f"{what} failed: {exc!r}") from None
@@ -339,15 +370,19 @@ class HttpExecutor(Executor):
         cap = self.max_response_bytes
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
-            raise TaskFailed(f"{what}: the answer is {int(declared)} bytes; chronoq.http "
-                             f"reads at most {cap} bytes")
+            raise TaskFailed(
+                f"{what}: the answer is {int(declared)} bytes; chronoq.http "
+                f"reads at most {cap} bytes"
+            )
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > cap:
-                raise TaskFailed(f"{what}: the answer is larger than {cap} bytes; "
-                                 f"chronoq.http reads at most {cap} bytes")
+                raise TaskFailed(
+                    f"{what}: the answer is larger than {cap} bytes; "
+                    f"chronoq.http reads at most {cap} bytes"
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -49,19 +49,24 @@ class PayloadCheck:
         named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         self.simple = all(p.kind in named or p.kind is p.VAR_KEYWORD for p in params)
         self.names = frozenset(p.name for p in params if p.kind in named)
-        self.required = frozenset(p.name for p in params
-                                  if p.kind in named and p.default is p.empty)
+        self.required = frozenset(
+            p.name for p in params if p.kind in named and p.default is p.empty
+        )
         self.any_name = any(p.kind is p.VAR_KEYWORD for p in params)
 
     def check(self, payload: dict[str, Any]) -> None:
         if self.signature is None:
             return
-        if self.simple and self.required.issubset(payload) and (
-                self.any_name or self.names.issuperset(payload)):
+        if (
+            self.simple
+            and self.required.issubset(payload)
+            and (self.any_name or self.names.issuperset(payload))
+        ):
             return
         try:
             self.signature.bind(**payload)
         except TypeError as exc:
             shown = self.signature.replace(return_annotation=inspect.Signature.empty)
-            raise TaskFailed(f"payload does not fit the handler {self.name}{shown}: {exc}",
-                             retry=False) from None
+            raise TaskFailed(
+                f"payload does not fit the handler {self.name}{shown}: {exc}", retry=False
+            ) from None

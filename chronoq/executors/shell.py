@@ -41,18 +41,60 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OWN = frozenset({"PATH", "HOME"})
 #: exact names that make a shell, interpreter or library run code or load files chosen
 #: by whoever sets them (compared upper-cased)
-_DANGEROUS = frozenset({
-    "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "IFS", "CDPATH",
-    "GLOBIGNORE", "SHELL", "BROWSER", "EDITOR", "VISUAL", "PAGER", "MANPAGER", "TERMINFO",
-    "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_HOST_CONF", "CLASSPATH", "TCLLIBPATH",
-    "SSH_ASKPASS", "SUDO_ASKPASS", "ZDOTDIR", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS",
-})
+_DANGEROUS = frozenset(
+    {
+        "ENV",
+        "BASH_ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "PROMPT_COMMAND",
+        "IFS",
+        "CDPATH",
+        "GLOBIGNORE",
+        "SHELL",
+        "BROWSER",
+        "EDITOR",
+        "VISUAL",
+        "PAGER",
+        "MANPAGER",
+        "TERMINFO",
+        "LOCPATH",
+        "NLSPATH",
+        "HOSTALIASES",
+        "RESOLV_HOST_CONF",
+        "CLASSPATH",
+        "TCLLIBPATH",
+        "SSH_ASKPASS",
+        "SUDO_ASKPASS",
+        "ZDOTDIR",
+        "XDG_CONFIG_HOME",
+        "XDG_CONFIG_DIRS",
+    }
+)
 #: prefixes of such names: the dynamic loader, exported bash functions, interpreters'
 #: start-up options and module paths, git, glibc tunables and converters
 _DANGEROUS_PREFIXES = (
-    "LD_", "DYLD_", "BASH_FUNC_", "PYTHON", "PERL", "RUBY", "NODE_", "NPM_", "JAVA_",
-    "_JAVA_", "JDK_", "GIT_", "LESS", "GCONV", "GLIBC_", "MALLOC_", "LUA_", "PHP",
-    "R_PROFILE", "R_ENVIRON",
+    "LD_",
+    "DYLD_",
+    "BASH_FUNC_",
+    "PYTHON",
+    "PERL",
+    "RUBY",
+    "NODE_",
+    "NPM_",
+    "JAVA_",
+    "_JAVA_",
+    "JDK_",
+    "GIT_",
+    "LESS",
+    "GCONV",
+    "GLIBC_",
+    "MALLOC_",
+    "LUA_",
+    "PHP",
+    "R_PROFILE",
+    "R_ENVIRON",
 )
 
 
@@ -68,12 +110,16 @@ def parse_env_allow(entries: Iterable[str]) -> frozenset[str]:
     names = [e.strip() for e in entries if e.strip()]
     for name in names:
         if dangerous_env_name(name):
-            raise ValueError(f"shell env allow-list entry {name!r} may not be allowed: it "
-                             "lets a task choose code the program runs (chronoq sets PATH "
-                             "and HOME itself; see SECURITY.md)")
+            raise ValueError(
+                f"shell env allow-list entry {name!r} may not be allowed: it "
+                "lets a task choose code the program runs (chronoq sets PATH "
+                "and HOME itself; see SECURITY.md)"
+            )
         if not _ENV_NAME.match(name):
-            raise ValueError(f"shell env allow-list entry {name!r} is not an environment "
-                             "variable name (letters, digits and _, not starting with a digit)")
+            raise ValueError(
+                f"shell env allow-list entry {name!r} is not an environment "
+                "variable name (letters, digits and _, not starting with a digit)"
+            )
     return frozenset(names)
 
 
@@ -116,8 +162,10 @@ class ShellExecutor(Executor):
         entries = [a.strip() for a in allow if a.strip()]
         for entry in entries:
             if "/" in entry and not os.path.isabs(entry):
-                raise ValueError(f"shell allow-list entry {entry!r}: give a program name "
-                                 "(found on PATH) or an absolute path")
+                raise ValueError(
+                    f"shell allow-list entry {entry!r}: give a program name "
+                    "(found on PATH) or an absolute path"
+                )
         self.allow = frozenset(entries)
         self.env_allow = parse_env_allow(env_allow)
 
@@ -129,16 +177,19 @@ class ShellExecutor(Executor):
         if command not in self.allow:
             hint = ""
             if "/" in command and os.path.basename(command) in self.allow:
-                hint = (f"; {os.path.basename(command)!r} is allowed by name (found on the "
-                        "worker's PATH), a path runs only if listed exactly")
-            raise TaskFailed(f"command {command!r} is not in this worker's shell allow-list "
-                             f"({self._listing()}){hint}")
+                hint = (
+                    f"; {os.path.basename(command)!r} is allowed by name (found on the "
+                    "worker's PATH), a path runs only if listed exactly"
+                )
+            raise TaskFailed(
+                f"command {command!r} is not in this worker's shell allow-list "
+                f"({self._listing()}){hint}"
+            )
         if "/" in command:
             return command
         found = shutil.which(command, path=worker_path())  # never the payload's env
         if found is None:
-            raise TaskFailed(f"command {command!r} is allowed but not found on this worker's "
-                             "PATH")
+            raise TaskFailed(f"command {command!r} is allowed but not found on this worker's PATH")
         return os.path.abspath(found)
 
     def _environment(self, requested: dict[str, str]) -> dict[str, str]:
@@ -150,7 +201,8 @@ class ShellExecutor(Executor):
             raise TaskFailed(
                 f"chronoq.shell payload env sets {', '.join(refused)}, which this worker does "
                 f"not allow (allowed: {allowed}); the operator can add a name to "
-                "--shell-env-allow (CHRONOQ_SHELL_ENV_ALLOW)")
+                "--shell-env-allow (CHRONOQ_SHELL_ENV_ALLOW)"
+            )
         return {**base_environment(), **requested}
 
     async def run(self, payload: dict[str, Any]) -> Any:
@@ -160,14 +212,21 @@ class ShellExecutor(Executor):
             raise TaskFailed(f"bad chronoq.shell payload: {exc}", retry=False) from None
         nul = spec.nul_field()
         if nul is not None:
-            raise TaskFailed(f"chronoq.shell payload {nul} contains a NUL byte, which "
-                             "cannot be passed to a program", retry=False)
+            raise TaskFailed(
+                f"chronoq.shell payload {nul} contains a NUL byte, which "
+                "cannot be passed to a program",
+                retry=False,
+            )
         program = self._program(spec.command)
         env = self._environment(spec.env)
         try:
             process = await asyncio.create_subprocess_exec(
-                program, *spec.args, cwd=spec.cwd, env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                program,
+                *spec.args,
+                cwd=spec.cwd,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
         except (OSError, ValueError) as exc:  # missing cwd, not executable...
             raise TaskFailed(f"cannot start {spec.command}: {exc}") from None
@@ -181,5 +240,8 @@ class ShellExecutor(Executor):
         err = stderr.decode(errors="replace")[-MAX_OUTPUT:]
         if process.returncode != 0:
             raise TaskFailed(f"{spec.command} exited with {process.returncode}: {err[-500:]}")
-        return {"exit_code": 0, "stdout": stdout.decode(errors="replace")[-MAX_OUTPUT:],
-                "stderr": err}
+        return {
+            "exit_code": 0,
+            "stdout": stdout.decode(errors="replace")[-MAX_OUTPUT:],
+            "stderr": err,
+        }

@@ -12,5 +12,12 @@ from chronoq.pool.process import (
     child_command,
 )
 
-__all__ = ["ChildCrashed", "ChildError", "PoolError", "PoolExecutor", "PoolFailure",
-           "ProcessPool", "child_command"]
+__all__ = [
+    "ChildCrashed",
+    "ChildError",
+    "PoolError",
+    "PoolExecutor",
+    "PoolFailure",
+    "ProcessPool",
+    "child_command",
+]

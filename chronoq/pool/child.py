@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         runner.run(_serve(executors, requests, replies, args.result_limit))
 
 
-async def _serve(executors: dict[str, Executor], requests: BinaryIO, replies: int,
-                 limit: int) -> None:
+async def _serve(
+    executors: dict[str, Executor], requests: BinaryIO, replies: int, limit: int
+) -> None:
     """Answer requests until stdin closes, on one loop that stays up between tasks."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_REQUEST_LIMIT)
@@ -56,14 +57,17 @@ async def _serve(executors: dict[str, Executor], requests: BinaryIO, replies: in
         _write(replies, await _run_one(executors, orjson.loads(line), limit))
 
 
-async def _run_one(executors: dict[str, Executor], message: dict[str, Any],
-                   limit: int) -> bytes:
+async def _run_one(executors: dict[str, Executor], message: dict[str, Any], limit: int) -> bytes:
     task_id = message["id"]
     executor = executors.get(message["name"])
     if executor is None:
-        return protocol.failure_line(task_id, TaskFailed(
-            f"no handler named {message['name']!r} in the worker's child process "
-            f"{os.getpid()}"), with_traceback=False)
+        return protocol.failure_line(
+            task_id,
+            TaskFailed(
+                f"no handler named {message['name']!r} in the worker's child process {os.getpid()}"
+            ),
+            with_traceback=False,
+        )
     token = current_task.set(protocol.context_of(message))
     try:
         result = await executor.run(message["payload"])
@@ -88,7 +92,7 @@ def _take_protocol_fds() -> tuple[BinaryIO, int]:
 def _write(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _die_with_parent() -> None:

@@ -63,8 +63,9 @@ class ChildCrashed(PoolFailure):
 class ChildError(PoolFailure):
     """The handler raised in the child: its exception's type name, message and traceback."""
 
-    def __init__(self, type_name: str, message: str, traceback: str | None,
-                 retry: bool = True) -> None:
+    def __init__(
+        self, type_name: str, message: str, traceback: str | None, retry: bool = True
+    ) -> None:
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
         self.message = message
@@ -76,8 +77,9 @@ class PoolError(RuntimeError):
     """The pool cannot start its children (e.g. the app fails to import in them)."""
 
 
-def child_command(app: str | None, *, demo: bool = False,
-                  result_limit: int = DEFAULT_RESULT_LIMIT) -> list[str]:
+def child_command(
+    app: str | None, *, demo: bool = False, result_limit: int = DEFAULT_RESULT_LIMIT
+) -> list[str]:
     """The command line of a child that runs ``app``'s handlers."""
     command = [sys.executable, "-m", "chronoq.pool.child", "--result-limit", str(result_limit)]
     if app:
@@ -110,8 +112,18 @@ def rss_mib(pid: int) -> float | None:
 class _Child:
     """One child process and what it is doing."""
 
-    __slots__ = ("crash", "kill_reason", "pid", "proc", "reader", "ready", "reply", "state",
-                 "task_id", "tasks")
+    __slots__ = (
+        "crash",
+        "kill_reason",
+        "pid",
+        "proc",
+        "reader",
+        "ready",
+        "reply",
+        "state",
+        "task_id",
+        "tasks",
+    )
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -137,10 +149,16 @@ class ProcessPool:
     """
 
     def __init__(
-        self, command: Sequence[str], processes: int, *,
-        max_tasks_per_child: int | None = None, max_memory_mib: float | None = None,
-        kill_grace: float = 1.0, memory_check_seconds: float = 0.25,
-        start_timeout: float = 60.0, crash_window: float = 10.0,
+        self,
+        command: Sequence[str],
+        processes: int,
+        *,
+        max_tasks_per_child: int | None = None,
+        max_memory_mib: float | None = None,
+        kill_grace: float = 1.0,
+        memory_check_seconds: float = 0.25,
+        start_timeout: float = 60.0,
+        crash_window: float = 10.0,
         result_limit: int = DEFAULT_RESULT_LIMIT,
     ) -> None:
         if processes < 1:
@@ -181,8 +199,9 @@ class ProcessPool:
             await self.close()
             raise PoolError(f"pool children failed to start: {reason} (see their output)")
         self._supervisor = asyncio.create_task(self._supervise(), name="chronoq-pool")
-        log.info("process pool: %d children (pids %s)", len(first),
-                 ",".join(str(c.pid) for c in first))
+        log.info(
+            "process pool: %d children (pids %s)", len(first), ",".join(str(c.pid) for c in first)
+        )
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop every child: idle ones leave when their stdin closes, the rest are killed
@@ -224,8 +243,7 @@ class ProcessPool:
         try:
             reply = await reply_future
         except asyncio.CancelledError:
-            self._kill(child, "the attempt was stopped (timeout, cancel or shutdown)",
-                       crash=False)
+            self._kill(child, "the attempt was stopped (timeout, cancel or shutdown)", crash=False)
             raise
         child.tasks += 1
         child.reply = child.task_id = None
@@ -234,8 +252,9 @@ class ProcessPool:
             return reply["result"]
         if reply.get("task_failed"):
             raise TaskFailed(reply["message"], retry=bool(reply.get("retry", True)))
-        raise ChildError(reply["type"], reply["message"], reply.get("traceback"),
-                         reply.get("retry", True))
+        raise ChildError(
+            reply["type"], reply["message"], reply.get("traceback"), reply.get("retry", True)
+        )
 
     async def _acquire(self) -> _Child:
         while self._idle:
@@ -286,8 +305,10 @@ class ProcessPool:
         if self.max_memory_mib is not None:
             rss = rss_mib(child.pid)
             if rss is not None and rss > self.max_memory_mib:
-                return (f"its RSS {rss:.0f} MiB is over --max-memory-per-child "
-                        f"{self.max_memory_mib:g} MiB")
+                return (
+                    f"its RSS {rss:.0f} MiB is over --max-memory-per-child "
+                    f"{self.max_memory_mib:g} MiB"
+                )
         if self._live() > max(1, self.target()):
             return "the pool shrinks"
         return None
@@ -295,8 +316,12 @@ class ProcessPool:
     # -- children ----------------------------------------------------------------------------
     async def _spawn(self) -> _Child:
         proc = await asyncio.create_subprocess_exec(
-            *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            start_new_session=True, limit=self.result_limit + 64 * 1024)
+            *self.command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            limit=self.result_limit + 64 * 1024,
+        )
         child = _Child(proc)
         self.children.add(child)
         child.reader = asyncio.create_task(self._read(child), name=f"chronoq-child-{proc.pid}")
@@ -318,8 +343,12 @@ class ProcessPool:
                     if reply is not None and not reply.done():
                         reply.set_result(orjson.loads(line))
         except (ValueError, orjson.JSONDecodeError) as exc:  # a reply past the limit, or junk
-            self._kill(child, f"child process {child.pid} sent an unreadable reply: {exc}",
-                       crash=True, sig=signal.SIGKILL)
+            self._kill(
+                child,
+                f"child process {child.pid} sent an unreadable reply: {exc}",
+                crash=True,
+                sig=signal.SIGKILL,
+            )
         finally:
             code = await child.proc.wait()
             self._exited(child, code)
@@ -347,8 +376,12 @@ class ProcessPool:
             delay = min(0.1 * 2 ** (self._streak - 1), 10.0) if self._streak > 1 else 0.0
             self._spawn_after = now + delay
             running = f" while running task {child.task_id}" if was_busy else ""
-            log.warning("%s%s; starting a new child%s", reason, running,
-                        f" in {delay:.1f}s ({self._streak} crashes in a row)" if delay else "")
+            log.warning(
+                "%s%s; starting a new child%s",
+                reason,
+                running,
+                f" in {delay:.1f}s ({self._streak} crashes in a row)" if delay else "",
+            )
         if self.on_restart is not None:
             self.on_restart(reason)
 
@@ -361,8 +394,9 @@ class ProcessPool:
             child.proc.stdin.close()
         asyncio.get_running_loop().call_later(5.0, self._force_kill, child)
 
-    def _kill(self, child: _Child, reason: str, *, crash: bool,
-              sig: signal.Signals = signal.SIGTERM) -> None:
+    def _kill(
+        self, child: _Child, reason: str, *, crash: bool, sig: signal.Signals = signal.SIGTERM
+    ) -> None:
         """Stop a child now: ``sig``, then SIGKILL after ``kill_grace``. ``reason`` becomes
         the error of the attempt it ran; ``crash`` says whether it counts as a crash."""
         if child.state in ("dead", "killing"):
@@ -412,7 +446,7 @@ class ProcessPool:
             for _ in range(want - live):
                 await self._spawn()
         elif live > want:
-            for child in [c for c in self._idle if c.state == "idle"][:live - want]:
+            for child in [c for c in self._idle if c.state == "idle"][: live - want]:
                 log.info("retiring child %d: the pool shrinks to %d", child.pid, want)
                 self._retire(child)
         if self.max_memory_mib is not None:
@@ -426,9 +460,13 @@ class ProcessPool:
                 continue
             rss = rss_mib(child.pid)
             if rss is not None and rss > limit:
-                self._kill(child, f"child process {child.pid} killed: its RSS {rss:.0f} MiB "
-                           f"is over --max-memory-per-child {limit:g} MiB",
-                           crash=True, sig=signal.SIGKILL)
+                self._kill(
+                    child,
+                    f"child process {child.pid} killed: its RSS {rss:.0f} MiB "
+                    f"is over --max-memory-per-child {limit:g} MiB",
+                    crash=True,
+                    sig=signal.SIGKILL,
+                )
 
 
 class PoolExecutor(Executor):

@@ -23,16 +23,31 @@ from chronoq.executors.base import TaskContext, TaskFailed
 
 def request(context: TaskContext, payload: dict[str, Any]) -> bytes:
     """The line that asks a child to run one attempt."""
-    return orjson.dumps({
-        "id": context.task_id, "attempt": context.attempt, "name": context.name,
-        "queue": context.queue, "max_attempts": context.max_attempts,
-        "worker_id": context.worker_id, "payload": payload,
-    }) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "id": context.task_id,
+                "attempt": context.attempt,
+                "name": context.name,
+                "queue": context.queue,
+                "max_attempts": context.max_attempts,
+                "worker_id": context.worker_id,
+                "payload": payload,
+            }
+        )
+        + b"\n"
+    )
 
 
 def context_of(message: dict[str, Any]) -> TaskContext:
-    return TaskContext(message["id"], message["name"], message["queue"], message["attempt"],
-                       message["max_attempts"], message["worker_id"])
+    return TaskContext(
+        message["id"],
+        message["name"],
+        message["queue"],
+        message["attempt"],
+        message["max_attempts"],
+        message["worker_id"],
+    )
 
 
 def success(task_id: str, result: Any, limit: int) -> bytes:
@@ -40,25 +55,42 @@ def success(task_id: str, result: Any, limit: int) -> bytes:
     try:
         line = orjson.dumps({"id": task_id, "ok": True, "result": result})
     except TypeError:
-        return failure_line(task_id, TaskFailed(
-            f"result is not JSON-serialisable: {type(result).__name__}"), with_traceback=False)
+        return failure_line(
+            task_id,
+            TaskFailed(f"result is not JSON-serialisable: {type(result).__name__}"),
+            with_traceback=False,
+        )
     if len(line) > limit:
-        return failure_line(task_id, TaskFailed(
-            f"result is {len(line)} bytes of JSON, more than the {limit} a child may send"),
-            with_traceback=False)
+        return failure_line(
+            task_id,
+            TaskFailed(
+                f"result is {len(line)} bytes of JSON, more than the {limit} a child may send"
+            ),
+            with_traceback=False,
+        )
     return line + b"\n"
 
 
 def failure_line(task_id: str, exc: BaseException, *, with_traceback: bool = True) -> bytes:
     """The reply for a handler that raised: its type name, message, traceback and whether
     it may be retried (``exc.retry``, default true)."""
-    return orjson.dumps({
-        "id": task_id, "ok": False, "type": type(exc).__name__, "message": _text(str(exc)),
-        "traceback": _text("".join(traceback.format_exception(exc))) if with_traceback
-        else None,
-        "retry": bool(getattr(exc, "retry", True)),
-        "task_failed": isinstance(exc, TaskFailed),
-    }, default=str) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "id": task_id,
+                "ok": False,
+                "type": type(exc).__name__,
+                "message": _text(str(exc)),
+                "traceback": _text("".join(traceback.format_exception(exc)))
+                if with_traceback
+                else None,
+                "retry": bool(getattr(exc, "retry", True)),
+                "task_failed": isinstance(exc, TaskFailed),
+            },
+            default=str,
+        )
+        + b"\n"
+    )
 
 
 def _text(text: str) -> str:

@@ -39,8 +39,7 @@ from chronoq.store.records import (
 from chronoq.store.schedules import ScheduleQueries
 from chronoq.store.workers import WorkerQueries
 
-__all__ = ["Completion", "Conn", "NotFound", "Row", "Store",
-           "TaskRecord", "dumps", "opened"]
+__all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dumps", "opened"]
 
 #: rows per multi-row INSERT (17 parameters each; both databases allow 32,766)
 INSERT_BATCH = 500
@@ -50,8 +49,10 @@ CANCEL = "status = 'cancelled', updated_at = $2, lease_expires_at = NULL"
 #: a cancelled running task's open attempt (``$2``: now)
 CANCEL_ATTEMPT = "finished_at = $2, outcome = 'cancelled', error = 'cancelled by request'"
 #: a retry grants at least one more attempt
-RETRY = ("status = 'queued', run_at = $2, updated_at = $2, max_attempts = CASE WHEN "
-         "max_attempts > attempts THEN max_attempts ELSE attempts + 1 END")
+RETRY = (
+    "status = 'queued', run_at = $2, updated_at = $2, max_attempts = CASE WHEN "
+    "max_attempts > attempts THEN max_attempts ELSE attempts + 1 END"
+)
 
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
 
@@ -75,8 +76,9 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     def __init__(self, hub: Hub | None = None, events: EventBus | None = None) -> None:
         self.hub = hub or Hub()
         self.events = events or EventBus()
-        self._inserts = GroupCommit(self._insert_rows, INSERT_BATCH,
-                                    split=lambda exc: isinstance(exc, self.data_errors))
+        self._inserts = GroupCommit(
+            self._insert_rows, INSERT_BATCH, split=lambda exc: isinstance(exc, self.data_errors)
+        )
 
     # -- connection plumbing (dialects) ------------------------------------------------------
     @abc.abstractmethod
@@ -147,27 +149,28 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             await c.fetch("SELECT 1")
 
     # -- submitting and reading --------------------------------------------------------------
-    async def create_task(self, spec: TaskCreate, now: float, namespace: str = "default"
-                          ) -> tuple[TaskRecord, bool]:
+    async def create_task(
+        self, spec: TaskCreate, now: float, namespace: str = "default"
+    ) -> tuple[TaskRecord, bool]:
         """Insert a task; returns ``(task, created)``. An idempotency key seen before in
         ``namespace`` returns the existing task with ``created=False``. Concurrent calls
         are written together (group commit): one statement and one commit for all."""
         return await self._inserts.submit(_submitted_row(spec, now, namespace))
 
-    async def create_tasks(self, specs: Sequence[TaskCreate], now: float,
-                           namespace: str = "default") -> list[tuple[TaskRecord, bool]]:
+    async def create_tasks(
+        self, specs: Sequence[TaskCreate], now: float, namespace: str = "default"
+    ) -> list[tuple[TaskRecord, bool]]:
         """Insert many tasks in one transaction, :data:`INSERT_BATCH` per statement;
         ``(task, created)`` each."""
         rows = [_submitted_row(spec, now, namespace) for spec in specs]
         found: list[tuple[TaskRecord, bool]] = []
         async with self.tx() as c:
             for start in range(0, len(rows), INSERT_BATCH):
-                found += await self._insert_on(c, rows[start:start + INSERT_BATCH])
+                found += await self._insert_on(c, rows[start : start + INSERT_BATCH])
         self._announce_created(rows, found)
         return found
 
-    async def _insert_rows(self, rows: Sequence[Sequence[Any]]
-                           ) -> list[tuple[TaskRecord, bool]]:
+    async def _insert_rows(self, rows: Sequence[Sequence[Any]]) -> list[tuple[TaskRecord, bool]]:
         """The group commit's write: one multi-row INSERT in autocommit mode."""
         async with self._insert_conn() as c:
             found = await self._insert_on(c, rows)
@@ -179,19 +182,23 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         overlap); by default one taken from :meth:`conn` for each write."""
         return self.conn()
 
-    def _announce_created(self, rows: Sequence[Sequence[Any]],
-                          found: Sequence[tuple[TaskRecord, bool]]) -> None:
+    def _announce_created(
+        self, rows: Sequence[Sequence[Any]], found: Sequence[tuple[TaskRecord, bool]]
+    ) -> None:
         """:meth:`inserted` for the rows that made new tasks (not idempotent repeats)."""
         self.inserted([row for row, (_, created) in zip(rows, found, strict=True) if created])
 
-    async def _insert_on(self, c: Conn, rows: Sequence[Sequence[Any]]
-                         ) -> list[tuple[TaskRecord, bool]]:
+    async def _insert_on(
+        self, c: Conn, rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[TaskRecord, bool]]:
         """Insert ``rows``; those whose idempotency key exists in their namespace return
         the existing task (the same key in another namespace is another task)."""
         source, args = self.rows_source(rows)
         inserted = await c.fetch(
             f"{INSERT_TASK_COLUMNS} {source} "
-            "ON CONFLICT (namespace, idempotency_key) DO NOTHING RETURNING *", *args)
+            "ON CONFLICT (namespace, idempotency_key) DO NOTHING RETURNING *",
+            *args,
+        )
         by_id = {r["id"]: r for r in inserted}
         wanted = {idempotency(row) for row in rows if row[0] not in by_id}
         existing = {}
@@ -200,21 +207,30 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             found = await c.fetch(
                 f"SELECT * FROM tasks WHERE namespace {self.in_list('$1')} "
                 f"AND idempotency_key {self.in_list('$2')}",
-                self.list_param(set(namespaces)), self.list_param(set(keys)))
-            existing = {key: r for r in found
-                        if (key := (r["namespace"], r["idempotency_key"])) in wanted}
+                self.list_param(set(namespaces)),
+                self.list_param(set(keys)),
+            )
+            existing = {
+                key: r for r in found if (key := (r["namespace"], r["idempotency_key"])) in wanted
+            }
         lost = [row for row in rows if row[0] not in by_id and idempotency(row) not in existing]
         retried = iter(await self._insert_on(c, lost) if lost else [])  # key's task deleted
-        return [(TaskRecord.from_row(by_id[row[0]]), True) if row[0] in by_id
-                else (TaskRecord.from_row(existing[idempotency(row)]), False)
-                if idempotency(row) in existing else next(retried) for row in rows]
+        return [
+            (TaskRecord.from_row(by_id[row[0]]), True)
+            if row[0] in by_id
+            else (TaskRecord.from_row(existing[idempotency(row)]), False)
+            if idempotency(row) in existing
+            else next(retried)
+            for row in rows
+        ]
 
     def rows_source(self, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
         """SQL and parameters giving ``rows`` to an INSERT: a multi-row VALUES list."""
         width = len(rows[0])
         values = ", ".join(
             "(" + ", ".join(f"${i * width + j + 1}" for j in range(width)) + ")"
-            for i in range(len(rows)))
+            for i in range(len(rows))
+        )
         return f"VALUES {values}", [value for row in rows for value in row]
 
     def inserted(self, rows: Sequence[Sequence[Any]]) -> None:
@@ -228,8 +244,20 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         if any(row[3] != Status.QUEUED.value for row in rows):
             self.hub.scheduled()
         if self.events.active:
-            self.events.publish(TaskEvent(row[0], row[1], row[2], row[3], 0, row[7], row[14],
-                                          priority=row[4], namespace=row[16]) for row in rows)
+            self.events.publish(
+                TaskEvent(
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    0,
+                    row[7],
+                    row[14],
+                    priority=row[4],
+                    namespace=row[16],
+                )
+                for row in rows
+            )
 
     async def get_task(self, task_id: str) -> TaskRecord:
         async with self.conn() as c:
@@ -259,8 +287,13 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         """Tasks newest first; ``cursor`` is the id of the last task of the previous page."""
         where: list[str] = []
         args: list[Any] = []
-        filters = (("status", status), ("queue", queue), ("name", name),
-                   ("schedule_id", schedule_id), ("namespace", namespace))
+        filters = (
+            ("status", status),
+            ("queue", queue),
+            ("name", name),
+            ("schedule_id", schedule_id),
+            ("namespace", namespace),
+        )
         for column, value in filters:
             if value is not None:
                 args.append(str(value))
@@ -281,7 +314,8 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         async with self.conn() as c:
             rows = await c.fetch(
                 "SELECT queue, status, COUNT(*) AS n, MIN(run_at) AS oldest "
-                f"FROM tasks {where}GROUP BY queue, status ORDER BY queue", *args
+                f"FROM tasks {where}GROUP BY queue, status ORDER BY queue",
+                *args,
             )
         stats: dict[str, QueueStats] = {}
         for row in rows:
@@ -296,7 +330,8 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                 entry.oldest_queued_age_seconds = max(0.0, now - row["oldest"])
         for queue, pause in (await self.paused_queues()).items():  # also when it holds none
             entry = stats.setdefault(
-                queue, QueueStats(queue=queue, counts={s: 0 for s in Status}, depth=0))
+                queue, QueueStats(queue=queue, counts={s: 0 for s in Status}, depth=0)
+            )
             entry.paused, entry.paused_at = True, to_datetime(pause.paused_at)
             entry.paused_by = pause.paused_by
         return [stats[queue] for queue in sorted(stats)]
@@ -308,12 +343,20 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         async with self.tx() as c:
             current = await self._current(c, task_id)
             states.check(task_id, current.status, Status.CANCELLED)
-            rows = await c.fetch(f"UPDATE tasks SET {CANCEL} WHERE id = $1 AND status = $3 "
-                                 "RETURNING *", task_id, now, current.status.value)
+            rows = await c.fetch(
+                f"UPDATE tasks SET {CANCEL} WHERE id = $1 AND status = $3 RETURNING *",
+                task_id,
+                now,
+                current.status.value,
+            )
             if current.status is Status.RUNNING:
-                await c.execute(f"UPDATE attempts SET {CANCEL_ATTEMPT} WHERE task_id = $1 AND "
-                                "attempt = $3 AND finished_at IS NULL",
-                                task_id, now, current.attempts)
+                await c.execute(
+                    f"UPDATE attempts SET {CANCEL_ATTEMPT} WHERE task_id = $1 AND "
+                    "attempt = $3 AND finished_at IS NULL",
+                    task_id,
+                    now,
+                    current.attempts,
+                )
         if current.status is Status.RUNNING:
             self.hub.cancelled(task_id)
         return self._changed(rows[0], now)
@@ -331,8 +374,12 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             current = await self._current(c, task_id)
             if current.status not in states.RETRYABLE:
                 raise states.InvalidTransition(task_id, current.status, Status.QUEUED)
-            rows = await c.fetch(f"UPDATE tasks SET {RETRY} WHERE id = $1 AND status = $3 "
-                                 "RETURNING *", task_id, now, current.status.value)
+            rows = await c.fetch(
+                f"UPDATE tasks SET {RETRY} WHERE id = $1 AND status = $3 RETURNING *",
+                task_id,
+                now,
+                current.status.value,
+            )
         self.hub.ready((current.queue,))
         return self._changed(rows[0], now)
 
@@ -342,10 +389,13 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         async with self.tx() as c:
             current = await self._current(c, task_id)
             if current.status not in states.TERMINAL:
-                raise states.InvalidTransition(task_id, current.status, Status.CANCELLED,
-                                               "only finished tasks can be discarded")
-            await c.execute(f"DELETE FROM tasks WHERE id = $1 AND status IN ({finished})",
-                            task_id)
+                raise states.InvalidTransition(
+                    task_id,
+                    current.status,
+                    Status.CANCELLED,
+                    "only finished tasks can be discarded",
+                )
+            await c.execute(f"DELETE FROM tasks WHERE id = $1 AND status IN ({finished})", task_id)
 
     async def _current(self, c: Conn, task_id: str) -> TaskRecord:
         rows = await c.fetch(f"SELECT * FROM tasks WHERE id = $1{self.lock_row}", task_id)
@@ -354,8 +404,9 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         return TaskRecord.from_row(rows[0])
 
     # -- scheduler ---------------------------------------------------------------------------
-    async def promote_due(self, now: float, limit: int = 1000, fence: Fence | None = None
-                          ) -> list[str]:
+    async def promote_due(
+        self, now: float, limit: int = 1000, fence: Fence | None = None
+    ) -> list[str]:
         """Move due scheduled tasks and due retries to ``queued``; returns each moved task's
         queue (so ``len()`` is the number moved)."""
         waiting = ", ".join(f"'{s.value}'" for s in states.WAITING)
@@ -366,16 +417,27 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                 f"SELECT id FROM tasks WHERE status IN ({waiting}) AND run_at <= $1 "
                 f"ORDER BY run_at LIMIT $2{self.skip_locked}) "
                 "RETURNING id, name, queue, attempts, schedule_id, priority, namespace",
-                now, limit,
+                now,
+                limit,
             )
         queues = [r["queue"] for r in rows]
         if queues:
             self.hub.ready(set(queues))
             if self.events.active:
                 self.events.publish(
-                    TaskEvent(r["id"], r["name"], r["queue"], "queued", r["attempts"], now,
-                              r["schedule_id"], priority=r["priority"],
-                              namespace=r["namespace"]) for r in rows)
+                    TaskEvent(
+                        r["id"],
+                        r["name"],
+                        r["queue"],
+                        "queued",
+                        r["attempts"],
+                        now,
+                        r["schedule_id"],
+                        priority=r["priority"],
+                        namespace=r["namespace"],
+                    )
+                    for r in rows
+                )
         return queues
 
     async def next_due_at(self) -> float | None:
@@ -397,7 +459,8 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             rows = await c.fetch(
                 "SELECT * FROM tasks WHERE status = 'running' AND lease_expires_at < $1 "
                 "ORDER BY lease_expires_at LIMIT $2",
-                now, limit,
+                now,
+                limit,
             )
         return [TaskRecord.from_row(r) for r in rows]
 
@@ -410,12 +473,20 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             rows = await c.fetch(
                 f"SELECT task_id, count(*) AS n FROM attempts WHERE task_id {self.in_list('$1')} "
                 f"AND outcome {self.in_list('$2')} GROUP BY task_id",
-                self.list_param(task_ids), self.list_param(states.DIED))
+                self.list_param(task_ids),
+                self.list_param(states.DIED),
+            )
         return {r["task_id"]: int(r["n"]) for r in rows}
 
     # -- workers -----------------------------------------------------------------------------
     async def claim(
-        self, worker_id: str, queue: str, limit: int, now: float, lease: float, *,
+        self,
+        worker_id: str,
+        queue: str,
+        limit: int,
+        now: float,
+        lease: float,
+        *,
         offer: Sequence[str] = (),
     ) -> list[TaskRecord]:
         """Atomically take up to ``limit`` queued tasks of ``queue`` (highest priority, then
@@ -424,9 +495,11 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         queue gives nothing (checked in the same statement).
         ``offer`` (the worker's queues): the slots left free may take hand-offs of new tasks
         of those queues (PostgreSQL)."""
-        pick = ("SELECT id FROM tasks WHERE status = 'queued' AND queue = $4 "
-                f"AND {not_paused('$4')} ORDER BY priority DESC, run_at, id "
-                f"LIMIT $5{self.skip_locked}")
+        pick = (
+            "SELECT id FROM tasks WHERE status = 'queued' AND queue = $4 "
+            f"AND {not_paused('$4')} ORDER BY priority DESC, run_at, id "
+            f"LIMIT $5{self.skip_locked}"
+        )
         return await self._claim(pick, worker_id, now, lease, queue, limit, offer=offer)
 
     async def claim_ids(
@@ -434,20 +507,33 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     ) -> list[TaskRecord]:
         """Take these tasks if they are still queued (a broker delivered their ids); ids of
         tasks already taken, cancelled or gone, or of a paused queue, are skipped."""
-        pick = (f"SELECT id FROM tasks WHERE status = 'queued' AND id {self.in_list('$4')} "
-                f"AND {not_paused('tasks.queue')}")
-        return await self._claim(pick + self.skip_locked, worker_id, now, lease,
-                                 self.list_param(ids))
+        pick = (
+            f"SELECT id FROM tasks WHERE status = 'queued' AND id {self.in_list('$4')} "
+            f"AND {not_paused('tasks.queue')}"
+        )
+        return await self._claim(
+            pick + self.skip_locked, worker_id, now, lease, self.list_param(ids)
+        )
 
-    async def _claim(self, pick: str, worker_id: str, now: float, lease: float, *args: Any,
-                     offer: Sequence[str] = ()) -> list[TaskRecord]:
+    async def _claim(
+        self,
+        pick: str,
+        worker_id: str,
+        now: float,
+        lease: float,
+        *args: Any,
+        offer: Sequence[str] = (),
+    ) -> list[TaskRecord]:
         """Mark the rows chosen by the ``pick`` sub-select running (parameters from ``$4``)
         and open their attempts, in one transaction. (Hand-off offers are PostgreSQL's.)"""
         async with self.tx() as c:
             rows = await c.fetch(
                 "UPDATE tasks SET status = 'running', attempts = attempts + 1, worker_id = $1, "
                 f"lease_expires_at = $2, updated_at = $3 WHERE id IN ({pick}) RETURNING *",
-                worker_id, now + lease, now, *args,
+                worker_id,
+                now + lease,
+                now,
+                *args,
             )
             if rows:
                 await c.executemany(
@@ -466,18 +552,25 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                     "UPDATE tasks SET status = 'queued', attempts = attempts - 1, "
                     "worker_id = NULL, lease_expires_at = NULL WHERE id = $1 AND attempts = $2 "
                     "AND status = 'running' AND worker_id = $3 RETURNING id",
-                    task.id, task.attempts, worker_id)
+                    task.id,
+                    task.attempts,
+                    worker_id,
+                )
                 if rows:
-                    await c.execute("DELETE FROM attempts WHERE task_id = $1 AND attempt = $2",
-                                    task.id, task.attempts)
+                    await c.execute(
+                        "DELETE FROM attempts WHERE task_id = $1 AND attempt = $2",
+                        task.id,
+                        task.attempts,
+                    )
         self.hub.ready({task.queue for task in tasks})
 
     async def withdraw_offers(self, worker_id: str) -> None:
         """A stopping worker takes back its hand-off offers; once this returns, every task
         handed to it has reached it (PostgreSQL; none here)."""
 
-    async def stale_queued(self, before: float, now: float, limit: int = 1000,
-                           queue: str | None = None) -> list[tuple[str, str, int]]:
+    async def stale_queued(
+        self, before: float, now: float, limit: int = 1000, queue: str | None = None
+    ) -> list[tuple[str, str, int]]:
         """Queued tasks untouched since ``before``: (id, queue, priority). They are marked
         touched now, so a broker reconciler re-publishes each at most once per period.
         Paused queues' tasks are left out (nobody may claim them; resuming publishes them).
@@ -488,7 +581,12 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                 "UPDATE tasks SET updated_at = $2 WHERE id IN (SELECT id FROM tasks "
                 f"WHERE status = 'queued' AND updated_at < $1 AND {not_paused('tasks.queue')} "
                 f"{only}ORDER BY updated_at LIMIT $3{self.skip_locked}) "
-                "RETURNING id, queue, priority", before, now, limit, *args)
+                "RETURNING id, queue, priority",
+                before,
+                now,
+                limit,
+                *args,
+            )
         return [(r["id"], r["queue"], r["priority"]) for r in rows]
 
     def claimed(self, rows: Sequence[Row], now: float) -> list[TaskRecord]:
@@ -502,8 +600,13 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             self.events.publish(t.event(now, wait=now - t.run_at) for t in tasks)
         return tasks
 
-    async def complete(self, completions: Sequence[Completion], fence: Fence | None = None,
-                       *, lapsed: float | None = None) -> None:
+    async def complete(
+        self,
+        completions: Sequence[Completion],
+        fence: Fence | None = None,
+        *,
+        lapsed: float | None = None,
+    ) -> None:
         """Record the end of attempts. Fenced: a report for an attempt that is no longer the
         task's running attempt (cancelled, or superseded after a lost lease) changes nothing.
         ``lapsed`` (the reaper): only attempts whose lease still ran out before that time,
@@ -517,18 +620,22 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         if self.events.active:  # reports for superseded attempts changed nothing: no event
             self.events.publish(e for e in (x.event() for x in applied) if e is not None)
 
-    async def _record(self, completions: Sequence[Completion], fence: Fence | None,
-                      lapsed: float | None = None) -> set[tuple[str, int]]:
+    async def _record(
+        self, completions: Sequence[Completion], fence: Fence | None, lapsed: float | None = None
+    ) -> set[tuple[str, int]]:
         """Write completions in one transaction; returns the (task, attempt) pairs that were
         still running, i.e. whose task row changed."""
         async with self.tx() as c:
             await self.check_fence(c, fence, completions[0].finished_at)
-            expired, more = ("", ()) if lapsed is None else (
-                " AND lease_expires_at < $2", (lapsed,))
+            expired, more = (
+                ("", ()) if lapsed is None else (" AND lease_expires_at < $2", (lapsed,))
+            )
             current = await c.fetch(
                 f"SELECT id, attempts FROM tasks WHERE id {self.in_list('$1')} "
                 f"AND status = 'running'{expired}{self.lock_row}",
-                self.list_param([x.task_id for x in completions]), *more)
+                self.list_param([x.task_id for x in completions]),
+                *more,
+            )
             live = {(r["id"], r["attempts"]) for r in current}
             if lapsed is not None:  # a renewed lease: its attempt runs on, left open
                 completions = [x for x in completions if (x.task_id, x.attempt) in live]
@@ -537,17 +644,32 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                 "error = $6, updated_at = $7, lease_expires_at = NULL "
                 "WHERE id = $1 AND attempts = $2 AND status = 'running'",
                 [
-                    (x.task_id, x.attempt, x.status.value, x.next_run_at,
-                     storable_json(x.result), x.error, x.finished_at)
-                    for x in completions if (x.task_id, x.attempt) in live
+                    (
+                        x.task_id,
+                        x.attempt,
+                        x.status.value,
+                        x.next_run_at,
+                        storable_json(x.result),
+                        x.error,
+                        x.finished_at,
+                    )
+                    for x in completions
+                    if (x.task_id, x.attempt) in live
                 ],
             )
             await c.executemany(
                 "UPDATE attempts SET finished_at = $3, outcome = $4, result = $5, error = $6, "
                 "traceback = $7 WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL",
                 [
-                    (x.task_id, x.attempt, x.finished_at, x.outcome, storable_json(x.result),
-                     x.error, x.traceback)
+                    (
+                        x.task_id,
+                        x.attempt,
+                        x.finished_at,
+                        x.outcome,
+                        storable_json(x.result),
+                        x.error,
+                        x.traceback,
+                    )
                     for x in completions
                 ],
             )
@@ -564,12 +686,15 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             rows = await c.fetch(
                 "UPDATE tasks SET lease_expires_at = $1 WHERE worker_id = $2 "
                 f"AND status = 'running' AND id {self.in_list('$3')} RETURNING id",
-                lease_until, worker_id, self.list_param(task_ids),
+                lease_until,
+                worker_id,
+                self.list_param(task_ids),
             )
         return set(task_ids) - {r["id"] for r in rows}
 
-    async def strays(self, worker_id: str, known: Sequence[str], lease_before: float
-                     ) -> list[TaskRecord]:
+    async def strays(
+        self, worker_id: str, known: Sequence[str], lease_before: float
+    ) -> list[TaskRecord]:
         """Tasks running under ``worker_id`` that it does not know of, whose lease runs out
         before ``lease_before`` (nobody renews it): handed to the worker by a notification
         that never reached it."""
@@ -577,7 +702,9 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             rows = await c.fetch(
                 "SELECT * FROM tasks WHERE status = 'running' AND lease_expires_at < $1 "
                 f"AND worker_id = $2 AND NOT (id {self.in_list('$3')})",
-                lease_before, worker_id, self.list_param(known),
+                lease_before,
+                worker_id,
+                self.list_param(known),
             )
         return [TaskRecord.from_row(r) for r in rows]
 

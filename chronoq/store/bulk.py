@@ -46,8 +46,9 @@ def check(action: Action, selection: TaskFilter) -> None:
     if selection.status is None:
         raise ValueError(f"name the status of the tasks to {action.verb} ({allowed})")
     if selection.status not in action.allowed:
-        raise ValueError(f"{selection.status} tasks cannot be {action.past}; only "
-                         f"{allowed} tasks can")
+        raise ValueError(
+            f"{selection.status} tasks cannot be {action.past}; only {allowed} tasks can"
+        )
 
 
 async def count(store: Store, selection: TaskFilter) -> int:
@@ -57,9 +58,14 @@ async def count(store: Store, selection: TaskFilter) -> int:
     return int(rows[0]["n"])
 
 
-async def apply_batch(store: Store, action: Action, selection: TaskFilter, now: float,
-                      after: str | None = None, limit: int = BATCH
-                      ) -> tuple[int, str | None]:
+async def apply_batch(
+    store: Store,
+    action: Action,
+    selection: TaskFilter,
+    now: float,
+    after: str | None = None,
+    limit: int = BATCH,
+) -> tuple[int, str | None]:
     """Apply ``action`` to the next ``limit`` selected tasks with ids above ``after``.
     Returns how many changed and the cursor for the next batch (None: nothing is left)."""
     check(action, selection)
@@ -70,18 +76,30 @@ async def apply_batch(store: Store, action: Action, selection: TaskFilter, now: 
         args.append(after)
         sql += f" AND id > ${len(args)}"
     async with store.tx() as c:
-        picked = await c.fetch(f"SELECT id FROM tasks WHERE {sql} ORDER BY id "
-                               f"LIMIT ${len(args) + 1}{store.skip_locked}", *args, limit)
+        picked = await c.fetch(
+            f"SELECT id FROM tasks WHERE {sql} ORDER BY id "
+            f"LIMIT ${len(args) + 1}{store.skip_locked}",
+            *args,
+            limit,
+        )
         if not picked:
             return 0, None
         ids = store.list_param([r["id"] for r in picked])
-        rows = await c.fetch(f"UPDATE tasks SET {action.update} WHERE id {store.in_list('$1')} "
-                             "AND status = $3 RETURNING *", ids, now, status.value)
+        rows = await c.fetch(
+            f"UPDATE tasks SET {action.update} WHERE id {store.in_list('$1')} "
+            "AND status = $3 RETURNING *",
+            ids,
+            now,
+            status.value,
+        )
         if action is CANCEL_ACTION and status is Status.RUNNING:
             await c.execute(
                 f"UPDATE attempts SET {CANCEL_ATTEMPT} WHERE task_id {store.in_list('$1')} "
                 "AND finished_at IS NULL AND attempt = "
-                "(SELECT t.attempts FROM tasks t WHERE t.id = attempts.task_id)", ids, now)
+                "(SELECT t.attempts FROM tasks t WHERE t.id = attempts.task_id)",
+                ids,
+                now,
+            )
     changed = [TaskRecord.from_row(r) for r in rows]
     if action is RETRY_ACTION and changed:
         store.hub.ready({t.queue for t in changed})
@@ -93,10 +111,15 @@ async def apply_batch(store: Store, action: Action, selection: TaskFilter, now: 
     return len(changed), str(picked[-1]["id"])
 
 
-
-async def apply(store: Store, action: Action, selection: TaskFilter, now: float,
-                limit: int | None = None, after: str | None = None, batch: int = BATCH
-                ) -> tuple[int, str | None]:
+async def apply(
+    store: Store,
+    action: Action,
+    selection: TaskFilter,
+    now: float,
+    limit: int | None = None,
+    after: str | None = None,
+    batch: int = BATCH,
+) -> tuple[int, str | None]:
     """Apply ``action`` to every selected task (at most ``limit``) with an id above
     ``after``, ``batch`` per transaction. Returns how many changed and the cursor to go on
     from (None: nothing is left), so a task that changes back (retried, dead again) is
@@ -109,6 +132,7 @@ async def apply(store: Store, action: Action, selection: TaskFilter, now: float,
         if cursor is None:
             break
     return done, cursor
+
 
 @dataclass(frozen=True, slots=True)
 class DeadGroup:
@@ -124,13 +148,14 @@ class DeadGroup:
 #: the error's first line, trimmed, at most 200 characters
 _FIRST_LINE = {
     "sqlite": "substr(trim(substr(coalesce(error, ''), 1, "
-              "instr(coalesce(error, '') || char(10), char(10)) - 1)), 1, 200)",
+    "instr(coalesce(error, '') || char(10), char(10)) - 1)), 1, 200)",
     "postgresql": "substr(trim(split_part(coalesce(error, ''), E'\\n', 1)), 1, 200)",
 }
 
 
-async def dead_letters(store: Store, namespace: str | None = None, queue: str | None = None,
-                       limit: int = 100) -> list[DeadGroup]:
+async def dead_letters(
+    store: Store, namespace: str | None = None, queue: str | None = None, limit: int = 100
+) -> list[DeadGroup]:
     """The dead-letter queue grouped by (first error line, handler, queue), largest group
     first: one GROUP BY over the dead rows of a status index (the ``tasks_finished``
     partial index, or ``tasks_by_status``), never a scan of the table."""
@@ -140,7 +165,11 @@ async def dead_letters(store: Store, namespace: str | None = None, queue: str | 
         rows = await c.fetch(
             f"SELECT {line} AS line, name, queue, count(*) AS n, max(updated_at) AS newest "
             f"FROM tasks WHERE status IN ({FINISHED}) AND {sql} GROUP BY {line}, name, queue "
-            f"ORDER BY n DESC, newest DESC LIMIT ${len(args) + 1}", *args, limit)
-    return [DeadGroup(str(r["line"]), r["name"], r["queue"], int(r["n"]),
-                      float(r["newest"])) for r in rows]
-
+            f"ORDER BY n DESC, newest DESC LIMIT ${len(args) + 1}",
+            *args,
+            limit,
+        )
+    return [
+        DeadGroup(str(r["line"]), r["name"], r["queue"], int(r["n"]), float(r["newest"]))
+        for r in rows
+    ]

@@ -32,11 +32,17 @@ class TaskFilter:
     def where(self, dialect: str, first: int = 1) -> tuple[str, list[Any]]:
         """The SQL condition (parameters from ``$first``) and its arguments; ``TRUE`` when
         nothing is filtered. ``dialect`` spells the error substring test."""
-        tests = (("status = {p}", None if self.status is None else self.status.value),
-                 ("queue = {p}", self.queue), ("updated_at < {p}", self.updated_before),
-                 ("updated_at > {p}", self.updated_after), ("name = {p}", self.name),
-                 ("namespace = {p}", self.namespace), ("created_at < {p}", self.created_before),
-                 ("created_at > {p}", self.created_after), (_CONTAINS[dialect], self.error))
+        tests = (
+            ("status = {p}", None if self.status is None else self.status.value),
+            ("queue = {p}", self.queue),
+            ("updated_at < {p}", self.updated_before),
+            ("updated_at > {p}", self.updated_after),
+            ("name = {p}", self.name),
+            ("namespace = {p}", self.namespace),
+            ("created_at < {p}", self.created_before),
+            ("created_at > {p}", self.created_after),
+            (_CONTAINS[dialect], self.error),
+        )
         parts: list[str] = []
         args: list[Any] = []
         for test, value in tests:

@@ -34,8 +34,15 @@ class ApiKey:
 
     @classmethod
     def from_row(cls, row: Row) -> ApiKey:
-        return cls(row["id"], row["name"], frozenset(loads(row["scopes"])), row["namespace"],
-                   row["created_at"], row["last_used_at"], row["revoked_at"])
+        return cls(
+            row["id"],
+            row["name"],
+            frozenset(loads(row["scopes"])),
+            row["namespace"],
+            row["created_at"],
+            row["last_used_at"],
+            row["revoked_at"],
+        )
 
     def allows(self, scope: str) -> bool:
         """``admin`` implies ``write``, which implies ``read``."""
@@ -49,8 +56,9 @@ class KeyQueries(abc.ABC):
     @abc.abstractmethod
     def conn(self) -> Any: ...
 
-    async def create_key(self, name: str, scopes: list[str], namespace: str | None = None
-                         ) -> tuple[ApiKey, str]:
+    async def create_key(
+        self, name: str, scopes: list[str], namespace: str | None = None
+    ) -> tuple[ApiKey, str]:
         """A new key; returns it with its secret, which is not stored and not shown again."""
         unknown = set(scopes) - set(SCOPES)
         if unknown or not scopes:
@@ -62,7 +70,13 @@ class KeyQueries(abc.ABC):
             await c.execute(
                 "INSERT INTO api_keys (id, name, hash, scopes, namespace, created_at) "
                 "VALUES ($1, $2, $3, $4, $5, $6)",
-                key_id, name, hash_key(secret), dumps(sorted(scopes)), namespace, now)
+                key_id,
+                name,
+                hash_key(secret),
+                dumps(sorted(scopes)),
+                namespace,
+                now,
+            )
         return ApiKey(key_id, name, frozenset(scopes), namespace, now, None, None), secret
 
     async def list_keys(self) -> list[ApiKey]:
@@ -72,14 +86,21 @@ class KeyQueries(abc.ABC):
 
     async def revoke_key(self, key_id: str) -> bool:
         async with self.conn() as c:
-            rows = await c.fetch("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 "
-                                 "AND revoked_at IS NULL RETURNING id", key_id, time.time())
+            rows = await c.fetch(
+                "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 "
+                "AND revoked_at IS NULL RETURNING id",
+                key_id,
+                time.time(),
+            )
         return bool(rows)
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         """The key with this secret, unless unknown or revoked."""
         async with self.conn() as c:
-            rows = await c.fetch("UPDATE api_keys SET last_used_at = $2 WHERE hash = $1 "
-                                 "AND revoked_at IS NULL RETURNING *",
-                                 hash_key(secret), time.time())
+            rows = await c.fetch(
+                "UPDATE api_keys SET last_used_at = $2 WHERE hash = $1 "
+                "AND revoked_at IS NULL RETURNING *",
+                hash_key(secret),
+                time.time(),
+            )
         return ApiKey.from_row(rows[0]) if rows else None

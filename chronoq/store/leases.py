@@ -49,14 +49,22 @@ class LeaseQueries(abc.ABC):
                 "ELSE leases.token + 1 END, expires_at = excluded.expires_at "
                 "WHERE leases.holder = excluded.holder OR leases.expires_at < $4 "
                 "RETURNING token",
-                name, holder, now + ttl, now)
+                name,
+                holder,
+                now + ttl,
+                now,
+            )
         return Fence(name, holder, int(rows[0]["token"])) if rows else None
 
     async def release_lease(self, fence: Fence) -> None:
         """Give the lease up at once (graceful shutdown), so a follower takes over now."""
         async with self.conn() as c:
-            await c.execute("UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2 "
-                            "AND token = $3", fence.name, fence.holder, fence.token)
+            await c.execute(
+                "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2 AND token = $3",
+                fence.name,
+                fence.holder,
+                fence.token,
+            )
 
     async def get_lease(self, name: str) -> LeaseInfo | None:
         async with self.conn() as c:
@@ -74,6 +82,11 @@ class LeaseQueries(abc.ABC):
             return
         rows = await c.fetch(
             "SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND token = $3 "
-            f"AND expires_at >= $4{self.lock_row}", fence.name, fence.holder, fence.token, now)
+            f"AND expires_at >= $4{self.lock_row}",
+            fence.name,
+            fence.holder,
+            fence.token,
+            now,
+        )
         if not rows:
             raise NotLeader(f"{fence.holder} lost lease {fence.name!r} (token {fence.token})")

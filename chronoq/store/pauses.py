@@ -42,9 +42,13 @@ class PauseQueries(abc.ABC):
     async def pause_queue(self, queue: str, now: float, by: str | None = None) -> QueuePause:
         """Pause ``queue``; pausing a paused queue keeps the first pause (who and when)."""
         async with self.conn() as c:
-            await c.execute("INSERT INTO queue_pauses (queue, paused_at, paused_by) "
-                            "VALUES ($1, $2, $3) ON CONFLICT (queue) DO NOTHING",
-                            queue, now, by)
+            await c.execute(
+                "INSERT INTO queue_pauses (queue, paused_at, paused_by) "
+                "VALUES ($1, $2, $3) ON CONFLICT (queue) DO NOTHING",
+                queue,
+                now,
+                by,
+            )
             rows = await c.fetch("SELECT * FROM queue_pauses WHERE queue = $1", queue)
         return _pause(rows[0])
 
@@ -52,8 +56,7 @@ class PauseQueries(abc.ABC):
         """Resume ``queue`` and wake its workers (here in-process; on PostgreSQL the
         migration's trigger notifies every process). False if it was not paused."""
         async with self.conn() as c:
-            rows = await c.fetch("DELETE FROM queue_pauses WHERE queue = $1 RETURNING queue",
-                                 queue)
+            rows = await c.fetch("DELETE FROM queue_pauses WHERE queue = $1 RETURNING queue", queue)
         if rows:
             self.hub.ready((queue,))
         return bool(rows)

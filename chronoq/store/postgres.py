@@ -31,11 +31,31 @@ _MIGRATION_LOCK = 0x6368726F6E6F71  # "chronoq"
 #: Submissions, cancellations and schedule changes always wait for the disk.
 _RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
 #: the PostgreSQL types of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`, in order
-_TASK_TYPES = ["text", "text", "text", "text", "int", "text", "float8", "float8", "float8",
-               "int", "int", "text", "float8", "text", "text", "float8", "text"]
+_TASK_TYPES = [
+    "text",
+    "text",
+    "text",
+    "text",
+    "int",
+    "text",
+    "float8",
+    "float8",
+    "float8",
+    "int",
+    "int",
+    "text",
+    "float8",
+    "text",
+    "text",
+    "float8",
+    "text",
+]
 #: the columns of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`, as arrays
-_TASK_ROWS = "SELECT * FROM unnest(" + ", ".join(
-    f"${i}::{kind}[]" for i, kind in enumerate(_TASK_TYPES, start=1)) + ")"
+_TASK_ROWS = (
+    "SELECT * FROM unnest("
+    + ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_TASK_TYPES, start=1))
+    + ")"
+)
 
 
 def _handoff_value(i: int, kind: str) -> str:
@@ -43,8 +63,11 @@ def _handoff_value(i: int, kind: str) -> str:
     'running' and attempts ($10) 1 when an offer was taken."""
     value = f"${i}::{kind}"
     taken = {4: "'running'", 10: "1"}.get(i)
-    return value if taken is None else (
-        f"CASE WHEN offer.worker_id IS NULL THEN {value} ELSE {taken} END")
+    return (
+        value
+        if taken is None
+        else (f"CASE WHEN offer.worker_id IS NULL THEN {value} ELSE {taken} END")
+    )
 
 
 #: a task submitted on its own, inserted straight into the hands of an idle worker whose
@@ -121,7 +144,9 @@ class PostgresStore(Store):
     lock_row = " FOR UPDATE"
     data_errors = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
     outage_errors = (
-        *Store.outage_errors, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+        *Store.outage_errors,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
         asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now
         asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
         asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
@@ -129,8 +154,14 @@ class PostgresStore(Store):
     )
 
     def __init__(
-        self, url: str, hub: Hub | None = None, events: EventBus | None = None, *,
-        min_size: int = 2, max_size: int = 10, listen: bool = True,
+        self,
+        url: str,
+        hub: Hub | None = None,
+        events: EventBus | None = None,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        listen: bool = True,
     ) -> None:
         super().__init__(hub, events)
         self.url = url
@@ -164,8 +195,12 @@ class PostgresStore(Store):
             finally:
                 await conn.close()
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=self.min_size, max_size=self.max_size,
-            server_settings=self._settings(), reset=_no_reset, timeout=5,
+            self.dsn,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            server_settings=self._settings(),
+            reset=_no_reset,
+            timeout=5,
         )
         if self.listen:
             self.hub.watch(self._want)
@@ -206,8 +241,9 @@ class PostgresStore(Store):
         self._relisten_task = asyncio.get_running_loop().create_task(self._relisten())
 
     async def _relisten(self) -> None:
-        outage = Outage("PostgreSQL LISTEN reconnect", log, first=0.1, cap=5.0,
-                        level=logging.WARNING)
+        outage = Outage(
+            "PostgreSQL LISTEN reconnect", log, first=0.1, cap=5.0, level=logging.WARNING
+        )
         while self._pool is not None:
             try:
                 async with self._listen_lock:
@@ -328,8 +364,9 @@ class PostgresStore(Store):
                 self._inserter = None
                 await pool.release(conn)
 
-    async def _insert_on(self, c: Conn, rows: Sequence[Sequence[Any]]
-                         ) -> list[tuple[TaskRecord, bool]]:
+    async def _insert_on(
+        self, c: Conn, rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[TaskRecord, bool]]:
         """A queued task on its own goes to an idle worker if one offers (:data:`_HANDOFF`);
         batches, and a key seen before, take the general path."""
         if len(rows) == 1 and rows[0][3] == Status.QUEUED.value:
@@ -338,8 +375,15 @@ class PostgresStore(Store):
                 return [(TaskRecord.from_row(inserted[0]), True)]
         return await super()._insert_on(c, rows)
 
-    async def _claim(self, pick: str, worker_id: str, now: float, lease: float, *args: Any,
-                     offer: Sequence[str] = ()) -> list[TaskRecord]:
+    async def _claim(
+        self,
+        pick: str,
+        worker_id: str,
+        now: float,
+        lease: float,
+        *args: Any,
+        offer: Sequence[str] = (),
+    ) -> list[TaskRecord]:
         """One round trip: pick, mark running and open the attempts in a single statement,
         committed without waiting for the WAL flush (:data:`_RELAXED`). With ``offer``
         (the worker's queues), the same statement offers the slots left free for hand-offs
@@ -355,7 +399,11 @@ class PostgresStore(Store):
                 f"{offered}opened AS (INSERT INTO attempts (task_id, attempt, worker_id, "
                 "started_at) SELECT id, attempts, $1, $3 FROM claimed) "
                 "SELECT * FROM claimed",
-                worker_id, now + lease, now, *args, *(() if pid is None else (offer, pid)),
+                worker_id,
+                now + lease,
+                now,
+                *args,
+                *(() if pid is None else (offer, pid)),
             )
         return self.claimed(rows, now)
 
@@ -377,16 +425,33 @@ class PostgresStore(Store):
                 await c.execute("DELETE FROM offers WHERE worker_id = ANY($1::text[])", dead)
         return dead
 
-    async def _record(self, completions: Sequence[Completion], fence: Fence | None,
-                      lapsed: float | None = None) -> set[tuple[str, int]]:
+    async def _record(
+        self, completions: Sequence[Completion], fence: Fence | None, lapsed: float | None = None
+    ) -> set[tuple[str, int]]:
         """A worker's completions in one statement (one round trip, one relaxed commit),
         which also gives their slots back to the worker's hand-off offer; the leader's
         fenced ones take the general path, which locks the lease row."""
         if fence is not None or lapsed is not None:
             return await super()._record(completions, fence, lapsed)
-        columns = list(zip(*(
-            (x.task_id, x.attempt, x.status.value, x.next_run_at, storable_json(x.result),
-             x.error, x.finished_at, x.outcome, x.traceback) for x in completions), strict=True))
+        columns = list(
+            zip(
+                *(
+                    (
+                        x.task_id,
+                        x.attempt,
+                        x.status.value,
+                        x.next_run_at,
+                        storable_json(x.result),
+                        x.error,
+                        x.finished_at,
+                        x.outcome,
+                        x.traceback,
+                    )
+                    for x in completions
+                ),
+                strict=True,
+            )
+        )
         async with self.conn() as c:
             rows = await c.fetch(
                 f"WITH {_RELAXED}, "
@@ -407,7 +472,8 @@ class PostgresStore(Store):
                 "traceback = i.traceback FROM input i WHERE a.task_id = i.task_id "
                 "AND a.attempt = i.attempt AND a.finished_at IS NULL) "
                 "SELECT id, attempts FROM ended",
-                *(list(column) for column in columns))
+                *(list(column) for column in columns),
+            )
         return {(r["id"], r["attempts"]) for r in rows}
 
 

@@ -130,37 +130,78 @@ class TaskRecord:
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
         return cls(
-            id=row["id"], name=row["name"], queue=row["queue"], status=Status(row["status"]),
-            priority=row["priority"], payload=loads(row["payload"]), run_at=row["run_at"],
-            created_at=row["created_at"], updated_at=row["updated_at"],
-            attempts=row["attempts"], max_attempts=row["max_attempts"],
+            id=row["id"],
+            name=row["name"],
+            queue=row["queue"],
+            status=Status(row["status"]),
+            priority=row["priority"],
+            payload=loads(row["payload"]),
+            run_at=row["run_at"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
             backoff=_backoff(row["backoff"]),
-            timeout_seconds=row["timeout_seconds"], idempotency_key=row["idempotency_key"],
-            worker_id=row["worker_id"], lease_expires_at=row["lease_expires_at"],
-            result=loads(row["result"]), error=row["error"],
-            schedule_id=row["schedule_id"], slot=row["slot"], namespace=row["namespace"],
+            timeout_seconds=row["timeout_seconds"],
+            idempotency_key=row["idempotency_key"],
+            worker_id=row["worker_id"],
+            lease_expires_at=row["lease_expires_at"],
+            result=loads(row["result"]),
+            error=row["error"],
+            schedule_id=row["schedule_id"],
+            slot=row["slot"],
+            namespace=row["namespace"],
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
         """This task's current status as an event."""
-        return TaskEvent(self.id, self.name, self.queue, self.status.value, self.attempts, at,
-                         self.schedule_id, priority=self.priority, namespace=self.namespace,
-                         **extra)
+        return TaskEvent(
+            self.id,
+            self.name,
+            self.queue,
+            self.status.value,
+            self.attempts,
+            at,
+            self.schedule_id,
+            priority=self.priority,
+            namespace=self.namespace,
+            **extra,
+        )
 
     def log_fields(self, outcome: str, **more: Any) -> dict[str, Any]:
         """The structured fields of a log line about this task's current attempt."""
-        return {"task_id": self.id, "task_name": self.name, "attempt": self.attempts,
-                "queue": self.queue, "worker": self.worker_id, "outcome": outcome, **more}
+        return {
+            "task_id": self.id,
+            "task_name": self.name,
+            "attempt": self.attempts,
+            "queue": self.queue,
+            "worker": self.worker_id,
+            "outcome": outcome,
+            **more,
+        }
 
     def to_api(self, history: list[Attempt] | None = None) -> Task:
         return Task(
-            id=self.id, name=self.name, queue=self.queue, status=self.status,
-            priority=self.priority, payload=self.payload, run_at=to_datetime(self.run_at),
-            created_at=to_datetime(self.created_at), updated_at=to_datetime(self.updated_at),
-            attempts=self.attempts, max_attempts=self.max_attempts, backoff=self.backoff,
-            timeout_seconds=self.timeout_seconds, idempotency_key=self.idempotency_key,
-            worker_id=self.worker_id, result=self.result, error=self.error,
-            schedule_id=self.schedule_id, slot=to_datetime(self.slot), namespace=self.namespace,
+            id=self.id,
+            name=self.name,
+            queue=self.queue,
+            status=self.status,
+            priority=self.priority,
+            payload=self.payload,
+            run_at=to_datetime(self.run_at),
+            created_at=to_datetime(self.created_at),
+            updated_at=to_datetime(self.updated_at),
+            attempts=self.attempts,
+            max_attempts=self.max_attempts,
+            backoff=self.backoff,
+            timeout_seconds=self.timeout_seconds,
+            idempotency_key=self.idempotency_key,
+            worker_id=self.worker_id,
+            result=self.result,
+            error=self.error,
+            schedule_id=self.schedule_id,
+            slot=to_datetime(self.slot),
+            namespace=self.namespace,
             attempt_history=history,
         )
 
@@ -182,23 +223,40 @@ class Completion:
 
     @classmethod
     def success(cls, task: TaskRecord, now: float, result: Any) -> Completion:
-        return cls(task.id, task.attempts, "succeeded", now, Status.SUCCEEDED, result=result,
-                   task=task)
+        return cls(
+            task.id, task.attempts, "succeeded", now, Status.SUCCEEDED, result=result, task=task
+        )
 
     def event(self) -> TaskEvent | None:
         """The state change this completion makes, for the event bus."""
         task = self.task
         if task is None:
             return None
-        return TaskEvent(task.id, task.name, task.queue, self.status.value, self.attempt,
-                         self.finished_at, task.schedule_id, self.error,
-                         duration=self.finished_at - task.updated_at, priority=task.priority,
-                         namespace=task.namespace)
+        return TaskEvent(
+            task.id,
+            task.name,
+            task.queue,
+            self.status.value,
+            self.attempt,
+            self.finished_at,
+            task.schedule_id,
+            self.error,
+            duration=self.finished_at - task.updated_at,
+            priority=task.priority,
+            namespace=task.namespace,
+        )
 
     @classmethod
     def failure(
-        cls, task: TaskRecord, now: float, outcome: Outcome, error: str,
-        traceback: str | None = None, *, retry_now: bool = False, retry: bool = True,
+        cls,
+        task: TaskRecord,
+        now: float,
+        outcome: Outcome,
+        error: str,
+        traceback: str | None = None,
+        *,
+        retry_now: bool = False,
+        retry: bool = True,
     ) -> Completion:
         """A failed attempt: retried after the task's backoff, or ``dead`` when it was the
         last or ``retry`` is false (a failure no later attempt can mend)."""
@@ -207,13 +265,23 @@ class Completion:
         if status is Status.FAILED:
             delay = 0.0 if retry_now else task.backoff.policy().delay(task.attempts)
             next_run_at = now + delay
-        return cls(task.id, task.attempts, outcome, now, status, next_run_at, None,
-                   storable_text(error),
-                   None if traceback is None else storable_text(traceback), task)
+        return cls(
+            task.id,
+            task.attempts,
+            outcome,
+            now,
+            status,
+            next_run_at,
+            None,
+            storable_text(error),
+            None if traceback is None else storable_text(traceback),
+            task,
+        )
 
     @classmethod
-    def died(cls, task: TaskRecord, now: float, outcome: Outcome, error: str,
-             deaths: int) -> Completion:
+    def died(
+        cls, task: TaskRecord, now: float, outcome: Outcome, error: str, deaths: int
+    ) -> Completion:
         """An attempt whose process died under it (``outcome`` in
         :data:`chronoq.states.DIED`), its task's ``deaths``-th: retried after the backoff
         plus :func:`chronoq.states.after_death`, so the tasks that died together come due
@@ -223,7 +291,8 @@ class Completion:
             completion.next_run_at += states.after_death(deaths)
             if deaths >= 2:
                 completion.error = storable_text(
-                    f"{error}; {deaths} attempts died so far: retried on its own, later")
+                    f"{error}; {deaths} attempts died so far: retried on its own, later"
+                )
         return completion
 
     def refused(self, exc: Exception) -> Completion | None:
@@ -232,15 +301,20 @@ class Completion:
         if self.task is None:
             return None
         why = f"{type(exc).__name__}: {exc}"
-        return Completion.failure(self.task, self.finished_at, "failed",
-                                  f"result could not be stored: {why[:1000]}")
+        return Completion.failure(
+            self.task, self.finished_at, "failed", f"result could not be stored: {why[:1000]}"
+        )
 
 
 def attempt_from_row(row: Row) -> Attempt:
     return Attempt(
-        attempt=row["attempt"], worker_id=row["worker_id"],
-        started_at=to_datetime(row["started_at"]), finished_at=to_datetime(row["finished_at"]),
-        outcome=row["outcome"], result=loads(row["result"]), error=row["error"],
+        attempt=row["attempt"],
+        worker_id=row["worker_id"],
+        started_at=to_datetime(row["started_at"]),
+        finished_at=to_datetime(row["finished_at"]),
+        outcome=row["outcome"],
+        result=loads(row["result"]),
+        error=row["error"],
         traceback=row["traceback"],
     )
 
@@ -263,14 +337,32 @@ def idempotency(row: Sequence[Any]) -> tuple[str, str | None]:
 
 
 def task_row(
-    template: TaskTemplate, run_at: float, now: float, idempotency_key: str | None = None,
-    schedule_id: str | None = None, slot: float | None = None, namespace: str = "default",
+    template: TaskTemplate,
+    run_at: float,
+    now: float,
+    idempotency_key: str | None = None,
+    schedule_id: str | None = None,
+    slot: float | None = None,
+    namespace: str = "default",
 ) -> tuple[Any, ...]:
     """The values of :data:`INSERT_TASK` for a new task due at ``run_at``."""
     status = Status.QUEUED if run_at <= now else Status.SCHEDULED
     return (
-        new_id(), template.name, template.queue, status.value, template.priority,
-        storable_json(template.payload), run_at, now, now, 0, template.max_attempts,
-        template.backoff.model_dump_json(), template.timeout_seconds, idempotency_key,
-        schedule_id, slot, namespace,
+        new_id(),
+        template.name,
+        template.queue,
+        status.value,
+        template.priority,
+        storable_json(template.payload),
+        run_at,
+        now,
+        now,
+        0,
+        template.max_attempts,
+        template.backoff.model_dump_json(),
+        template.timeout_seconds,
+        idempotency_key,
+        schedule_id,
+        slot,
+        namespace,
     )

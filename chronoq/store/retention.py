@@ -40,10 +40,13 @@ class Expired:
     def where(self, first: int = 1) -> tuple[str, list[Any]]:
         """The SQL condition (parameters from ``$first``) and its arguments."""
         if self.status not in TERMINAL:
-            raise ValueError(f"{self.status} tasks are not finished; only "
-                             f"{', '.join(sorted(TERMINAL))} tasks can be purged")
-        chosen = TaskFilter(self.status, self.queue, self.name, self.namespace,
-                            updated_before=self.before)
+            raise ValueError(
+                f"{self.status} tasks are not finished; only "
+                f"{', '.join(sorted(TERMINAL))} tasks can be purged"
+            )
+        chosen = TaskFilter(
+            self.status, self.queue, self.name, self.namespace, updated_before=self.before
+        )
         sql, args = chosen.where("sqlite", first)  # no error test: the same on both
         return f"status IN ({FINISHED}) AND {sql}", args
 
@@ -58,7 +61,9 @@ async def finished_queues(store: Store, status: Status) -> list[str]:
             "AND status = $1) UNION ALL "
             f"SELECT (SELECT min(queue) FROM tasks WHERE status IN ({FINISHED}) "
             "AND status = $1 AND queue > q.queue) FROM q WHERE q.queue IS NOT NULL) "
-            "SELECT queue FROM q WHERE queue IS NOT NULL", status.value)
+            "SELECT queue FROM q WHERE queue IS NOT NULL",
+            status.value,
+        )
     return [r["queue"] for r in rows]
 
 
@@ -73,9 +78,13 @@ async def count(store: Store, expired: Expired) -> int:
 Save = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
-async def delete_batch(store: Store, expired: Expired, after: tuple[float, str] | None,
-                       limit: int, save: Save | None = None
-                       ) -> tuple[int, tuple[float, str] | None]:
+async def delete_batch(
+    store: Store,
+    expired: Expired,
+    after: tuple[float, str] | None,
+    limit: int,
+    save: Save | None = None,
+) -> tuple[int, tuple[float, str] | None]:
     """Delete the next ``limit`` expired tasks (and their attempts) past the cursor
     ``after`` (``(updated_at, id)`` of the previous batch's last row). Returns the number
     deleted and the cursor for the next batch (None: nothing is left).
@@ -93,31 +102,39 @@ async def delete_batch(store: Store, expired: Expired, after: tuple[float, str] 
             await save(await _with_attempts(store, c, rows, ids))
         deleted = await c.fetch(
             f"DELETE FROM tasks WHERE id {store.in_list('$1')} AND status IN ({FINISHED}) "
-            "RETURNING id", ids)
+            "RETURNING id",
+            ids,
+        )
     last = rows[-1]
     return len(deleted), (float(last["updated_at"]), str(last["id"]))
 
 
-def pick(store: Store, expired: Expired, after: tuple[float, str] | None, limit: int,
-         columns: str) -> tuple[str, list[Any]]:
+def pick(
+    store: Store, expired: Expired, after: tuple[float, str] | None, limit: int, columns: str
+) -> tuple[str, list[Any]]:
     """The SELECT that locks a batch: one range of ``tasks_finished``, cursor included."""
     sql, args = expired.where()
     if after is not None:
         n = len(args)
         sql += f" AND (updated_at, id) > (${n + 1}, ${n + 2})"  # an index condition
         args += list(after)
-    return (f"SELECT {columns} FROM tasks WHERE {sql} ORDER BY updated_at, id "
-            f"LIMIT ${len(args) + 1}{store.skip_locked}"), [*args, limit]
+    return (
+        f"SELECT {columns} FROM tasks WHERE {sql} ORDER BY updated_at, id "
+        f"LIMIT ${len(args) + 1}{store.skip_locked}"
+    ), [*args, limit]
 
 
-async def _with_attempts(store: Store, c: Conn, rows: Sequence[Row], ids: Any
-                         ) -> list[dict[str, Any]]:
+async def _with_attempts(
+    store: Store, c: Conn, rows: Sequence[Row], ids: Any
+) -> list[dict[str, Any]]:
     """The rows as API task documents (``GET /v1/tasks/{id}``) with their attempts."""
     found = await c.fetch(
-        f"SELECT * FROM attempts WHERE task_id {store.in_list('$1')} ORDER BY task_id, attempt",
-        ids)
+        f"SELECT * FROM attempts WHERE task_id {store.in_list('$1')} ORDER BY task_id, attempt", ids
+    )
     history: dict[str, list[Attempt]] = {}
     for row in found:
         history.setdefault(row["task_id"], []).append(attempt_from_row(row))
-    return [TaskRecord.from_row(r).to_api(history.get(r["id"], [])).model_dump(mode="json")
-            for r in rows]
+    return [
+        TaskRecord.from_row(r).to_api(history.get(r["id"], [])).model_dump(mode="json")
+        for r in rows
+    ]

@@ -71,26 +71,46 @@ class ScheduleRecord:
     @classmethod
     def from_row(cls, row: Row) -> ScheduleRecord:
         return cls(
-            id=row["id"], name=row["name"], cron=row["cron"],
-            interval_seconds=row["interval_seconds"], timezone=row["timezone"],
-            task=TaskTemplate.model_validate_json(row["task"]), start_at=row["start_at"],
-            end_at=row["end_at"], misfire_policy=row["misfire_policy"],
+            id=row["id"],
+            name=row["name"],
+            cron=row["cron"],
+            interval_seconds=row["interval_seconds"],
+            timezone=row["timezone"],
+            task=TaskTemplate.model_validate_json(row["task"]),
+            start_at=row["start_at"],
+            end_at=row["end_at"],
+            misfire_policy=row["misfire_policy"],
             max_catch_up=row["max_catch_up"],
             misfire_grace_seconds=row["misfire_grace_seconds"],
-            jitter_seconds=row["jitter_seconds"], paused=bool(row["paused"]),
-            next_fire_at=row["next_fire_at"], last_fire_at=row["last_fire_at"],
-            created_at=row["created_at"], updated_at=row["updated_at"],
+            jitter_seconds=row["jitter_seconds"],
+            paused=bool(row["paused"]),
+            next_fire_at=row["next_fire_at"],
+            last_fire_at=row["last_fire_at"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
             namespace=row["namespace"],
         )
 
     @classmethod
-    def new(cls, spec: ScheduleCreate, now: float, namespace: str = "default"
-            ) -> ScheduleRecord:
+    def new(cls, spec: ScheduleCreate, now: float, namespace: str = "default") -> ScheduleRecord:
         record = cls(
-            id=new_id(), name=spec.name, cron=None, interval_seconds=None, timezone="UTC",
-            task=spec.task, start_at=None, end_at=None, misfire_policy="run_once",
-            max_catch_up=1, misfire_grace_seconds=0, jitter_seconds=0, paused=False,
-            next_fire_at=None, last_fire_at=None, created_at=now, updated_at=now,
+            id=new_id(),
+            name=spec.name,
+            cron=None,
+            interval_seconds=None,
+            timezone="UTC",
+            task=spec.task,
+            start_at=None,
+            end_at=None,
+            misfire_policy="run_once",
+            max_catch_up=1,
+            misfire_grace_seconds=0,
+            jitter_seconds=0,
+            paused=False,
+            next_fire_at=None,
+            last_fire_at=None,
+            created_at=now,
+            updated_at=now,
             namespace=namespace,
         )
         record.apply(spec, now)
@@ -110,11 +130,18 @@ class ScheduleRecord:
 
     def spec(self) -> ScheduleCreate:
         return ScheduleCreate(
-            name=self.name, cron=self.cron, interval_seconds=self.interval_seconds,
-            timezone=self.timezone, task=self.task, start_at=to_datetime(self.start_at),
-            end_at=to_datetime(self.end_at), misfire_policy=self.misfire_policy,
-            max_catch_up=self.max_catch_up, misfire_grace_seconds=self.misfire_grace_seconds,
-            jitter_seconds=self.jitter_seconds, paused=self.paused,
+            name=self.name,
+            cron=self.cron,
+            interval_seconds=self.interval_seconds,
+            timezone=self.timezone,
+            task=self.task,
+            start_at=to_datetime(self.start_at),
+            end_at=to_datetime(self.end_at),
+            misfire_policy=self.misfire_policy,
+            max_catch_up=self.max_catch_up,
+            misfire_grace_seconds=self.misfire_grace_seconds,
+            jitter_seconds=self.jitter_seconds,
+            paused=self.paused,
         )
 
     def recurrence(self) -> Recurrence:
@@ -131,18 +158,36 @@ class ScheduleRecord:
     def plan(self, now: float) -> FirePlan:
         assert self.next_fire_at is not None
         return plan(
-            self.recurrence(), self.next_fire_at, now, policy=self.misfire_policy,
-            max_catch_up=self.max_catch_up, grace=self.misfire_grace_seconds,
-            end_at=self.end_at, jitter=self.jitter_seconds,
+            self.recurrence(),
+            self.next_fire_at,
+            now,
+            policy=self.misfire_policy,
+            max_catch_up=self.max_catch_up,
+            grace=self.misfire_grace_seconds,
+            end_at=self.end_at,
+            jitter=self.jitter_seconds,
         )
 
     def values(self) -> tuple[Any, ...]:
         return (
-            self.id, self.name, self.cron, self.interval_seconds, self.timezone,
-            self.task.model_dump_json(), self.start_at, self.end_at, self.misfire_policy,
-            self.max_catch_up, self.misfire_grace_seconds, self.jitter_seconds,
-            int(self.paused), self.next_fire_at, self.last_fire_at, self.created_at,
-            self.updated_at, self.namespace,
+            self.id,
+            self.name,
+            self.cron,
+            self.interval_seconds,
+            self.timezone,
+            self.task.model_dump_json(),
+            self.start_at,
+            self.end_at,
+            self.misfire_policy,
+            self.max_catch_up,
+            self.misfire_grace_seconds,
+            self.jitter_seconds,
+            int(self.paused),
+            self.next_fire_at,
+            self.last_fire_at,
+            self.created_at,
+            self.updated_at,
+            self.namespace,
         )
 
     @property
@@ -156,11 +201,14 @@ class ScheduleRecord:
             upcoming = self.recurrence().upcoming(self.next_fire_at - 0.001, 5, self.end_at)
         spec = self.spec()
         return Schedule(
-            **spec.model_dump(), id=self.id, namespace=self.namespace,
+            **spec.model_dump(),
+            id=self.id,
+            namespace=self.namespace,
             next_fire_at=to_datetime(self.next_fire_at),
             last_fire_at=to_datetime(self.last_fire_at),
             next_fire_times=[to_datetime(t) for t in upcoming],
-            created_at=to_datetime(self.created_at), updated_at=to_datetime(self.updated_at),
+            created_at=to_datetime(self.created_at),
+            updated_at=to_datetime(self.updated_at),
         )
 
 
@@ -170,8 +218,7 @@ _COLUMNS = (
     "created_at, updated_at, namespace"
 )
 _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 19))
-_UPDATE = ", ".join(f"{c.strip()} = ${i}" for i, c in enumerate(_COLUMNS.split(","), 1)
-                    if i > 1)
+_UPDATE = ", ".join(f"{c.strip()} = ${i}" for i, c in enumerate(_COLUMNS.split(","), 1) if i > 1)
 
 
 class ScheduleQueries(abc.ABC):
@@ -192,15 +239,18 @@ class ScheduleQueries(abc.ABC):
     @abc.abstractmethod
     async def check_fence(self, c: Any, fence: Fence | None, now: float) -> None: ...
 
-    async def create_schedule(self, spec: ScheduleCreate, now: float,
-                              namespace: str = "default") -> ScheduleRecord:
+    async def create_schedule(
+        self, spec: ScheduleCreate, now: float, namespace: str = "default"
+    ) -> ScheduleRecord:
         """A new schedule; :class:`ScheduleExists` if ``namespace`` has one of that name
         (another namespace's schedules of the same name do not matter)."""
         record = ScheduleRecord.new(spec, now, namespace)
         async with self.conn() as c:
             rows = await c.fetch(
                 f"INSERT INTO schedules ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
-                "ON CONFLICT (namespace, name) DO NOTHING RETURNING id", *record.values())
+                "ON CONFLICT (namespace, name) DO NOTHING RETURNING id",
+                *record.values(),
+            )
         if not rows:
             raise ScheduleExists(spec.name)
         self.hub.scheduled()
@@ -214,16 +264,19 @@ class ScheduleQueries(abc.ABC):
         scope, args = ("AND namespace = $2", [namespace]) if namespace is not None else ("", [])
         async with self.conn() as c:
             rows = await c.fetch(
-                f"SELECT * FROM schedules WHERE {column} = $1 {scope} ORDER BY namespace "
-                "LIMIT 10", key, *args)
+                f"SELECT * FROM schedules WHERE {column} = $1 {scope} ORDER BY namespace LIMIT 10",
+                key,
+                *args,
+            )
         if not rows:
             raise ScheduleNotFound(key)
         if len(rows) > 1:
             raise ScheduleAmbiguous(key, [r["namespace"] for r in rows])
         return ScheduleRecord.from_row(rows[0])
 
-    async def list_schedules(self, cursor: str | None = None, limit: int = 50,
-                             namespace: str | None = None) -> list[ScheduleRecord]:
+    async def list_schedules(
+        self, cursor: str | None = None, limit: int = 50, namespace: str | None = None
+    ) -> list[ScheduleRecord]:
         """Schedules by name (then id: names repeat across namespaces); ``cursor`` is the
         :attr:`ScheduleRecord.cursor` of the previous page's last schedule (or a name)."""
         after_name, _, after_id = (cursor or "").partition("/")
@@ -235,7 +288,8 @@ class ScheduleQueries(abc.ABC):
             args.append(namespace)
         async with self.conn() as c:
             rows = await c.fetch(
-                f"SELECT * FROM schedules WHERE {where} ORDER BY name, id LIMIT $1", *args)
+                f"SELECT * FROM schedules WHERE {where} ORDER BY name, id LIMIT $1", *args
+            )
         return [ScheduleRecord.from_row(r) for r in rows]
 
     async def _save(self, record: ScheduleRecord) -> None:
@@ -243,8 +297,9 @@ class ScheduleQueries(abc.ABC):
             await c.execute(f"UPDATE schedules SET {_UPDATE} WHERE id = $1", *record.values())
         self.hub.scheduled()
 
-    async def update_schedule(self, key: str, changes: Mapping[str, Any], now: float
-                              ) -> ScheduleRecord:
+    async def update_schedule(
+        self, key: str, changes: Mapping[str, Any], now: float
+    ) -> ScheduleRecord:
         """Apply a partial update (already validated field by field); the merged schedule is
         validated again as a whole. The next fire time moves only if the rule changed."""
         record = await self.get_schedule(key)
@@ -262,8 +317,9 @@ class ScheduleQueries(abc.ABC):
         await self._save(record)
         return record
 
-    async def upsert_schedule(self, spec: ScheduleCreate, now: float,
-                              namespace: str = "default") -> tuple[ScheduleRecord, bool]:
+    async def upsert_schedule(
+        self, spec: ScheduleCreate, now: float, namespace: str = "default"
+    ) -> tuple[ScheduleRecord, bool]:
         """Create or update the schedule named ``spec.name`` in ``namespace`` (for schedules
         declared in code). A pause set by an operator is kept. Returns
         ``(schedule, changed)``."""
@@ -278,8 +334,7 @@ class ScheduleQueries(abc.ABC):
         wanted = spec.model_copy(update={"paused": current.paused})
         if current == wanted:
             return record, False
-        changes = {k: v for k, v in wanted.model_dump().items()
-                   if current.model_dump()[k] != v}
+        changes = {k: v for k, v in wanted.model_dump().items() if current.model_dump()[k] != v}
         return await self.update_schedule(record.id, changes, now), True
 
     async def delete_schedule(self, key: str) -> ScheduleRecord:
@@ -302,8 +357,9 @@ class ScheduleQueries(abc.ABC):
         self.inserted([row])
         return TaskRecord.from_row(rows[0])
 
-    async def fire_due_schedules(self, now: float, limit: int = 500,
-                                 fence: Fence | None = None) -> int:
+    async def fire_due_schedules(
+        self, now: float, limit: int = 500, fence: Fence | None = None
+    ) -> int:
         """Insert the tasks of every due slot and move each schedule to its next slot, in one
         transaction. ``ON CONFLICT (schedule_id, slot) DO NOTHING``: a slot never fires twice,
         even with several schedulers. Returns the number of tasks inserted."""
@@ -311,7 +367,10 @@ class ScheduleQueries(abc.ABC):
             await self.check_fence(c, fence, now)
             rows = await c.fetch(
                 "SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 "
-                f"ORDER BY next_fire_at LIMIT $2{self.skip_locked}", now, limit)
+                f"ORDER BY next_fire_at LIMIT $2{self.skip_locked}",
+                now,
+                limit,
+            )
             if not rows:
                 return 0
             tasks: list[tuple[Any, ...]] = []
@@ -320,15 +379,19 @@ class ScheduleQueries(abc.ABC):
                 record = ScheduleRecord.from_row(row)
                 fire = record.plan(now)
                 for slot, run_at in zip(fire.slots, fire.run_at, strict=True):
-                    tasks.append(task_row(record.task, run_at, now, None, record.id, slot,
-                                          record.namespace))
+                    tasks.append(
+                        task_row(record.task, run_at, now, None, record.id, slot, record.namespace)
+                    )
                 last = fire.slots[-1] if fire.slots else record.last_fire_at
                 moves.append((record.id, fire.next_fire_at, last, now))
             if tasks:
                 await c.executemany(
-                    f"{INSERT_TASK} ON CONFLICT (schedule_id, slot) DO NOTHING", tasks)
+                    f"{INSERT_TASK} ON CONFLICT (schedule_id, slot) DO NOTHING", tasks
+                )
             await c.executemany(
                 "UPDATE schedules SET next_fire_at = $2, last_fire_at = $3, updated_at = $4 "
-                "WHERE id = $1", moves)
+                "WHERE id = $1",
+                moves,
+            )
         self.inserted(tasks)
         return len(tasks)

@@ -45,8 +45,9 @@ class SQLiteStore(Store):
     data_errors = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError)
     outage_errors = (*Store.outage_errors, sqlite3.OperationalError)  # locked, disk I/O
 
-    def __init__(self, path: str | Path, hub: Hub | None = None,
-                 events: EventBus | None = None) -> None:
+    def __init__(
+        self, path: str | Path, hub: Hub | None = None, events: EventBus | None = None
+    ) -> None:
         super().__init__(hub, events)
         self.path = str(path)
         self._db: aiosqlite.Connection | None = None

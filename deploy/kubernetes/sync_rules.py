@@ -13,14 +13,20 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ALERTS = HERE.parent / "prometheus" / "alerts.yml"
 TARGET = HERE / "overlays" / "production" / "prometheusrule.yaml"
-HEADER = ("# Generated from deploy/prometheus/alerts.yml by deploy/kubernetes/sync_rules.py:\n"
-          "# edit the rules there, then rerun it.\n")
+HEADER = (
+    "# Generated from deploy/prometheus/alerts.yml by deploy/kubernetes/sync_rules.py:\n"
+    "# edit the rules there, then rerun it.\n"
+)
 
 
 def rule_object() -> dict[str, object]:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": {"name": "chronoq"}, "spec": {"groups": groups}}
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "chronoq"},
+        "spec": {"groups": groups},
+    }
 
 
 class _Dumper(yaml.SafeDumper):

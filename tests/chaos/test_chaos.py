@@ -44,13 +44,27 @@ class Redis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            ping = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
-                                  capture_output=True, text=True)
+            ping = subprocess.run(
+                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
+            )
             if ping.stdout.strip() == "PONG":
                 return
             time.sleep(0.05)
@@ -76,33 +90,44 @@ def query(url: str, sql: str) -> list[Any]:
 
 
 def leader_pid(url: str) -> int | None:
-    rows = query(url, f"SELECT holder FROM leases WHERE name = 'scheduler' "
-                      f"AND expires_at > {time.time()}")
+    rows = query(
+        url, f"SELECT holder FROM leases WHERE name = 'scheduler' AND expires_at > {time.time()}"
+    )
     return int(rows[0]["holder"].split(":")[1]) if rows else None
 
 
 def test_chaos(pg_url: str, tmp_path: Path) -> None:
-    if not any(os.access(os.path.join(p, "redis-server"), os.X_OK)
-               for p in os.environ.get("PATH", "").split(os.pathsep)):
+    if not any(
+        os.access(os.path.join(p, "redis-server"), os.X_OK)
+        for p in os.environ.get("PATH", "").split(os.pathsep)
+    ):
         pytest.skip("redis-server is not installed")
     redis = Redis(tmp_path)
     redis.start()
     record = tmp_path / "record.txt"
-    env = {"CHRONOQ_DATABASE_URL": pg_url, "CHRONOQ_BROKER_URL": redis.url,
-           "CHRONOQ_REDIS_URL": redis.url, "CHRONOQ_APP": "tests.apps.recorder:app",
-           "RECORD_FILE": str(record), "CHRONOQ_LEASE_SECONDS": "2",
-           "CHRONOQ_HEARTBEAT_SECONDS": "0.5", "CHRONOQ_POLL_SECONDS": "0.2",
-           "CHRONOQ_LOG_LEVEL": "warning"}
+    env = {
+        "CHRONOQ_DATABASE_URL": pg_url,
+        "CHRONOQ_BROKER_URL": redis.url,
+        "CHRONOQ_REDIS_URL": redis.url,
+        "CHRONOQ_APP": "tests.apps.recorder:app",
+        "RECORD_FILE": str(record),
+        "CHRONOQ_LEASE_SECONDS": "2",
+        "CHRONOQ_HEARTBEAT_SECONDS": "0.5",
+        "CHRONOQ_POLL_SECONDS": "0.2",
+        "CHRONOQ_LOG_LEVEL": "warning",
+    }
     assert cli("db", "upgrade", env=env).returncode == 0
     key = cli("keys", "create", "chaos", env=env).stdout.strip()
     auth = {"authorization": f"Bearer {key}"}
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-    apis = [Proc(["api", "--port", str(p)], env, tmp_path / f"api{n}.log")
-            for n, p in enumerate(ports)]
+    apis = [
+        Proc(["api", "--port", str(p)], env, tmp_path / f"api{n}.log") for n, p in enumerate(ports)
+    ]
     schedulers = [Proc(["scheduler"], env, tmp_path / f"sched{n}.log") for n in range(3)]
-    workers = [Proc(["worker", "--concurrency", "16"], env, tmp_path / f"w{n}-0.log")
-               for n in range(3)]
+    workers = [
+        Proc(["worker", "--concurrency", "16"], env, tmp_path / f"w{n}-0.log") for n in range(3)
+    ]
     everything = [*apis, *schedulers, *workers]
     counts: Counter[str] = Counter()
     failover_seconds: list[float] = []
@@ -110,10 +135,17 @@ def test_chaos(pg_url: str, tmp_path: Path) -> None:
         for url, api in zip(urls, apis, strict=True):
             wait_ready(url, api)
         for n in range(SCHEDULES):
-            response = httpx.post(f"{urls[n % 2]}/v1/schedules", headers=auth, json={
-                "name": f"every-second-{n}", "cron": "* * * * * *",
-                "misfire_policy": "catch_up", "max_catch_up": 100,
-                "task": {"name": "record", "max_attempts": 10}})
+            response = httpx.post(
+                f"{urls[n % 2]}/v1/schedules",
+                headers=auth,
+                json={
+                    "name": f"every-second-{n}",
+                    "cron": "* * * * * *",
+                    "misfire_policy": "catch_up",
+                    "max_catch_up": 100,
+                    "task": {"name": "record", "max_attempts": 10},
+                },
+            )
             assert response.status_code == 201, response.text
 
         accepted: list[str] = []
@@ -122,11 +154,16 @@ def test_chaos(pg_url: str, tmp_path: Path) -> None:
 
         def submit(i: int) -> str:
             if not hasattr(local, "clients"):  # one keep-alive client per thread and API
-                local.clients = [httpx.Client(base_url=u, timeout=30, headers=auth)
-                                 for u in urls]
-            response = local.clients[i % 2].post("/v1/tasks", json={
-                "name": "record", "payload": {"sleep": random.choice([0, 0.01, 0.05])},
-                "max_attempts": 10, "backoff": {"base": 0.2, "max": 2}})
+                local.clients = [httpx.Client(base_url=u, timeout=30, headers=auth) for u in urls]
+            response = local.clients[i % 2].post(
+                "/v1/tasks",
+                json={
+                    "name": "record",
+                    "payload": {"sleep": random.choice([0, 0.01, 0.05])},
+                    "max_attempts": 10,
+                    "backoff": {"base": 0.2, "max": 2},
+                },
+            )
             assert response.status_code == 201, response.text
             return str(response.json()["id"])
 
@@ -142,8 +179,11 @@ def test_chaos(pg_url: str, tmp_path: Path) -> None:
                 n = random.randrange(len(workers))
                 workers[n].kill()
                 counts["workers killed"] += 1
-                workers[n] = Proc(["worker", "--concurrency", "16"], env,
-                                  tmp_path / f"w{n}-{counts['workers killed']}.log")
+                workers[n] = Proc(
+                    ["worker", "--concurrency", "16"],
+                    env,
+                    tmp_path / f"w{n}-{counts['workers killed']}.log",
+                )
                 everything.append(workers[n])
                 next_worker_kill = now + 3
             if not scheduler_killed and now - started > 8:
@@ -166,8 +206,11 @@ def test_chaos(pg_url: str, tmp_path: Path) -> None:
                 redis_restarted = True
             time.sleep(0.1)
 
-        print(f"\nchaos phase over after {time.monotonic() - started:.0f}s; "
-              f"{sum(f.done() for f in submitting)} of {TASKS} submitted", flush=True)
+        print(
+            f"\nchaos phase over after {time.monotonic() - started:.0f}s; "
+            f"{sum(f.done() for f in submitting)} of {TASKS} submitted",
+            flush=True,
+        )
         accepted = [f.result(timeout=120) for f in submitting]
         print(f"all submitted after {time.monotonic() - started:.0f}s", flush=True)
         pool.shutdown()
@@ -176,24 +219,37 @@ def test_chaos(pg_url: str, tmp_path: Path) -> None:
                 httpx.post(f"{url}/v1/schedules/every-second-{n}/pause", headers=auth)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            open_tasks = query(pg_url, "SELECT COUNT(*) AS n FROM tasks WHERE status NOT IN "
-                                       "('succeeded', 'dead', 'cancelled')")[0]["n"]
+            open_tasks = query(
+                pg_url,
+                "SELECT COUNT(*) AS n FROM tasks WHERE status NOT IN "
+                "('succeeded', 'dead', 'cancelled')",
+            )[0]["n"]
             if open_tasks == 0:
                 break
             time.sleep(0.5)
         statuses = dict(query(pg_url, "SELECT status, COUNT(*) FROM tasks GROUP BY status"))
-        missing = set(accepted) - {r["id"] for r in query(
-            pg_url, "SELECT id FROM tasks WHERE status = 'succeeded' AND schedule_id IS NULL")}
-        doubled_slots = query(pg_url, "SELECT schedule_id, slot FROM tasks WHERE schedule_id "
-                                      "IS NOT NULL GROUP BY 1, 2 HAVING COUNT(*) > 1")
+        missing = set(accepted) - {
+            r["id"]
+            for r in query(
+                pg_url, "SELECT id FROM tasks WHERE status = 'succeeded' AND schedule_id IS NULL"
+            )
+        }
+        doubled_slots = query(
+            pg_url,
+            "SELECT schedule_id, slot FROM tasks WHERE schedule_id "
+            "IS NOT NULL GROUP BY 1, 2 HAVING COUNT(*) > 1",
+        )
         fired = query(pg_url, "SELECT COUNT(*) AS n FROM tasks WHERE schedule_id IS NOT NULL")
-        runs = Counter((t, a) for t, _, a in (line.split() for line in
-                                               record.read_text().splitlines()))
+        runs = Counter(
+            (t, a) for t, _, a in (line.split() for line in record.read_text().splitlines())
+        )
         retried = query(pg_url, "SELECT COUNT(*) AS n FROM tasks WHERE attempts > 1")[0]["n"]
-        print(f"\nchaos: {len(accepted)} tasks accepted, statuses {statuses}, "
-              f"{fired[0]['n']} schedule runs, {retried} tasks retried after a crash, "
-              f"{sum(1 for c in runs.values() if c > 1)} attempts executed twice, "
-              f"{dict(counts)}, scheduler failover {failover_seconds} s")
+        print(
+            f"\nchaos: {len(accepted)} tasks accepted, statuses {statuses}, "
+            f"{fired[0]['n']} schedule runs, {retried} tasks retried after a crash, "
+            f"{sum(1 for c in runs.values() if c > 1)} attempts executed twice, "
+            f"{dict(counts)}, scheduler failover {failover_seconds} s"
+        )
         assert len(accepted) == TASKS
         assert not missing, f"{len(missing)} accepted tasks did not succeed (lost)"
         assert statuses.get("dead", 0) == 0 and set(statuses) == {"succeeded"}
