@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Every knob in one place. The README's configuration table lists them."""
+    """Every knob in one place. docs/configuration.md lists them."""
 
     model_config = SettingsConfigDict(env_prefix="CHRONOQ_", extra="ignore")
 
