@@ -113,6 +113,7 @@ class Worker:
         self._beats = Outage(
             "heartbeat", log, first=self.heartbeat_seconds, cap=self.heartbeat_seconds
         )  # it keeps its period
+        self._flushes = Outage("recording results", log, first=0.1, cap=5.0, level=logging.WARNING)
         #: the child processes that run process-pool handlers (``--pool process``)
         self.pool = pool
         #: tasks claimed beyond ``concurrency``, held until a slot frees: keeps a process
@@ -441,49 +442,45 @@ class Worker:
             await self._flush_all()
 
     async def _flush_all(self, *, final: bool = False) -> None:
-        """Record every finished attempt, retrying with backoff while the store or broker
-        is unreachable; once stopping, only the ``final`` flush retries."""
-        delay = 0.1
+        """Record every finished attempt, retrying with backoff (:attr:`_flushes`) while the
+        store or broker is unreachable; once stopping, only the ``final`` flush retries."""
         while self._done:
             batch, self._done = self._done, []
             self._recording = batch
             try:
-                written, left = await self._record(batch)
+                written, left, error = await self._record(batch)
                 if written:
                     await self.broker.done([c.task_id for c in written])
             except asyncio.CancelledError:  # a final flush out of time
                 self._done[:0] = batch
                 raise
-            except Exception:  # the broker: recording the batch again changes nothing
-                log.exception("acknowledging %d results failed", len(batch))
-                left = batch
+            except Exception as exc:  # the broker: recording the batch again changes nothing
+                left, error = batch, exc
             finally:
                 self._recording = []
             if not left:
-                delay = 0.1
+                self._flushes.over()
                 continue
             self._done[:0] = left
+            assert error is not None  # left behind only by a failure
+            delay = self._flushes.failed(error)
             if self._closing and not final:
                 return
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
-    async def _record(self, batch: list[Completion]) -> tuple[list[Completion], list[Completion]]:
+    async def _record(
+        self, batch: list[Completion]
+    ) -> tuple[list[Completion], list[Completion], Exception | None]:
         """Write a batch in one transaction. If the store refuses it (not an outage: a value
         it cannot hold), write the attempts one by one, so one bad row never holds up the
-        others. Returns (written, left): ``left`` must wait, the store being unreachable."""
+        others. Returns (written, left, outage): ``left`` must wait, the store being
+        unreachable (``outage`` says why)."""
         try:
             refusal = await self._refusal(batch)
         except self.store.outage_errors as exc:
-            log.warning(
-                "recording %d results failed (%s: %s); retrying",
-                len(batch),
-                type(exc).__name__,
-                exc,
-            )
-            return [], batch
+            return [], batch, exc
         if refusal is None:
-            return batch, []
+            return batch, [], None
         if len(batch) > 1:
             log.warning(
                 "the store refused a batch of %d results (%s); writing them one by one",
@@ -493,9 +490,9 @@ class Worker:
         for index, completion in enumerate(batch):
             try:
                 await self._record_one(completion, refusal if len(batch) == 1 else None)
-            except self.store.outage_errors:
-                return batch[:index], batch[index:]
-        return batch, []
+            except self.store.outage_errors as exc:
+                return batch[:index], batch[index:], exc
+        return batch, [], None
 
     async def _record_one(self, completion: Completion, refusal: Exception | None) -> None:
         """Write one attempt (``refusal``: the store refused it already). One the store
