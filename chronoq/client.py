@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class ClientError(Exception):
@@ -25,35 +27,50 @@ def check(response: httpx.Response) -> None:
         raise ClientError(response.status_code, message)
 
 
-class Client:
+def http_options(base_url: str, api_key: str | None, timeout: float) -> dict[str, Any]:
+    """What every chronoq HTTP client (sync or async) is opened with."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    return {"base_url": base_url.rstrip("/"), "timeout": timeout, "headers": headers}
+
+
+def unreachable(base_url: object, exc: Exception, hint: str = "") -> ClientError:
+    """The error for an API that cannot be reached (status 0: no answer)."""
+    return ClientError(0, f"cannot reach the chronoq API at {base_url}: {exc}{hint}")
+
+
+class HttpClient:
+    """A blocking connection to the API (base URL, key, timeout), closed by ``with``."""
+
     def __init__(
         self,
-        base_url: str = "http://127.0.0.1:8000",
-        timeout: float = 10.0,
+        base_url: str = DEFAULT_URL,
+        *,
         api_key: str | None = None,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers)
+        self.http = httpx.Client(**http_options(base_url, api_key, timeout), transport=transport)
 
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Client(HttpClient):
+    """The CLI's client: raw JSON in and out."""
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the API; returns the decoded JSON body (None for 204)."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ClientError(
-                0,
-                f"cannot reach the chronoq API at {self.http.base_url}: "
-                f"{exc} (is `chronoq dev` or `chronoq api` running?)",
-            ) from None
+            hint = " (is `chronoq dev` or `chronoq api` running?)"
+            raise unreachable(self.http.base_url, exc, hint) from None
         check(response)
         return None if response.status_code == 204 else response.json()
 

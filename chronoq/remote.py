@@ -15,13 +15,11 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from chronoq.client import ClientError, check
+from chronoq.client import DEFAULT_URL, HttpClient, check, http_options, unreachable
 from chronoq.models import Task, TaskCreate, TaskPage
 from chronoq.states import Status
 
 M = TypeVar("M")
-
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,37 +59,14 @@ def task_call(task_id: str, action: str = "") -> Call[Task]:
     return Call(method, f"/v1/tasks/{task_id}{action and '/' + action}", Task.model_validate)
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"authorization": f"Bearer {api_key}"} if api_key else {}
-
-
-def _unreachable(base_url: object, exc: Exception) -> ClientError:
-    return ClientError(0, f"cannot reach the chronoq API at {base_url}: {exc}")
-
-
-class Client:
+class Client(HttpClient):
     """Blocking client: ``with chronoq.Client(url, api_key=...) as c: c.get(task_id)``."""
-
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        *,
-        api_key: str | None = None,
-        timeout: float = 10.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.http = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            timeout=timeout,
-            headers=_headers(api_key),
-            transport=transport,
-        )
 
     def call(self, call: Call[M]) -> M:
         try:
             response = self.http.request(call.method, call.path, json=call.json, params=call.params)
         except httpx.TransportError as exc:
-            raise _unreachable(self.http.base_url, exc) from None
+            raise unreachable(self.http.base_url, exc) from None
         return call.read(response)
 
     def submit(self, spec: TaskCreate | dict[str, Any]) -> Task:
@@ -120,15 +95,6 @@ class Client:
     def retry(self, task_id: str) -> Task:
         return self.call(task_call(task_id, "retry"))
 
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class AsyncClient:
     """:class:`Client` for async code: ``async with chronoq.AsyncClient(url) as c: ...``."""
@@ -142,10 +108,7 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            timeout=timeout,
-            headers=_headers(api_key),
-            transport=transport,
+            **http_options(base_url, api_key, timeout), transport=transport
         )
 
     async def call(self, call: Call[M]) -> M:
@@ -154,7 +117,7 @@ class AsyncClient:
                 call.method, call.path, json=call.json, params=call.params
             )
         except httpx.TransportError as exc:
-            raise _unreachable(self.http.base_url, exc) from None
+            raise unreachable(self.http.base_url, exc) from None
         return call.read(response)
 
     async def submit(self, spec: TaskCreate | dict[str, Any]) -> Task:
