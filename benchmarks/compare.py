@@ -215,6 +215,12 @@ def wait_quiet(limit: float, max_wait: float) -> float:
     return busy
 
 
+def system_env(stamps_url: str) -> dict[str, str]:
+    """The environment of a measured system's processes: none of the caller's chronoq
+    settings, the repository importable, and where handlers stamp their start and end."""
+    return {**environ_without_chronoq(), "PYTHONPATH": str(REPO), "BENCH_STAMPS_URL": stamps_url}
+
+
 class Processes:
     """Subprocesses of one system, with their stderr in log files."""
 
@@ -354,11 +360,7 @@ class System:
         self.args = args
         self.k = args.workers
         self.log_dir = log_dir
-        self.env = {
-            **environ_without_chronoq(),
-            "PYTHONPATH": str(REPO),
-            "BENCH_STAMPS_URL": args.stamps_url,
-        }
+        self.env = system_env(args.stamps_url)
         self.procs = Processes(log_dir, self.env)
 
     # lifecycle

@@ -57,10 +57,9 @@ from benchmarks.common import (  # noqa: E402
     DEFAULT_POSTGRES,
     Percentiles,
     burn_iterations,
-    environ_without_chronoq,
     say,
 )
-from benchmarks.compare import BenchError, Processes, flush, wait_quiet  # noqa: E402
+from benchmarks.compare import BenchError, Processes, flush, system_env, wait_quiet  # noqa: E402
 
 SYSTEMS = ("chronoq-process", "chronoq-async", "celery-prefork")
 DB = {"celery": 13, "stamps": 14}
@@ -86,11 +85,7 @@ class System:
 
     def __init__(self, args: argparse.Namespace, log_dir: Path) -> None:
         self.args = args
-        self.env = {
-            **environ_without_chronoq(),
-            "PYTHONPATH": str(REPO),
-            "BENCH_STAMPS_URL": args.stamps_url,
-        }
+        self.env = system_env(args.stamps_url)
         self.procs = Processes(log_dir, self.env)
 
     async def setup(self) -> None: ...

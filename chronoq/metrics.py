@@ -70,27 +70,7 @@ RUN_BUCKETS = (
     3600.0,
 )
 #: Seconds from due to started: a millisecond when idle, minutes under a backlog.
-WAIT_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-    1800.0,
-    3600.0,
-)
+WAIT_BUCKETS = (0.001, *RUN_BUCKETS)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
