@@ -12,7 +12,7 @@ not ready either. ``chronoq scheduler|worker --health-port`` serves both with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.asyncio as redis
@@ -36,16 +36,11 @@ class Readiness:
 
     async def problems(self, store: Store) -> list[str]:
         """What is unreachable, e.g. ``["store: TimeoutError()"]``; empty when ready."""
-        names = ["store", *(f"redis {_hide_password(url)}" for url in self.redis_urls)]
-        checks = [store.ping(), *(self._ping(url) for url in self.redis_urls)]
-        results = await asyncio.gather(
-            *(_within(check) for check in checks), return_exceptions=True
-        )
-        return [
-            f"{name}: {result!r}"
-            for name, result in zip(names, results, strict=True)
-            if isinstance(result, BaseException)
+        checks = [
+            ("store", store.ping()),
+            *((f"redis {_hide_password(url)}", self._ping(url)) for url in self.redis_urls),
         ]
+        return [f"{name}: {exc!r}" for name, exc in await failures(checks)]
 
     async def _ping(self, url: str) -> None:
         client = self._clients.get(url)
@@ -61,7 +56,21 @@ class Readiness:
             await client.aclose()
 
 
-async def _within(check: Any) -> None:
+async def failures(checks: Iterable[tuple[str, Awaitable[Any]]]) -> list[tuple[str, Exception]]:
+    """Run the named checks at once; those that raised or took longer than
+    :data:`CHECK_SECONDS` (``TimeoutError``), with what they raised, in the given order."""
+    named = list(checks)
+    results = await asyncio.gather(*(_within(c) for _, c in named), return_exceptions=True)
+    failed: list[tuple[str, Exception]] = []
+    for (name, _), result in zip(named, results, strict=True):
+        if isinstance(result, Exception):
+            failed.append((name, result))
+        elif isinstance(result, BaseException):
+            raise result
+    return failed
+
+
+async def _within(check: Awaitable[Any]) -> None:
     async with asyncio.timeout(CHECK_SECONDS):
         await check
 

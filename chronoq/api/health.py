@@ -9,8 +9,7 @@ work.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,11 +17,9 @@ from fastapi.responses import JSONResponse
 
 from chronoq.api.errors import error_response, responses
 from chronoq.app import App
+from chronoq.health import CHECK_SECONDS, failures
 
 router = APIRouter(tags=["health"])
-
-#: longest readiness waits for one dependency (a blackholed host never refuses)
-CHECK_SECONDS = 2.0
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -39,24 +36,18 @@ async def readyz(request: Request) -> JSONResponse:
     """`503` naming each dependency that does not answer within 2 s: `store_unavailable`
     when the store is among them, else `broker_unavailable`."""
     app: App = request.app.state.chronoq
-    probes: dict[str, Callable[[], Awaitable[Any]]] = {"store": app.store.ping}
+    checks: list[tuple[str, Awaitable[Any]]] = [("store", app.store.ping())]
     if app.publisher is not None:
-        probes["broker"] = app.publisher.client.ping
-    errors = await asyncio.gather(*(_probe(p) for p in probes.values()))
-    failed = {name: error for name, error in zip(probes, errors, strict=True) if error}
+        checks.append(("broker", app.publisher.client.ping()))
+    failed = await failures(checks)
     if not failed:
         return JSONResponse({"status": "ready"})
-    code = "store_unavailable" if "store" in failed else "broker_unavailable"
-    message = "; ".join(f"{name} unavailable: {error}" for name, error in failed.items())
+    code = "store_unavailable" if failed[0][0] == "store" else "broker_unavailable"
+    message = "; ".join(f"{name} unavailable: {_said(exc)}" for name, exc in failed)
     return error_response(503, code, message)
 
 
-async def _probe(check: Callable[[], Awaitable[Any]]) -> str | None:
-    """None when ``check`` answers in time, else what went wrong."""
-    try:
-        await asyncio.wait_for(check(), CHECK_SECONDS)
-    except TimeoutError:
+def _said(exc: Exception) -> str:
+    if isinstance(exc, TimeoutError):
         return f"no answer within {CHECK_SECONDS:g} s"
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    return f"{type(exc).__name__}: {exc}"
