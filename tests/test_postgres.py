@@ -105,3 +105,17 @@ async def test_the_group_commit_connection_survives_a_dropped_backend_and_a_canc
     finally:
         await admin.close()
         await store.close()
+
+
+async def test_processes_opening_a_new_schema_at_once_all_get_in(pg_url: str) -> None:
+    """Several processes starting together (a scheduler and its workers) all create the
+    schema if it is missing: each must open and migrate, not lose a race on pg_namespace."""
+    stores = [PostgresStore(pg_url, min_size=1, max_size=1, listen=False) for _ in range(8)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        await asyncio.gather(*(s.migrate() for s in stores))
+        versions = {version for version, _, _ in stores[0].migrations()}
+        for store in stores:
+            assert await store.applied_migrations() == versions
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))

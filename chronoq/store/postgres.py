@@ -191,7 +191,11 @@ class PostgresStore(Store):
         if self.schema:
             conn = await asyncpg.connect(self.dsn)
             try:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                # two processes starting at once race inside CREATE SCHEMA IF NOT EXISTS
+                # (a unique violation on pg_namespace): the migration lock orders them
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             finally:
                 await conn.close()
         self._pool = await asyncpg.create_pool(
