@@ -184,6 +184,25 @@ health_port_option = click.option(
     "http://HOST:PORT (HOST defaults to CHRONOQ_HOST, 127.0.0.1) "
     "[env CHRONOQ_HEALTH_PORT]",
 )
+
+
+def _needs_grpc(_: click.Context, __: click.Parameter, port: int | None) -> int | None:
+    import importlib.util
+
+    if port is not None and importlib.util.find_spec("grpc") is None:
+        raise click.BadParameter("the gRPC API needs the grpc extra: pip install 'chronoq[grpc]'")
+    return port
+
+
+grpc_port_option = click.option(
+    "--grpc-port",
+    envvar="CHRONOQ_GRPC_PORT",
+    type=click.IntRange(0, 65535),
+    default=None,
+    callback=_needs_grpc,
+    help="also serve the gRPC API on this port of --host (see docs/grpc.md) "
+    "[env CHRONOQ_GRPC_PORT; default: no gRPC]",
+)
 log_option = click.option(
     "--log-level",
     envvar="CHRONOQ_LOG_LEVEL",
@@ -355,6 +374,7 @@ def _run(
         metrics_host=metrics_host,
         health_port=health_port,
         health_host=health_host,
+        grpc_port=settings.grpc_port,
         pool=settings.pool,
         processes=settings.processes,
         max_tasks_per_child=settings.max_tasks_per_child,
@@ -441,6 +461,7 @@ def _run(
     help="require API keys [default: off, or CHRONOQ_AUTH when set]; off is only "
     "allowed on a loopback --host",
 )
+@grpc_port_option
 @log_option
 def dev(
     database_url: str | None,
@@ -458,6 +479,7 @@ def dev(
     port: int | None,
     demo: bool,
     auth: bool | None,
+    grpc_port: int | None,
     log_level: str,
 ) -> None:
     """Run API + scheduler + workers in one process (SQLite by default: no server needed).
@@ -477,6 +499,7 @@ def dev(
         port=port,
         log_level=log_level,
         auth=auth,
+        grpc_port=grpc_port,
         pool=pool,
         processes=processes,
         max_tasks_per_child=max_tasks_per_child,
@@ -494,10 +517,19 @@ def dev(
 @db_option
 @click.option("--host", default=None, help="address to listen on [default 127.0.0.1]")
 @click.option("--port", "-p", type=int, default=None, help="port [default 8000]")
+@grpc_port_option
 @log_option
-def api(database_url: str | None, host: str | None, port: int | None, log_level: str) -> None:
-    """Run the REST API only."""
-    settings = make_settings(database_url=database_url, host=host, port=port, log_level=log_level)
+def api(
+    database_url: str | None,
+    host: str | None,
+    port: int | None,
+    grpc_port: int | None,
+    log_level: str,
+) -> None:
+    """Run the REST API only (and the gRPC API with --grpc-port)."""
+    settings = make_settings(
+        database_url=database_url, host=host, port=port, grpc_port=grpc_port, log_level=log_level
+    )
     _run(settings, api=True, scheduler=False, worker=False)
 
 

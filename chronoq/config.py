@@ -142,6 +142,13 @@ class Settings(BaseSettings):
         "scheduler` and `chronoq worker` serve /healthz and "
         "/readyz (HOST defaults to `host`)",
     )
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="port where `chronoq api` and `chronoq dev` also serve the gRPC API "
+        "(on `host`; unset: no gRPC; needs the grpc extra)",
+    )
     log_level: str = Field("info", description="debug, info, warning, error")
     retention: str = Field(
         "succeeded=7d,cancelled=7d,dead=30d",

@@ -15,7 +15,7 @@ import signal
 import sqlite3
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -32,6 +32,11 @@ from chronoq.pool import PoolExecutor, ProcessPool, child_command
 from chronoq.retention import sweeper_for
 from chronoq.scheduler import Scheduler
 from chronoq.worker import Worker, builtin_executors
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from chronoq.grpc.server import GrpcServer
 
 log = logging.getLogger("chronoq")
 
@@ -114,6 +119,8 @@ class Components:
     health_port: int | None = None
     #: address for ``health_port`` (default: the settings' host)
     health_host: str | None = None
+    #: serve the gRPC API beside the REST API on this port of the settings' host (0: any)
+    grpc_port: int | None = None
     autoscale: tuple[int, int] | None = None
     #: where Python handlers run: "async" (the worker process) or "process" (children)
     pool: str = "async"
@@ -140,6 +147,7 @@ class Runner:
         self.metrics: Metrics | None = None
         self.metrics_server: MetricsServer | None = None
         self.health_server: _Server | None = None
+        self.grpc: GrpcServer | None = None
         self._readiness: Readiness | None = None
         self.started = asyncio.Event()
         self._stop_requested = False
@@ -186,6 +194,8 @@ class Runner:
         self._stop_requested = True
         if self.server is not None:
             self.server.should_exit = True
+        if self.grpc is not None:
+            self.grpc.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.worker is not None:
@@ -252,9 +262,10 @@ class Runner:
                     )
                 )
             if self.components.api:
-                self.server = await _serve(
-                    create_api(self.app), settings.host, settings.port, "api", jobs
-                )
+                api = create_api(self.app)
+                self.server = await _serve(api, settings.host, settings.port, "api", jobs)
+                if self.components.grpc_port is not None:
+                    self.grpc = await self._start_grpc(api, jobs)
             if self.components.health_port is not None:
                 self.health_server, health_job = await self._start_health(jobs)
             self.started.set()
@@ -292,6 +303,28 @@ class Runner:
             host = components.metrics_host or self.app.settings.host
             self.metrics_server = MetricsServer(self.metrics, host, components.metrics_port)
             await self.metrics_server.start()
+
+    async def _start_grpc(self, api: FastAPI, jobs: list[asyncio.Task[None]]) -> GrpcServer:
+        """The gRPC API beside ``api``, sharing its key cache and rate limits."""
+        from chronoq.api.auth import key_cache
+        from chronoq.api.ratelimit import limits_of
+        from chronoq.grpc.server import GrpcServer
+
+        server = GrpcServer(
+            self.app,
+            self.app.settings.host,
+            self.components.grpc_port or 0,
+            keys=key_cache(api),
+            limits=limits_of(api),
+        )
+        await server.start()
+        jobs.append(asyncio.create_task(server.serve(), name="grpc"))
+        log.info(
+            "serving gRPC (chronoq.v1.Chronoq, health, reflection) on %s",
+            server.address,
+            extra={"grpc": server.address},
+        )
+        return server
 
     async def _start_health(
         self, components_jobs: list[asyncio.Task[None]]

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request, WebSocket
+from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from chronoq.api.errors import ApiError
@@ -132,12 +132,17 @@ async def identify(
     return Principal(key.id, key.scopes, key.namespace)
 
 
-def _cache(request: Request | WebSocket) -> KeyCache:
-    state = request.app.state
+def key_cache(api: FastAPI) -> KeyCache:
+    """The key cache of the API process (the gRPC API shares the REST API's)."""
+    state = api.state
     if not hasattr(state, "keys"):
         state.keys = KeyCache(ttl=state.chronoq.settings.key_cache_seconds)
     cache: KeyCache = state.keys
     return cache
+
+
+def _cache(request: Request | WebSocket) -> KeyCache:
+    return key_cache(request.app)
 
 
 def _address(connection: Request | WebSocket) -> str:
@@ -162,11 +167,16 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Principal:
         principal = await _identify(request, credentials.credentials if credentials else None)
-        if not _allows(principal, scope):
-            raise ApiError(403, "forbidden", f"this API key lacks the {scope!r} scope")
-        return principal
+        return authorize(principal, scope)
 
     return dependency
+
+
+def authorize(principal: Principal, scope: str) -> Principal:
+    """``principal`` if it holds ``scope``, else 403."""
+    if not _allows(principal, scope):
+        raise ApiError(403, "forbidden", f"this API key lacks the {scope!r} scope")
+    return principal
 
 
 def _allows(principal: Principal, scope: str) -> bool:
@@ -201,9 +211,13 @@ def _socket_secret(websocket: WebSocket) -> tuple[str | None, str | None]:
     if BEARER_PROTOCOL in offered:
         rest = [p for p in offered if p != BEARER_PROTOCOL]
         return (rest[0] if rest else None), BEARER_PROTOCOL
-    header = websocket.headers.get("authorization", "")
-    secret = header[7:] if header.lower().startswith("bearer ") else None
+    secret = bearer_secret(websocket.headers.get("authorization", ""))
     return secret or websocket.query_params.get("token"), None
+
+
+def bearer_secret(header: str) -> str | None:
+    """The key in an ``Authorization: Bearer <key>`` value (None: no bearer key)."""
+    return header[7:] if header.lower().startswith("bearer ") else None
 
 
 async def websocket_caller(websocket: WebSocket) -> SocketCaller:
@@ -219,12 +233,10 @@ async def websocket_caller(websocket: WebSocket) -> SocketCaller:
     return SocketCaller(principal, secret, subprotocol)
 
 
-async def until_revoked(websocket: WebSocket, secret: str) -> None:
+async def until_revoked(app: App, cache: KeyCache, secret: str) -> None:
     """Return once ``secret`` no longer authenticates: checked each time the cached verdict
     lapses, so an open stream sees a revocation as soon as an HTTP request would. A store
     that cannot answer keeps the stream open (it is tried again a little later)."""
-    app: App = websocket.app.state.chronoq
-    cache = _cache(websocket)
     while True:
         await asyncio.sleep(max(cache.expires_in(secret), 0.05))
         try:

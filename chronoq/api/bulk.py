@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 
 from chronoq.api.auth import Principal, Reader, Writer
 from chronoq.api.errors import ApiError, responses
-from chronoq.api.tasks import AppDep, check_id
+from chronoq.api.service import check_id
+from chronoq.api.tasks import AppDep
 from chronoq.app import App
 from chronoq.durations import parse_instant
 from chronoq.models import ID_SCHEMA

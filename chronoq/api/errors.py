@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -26,6 +27,8 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        #: extra response headers (``Retry-After``)
+        self.headers: dict[str, str] = {}
 
 
 def error_response(
@@ -41,8 +44,23 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def _validation(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError | ValidationError)
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What a refused request is answered, whatever the transport: the HTTP ``status``,
+    the ``code`` and ``message`` of the error body, its ``details`` and extra
+    ``headers`` (``Retry-After``). The gRPC API maps ``status`` to a status code."""
+
+    status: int
+    code: str
+    message: str
+    details: list[dict[str, Any]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+def _validation(exc: RequestValidationError | ValidationError) -> Problem:
     details = []
     for err in exc.errors():
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
@@ -52,30 +70,7 @@ def _validation(_: Request, exc: Exception) -> JSONResponse:
             field = "body"
         details.append({"field": field, "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
-    return error_response(422, "validation_error", summary or "invalid request", details)
-
-
-def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    details = [{"field": exc.field, "message": exc.message}] if exc.field else []
-    return error_response(exc.status, exc.code, exc.message, details)
-
-
-def _not_found(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(404, "not_found", f"no task with id {exc.args[0]}")
-
-
-def _schedule_not_found(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(404, "not_found", f"no schedule with id or name {exc.args[0]!r}")
-
-
-def _schedule_exists(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(
-        409,
-        "schedule_exists",
-        f"a schedule named {exc.args[0]!r} exists already; PATCH it instead",
-        [{"field": "name", "message": "already taken"}],
-    )
+    return Problem(422, "validation_error", summary or "invalid request", details)
 
 
 def merged_conflict(exc: ValidationError) -> ApiError:
@@ -91,8 +86,45 @@ def merged_conflict(exc: ValidationError) -> ApiError:
     )
 
 
-def _conflict(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(409, "invalid_transition", str(exc))
+def problem(exc: Exception) -> Problem | None:
+    """The answer to ``exc`` when it is the client's doing or the store is unavailable;
+    None for anything else (a bug: a 500)."""
+    if isinstance(exc, ApiError):
+        details = [{"field": exc.field, "message": exc.message}] if exc.field else []
+        return Problem(exc.status, exc.code, exc.message, details, dict(exc.headers))
+    if isinstance(exc, RequestValidationError | ValidationError):
+        return _validation(exc)
+    if isinstance(exc, ScheduleNotFound):
+        return Problem(404, "not_found", f"no schedule with id or name {exc.args[0]!r}")
+    if isinstance(exc, NotFound):
+        return Problem(404, "not_found", f"no task with id {exc.args[0]}")
+    if isinstance(exc, ScheduleExists):
+        return Problem(
+            409,
+            "schedule_exists",
+            f"a schedule named {exc.args[0]!r} exists already; PATCH it instead",
+            [{"field": "name", "message": "already taken"}],
+        )
+    if isinstance(exc, InvalidTransition):
+        return Problem(409, "invalid_transition", str(exc))
+    if isinstance(exc, UNAVAILABLE):
+        return Problem(
+            503,
+            "store_unavailable",
+            f"the database is unavailable ({type(exc).__name__}: {exc}); retry shortly "
+            "(resubmitting with the same idempotency_key never creates a second task)",
+            headers={"Retry-After": "2"},
+        )
+    return None
+
+
+def answer(_: Request, exc: Exception) -> JSONResponse:
+    """The HTTP answer to an exception :func:`problem` knows."""
+    found = problem(exc)
+    assert found is not None
+    response = JSONResponse(found.body(), found.status)
+    response.headers.update(found.headers)
+    return response
 
 
 def _http(request: Request, exc: Exception) -> JSONResponse:
@@ -142,17 +174,6 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
-def _unavailable(_: Request, exc: Exception) -> JSONResponse:
-    response = error_response(
-        503,
-        "store_unavailable",
-        f"the database is unavailable ({type(exc).__name__}: {exc}); retry shortly "
-        "(resubmitting with the same idempotency_key never creates a second task)",
-    )
-    response.headers["Retry-After"] = "2"
-    return response
-
-
 def reject_nul(connection: HTTPConnection) -> None:
     """422 for a NUL character in any query or path parameter, checked once for every
     route (the app's own dependency). No text column can hold one (PostgreSQL refuses it
@@ -183,15 +204,17 @@ def reject_nul(connection: HTTPConnection) -> None:
 
 
 def install(api: FastAPI) -> None:
-    for kind in UNAVAILABLE:
-        api.add_exception_handler(kind, _unavailable)
-    api.add_exception_handler(RequestValidationError, _validation)
-    api.add_exception_handler(ValidationError, _validation)
-    api.add_exception_handler(ScheduleNotFound, _schedule_not_found)
-    api.add_exception_handler(ScheduleExists, _schedule_exists)
-    api.add_exception_handler(ApiError, _api_error)
-    api.add_exception_handler(NotFound, _not_found)
-    api.add_exception_handler(InvalidTransition, _conflict)
+    for kind in (
+        *UNAVAILABLE,
+        RequestValidationError,
+        ValidationError,
+        ScheduleNotFound,
+        ScheduleExists,
+        ApiError,
+        NotFound,
+        InvalidTransition,
+    ):
+        api.add_exception_handler(kind, answer)
     api.add_exception_handler(StarletteHTTPException, _http)
 
 

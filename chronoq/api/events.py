@@ -22,30 +22,23 @@ import contextlib
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from chronoq.api.auth import until_revoked, websocket_caller
+from chronoq.api.auth import key_cache, until_revoked, websocket_caller
+from chronoq.api.service import event_filter
 from chronoq.app import App
-from chronoq.events import TaskEvent
 
 router = APIRouter(tags=["events"])
-
-FILTERS = ("task_id", "queue", "name", "schedule_id")
 
 
 @router.websocket("/v1/events")
 async def events(websocket: WebSocket) -> None:
     app: App = websocket.app.state.chronoq
-    wanted = {k: v for k in FILTERS if (v := websocket.query_params.get(k))}
     caller = await websocket_caller(websocket)
     who = caller.principal
     await websocket.accept(subprotocol=caller.subprotocol)
     if who is None:  # accepted, then closed with 4401 (mirrors HTTP 401) so clients see why
         await websocket.close(code=caller.code, reason=caller.refusal[:120])
         return
-    if who.namespace is not None:
-        wanted["namespace"] = who.namespace
-
-    def matches(event: TaskEvent) -> bool:
-        return all(getattr(event, k) == v for k, v in wanted.items())
+    matches = event_filter(websocket.query_params, who)
 
     async def wait_for_close() -> None:
         with contextlib.suppress(WebSocketDisconnect):
@@ -55,7 +48,9 @@ async def events(websocket: WebSocket) -> None:
     closed = asyncio.create_task(wait_for_close())
     never = asyncio.Event()  # with auth off there is no key to revoke
     revoked = asyncio.create_task(
-        until_revoked(websocket, caller.secret) if caller.secret and who.key_id else never.wait()
+        until_revoked(app, key_cache(websocket.app), caller.secret)
+        if caller.secret and who.key_id
+        else never.wait()
     )
     with app.store.events.subscribe() as subscription:
         try:

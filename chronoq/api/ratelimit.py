@@ -18,10 +18,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from chronoq.api.errors import ApiError, error_response
+from chronoq.api.errors import ApiError, answer
 from chronoq.config import Settings
 
 K = TypeVar("K")
@@ -121,6 +120,7 @@ class RateLimited(ApiError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(429, "rate_limited", message)
         self.retry_after = max(1, math.ceil(retry_after))
+        self.headers = {"Retry-After": str(self.retry_after)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,14 +168,7 @@ def limits_of(request_app: FastAPI) -> RateLimits:
     return limits
 
 
-def _rate_limited(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RateLimited)
-    response = error_response(exc.status, exc.code, exc.message)
-    response.headers["Retry-After"] = str(exc.retry_after)
-    return response
-
-
 def install(api: FastAPI, settings: Settings) -> None:
     """Give ``api`` its buckets and the 429 answer (with ``Retry-After``)."""
     api.state.rate_limits = RateLimits.from_settings(settings)
-    api.add_exception_handler(RateLimited, _rate_limited)
+    api.add_exception_handler(RateLimited, answer)

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from chronoq.api.auth import Principal, Reader, Writer
 from chronoq.api.errors import ApiError, merged_conflict, responses
 from chronoq.api.limits import check_schedule_rate
-from chronoq.api.tasks import AppDep, TaskCursor, check_id, check_payload
+from chronoq.api.service import TaskCursor, check_id, check_payload
+from chronoq.api.tasks import AppDep
 from chronoq.app import App
 from chronoq.models import Schedule, ScheduleCreate, SchedulePage, ScheduleUpdate, Task, TaskPage
 from chronoq.store.schedules import ScheduleAmbiguous, ScheduleRecord, id_like

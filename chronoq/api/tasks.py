@@ -1,18 +1,26 @@
-"""``/v1/tasks`` and ``/v1/queues``: submit, list, inspect, cancel and retry tasks."""
+"""``/v1/tasks`` and ``/v1/queues``: submit, list, inspect, cancel and retry tasks.
+
+The routes translate HTTP to :mod:`chronoq.api.service`, which the gRPC API shares."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 
-from chronoq.api.auth import Principal, Reader, Writer
-from chronoq.api.errors import ApiError, responses
-from chronoq.api.served import add_warnings
+from chronoq.api import service
+from chronoq.api.auth import Reader, Writer
+from chronoq.api.errors import responses
+from chronoq.api.service import (
+    NameFilter,
+    PageLimit,
+    QueueFilter,
+    StatusFilter,
+    TaskCursor,
+    TaskQuery,
+)
 from chronoq.app import App
-from chronoq.ids import is_id
 from chronoq.models import (
     ID_SCHEMA,
     QueueStats,
@@ -21,11 +29,7 @@ from chronoq.models import (
     TaskBatchResult,
     TaskCreate,
     TaskPage,
-    TaskTemplate,
 )
-from chronoq.states import Status
-from chronoq.store import NotFound, TaskRecord
-from chronoq.store.base import dumps
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=responses(401, 403))
 
@@ -39,44 +43,6 @@ AppDep = Annotated[App, Depends(get_app)]
 TaskId = Annotated[
     str, Path(description="task id (a UUID)", max_length=64, json_schema_extra=ID_SCHEMA)
 ]
-#: the ``cursor`` of task pages: the id of the last task of the previous page
-TaskCursor = Annotated[
-    str | None,
-    Query(
-        description="next_cursor of the previous page", max_length=64, json_schema_extra=ID_SCHEMA
-    ),
-]
-
-
-def check_id(task_id: str, field: str = "task_id") -> str:
-    if not is_id(task_id):
-        raise ApiError(
-            422,
-            "bad_id",
-            f"{task_id!r} is not a task id (expected a lower-case "
-            "UUID such as 01890a5d-ac96-774b-bcce-b302099a8057)",
-            field,
-        )
-    return task_id
-
-
-def _finite(value: object) -> bool:
-    """False when a JSON value holds NaN or ±Infinity (Python's parser accepts them)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
-
-
-async def visible_task(app: App, who: Principal, task_id: str) -> TaskRecord:
-    """The task, if this caller's namespace may see it (else 404, as if it did not exist)."""
-    record = await app.store.get_task(check_id(task_id))
-    if not who.owns(record.namespace):
-        raise NotFound(task_id)
-    return record
 
 
 @router.post(
@@ -92,12 +58,9 @@ async def visible_task(app: App, who: Principal, task_id: str) -> TaskRecord:
 async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Writer) -> Task:
     """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
     same `idempotency_key` again returns the first task (status 200) instead of a copy."""
-    check_payload(spec, app.settings.max_payload_bytes, "payload")
-    record, created = await app.store.create_task(spec, time.time(), who.home)
+    task, created = await service.submit(app, who, spec)
     if not created:
         response.status_code = 200
-    task = record.to_api()
-    await add_warnings(app, [task])
     return task
 
 
@@ -112,64 +75,22 @@ async def create_tasks(batch: TaskBatch, app: AppDep, who: Writer) -> TaskBatchR
     """Up to 1,000 tasks in one request and one database transaction: all are accepted
     or none is. Each is what `POST /v1/tasks` takes; an `idempotency_key` seen before
     returns the earlier task (`created: false` at its position)."""
-    for index, spec in enumerate(batch.tasks):
-        check_payload(spec, app.settings.max_payload_bytes, f"tasks.{index}.payload")
-    found = await app.store.create_tasks(batch.tasks, time.time(), who.home)
-    items = [record.to_api() for record, _ in found]
-    await add_warnings(app, items)
-    return TaskBatchResult(items=items, created=[created for _, created in found])
-
-
-def check_payload(spec: TaskTemplate, limit: int, field: str) -> None:
-    """422 for a payload JSON cannot hold, 413 for one over ``limit`` bytes of JSON."""
-    if not _finite(spec.payload):
-        raise ApiError(
-            422,
-            "validation_error",
-            "payload contains NaN or Infinity, which JSON cannot represent",
-            field,
-        )
-    try:
-        size = len(dumps(spec.payload))
-    except TypeError as exc:  # orjson: integers beyond 64 bits, NaN keys, ...
-        raise ApiError(
-            422, "validation_error", f"payload cannot be stored as JSON: {exc}", field
-        ) from None
-    if size > limit:
-        raise ApiError(
-            413,
-            "payload_too_large",
-            f"payload is {size} bytes of JSON; the limit is {limit}",
-            field,
-        )
+    return await service.submit_batch(app, who, batch)
 
 
 @router.get("/tasks", response_model=TaskPage, responses=responses(422), summary="List tasks")
 async def list_tasks(
     app: AppDep,
     who: Reader,
-    status: Annotated[Status | None, Query(description="only tasks in this status")] = None,
-    queue: Annotated[str | None, Query(max_length=100)] = None,
-    name: Annotated[str | None, Query(max_length=200)] = None,
+    status: StatusFilter = None,
+    queue: QueueFilter = None,
+    name: NameFilter = None,
     cursor: TaskCursor = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: PageLimit = 50,
 ) -> TaskPage:
     """Newest first. `status=dead` lists the dead-letter queue."""
-    if cursor is not None:
-        check_id(cursor, "cursor")
-    records = await app.store.list_tasks(
-        status=status,
-        queue=queue,
-        name=name,
-        cursor=cursor,
-        namespace=who.namespace,
-        limit=limit + 1,
-    )
-    more = len(records) > limit
-    records = records[:limit]
-    return TaskPage(
-        items=[r.to_api() for r in records], next_cursor=records[-1].id if more else None
-    )
+    query = TaskQuery(status=status, queue=queue, name=name, cursor=cursor, limit=limit)
+    return await service.list_tasks(app, who, query)
 
 
 @router.get(
@@ -179,10 +100,7 @@ async def list_tasks(
     summary="Get a task with its attempts",
 )
 async def get_task(task_id: TaskId, app: AppDep, who: Reader) -> Task:
-    record = await visible_task(app, who, task_id)
-    task = record.to_api(await app.store.get_attempts(task_id))
-    await add_warnings(app, [task])
-    return task
+    return await service.get(app, who, task_id)
 
 
 @router.post(
@@ -193,9 +111,7 @@ async def get_task(task_id: TaskId, app: AppDep, who: Reader) -> Task:
 )
 async def cancel_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
     """Scheduled, queued and waiting tasks never run; a running task is stopped."""
-    await visible_task(app, who, task_id)
-    record = await app.store.cancel_task(task_id, time.time())
-    return record.to_api()
+    return await service.cancel(app, who, task_id)
 
 
 @router.post(
@@ -206,9 +122,7 @@ async def cancel_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
 )
 async def retry_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
     """Send a task from the dead-letter queue (or waiting for its backoff) back to the queue."""
-    await visible_task(app, who, task_id)
-    record = await app.store.retry_task(task_id, time.time())
-    return record.to_api()
+    return await service.retry(app, who, task_id)
 
 
 @router.delete(
@@ -220,8 +134,7 @@ async def retry_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
 async def delete_task(task_id: TaskId, app: AppDep, who: Writer) -> Response:
     """Remove a succeeded, dead or cancelled task and its attempts (e.g. to clear the
     dead-letter queue). Unfinished tasks answer 409: cancel them first."""
-    await visible_task(app, who, task_id)
-    await app.store.delete_task(task_id)
+    await service.delete(app, who, task_id)
     return Response(status_code=204)
 
 
