@@ -1,6 +1,7 @@
 """Submitting over gRPC beside REST: the same ``chronoq api`` process, the same run.
 
-One ``chronoq api --grpc-port`` process (API keys on, as in production) and K
+One ``chronoq api --grpc-port`` process (API keys on, as in production, with no rate
+limit: ``CHRONOQ_RATE_LIMIT=0``) and K
 ``chronoq worker`` processes on a fresh PostgreSQL schema; this process is the client.
 For each transport, in alternating order from run to run:
 
@@ -162,7 +163,12 @@ async def wait_serving(url: str, target: str, procs: ChronoqProcesses) -> None:
 
 async def one_run(number: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     database = postgres_database(args.database_url)
-    env = {**environ_without_chronoq(), "CHRONOQ_DATABASE_URL": database.url}
+    # no per-key rate limit: gRPC submits faster than its default 500 a second
+    env = {
+        **environ_without_chronoq(),
+        "CHRONOQ_DATABASE_URL": database.url,
+        "CHRONOQ_RATE_LIMIT": "0",
+    }
     port, grpc_port = free_port(), free_port()
     url, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
     app = App(database_url=database.url)
