@@ -33,7 +33,7 @@ from chronoq.grpc.server import GrpcServer
 from chronoq.grpc.v1 import chronoq_pb2 as pb
 from chronoq.grpc.v1 import chronoq_pb2_grpc as pb_grpc
 from tests.conftest import Harness, make_settings, running
-from tests.processes import ROOT, Proc, cli, free_port, wait_ready
+from tests.processes import ROOT, Proc, cli, free_port, start_dev, wait_ready
 
 
 @dataclass
@@ -442,3 +442,22 @@ def test_chronoq_api_serves_grpc_on_postgres(
 def test_grpc_port_flag_is_validated() -> None:
     bad = cli("api", "--grpc-port", "70000")
     assert bad.returncode == 2 and "--grpc-port" in bad.stderr
+
+
+def test_chronoq_dev_serves_grpc_without_keys(tmp_path: Path) -> None:
+    dev, _ = start_dev(tmp_path, "--demo", "--grpc-port", "0")
+    try:
+        found = re.search(r"serving gRPC \(.*\) on 127\.0\.0\.1:(\d+)", dev.output())
+        assert found, dev.output()
+        with grpc.insecure_channel(f"127.0.0.1:{found[1]}") as channel:
+            stub = pb_grpc.ChronoqStub(channel)
+            events = stub.WatchEvents(pb.WatchEventsRequest(name="demo.add"), timeout=20)
+            events.initial_metadata()  # subscribed
+            spec = pb.TaskSpec(name="demo.add", payload_json='{"a": 2, "b": 5}')
+            made = stub.Submit(pb.SubmitRequest(task=spec), timeout=5)  # auth is off: no key
+            assert any(e.task_id == made.task.id and e.status == "succeeded" for e in events)
+            events.cancel()
+            got = stub.Get(pb.GetRequest(task_id=made.task.id), timeout=5)
+        assert got.status == "succeeded" and json.loads(got.result_json) == 7
+    finally:
+        assert dev.terminate() == 0
