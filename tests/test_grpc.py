@@ -251,6 +251,9 @@ async def test_other_refusals(served: Served) -> None:
         (stub.List(pb.ListRequest(limit=0), metadata=auth), "/v1/tasks?limit=0"),
         (stub.List(pb.ListRequest(status="bogus"), metadata=auth), "/v1/tasks?status=bogus"),
         (stub.List(pb.ListRequest(cursor="x"), metadata=auth), "/v1/tasks?cursor=x"),
+        # NUL reaches no database over either API
+        (stub.List(pb.ListRequest(queue="a\x00"), metadata=auth), "/v1/tasks?queue=a%00"),
+        (stub.List(pb.ListRequest(name="\x00"), metadata=auth), "/v1/tasks?name=%00"),
     ]
     for call, path in cases:
         refused = await refusal(call)

@@ -174,6 +174,9 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
+NUL_MESSAGE = "must not contain NUL (\\x00) characters"
+
+
 def reject_nul(connection: HTTPConnection) -> None:
     """422 for a NUL character in any query or path parameter, checked once for every
     route (the app's own dependency). No text column can hold one (PostgreSQL refuses it
@@ -196,7 +199,7 @@ def reject_nul(connection: HTTPConnection) -> None:
                 {
                     "loc": loc,
                     "type": "value_error",
-                    "msg": "must not contain NUL (\\x00) characters",
+                    "msg": NUL_MESSAGE,
                 }
                 for loc in found
             ]

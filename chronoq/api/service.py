@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from typing import Annotated
 
 from fastapi import Query
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from chronoq.api.auth import Principal
-from chronoq.api.errors import ApiError
+from chronoq.api.errors import NUL_MESSAGE, ApiError
 from chronoq.api.served import add_warnings
 from chronoq.app import App
 from chronoq.events import TaskEvent
@@ -59,6 +59,14 @@ class TaskQuery(BaseModel):
     name: NameFilter = None
     cursor: TaskCursor = None
     limit: PageLimit = 50
+
+    @field_validator("queue", "name", "cursor")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        """What :func:`chronoq.api.errors.reject_nul` refuses in every REST query."""
+        if value is not None and "\x00" in value:
+            raise ValueError(NUL_MESSAGE)
+        return value
 
 
 def check_id(task_id: str, field: str = "task_id") -> str:
