@@ -263,9 +263,9 @@ class Runner:
                 )
             if self.components.api:
                 api = create_api(self.app)
-                self.server = await _serve(api, settings.host, settings.port, "api", jobs)
-                if self.components.grpc_port is not None:
+                if self.components.grpc_port is not None:  # first: a busy port stops nothing
                     self.grpc = await self._start_grpc(api, jobs)
+                self.server = await _serve(api, settings.host, settings.port, "api", jobs)
             if self.components.health_port is not None:
                 self.health_server, health_job = await self._start_health(jobs)
             self.started.set()

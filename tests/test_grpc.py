@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -442,9 +443,20 @@ def test_chronoq_api_serves_grpc_on_postgres(
     assert api.terminate() == 0
 
 
-def test_grpc_port_flag_is_validated() -> None:
+def test_grpc_port_flag_is_validated(tmp_path: Path) -> None:
     bad = cli("api", "--grpc-port", "70000")
     assert bad.returncode == 2 and "--grpc-port" in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        db = f"sqlite:///{tmp_path / 'busy.db'}"
+        busy = cli(
+            "dev", "--port", str(free_port()), "--grpc-port", str(port), "--database-url", db
+        )
+    assert busy.returncode == 1
+    assert f"Error: cannot listen for gRPC on 127.0.0.1:{port}" in busy.stderr
+    assert "Traceback" not in busy.stderr
 
 
 def test_chronoq_dev_serves_grpc_without_keys(tmp_path: Path) -> None:
