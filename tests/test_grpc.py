@@ -360,6 +360,16 @@ async def test_health_and_reflection(served: Served) -> None:
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
     unknown = await refusal(health.Check(health_pb2.HealthCheckRequest(service="nope")))
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    store = served.harness.store
+    await store.close()  # what /readyz answers 503 to
+    try:
+        down = await health.Check(health_pb2.HealthCheckRequest(service="chronoq.v1.Chronoq"))
+        assert down.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert (await served.harness.http.get("/readyz")).status_code == 503
+    finally:
+        await store.open()
+    back = await health.Check(health_pb2.HealthCheckRequest())
+    assert back.status == health_pb2.HealthCheckResponse.SERVING
 
     reflection = reflection_pb2_grpc.ServerReflectionStub(served.channel)
     requests = [

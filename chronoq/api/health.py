@@ -35,16 +35,20 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """`503` naming each dependency that does not answer within 2 s: `store_unavailable`
     when the store is among them, else `broker_unavailable`."""
-    app: App = request.app.state.chronoq
-    checks: list[tuple[str, Awaitable[Any]]] = [("store", app.store.ping())]
-    if app.publisher is not None:
-        checks.append(("broker", app.publisher.client.ping()))
-    failed = await failures(checks)
+    failed = await failures(readiness_checks(request.app.state.chronoq))
     if not failed:
         return JSONResponse({"status": "ready"})
     code = "store_unavailable" if failed[0][0] == "store" else "broker_unavailable"
     message = "; ".join(f"{name} unavailable: {_said(exc)}" for name, exc in failed)
     return error_response(503, code, message)
+
+
+def readiness_checks(app: App) -> list[tuple[str, Awaitable[Any]]]:
+    """What an API process needs to do its work (``/readyz``, and gRPC health checks)."""
+    checks: list[tuple[str, Awaitable[Any]]] = [("store", app.store.ping())]
+    if app.publisher is not None:
+        checks.append(("broker", app.publisher.client.ping()))
+    return checks
 
 
 def _said(exc: Exception) -> str:

@@ -25,11 +25,13 @@ from grpc_reflection.v1alpha import reflection
 from chronoq.api import service
 from chronoq.api.auth import KeyCache, Principal, authorize, bearer_secret, identify, until_revoked
 from chronoq.api.errors import problem
+from chronoq.api.health import readiness_checks
 from chronoq.api.ratelimit import RateLimits
 from chronoq.app import App
 from chronoq.grpc import convert
 from chronoq.grpc.v1 import chronoq_pb2 as pb
 from chronoq.grpc.v1 import chronoq_pb2_grpc as pb_grpc
+from chronoq.health import failures
 
 log = logging.getLogger("chronoq.grpc")
 
@@ -204,6 +206,25 @@ class ChronoqService(pb_grpc.ChronoqServicer):
                 stopping.cancel()
 
 
+class Health(health_aio.HealthServicer):  # type: ignore[misc]
+    """The standard health service. ``Check`` also asks what ``/readyz`` asks (the store,
+    the Redis broker): a probe sees NOT_SERVING while the API could not do its work.
+    ``Watch`` reports the status set on the server only (SERVING, then NOT_SERVING)."""
+
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        self.app = app
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: Context
+    ) -> health_pb2.HealthCheckResponse:
+        answer: health_pb2.HealthCheckResponse = await super().Check(request, context)
+        serving = answer.status == health_pb2.HealthCheckResponse.SERVING
+        if serving and await failures(readiness_checks(self.app)):
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
+        return answer
+
+
 class GrpcServer:
     """The gRPC server of an API process: start it, run :meth:`serve` as a job, and
     :meth:`stop` it (health turns NOT_SERVING, then calls get ``grace`` seconds)."""
@@ -228,7 +249,7 @@ class GrpcServer:
         )
         self.service = ChronoqService(app, keys, limits)
         pb_grpc.add_ChronoqServicer_to_server(self.service, self.server)
-        self.health = health_aio.HealthServicer()
+        self.health = Health(app)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [
