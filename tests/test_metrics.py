@@ -24,8 +24,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chronoq.app import App
-from chronoq.cli import JsonFormatter, log_format, log_handler
 from chronoq.events import EventBus, TaskEvent
+from chronoq.logs import JsonFormatter, log_format, log_handler
 from chronoq.metrics import OTHER, Metrics, Snapshot, metrics_for, parse_listen
 from chronoq.models import TaskCreate
 from tests.conftest import Harness
