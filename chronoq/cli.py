@@ -5,24 +5,23 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
-import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import quote
 
 import click
 import orjson
 from pydantic import ValidationError
 
-from chronoq import __version__, durations
+from chronoq import __version__, durations, render
 from chronoq.app import App
 from chronoq.client import Client, ClientError
 from chronoq.config import Settings
+from chronoq.logs import log_format, setup_logging
 
 log = logging.getLogger("chronoq")
 
@@ -33,71 +32,6 @@ def parse_duration(text: str) -> float:
         return durations.parse_duration(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-
-
-TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-
-#: attributes every LogRecord has; anything else on a record came from ``extra=``
-_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message",
-    "asctime",
-    "taskName",
-}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``timestamp`` (ISO 8601 UTC), ``level``, ``logger``,
-    ``message``, then the record's ``extra`` fields (task_id, attempt, queue, worker...),
-    and ``exception``/``stack`` when there is one."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_FIELDS and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            entry["exception"] = record.exc_text
-        if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        try:
-            return orjson.dumps(entry, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
-        except TypeError:  # what orjson refuses outright (e.g. integers past 64 bits)
-            return json.dumps(entry, default=repr, separators=(",", ":"))
-
-
-def log_format(stream: TextIO) -> str:
-    """``json`` or ``text``: ``CHRONOQ_LOG_FORMAT`` if set, else JSON unless ``stream`` is a
-    terminal."""
-    chosen = os.environ.get("CHRONOQ_LOG_FORMAT", "").strip().lower()
-    if chosen in ("json", "text"):
-        return chosen
-    if chosen not in ("", "auto"):
-        raise click.UsageError(f"CHRONOQ_LOG_FORMAT={chosen!r}: use json, text or auto")
-    isatty = getattr(stream, "isatty", None)
-    return "text" if isatty is not None and isatty() else "json"
-
-
-def log_handler(stream: TextIO) -> logging.Handler:
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(
-        JsonFormatter() if log_format(stream) == "json" else logging.Formatter(TEXT_FORMAT)
-    )
-    return handler
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr: JSON lines when it is not a terminal (or ``CHRONOQ_LOG_FORMAT=json``),
-    the human format otherwise (or ``CHRONOQ_LOG_FORMAT=text``)."""
-    logging.basicConfig(level=level.upper(), handlers=[log_handler(sys.stderr)])
 
 
 def load_app(settings: Settings) -> App:
@@ -669,65 +603,7 @@ def _json_option(text: str) -> Any:
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
-
-
-def _when(value: str | None) -> str:
-    if not value:
-        return "-"
-    return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _show_task(task: dict[str, Any]) -> None:
-    fields = [
-        ("id", task["id"]),
-        ("name", task["name"]),
-        ("status", task["status"]),
-        ("queue", task["queue"]),
-        ("priority", str(task["priority"])),
-        ("run at", _when(task["run_at"])),
-        ("created", _when(task["created_at"])),
-        ("attempts", f"{task['attempts']}/{task['max_attempts']}"),
-        ("payload", orjson.dumps(task["payload"]).decode()),
-    ]
-    if task.get("result") is not None:
-        fields.append(("result", orjson.dumps(task["result"]).decode()))
-    if task.get("error"):
-        fields.append(("error", task["error"]))
-    for key, value in fields:
-        click.echo(f"{key:>9}  {value}")
-    history = task.get("attempt_history") or []
-    if history:
-        click.echo()
-        rows = []
-        for a in history:
-            duration = "-"
-            if a["finished_at"]:
-                seconds = (
-                    datetime.fromisoformat(a["finished_at"])
-                    - datetime.fromisoformat(a["started_at"])
-                ).total_seconds()
-                duration = f"{seconds:.3f}s"
-            rows.append(
-                [
-                    str(a["attempt"]),
-                    a["worker_id"],
-                    _when(a["started_at"]),
-                    duration,
-                    a["outcome"] or "running",
-                    (a["error"] or "")[:80],
-                ]
-            )
-        click.echo(_table(rows, ["#", "worker", "started", "took", "outcome", "error"]))
+    click.echo(render.json_text(value))
 
 
 @main.command()
@@ -781,7 +657,7 @@ def submit(
         _echo_json(task)
     else:
         click.echo(
-            f"{task['id']}  {task['name']}  {task['status']}  run at {_when(task['run_at'])}"
+            f"{task['id']}  {task['name']}  {task['status']}  run at {render.when(task['run_at'])}"
         )
     for warning in task.get("warnings") or ():
         click.echo(f"warning: {warning}", err=True)
@@ -822,19 +698,7 @@ def tasks_ls(
     if as_json:
         _echo_json(page)
         return
-    rows = [
-        [
-            t["id"],
-            t["name"],
-            t["status"],
-            t["queue"],
-            str(t["priority"]),
-            f"{t['attempts']}/{t['max_attempts']}",
-            _when(t["run_at"]),
-        ]
-        for t in page["items"]
-    ]
-    click.echo(_table(rows, ["id", "name", "status", "queue", "prio", "tries", "run at"]))
+    click.echo(render.tasks_table(page["items"]))
     if page.get("next_cursor"):
         given = [
             ("--status", status),
@@ -853,7 +717,7 @@ def tasks_ls(
 def tasks_get(task_id: str, url: str, as_json: bool) -> None:
     """Show one task with every attempt."""
     task = _client_call(url, lambda c: c.get_task(task_id))
-    _echo_json(task) if as_json else _show_task(task)
+    click.echo(render.json_text(task) if as_json else render.task_detail(task))
 
 
 def _bulk_options(fn: Any) -> Any:
@@ -987,16 +851,7 @@ def _list_queues(url: str, as_json: bool) -> None:
     if as_json:
         _echo_json(stats)
         return
-    statuses = ["scheduled", "queued", "running", "succeeded", "failed", "dead", "cancelled"]
-    rows = [
-        [
-            q["queue"],
-            *(str(q["counts"].get(s, 0)) for s in statuses),
-            "paused" if q.get("paused") else "",
-        ]
-        for q in stats
-    ]
-    click.echo(_table(rows, ["queue", *statuses, "state"]))
+    click.echo(render.queues_table(stats))
 
 
 def _pause_command(action: str, help_text: str) -> None:
@@ -1041,46 +896,13 @@ def workers_ls(include_gone: bool, url: str, as_json: bool) -> None:
     if as_json:
         _echo_json(found)
         return
-    rows = [
-        [
-            w["id"],
-            w["status"],
-            ",".join(w["queues"]),
-            f"{w['running']}/{w['concurrency']}",
-            str(w["processed"]),
-            _when(w["started_at"]),
-            _when(w["last_seen_at"]),
-        ]
-        for w in found
-    ]
-    click.echo(_table(rows, ["id", "status", "queues", "busy", "done", "started", "last seen"]))
+    click.echo(render.workers_table(found))
 
 
 # -- schedules --------------------------------------------------------------------------------
 @main.group()
 def schedules() -> None:
     """Recurring schedules: add, list, inspect, pause, resume, trigger, remove."""
-
-
-def _show_schedule(s: dict[str, Any]) -> None:
-    rule = s["cron"] or f"every {s['interval_seconds']}s"
-    fields = [
-        ("id", s["id"]),
-        ("name", s["name"]),
-        ("rule", f"{rule} ({s['timezone']})"),
-        (
-            "task",
-            f"{s['task']['name']} {orjson.dumps(s['task']['payload']).decode()} "
-            f"queue={s['task']['queue']}",
-        ),
-        ("state", "paused" if s["paused"] else ("ended" if not s["next_fire_at"] else "active")),
-        ("misfire", f"{s['misfire_policy']} (grace {s['misfire_grace_seconds']}s)"),
-        ("last fire", _when(s["last_fire_at"])),
-    ]
-    for key, value in fields:
-        click.echo(f"{key:>9}  {value}")
-    for i, t in enumerate(s["next_fire_times"]):
-        click.echo(f"{'next' if i == 0 else '':>9}  {_when(t)}")
 
 
 @schedules.command("add")
@@ -1129,7 +951,7 @@ def schedules_add(
     if every:
         body["interval_seconds"] = parse_duration(every)
     schedule = _client_call(url, lambda c: c.request("POST", "/v1/schedules", json=body))
-    _echo_json(schedule) if as_json else _show_schedule(schedule)
+    click.echo(render.json_text(schedule) if as_json else render.schedule_detail(schedule))
 
 
 @schedules.command("ls")
@@ -1141,19 +963,7 @@ def schedules_ls(url: str, as_json: bool) -> None:
     if as_json:
         _echo_json(page)
         return
-    rows = [
-        [
-            s["name"],
-            s["cron"] or f"every {s['interval_seconds']}s",
-            s["timezone"],
-            s["task"]["name"],
-            "paused" if s["paused"] else "active",
-            _when(s["next_fire_at"]),
-            _when(s["last_fire_at"]),
-        ]
-        for s in page["items"]
-    ]
-    click.echo(_table(rows, ["name", "rule", "tz", "task", "state", "next", "last"]))
+    click.echo(render.schedules_table(page["items"]))
 
 
 def _schedule_action(method: str, suffix: str, done: str) -> Any:
@@ -1167,7 +977,7 @@ def _schedule_action(method: str, suffix: str, done: str) -> Any:
         elif as_json:
             _echo_json(result)
         elif suffix == "":
-            _show_schedule(result)
+            click.echo(render.schedule_detail(result))
         elif suffix == "/trigger":
             click.echo(f"{result['id']}  {result['name']}  {result['status']}")
         else:
@@ -1201,20 +1011,19 @@ schedules.command("rm", help="Delete schedule KEY (tasks it fired stay).")(
 @url_option
 def top(interval: float, once: bool, url: str) -> None:
     """Live view of queues, workers and throughput (Ctrl+C to quit)."""
-    from chronoq.top import Rates, render
+    from chronoq.top import Rates, frame_text
 
     rates = Rates()
     with Client(url, api_key=Settings().api_key) as client:
         try:
             while True:
                 try:
-                    frame = render(
+                    frame = frame_text(
                         client.queues(),
                         client.request("GET", "/v1/workers"),
                         rates,
                         time.time(),
                         url,
-                        _table,
                     )
                 except ClientError as exc:
                     raise click.ClickException(exc.message) from None
@@ -1313,7 +1122,7 @@ def purge(
         return
     if rows:
         click.echo(
-            _table(
+            render.table(
                 [[r["status"], r["queue"], str(r["count"])] for r in rows],
                 ["status", "queue", "would delete" if dry_run else "deleted"],
             )
@@ -1388,21 +1197,7 @@ def keys_ls(database_url: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json(rows)
         return
-    click.echo(
-        _table(
-            [
-                [
-                    r["id"],
-                    r["name"],
-                    ",".join(r["scopes"]),
-                    r["namespace"] or "*",
-                    "revoked" if r["revoked"] else "active",
-                ]
-                for r in rows
-            ],
-            ["id", "name", "scopes", "namespace", "state"],
-        )
-    )
+    click.echo(render.keys_table(rows))
 
 
 @keys.command("revoke")

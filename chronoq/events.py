@@ -165,6 +165,7 @@ class EventBus:
             await self._redis.publish(CHANNEL, orjson.dumps(message))
 
     async def _send_loop(self) -> None:
+        task = asyncio.current_task()
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
@@ -173,6 +174,11 @@ class EventBus:
             except Exception as exc:  # Redis down: events are best-effort, state is not
                 await asyncio.sleep(self._send_outage.failed(exc))
                 continue
+            finally:
+                # redis-py can swallow a cancel that lands inside PUBLISH; without this
+                # check close() would wait forever on a loop that went back to waiting
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError
             self._send_outage.over()
 
     async def _receive_loop(self) -> None:

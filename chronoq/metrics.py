@@ -16,13 +16,12 @@ One :class:`Metrics` per :class:`chronoq.App` (:func:`metrics_for`), with its ow
   scheduler lease (leads), 0 elsewhere.
 
 ``/metrics`` is served by the API (:mod:`chronoq.api.metrics`) and, with ``--metrics-port``,
-by :class:`MetricsServer`, a small HTTP server on the process's event loop.
+by :func:`metrics_app` (prometheus_client's ASGI exposition) on the process's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import weakref
@@ -30,11 +29,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from chronoq.events import Subscription, TaskEvent
 from chronoq.scheduler import LEASE as SCHEDULER_LEASE
@@ -462,63 +466,29 @@ def metrics_for(app: App) -> Metrics:
     return metrics
 
 
-class MetricsServer:
-    """``GET /metrics`` on its own port, served on the running event loop (no thread)."""
+def metrics_app(metrics: Metrics) -> Starlette:
+    """``GET /metrics`` for a port of its own (``--metrics-port``): prometheus_client's ASGI
+    exposition (content negotiation, gzip, ``name[]`` filters) after refreshing the store
+    gauges on the event loop; ``/`` and ``/healthz`` answer a line of text, other paths 404
+    and other methods 405. The runner serves it with uvicorn, like the API and health ports."""
+    exposition = make_asgi_app(metrics.registry)
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
-        self.metrics = metrics
-        self.host = host
-        self.port = port
-        self._server: asyncio.Server | None = None
+    class Scrape:
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await metrics.refresh()
+            await exposition(scope, receive, send)
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("chronoq metrics: see /metrics\n")
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-            self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(10):
-                request = await reader.readline()
-                headers: dict[str, str] = {}
-                for _ in range(100):
-                    line = await reader.readline()
-                    if line in (b"\r\n", b"\n", b""):
-                        break
-                    key, _, value = line.decode("latin-1").partition(":")
-                    headers[key.strip().lower()] = value.strip()
-            method, target, *_ = [*request.decode("latin-1").split(), "", ""]
-            path = target.split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                status, body, ctype = "405 Method Not Allowed", b"GET /metrics\n", "text/plain"
-            elif path == "/metrics":
-                body, ctype = await self.metrics.scrape(headers.get("accept"))
-                status = "200 OK"
-            elif path in ("/", "/healthz"):
-                status, body, ctype = "200 OK", b"chronoq metrics: see /metrics\n", "text/plain"
-            else:
-                status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
-            head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
-            await writer.drain()
-        except (TimeoutError, ConnectionError, ValueError):
-            pass
-        except Exception:
-            log.exception("metrics request failed")
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    get = ["GET", "HEAD"]
+    return Starlette(
+        routes=[
+            Route("/metrics", Scrape(), methods=get),
+            Route("/", hello, methods=get),
+            Route("/healthz", hello, methods=get),
+        ]
+    )
 
 
 def parse_listen(value: str, default_host: str) -> tuple[str, int]:

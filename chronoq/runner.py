@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from chronoq.app import App
 from chronoq.broker import Broker
 from chronoq.executors import Executor
 from chronoq.health import Readiness, health_app
-from chronoq.metrics import Metrics, MetricsServer, metrics_for
+from chronoq.metrics import Metrics, metrics_app, metrics_for
 from chronoq.pool import PoolExecutor, ProcessPool, child_command
 from chronoq.retention import sweeper_for
 from chronoq.scheduler import Scheduler
@@ -145,7 +146,8 @@ class Runner:
         self.worker: Worker | None = None
         self.pool: ProcessPool | None = None
         self.metrics: Metrics | None = None
-        self.metrics_server: MetricsServer | None = None
+        self.metrics_server: _Server | None = None
+        self._metrics_job: asyncio.Task[None] | None = None
         self.health_server: _Server | None = None
         self.grpc: GrpcServer | None = None
         self._readiness: Readiness | None = None
@@ -301,8 +303,13 @@ class Runner:
         self.metrics.start(self.app.store)
         if components.metrics_port is not None:
             host = components.metrics_host or self.app.settings.host
-            self.metrics_server = MetricsServer(self.metrics, host, components.metrics_port)
-            await self.metrics_server.start()
+            metrics_jobs: list[asyncio.Task[None]] = []
+            self.metrics_server = await _serve(
+                metrics_app(self.metrics), host, components.metrics_port, "metrics", metrics_jobs
+            )
+            self._metrics_job = metrics_jobs[0]
+            port = listening_port(self.metrics_server)
+            log.info("serving metrics on http://%s:%d/metrics", host, port)
 
     async def _start_grpc(self, api: FastAPI, jobs: list[asyncio.Task[None]]) -> GrpcServer:
         """The gRPC API beside ``api``, sharing its key cache and rate limits."""
@@ -354,11 +361,8 @@ class Runner:
         return server, health_jobs[0]
 
     async def _stop_health(self, job: asyncio.Task[None] | None) -> None:
-        if self.health_server is not None and job is not None:
-            self.health_server.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(job, 5)
-            self.health_server = None
+        await _shutdown(self.health_server, job)
+        self.health_server = None
         if self._readiness is not None:
             await self._readiness.close()
             self._readiness = None
@@ -369,9 +373,8 @@ class Runner:
         return scheduler is not None and scheduler.leading and not self._stop_requested
 
     async def _stop_metrics(self) -> None:
-        if self.metrics_server is not None:
-            await self.metrics_server.close()
-            self.metrics_server = None
+        await _shutdown(self.metrics_server, self._metrics_job)
+        self.metrics_server = self._metrics_job = None
         if self.metrics is not None:
             self.metrics.leader_probe = None
             self.metrics.child_restarts_probe = None
@@ -381,18 +384,40 @@ class Runner:
 async def _serve(
     asgi: Any, host: str, port: int, name: str, jobs: list[asyncio.Task[None]]
 ) -> _Server:
-    """Start uvicorn serving ``asgi`` as job ``name``; return once it listens."""
+    """Start uvicorn serving ``asgi`` as job ``name``; return once it listens. The socket is
+    bound here, so a taken port is an :class:`OSError` naming the address (uvicorn would log
+    and exit), and ``port`` 0 gets a free one (see :func:`listening_port`)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot serve {name} on {host}:{port}: {exc.strerror}") from None
     config = uvicorn.Config(
         asgi, host=host, port=port, log_level="warning", access_log=False, log_config=None
     )
     server = _Server(config)
-    job = asyncio.create_task(server.serve(), name=name)
+    job = asyncio.create_task(server.serve(sockets=[sock]), name=name)
     jobs.append(job)
     while not server.started and not job.done():  # noqa: ASYNC110
         await asyncio.sleep(0.01)  # uvicorn exposes no "started" event
     if job.done():
-        job.result()  # re-raise a bind error
+        sock.close()
+        job.result()  # re-raise a startup error
     return server
+
+
+def listening_port(server: uvicorn.Server) -> int:
+    """The port ``server`` listens on (the one picked for port 0)."""
+    port: int = server.servers[0].sockets[0].getsockname()[1]
+    return port
+
+
+async def _shutdown(server: _Server | None, job: asyncio.Task[None] | None) -> None:
+    """Stop a server :func:`_serve` started, waiting at most 5 s for it."""
+    if server is not None and job is not None:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(job, 5)
 
 
 def _broker_factory(url: str | None) -> Callable[[Worker], Broker] | None:

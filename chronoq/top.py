@@ -4,11 +4,10 @@ front page, in a terminal). Polls the API; ``--once`` prints one frame (for scri
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-STATUSES = ("scheduled", "queued", "running", "succeeded", "failed", "dead", "cancelled")
+from chronoq.render import STATUSES, table
 
 
 @dataclass
@@ -39,13 +38,12 @@ def sparkline(values: list[float]) -> str:
     return "".join(BARS[min(8, round(v / top * 8))] for v in values)
 
 
-def render(
+def frame_text(
     queues: list[dict[str, Any]],
     workers: list[dict[str, Any]],
     rates: Rates,
     now: float,
     url: str,
-    table: Callable[[list[list[str]], list[str]], str],
 ) -> str:
     """One frame of the view, as text."""
     totals = {s: sum(q["counts"].get(s, 0) for q in queues) for s in STATUSES}

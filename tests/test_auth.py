@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from chronoq import App
 from chronoq.api import create_api
@@ -35,6 +36,11 @@ async def secured(db_url: str) -> AsyncIterator[Harness]:
 
 def bearer(secret: str) -> dict[str, str]:
     return {"authorization": f"Bearer {secret}"}
+
+
+def bearer_protocol(secret: str) -> list[Subprotocol]:
+    """The dashboard's way to send a key on a WebSocket: as a subprotocol."""
+    return [Subprotocol("chronoq.bearer"), Subprotocol(secret)]
 
 
 async def test_keys_are_required_and_stored_hashed(secured: Harness) -> None:
@@ -165,7 +171,7 @@ def test_dev_with_auth_cli_keys_and_websocket(tmp_path: Path) -> None:
         # the dashboard's way: the key as a subprotocol, not in the URL; revoking the key
         # with the CLI closes the open stream within the default 10 s key cache
         with connect(
-            f"ws://127.0.0.1:{port}/v1/events", subprotocols=["chronoq.bearer", secret]
+            f"ws://127.0.0.1:{port}/v1/events", subprotocols=bearer_protocol(secret)
         ) as ws:
             assert ws.subprotocol == "chronoq.bearer"
             revoked = cli("keys", "revoke", secret.split("_")[1], "--database-url", db)
@@ -230,7 +236,7 @@ async def test_revoking_a_key_closes_its_event_streams(fast_revocation: Harness)
     async with serving(fast_revocation.app) as where:
         url = f"ws://{where}/v1/events"
         async with (
-            ws_connect(url, subprotocols=["chronoq.bearer", secret]) as browser,
+            ws_connect(url, subprotocols=bearer_protocol(secret)) as browser,
             ws_connect(url, additional_headers=bearer(secret)) as script,
             ws_connect(url, additional_headers=bearer(other_secret)) as bystander,
         ):
@@ -279,7 +285,7 @@ async def test_wrong_keys_on_sockets_are_throttled_too(db_url: str) -> None:
             url = f"ws://{where}/v1/events"
             codes = []
             for secret in ("cq_a_wrong", "cq_b_wrong", "cq_c_wrong", good):
-                async with ws_connect(url, subprotocols=["chronoq.bearer", secret]) as ws:
+                async with ws_connect(url, subprotocols=bearer_protocol(secret)) as ws:
                     codes.append(await closed_code(ws, within=5))
             assert codes == [4401, 4401, 4429, 4429]
             assert "too many invalid API keys" in (ws.close_reason or "")

@@ -81,6 +81,18 @@ async def test_redis_bridge_delivers_between_buses() -> None:
         await receiver.close()
 
 
+async def test_close_returns_while_an_event_is_being_sent() -> None:
+    """A cancel that lands inside redis-py's PUBLISH used to be swallowed, leaving close()
+    (and so a process's shutdown) waiting forever; one in about eight closes hit it."""
+    for round_ in range(40):
+        bus = EventBus(REDIS_URL)
+        await bus.start()
+        await asyncio.sleep(0.02)
+        bus.publish([TaskEvent("t1", "job", "default", "succeeded", 1, time.time())])
+        await asyncio.sleep(round_ * 0.0002)  # land the close at different points of the send
+        await asyncio.wait_for(bus.close(), 5)
+
+
 def test_events_cross_processes_through_redis(pg_url: str, tmp_path: Path) -> None:
     """A worker in one process, the API in another: the API's WebSocket still sees the
     worker's events, through Redis."""

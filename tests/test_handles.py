@@ -64,7 +64,7 @@ async def test_async_handler_result_and_options(app: App, harness: Harness) -> N
     with pytest.raises(ValidationError):
         echo.options(priority=5000)
     with pytest.raises(TypeError, match="by keyword"):
-        await echo.adelay("positional")  # type: ignore[call-arg]
+        await echo.adelay("positional")
 
 
 async def test_dead_task_raises_with_attempt_history_then_retry(app: App, harness: Harness) -> None:

@@ -18,6 +18,7 @@ from chronoq.scheduler import LEASE, Scheduler
 from chronoq.store.leases import NotLeader
 from tests.conftest import Harness
 from tests.processes import Proc
+from tests.waiting import until
 
 
 async def test_one_lease_holder_and_takeover_bumps_the_token(harness: Harness) -> None:
@@ -50,16 +51,22 @@ async def test_only_the_leader_fires_and_a_follower_takes_over(app: App, harness
     )
     first = Scheduler(harness.store, poll_seconds=0.1, lease_ttl=1.5, scheduler_id="first")
     second = Scheduler(harness.store, poll_seconds=0.1, lease_ttl=1.5, scheduler_id="second")
+
+    async def fired(scheduler: Scheduler, n: int) -> bool:
+        return scheduler.fired >= n
+
     jobs = [asyncio.create_task(first.run())]
-    await asyncio.sleep(0.3)
+    await until(lambda: fired(first, 1), "the first scheduler never fired", timeout=5)
     jobs.append(asyncio.create_task(second.run()))
-    await asyncio.sleep(1.5)
+    # two more one-second slots: the follower has looked at the lease a few times meanwhile
+    more = first.fired + 2
+    await until(lambda: fired(first, more), "the leader fired no two more slots", timeout=10)
     assert first.leading and not second.leading
-    assert second.fired == 0 and first.fired >= 1
+    assert second.fired == 0
     first.stop()  # a graceful stop releases the lease: the follower leads within ~1 s
     await jobs[0]
-    await asyncio.sleep(1.5)
-    assert second.leading and second.fired >= 1
+    await until(lambda: fired(second, 1), "the follower never fired", timeout=5)
+    assert second.leading
     second.stop()
     await jobs[1]
     schedule = await harness.store.get_schedule("tick")

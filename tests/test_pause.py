@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from chronoq.store.postgres import PostgresStore
 from chronoq.worker import Worker
 from tests.conftest import Harness, make_settings, running
 from tests.processes import Proc, cli, start_dev
+from tests.waiting import until
 
 BROKER_URL = "redis://127.0.0.1:6379/5"
 #: workers' poll interval: far longer than any wait below, so whatever starts promptly was
@@ -43,16 +44,6 @@ def slow_polling(db_url: str, **overrides: Any) -> App:
 async def h(db_url: str) -> AsyncIterator[Harness]:
     async with running(slow_polling(db_url)) as harness:
         yield harness
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10) -> float:
-    """Wait for ``check()``; returns the seconds it took."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what} after {timeout} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 async def status(h: Harness, task_id: str) -> str:

@@ -6,10 +6,12 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from tests.processes import Proc, cli, free_port, start_dev, wait_ready, wait_status
+from tests.waiting import until_sync
 
 
 def test_dev_demo_and_cli(tmp_path: Path, procs: list[Proc]) -> None:
@@ -135,7 +137,7 @@ def test_distributed_two_workers_never_run_an_attempt_twice(
     ids = []
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"}) as http:
         for i in range(300):
-            spec = {"name": "record", "payload": {"sleep": 0.01}}
+            spec: dict[str, Any] = {"name": "record", "payload": {"sleep": 0.01}}
             if i % 3 == 0:
                 spec["delay_seconds"] = 0.5
             ids.append(http.post("/v1/tasks", json=spec).json()["id"])
@@ -232,12 +234,19 @@ def test_two_scheduler_processes_fire_each_slot_once(
     asyncio.run(setup())
     env = {"CHRONOQ_DATABASE_URL": db_url, "CHRONOQ_POLL_SECONDS": "0.05"}
     for n in (1, 2):
-        procs.append(Proc(["scheduler"], env, tmp_path / f"s{n}.log"))
-    time.sleep(5)
+        port = free_port()
+        procs.append(Proc(["scheduler", "--health-port", str(port)], env, tmp_path / f"s{n}.log"))
+        wait_ready(f"http://127.0.0.1:{port}", procs[-1])
+    # both race for every slot from here on; three slots of each schedule, then stop
+    before = {name: len(fired) for name, fired in asyncio.run(slots()).items()}
+    until_sync(
+        lambda: all(len(f) >= before[n] + 3 for n, f in asyncio.run(slots()).items()),
+        "no three more slots of each schedule",
+    )
     for proc in procs:
         assert proc.terminate() == 0, proc.output()
     for name, fired in asyncio.run(slots()).items():
-        assert len(fired) >= 3, (name, fired)
+        assert len(fired) >= before[name] + 3, (name, fired)
         assert len(fired) == len(set(fired)), f"{name}: a slot fired twice"
 
 
@@ -258,9 +267,14 @@ def test_top_shows_queues_workers_and_throughput(tmp_path: Path, procs: list[Pro
     )
     procs.append(dev)
     wait_ready(url, dev)
-    for _ in range(20):
-        httpx.post(f"{url}/v1/tasks", json={"name": "demo.add", "payload": {"a": 1, "b": 1}})
-    time.sleep(1)
+    ids = [
+        httpx.post(
+            f"{url}/v1/tasks", json={"name": "demo.add", "payload": {"a": 1, "b": 1}}
+        ).json()["id"]
+        for _ in range(20)
+    ]
+    for task_id in ids:
+        wait_status(url, task_id, "succeeded")
     frame = cli("top", "--once", "--url", url)
     assert frame.returncode == 0, frame.stderr
     lines = frame.stdout.splitlines()

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from chronoq.recurrence import Recurrence, check_cron, check_timezone, plan
+from chronoq.recurrence import MisfirePolicy, Recurrence, check_cron, check_timezone, plan
 
 PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -19,7 +19,7 @@ def local(ts: float, tz: tzinfo) -> str:
 
 
 def at(tz: tzinfo, *args: int) -> float:
-    return datetime(*args, tzinfo=tz).timestamp()  # type: ignore[misc]
+    return datetime(*args, tzinfo=tz).timestamp()  # type: ignore[misc, arg-type]
 
 
 @pytest.mark.parametrize(
@@ -148,14 +148,14 @@ def test_exactly_one_of_cron_or_interval() -> None:
         ("catch_up", [920, 930, 940, 950, 960, 970, 980, 990, 1000]),
     ],
 )
-def test_misfire_policies(policy: str, expected: list[float]) -> None:
+def test_misfire_policies(policy: MisfirePolicy, expected: list[float]) -> None:
     rule = Recurrence(interval=10, anchor=0)
     fire = plan(
         rule,
         100,
         1000,
         policy=policy,
-        max_catch_up=3,  # type: ignore[arg-type]
+        max_catch_up=3,
         grace=55,
         end_at=None,
     )

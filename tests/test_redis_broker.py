@@ -124,7 +124,7 @@ async def test_unacknowledged_messages_are_taken_over(broker_app: App, bh: Harne
     client = redis.from_url(BROKER_URL, decode_responses=True)
     name = stream(queue, 0)
     await client.xgroup_create(name, GROUP, id="0", mkstream=True)
-    got = await client.xreadgroup(GROUP, "crashed-consumer", {name: ">"}, count=10)
+    got: Any = await client.xreadgroup(GROUP, "crashed-consumer", {name: ">"}, count=10)
     assert got and got[0][1][0][1]["id"] == task["id"]  # taken, never claimed, never acked
     await client.aclose()
     started = time.monotonic()

@@ -32,7 +32,7 @@ async def runs_of(harness: Harness, key: str) -> list[dict[str, Any]]:
 
 
 async def test_create_validates_cron_timezone_and_rule(harness: Harness) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str, str]] = [
         ({"cron": "61 * * * *"}, "cron", "out of range"),
         ({"cron": "*/5 * * * *", "timezone": "Mars/Olympus"}, "timezone", "unknown time zone"),
         ({"cron": "* * * * *", "interval_seconds": 5}, "body", "exactly one"),
@@ -50,7 +50,7 @@ async def test_create_validates_cron_timezone_and_rule(harness: Harness) -> None
         ),
     ]
     for extra, field, fragment in cases:
-        body = {"name": "s", "task": {"name": "noop"}, **extra}
+        body: dict[str, Any] = {"name": "s", "task": {"name": "noop"}, **extra}
         response = await harness.http.post("/v1/schedules", json=body)
         assert response.status_code == 422, (extra, response.text)
         error = response.json()["error"]

@@ -24,24 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-schemathesis = pytest.importorskip("schemathesis")
-
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.python.asgi import shutdown_lifespans  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.python.asgi import shutdown_lifespans
+from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from chronoq import App  # noqa: E402
-from chronoq.api import create_api  # noqa: E402
-from chronoq.api.limits import install_limits  # noqa: E402
-from chronoq.durations import parse_instant  # noqa: E402
-from chronoq.recurrence import check_cron, check_timezone  # noqa: E402
-from tests.conftest import make_settings  # noqa: E402
+from chronoq import App
+from chronoq.api import create_api
+from chronoq.api.limits import install_limits
+from chronoq.durations import parse_instant
+from chronoq.recurrence import check_cron, check_timezone
+from tests.conftest import make_settings
 
 CHECKS = [
     not_a_server_error,
@@ -120,7 +118,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
         HealthCheck.data_too_large,
     ],
 )
-def test_api_conforms_to_its_schema(case: schemathesis.Case) -> None:
+def test_api_conforms_to_its_schema(case: schemathesis.Case[Any]) -> None:
     case.body = within_what_json_schema_cannot_say(case.body)
     query = case.query
     if (

@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -126,7 +127,7 @@ async def test_child_gets_a_clean_environment(monkeypatch: pytest.MonkeyPatch) -
 
 async def test_nul_bytes_are_refused(tmp_path: Path, jobs: dict[str, str]) -> None:
     executor = ShellExecutor(["echo"], env_allow=["GREETING"])
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "args[1]": {"command": "echo", "args": ["ok", "a\0b"]},
         "command": {"command": "echo\0 rm"},
         "cwd": {"command": "echo", "cwd": f"{tmp_path}\0/etc"},

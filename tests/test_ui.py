@@ -479,7 +479,12 @@ def test_sign_in_form_session_and_socket_without_token(
         sockets: list[str] = []
         dialogs: list[str] = []
         page.on("websocket", lambda ws: sockets.append(ws.url))
-        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+        def on_dialog(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
         page.goto(f"{url}/ui#/overview")
         form = page.locator("form#signin")
         expect(form).to_be_visible()

@@ -1,0 +1,192 @@
+"""What the ``chronoq`` commands print: aligned tables and ``key  value`` detail blocks.
+
+Each function takes the API's JSON (dicts as the routes return them) and returns the text,
+so the command only fetches and echoes; times are shown in the local time zone to the
+second, ``-`` when unset. ``--json`` bypasses all of this (:func:`json_text`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+#: the task statuses in lifecycle order, the columns of ``chronoq queues``
+STATUSES = ("scheduled", "queued", "running", "succeeded", "failed", "dead", "cancelled")
+
+
+def json_text(value: Any) -> str:
+    """``value`` as indented JSON, for ``--json``."""
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+
+
+def when(value: str | None) -> str:
+    """An ISO 8601 time from the API as local ``YYYY-MM-DD HH:MM:SS`` (``-`` if none)."""
+    if not value:
+        return "-"
+    return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
+    """Columns padded to their widest cell, upper-case headers, no trailing spaces."""
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def fields(pairs: Iterable[tuple[str, str]]) -> str:
+    """A detail block: keys right-aligned in 9 columns, then the value."""
+    return "\n".join(f"{key:>9}  {value}" for key, value in pairs)
+
+
+def compact_json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def task_detail(task: dict[str, Any]) -> str:
+    """``chronoq tasks get``: the task's fields, then its attempts as a table."""
+    pairs = [
+        ("id", task["id"]),
+        ("name", task["name"]),
+        ("status", task["status"]),
+        ("queue", task["queue"]),
+        ("priority", str(task["priority"])),
+        ("run at", when(task["run_at"])),
+        ("created", when(task["created_at"])),
+        ("attempts", f"{task['attempts']}/{task['max_attempts']}"),
+        ("payload", compact_json(task["payload"])),
+    ]
+    if task.get("result") is not None:
+        pairs.append(("result", compact_json(task["result"])))
+    if task.get("error"):
+        pairs.append(("error", task["error"]))
+    text = fields(pairs)
+    history = task.get("attempt_history") or []
+    if not history:
+        return text
+    rows = []
+    for a in history:
+        duration = "-"
+        if a["finished_at"]:
+            seconds = (
+                datetime.fromisoformat(a["finished_at"]) - datetime.fromisoformat(a["started_at"])
+            ).total_seconds()
+            duration = f"{seconds:.3f}s"
+        rows.append(
+            [
+                str(a["attempt"]),
+                a["worker_id"],
+                when(a["started_at"]),
+                duration,
+                a["outcome"] or "running",
+                (a["error"] or "")[:80],
+            ]
+        )
+    return f"{text}\n\n{table(rows, ['#', 'worker', 'started', 'took', 'outcome', 'error'])}"
+
+
+def tasks_table(items: Iterable[dict[str, Any]]) -> str:
+    """``chronoq tasks ls``: one row per task."""
+    rows = [
+        [
+            t["id"],
+            t["name"],
+            t["status"],
+            t["queue"],
+            str(t["priority"]),
+            f"{t['attempts']}/{t['max_attempts']}",
+            when(t["run_at"]),
+        ]
+        for t in items
+    ]
+    return table(rows, ["id", "name", "status", "queue", "prio", "tries", "run at"])
+
+
+def queues_table(stats: Iterable[dict[str, Any]]) -> str:
+    """``chronoq queues``: the status counts of each queue and whether it is paused."""
+    rows = [
+        [
+            q["queue"],
+            *(str(q["counts"].get(s, 0)) for s in STATUSES),
+            "paused" if q.get("paused") else "",
+        ]
+        for q in stats
+    ]
+    return table(rows, ["queue", *STATUSES, "state"])
+
+
+def workers_table(workers: Iterable[dict[str, Any]]) -> str:
+    """``chronoq workers ls``: queues, busy slots and heartbeat of each worker."""
+    rows = [
+        [
+            w["id"],
+            w["status"],
+            ",".join(w["queues"]),
+            f"{w['running']}/{w['concurrency']}",
+            str(w["processed"]),
+            when(w["started_at"]),
+            when(w["last_seen_at"]),
+        ]
+        for w in workers
+    ]
+    return table(rows, ["id", "status", "queues", "busy", "done", "started", "last seen"])
+
+
+def schedule_rule(s: dict[str, Any]) -> str:
+    return str(s["cron"] or f"every {s['interval_seconds']}s")
+
+
+def schedule_detail(s: dict[str, Any]) -> str:
+    """``chronoq schedules get|add``: the schedule's fields and its next fire times."""
+    state = "paused" if s["paused"] else ("ended" if not s["next_fire_at"] else "active")
+    pairs = [
+        ("id", s["id"]),
+        ("name", s["name"]),
+        ("rule", f"{schedule_rule(s)} ({s['timezone']})"),
+        (
+            "task",
+            f"{s['task']['name']} {compact_json(s['task']['payload'])} queue={s['task']['queue']}",
+        ),
+        ("state", state),
+        ("misfire", f"{s['misfire_policy']} (grace {s['misfire_grace_seconds']}s)"),
+        ("last fire", when(s["last_fire_at"])),
+    ]
+    pairs += [("next" if i == 0 else "", when(t)) for i, t in enumerate(s["next_fire_times"])]
+    return fields(pairs)
+
+
+def schedules_table(items: Iterable[dict[str, Any]]) -> str:
+    """``chronoq schedules ls``: rule, task and next/last fire time of each schedule."""
+    rows = [
+        [
+            s["name"],
+            schedule_rule(s),
+            s["timezone"],
+            s["task"]["name"],
+            "paused" if s["paused"] else "active",
+            when(s["next_fire_at"]),
+            when(s["last_fire_at"]),
+        ]
+        for s in items
+    ]
+    return table(rows, ["name", "rule", "tz", "task", "state", "next", "last"])
+
+
+def keys_table(keys: Iterable[dict[str, Any]]) -> str:
+    """``chronoq keys ls``: the keys as ``keys ls --json`` lists them, never a secret."""
+    rows = [
+        [
+            k["id"],
+            k["name"],
+            ",".join(k["scopes"]),
+            k["namespace"] or "*",
+            "revoked" if k["revoked"] else "active",
+        ]
+        for k in keys
+    ]
+    return table(rows, ["id", "name", "scopes", "namespace", "state"])
