@@ -46,12 +46,12 @@ class Served:
     channel: grpc.aio.Channel
 
     @property
-    def stub(self) -> pb_grpc.ChronoqStub:
+    def stub(self) -> pb_grpc.ChronoqAsyncStub:
         return pb_grpc.ChronoqStub(self.channel)
 
     async def key(self, scopes: list[str], namespace: str | None = None) -> str:
         _, secret = await self.harness.store.create_key("t", scopes, namespace)
-        return secret
+        return str(secret)
 
 
 @asynccontextmanager
@@ -157,7 +157,7 @@ async def test_auth_scopes_and_namespaces(served: Served) -> None:
     stub = served.stub
     missing = await refusal(stub.List(pb.ListRequest()))
     assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert missing.details().startswith("missing API key: send 'Authorization: Bearer <key>'")
+    assert str(missing.details()).startswith("missing API key: send 'Authorization: Bearer <key>'")
     wrong = await refusal(stub.List(pb.ListRequest(), metadata=bearer("cq_nope_nope")))
     assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
     assert wrong.details() == "invalid or revoked API key"
@@ -265,7 +265,7 @@ async def test_other_refusals(served: Served) -> None:
         stub.Submit(pb.SubmitRequest(task=pb.TaskSpec(name="x", payload_json="{")), metadata=auth)
     )
     assert bad_json.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_json.details().startswith("payload_json is not valid JSON")
+    assert str(bad_json.details()).startswith("payload_json is not valid JSON")
     in_batch = await refusal(
         stub.SubmitBatch(
             pb.SubmitBatchRequest(
@@ -292,7 +292,7 @@ async def test_rate_limit_is_resource_exhausted(db_url: str) -> None:
         assert (await served.harness.http.get("/v1/tasks", headers=dict(auth))).status_code == 200
         limited = await refusal(served.stub.List(pb.ListRequest(), metadata=auth))
         assert limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "too many requests with this API key" in limited.details()
+        assert "too many requests with this API key" in str(limited.details())
         assert int(dict(limited.trailing_metadata() or ())["retry-after"]) >= 1
 
 
