@@ -568,3 +568,25 @@ def test_task_detail_shows_why_no_worker_will_run_it(tab: Page, server: str) -> 
     page.reload()
     expect(page.locator("aside.detail .detail-body")).to_have_attribute("data-status", "cancelled")
     expect(warning).to_have_count(0)
+
+
+def test_history_charts_count_finished_tasks_live(tab: Page, server: str) -> None:
+    page = tab.open("#/history?window=15m")
+    expect(page.locator("#conn")).to_have_attribute("data-mode", "live")
+    dead = page.locator('.chart-box[data-queue=""] .legend-item[data-status="dead"] .legend-total')
+    expect(dead).to_have_text(re.compile(r"^\d+$"))
+    before = int(dead.inner_text())
+    expect(page.locator('.segmented [data-window="15m"]')).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("svg.chart g.bucket")).to_have_count(90)  # 15m in 10 s buckets
+    task = submit(server, name="demo.fail", max_attempts=1)
+    wait_status(server, task["id"], "dead")
+    expect(dead).to_have_text(str(before + 1))  # refreshed on the task's event, no reload
+    tab.screenshot("history")
+
+    page.locator('.segmented [data-window="24h"]').click()
+    expect(page).to_have_url(re.compile(r"window=24h"))
+    expect(page.locator("svg.chart g.bucket")).to_have_count(96)  # 15-minute buckets
+    page.get_by_label("one chart per queue").check()
+    expect(page.locator('.chart-box[data-queue="default"]')).to_be_visible()
+    expect(page).to_have_url(re.compile(r"by=queue"))
+

@@ -13,6 +13,7 @@ from chronoq.api import (
     errors,
     events,
     health,
+    history,
     metrics,
     queues,
     ratelimit,
@@ -61,6 +62,7 @@ def create_api(app: App) -> FastAPI:
     api.include_router(bulk_router)
     api.include_router(schedules.router)
     api.include_router(workers.router)
+    api.include_router(history.router)
     api.include_router(events.router)
     api.include_router(health.router)
     metrics.install(api)

@@ -1,4 +1,4 @@
-// The dashboard shell: hash routes (#/overview, #/tasks?…, #/schedules, #/dead), live
+// The dashboard shell: hash routes (#/overview, #/tasks?…, #/schedules, #/dead, #/history), live
 // updates over the event WebSocket with a 2-second polling fallback, and the search box.
 // When the API wants a key the page shows only the sign-in form: no view (and so no empty
 // counts) until a key is accepted.
@@ -7,6 +7,7 @@ import { UUID, apiKey, get, onUnauthorized, setApiKey } from "./api.js";
 import { throttle, toast } from "./dom.js";
 import { number, relative } from "./format.js";
 import { Live } from "./live.js";
+import { historyView } from "./history.js";
 import { overviewView } from "./overview.js";
 import { schedulesView } from "./schedules.js";
 import { signInView } from "./signin.js";
@@ -22,6 +23,7 @@ const VIEWS = {
   tasks: (ctx) => tasksView(ctx),
   dead: (ctx) => tasksView(ctx, { dead: true }),
   schedules: (ctx) => schedulesView(ctx),
+  history: (ctx) => historyView(ctx),
 };
 
 const main = document.getElementById("view");
