@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -225,20 +226,27 @@ def test_submitted_task_appears_and_succeeds_live(tab: Page, server: str) -> Non
     tab.screenshot("tasks")
 
 
-def test_polling_fallback_without_websocket(browser: Any, server: str) -> None:
+@contextmanager
+def scripted_tab(browser: Any, server: str, script: str) -> Iterator[Page]:
+    """A tab of its own browser context in which ``script`` runs before the page's own."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     try:
-        context.add_init_script(NO_WEBSOCKET)
+        context.add_init_script(script)
         tab = Page(context.new_page(), server)
+        yield tab
+        assert tab.errors == []
+    finally:
+        context.close()
+
+
+def test_polling_fallback_without_websocket(browser: Any, server: str) -> None:
+    with scripted_tab(browser, server, NO_WEBSOCKET) as tab:
         page = tab.open("#/tasks?name=demo.add")
         expect(page.locator("#conn")).to_have_attribute("data-mode", "polling")
         page.evaluate("window.__notReloaded = true")
         task = submit(server, name="demo.add", payload={"a": 40, "b": 2})
         expect(status_of(page, task["id"])).to_have_text("succeeded")
         assert page.evaluate("window.__notReloaded") is True
-        assert tab.errors == []
-    finally:
-        context.close()
 
 
 def test_filters_search_and_pages(tab: Page, server: str) -> None:
@@ -502,7 +510,9 @@ def test_sign_in_form_session_and_socket_without_token(
         expect(succeeded).to_have_text(re.compile(r"^[1-9][\d,]*$"))
         expect(form).to_have_count(0)
         expect(page.locator("#conn")).to_have_attribute("data-mode", "live")
-        assert sockets and all(urlparse(s).query == "" for s in sockets), sockets
+        # the key never in the socket's URL: only the resume cursor is
+        assert sockets and all(set(parse_qs(urlparse(s).query)) == {"since"} for s in sockets)
+        assert not [s for s in sockets if key in s], sockets
         assert not [r for r in tab.requests if key in r or "token=" in r]
         assert dialogs == []
 
@@ -590,3 +600,45 @@ def test_history_charts_count_finished_tasks_live(tab: Page, server: str) -> Non
     expect(page.locator('.chart-box[data-queue="default"]')).to_be_visible()
     expect(page).to_have_url(re.compile(r"by=queue"))
 
+
+# Records every WebSocket the page opens and the messages it receives.
+RECORD_SOCKETS = """
+window.__sockets = [];
+window.__messages = [];
+const Native = window.WebSocket;
+window.WebSocket = class extends Native {
+  constructor(...args) {
+    super(...args);
+    const index = window.__sockets.length;
+    window.__sockets.push(this);
+    this.addEventListener("message", (m) => window.__messages.push([index, m.data]));
+  }
+};
+"""
+
+
+def test_a_reconnecting_dashboard_resumes_the_event_stream(browser: Any, server: str) -> None:
+    with scripted_tab(browser, server, RECORD_SOCKETS) as tab:
+        page = tab.open("#/tasks?name=demo.add")
+        expect(page.locator("#conn")).to_have_attribute("data-mode", "live")
+        assert "since=latest" in page.evaluate("window.__sockets[0].url")
+        seen = submit(server, name="demo.add", payload={"a": 1, "b": 1})
+        expect(status_of(page, seen["id"])).to_have_text("succeeded")
+        page.evaluate("window.__sockets[0].close()")  # the connection drops
+        expect(page.locator("#conn")).to_have_attribute("data-mode", "polling")
+        missed = submit(server, name="demo.add", payload={"a": 2, "b": 2})
+        wait_status(server, missed["id"], "succeeded")
+        expect(page.locator("#conn")).to_have_attribute("data-mode", "live")  # ~2 s later
+        expect(status_of(page, missed["id"])).to_have_text("succeeded")
+        second = page.evaluate("window.__sockets[1].url")
+        last = page.evaluate(
+            """() => window.__messages.filter(([i]) => i === 0)
+                 .flatMap(([, data]) => JSON.parse(data)).filter((e) => e.cursor).pop().cursor"""
+        )
+        assert f"since={last}" in second  # resumed from the last event it saw
+        replayed = page.evaluate(
+            "window.__messages.filter(([i]) => i === 1).flatMap(([, d]) => JSON.parse(d))"
+        )
+        assert replayed[0] == {"type": "stream", "cursor": last, "reset": False}
+        statuses = [e["status"] for e in replayed if e.get("task_id") == missed["id"]]
+        assert statuses == ["queued", "running", "succeeded"]  # what it missed, once each

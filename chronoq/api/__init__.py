@@ -17,6 +17,7 @@ from chronoq.api import (
     metrics,
     queues,
     ratelimit,
+    replay,
     schedules,
     tasks,
     ui,
@@ -41,6 +42,7 @@ def create_api(app: App) -> FastAPI:
         try:
             yield
         finally:
+            replay.close(api.state)
             if owned:
                 await app.close()
 

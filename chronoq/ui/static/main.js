@@ -144,8 +144,10 @@ const live = new Live({
     conn.title = mode === "live" ? "Receiving task events over a WebSocket"
       : mode === "polling" ? `No event stream; refreshing every ${POLL_MS / 1000} s`
         : "Connecting to the event stream";
-    if (mode === "live" && current) current.view.refresh(); // catch up on what was missed
   },
+  // The stream could not replay what was missed (first connection, server restart, too
+  // long away): re-read the open view. A resumed stream replays instead.
+  onResync: () => { if (current) current.view.refresh(); },
 });
 
 setInterval(() => {
