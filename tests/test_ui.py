@@ -642,3 +642,80 @@ def test_a_reconnecting_dashboard_resumes_the_event_stream(browser: Any, server:
         assert replayed[0] == {"type": "stream", "cursor": last, "reset": False}
         statuses = [e["status"] for e in replayed if e.get("task_id") == missed["id"]]
         assert statuses == ["queued", "running", "succeeded"]  # what it missed, once each
+
+
+def test_create_and_edit_a_schedule_in_the_editor(tab: Page, server: str) -> None:
+    page = tab.open("#/schedules")
+    page.get_by_role("button", name="New schedule").click()
+    form = page.locator('form[data-testid="schedule-form"]')
+    expect(form).to_be_visible()
+    form.get_by_label("Name").fill("ui.made")
+    form.get_by_label("Cron").fill("61 * * * *")
+    preview = form.locator('[data-testid="preview"]')
+    expect(preview).to_contain_text("cron")  # the API's own message for a bad expression
+    form.get_by_label("Cron").fill("30 9 * * 1-5")
+    form.get_by_label("Time zone").fill("Asia/Tokyo")
+    expect(preview.locator("li")).to_have_count(5)
+    expect(preview.locator("li").first).to_contain_text("09:30:00 +09:00")  # in its zone
+    form.get_by_label("Task handler").fill("demo.add")
+    form.get_by_label("Payload (JSON object)").fill('{"a": 1,')
+    form.get_by_role("button", name="Create").click()
+    expect(form.locator(".form-error")).to_contain_text("payload is not valid JSON")
+    form.get_by_label("Payload (JSON object)").fill('{"a": 1, "b": 2}')
+    form.get_by_label("Name").fill("demo.tick")  # taken: the API's 409 shows in the form
+    form.get_by_role("button", name="Create").click()
+    expect(form.locator(".form-error")).to_contain_text("409")
+    expect(form.locator(".form-error")).to_contain_text("demo.tick")
+    form.get_by_label("Name").fill("ui.made")
+    form.get_by_label("paused").check()
+    tab.screenshot("schedule-editor")
+    form.get_by_role("button", name="Create").click()
+    expect(form).to_have_count(0)
+    row = page.locator('tr[data-name="ui.made"]')
+    expect(row).to_have_attribute("data-state", "paused")
+    made = httpx.get(f"{server}/v1/schedules/ui.made", timeout=5).json()
+    assert made["cron"] == "30 9 * * 1-5" and made["timezone"] == "Asia/Tokyo"
+    assert made["task"]["payload"] == {"a": 1, "b": 2}
+
+    # edited to fire every second and resumed: it fires at the new time
+    row.get_by_role("button", name="Edit").click()
+    expect(form.get_by_label("Name")).to_be_disabled()
+    expect(form.get_by_label("Cron")).to_have_value("30 9 * * 1-5")
+    form.get_by_label("Cron").fill("* * * * * *")
+    form.get_by_label("paused").uncheck()
+    form.get_by_role("button", name="Save").click()
+    expect(form).to_have_count(0)
+    expect(row).to_have_attribute("data-state", "active")
+    deadline = time.monotonic() + 20
+    while True:
+        runs = httpx.get(f"{server}/v1/schedules/ui.made/runs", timeout=5).json()["items"]
+        if any(r["status"] == "succeeded" for r in runs):
+            break
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.2)
+    assert runs[0]["result"] == 3
+    httpx.delete(f"{server}/v1/schedules/ui.made", timeout=5)
+
+
+def test_submit_a_task_from_the_form(tab: Page, server: str) -> None:
+    page = tab.open("#/tasks")
+    page.get_by_role("button", name="Submit task").click()
+    form = page.locator('form[data-testid="submit-task"]')
+    form.get_by_label("Handler").fill("demo.add")
+    form.get_by_label("Payload (JSON object)").fill('{"a": 20, "b": 22}')
+    form.get_by_label("Priority").fill("5000")
+    form.get_by_role("button", name="Submit").click()
+    error = form.locator(".form-error")
+    expect(error).to_contain_text("422")  # the API's message, the field marked
+    expect(error).to_contain_text("less than or equal to 1000")
+    expect(form.locator('.field[data-field="priority"]')).to_have_class(re.compile("invalid"))
+    form.get_by_label("Priority").fill("7")
+    form.get_by_role("button", name="Submit").click()
+    expect(form).to_have_count(0)
+    detail = page.locator("aside.detail")
+    expect(detail.locator("h2")).to_contain_text("demo.add")
+    expect(detail.locator(".detail-body")).to_have_attribute("data-status", "succeeded")
+    expect(detail).to_contain_text("42")
+    task_id = parse_qs(urlparse(page.url.replace("#/tasks?", "?")).query)["task"][0]
+    task = httpx.get(f"{server}/v1/tasks/{task_id}", timeout=5).json()
+    assert (task["priority"], task["payload"]) == (7, {"a": 20, "b": 22})

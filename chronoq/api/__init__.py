@@ -15,6 +15,7 @@ from chronoq.api import (
     health,
     history,
     metrics,
+    preview,
     queues,
     ratelimit,
     replay,
@@ -65,6 +66,7 @@ def create_api(app: App) -> FastAPI:
     api.include_router(schedules.router)
     api.include_router(workers.router)
     api.include_router(history.router)
+    api.include_router(preview.router)
     api.include_router(events.router)
     api.include_router(health.router)
     metrics.install(api)
