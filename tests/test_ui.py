@@ -719,3 +719,64 @@ def test_submit_a_task_from_the_form(tab: Page, server: str) -> None:
     task_id = parse_qs(urlparse(page.url.replace("#/tasks?", "?")).query)["task"][0]
     task = httpx.get(f"{server}/v1/tasks/{task_id}", timeout=5).json()
     assert (task["priority"], task["payload"]) == (7, {"a": 20, "b": 22})
+
+
+def test_keyboard_shortcuts(tab: Page, server: str) -> None:
+    ids = [
+        submit(server, name="demo.add", queue="keys", payload={"a": i, "b": 0})["id"]
+        for i in range(3)
+    ]
+    page = tab.open("#/overview")
+    page.keyboard.press("g")
+    page.keyboard.press("t")
+    expect(page).to_have_url(re.compile(r"#/tasks$"))
+    page.keyboard.press("/")
+    expect(page.locator("#search-input")).to_be_focused()
+    page.keyboard.type("gs")  # typing in a field is not a shortcut
+    expect(page).to_have_url(re.compile(r"#/tasks$"))
+    page.locator("#search-input").fill("")
+    page.locator("#view h1").click()
+
+    tab.open("#/tasks?queue=keys")
+    rows = page.locator("table.tasks tbody tr")
+    expect(rows).to_have_count(3)
+    page.keyboard.press("j")
+    expect(rows.nth(0)).to_be_focused()
+    page.keyboard.press("j")
+    page.keyboard.press("Enter")
+    expect(page.locator("aside.detail .detail-body")).to_have_attribute("data-id", ids[1])
+    page.keyboard.press("Escape")
+    expect(page.locator("aside.detail")).to_be_hidden()
+
+    page.keyboard.press("n")
+    expect(page.locator('form[data-testid="submit-task"]')).to_be_visible()
+    page.keyboard.press("Escape")  # the dialog's own key
+    expect(page.locator("dialog")).to_have_count(0)
+    page.keyboard.press("?")
+    expect(page.locator('dialog[data-testid="shortcuts"]')).to_contain_text("Dead letters")
+    page.keyboard.press("Escape")
+    page.keyboard.press("g")
+    page.keyboard.press("h")
+    expect(page).to_have_url(re.compile(r"#/history$"))
+
+
+def test_phone_width_layout(browser: Any, server: str) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        tab = Page(context.new_page(), server)
+        for name, fragment in [("overview", "#/overview"), ("tasks", "#/tasks"),
+                               ("history", "#/history"), ("schedules", "#/schedules")]:  # fmt: skip
+            page = tab.open(fragment)
+            expect(page.locator("#view > section")).to_be_visible()
+            if name == "history":
+                expect(page.locator("svg.chart")).to_be_visible()
+            wide = page.evaluate("document.documentElement.scrollWidth")
+            assert wide <= 392, f"{name}: the page is {wide} px wide on a 390 px screen"
+            tab.screenshot(f"phone-{name}")
+        page.get_by_role("button", name="New schedule").click()
+        dialog = page.locator("dialog")
+        box = dialog.bounding_box()
+        assert box is not None and box["width"] <= 390, box
+        assert tab.errors == []
+    finally:
+        context.close()

@@ -8,6 +8,7 @@ import { throttle, toast } from "./dom.js";
 import { number, relative } from "./format.js";
 import { Live } from "./live.js";
 import { historyView } from "./history.js";
+import { installShortcuts, showShortcuts } from "./keys.js";
 import { overviewView } from "./overview.js";
 import { schedulesView } from "./schedules.js";
 import { signInView } from "./signin.js";
@@ -189,6 +190,8 @@ document.addEventListener("visibilitychange", () => {
 });
 
 onUnauthorized((message) => showSignIn(`Not signed in: ${message}.`));
+installShortcuts(ctx, () => { if (current) current.view.refresh(); });
+document.getElementById("shortcuts").addEventListener("click", showShortcuts);
 signOut.addEventListener("click", () => showSignIn(""));
 
 // Ask the API once whether it wants a key (and whether the kept one still works) before
