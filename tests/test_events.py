@@ -215,3 +215,54 @@ async def test_the_event_log_resets_cursors_it_can_no_longer_honour() -> None:
         log.stop()
     assert not log.running and log.id != old
     assert log.position(f"{old}-30").reset
+
+
+def test_a_replay_holds_only_the_key_s_namespace(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    db = f"sqlite:///{tmp_path / 'ns.db'}"
+    keys = {}
+    for ns in ("alpha", "beta"):
+        made = cli(
+            "keys", "create", ns, "--scope", "write", "--namespace", ns, "--database-url", db
+        )
+        assert made.returncode == 0, made.stderr
+        keys[ns] = made.stdout.strip()
+    dev = Proc(["dev", "--demo", "--auth", "--port", str(port), "--database-url", db], {},
+               tmp_path / "dev.log")  # fmt: skip
+    try:
+        wait_ready(url, dev)
+        events = f"ws://127.0.0.1:{port}/v1/events"
+        alpha = ["chronoq.bearer", keys["alpha"]]
+        with connect(f"{events}?since=latest", subprotocols=alpha) as ws:
+            [hello] = json.loads(ws.recv(timeout=5))
+        submitted = {
+            ns: httpx.post(
+                f"{url}/v1/tasks",
+                json={"name": "demo.add", "payload": {"a": 1, "b": 1}},
+                headers={"authorization": f"Bearer {keys[ns]}"},
+            ).json()["id"]
+            for ns in ("alpha", "beta")
+        }
+        for ns, task_id in submitted.items():
+            deadline = time.monotonic() + 20
+            auth = {"authorization": f"Bearer {keys[ns]}"}
+            while httpx.get(f"{url}/v1/tasks/{task_id}", headers=auth).json()["status"] != (
+                "succeeded"
+            ):
+                assert time.monotonic() < deadline, task_id
+                time.sleep(0.05)
+        with connect(f"{events}?since={hello['cursor']}", subprotocols=alpha) as ws:
+            assert json.loads(ws.recv(timeout=5))[0]["reset"] is False
+            got: list[dict[str, Any]] = []
+            with pytest.raises(TimeoutError):
+                while True:
+                    got += json.loads(ws.recv(timeout=1))
+        assert {e["namespace"] for e in got} == {"alpha"}
+        assert [e["status"] for e in got if e["task_id"] == submitted["alpha"]] == [
+            "queued",
+            "running",
+            "succeeded",
+        ]
+    finally:
+        assert dev.terminate() == 0
