@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -357,6 +358,18 @@ async def test_a_rule_preview_gives_fire_times_in_its_zone(harness: Harness) -> 
         "2031-01-01T00:00:00Z",
         "2031-01-01T01:00:00Z",
     ]
+    anchored = await harness.http.post(  # an interval from a past start: slots on its grid
+        "/v1/recurrence/preview",
+        json={"interval_seconds": 900, "start_at": "2020-01-01T00:00:00Z", "count": 3},
+    )
+    slots = [
+        datetime.fromisoformat(t["at"].replace("Z", "+00:00")) for t in anchored.json()["times"]
+    ]
+    assert all(s.minute % 15 == 0 and s.second == 0 for s in slots)
+    assert (
+        slots[0].timestamp() > time.time() - 1
+        and slots[1].timestamp() - slots[0].timestamp() == 900
+    )
     ended = await harness.http.post(
         "/v1/recurrence/preview",
         json={"cron": "@yearly", "end_at": "2020-01-02T00:00:00Z"},

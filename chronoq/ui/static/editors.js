@@ -121,7 +121,9 @@ export async function scheduleForm(ctx, existing, onSaved) {
   const refreshPreview = throttle(async () => {
     const mine = ++asked;
     try {
-      const answer = await post("/v1/recurrence/preview", { ...rule(), count: 5 });
+      // an existing schedule's interval slots count from its start (or creation)
+      const bounds = existing ? { start_at: s.start_at || s.created_at, end_at: s.end_at || undefined } : {};
+      const answer = await post("/v1/recurrence/preview", { ...rule(), ...bounds, count: 5 });
       if (mine !== asked) return;
       fill(preview, answer.times.length === 0 ? h("li", { class: "muted" }, "never fires again")
         : answer.times.map((t) => h("li", { title: t.at }, t.local.replace("T", " ").replace(/(\.\d+)?([+-]\d\d:\d\d|Z)$/, " $2"))));
