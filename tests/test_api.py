@@ -388,6 +388,12 @@ async def test_a_rule_preview_gives_fire_times_in_its_zone(harness: Harness) -> 
         ({"interval_seconds": 0.5}, "interval_seconds", "greater than or equal to 1"),
         ({"cron": "@daily", "count": 1000}, "count", "less than or equal to 100"),
         ({"cron": "@daily", "start_at": "2030-01-01T00:00:00"}, "start_at", "timezone"),
+        (
+            {"interval_seconds": 31622400, "start_at": "9990-01-01T00:00:00Z", "count": 100},
+            "start_at",
+            "out of range",
+        ),
+        ({"cron": "@yearly", "start_at": "9950-01-01T00:00:00Z", "count": 100}, "start_at", "year"),
     ],
 )
 async def test_a_bad_rule_preview_is_a_422_naming_the_field(

@@ -133,9 +133,14 @@ def _iso(ts: float) -> str:
     ("params", "field", "fragment"),
     [
         ({"window": "soon"}, "window", "not a duration"),
-        ({"window": "0"}, "window", "more than 0"),
+        ({"window": "0"}, "window", "at least 1s"),
+        ({"window": "0.5"}, "window", "at least 1s"),
         ({"window": "60d"}, "window", "at most 31d"),
         ({"bucket": "0.5"}, "bucket", "at least 1s"),
+        ({"bucket": "1e300"}, "bucket", "at most the window"),
+        ({"window": "1h", "bucket": "2h"}, "bucket", "at most the window"),
+        ({"until": "9999-12-31T23:59:59+00:00"}, "until", "out of range"),
+        ({"window": "nan"}, "window", "not a duration"),
         ({"window": "7d", "bucket": "1m"}, "bucket", "10080 buckets"),
         ({"bucket": "-1m"}, "bucket", "not a duration"),
         ({"until": "yesterday"}, "until", "neither"),
@@ -156,6 +161,7 @@ async def test_bad_asks_are_422_naming_the_field(
 
 
 def test_automatic_buckets_give_charts_56_to_120_bars() -> None:
+    assert pick_bucket(5) == 5  # a window shorter than the smallest bucket is one bucket
     assert [pick_bucket(w) for w in (900, 3600, 6 * 3600, 86400, 7 * 86400)] == [
         10,
         30,

@@ -52,8 +52,10 @@ def _seconds(text: str, field: str) -> float:
 
 
 def pick_bucket(window: float) -> float:
-    """The smallest nice bucket giving at most 120 buckets over ``window``."""
-    return next((b for b in NICE_BUCKETS if window / b <= 120), NICE_BUCKETS[-1])
+    """The smallest nice bucket giving at most 120 buckets over ``window`` (the whole
+    window when it is shorter than the smallest)."""
+    nice = next((b for b in NICE_BUCKETS if window / b <= 120), NICE_BUCKETS[-1])
+    return min(nice, window)
 
 
 def plan(
@@ -62,13 +64,15 @@ def plan(
     """(start, bucket, buckets) for the request, buckets aligned to multiples of the bucket
     size so consecutive refreshes count the same buckets; 422 on a bad or too large ask."""
     window = _seconds(window_text, "window")
-    if not 0 < window <= MAX_WINDOW:
+    if not 1 <= window <= MAX_WINDOW:
         raise ApiError(
-            422, "validation_error", "window must be more than 0 and at most 31d", "window"
+            422, "validation_error", "window must be at least 1s and at most 31d", "window"
         )
     bucket = pick_bucket(window) if bucket_text is None else _seconds(bucket_text, "bucket")
-    if bucket < 1:
-        raise ApiError(422, "validation_error", "bucket must be at least 1s", "bucket")
+    if not 1 <= bucket <= window:
+        raise ApiError(
+            422, "validation_error", "bucket must be at least 1s and at most the window", "bucket"
+        )
     buckets = math.ceil(window / bucket - 1e-9)
     if buckets > MAX_BUCKETS:
         raise ApiError(

@@ -65,16 +65,14 @@ async def preview(rule: RulePreview, who: Reader) -> Preview:
     )
     after = max(now, start - 0.001) if start is not None else now
     try:
-        times = recurrence.upcoming(after, rule.count, end)
-    except (ValueError, OverflowError) as exc:  # a rule that never fires in range
-        raise ApiError(422, "validation_error", f"no fire times: {exc}", "cron") from None
-    return Preview(
-        timezone=rule.timezone,
-        times=[
+        times = [
             FireTime(
                 at=datetime.fromtimestamp(t, UTC),
                 local=datetime.fromtimestamp(t, recurrence.tz).isoformat(),
             )
-            for t in times
-        ],
-    )
+            for t in recurrence.upcoming(after, rule.count, end)
+        ]
+    except (ValueError, OverflowError, OSError) as exc:  # past the year 9999
+        field = "start_at" if start is not None else "cron" if rule.cron else "interval_seconds"
+        raise ApiError(422, "validation_error", f"no fire times: {exc}", field) from None
+    return Preview(timezone=rule.timezone, times=times)
