@@ -13,7 +13,7 @@ from chronoq import App
 from chronoq.api.history import pick_bucket
 from chronoq.states import Status
 from chronoq.store import Store, create_store, opened
-from chronoq.store.history import Window, _statement
+from chronoq.store.history import _COUNTS, _TIMES, Window, _statement, quantiles
 from tests.conftest import Harness, make_settings, running
 
 #: columns of a task row inserted by hand
@@ -207,10 +207,13 @@ async def test_the_counts_read_ranges_of_the_finished_index(db_url: str) -> None
                 await c.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             window = Window(1000.0, 60.0, 60, name="job", namespace="default")
             pairs = [(Status.SUCCEEDED, "q1"), (Status.DEAD, "q2")]
-            sql, args = _statement(store.dialect, window, pairs)
-            plan = " ".join(str(tuple(r)) for r in await c.fetch(explain + sql, *args))
-        assert "tasks_finished" in plan, plan
-        assert "SCAN tasks" not in plan and "Seq Scan" not in plan, plan
+            plans = []
+            for shape in (_COUNTS, _TIMES):  # the counts, and the durations' join
+                sql, args = _statement(store.dialect, window, pairs, shape)
+                plans.append(" ".join(str(tuple(r)) for r in await c.fetch(explain + sql, *args)))
+        for plan in plans:
+            assert "tasks_finished" in plan, plan
+            assert "SCAN tasks" not in plan and "Seq Scan on tasks" not in plan, plan
 
 
 @pytest.mark.slow
@@ -248,3 +251,48 @@ async def test_an_hour_of_history_is_fast_with_a_million_finished_tasks(pg_url: 
         # p99 < 50 ms is the goal; on a shared CI box the tail is other processes' noise,
         # so the test holds the median to it and prints the tail
         assert figures["1h"][0] < 0.050, figures
+
+
+def test_quantiles_interpolate_as_percentile_cont() -> None:
+    assert quantiles([4.0, 1.0, 3.0, 2.0], (0.0, 0.5, 1.0)) == (1.0, 2.5, 4.0)
+    assert quantiles([7.0]) == (7.0, 7.0, 7.0)
+    assert quantiles([float(i) for i in range(101)], (0.95, 0.99)) == (95.0, 99.0)
+
+
+async def test_run_and_wait_quantiles_per_bucket(harness: Harness) -> None:
+    store = harness.store
+    end = math.ceil(time.time() / 60) * 60
+    rows = []  # 10 tasks in the last bucket: ran 1..10 s, waited 0.1..1.0 s
+    for i in range(1, 11):
+        done = end - 20
+        rows.append((f"ok-{i}", "default", done - i - i / 10, done - i, done, "succeeded"))
+    rows.append(("mail-1", "mail", end - 100 - 5, end - 95, end - 90, "succeeded"))  # earlier
+    rows.append(("dead-1", "default", end - 30, end - 29, end - 25, "dead"))  # not counted
+    async with store.tx() as c:
+        for task_id, queue, due, started, done, status in rows:
+            await c.execute(
+                f"INSERT INTO tasks ({_COLUMNS}, attempts) VALUES ($1, 'job', $2, $3, '{{}}', "
+                "$4, $4, $5, 1, '{}', 'default', 1)",
+                task_id, queue, status, due, done,
+            )  # fmt: skip
+            await c.execute(
+                "INSERT INTO attempts (task_id, attempt, worker_id, started_at, finished_at, "
+                "outcome) VALUES ($1, 1, 'w', $2, $3, $4)",
+                task_id, started, done, status,
+            )  # fmt: skip
+    answer = await harness.http.get(
+        "/v1/history/durations", params={"window": "10m", "bucket": "1m"}
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["quantiles"] == [0.5, 0.95, 0.99]
+    last, before = body["buckets"][-1], body["buckets"][-2]
+    assert last["at"] == _iso(end - 60) and last["count"] == 10
+    assert [round(x, 3) for x in last["run"]] == [5.5, 9.55, 9.91]
+    assert [round(x, 3) for x in last["wait"]] == [0.55, 0.955, 0.991]
+    assert before["count"] == 1 and before["run"] == [5.0, 5.0, 5.0]
+    assert [b["count"] for b in body["buckets"]] == [1, 10]
+    mail = await harness.http.get("/v1/history/durations", params={"queue": "mail"})
+    assert [b["count"] for b in mail.json()["buckets"]] == [1]
+    bad = await harness.http.get("/v1/history/durations", params={"window": "99d"})
+    assert bad.status_code == 422

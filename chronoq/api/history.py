@@ -142,3 +142,56 @@ async def get_history(
             for (s, q), counts in sorted(series.items(), key=lambda i: (i[0][1] or "", i[0][0]))
         ],
     )
+
+
+class DurationBucket(BaseModel):
+    at: datetime = Field(description="start of the bucket")
+    count: int = Field(description="tasks that succeeded in it")
+    run: list[float] = Field(description="run time of their last attempt (s), per quantile")
+    wait: list[float] = Field(description="from due to started, last attempt (s), per quantile")
+
+
+class Durations(BaseModel):
+    start: datetime
+    end: datetime
+    bucket_seconds: float
+    quantiles: list[float]
+    buckets: list[DurationBucket] = Field(description="buckets with a task in them, oldest first")
+
+
+@router.get(
+    "/history/durations", response_model=Durations, summary="Run and wait time per time bucket"
+)
+async def get_durations(
+    app: AppDep,
+    who: Reader,
+    window: Annotated[DurationText, Query(description="as for GET /v1/history")] = "1h",
+    bucket: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
+    until: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    queue: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    name: Annotated[str | None, Query(min_length=1, max_length=200, description="handler")] = None,
+) -> Durations:
+    """Median, 95th and 99th percentile of how long the tasks that succeeded in each bucket
+    ran (their last attempt) and waited from due to started. A key bound to a namespace
+    sees only its own tasks."""
+    start, size, n = plan(window, bucket, until, time.time())
+    spec = history.Window(start, size, n, queue, name, who.namespace)
+    try:
+        found = await history.durations(app.store, spec)
+    except ValueError as exc:
+        raise ApiError(422, "validation_error", str(exc), "queue") from None
+    return Durations(
+        start=datetime.fromtimestamp(start, UTC),
+        end=datetime.fromtimestamp(spec.end, UTC),
+        bucket_seconds=size,
+        quantiles=list(history.QUANTILES),
+        buckets=[
+            DurationBucket(
+                at=datetime.fromtimestamp(start + d.bucket * size, UTC),
+                count=d.count,
+                run=list(d.run),
+                wait=list(d.wait),
+            )
+            for d in found
+        ],
+    )

@@ -85,23 +85,111 @@ async def counts(
     return found
 
 
+#: what each (status, queue) range of :func:`_statement` selects, and its GROUP BY
+_COUNTS = ("SELECT status, queue, {b} AS b, count(*) AS n FROM tasks", " GROUP BY status, queue, b")
+#: the last attempt's run time and its wait from due to started, one row per task
+_TIMES = (
+    "SELECT {b} AS b, a.finished_at - a.started_at AS run, a.started_at - run_at AS wait "
+    "FROM tasks JOIN attempts a ON a.task_id = tasks.id AND a.attempt = tasks.attempts",
+    "",
+)
+
+
 def _statement(
-    dialect: str, window: Window, pairs: Sequence[tuple[Status, str]]
+    dialect: str,
+    window: Window,
+    pairs: Sequence[tuple[Status, str]],
+    shape: tuple[str, str] = _COUNTS,
 ) -> tuple[str, list[Any]]:
-    """One UNION ALL of per-(status, queue) index ranges, grouped by bucket."""
+    """One UNION ALL of per-(status, queue) index ranges, shaped by ``shape``."""
     args: list[Any] = [window.start, window.end, window.bucket]
     extra = ""
     for column, value in (("name", window.name), ("namespace", window.namespace)):
         if value is not None:
             args.append(value)
             extra += f" AND {column} = ${len(args)}"
+    select, group = shape[0].format(b=_BUCKET[dialect]), shape[1]
     parts = []
     for status, queue in pairs:
         args += [status.value, queue]
         parts.append(
-            f"SELECT status, queue, {_BUCKET[dialect]} AS b, count(*) AS n FROM tasks "
-            f"WHERE status IN ({FINISHED}) AND status = ${len(args) - 1} "
-            f"AND queue = ${len(args)} AND updated_at >= $1 AND updated_at < $2{extra} "
-            "GROUP BY status, queue, b"
+            f"{select} WHERE status IN ({FINISHED}) AND status = ${len(args) - 1} "
+            f"AND queue = ${len(args)} AND updated_at >= $1 AND updated_at < $2{extra}{group}"
         )
     return " UNION ALL ".join(parts), args
+
+
+#: the quantiles :func:`durations` reports
+QUANTILES = (0.5, 0.95, 0.99)
+#: queues one :func:`durations` statement may span (its quantiles cannot be merged)
+MAX_QUEUES = 400
+
+
+@dataclass(frozen=True, slots=True)
+class BucketDurations:
+    """Of the ``count`` tasks that succeeded in bucket ``bucket``: quantiles
+    (:data:`QUANTILES`) of their last attempt's run time and of its wait (from due to
+    started), in seconds."""
+
+    bucket: int
+    count: int
+    run: tuple[float, ...]
+    wait: tuple[float, ...]
+
+
+def quantiles(values: Sequence[float], qs: Sequence[float] = QUANTILES) -> tuple[float, ...]:
+    """Linear interpolation between the closest ranks, as PostgreSQL's
+    ``percentile_cont``: the same numbers from both stores."""
+    ordered = sorted(values)
+    out = []
+    for q in qs:
+        at = q * (len(ordered) - 1)
+        low = int(at)
+        high = min(low + 1, len(ordered) - 1)
+        out.append(ordered[low] + (ordered[high] - ordered[low]) * (at - low))
+    return tuple(out)
+
+
+async def durations(store: Store, window: Window) -> list[BucketDurations]:
+    """Run and wait time quantiles per bucket of the tasks that succeeded in ``window``:
+    the ranges :func:`counts` reads, each row joined to its last attempt by primary key.
+    PostgreSQL computes the quantiles; SQLite's rows are ranked here."""
+    queues = (
+        [window.queue]
+        if window.queue is not None
+        else await finished_queues(store, Status.SUCCEEDED)
+    )
+    if len(queues) > MAX_QUEUES:
+        raise ValueError(f"{len(queues)} queues hold finished tasks; name one (queue=)")
+    if not queues:
+        return []
+    sql, args = _statement(store.dialect, window, [(Status.SUCCEEDED, q) for q in queues], _TIMES)
+    async with store.conn() as c:
+        if store.dialect != "postgresql":
+            return _ranked(await c.fetch(sql, *args), window.buckets)
+        quantile = f"percentile_cont(ARRAY{list(QUANTILES)}::float8[]) WITHIN GROUP"
+        rows = await c.fetch(
+            f"SELECT b, count(*) AS n, {quantile} (ORDER BY run) AS run, "
+            f"{quantile} (ORDER BY wait) AS wait FROM ({sql}) x GROUP BY b ORDER BY b",
+            *args,
+        )
+    return [
+        BucketDurations(int(r["b"]), int(r["n"]), tuple(r["run"]), tuple(r["wait"]))
+        for r in rows
+        if 0 <= int(r["b"]) < window.buckets
+    ]
+
+
+def _ranked(rows: Sequence[Any], buckets: int) -> list[BucketDurations]:
+    """Quantiles per bucket of (b, run, wait) rows, computed here (SQLite has none)."""
+    grouped: dict[int, tuple[list[float], list[float]]] = {}
+    for r in rows:
+        b = int(r["b"])
+        if 0 <= b < buckets:
+            runs, waits = grouped.setdefault(b, ([], []))
+            runs.append(float(r["run"]))
+            waits.append(float(r["wait"]))
+    return [
+        BucketDurations(b, len(runs), quantiles(runs), quantiles(waits))
+        for b, (runs, waits) in sorted(grouped.items())
+    ]

@@ -1,6 +1,8 @@
 // History: tasks that succeeded, died and were cancelled per time bucket over a chosen
 // window (GET /v1/history), as stacked SVG bars; all queues together, one queue, or one
-// chart per queue. Plain SVG: no chart library, nothing from another origin (the CSP).
+// chart per queue; and how long the successful ones ran and waited (median and 95th
+// percentile, GET /v1/history/durations). Plain SVG: no chart library, nothing from
+// another origin (the CSP).
 
 import { get } from "./api.js";
 import { fill, h, s, throttle } from "./dom.js";
@@ -70,6 +72,49 @@ export function chart(bySt, start, bucketSeconds, label) {
     grid, bars, ticks);
 }
 
+const LINES = [ // [label, series, index of the quantile, class]
+  ["run p50", "run", 0, "line-run"], ["run p95", "run", 1, "line-run95"],
+  ["wait p95", "wait", 1, "line-wait95"],
+];
+
+/** Lines of run and wait quantiles per bucket of ``d`` (GET /v1/history/durations). */
+export function durationChart(d) {
+  const start = new Date(d.start).getTime();
+  const n = Math.round((new Date(d.end).getTime() - start) / 1000 / d.bucket_seconds);
+  const top = niceMax(Math.max(0, ...d.buckets.flatMap((b) => LINES.map(([, k, i]) => b[k][i]))));
+  const plotW = W - PAD.left - PAD.right;
+  const plotH = H - PAD.top - PAD.bottom;
+  const slot = n ? plotW / n : plotW;
+  const x = (b) => PAD.left + ((new Date(b.at).getTime() - start) / 1000 / d.bucket_seconds + 0.5) * slot;
+  const y = (v) => PAD.top + plotH - (v / top) * plotH;
+  const grid = [0, 0.5, 1].map((f) => [
+    s("line", { class: "chart-grid", x1: PAD.left, x2: W - PAD.right, y1: y(top * f), y2: y(top * f) }),
+    s("text", { class: "chart-axis", x: PAD.left - 6, y: y(top * f) + 4, "text-anchor": "end" }, duration(top * f)),
+  ]);
+  const lines = LINES.map(([label, key, i, cls]) => s("polyline", { class: `line ${cls}`, "aria-label": label,
+    points: d.buckets.map((b) => `${x(b).toFixed(1)},${y(b[key][i]).toFixed(1)}`).join(" ") }));
+  const dots = d.buckets.map((b) => s("g", { class: "point" },
+    s("title", null, `${clock(b.at)}: ${number(b.count)} succeeded; ran ${duration(b.run[0])} (p95 `
+      + `${duration(b.run[1])}, p99 ${duration(b.run[2])}), waited ${duration(b.wait[0])} (p95 ${duration(b.wait[1])})`),
+    s("circle", { class: "line-run", cx: x(b), cy: y(b.run[0]), r: 3 })));
+  const ticks = [];
+  const every = Math.max(1, Math.ceil(n / 6));
+  for (let i = 0; i < n; i += every) {
+    ticks.push(s("text", { class: "chart-axis", x: PAD.left + i * slot, y: H - 6 },
+      bucketLabel(start + i * d.bucket_seconds * 1000, d.bucket_seconds)));
+  }
+  return s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img",
+    "aria-label": "run and wait time of succeeded tasks" }, grid, lines, dots, ticks);
+}
+
+function durationBox(d, win) {
+  return h("figure", { class: "chart-box", dataset: { testid: "durations" } },
+    h("figcaption", null, "Run and wait time of succeeded tasks",
+      h("div", { class: "legend" }, LINES.map(([label, , , cls]) => h("span", { class: "legend-item" },
+        h("span", { class: `swatch ${cls}` }), label)))),
+    d.buckets.length ? durationChart(d) : h("p", { class: "muted" }, `No task succeeded in the last ${win}.`));
+}
+
 function legend(bySt) {
   return h("div", { class: "legend" }, STACK.map((st) => h("span", { class: "legend-item", dataset: { status: st } },
     h("span", { class: `swatch bar-${st}` }), `${st} `,
@@ -81,6 +126,7 @@ export function historyView(ctx) {
   let destroyed = false;
   let abort = null;
   let last = null;
+  let times = null; // GET /v1/history/durations for the single chart
 
   const windowBox = h("div", { class: "segmented", role: "group", "aria-label": "Window" });
   const queueSelect = h("select", { "aria-label": "Queue", onchange: () => go({ queue: queueSelect.value || undefined }) });
@@ -132,7 +178,8 @@ export function historyView(ctx) {
       const bySt = groups.get("") || {};
       fill(box, h("figure", { class: "chart-box", dataset: { queue: params.queue || "" } },
         h("figcaption", null, params.queue || "all queues", legend(bySt)),
-        chart(bySt, start, last.bucket_seconds, `tasks finished, last ${win}`)));
+        chart(bySt, start, last.bucket_seconds, `tasks finished, last ${win}`)),
+      times ? durationBox(times, win) : null);
     }
     note.textContent = `${win} in buckets of ${duration(last.bucket_seconds)}, by when each task finished; `
       + `failed attempts that were retried are not counted.`;
@@ -143,11 +190,15 @@ export function historyView(ctx) {
     const mine = new AbortController();
     abort = mine;
     try {
-      const answer = await get("/v1/history", {
-        window: params.window || "1h", queue: params.queue, by: params.queue ? undefined : params.by,
-      }, { signal: mine.signal });
+      const query = { window: params.window || "1h", queue: params.queue };
+      const single = params.queue || params.by !== "queue";
+      const [answer, spans] = await Promise.all([
+        get("/v1/history", { ...query, by: single ? undefined : params.by }, { signal: mine.signal }),
+        single ? get("/v1/history/durations", query, { signal: mine.signal }) : null,
+      ]);
       if (destroyed || mine.signal.aborted) return;
       last = answer;
+      times = spans;
       render();
     } catch (err) {
       if (err.name === "AbortError" || destroyed) return;
