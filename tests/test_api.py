@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -333,3 +335,72 @@ async def test_readiness_includes_the_configured_redis_broker(db_url: str) -> No
     up = App(settings=make_settings(db_url, broker_url="redis://127.0.0.1:6379/0"))
     async with running(up) as harness:
         assert (await harness.http.get("/readyz")).json() == {"status": "ready"}
+
+
+# -- POST /v1/recurrence/preview --------------------------------------------------------------
+async def test_a_rule_preview_gives_fire_times_in_its_zone(harness: Harness) -> None:
+    answer = await harness.http.post(
+        "/v1/recurrence/preview",
+        json={"cron": "30 9 * * 1-5", "timezone": "America/New_York", "count": 7},
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["timezone"] == "America/New_York" and len(body["times"]) == 7
+    for t in body["times"]:
+        local = datetime.fromisoformat(t["local"])
+        assert (local.hour, local.minute) == (9, 30) and local.weekday() < 5
+        assert local == datetime.fromisoformat(t["at"].replace("Z", "+00:00"))
+    every = await harness.http.post(
+        "/v1/recurrence/preview",
+        json={"interval_seconds": 3600, "start_at": "2031-01-01T00:00:00Z", "count": 2},
+    )
+    assert [t["at"] for t in every.json()["times"]] == [
+        "2031-01-01T00:00:00Z",
+        "2031-01-01T01:00:00Z",
+    ]
+    anchored = await harness.http.post(  # an interval from a past start: slots on its grid
+        "/v1/recurrence/preview",
+        json={"interval_seconds": 900, "start_at": "2020-01-01T00:00:00Z", "count": 3},
+    )
+    slots = [
+        datetime.fromisoformat(t["at"].replace("Z", "+00:00")) for t in anchored.json()["times"]
+    ]
+    assert all(s.minute % 15 == 0 and s.second == 0 for s in slots)
+    assert (
+        slots[0].timestamp() > time.time() - 1
+        and slots[1].timestamp() - slots[0].timestamp() == 900
+    )
+    ended = await harness.http.post(
+        "/v1/recurrence/preview",
+        json={"cron": "@yearly", "end_at": "2020-01-02T00:00:00Z"},
+    )
+    assert ended.json()["times"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "fragment"),
+    [
+        ({"cron": "0 0 30 2 *"}, "cron", "never fires"),
+        ({"cron": "61 * * * *"}, "cron", ""),
+        ({"cron": "* * * * *", "interval_seconds": 60}, "body", "exactly one"),
+        ({}, "body", "exactly one"),
+        ({"cron": "* * * * *", "timezone": "Mars/Base"}, "timezone", "unknown time zone"),
+        ({"interval_seconds": 0.5}, "interval_seconds", "greater than or equal to 1"),
+        ({"cron": "@daily", "count": 1000}, "count", "less than or equal to 100"),
+        ({"cron": "@daily", "start_at": "2030-01-01T00:00:00"}, "start_at", "timezone"),
+        (
+            {"interval_seconds": 31622400, "start_at": "9990-01-01T00:00:00Z", "count": 100},
+            "start_at",
+            "out of range",
+        ),
+        ({"cron": "@yearly", "start_at": "9950-01-01T00:00:00Z", "count": 100}, "start_at", "year"),
+    ],
+)
+async def test_a_bad_rule_preview_is_a_422_naming_the_field(
+    harness: Harness, body: dict[str, Any], field: str, fragment: str
+) -> None:
+    answer = await harness.http.post("/v1/recurrence/preview", json=body)
+    assert answer.status_code == 422, answer.text
+    error = error_of(answer)
+    assert field in {d["field"] for d in error["details"]}, error
+    assert fragment in error["message"], error

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from chronoq.api.replay import BadCursor, EventLog, Position
 from chronoq.events import EventBus, TaskEvent
-from tests.processes import Proc, cli, free_port, wait_ready
+from tests.processes import Proc, cli, free_port, wait_ready, wait_status
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -31,7 +35,9 @@ def collect(ws: Any, task_id: str, until: str, timeout: float = 10) -> list[dict
     raise AssertionError(f"no {until} event for {task_id}; saw {seen}")
 
 
-def test_websocket_streams_task_lifecycle(tmp_path: Path) -> None:
+@contextmanager
+def demo_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """``chronoq dev --demo`` on a fresh SQLite file: its URL and port."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     dev = Proc(
@@ -41,6 +47,13 @@ def test_websocket_streams_task_lifecycle(tmp_path: Path) -> None:
     )
     try:
         wait_ready(url, dev)
+        yield url, port
+    finally:
+        assert dev.terminate() == 0
+
+
+def test_websocket_streams_task_lifecycle(tmp_path: Path) -> None:
+    with demo_server(tmp_path) as (url, port):
         with connect(f"ws://127.0.0.1:{port}/v1/events?name=demo.flaky") as ws:
             task = httpx.post(
                 f"{url}/v1/tasks",
@@ -56,8 +69,6 @@ def test_websocket_streams_task_lifecycle(tmp_path: Path) -> None:
         assert [e["attempt"] for e in events if e["status"] == "running"] == [1, 2]
         assert events[2]["error"] and events[-1]["duration"] >= 0
         assert all(e["name"] == "demo.flaky" for e in events)
-    finally:
-        assert dev.terminate() == 0
 
 
 async def test_redis_bridge_delivers_between_buses() -> None:
@@ -122,19 +133,148 @@ def test_events_cross_processes_through_redis(pg_url: str, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("filters", [{"task_id": "nope"}, {"queue": "elsewhere"}])
 def test_websocket_filters(tmp_path: Path, filters: dict[str, str]) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    dev = Proc(
-        ["dev", "--demo", "--port", str(port), "--database-url", f"sqlite:///{tmp_path / 'f.db'}"],
-        {},
-        tmp_path / "dev.log",
-    )
-    try:
-        wait_ready(url, dev)
+    with demo_server(tmp_path) as (url, port):
         query = "&".join(f"{k}={v}" for k, v in filters.items())
         with connect(f"ws://127.0.0.1:{port}/v1/events?{query}") as ws:
             httpx.post(f"{url}/v1/tasks", json={"name": "demo.add", "payload": {"a": 1, "b": 2}})
             with pytest.raises(TimeoutError):
                 ws.recv(timeout=1.0)
+
+
+# -- resume: ?since=<cursor> ------------------------------------------------------------------
+def _seq(cursor: str) -> int:
+    return int(cursor.rsplit("-", 1)[1])
+
+
+def test_a_reconnecting_client_gets_every_missed_event_exactly_once(tmp_path: Path) -> None:
+    with demo_server(tmp_path) as (url, port):
+        with connect(f"ws://127.0.0.1:{port}/v1/events?since=latest") as ws:
+            [hello] = json.loads(ws.recv(timeout=5))
+            assert hello["type"] == "stream" and hello["reset"] is False
+            first = httpx.post(
+                f"{url}/v1/tasks", json={"name": "demo.add", "payload": {"a": 1, "b": 1}}
+            )
+            seen = collect(ws, first.json()["id"], "succeeded")
+            assert all(_seq(e["cursor"]) > _seq(hello["cursor"]) for e in seen)
+        cursor = seen[-1]["cursor"]
+        # while no socket is open: 20 tasks run to the end
+        missed = [
+            httpx.post(
+                f"{url}/v1/tasks", json={"name": "demo.add", "payload": {"a": i, "b": 0}}
+            ).json()["id"]
+            for i in range(20)
+        ]
+        for task_id in missed:
+            wait_status(url, task_id, "succeeded")
+        with connect(f"ws://127.0.0.1:{port}/v1/events?since={cursor}") as ws:
+            [hello] = json.loads(ws.recv(timeout=5))
+            assert hello == {"type": "stream", "cursor": cursor, "reset": False}
+            replayed: list[dict[str, Any]] = []
+            while {e["task_id"] for e in replayed if e["status"] == "succeeded"} < set(missed):
+                replayed += json.loads(ws.recv(timeout=5))
+            with pytest.raises(TimeoutError):  # and what else the demo did meanwhile
+                while True:
+                    replayed += json.loads(ws.recv(timeout=0.5))
+        numbers = [_seq(e["cursor"]) for e in replayed]
+        assert numbers == list(range(_seq(cursor) + 1, _seq(cursor) + 1 + len(numbers)))
+        mine = [(e["task_id"], e["status"]) for e in replayed if e["task_id"] in missed]
+        assert sorted(mine) == sorted(
+            (t, s) for t in missed for s in ("queued", "running", "succeeded")
+        )  # each lifecycle event once: none lost, none twice
+
+        # a cursor of another server (or of before a restart): reset, then live
+        other = "0123456789ab-5"
+        with connect(f"ws://127.0.0.1:{port}/v1/events?since={other}") as ws:
+            [hello] = json.loads(ws.recv(timeout=5))
+            assert hello["reset"] is True and "restarted" in hello["reason"]
+            assert _seq(hello["cursor"]) >= numbers[-1]
+        for bad in ("yesterday", f"{cursor[:13]}99999999"):  # not a cursor; ahead of the log
+            with connect(f"ws://127.0.0.1:{port}/v1/events?since={bad}") as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    ws.recv(timeout=5)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 4422
+
+
+async def test_the_event_log_resets_cursors_it_can_no_longer_honour() -> None:
+    bus = EventBus()
+    log = EventLog(bus, keep=10)
+    log.attach()
+    try:
+
+        async def publish(n: int) -> None:
+            target = log.last + n
+            bus.publish(TaskEvent(f"t{i}", "job", "default", "queued", 0, 0.0) for i in range(n))
+            await asyncio.wait_for(log.wait(target - 1, log.id), 5)
+
+        await publish(5)
+        assert log.position("latest") == Position(5)
+        assert log.after(2) == (log.events[2:5], 5)
+        await publish(30)  # the ring trims to the last `keep` events
+        assert log.first > 1 and log.last == 35 and len(log.events) >= 10
+        assert log.position(log.cursor(2)).reset  # older than what is kept
+        assert log.after(2) is None
+        assert log.position(log.cursor(34)) == Position(34)
+        with pytest.raises(BadCursor):
+            log.position(log.cursor(36))
+        assert log.subscription is not None
+        log.subscription.dropped += 1  # the bus dropped events: earlier cursors may miss some
+        await publish(1)
+        assert log.position(log.cursor(35)).reset and not log.position(log.cursor(36)).reset
+        log.detach()
+        assert log.running  # kept a while for clients that come back
     finally:
-        dev.terminate()
+        old = log.id
+        log.stop()
+    assert not log.running and log.id != old
+    assert log.position(f"{old}-30").reset
+
+
+def test_a_replay_holds_only_the_key_s_namespace(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    db = f"sqlite:///{tmp_path / 'ns.db'}"
+    keys = {}
+    for ns in ("alpha", "beta"):
+        made = cli(
+            "keys", "create", ns, "--scope", "write", "--namespace", ns, "--database-url", db
+        )
+        assert made.returncode == 0, made.stderr
+        keys[ns] = made.stdout.strip()
+    dev = Proc(["dev", "--demo", "--auth", "--port", str(port), "--database-url", db], {},
+               tmp_path / "dev.log")  # fmt: skip
+    try:
+        wait_ready(url, dev)
+        events = f"ws://127.0.0.1:{port}/v1/events"
+        alpha = ["chronoq.bearer", keys["alpha"]]
+        with connect(f"{events}?since=latest", subprotocols=alpha) as ws:
+            [hello] = json.loads(ws.recv(timeout=5))
+        submitted = {
+            ns: httpx.post(
+                f"{url}/v1/tasks",
+                json={"name": "demo.add", "payload": {"a": 1, "b": 1}},
+                headers={"authorization": f"Bearer {keys[ns]}"},
+            ).json()["id"]
+            for ns in ("alpha", "beta")
+        }
+        for ns, task_id in submitted.items():
+            deadline = time.monotonic() + 20
+            auth = {"authorization": f"Bearer {keys[ns]}"}
+            while httpx.get(f"{url}/v1/tasks/{task_id}", headers=auth).json()["status"] != (
+                "succeeded"
+            ):
+                assert time.monotonic() < deadline, task_id
+                time.sleep(0.05)
+        with connect(f"{events}?since={hello['cursor']}", subprotocols=alpha) as ws:
+            assert json.loads(ws.recv(timeout=5))[0]["reset"] is False
+            got: list[dict[str, Any]] = []
+            with pytest.raises(TimeoutError):
+                while True:
+                    got += json.loads(ws.recv(timeout=1))
+        assert {e["namespace"] for e in got} == {"alpha"}
+        assert [e["status"] for e in got if e["task_id"] == submitted["alpha"]] == [
+            "queued",
+            "running",
+            "succeeded",
+        ]
+    finally:
+        assert dev.terminate() == 0

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -225,20 +226,27 @@ def test_submitted_task_appears_and_succeeds_live(tab: Page, server: str) -> Non
     tab.screenshot("tasks")
 
 
-def test_polling_fallback_without_websocket(browser: Any, server: str) -> None:
+@contextmanager
+def scripted_tab(browser: Any, server: str, script: str) -> Iterator[Page]:
+    """A tab of its own browser context in which ``script`` runs before the page's own."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     try:
-        context.add_init_script(NO_WEBSOCKET)
+        context.add_init_script(script)
         tab = Page(context.new_page(), server)
+        yield tab
+        assert tab.errors == []
+    finally:
+        context.close()
+
+
+def test_polling_fallback_without_websocket(browser: Any, server: str) -> None:
+    with scripted_tab(browser, server, NO_WEBSOCKET) as tab:
         page = tab.open("#/tasks?name=demo.add")
         expect(page.locator("#conn")).to_have_attribute("data-mode", "polling")
         page.evaluate("window.__notReloaded = true")
         task = submit(server, name="demo.add", payload={"a": 40, "b": 2})
         expect(status_of(page, task["id"])).to_have_text("succeeded")
         assert page.evaluate("window.__notReloaded") is True
-        assert tab.errors == []
-    finally:
-        context.close()
 
 
 def test_filters_search_and_pages(tab: Page, server: str) -> None:
@@ -507,7 +515,9 @@ def test_sign_in_form_session_and_socket_without_token(
         expect(succeeded).to_have_text(re.compile(r"^[1-9][\d,]*$"))
         expect(form).to_have_count(0)
         expect(page.locator("#conn")).to_have_attribute("data-mode", "live")
-        assert sockets and all(urlparse(s).query == "" for s in sockets), sockets
+        # the key never in the socket's URL: only the resume cursor is
+        assert sockets and all(set(parse_qs(urlparse(s).query)) == {"since"} for s in sockets)
+        assert not [s for s in sockets if key in s], sockets
         assert not [r for r in tab.requests if key in r or "token=" in r]
         assert dialogs == []
 
@@ -573,3 +583,210 @@ def test_task_detail_shows_why_no_worker_will_run_it(tab: Page, server: str) -> 
     page.reload()
     expect(page.locator("aside.detail .detail-body")).to_have_attribute("data-status", "cancelled")
     expect(warning).to_have_count(0)
+
+
+def test_history_charts_count_finished_tasks_live(tab: Page, server: str) -> None:
+    page = tab.open("#/history?window=15m")
+    expect(page.locator("#conn")).to_have_attribute("data-mode", "live")
+    dead = page.locator('.chart-box[data-queue=""] .legend-item[data-status="dead"] .legend-total')
+    expect(dead).to_have_text(re.compile(r"^\d+$"))
+    expect(page.locator('.segmented [data-window="15m"]')).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("svg.chart").first.locator("g.bucket")).to_have_count(90)  # 10 s each
+    task = submit(server, name="demo.fail", max_attempts=1)
+    wait_status(server, task["id"], "dead")
+    counted = httpx.get(f"{server}/v1/history", params={"window": "15m"}, timeout=5).json()
+    total = sum(s["total"] for s in counted["series"] if s["status"] == "dead")
+    assert total >= 1
+    expect(dead).to_have_text(str(total))  # refreshed on the task's event, no reload
+    times = page.locator('[data-testid="durations"] svg.chart')
+    expect(times.locator("circle").first).to_be_visible()  # the demo's tasks ran
+    expect(times.locator("polyline")).to_have_count(3)
+    tab.screenshot("history")
+
+    page.locator('.segmented [data-window="24h"]').click()
+    expect(page).to_have_url(re.compile(r"window=24h"))
+    expect(page.locator("svg.chart").first.locator("g.bucket")).to_have_count(96)  # 15 min
+    page.get_by_label("one chart per queue").check()
+    expect(page.locator('.chart-box[data-queue="default"]')).to_be_visible()
+    expect(page).to_have_url(re.compile(r"by=queue"))
+
+
+# Records every WebSocket the page opens and the messages it receives.
+RECORD_SOCKETS = """
+window.__sockets = [];
+window.__messages = [];
+const Native = window.WebSocket;
+window.WebSocket = class extends Native {
+  constructor(...args) {
+    super(...args);
+    const index = window.__sockets.length;
+    window.__sockets.push(this);
+    this.addEventListener("message", (m) => window.__messages.push([index, m.data]));
+  }
+};
+"""
+
+
+def test_a_reconnecting_dashboard_resumes_the_event_stream(browser: Any, server: str) -> None:
+    with scripted_tab(browser, server, RECORD_SOCKETS) as tab:
+        page = tab.open("#/tasks?name=demo.add")
+        expect(page.locator("#conn")).to_have_attribute("data-mode", "live")
+        assert "since=latest" in page.evaluate("window.__sockets[0].url")
+        seen = submit(server, name="demo.add", payload={"a": 1, "b": 1})
+        expect(status_of(page, seen["id"])).to_have_text("succeeded")
+        page.evaluate("window.__sockets[0].close()")  # the connection drops
+        expect(page.locator("#conn")).to_have_attribute("data-mode", "polling")
+        missed = submit(server, name="demo.add", payload={"a": 2, "b": 2})
+        wait_status(server, missed["id"], "succeeded")
+        expect(page.locator("#conn")).to_have_attribute("data-mode", "live")  # ~2 s later
+        expect(status_of(page, missed["id"])).to_have_text("succeeded")
+        second = page.evaluate("window.__sockets[1].url")
+        last = page.evaluate(
+            """() => window.__messages.filter(([i]) => i === 0)
+                 .flatMap(([, data]) => JSON.parse(data)).filter((e) => e.cursor).pop().cursor"""
+        )
+        assert f"since={last}" in second  # resumed from the last event it saw
+        replayed = page.evaluate(
+            "window.__messages.filter(([i]) => i === 1).flatMap(([, d]) => JSON.parse(d))"
+        )
+        assert replayed[0] == {"type": "stream", "cursor": last, "reset": False}
+        statuses = [e["status"] for e in replayed if e.get("task_id") == missed["id"]]
+        assert statuses == ["queued", "running", "succeeded"]  # what it missed, once each
+
+
+def test_create_and_edit_a_schedule_in_the_editor(tab: Page, server: str) -> None:
+    page = tab.open("#/schedules")
+    page.get_by_role("button", name="New schedule").click()
+    form = page.locator('form[data-testid="schedule-form"]')
+    expect(form).to_be_visible()
+    form.get_by_label("Name").fill("ui.made")
+    form.get_by_label("Cron").fill("61 * * * *")
+    preview = form.locator('[data-testid="preview"]')
+    expect(preview).to_contain_text("cron")  # the API's own message for a bad expression
+    form.get_by_label("Cron").fill("30 9 * * 1-5")
+    form.get_by_label("Time zone").fill("Asia/Tokyo")
+    expect(preview.locator("li")).to_have_count(5)
+    expect(preview.locator("li").first).to_contain_text("09:30:00 +09:00")  # in its zone
+    form.get_by_label("Task handler").fill("demo.add")
+    form.get_by_label("Payload (JSON object)").fill('{"a": 1,')
+    form.get_by_role("button", name="Create").click()
+    expect(form.locator(".form-error")).to_contain_text("payload is not valid JSON")
+    form.get_by_label("Payload (JSON object)").fill('{"a": 1, "b": 2}')
+    form.get_by_label("Name").fill("demo.tick")  # taken: the API's 409 shows in the form
+    form.get_by_role("button", name="Create").click()
+    expect(form.locator(".form-error")).to_contain_text("409")
+    expect(form.locator(".form-error")).to_contain_text("demo.tick")
+    form.get_by_label("Name").fill("ui.made")
+    form.get_by_label("paused").check()
+    tab.screenshot("schedule-editor")
+    form.get_by_role("button", name="Create").click()
+    expect(form).to_have_count(0)
+    row = page.locator('tr[data-name="ui.made"]')
+    expect(row).to_have_attribute("data-state", "paused")
+    made = httpx.get(f"{server}/v1/schedules/ui.made", timeout=5).json()
+    assert made["cron"] == "30 9 * * 1-5" and made["timezone"] == "Asia/Tokyo"
+    assert made["task"]["payload"] == {"a": 1, "b": 2}
+
+    # edited to fire every second and resumed: it fires at the new time
+    row.get_by_role("button", name="Edit").click()
+    expect(form.get_by_label("Name")).to_be_disabled()
+    expect(form.get_by_label("Cron")).to_have_value("30 9 * * 1-5")
+    form.get_by_label("Cron").fill("* * * * * *")
+    form.get_by_label("paused").uncheck()
+    form.get_by_role("button", name="Save").click()
+    expect(form).to_have_count(0)
+    expect(row).to_have_attribute("data-state", "active")
+    deadline = time.monotonic() + 20
+    while True:
+        runs = httpx.get(f"{server}/v1/schedules/ui.made/runs", timeout=5).json()["items"]
+        if any(r["status"] == "succeeded" for r in runs):
+            break
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.2)
+    assert runs[0]["result"] == 3
+    httpx.delete(f"{server}/v1/schedules/ui.made", timeout=5)
+
+
+def test_submit_a_task_from_the_form(tab: Page, server: str) -> None:
+    page = tab.open("#/tasks")
+    page.get_by_role("button", name="Submit task").click()
+    form = page.locator('form[data-testid="submit-task"]')
+    form.get_by_label("Handler").fill("demo.add")
+    form.get_by_label("Payload (JSON object)").fill('{"a": 20, "b": 22}')
+    form.get_by_label("Priority").fill("5000")
+    form.get_by_role("button", name="Submit").click()
+    error = form.locator(".form-error")
+    expect(error).to_contain_text("422")  # the API's message, the field marked
+    expect(error).to_contain_text("less than or equal to 1000")
+    expect(form.locator('.field[data-field="priority"]')).to_have_class(re.compile("invalid"))
+    form.get_by_label("Priority").fill("7")
+    form.get_by_role("button", name="Submit").click()
+    expect(form).to_have_count(0)
+    detail = page.locator("aside.detail")
+    expect(detail.locator("h2")).to_contain_text("demo.add")
+    expect(detail.locator(".detail-body")).to_have_attribute("data-status", "succeeded")
+    expect(detail).to_contain_text("42")
+    task_id = parse_qs(urlparse(page.url.replace("#/tasks?", "?")).query)["task"][0]
+    task = httpx.get(f"{server}/v1/tasks/{task_id}", timeout=5).json()
+    assert (task["priority"], task["payload"]) == (7, {"a": 20, "b": 22})
+
+
+def test_keyboard_shortcuts(tab: Page, server: str) -> None:
+    ids = [
+        submit(server, name="demo.add", queue="keys", payload={"a": i, "b": 0})["id"]
+        for i in range(3)
+    ]
+    page = tab.open("#/overview")
+    page.keyboard.press("g")
+    page.keyboard.press("t")
+    expect(page).to_have_url(re.compile(r"#/tasks$"))
+    page.keyboard.press("/")
+    expect(page.locator("#search-input")).to_be_focused()
+    page.keyboard.type("gs")  # typing in a field is not a shortcut
+    expect(page).to_have_url(re.compile(r"#/tasks$"))
+    page.locator("#search-input").fill("")
+    page.locator("#view h1").click()
+
+    tab.open("#/tasks?queue=keys")
+    rows = page.locator("table.tasks tbody tr")
+    expect(rows).to_have_count(3)
+    page.keyboard.press("j")
+    expect(rows.nth(0)).to_be_focused()
+    page.keyboard.press("j")
+    page.keyboard.press("Enter")
+    expect(page.locator("aside.detail .detail-body")).to_have_attribute("data-id", ids[1])
+    page.keyboard.press("Escape")
+    expect(page.locator("aside.detail")).to_be_hidden()
+
+    page.keyboard.press("n")
+    expect(page.locator('form[data-testid="submit-task"]')).to_be_visible()
+    page.keyboard.press("Escape")  # the dialog's own key
+    expect(page.locator("dialog")).to_have_count(0)
+    page.keyboard.press("?")
+    expect(page.locator('dialog[data-testid="shortcuts"]')).to_contain_text("Dead letters")
+    page.keyboard.press("Escape")
+    page.keyboard.press("g")
+    page.keyboard.press("h")
+    expect(page).to_have_url(re.compile(r"#/history$"))
+
+
+def test_phone_width_layout(browser: Any, server: str) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        tab = Page(context.new_page(), server)
+        for name, fragment in [("overview", "#/overview"), ("tasks", "#/tasks"),
+                               ("history", "#/history"), ("schedules", "#/schedules")]:  # fmt: skip
+            page = tab.open(fragment)
+            expect(page.locator("#view > section")).to_be_visible()
+            if name == "history":
+                expect(page.locator("svg.chart").first).to_be_visible()
+            wide = page.evaluate("document.documentElement.scrollWidth")
+            assert wide <= 392, f"{name}: the page is {wide} px wide on a 390 px screen"
+            tab.screenshot(f"phone-{name}")
+        page.get_by_role("button", name="New schedule").click()
+        dialog = page.locator("dialog")
+        box = dialog.bounding_box()
+        assert box is not None and box["width"] <= 390, box
+        assert tab.errors == []
+    finally:
+        context.close()

@@ -13,9 +13,12 @@ from chronoq.api import (
     errors,
     events,
     health,
+    history,
     metrics,
+    preview,
     queues,
     ratelimit,
+    replay,
     schedules,
     tasks,
     ui,
@@ -40,6 +43,7 @@ def create_api(app: App) -> FastAPI:
         try:
             yield
         finally:
+            replay.close(api.state)
             if owned:
                 await app.close()
 
@@ -61,6 +65,8 @@ def create_api(app: App) -> FastAPI:
     api.include_router(bulk_router)
     api.include_router(schedules.router)
     api.include_router(workers.router)
+    api.include_router(history.router)
+    api.include_router(preview.router)
     api.include_router(events.router)
     api.include_router(health.router)
     metrics.install(api)

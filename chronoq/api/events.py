@@ -3,7 +3,15 @@
 Each message is a JSON list of events ``{"type": "task", "task_id", "name", "queue",
 "status", "attempt", "at", "schedule_id", "error", "duration", "wait", "priority",
 "namespace"}``. Query parameters ``task_id``, ``queue``, ``name`` and ``schedule_id`` keep
-only matching events.
+only matching events. Every event carries a ``cursor``.
+
+Resume: ``?since=<cursor>`` (the last event's) replays, in order and once each, the
+events the client missed that the API process still holds (:mod:`chronoq.api.replay`:
+the last 20,000, while some socket was open in the last 5 minutes), then goes on live.
+``?since=latest`` starts from now. Either way the first message is ``[{"type": "stream",
+"cursor", "reset"}]``; ``reset: true`` (with a ``reason``) means the missed events are
+gone (a restart, or too old): reload, then go on from that cursor. A cursor this API
+never handed out closes the socket with 4422.
 
 With auth on, a client sends its key as ``Authorization: Bearer``, or (browsers cannot set
 WebSocket headers) as the subprotocol after ``chronoq.bearer`` —
@@ -18,13 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from chronoq.api.auth import key_cache, until_revoked, websocket_caller
+from chronoq.api.replay import BadCursor, EventLog, Position, event_log
 from chronoq.api.service import event_filter
 from chronoq.app import App
+from chronoq.events import TaskEvent
 
 router = APIRouter(tags=["events"])
 
@@ -32,6 +44,7 @@ router = APIRouter(tags=["events"])
 @router.websocket("/v1/events")
 async def events(websocket: WebSocket) -> None:
     app: App = websocket.app.state.chronoq
+    since = websocket.query_params.get("since")
     caller = await websocket_caller(websocket)
     who = caller.principal
     await websocket.accept(subprotocol=caller.subprotocol)
@@ -39,6 +52,13 @@ async def events(websocket: WebSocket) -> None:
         await websocket.close(code=caller.code, reason=caller.refusal[:120])
         return
     matches = event_filter(websocket.query_params, who)
+    log = event_log(websocket.app.state, app.store.events)
+    try:
+        start = log.position(since or "latest")
+    except BadCursor as exc:  # mirrors HTTP 422
+        await websocket.close(code=4422, reason=str(exc)[:120])
+        return
+
 
     async def wait_for_close() -> None:
         with contextlib.suppress(WebSocketDisconnect):
@@ -52,23 +72,71 @@ async def events(websocket: WebSocket) -> None:
         if caller.secret and who.key_id
         else never.wait()
     )
-    with app.store.events.subscribe() as subscription:
-        try:
-            while not closed.done():
-                next_batch = asyncio.ensure_future(anext(subscription))
-                await asyncio.wait(
-                    [next_batch, closed, revoked], return_when=asyncio.FIRST_COMPLETED
-                )
-                if not next_batch.done():
-                    next_batch.cancel()
-                    if revoked.done() and not closed.done():
-                        await websocket.close(code=4401, reason="API key revoked")
-                    break
-                items = [e.to_wire() for e in next_batch.result() if matches(e)]
-                if items:
-                    await websocket.send_text(orjson.dumps(items).decode())
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            closed.cancel()
-            revoked.cancel()
+    log.attach()
+    try:
+        if since is not None:
+            await _send(websocket, [_hello(log, start)])
+        await _tail(websocket, log, start.after, matches, since is not None, closed, revoked)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        log.detach()
+        closed.cancel()
+        revoked.cancel()
+
+
+def _hello(log: EventLog, start: Position) -> dict[str, object]:
+    """The first message of a resuming socket: where it starts, and whether the client
+    must reload what it shows (``reset``) because the events it missed are gone."""
+    hello: dict[str, object] = {"type": "stream", "cursor": log.cursor(start.after)}
+    hello["reset"] = start.reset
+    if start.reset:
+        hello["reason"] = start.reason
+    return hello
+
+
+async def _send(websocket: WebSocket, items: list[dict[str, object]]) -> None:
+    await websocket.send_text(orjson.dumps(items).decode())
+
+
+async def _tail(
+    websocket: WebSocket,
+    log: EventLog,
+    seq: int,
+    matches: Callable[[TaskEvent], bool],
+    resumable: bool,
+    closed: asyncio.Task[Any],
+    revoked: asyncio.Task[Any],
+) -> None:
+    """Send the log's events after ``seq`` that ``matches`` keeps, each with its cursor,
+    until the client leaves or its key is revoked."""
+    log_id = log.id
+    while not closed.done():
+        if log.id != log_id:  # the log restarted under us: what it held is gone
+            log_id, seq = log.id, log.last
+            if resumable:
+                await _send(websocket, [_hello(log, Position(seq, True, "the stream restarted"))])
+        found = log.after(seq)
+        if found is None:  # fell behind the ring while sending: say so, go on from now
+            seq = log.last
+            if resumable:
+                await _send(websocket, [_hello(log, Position(seq, True, "fell behind"))])
+            continue
+        batch, last = found
+        if batch:
+            items = [
+                {**e.to_wire(), "cursor": log.cursor(seq + 1 + i)}
+                for i, e in enumerate(batch)
+                if matches(e)
+            ]
+            seq = last
+            if items:
+                await _send(websocket, items)
+            continue
+        waiting = asyncio.ensure_future(log.wait(seq, log_id))
+        await asyncio.wait([waiting, closed, revoked], return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            waiting.cancel()
+            if revoked.done() and not closed.done():
+                await websocket.close(code=4401, reason="API key revoked")
+            return

@@ -1,10 +1,11 @@
 // The REST API of the same server. Errors carry the API's {"error": {code, message}}.
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, details = []) {
     super(message);
     this.status = status;
     this.code = code;
+    this.details = details; // [{field, message}] of a 4xx, as the API gives them
   }
 }
 
@@ -83,7 +84,8 @@ export async function request(method, path, { query, body, signal, key } = {}) {
   if (!response.ok) {
     const error = data && data.error ? data.error : {};
     const failure = new ApiError(response.status, error.code || "http_error",
-      error.message || `${method} ${path} answered ${response.status}`);
+      error.message || `${method} ${path} answered ${response.status}`,
+      Array.isArray(error.details) ? error.details : []);
     if (response.status === 401 && key === undefined) unauthorized(failure.message);
     throw failure;
   }
@@ -92,6 +94,7 @@ export async function request(method, path, { query, body, signal, key } = {}) {
 
 export const get = (path, query, options) => request("GET", path, { ...options, query });
 export const post = (path, body) => request("POST", path, { body });
+export const patch = (path, body) => request("PATCH", path, { body });
 export const del = (path) => request("DELETE", path);
 
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;

@@ -5,6 +5,11 @@
 // events costs one re-render. When the socket is closed or never opens, mode becomes
 // "polling" and the socket is retried with a growing delay (2 s … 30 s).
 //
+// Resume: every event carries a cursor, and the socket opens with ?since=<the last one
+// seen> (?since=latest the first time). The server replays what was missed while the
+// socket was down, so a reconnect costs no reload; its first message says whether it
+// could ("reset": false) or the page must re-read what it shows (onResync).
+//
 // The API key travels as a subprotocol (["chronoq.bearer", key]), not in the URL, which
 // proxies log; a socket the server closes with 4401 (refused or revoked key) is not
 // retried but reported to onUnauthorized.
@@ -12,8 +17,11 @@
 import { apiKey } from "./api.js";
 
 export class Live {
-  constructor({ onEvents, onMode, onUnauthorized }) {
+  constructor({ onEvents, onMode, onUnauthorized, onResync }) {
     this.onEvents = onEvents;
+    this.onResync = onResync;
+    this.cursor = null; // the newest event's cursor: where a new socket resumes
+    this.resumed = false; // a stream hello was seen since start()
     this.onMode = onMode;
     this.onUnauthorized = onUnauthorized;
     this.mode = "connecting";
@@ -26,7 +34,8 @@ export class Live {
 
   get url() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}/v1/events`;
+    const since = encodeURIComponent(this.cursor || "latest");
+    return `${scheme}//${location.host}/v1/events?since=${since}`;
   }
 
   setMode(mode, detail) {
@@ -37,6 +46,8 @@ export class Live {
 
   start() {
     this.stop();
+    this.cursor = null; // another key may see other events: start afresh
+    this.resumed = false;
     this.connect();
   }
 
@@ -69,6 +80,7 @@ export class Live {
     socket.addEventListener("close", (event) => {
       if (this.socket !== socket) return;
       this.socket = null;
+      if (event.code === 4422) this.cursor = null; // a cursor the server does not know
       if (event.code === 4401 && this.onUnauthorized) this.onUnauthorized();
       else this.fallBack();
     });
@@ -93,6 +105,14 @@ export class Live {
     }
     const items = Array.isArray(parsed) ? parsed : [parsed];
     for (const item of items) {
+      if (item && typeof item.cursor === "string") this.cursor = item.cursor;
+      if (item && item.type === "stream") {
+        // the first message: a reset (or a first connection, when events may have
+        // happened since the view was read) means re-reading; else the replay follows
+        if ((item.reset || !this.resumed) && this.onResync) this.onResync(item.reason || "");
+        this.resumed = true;
+        continue;
+      }
       if (item && typeof item === "object" && typeof item.task_id === "string"
           && (item.type === undefined || item.type === "task")) {
         this.buffer.push(item);

@@ -1,4 +1,4 @@
-// The dashboard shell: hash routes (#/overview, #/tasks?…, #/schedules, #/dead), live
+// The dashboard shell: hash routes (#/overview, #/tasks?…, #/schedules, #/dead, #/history), live
 // updates over the event WebSocket with a 2-second polling fallback, and the search box.
 // When the API wants a key the page shows only the sign-in form: no view (and so no empty
 // counts) until a key is accepted.
@@ -7,6 +7,8 @@ import { UUID, apiKey, get, onUnauthorized, setApiKey } from "./api.js";
 import { throttle, toast } from "./dom.js";
 import { number, relative } from "./format.js";
 import { Live } from "./live.js";
+import { historyView } from "./history.js";
+import { installShortcuts, showShortcuts } from "./keys.js";
 import { overviewView } from "./overview.js";
 import { schedulesView } from "./schedules.js";
 import { signInView } from "./signin.js";
@@ -22,6 +24,7 @@ const VIEWS = {
   tasks: (ctx) => tasksView(ctx),
   dead: (ctx) => tasksView(ctx, { dead: true }),
   schedules: (ctx) => schedulesView(ctx),
+  history: (ctx) => historyView(ctx),
 };
 
 const main = document.getElementById("view");
@@ -142,8 +145,10 @@ const live = new Live({
     conn.title = mode === "live" ? "Receiving task events over a WebSocket"
       : mode === "polling" ? `No event stream; refreshing every ${POLL_MS / 1000} s`
         : "Connecting to the event stream";
-    if (mode === "live" && current) current.view.refresh(); // catch up on what was missed
   },
+  // The stream could not replay what was missed (first connection, server restart, too
+  // long away): re-read the open view. A resumed stream replays instead.
+  onResync: () => { if (current) current.view.refresh(); },
 });
 
 setInterval(() => {
@@ -185,6 +190,8 @@ document.addEventListener("visibilitychange", () => {
 });
 
 onUnauthorized((message) => showSignIn(`Not signed in: ${message}.`));
+installShortcuts(ctx, () => { if (current) current.view.refresh(); });
+document.getElementById("shortcuts").addEventListener("click", showShortcuts);
 signOut.addEventListener("click", () => showSignIn(""));
 
 // Ask the API once whether it wants a key (and whether the kept one still works) before

@@ -107,7 +107,7 @@ export function overviewView(ctx) {
     } else {
       fill(workersBox, h("table", { class: "grid workers" },
         h("thead", null, h("tr", null, ["Worker", "Host", "PID", "Queues", "Running", "Processed",
-          "Status", "Started", "Last seen"].map((t) => h("th", null, t)))),
+          "Restarts", "Status", "Started", "Last seen"].map((t) => h("th", null, t)))),
         h("tbody", null, workers.map((w) => h("tr", { dataset: { id: w.id } },
           h("td", { class: "mono", title: w.id }, w.id),
           h("td", null, w.host),
@@ -115,6 +115,8 @@ export function overviewView(ctx) {
           h("td", null, w.queues.join(", ")),
           h("td", { class: "num" }, `${w.running}/${w.concurrency}`),
           h("td", { class: "num" }, number(w.processed)),
+          h("td", { class: "num", title: "process-pool children replaced after a crash or a limit" },
+            number(w.child_restarts || 0)),
           h("td", null, h("span", { class: `badge badge-w-${w.status}` }, w.status)),
           h("td", null, timeEl(w.started_at)),
           h("td", null, timeEl(w.last_seen_at, { rel: true })))))));

@@ -3,6 +3,7 @@
 import { get, post } from "./api.js";
 import { fill, h, throttle, toast } from "./dom.js";
 import { clock, duration, shortId, statusBadge, timeEl } from "./format.js";
+import { scheduleForm } from "./editors.js";
 import { Pager } from "./pager.js";
 
 function rule(s) {
@@ -27,7 +28,9 @@ export function schedulesView(ctx) {
   const pagerBox = h("div", { class: "pager-box" });
   const el = h("section", { class: "view view-schedules" },
     h("div", { class: "view-head" }, h("h1", null, "Schedules",
-      h("span", { class: "subtitle" }, "recurring tasks; times in your time zone"))),
+      h("span", { class: "subtitle" }, "recurring tasks; times in your time zone")),
+    h("button", { type: "button", class: "btn btn-primary", dataset: { shortcut: "n" },
+      title: "Create a schedule (n)", onclick: () => scheduleForm(ctx, null, saved) }, "New schedule")),
     h("div", { class: "table-wrap" },
       h("table", { class: "grid schedules" },
         h("thead", null, h("tr", null,
@@ -56,6 +59,13 @@ export function schedulesView(ctx) {
       render();
       load();
     }
+  }
+
+  function saved(s) {
+    const index = page.items.findIndex((x) => x.id === s.id);
+    if (index >= 0) page.items[index] = s;
+    render();
+    load();
   }
 
   const runsCache = new Map(); // schedule id -> element
@@ -111,6 +121,10 @@ export function schedulesView(ctx) {
             title: "Run the task once now", onclick: () => action(s, "trigger"),
           }, "Trigger"),
           h("button", {
+            type: "button", class: "btn btn-small", disabled: isBusy,
+            title: "Change the rule, zone or task", onclick: () => scheduleForm(ctx, s, saved),
+          }, "Edit"),
+          h("button", {
             type: "button", class: "btn btn-small btn-quiet", "aria-expanded": String(expanded.has(s.id)),
             onclick: () => {
               if (expanded.has(s.id)) expanded.delete(s.id);
@@ -126,7 +140,7 @@ export function schedulesView(ctx) {
     }
     tbody.replaceChildren(...trs);
     message.hidden = page.items.length > 0;
-    message.textContent = "No schedules. Create one with POST /v1/schedules or @app.periodic.";
+    message.textContent = "No schedules. Create one with New schedule, POST /v1/schedules or @app.periodic.";
     fill(pagerBox, pager.render({
       cursor: params.cursor, nextCursor: page.next_cursor, shown: page.items.length,
       noun: page.items.length === 1 ? "schedule" : "schedules",

@@ -5,6 +5,7 @@
 import { ApiError, STATUSES, del, get, post } from "./api.js";
 import { fill, h, throttle, toast } from "./dom.js";
 import { RETRYABLE, renderDetail } from "./detail.js";
+import { submitTaskForm } from "./editors.js";
 import { number, shortId, statusBadge, timeEl, truncate } from "./format.js";
 import { Pager } from "./pager.js";
 
@@ -56,6 +57,10 @@ export function tasksView(ctx, { dead = false } = {}) {
       onclick: () => ctx.navigate(view, {}),
     }, "Clear"),
     queueList,
+    dead ? null : h("button", {
+      type: "button", class: "btn btn-primary", dataset: { shortcut: "n" },
+      title: "Submit a task (n)", onclick: () => submitTaskForm(ctx, { queue: params.queue }),
+    }, "Submit task"),
     dead ? h("button", {
       type: "button", class: "btn btn-primary retry-all",
       title: "Retry every dead task these filters select", onclick: () => retryAll(),

@@ -1,0 +1,195 @@
+"""Finished tasks counted per time bucket: the dashboard's history charts and
+``GET /v1/history``.
+
+A task's ``updated_at`` is when it finished once it is succeeded, dead or cancelled, so
+"how many finished per minute" is a GROUP BY over a range of the ``tasks_finished``
+partial index (migration 0014, ``(status, queue, updated_at, id)``). PostgreSQL 15 cannot
+skip over the ``queue`` column, so the query names each (status, queue) pair: the queues
+come from a loose index scan (:func:`chronoq.store.retention.finished_queues`, one probe
+per queue) and each pair is one index range, read only as far as the window reaches. The
+cost follows the rows inside the window, never the rows stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chronoq.states import TERMINAL, Status
+from chronoq.store.base import Store
+from chronoq.store.retention import FINISHED, finished_queues
+
+#: the statuses a history counts: the finished ones, in a fixed order
+STATUSES: tuple[Status, ...] = tuple(sorted(TERMINAL))
+
+#: (status, queue) pairs per statement, which bounds its parameter count
+_PAIRS_PER_QUERY = 100
+
+#: the bucket a row falls in, counted from the window's start ($1) in buckets of $3 seconds
+_BUCKET = {
+    "sqlite": "CAST((updated_at - $1) / $3 AS INTEGER)",  # rows are >= $1: truncation floors
+    "postgresql": "CAST(floor((updated_at - $1) / $3) AS INTEGER)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Tasks that finished in ``[start, start + bucket * buckets)`` (epoch seconds),
+    counted per ``bucket`` seconds; ``queue``, ``name`` and ``namespace`` narrow it."""
+
+    start: float
+    bucket: float
+    buckets: int
+    queue: str | None = None
+    name: str | None = None
+    namespace: str | None = None
+
+    @property
+    def end(self) -> float:
+        return self.start + self.bucket * self.buckets
+
+
+@dataclass(frozen=True, slots=True)
+class BucketCount:
+    """``count`` tasks of ``queue`` became ``status`` in bucket number ``bucket``."""
+
+    status: Status
+    queue: str
+    bucket: int
+    count: int
+
+
+async def counts(
+    store: Store, window: Window, statuses: Sequence[Status] = STATUSES
+) -> list[BucketCount]:
+    """Every non-zero (status, queue, bucket) count of ``window``."""
+    pairs: list[tuple[Status, str]] = []
+    for status in statuses:
+        if status not in TERMINAL:
+            raise ValueError(f"{status} is not a finished status")
+        queues = (
+            [window.queue] if window.queue is not None else await finished_queues(store, status)
+        )
+        pairs += [(status, q) for q in queues]
+    found: list[BucketCount] = []
+    for first in range(0, len(pairs), _PAIRS_PER_QUERY):
+        sql, args = _statement(store.dialect, window, pairs[first : first + _PAIRS_PER_QUERY])
+        async with store.conn() as c:
+            rows = await c.fetch(sql, *args)
+        found += [
+            BucketCount(Status(r["status"]), r["queue"], int(r["b"]), int(r["n"]))
+            for r in rows
+            if 0 <= int(r["b"]) < window.buckets  # float edges: never outside the window
+        ]
+    return found
+
+
+#: what each (status, queue) range of :func:`_statement` selects, and its GROUP BY
+_COUNTS = ("SELECT status, queue, {b} AS b, count(*) AS n FROM tasks", " GROUP BY status, queue, b")
+#: the last attempt's run time and its wait from due to started, one row per task
+_TIMES = (
+    "SELECT {b} AS b, a.finished_at - a.started_at AS run, a.started_at - run_at AS wait "
+    "FROM tasks JOIN attempts a ON a.task_id = tasks.id AND a.attempt = tasks.attempts",
+    "",
+)
+
+
+def _statement(
+    dialect: str,
+    window: Window,
+    pairs: Sequence[tuple[Status, str]],
+    shape: tuple[str, str] = _COUNTS,
+) -> tuple[str, list[Any]]:
+    """One UNION ALL of per-(status, queue) index ranges, shaped by ``shape``."""
+    args: list[Any] = [window.start, window.end, window.bucket]
+    extra = ""
+    for column, value in (("name", window.name), ("namespace", window.namespace)):
+        if value is not None:
+            args.append(value)
+            extra += f" AND {column} = ${len(args)}"
+    select, group = shape[0].format(b=_BUCKET[dialect]), shape[1]
+    parts = []
+    for status, queue in pairs:
+        args += [status.value, queue]
+        parts.append(
+            f"{select} WHERE status IN ({FINISHED}) AND status = ${len(args) - 1} "
+            f"AND queue = ${len(args)} AND updated_at >= $1 AND updated_at < $2{extra}{group}"
+        )
+    return " UNION ALL ".join(parts), args
+
+
+#: the quantiles :func:`durations` reports
+QUANTILES = (0.5, 0.95, 0.99)
+#: queues one :func:`durations` statement may span (its quantiles cannot be merged)
+MAX_QUEUES = 400
+
+
+@dataclass(frozen=True, slots=True)
+class BucketDurations:
+    """Of the ``count`` tasks that succeeded in bucket ``bucket``: quantiles
+    (:data:`QUANTILES`) of their last attempt's run time and of its wait (from due to
+    started), in seconds."""
+
+    bucket: int
+    count: int
+    run: tuple[float, ...]
+    wait: tuple[float, ...]
+
+
+def quantiles(values: Sequence[float], qs: Sequence[float] = QUANTILES) -> tuple[float, ...]:
+    """Linear interpolation between the closest ranks, as PostgreSQL's
+    ``percentile_cont``: the same numbers from both stores."""
+    ordered = sorted(values)
+    out = []
+    for q in qs:
+        at = q * (len(ordered) - 1)
+        low = int(at)
+        high = min(low + 1, len(ordered) - 1)
+        out.append(ordered[low] + (ordered[high] - ordered[low]) * (at - low))
+    return tuple(out)
+
+
+async def durations(store: Store, window: Window) -> list[BucketDurations]:
+    """Run and wait time quantiles per bucket of the tasks that succeeded in ``window``:
+    the ranges :func:`counts` reads, each row joined to its last attempt by primary key.
+    PostgreSQL computes the quantiles; SQLite's rows are ranked here."""
+    queues = (
+        [window.queue]
+        if window.queue is not None
+        else await finished_queues(store, Status.SUCCEEDED)
+    )
+    if len(queues) > MAX_QUEUES:
+        raise ValueError(f"{len(queues)} queues hold finished tasks; name one (queue=)")
+    if not queues:
+        return []
+    sql, args = _statement(store.dialect, window, [(Status.SUCCEEDED, q) for q in queues], _TIMES)
+    async with store.conn() as c:
+        if store.dialect != "postgresql":
+            return _ranked(await c.fetch(sql, *args), window.buckets)
+        quantile = f"percentile_cont(ARRAY{list(QUANTILES)}::float8[]) WITHIN GROUP"
+        rows = await c.fetch(
+            f"SELECT b, count(*) AS n, {quantile} (ORDER BY run) AS run, "
+            f"{quantile} (ORDER BY wait) AS wait FROM ({sql}) x GROUP BY b ORDER BY b",
+            *args,
+        )
+    return [
+        BucketDurations(int(r["b"]), int(r["n"]), tuple(r["run"]), tuple(r["wait"]))
+        for r in rows
+        if 0 <= int(r["b"]) < window.buckets
+    ]
+
+
+def _ranked(rows: Sequence[Any], buckets: int) -> list[BucketDurations]:
+    """Quantiles per bucket of (b, run, wait) rows, computed here (SQLite has none)."""
+    grouped: dict[int, tuple[list[float], list[float]]] = {}
+    for r in rows:
+        b = int(r["b"])
+        if 0 <= b < buckets:
+            runs, waits = grouped.setdefault(b, ([], []))
+            runs.append(float(r["run"]))
+            waits.append(float(r["wait"]))
+    return [
+        BucketDurations(b, len(runs), quantiles(runs), quantiles(waits))
+        for b, (runs, waits) in sorted(grouped.items())
+    ]
