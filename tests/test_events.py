@@ -18,6 +18,7 @@ from websockets.sync.client import connect
 from chronoq.api.replay import BadCursor, EventLog, Position
 from chronoq.events import EventBus, TaskEvent
 from tests.processes import Proc, cli, free_port, wait_ready, wait_status
+from tests.test_auth import bearer_protocol
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -245,7 +246,7 @@ def test_a_replay_holds_only_the_key_s_namespace(tmp_path: Path) -> None:
     try:
         wait_ready(url, dev)
         events = f"ws://127.0.0.1:{port}/v1/events"
-        alpha = ["chronoq.bearer", keys["alpha"]]
+        alpha = bearer_protocol(keys["alpha"])
         with connect(f"{events}?since=latest", subprotocols=alpha) as ws:
             [hello] = json.loads(ws.recv(timeout=5))
         submitted = {

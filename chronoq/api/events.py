@@ -59,7 +59,6 @@ async def events(websocket: WebSocket) -> None:
         await websocket.close(code=4422, reason=str(exc)[:120])
         return
 
-
     async def wait_for_close() -> None:
         with contextlib.suppress(WebSocketDisconnect):
             while True:
