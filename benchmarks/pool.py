@@ -57,12 +57,21 @@ from benchmarks.common import (  # noqa: E402
     DEFAULT_POSTGRES,
     Percentiles,
     burn_iterations,
+    cpu_seconds,
     say,
 )
-from benchmarks.compare import BenchError, Processes, flush, system_env, wait_quiet  # noqa: E402
+from benchmarks.compare import (  # noqa: E402
+    BenchError,
+    Processes,
+    descendants,
+    flush,
+    system_env,
+    wait_quiet,
+)
 
 SYSTEMS = ("chronoq-process", "chronoq-async", "celery-prefork")
 DB = {"celery": 13, "stamps": 14}
+CPU_SPLIT = ("worker", "children", "others", "machine")
 
 
 @dataclass
@@ -73,6 +82,9 @@ class Result:
     noop_per_second: float | None = None
     latency: Percentiles = field(default_factory=Percentiles)
     peak_rss_mib: float | None = None
+    #: CPU seconds used during the CPU-bound phase: worker processes (parents), their
+    #: children, the other spawned processes (scheduler), the whole machine; and the wall
+    cpu_split: dict[str, float] = field(default_factory=dict)
     processes: int = 0
     load_average: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -247,6 +259,29 @@ async def rate(system: System, what: str, count: int, **payload: Any) -> float:
     return count / (await system.last_finish() - first)
 
 
+def cpu_split(procs: Processes) -> dict[str, float]:
+    """CPU seconds so far of the worker parents, their children (live and reaped), the
+    other spawned processes, and the machine (``/proc/stat``: PostgreSQL, Redis, this
+    client and whatever else runs)."""
+    parents = children = others = 0.0
+    for _, proc, _, worker in procs.procs:
+        if not worker:
+            others += cpu_seconds(proc.pid)
+            continue
+        parents += cpu_seconds(proc.pid, reaped=False)
+        children += cpu_seconds(proc.pid) - cpu_seconds(proc.pid, reaped=False)
+        children += sum(cpu_seconds(c) for c in descendants(proc.pid))
+    with open("/proc/stat") as stat:
+        ticks = [int(x) for x in stat.readline().split()[1:]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    return {
+        "worker": parents,
+        "children": children,
+        "others": others,
+        "machine": busy / os.sysconf("SC_CLK_TCK"),
+    }
+
+
 async def latency(system: System, stamps: Any) -> Percentiles:
     args = system.args
     key = f"bench:pool:start:{uuid.uuid4().hex[:8]}"
@@ -284,8 +319,12 @@ async def run_system(name: str, args: argparse.Namespace, stamps: Any, iteration
         say(f"[{name}] {result.layout}; warming up")
         await rate(system, "whoami", 20 * args.processes)
         result.processes = system.procs.count()
+        before, wall = cpu_split(system.procs), time.monotonic()
         result.cpu_per_second = await rate(system, "cpu", args.cpu_tasks, n=iterations)
-        say(f"  CPU-bound: {result.cpu_per_second:,.1f} tasks/s")
+        after = cpu_split(system.procs)
+        result.cpu_split = {k: round(after[k] - before[k], 2) for k in after}
+        result.cpu_split["wall"] = round(time.monotonic() - wall, 2)
+        say(f"  CPU-bound: {result.cpu_per_second:,.1f} tasks/s; CPU s {result.cpu_split}")
         await asyncio.sleep(0.5)
         result.noop_per_second = await rate(system, "noop", args.tasks)
         say(f"  no-op end to end: {result.noop_per_second:,.0f} tasks/s")
@@ -340,6 +379,9 @@ def median(runs: list[Result]) -> Result:
     for name in ("p50_ms", "p99_ms"):
         known = [v for r in runs if (v := getattr(r.latency, name)) is not None]
         setattr(merged.latency, name, statistics.median(known) if known else None)
+    for key in {k for r in runs for k in r.cpu_split}:
+        known = [r.cpu_split[key] for r in runs if key in r.cpu_split]
+        merged.cpu_split[key] = round(statistics.median(known), 2)
     return merged
 
 
@@ -379,6 +421,18 @@ def table(results: list[Result], runs: list[list[Result]], args: argparse.Namesp
                     f"{rs[0].system} " + ", ".join(_num(figure(x, name), digits) for x in rs)
                     for rs in runs
                 )
+            )
+    lines.append(
+        "CPU seconds during the CPU-bound phase (medians): worker / children / "
+        "scheduler / whole machine, over the phase's wall seconds"
+    )
+    for r in results:
+        split = r.cpu_split
+        if split:
+            lines.append(
+                f"  {r.system}: "
+                + " / ".join(_num(split.get(k), 2) for k in CPU_SPLIT)
+                + f" over {_num(split.get('wall'), 2)} s"
             )
     for r in results:
         lines.append(f"{r.system}: {r.layout}")

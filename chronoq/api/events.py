@@ -3,7 +3,10 @@
 Each message is a JSON list of events ``{"type": "task", "task_id", "name", "queue",
 "status", "attempt", "at", "schedule_id", "error", "duration", "wait", "priority",
 "namespace"}``. Query parameters ``task_id``, ``queue``, ``name`` and ``schedule_id`` keep
-only matching events.
+only matching events. ``?types=worker`` (or ``types=task,worker``) asks for worker events
+too, ``{"type": "worker", "worker_id", "status", ...}`` (a process-pool child replaced;
+:class:`chronoq.events.WorkerEvent`), ``worker_id`` keeping one worker's; the task filters
+do not apply to them. Unknown types close the socket with 4400.
 
 With auth on, a client sends its key as ``Authorization: Bearer``, or (browsers cannot set
 WebSocket headers) as the subprotocol after ``chronoq.bearer`` —
@@ -18,17 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from chronoq.api.auth import until_revoked, websocket_caller
 from chronoq.app import App
-from chronoq.events import TaskEvent
+from chronoq.events import Feed, TaskEvent, WorkerEvent
 
 router = APIRouter(tags=["events"])
 
 FILTERS = ("task_id", "queue", "name", "schedule_id")
+TYPES = ("task", "worker")
 
 
 @router.websocket("/v1/events")
@@ -41,10 +46,18 @@ async def events(websocket: WebSocket) -> None:
     if who is None:  # accepted, then closed with 4401 (mirrors HTTP 401) so clients see why
         await websocket.close(code=caller.code, reason=caller.refusal[:120])
         return
+    types = set(websocket.query_params.get("types", "task").split(","))
+    if not types <= set(TYPES):
+        unknown = ", ".join(sorted(types - set(TYPES)))
+        await websocket.close(code=4400, reason=f"unknown event types: {unknown}"[:120])
+        return
     if who.namespace is not None:
         wanted["namespace"] = who.namespace
+    worker_id = websocket.query_params.get("worker_id")
 
-    def matches(event: TaskEvent) -> bool:
+    def matches(event: TaskEvent | WorkerEvent) -> bool:
+        if isinstance(event, WorkerEvent):
+            return worker_id is None or event.worker_id == worker_id
         return all(getattr(event, k) == v for k, v in wanted.items())
 
     async def wait_for_close() -> None:
@@ -57,23 +70,35 @@ async def events(websocket: WebSocket) -> None:
     revoked = asyncio.create_task(
         until_revoked(websocket, caller.secret) if caller.secret and who.key_id else never.wait()
     )
-    with app.store.events.subscribe() as subscription:
-        try:
-            while not closed.done():
-                next_batch = asyncio.ensure_future(anext(subscription))
-                await asyncio.wait(
-                    [next_batch, closed, revoked], return_when=asyncio.FIRST_COMPLETED
-                )
-                if not next_batch.done():
-                    next_batch.cancel()
-                    if revoked.done() and not closed.done():
-                        await websocket.close(code=4401, reason="API key revoked")
-                    break
-                items = [e.to_wire() for e in next_batch.result() if matches(e)]
-                if items:
-                    await websocket.send_text(orjson.dumps(items).decode())
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            closed.cancel()
-            revoked.cancel()
+    bus = app.store.events
+    feeds: list[Feed[Any]] = []
+    if "task" in types:
+        feeds.append(bus.subscribe())
+    if "worker" in types:
+        feeds.append(bus.subscribe_workers())
+    batches: dict[Feed[Any], asyncio.Future[list[Any]]] = {
+        feed: asyncio.ensure_future(anext(feed)) for feed in feeds
+    }
+    try:
+        while not closed.done():
+            waiting: list[asyncio.Future[Any]] = [*batches.values(), closed, revoked]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            ready = [feed for feed, batch in batches.items() if batch.done()]
+            if not ready:
+                if revoked.done() and not closed.done():
+                    await websocket.close(code=4401, reason="API key revoked")
+                break
+            items: list[dict[str, Any]] = []
+            for feed in ready:
+                items += [e.to_wire() for e in batches[feed].result() if matches(e)]
+                batches[feed] = asyncio.ensure_future(anext(feed))
+            if items:
+                await websocket.send_text(orjson.dumps(items).decode())
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        for feed, batch in batches.items():
+            batch.cancel()
+            feed.close()
+        closed.cancel()
+        revoked.cancel()
