@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -71,7 +73,7 @@ from benchmarks.compare import (  # noqa: E402
 
 SYSTEMS = ("chronoq-process", "chronoq-async", "celery-prefork")
 DB = {"celery": 13, "stamps": 14}
-CPU_SPLIT = ("worker", "children", "others", "machine")
+CPU_SPLIT = ("worker", "children", "others", "client", "postgres", "machine")
 
 
 @dataclass
@@ -242,12 +244,15 @@ def make(name: str, args: argparse.Namespace, log_dir: Path) -> System:
 
 
 async def wait_done(system: System, target: int, timeout: float, what: str) -> None:
+    """Poll the count of finished tasks every ``--poll`` seconds: the rate comes from the
+    recorded finish times, so polling more often only costs CPU the systems need (chronoq's
+    count is a PostgreSQL query, on the cores the process pool wants)."""
     deadline = time.monotonic() + timeout
     while (done := await system.done()) < target:
         system.procs.check_alive()
         if time.monotonic() > deadline:
             raise BenchError(f"{what}: {done}/{target} done after {timeout:.0f}s")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(system.args.poll)
 
 
 async def rate(system: System, what: str, count: int, **payload: Any) -> float:
@@ -274,12 +279,26 @@ def cpu_split(procs: Processes) -> dict[str, float]:
     with open("/proc/stat") as stat:
         ticks = [int(x) for x in stat.readline().split()[1:]]
     busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    own = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "worker": parents,
         "children": children,
         "others": others,
+        "client": own.ru_utime + own.ru_stime,
+        "postgres": sum(cpu_seconds(pid) for pid in _postgres_pids()),
         "machine": busy / os.sysconf("SC_CLK_TCK"),
     }
+
+
+def _postgres_pids() -> list[int]:
+    """Every PostgreSQL server process (its sessions of other clients too)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().startswith("postgres"):
+                    pids.append(int(entry.name))
+    return pids
 
 
 async def latency(system: System, stamps: Any) -> Percentiles:
@@ -424,7 +443,8 @@ def table(results: list[Result], runs: list[list[Result]], args: argparse.Namesp
             )
     lines.append(
         "CPU seconds during the CPU-bound phase (medians): worker / children / "
-        "scheduler / whole machine, over the phase's wall seconds"
+        "scheduler / this client / PostgreSQL (all its sessions) / whole machine, over the "
+        "phase's wall seconds"
     )
     for r in results:
         split = r.cpu_split
@@ -456,6 +476,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-rate", type=float, default=20.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--poll", type=float, default=0.2, help="seconds between two counts of finished tasks"
+    )
     parser.add_argument("--database-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     parser.add_argument(
