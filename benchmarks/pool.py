@@ -73,7 +73,16 @@ from benchmarks.compare import (  # noqa: E402
 
 SYSTEMS = ("chronoq-process", "chronoq-async", "celery-prefork")
 DB = {"celery": 13, "stamps": 14}
-CPU_SPLIT = ("worker", "children", "others", "client", "postgres", "machine")
+CPU_SPLIT = (
+    "worker",
+    "worker_waited",
+    "children",
+    "children_waited",
+    "others",
+    "client",
+    "postgres",
+    "machine",
+)
 
 
 @dataclass
@@ -290,6 +299,15 @@ def cpu_split(procs: Processes) -> dict[str, float]:
     }
 
 
+def run_queue(pid: int) -> float:
+    """Seconds the threads of ``pid`` spent runnable but not running (``schedstat``)."""
+    total = 0
+    for thread in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int((thread / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def _postgres_pids() -> list[int]:
     """Every PostgreSQL server process (its sessions of other clients too)."""
     pids = []
@@ -339,10 +357,17 @@ async def run_system(name: str, args: argparse.Namespace, stamps: Any, iteration
         await rate(system, "whoami", 20 * args.processes)
         result.processes = system.procs.count()
         before, wall = cpu_split(system.procs), time.monotonic()
+        parents = [p.pid for p in system.procs.workers]
+        children = [c for p in parents for c in descendants(p)]
+        queued = {pid: run_queue(pid) for pid in parents + children}
         result.cpu_per_second = await rate(system, "cpu", args.cpu_tasks, n=iterations)
         after = cpu_split(system.procs)
         result.cpu_split = {k: round(after[k] - before[k], 2) for k in after}
         result.cpu_split["wall"] = round(time.monotonic() - wall, 2)
+        for key, pids in (("worker_waited", parents), ("children_waited", children)):
+            # how long their threads were ready to run but had no core
+            waited = sum(run_queue(pid) - queued[pid] for pid in pids)
+            result.cpu_split[key] = round(waited, 2)
         say(f"  CPU-bound: {result.cpu_per_second:,.1f} tasks/s; CPU s {result.cpu_split}")
         await asyncio.sleep(0.5)
         result.noop_per_second = await rate(system, "noop", args.tasks)
@@ -442,9 +467,9 @@ def table(results: list[Result], runs: list[list[Result]], args: argparse.Namesp
                 )
             )
     lines.append(
-        "CPU seconds during the CPU-bound phase (medians): worker / children / "
-        "scheduler / this client / PostgreSQL (all its sessions) / whole machine, over the "
-        "phase's wall seconds"
+        "CPU seconds during the CPU-bound phase (medians): worker / its threads waiting "
+        "for a core / children / children waiting for a core / scheduler / this client / "
+        "PostgreSQL (all its sessions) / whole machine, over the phase's wall seconds"
     )
     for r in results:
         split = r.cpu_split
