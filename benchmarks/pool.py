@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -57,12 +59,30 @@ from benchmarks.common import (  # noqa: E402
     DEFAULT_POSTGRES,
     Percentiles,
     burn_iterations,
+    cpu_seconds,
     say,
 )
-from benchmarks.compare import BenchError, Processes, flush, system_env, wait_quiet  # noqa: E402
+from benchmarks.compare import (  # noqa: E402
+    BenchError,
+    Processes,
+    descendants,
+    flush,
+    system_env,
+    wait_quiet,
+)
 
 SYSTEMS = ("chronoq-process", "chronoq-async", "celery-prefork")
 DB = {"celery": 13, "stamps": 14}
+CPU_SPLIT = (
+    "worker",
+    "worker_waited",
+    "children",
+    "children_waited",
+    "others",
+    "client",
+    "postgres",
+    "machine",
+)
 
 
 @dataclass
@@ -73,6 +93,9 @@ class Result:
     noop_per_second: float | None = None
     latency: Percentiles = field(default_factory=Percentiles)
     peak_rss_mib: float | None = None
+    #: CPU seconds used during the CPU-bound phase: worker processes (parents), their
+    #: children, the other spawned processes (scheduler), the whole machine; and the wall
+    cpu_split: dict[str, float] = field(default_factory=dict)
     processes: int = 0
     load_average: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -230,12 +253,15 @@ def make(name: str, args: argparse.Namespace, log_dir: Path) -> System:
 
 
 async def wait_done(system: System, target: int, timeout: float, what: str) -> None:
+    """Poll the count of finished tasks every ``--poll`` seconds: the rate comes from the
+    recorded finish times, so polling more often only costs CPU the systems need (chronoq's
+    count is a PostgreSQL query, on the cores the process pool wants)."""
     deadline = time.monotonic() + timeout
     while (done := await system.done()) < target:
         system.procs.check_alive()
         if time.monotonic() > deadline:
             raise BenchError(f"{what}: {done}/{target} done after {timeout:.0f}s")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(system.args.poll)
 
 
 async def rate(system: System, what: str, count: int, **payload: Any) -> float:
@@ -245,6 +271,52 @@ async def rate(system: System, what: str, count: int, **payload: Any) -> float:
     await system.enqueue(what, count, **payload)
     await wait_done(system, base + count, system.args.timeout, what)
     return count / (await system.last_finish() - first)
+
+
+def cpu_split(procs: Processes) -> dict[str, float]:
+    """CPU seconds so far of the worker parents, their children (live and reaped), the
+    other spawned processes, and the machine (``/proc/stat``: PostgreSQL, Redis, this
+    client and whatever else runs)."""
+    parents = children = others = 0.0
+    for _, proc, _, worker in procs.procs:
+        if not worker:
+            others += cpu_seconds(proc.pid)
+            continue
+        parents += cpu_seconds(proc.pid, reaped=False)
+        children += cpu_seconds(proc.pid) - cpu_seconds(proc.pid, reaped=False)
+        children += sum(cpu_seconds(c) for c in descendants(proc.pid))
+    with open("/proc/stat") as stat:
+        ticks = [int(x) for x in stat.readline().split()[1:]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "worker": parents,
+        "children": children,
+        "others": others,
+        "client": own.ru_utime + own.ru_stime,
+        "postgres": sum(cpu_seconds(pid) for pid in _postgres_pids()),
+        "machine": busy / os.sysconf("SC_CLK_TCK"),
+    }
+
+
+def run_queue(pid: int) -> float:
+    """Seconds the threads of ``pid`` spent runnable but not running (``schedstat``)."""
+    total = 0
+    for thread in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int((thread / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+def _postgres_pids() -> list[int]:
+    """Every PostgreSQL server process (its sessions of other clients too)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().startswith("postgres"):
+                    pids.append(int(entry.name))
+    return pids
 
 
 async def latency(system: System, stamps: Any) -> Percentiles:
@@ -284,8 +356,19 @@ async def run_system(name: str, args: argparse.Namespace, stamps: Any, iteration
         say(f"[{name}] {result.layout}; warming up")
         await rate(system, "whoami", 20 * args.processes)
         result.processes = system.procs.count()
+        before, wall = cpu_split(system.procs), time.monotonic()
+        parents = [p.pid for p in system.procs.workers]
+        children = [c for p in parents for c in descendants(p)]
+        queued = {pid: run_queue(pid) for pid in parents + children}
         result.cpu_per_second = await rate(system, "cpu", args.cpu_tasks, n=iterations)
-        say(f"  CPU-bound: {result.cpu_per_second:,.1f} tasks/s")
+        after = cpu_split(system.procs)
+        result.cpu_split = {k: round(after[k] - before[k], 2) for k in after}
+        result.cpu_split["wall"] = round(time.monotonic() - wall, 2)
+        for key, pids in (("worker_waited", parents), ("children_waited", children)):
+            # how long their threads were ready to run but had no core
+            waited = sum(run_queue(pid) - queued[pid] for pid in pids)
+            result.cpu_split[key] = round(waited, 2)
+        say(f"  CPU-bound: {result.cpu_per_second:,.1f} tasks/s; CPU s {result.cpu_split}")
         await asyncio.sleep(0.5)
         result.noop_per_second = await rate(system, "noop", args.tasks)
         say(f"  no-op end to end: {result.noop_per_second:,.0f} tasks/s")
@@ -340,6 +423,9 @@ def median(runs: list[Result]) -> Result:
     for name in ("p50_ms", "p99_ms"):
         known = [v for r in runs if (v := getattr(r.latency, name)) is not None]
         setattr(merged.latency, name, statistics.median(known) if known else None)
+    for key in {k for r in runs for k in r.cpu_split}:
+        known = [r.cpu_split[key] for r in runs if key in r.cpu_split]
+        merged.cpu_split[key] = round(statistics.median(known), 2)
     return merged
 
 
@@ -380,6 +466,19 @@ def table(results: list[Result], runs: list[list[Result]], args: argparse.Namesp
                     for rs in runs
                 )
             )
+    lines.append(
+        "CPU seconds during the CPU-bound phase (medians): worker / its threads waiting "
+        "for a core / children / children waiting for a core / scheduler / this client / "
+        "PostgreSQL (all its sessions) / whole machine, over the phase's wall seconds"
+    )
+    for r in results:
+        split = r.cpu_split
+        if split:
+            lines.append(
+                f"  {r.system}: "
+                + " / ".join(_num(split.get(k), 2) for k in CPU_SPLIT)
+                + f" over {_num(split.get('wall'), 2)} s"
+            )
     for r in results:
         lines.append(f"{r.system}: {r.layout}")
         lines += [f"{r.system}: {e}" for e in r.errors]
@@ -402,6 +501,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-rate", type=float, default=20.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--poll", type=float, default=0.2, help="seconds between two counts of finished tasks"
+    )
     parser.add_argument("--database-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     parser.add_argument(

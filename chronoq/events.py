@@ -5,6 +5,12 @@ process read them from a bounded queue; with a Redis URL the bus also forwards e
 Redis pub/sub and receives those of other processes (API, scheduler and workers run apart
 in distributed mode). Publishing never blocks the hot path: events are built only when
 someone listens, and sent to Redis in batches by a background task.
+
+Workers also report what happens to them rather than to a task (a process-pool child
+replaced, with its crash-loop backoff) as a :class:`WorkerEvent`. Those go to their own
+subscribers (:meth:`EventBus.subscribe_workers`), so the many consumers of task events
+never see a shape they do not expect, and travel in the same Redis messages under their
+own key (``"workers"``), which receivers that predate them ignore.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -48,45 +54,97 @@ class TaskEvent:
 
     def to_wire(self) -> dict[str, Any]:
         """JSON-ready form: ``at`` as an ISO 8601 UTC string, like the REST API."""
-        wire = asdict(self)
-        wire["at"] = datetime.fromtimestamp(self.at, UTC).isoformat().replace("+00:00", "Z")
-        return wire
+        return _to_wire(self)
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> TaskEvent:
-        at = datetime.fromisoformat(wire["at"].replace("Z", "+00:00")).timestamp()
-        return cls(**{**wire, "at": at})
+        return cls(**_from_wire(wire))
 
 
-class Subscription:
+@dataclass(slots=True)
+class WorkerEvent:
+    """Something happened to worker ``worker_id`` itself; ``status`` says what.
+
+    ``child_restarted``: the process-pool child in ``slot`` (pid ``pid``) died or was
+    killed (``exit_code``, or the name of the ``signal``; ``error`` says it in words) while
+    running ``task_id`` (None when idle) and a new child replaces it after ``backoff``
+    seconds (0 unless children keep crashing: ``crashes_in_a_row``). ``crash`` is false
+    when the worker killed it for a timeout or a cancellation. ``restarts`` counts the
+    worker's replaced children so far, as ``/v1/workers`` shows.
+    """
+
+    worker_id: str
+    status: str
+    at: float
+    slot: int | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    crash: bool = True
+    task_id: str | None = None
+    error: str | None = None
+    restarts: int = 0
+    backoff: float = 0.0
+    crashes_in_a_row: int = 0
+    type: str = "worker"
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-ready form: ``at`` as an ISO 8601 UTC string, like task events."""
+        return _to_wire(self)
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> WorkerEvent:
+        return cls(**_from_wire(wire))
+
+
+def _to_wire(event: TaskEvent | WorkerEvent) -> dict[str, Any]:
+    wire = asdict(event)
+    wire["at"] = datetime.fromtimestamp(event.at, UTC).isoformat().replace("+00:00", "Z")
+    return wire
+
+
+def _from_wire(wire: dict[str, Any]) -> dict[str, Any]:
+    return {**wire, "at": datetime.fromisoformat(wire["at"].replace("Z", "+00:00")).timestamp()}
+
+
+E = TypeVar("E", TaskEvent, WorkerEvent)
+
+
+class Feed(Generic[E]):
     """An async iterator over batches of events; close it (or use ``async with``)."""
 
-    def __init__(self, bus: EventBus, maxsize: int, local_only: bool = False) -> None:
-        self.bus = bus
+    def __init__(self, home: set[Feed[E]], maxsize: int, local_only: bool = False) -> None:
+        self.home: set[Feed[E]] = home
         self.local_only = local_only
-        self.queue: asyncio.Queue[list[TaskEvent]] = asyncio.Queue(maxsize)
+        self.queue: asyncio.Queue[list[E]] = asyncio.Queue(maxsize)
         self.dropped = 0
 
-    def offer(self, batch: list[TaskEvent]) -> None:
+    def offer(self, batch: list[E]) -> None:
         try:
             self.queue.put_nowait(batch)
         except asyncio.QueueFull:
             self.dropped += len(batch)
 
-    def __aiter__(self) -> AsyncIterator[list[TaskEvent]]:
+    def __aiter__(self) -> AsyncIterator[list[E]]:
         return self
 
-    async def __anext__(self) -> list[TaskEvent]:
+    async def __anext__(self) -> list[E]:
         return await self.queue.get()
 
     def close(self) -> None:
-        self.bus._subscribers.discard(self)
+        self.home.discard(self)
 
-    def __enter__(self) -> Subscription:
+    def __enter__(self) -> Feed[E]:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: a subscription to task events (the bus's main use)
+Subscription = Feed[TaskEvent]
+#: a subscription to worker events
+WorkerSubscription = Feed[WorkerEvent]
 
 
 class EventBus:
@@ -96,7 +154,9 @@ class EventBus:
         self.redis_url = redis_url
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._subscribers: set[Subscription] = set()
+        self._worker_subscribers: set[WorkerSubscription] = set()
         self._outbox: list[TaskEvent] = []
+        self._worker_outbox: list[WorkerEvent] = []
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Any = None
@@ -116,8 +176,14 @@ class EventBus:
     def subscribe(self, maxsize: int = 1000, local_only: bool = False) -> Subscription:
         """Events as they happen; ``local_only`` skips those received from other processes
         (for consumers that act on their own process's changes: metrics, the broker)."""
-        subscription = Subscription(self, maxsize, local_only)
+        subscription = Subscription(self._subscribers, maxsize, local_only)
         self._subscribers.add(subscription)
+        return subscription
+
+    def subscribe_workers(self, maxsize: int = 1000) -> WorkerSubscription:
+        """Worker events (of this process and, through Redis, of the others) as they happen."""
+        subscription = WorkerSubscription(self._worker_subscribers, maxsize)
+        self._worker_subscribers.add(subscription)
         return subscription
 
     def publish(self, events: Iterable[TaskEvent]) -> None:
@@ -129,10 +195,18 @@ class EventBus:
             self._outbox.extend(batch)
             self._outbox_ready.set()
 
+    def publish_workers(self, events: Iterable[WorkerEvent]) -> None:
+        """Worker events (rare: built whether or not anyone listens)."""
+        batch = list(events)
+        if not batch:
+            return
+        _deliver(self._worker_subscribers, batch)
+        if self._redis is not None:
+            self._worker_outbox.extend(batch)
+            self._outbox_ready.set()
+
     def _deliver(self, batch: list[TaskEvent], remote: bool = False) -> None:
-        for subscription in list(self._subscribers):
-            if not (remote and subscription.local_only):
-                subscription.offer(batch)
+        _deliver(self._subscribers, batch, remote)
 
     # -- Redis bridge ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -160,8 +234,14 @@ class EventBus:
 
     async def _flush(self) -> None:
         batch, self._outbox = self._outbox, []
-        if batch:
-            message = {"origin": self.origin, "events": [e.to_wire() for e in batch]}
+        workers, self._worker_outbox = self._worker_outbox, []
+        if batch or workers:
+            message: dict[str, Any] = {
+                "origin": self.origin,
+                "events": [e.to_wire() for e in batch],
+            }
+            if workers:
+                message["workers"] = [e.to_wire() for e in workers]
             await self._redis.publish(CHANNEL, orjson.dumps(message))
 
     async def _send_loop(self) -> None:
@@ -193,8 +273,19 @@ class EventBus:
                     body = orjson.loads(message["data"])
                     if body.get("origin") == self.origin:
                         continue
-                    self._deliver([TaskEvent.from_wire(e) for e in body["events"]], remote=True)
+                    if body["events"]:
+                        tasks = [TaskEvent.from_wire(e) for e in body["events"]]
+                        self._deliver(tasks, remote=True)
+                    if body.get("workers"):
+                        workers = [WorkerEvent.from_wire(e) for e in body["workers"]]
+                        _deliver(self._worker_subscribers, workers, remote=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 await asyncio.sleep(self._receive_outage.failed(exc))
+
+
+def _deliver(subscribers: set[Feed[E]], batch: list[E], remote: bool = False) -> None:
+    for subscription in list(subscribers):
+        if not (remote and subscription.local_only):
+            subscription.offer(batch)

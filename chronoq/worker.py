@@ -25,7 +25,7 @@ from chronoq.executors import Executor, HttpExecutor, ShellExecutor, TaskContext
 from chronoq.executors import http as http_executor
 from chronoq.executors import shell as shell_executor
 from chronoq.executors.base import TaskFailed
-from chronoq.pool import PoolFailure, ProcessPool
+from chronoq.pool import ChildRestart, PoolFailure, ProcessPool
 from chronoq.store import Completion, Store, TaskRecord
 from chronoq.store.base import dumps
 from chronoq.store.records import storable
@@ -407,7 +407,12 @@ class Worker:
             return
         await pool.start()
         dirty = asyncio.Event()
-        pool.on_restart = lambda _why: dirty.set()
+
+        def restarted(restart: ChildRestart) -> None:
+            dirty.set()
+            self.store.events.publish_workers([restart.event(self.id, time.time())])
+
+        pool.on_restart = restarted
         self._pool_reporter = asyncio.create_task(
             self._report_restarts(pool, dirty), name="chronoq-pool-report"
         )

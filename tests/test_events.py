@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from chronoq.api.replay import BadCursor, EventLog, Position
-from chronoq.events import EventBus, TaskEvent
+from chronoq.events import EventBus, TaskEvent, WorkerEvent
 from tests.processes import Proc, cli, free_port, wait_ready, wait_status
 from tests.test_auth import bearer_protocol
 
@@ -72,25 +72,46 @@ def test_websocket_streams_task_lifecycle(tmp_path: Path) -> None:
         assert all(e["name"] == "demo.flaky" for e in events)
 
 
-async def test_redis_bridge_delivers_between_buses() -> None:
+@pytest.fixture
+async def buses() -> AsyncIterator[tuple[EventBus, EventBus]]:
+    """Two buses (as in two processes) bridged through Redis."""
     sender, receiver = EventBus(REDIS_URL), EventBus(REDIS_URL)
     await sender.start()
     await receiver.start()
-    try:
-        with receiver.subscribe() as subscription, sender.subscribe() as own:
-            await asyncio.sleep(0.3)  # let the pub/sub subscription settle
-            event = TaskEvent("t1", "job", "default", "running", 1, time.time(), wait=0.01)
-            sender.publish([event])
-            [got] = await asyncio.wait_for(anext(subscription), 5)
-            assert abs(got.at - event.at) < 1e-5  # ISO 8601 on the wire: microseconds
-            got.at = event.at
-            assert got == event
-            assert (await asyncio.wait_for(anext(own), 1)) == [event]  # local delivery too
-            await asyncio.sleep(0.3)
-            assert own.queue.empty(), "a bus must not receive its own events back from Redis"
-    finally:
-        await sender.close()
-        await receiver.close()
+    yield sender, receiver
+    await sender.close()
+    await receiver.close()
+
+
+async def test_redis_bridge_delivers_between_buses(buses: tuple[EventBus, EventBus]) -> None:
+    sender, receiver = buses
+    with receiver.subscribe() as subscription, sender.subscribe() as own:
+        await asyncio.sleep(0.3)  # let the pub/sub subscription settle
+        event = TaskEvent("t1", "job", "default", "running", 1, time.time(), wait=0.01)
+        sender.publish([event])
+        [got] = await asyncio.wait_for(anext(subscription), 5)
+        assert abs(got.at - event.at) < 1e-5  # ISO 8601 on the wire: microseconds
+        got.at = event.at
+        assert got == event
+        assert (await asyncio.wait_for(anext(own), 1)) == [event]  # local delivery too
+        await asyncio.sleep(0.3)
+        assert own.queue.empty(), "a bus must not receive its own events back from Redis"
+
+
+async def test_worker_events_cross_the_redis_bridge_on_their_own_feed(
+    buses: tuple[EventBus, EventBus],
+) -> None:
+    sender, receiver = buses
+    with receiver.subscribe_workers() as workers, receiver.subscribe() as tasks:
+        await asyncio.sleep(0.3)  # let the pub/sub subscription settle
+        event = WorkerEvent("w1", "child_restarted", time.time(), slot=1, pid=42, signal="SIGSEGV")
+        sender.publish_workers([event])
+        [got] = await asyncio.wait_for(anext(workers), 5)
+        assert abs(got.at - event.at) < 1e-5
+        got.at = event.at
+        assert got == event and got.to_wire()["type"] == "worker"
+        await asyncio.sleep(0.3)
+        assert tasks.queue.empty(), "task subscribers must not get worker events"
 
 
 async def test_close_returns_while_an_event_is_being_sent() -> None:

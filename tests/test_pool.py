@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from chronoq.pool import protocol
 from chronoq.pool.process import describe_exit, rss_mib
@@ -209,6 +211,64 @@ def test_poison_with_the_redis_broker(sqlite_url: str, tmp_path: Path, pools: li
     ordinary += [pool.submit("ok_async", {"n": i}, queue=queue) for i in range(10)]
     assert_poison_contained(pool, ordinary, poison)
     assert pool.close() == 0
+
+
+def worker_events(ws: Any, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+    """The next ``count`` worker events from a ``/v1/events?types=worker`` socket."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        left = deadline - time.monotonic()
+        assert left > 0, f"only {len(seen)} of {count} worker events: {seen}"
+        seen += [e for e in orjson.loads(ws.recv(timeout=left)) if e["type"] == "worker"]
+    return seen
+
+
+def test_a_replaced_child_is_an_event_with_its_exit_and_backoff(
+    db_url: str, tmp_path: Path, pools: list[Pool]
+) -> None:
+    pool = start(pools, tmp_path, db_url, "--processes", "2")
+    with connect(f"ws://127.0.0.1:{pool.port}/v1/events?types=worker") as ws:
+        poison = pool.submit("exit", {"code": 3}, max_attempts=2, backoff=QUICK_RETRY)
+        first, second = worker_events(ws, 2)
+        victim = pool.submit("ok", {"sleep": 30})
+        pid = pool.started(victim)
+        os.kill(pid, signal.SIGKILL)
+        (third,) = worker_events(ws, 1)
+    assert pool.wait(poison, "dead")["attempts"] == 2
+    (worker,) = pool.workers()
+    pids = [p for t, _, p, _ in pool.records() if t == poison]
+    for event, child in zip((first, second), pids, strict=True):
+        assert event["status"] == "child_restarted"
+        assert event["worker_id"] == worker["id"]
+        assert event["pid"] == child and event["slot"] in (0, 1)
+        assert event["exit_code"] == 3 and event["signal"] is None and event["crash"]
+        assert event["task_id"] == poison
+        assert event["error"] == f"child process exited with code 3 (pid {child})"
+    assert [first["restarts"], second["restarts"]] == [1, 2]
+    # the second crash 0.2 s after the first: crash-loop backoff before its replacement
+    assert (first["crashes_in_a_row"], first["backoff"]) == (1, 0)
+    assert second["crashes_in_a_row"] == 2 and 0 < second["backoff"] <= 0.2
+    assert third["signal"] == "SIGKILL" and third["exit_code"] is None
+    assert third["pid"] == pid and third["task_id"] == victim and third["restarts"] == 3
+    assert pool.wait(victim, "running", "succeeded")["attempts"] >= 1
+    deadline = time.monotonic() + 5  # the registry hears of restarts at most once a second
+    while pool.workers()[0]["child_restarts"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pool.workers()[0]["child_restarts"] == 3
+    # task events stay the default: a plain subscriber never sees worker events
+    with connect(f"ws://127.0.0.1:{pool.port}/v1/events") as ws:
+        pool.submit("exit", {"code": 4}, max_attempts=1)
+        deadline = time.monotonic() + 5
+        statuses = []
+        while "dead" not in statuses and time.monotonic() < deadline:
+            events = orjson.loads(ws.recv(timeout=5))
+            assert all(e["type"] == "task" for e in events), events
+            statuses += [e["status"] for e in events]
+    with connect(f"ws://127.0.0.1:{pool.port}/v1/events?types=task,nope") as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
 
 
 def test_kill_9_of_a_child_mid_task_is_a_crashed_attempt_then_a_retry(

@@ -3,7 +3,11 @@
 Each message is a JSON list of events ``{"type": "task", "task_id", "name", "queue",
 "status", "attempt", "at", "schedule_id", "error", "duration", "wait", "priority",
 "namespace"}``. Query parameters ``task_id``, ``queue``, ``name`` and ``schedule_id`` keep
-only matching events. Every event carries a ``cursor``.
+only matching events. Every task event carries a ``cursor``. ``?types=worker`` (or
+``types=task,worker``) asks for worker events too, ``{"type": "worker", "worker_id",
+"status", ...}`` (a process-pool child replaced; :class:`chronoq.events.WorkerEvent`),
+``worker_id`` keeping one worker's; the task filters and cursors do not apply to them (they
+are live only). Unknown types close the socket with 4400.
 
 Resume: ``?since=<cursor>`` (the last event's) replays, in order and once each, the
 events the client missed that the API process still holds (:mod:`chronoq.api.replay`:
@@ -26,8 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -36,9 +39,11 @@ from chronoq.api.auth import key_cache, until_revoked, websocket_caller
 from chronoq.api.replay import BadCursor, EventLog, Position, event_log
 from chronoq.api.service import event_filter
 from chronoq.app import App
-from chronoq.events import TaskEvent
+from chronoq.events import EventBus, TaskEvent
 
 router = APIRouter(tags=["events"])
+
+TYPES = ("task", "worker")
 
 
 @router.websocket("/v1/events")
@@ -51,6 +56,12 @@ async def events(websocket: WebSocket) -> None:
     if who is None:  # accepted, then closed with 4401 (mirrors HTTP 401) so clients see why
         await websocket.close(code=caller.code, reason=caller.refusal[:120])
         return
+    types = set(websocket.query_params.get("types", "task").split(","))
+    if not types <= set(TYPES):
+        unknown = ", ".join(sorted(types - set(TYPES)))
+        await websocket.close(code=4400, reason=f"unknown event types: {unknown}"[:120])
+        return
+    worker_id = websocket.query_params.get("worker_id")
     matches = event_filter(websocket.query_params, who)
     log = event_log(websocket.app.state, app.store.events)
     try:
@@ -71,17 +82,43 @@ async def events(websocket: WebSocket) -> None:
         if caller.secret and who.key_id
         else never.wait()
     )
-    log.attach()
+    sending = asyncio.Lock()  # the task and worker loops share the socket
+
+    async def send(items: list[dict[str, object]]) -> None:
+        async with sending:
+            await websocket.send_text(orjson.dumps(items).decode())
+
+    running: list[asyncio.Future[None]] = []
+    tasks = "task" in types
+    if tasks:
+        log.attach()
     try:
-        if since is not None:
-            await _send(websocket, [_hello(log, start)])
-        await _tail(websocket, log, start.after, matches, since is not None, closed, revoked)
+        if tasks:
+            if since is not None:
+                await send([_hello(log, start)])
+            running.append(
+                asyncio.ensure_future(_tail(send, log, start.after, matches, since is not None))
+            )
+        if "worker" in types:
+            running.append(asyncio.ensure_future(_workers(send, app.store.events, worker_id)))
+        await asyncio.wait([*running, closed, revoked], return_when=asyncio.FIRST_COMPLETED)
+        for job in running:
+            if job.done():
+                job.result()  # a send that failed: the client is gone
+        if revoked.done() and not closed.done():
+            await websocket.close(code=4401, reason="API key revoked")
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
-        log.detach()
+        for job in running:
+            job.cancel()
+        if tasks:
+            log.detach()
         closed.cancel()
         revoked.cancel()
+
+
+Send = Callable[[list[dict[str, object]]], Awaitable[None]]
 
 
 def _hello(log: EventLog, start: Position) -> dict[str, object]:
@@ -94,48 +131,47 @@ def _hello(log: EventLog, start: Position) -> dict[str, object]:
     return hello
 
 
-async def _send(websocket: WebSocket, items: list[dict[str, object]]) -> None:
-    await websocket.send_text(orjson.dumps(items).decode())
-
-
 async def _tail(
-    websocket: WebSocket,
+    send: Send,
     log: EventLog,
     seq: int,
     matches: Callable[[TaskEvent], bool],
     resumable: bool,
-    closed: asyncio.Task[Any],
-    revoked: asyncio.Task[Any],
 ) -> None:
-    """Send the log's events after ``seq`` that ``matches`` keeps, each with its cursor,
-    until the client leaves or its key is revoked."""
+    """Send the log's task events after ``seq`` that ``matches`` keeps, each with its
+    cursor, until cancelled (the client left or its key was revoked)."""
     log_id = log.id
-    while not closed.done():
+    while True:
         if log.id != log_id:  # the log restarted under us: what it held is gone
             log_id, seq = log.id, log.last
             if resumable:
-                await _send(websocket, [_hello(log, Position(seq, True, "the stream restarted"))])
+                await send([_hello(log, Position(seq, True, "the stream restarted"))])
         found = log.after(seq)
         if found is None:  # fell behind the ring while sending: say so, go on from now
             seq = log.last
             if resumable:
-                await _send(websocket, [_hello(log, Position(seq, True, "fell behind"))])
+                await send([_hello(log, Position(seq, True, "fell behind"))])
             continue
         batch, last = found
         if batch:
-            items = [
+            items: list[dict[str, object]] = [
                 {**e.to_wire(), "cursor": log.cursor(seq + 1 + i)}
                 for i, e in enumerate(batch)
                 if matches(e)
             ]
             seq = last
             if items:
-                await _send(websocket, items)
+                await send(items)
             continue
-        waiting = asyncio.ensure_future(log.wait(seq, log_id))
-        await asyncio.wait([waiting, closed, revoked], return_when=asyncio.FIRST_COMPLETED)
-        if not waiting.done():
-            waiting.cancel()
-            if revoked.done() and not closed.done():
-                await websocket.close(code=4401, reason="API key revoked")
-            return
+        await log.wait(seq, log_id)
+
+
+async def _workers(send: Send, bus: EventBus, worker_id: str | None) -> None:
+    """Send worker events (live only: they are rare and not kept for replay)."""
+    with bus.subscribe_workers() as feed:
+        async for batch in feed:
+            items: list[dict[str, object]] = [
+                e.to_wire() for e in batch if worker_id is None or e.worker_id == worker_id
+            ]
+            if items:
+                await send(items)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from chronoq.pool.process import (
     ChildCrashed,
     ChildError,
+    ChildRestart,
     PoolError,
     PoolExecutor,
     PoolFailure,
@@ -15,6 +16,7 @@ from chronoq.pool.process import (
 __all__ = [
     "ChildCrashed",
     "ChildError",
+    "ChildRestart",
     "PoolError",
     "PoolExecutor",
     "PoolFailure",

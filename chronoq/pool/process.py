@@ -27,10 +27,12 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from chronoq.events import WorkerEvent
 from chronoq.executors.base import Executor, TaskContext, TaskFailed, current_task
 from chronoq.models import Outcome
 from chronoq.pool import protocol
@@ -109,6 +111,50 @@ def rss_mib(pid: int) -> float | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class ChildRestart:
+    """A child that died or was killed and is being replaced (not one recycled or scaled
+    away): what the worker reports on its event bus."""
+
+    slot: int
+    pid: int
+    #: the child's return code: negative for the signal that ended it
+    returncode: int
+    #: the error of the attempt it was running, e.g. ``child process killed by SIGSEGV``
+    reason: str
+    #: false when the pool killed it for a timeout or a cancellation
+    crash: bool
+    task_id: str | None
+    #: children of this pool replaced so far, this one included
+    restarts: int
+    #: seconds before the replacement starts (crash-loop backoff), and the crashes behind it
+    backoff: float
+    crashes_in_a_row: int
+
+    def event(self, worker_id: str, at: float) -> WorkerEvent:
+        signal_name = None
+        if self.returncode < 0:
+            try:
+                signal_name = signal.Signals(-self.returncode).name
+            except ValueError:
+                signal_name = f"signal {-self.returncode}"
+        return WorkerEvent(
+            worker_id,
+            "child_restarted",
+            at,
+            slot=self.slot,
+            pid=self.pid,
+            exit_code=self.returncode if self.returncode >= 0 else None,
+            signal=signal_name,
+            crash=self.crash,
+            task_id=self.task_id,
+            error=self.reason,
+            restarts=self.restarts,
+            backoff=round(self.backoff, 3),
+            crashes_in_a_row=self.crashes_in_a_row,
+        )
+
+
 class _Child:
     """One child process and what it is doing."""
 
@@ -120,14 +166,17 @@ class _Child:
         "reader",
         "ready",
         "reply",
+        "slot",
         "state",
         "task_id",
         "tasks",
     )
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, slot: int) -> None:
         self.proc = proc
         self.pid = proc.pid
+        #: its place in the pool, 0 to processes - 1; a replacement takes the freed one
+        self.slot = slot
         #: starting -> idle <-> busy -> retiring | killing -> dead
         self.state = "starting"
         self.tasks = 0
@@ -175,8 +224,8 @@ class ProcessPool:
         self.result_limit = result_limit
         #: children replaced after dying or being killed (not recycled or scaled away)
         self.restarts = 0
-        #: called with the exit description each time a child has to be replaced
-        self.on_restart: Callable[[str], None] | None = None
+        #: called each time a child has to be replaced
+        self.on_restart: Callable[[ChildRestart], None] | None = None
         self.children: set[_Child] = set()
         self._idle: deque[_Child] = deque()
         self._waiters: deque[asyncio.Future[_Child]] = deque()
@@ -315,6 +364,8 @@ class ProcessPool:
 
     # -- children ----------------------------------------------------------------------------
     async def _spawn(self) -> _Child:
+        taken = {c.slot for c in self.children}
+        slot = next(i for i in range(len(taken) + 1) if i not in taken)
         proc = await asyncio.create_subprocess_exec(
             *self.command,
             stdin=asyncio.subprocess.PIPE,
@@ -322,7 +373,7 @@ class ProcessPool:
             start_new_session=True,
             limit=self.result_limit + 64 * 1024,
         )
-        child = _Child(proc)
+        child = _Child(proc, slot)
         self.children.add(child)
         child.reader = asyncio.create_task(self._read(child), name=f"chronoq-child-{proc.pid}")
         return child
@@ -369,8 +420,8 @@ class ProcessPool:
         if planned or self._closing:
             return
         self.restarts += 1
+        now = time.monotonic()
         if child.crash:
-            now = time.monotonic()
             self._streak = self._streak + 1 if now - self._last_crash < self.crash_window else 1
             self._last_crash = now
             delay = min(0.1 * 2 ** (self._streak - 1), 10.0) if self._streak > 1 else 0.0
@@ -383,7 +434,19 @@ class ProcessPool:
                 f" in {delay:.1f}s ({self._streak} crashes in a row)" if delay else "",
             )
         if self.on_restart is not None:
-            self.on_restart(reason)
+            self.on_restart(
+                ChildRestart(
+                    child.slot,
+                    child.pid,
+                    code,
+                    reason,
+                    child.crash,
+                    child.task_id if was_busy else None,
+                    self.restarts,
+                    max(self._spawn_after - now, 0.0),
+                    self._streak if child.crash else 0,
+                )
+            )
 
     def _retire(self, child: _Child) -> None:
         """Let an idle child leave: its stdin closes, it exits; killed if it lingers."""
