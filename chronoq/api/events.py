@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -101,7 +102,8 @@ async def events(websocket: WebSocket) -> None:
             )
         if "worker" in types:
             running.append(asyncio.ensure_future(_workers(send, app.store.events, worker_id)))
-        await asyncio.wait([*running, closed, revoked], return_when=asyncio.FIRST_COMPLETED)
+        watched: list[asyncio.Future[Any]] = [*running, closed, revoked]
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         for job in running:
             if job.done():
                 job.result()  # a send that failed: the client is gone
