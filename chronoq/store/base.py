@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from chronoq import states
+from chronoq import lifecycle, states
 from chronoq.batching import GroupCommit
 from chronoq.events import EventBus, TaskEvent
 from chronoq.models import Attempt, QueueStats, TaskCreate, to_datetime
@@ -45,12 +45,12 @@ __all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dump
 INSERT_BATCH = 500
 
 #: what a user's cancel and retry set (``$2``: now), one task or a batch (store.bulk) alike
-CANCEL = "status = 'cancelled', updated_at = $2, lease_expires_at = NULL"
+CANCEL = f"{lifecycle.CANCEL.to()}, updated_at = $2, lease_expires_at = NULL"
 #: a cancelled running task's open attempt (``$2``: now)
 CANCEL_ATTEMPT = "finished_at = $2, outcome = 'cancelled', error = 'cancelled by request'"
 #: a retry grants at least one more attempt
 RETRY = (
-    "status = 'queued', run_at = $2, updated_at = $2, max_attempts = CASE WHEN "
+    f"{lifecycle.RETRY.to()}, run_at = $2, updated_at = $2, max_attempts = CASE WHEN "
     "max_attempts > attempts THEN max_attempts ELSE attempts + 1 END"
 )
 
@@ -342,7 +342,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         as ``cancelled`` at once and its worker is told to stop."""
         async with self.tx() as c:
             current = await self._current(c, task_id)
-            states.check(task_id, current.status, Status.CANCELLED)
+            lifecycle.CANCEL.check(task_id, current.status)
             rows = await c.fetch(
                 f"UPDATE tasks SET {CANCEL} WHERE id = $1 AND status = $3 RETURNING *",
                 task_id,
@@ -372,8 +372,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         """Send a failed or dead task back to its queue now, granting at least one attempt."""
         async with self.tx() as c:
             current = await self._current(c, task_id)
-            if current.status not in states.RETRYABLE:
-                raise states.InvalidTransition(task_id, current.status, Status.QUEUED)
+            lifecycle.RETRY.check(task_id, current.status)
             rows = await c.fetch(
                 f"UPDATE tasks SET {RETRY} WHERE id = $1 AND status = $3 RETURNING *",
                 task_id,
@@ -385,17 +384,18 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
 
     async def delete_task(self, task_id: str) -> None:
         """Discard a finished task (succeeded, dead or cancelled) and its attempts."""
-        finished = ", ".join(f"'{s.value}'" for s in states.TERMINAL)
         async with self.tx() as c:
             current = await self._current(c, task_id)
-            if current.status not in states.TERMINAL:
+            if current.status not in lifecycle.PURGE.sources:
                 raise states.InvalidTransition(
                     task_id,
                     current.status,
                     Status.CANCELLED,
                     "only finished tasks can be discarded",
                 )
-            await c.execute(f"DELETE FROM tasks WHERE id = $1 AND status IN ({finished})", task_id)
+            await c.execute(
+                f"DELETE FROM tasks WHERE id = $1 AND {lifecycle.PURGE.where()}", task_id
+            )
 
     async def _current(self, c: Conn, task_id: str) -> TaskRecord:
         rows = await c.fetch(f"SELECT * FROM tasks WHERE id = $1{self.lock_row}", task_id)
@@ -409,12 +409,12 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     ) -> list[str]:
         """Move due scheduled tasks and due retries to ``queued``; returns each moved task's
         queue (so ``len()`` is the number moved)."""
-        waiting = ", ".join(f"'{s.value}'" for s in states.WAITING)
+        promote = lifecycle.PROMOTE
         async with self.tx() as c:
             await self.check_fence(c, fence, now)
             rows = await c.fetch(
-                f"UPDATE tasks SET status = 'queued', updated_at = $1 WHERE id IN ("
-                f"SELECT id FROM tasks WHERE status IN ({waiting}) AND run_at <= $1 "
+                f"UPDATE tasks SET {promote.to()}, updated_at = $1 WHERE id IN ("
+                f"SELECT id FROM tasks WHERE {promote.where()} AND run_at <= $1 "
                 f"ORDER BY run_at LIMIT $2{self.skip_locked}) "
                 "RETURNING id, name, queue, attempts, schedule_id, priority, namespace",
                 now,
@@ -429,7 +429,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                         r["id"],
                         r["name"],
                         r["queue"],
-                        "queued",
+                        lifecycle.Status.QUEUED.value,
                         r["attempts"],
                         now,
                         r["schedule_id"],
@@ -442,11 +442,10 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
 
     async def next_due_at(self) -> float | None:
         """The earliest time something becomes due: a waiting task or a schedule's slot."""
-        waiting = ", ".join(f"'{s.value}'" for s in states.WAITING)
         async with self.conn() as c:
             rows = await c.fetch(
                 "SELECT MIN(t) AS t FROM ("
-                f"SELECT MIN(run_at) AS t FROM tasks WHERE status IN ({waiting}) UNION ALL "
+                f"SELECT MIN(run_at) AS t FROM tasks WHERE {lifecycle.PROMOTE.where()} UNION ALL "
                 "SELECT MIN(next_fire_at) AS t FROM schedules "
                 "WHERE paused = 0 AND next_fire_at IS NOT NULL) AS due"
             )
@@ -457,7 +456,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         """Running tasks whose worker stopped renewing the lease (it crashed or hung)."""
         async with self.conn() as c:
             rows = await c.fetch(
-                "SELECT * FROM tasks WHERE status = 'running' AND lease_expires_at < $1 "
+                f"SELECT * FROM tasks WHERE {lifecycle.REAP.where()} AND lease_expires_at < $1 "
                 "ORDER BY lease_expires_at LIMIT $2",
                 now,
                 limit,
@@ -496,7 +495,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         ``offer`` (the worker's queues): the slots left free may take hand-offs of new tasks
         of those queues (PostgreSQL)."""
         pick = (
-            "SELECT id FROM tasks WHERE status = 'queued' AND queue = $4 "
+            f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND queue = $4 "
             f"AND {not_paused('$4')} ORDER BY priority DESC, run_at, id "
             f"LIMIT $5{self.skip_locked}"
         )
@@ -508,7 +507,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         """Take these tasks if they are still queued (a broker delivered their ids); ids of
         tasks already taken, cancelled or gone, or of a paused queue, are skipped."""
         pick = (
-            f"SELECT id FROM tasks WHERE status = 'queued' AND id {self.in_list('$4')} "
+            f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND id {self.in_list('$4')} "
             f"AND {not_paused('tasks.queue')}"
         )
         return await self._claim(
@@ -528,8 +527,9 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         and open their attempts, in one transaction. (Hand-off offers are PostgreSQL's.)"""
         async with self.tx() as c:
             rows = await c.fetch(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1, worker_id = $1, "
-                f"lease_expires_at = $2, updated_at = $3 WHERE id IN ({pick}) RETURNING *",
+                f"UPDATE tasks SET {lifecycle.CLAIM.to()}, attempts = attempts + 1, "
+                "worker_id = $1, lease_expires_at = $2, updated_at = $3 "
+                f"WHERE id IN ({pick}) RETURNING *",
                 worker_id,
                 now + lease,
                 now,
@@ -546,12 +546,13 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     async def release(self, worker_id: str, tasks: Sequence[TaskRecord]) -> None:
         """Give back tasks handed to a worker that stops before starting them: queued
         again, the attempt they were handed with undone."""
+        release = lifecycle.RELEASE
         async with self.tx() as c:
             for task in tasks:
                 rows = await c.fetch(
-                    "UPDATE tasks SET status = 'queued', attempts = attempts - 1, "
+                    f"UPDATE tasks SET {release.to()}, attempts = attempts - 1, "
                     "worker_id = NULL, lease_expires_at = NULL WHERE id = $1 AND attempts = $2 "
-                    "AND status = 'running' AND worker_id = $3 RETURNING id",
+                    f"AND {release.where()} AND worker_id = $3 RETURNING id",
                     task.id,
                     task.attempts,
                     worker_id,
@@ -579,7 +580,8 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         async with self.tx() as c:
             rows = await c.fetch(
                 "UPDATE tasks SET updated_at = $2 WHERE id IN (SELECT id FROM tasks "
-                f"WHERE status = 'queued' AND updated_at < $1 AND {not_paused('tasks.queue')} "
+                f"WHERE {lifecycle.is_(Status.QUEUED)} AND updated_at < $1 "
+                f"AND {not_paused('tasks.queue')} "
                 f"{only}ORDER BY updated_at LIMIT $3{self.skip_locked}) "
                 "RETURNING id, queue, priority",
                 before,
@@ -625,6 +627,8 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     ) -> set[tuple[str, int]]:
         """Write completions in one transaction; returns the (task, attempt) pairs that were
         still running, i.e. whose task row changed."""
+        transition = lifecycle.FINISH if lapsed is None else lifecycle.REAP
+        ending(transition, completions)
         async with self.tx() as c:
             await self.check_fence(c, fence, completions[0].finished_at)
             expired, more = (
@@ -632,7 +636,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             )
             current = await c.fetch(
                 f"SELECT id, attempts FROM tasks WHERE id {self.in_list('$1')} "
-                f"AND status = 'running'{expired}{self.lock_row}",
+                f"AND {transition.where()}{expired}{self.lock_row}",
                 self.list_param([x.task_id for x in completions]),
                 *more,
             )
@@ -640,9 +644,9 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             if lapsed is not None:  # a renewed lease: its attempt runs on, left open
                 completions = [x for x in completions if (x.task_id, x.attempt) in live]
             await c.executemany(
-                "UPDATE tasks SET status = $3, run_at = COALESCE($4, run_at), result = $5, "
-                "error = $6, updated_at = $7, lease_expires_at = NULL "
-                "WHERE id = $1 AND attempts = $2 AND status = 'running'",
+                f"UPDATE tasks SET {transition.to_each('$3')}, run_at = COALESCE($4, run_at), "
+                "result = $5, error = $6, updated_at = $7, lease_expires_at = NULL "
+                f"WHERE id = $1 AND attempts = $2 AND {transition.where()}",
                 [
                     (
                         x.task_id,
@@ -685,7 +689,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         async with self.conn() as c:
             rows = await c.fetch(
                 "UPDATE tasks SET lease_expires_at = $1 WHERE worker_id = $2 "
-                f"AND status = 'running' AND id {self.in_list('$3')} RETURNING id",
+                f"AND {lifecycle.is_(Status.RUNNING)} AND id {self.in_list('$3')} RETURNING id",
                 lease_until,
                 worker_id,
                 self.list_param(task_ids),
@@ -700,13 +704,20 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         that never reached it."""
         async with self.conn() as c:
             rows = await c.fetch(
-                "SELECT * FROM tasks WHERE status = 'running' AND lease_expires_at < $1 "
-                f"AND worker_id = $2 AND NOT (id {self.in_list('$3')})",
+                f"SELECT * FROM tasks WHERE {lifecycle.is_(Status.RUNNING)} "
+                f"AND lease_expires_at < $1 AND worker_id = $2 AND NOT (id {self.in_list('$3')})",
                 lease_before,
                 worker_id,
                 self.list_param(known),
             )
         return [TaskRecord.from_row(r) for r in rows]
+
+
+def ending(transition: lifecycle.Transition, completions: Sequence[Completion]) -> None:
+    """``ValueError`` unless every completion ends in a status ``transition`` reaches."""
+    for x in completions:
+        if not transition.ends_in(x.status):
+            raise ValueError(f"{transition.name} cannot end task {x.task_id} in {x.status}")
 
 
 def _submitted_row(spec: TaskCreate, now: float, namespace: str) -> tuple[Any, ...]:

@@ -13,11 +13,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from chronoq import lifecycle
 from chronoq.backoff import Outage
 from chronoq.events import EventBus
 from chronoq.notify import Hub, worker_channel
 from chronoq.states import Status
-from chronoq.store.base import Completion, Conn, Row, Store, TaskRecord
+from chronoq.store.base import Completion, Conn, Row, Store, TaskRecord, ending
 from chronoq.store.leases import Fence
 from chronoq.store.pauses import not_paused
 from chronoq.store.records import INSERT_TASK_COLUMNS, storable_json
@@ -62,7 +63,7 @@ def _handoff_value(i: int, kind: str) -> str:
     """Parameter ``$i`` of a queued task's row, as a hand-off inserts it: status ($4)
     'running' and attempts ($10) 1 when an offer was taken."""
     value = f"${i}::{kind}"
-    taken = {4: "'running'", 10: "1"}.get(i)
+    taken = {4: lifecycle.HAND_OFF.value(), 10: "1"}.get(i)
     return (
         value
         if taken is None
@@ -397,7 +398,8 @@ class PostgresStore(Store):
         async with self.conn() as c:
             rows = await c.fetch(
                 f"WITH {_RELAXED}, picked AS ({pick}), "
-                "claimed AS (UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, "
+                f"claimed AS (UPDATE tasks t SET {lifecycle.CLAIM.to()}, "
+                "attempts = t.attempts + 1, "
                 "worker_id = $1, lease_expires_at = $2, updated_at = $3 FROM picked, relaxed "
                 "WHERE t.id = picked.id RETURNING t.*), "
                 f"{offered}opened AS (INSERT INTO attempts (task_id, attempt, worker_id, "
@@ -437,6 +439,8 @@ class PostgresStore(Store):
         fenced ones take the general path, which locks the lease row."""
         if fence is not None or lapsed is not None:
             return await super()._record(completions, fence, lapsed)
+        finish = lifecycle.FINISH
+        ending(finish, completions)
         columns = list(
             zip(
                 *(
@@ -463,11 +467,11 @@ class PostgresStore(Store):
                 "$4::float8[], $5::text[], $6::text[], $7::float8[], $8::text[], $9::text[]) "
                 "AS x(task_id, attempt, status, next_run_at, result, error, finished_at, "
                 "outcome, traceback)), "
-                "ended AS (UPDATE tasks t SET status = i.status, "
+                f"ended AS (UPDATE tasks t SET {finish.to_each('i.status')}, "
                 "run_at = COALESCE(i.next_run_at, t.run_at), result = i.result, "
                 "error = i.error, updated_at = i.finished_at, lease_expires_at = NULL "
                 "FROM input i, relaxed WHERE t.id = i.task_id AND t.attempts = i.attempt "
-                "AND t.status = 'running' RETURNING t.id, t.attempts, t.worker_id), "
+                f"AND {finish.where('t.status')} RETURNING t.id, t.attempts, t.worker_id), "
                 "freed AS (UPDATE offers o SET slots = o.slots + f.n FROM (SELECT worker_id, "
                 "count(*) AS n FROM ended GROUP BY worker_id) AS f "
                 "WHERE o.worker_id = f.worker_id), "
