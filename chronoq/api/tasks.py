@@ -92,8 +92,8 @@ async def visible_task(app: App, who: Principal, task_id: str) -> TaskRecord:
 async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Writer) -> Task:
     """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
     same `idempotency_key` again returns the first task (status 200) instead of a copy."""
-    check_payload(spec, app.settings.max_payload_bytes, "payload")
-    record, created = await app.store.create_task(spec, time.time(), who.home)
+    payload = check_payload(spec, app.settings.max_payload_bytes, "payload")
+    record, created = await app.store.create_task(spec, time.time(), who.home, payload=payload)
     if not created:
         response.status_code = 200
     task = record.to_api()
@@ -112,16 +112,19 @@ async def create_tasks(batch: TaskBatch, app: AppDep, who: Writer) -> TaskBatchR
     """Up to 1,000 tasks in one request and one database transaction: all are accepted
     or none is. Each is what `POST /v1/tasks` takes; an `idempotency_key` seen before
     returns the earlier task (`created: false` at its position)."""
-    for index, spec in enumerate(batch.tasks):
+    payloads = [
         check_payload(spec, app.settings.max_payload_bytes, f"tasks.{index}.payload")
-    found = await app.store.create_tasks(batch.tasks, time.time(), who.home)
+        for index, spec in enumerate(batch.tasks)
+    ]
+    found = await app.store.create_tasks(batch.tasks, time.time(), who.home, payloads=payloads)
     items = [record.to_api() for record, _ in found]
     await add_warnings(app, items)
     return TaskBatchResult(items=items, created=[created for _, created in found])
 
 
-def check_payload(spec: TaskTemplate, limit: int, field: str) -> None:
-    """422 for a payload JSON cannot hold, 413 for one over ``limit`` bytes of JSON."""
+def check_payload(spec: TaskTemplate, limit: int, field: str) -> str:
+    """422 for a payload JSON cannot hold, 413 for one over ``limit`` bytes of JSON; else
+    the payload's JSON text, which the store writes as it is (encoded once)."""
     if not _finite(spec.payload):
         raise ApiError(
             422,
@@ -130,11 +133,12 @@ def check_payload(spec: TaskTemplate, limit: int, field: str) -> None:
             field,
         )
     try:
-        size = len(dumps(spec.payload))
+        text = dumps(spec.payload)
     except TypeError as exc:  # orjson: integers beyond 64 bits, NaN keys, ...
         raise ApiError(
             422, "validation_error", f"payload cannot be stored as JSON: {exc}", field
         ) from None
+    size = len(text)
     if size > limit:
         raise ApiError(
             413,
@@ -142,6 +146,7 @@ def check_payload(spec: TaskTemplate, limit: int, field: str) -> None:
             f"payload is {size} bytes of JSON; the limit is {limit}",
             field,
         )
+    return text
 
 
 @router.get("/tasks", response_model=TaskPage, responses=responses(422), summary="List tasks")

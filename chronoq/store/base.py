@@ -25,16 +25,16 @@ from chronoq.store.leases import Fence, LeaseQueries
 from chronoq.store.pauses import PauseQueries, not_paused
 from chronoq.store.records import (
     INSERT_TASK_COLUMNS,
+    TASK_COLUMNS,
     Completion,
     Conn,
+    NewTask,
     NotFound,
     Row,
     TaskRecord,
     attempt_from_row,
     dumps,
-    idempotency,
     storable_json,
-    task_row,
 )
 from chronoq.store.schedules import ScheduleQueries
 from chronoq.store.workers import WorkerQueries
@@ -150,31 +150,45 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
 
     # -- submitting and reading --------------------------------------------------------------
     async def create_task(
-        self, spec: TaskCreate, now: float, namespace: str = "default"
+        self,
+        spec: TaskCreate,
+        now: float,
+        namespace: str = "default",
+        *,
+        payload: str | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Insert a task; returns ``(task, created)``. An idempotency key seen before in
         ``namespace`` returns the existing task with ``created=False``. Concurrent calls
-        are written together (group commit): one statement and one commit for all."""
-        return await self._inserts.submit(_submitted_row(spec, now, namespace))
+        are written together (group commit): one statement and one commit for all.
+        ``payload``: the spec's payload as JSON text, when the caller encoded it already."""
+        return await self._inserts.submit(_submitted(spec, now, namespace, payload))
 
     async def create_tasks(
-        self, specs: Sequence[TaskCreate], now: float, namespace: str = "default"
+        self,
+        specs: Sequence[TaskCreate],
+        now: float,
+        namespace: str = "default",
+        *,
+        payloads: Sequence[str] | None = None,
     ) -> list[tuple[TaskRecord, bool]]:
         """Insert many tasks in one transaction, :data:`INSERT_BATCH` per statement;
-        ``(task, created)`` each."""
-        rows = [_submitted_row(spec, now, namespace) for spec in specs]
+        ``(task, created)`` each. ``payloads``: their JSON text, if encoded already."""
+        texts = payloads if payloads is not None else [None] * len(specs)
+        tasks = [
+            _submitted(spec, now, namespace, text) for spec, text in zip(specs, texts, strict=True)
+        ]
         found: list[tuple[TaskRecord, bool]] = []
         async with self.tx() as c:
-            for start in range(0, len(rows), INSERT_BATCH):
-                found += await self._insert_on(c, rows[start : start + INSERT_BATCH])
-        self._announce_created(rows, found)
+            for start in range(0, len(tasks), INSERT_BATCH):
+                found += await self._insert_on(c, tasks[start : start + INSERT_BATCH])
+        self._announce_created(tasks, found)
         return found
 
-    async def _insert_rows(self, rows: Sequence[Sequence[Any]]) -> list[tuple[TaskRecord, bool]]:
+    async def _insert_rows(self, tasks: Sequence[NewTask]) -> list[tuple[TaskRecord, bool]]:
         """The group commit's write: one multi-row INSERT in autocommit mode."""
         async with self._insert_conn() as c:
-            found = await self._insert_on(c, rows)
-        self._announce_created(rows, found)
+            found = await self._insert_on(c, tasks)
+        self._announce_created(tasks, found)
         return found
 
     def _insert_conn(self) -> Any:
@@ -183,24 +197,22 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         return self.conn()
 
     def _announce_created(
-        self, rows: Sequence[Sequence[Any]], found: Sequence[tuple[TaskRecord, bool]]
+        self, tasks: Sequence[NewTask], found: Sequence[tuple[TaskRecord, bool]]
     ) -> None:
-        """:meth:`inserted` for the rows that made new tasks (not idempotent repeats)."""
-        self.inserted([row for row, (_, created) in zip(rows, found, strict=True) if created])
+        """:meth:`inserted` for the tasks that are new (not idempotent repeats)."""
+        self.inserted([task for task, (_, created) in zip(tasks, found, strict=True) if created])
 
-    async def _insert_on(
-        self, c: Conn, rows: Sequence[Sequence[Any]]
-    ) -> list[tuple[TaskRecord, bool]]:
-        """Insert ``rows``; those whose idempotency key exists in their namespace return
+    async def _insert_on(self, c: Conn, tasks: Sequence[NewTask]) -> list[tuple[TaskRecord, bool]]:
+        """Insert ``tasks``; those whose idempotency key exists in their namespace return
         the existing task (the same key in another namespace is another task)."""
-        source, args = self.rows_source(rows)
+        source, args = self.rows_source(tasks)
         inserted = await c.fetch(
             f"{INSERT_TASK_COLUMNS} {source} "
             "ON CONFLICT (namespace, idempotency_key) DO NOTHING RETURNING *",
             *args,
         )
         by_id = {r["id"]: r for r in inserted}
-        wanted = {idempotency(row) for row in rows if row[0] not in by_id}
+        wanted = {task.idempotency for task in tasks if task.id not in by_id}
         existing = {}
         if wanted:
             namespaces, keys = zip(*wanted, strict=True)
@@ -213,51 +225,38 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             existing = {
                 key: r for r in found if (key := (r["namespace"], r["idempotency_key"])) in wanted
             }
-        lost = [row for row in rows if row[0] not in by_id and idempotency(row) not in existing]
+        lost = [t for t in tasks if t.id not in by_id and t.idempotency not in existing]
         retried = iter(await self._insert_on(c, lost) if lost else [])  # key's task deleted
         return [
-            (TaskRecord.from_row(by_id[row[0]]), True)
-            if row[0] in by_id
-            else (TaskRecord.from_row(existing[idempotency(row)]), False)
-            if idempotency(row) in existing
+            (TaskRecord.from_row(by_id[task.id]), True)
+            if task.id in by_id
+            else (TaskRecord.from_row(existing[task.idempotency]), False)
+            if task.idempotency in existing
             else next(retried)
-            for row in rows
+            for task in tasks
         ]
 
-    def rows_source(self, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
-        """SQL and parameters giving ``rows`` to an INSERT: a multi-row VALUES list."""
-        width = len(rows[0])
+    def rows_source(self, tasks: Sequence[NewTask]) -> tuple[str, list[Any]]:
+        """SQL and parameters giving ``tasks`` to an INSERT: a multi-row VALUES list."""
+        width = len(TASK_COLUMNS)
         values = ", ".join(
             "(" + ", ".join(f"${i * width + j + 1}" for j in range(width)) + ")"
-            for i in range(len(rows))
+            for i in range(len(tasks))
         )
-        return f"VALUES {values}", [value for row in rows for value in row]
+        return f"VALUES {values}", [value for task in tasks for value in task.values()]
 
-    def inserted(self, rows: Sequence[Sequence[Any]]) -> None:
+    def inserted(self, tasks: Sequence[NewTask]) -> None:
         """Tell this process's scheduler or workers, and event listeners, about tasks just
-        inserted (rows in :data:`INSERT_TASK` order)."""
-        if not rows:
+        inserted."""
+        if not tasks:
             return
-        queues = {row[2] for row in rows if row[3] == Status.QUEUED.value}
+        queues = {task.queue for task in tasks if task.status is Status.QUEUED}
         if queues:
             self.hub.ready(queues)
-        if any(row[3] != Status.QUEUED.value for row in rows):
+        if any(task.status is not Status.QUEUED for task in tasks):
             self.hub.scheduled()
         if self.events.active:
-            self.events.publish(
-                TaskEvent(
-                    row[0],
-                    row[1],
-                    row[2],
-                    row[3],
-                    0,
-                    row[7],
-                    row[14],
-                    priority=row[4],
-                    namespace=row[16],
-                )
-                for row in rows
-            )
+            self.events.publish(task.event() for task in tasks)
 
     async def get_task(self, task_id: str) -> TaskRecord:
         async with self.conn() as c:
@@ -629,6 +628,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         still running, i.e. whose task row changed."""
         transition = lifecycle.FINISH if lapsed is None else lifecycle.REAP
         ending(transition, completions)
+        encoded = [(x, storable_json(x.result)) for x in completions]  # once for both rows
         async with self.tx() as c:
             await self.check_fence(c, fence, completions[0].finished_at)
             expired, more = (
@@ -642,7 +642,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             )
             live = {(r["id"], r["attempts"]) for r in current}
             if lapsed is not None:  # a renewed lease: its attempt runs on, left open
-                completions = [x for x in completions if (x.task_id, x.attempt) in live]
+                encoded = [(x, result) for x, result in encoded if (x.task_id, x.attempt) in live]
             await c.executemany(
                 f"UPDATE tasks SET {transition.to_each('$3')}, run_at = COALESCE($4, run_at), "
                 "result = $5, error = $6, updated_at = $7, lease_expires_at = NULL "
@@ -653,11 +653,11 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                         x.attempt,
                         x.status.value,
                         x.next_run_at,
-                        storable_json(x.result),
+                        result,
                         x.error,
                         x.finished_at,
                     )
-                    for x in completions
+                    for x, result in encoded
                     if (x.task_id, x.attempt) in live
                 ],
             )
@@ -670,11 +670,11 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                         x.attempt,
                         x.finished_at,
                         x.outcome,
-                        storable_json(x.result),
+                        result,
                         x.error,
                         x.traceback,
                     )
-                    for x in completions
+                    for x, result in encoded
                 ],
             )
         return live
@@ -720,9 +720,11 @@ def ending(transition: lifecycle.Transition, completions: Sequence[Completion]) 
             raise ValueError(f"{transition.name} cannot end task {x.task_id} in {x.status}")
 
 
-def _submitted_row(spec: TaskCreate, now: float, namespace: str) -> tuple[Any, ...]:
-    """The :data:`INSERT_TASK` values of a submission made at ``now``."""
-    return task_row(spec, spec.due_at(now), now, spec.idempotency_key, namespace=namespace)
+def _submitted(spec: TaskCreate, now: float, namespace: str, payload: str | None = None) -> NewTask:
+    """The new task of a submission made at ``now``."""
+    return NewTask.of(
+        spec, spec.due_at(now), now, spec.idempotency_key, namespace=namespace, payload=payload
+    )
 
 
 @asynccontextmanager
