@@ -24,7 +24,7 @@ from chronoq.models import (
     TaskTemplate,
 )
 from chronoq.states import Status
-from chronoq.store import NotFound, TaskRecord
+from chronoq.store import TaskRecord
 from chronoq.store.base import dumps
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=responses(401, 403))
@@ -72,11 +72,9 @@ def _finite(value: object) -> bool:
 
 
 async def visible_task(app: App, who: Principal, task_id: str) -> TaskRecord:
-    """The task, if this caller's namespace may see it (else 404, as if it did not exist)."""
-    record = await app.store.get_task(check_id(task_id))
-    if not who.owns(record.namespace):
-        raise NotFound(task_id)
-    return record
+    """The task, if this caller's namespace may see it (else 404, as if it did not exist:
+    the namespace is part of the query)."""
+    return await app.store.get_task(check_id(task_id), who.namespace)
 
 
 @router.post(
@@ -198,8 +196,7 @@ async def get_task(task_id: TaskId, app: AppDep, who: Reader) -> Task:
 )
 async def cancel_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
     """Scheduled, queued and waiting tasks never run; a running task is stopped."""
-    await visible_task(app, who, task_id)
-    record = await app.store.cancel_task(task_id, time.time())
+    record = await app.store.cancel_task(check_id(task_id), time.time(), who.namespace)
     return record.to_api()
 
 
@@ -211,8 +208,7 @@ async def cancel_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
 )
 async def retry_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
     """Send a task from the dead-letter queue (or waiting for its backoff) back to the queue."""
-    await visible_task(app, who, task_id)
-    record = await app.store.retry_task(task_id, time.time())
+    record = await app.store.retry_task(check_id(task_id), time.time(), who.namespace)
     return record.to_api()
 
 
@@ -225,8 +221,7 @@ async def retry_task(task_id: TaskId, app: AppDep, who: Writer) -> Task:
 async def delete_task(task_id: TaskId, app: AppDep, who: Writer) -> Response:
     """Remove a succeeded, dead or cancelled task and its attempts (e.g. to clear the
     dead-letter queue). Unfinished tasks answer 409: cancel them first."""
-    await visible_task(app, who, task_id)
-    await app.store.delete_task(task_id)
+    await app.store.delete_task(check_id(task_id), who.namespace)
     return Response(status_code=204)
 
 

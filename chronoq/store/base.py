@@ -16,10 +16,11 @@ from typing import Any
 
 from chronoq import lifecycle, states
 from chronoq.batching import GroupCommit
-from chronoq.events import EventBus, TaskEvent
+from chronoq.events import EventBus
 from chronoq.models import Attempt, QueueStats, TaskCreate, to_datetime
 from chronoq.notify import Hub
 from chronoq.states import Status
+from chronoq.store.announce import Announcer
 from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence, LeaseQueries
 from chronoq.store.pauses import PauseQueries, not_paused
@@ -74,8 +75,8 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     outage_errors: tuple[type[Exception], ...] = (OSError, TimeoutError)
 
     def __init__(self, hub: Hub | None = None, events: EventBus | None = None) -> None:
-        self.hub = hub or Hub()
-        self.events = events or EventBus()
+        #: the wake-ups and events of committed changes (its hub and bus are this store's)
+        self.announce = Announcer(hub or Hub(), events or EventBus())
         self._inserts = GroupCommit(
             self._insert_rows, INSERT_BATCH, split=lambda exc: isinstance(exc, self.data_errors)
         )
@@ -102,6 +103,24 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     @abc.abstractmethod
     def list_param(self, values: Iterable[str]) -> Any:
         """A Python list of strings in the form :meth:`in_list` expects."""
+
+    @property
+    def hub(self) -> Hub:
+        """In-process wake-ups: what this store's writes wake, and what its callers wait on."""
+        return self.announce.hub
+
+    @hub.setter
+    def hub(self, hub: Hub) -> None:
+        self.announce.hub = hub
+
+    @property
+    def events(self) -> EventBus:
+        """Task state changes, for local subscribers (and the Redis bridge)."""
+        return self.announce.events
+
+    @events.setter
+    def events(self, events: EventBus) -> None:
+        self.announce.events = events
 
     def sibling(self) -> Store | None:
         """A new, unopened store on the same database with connections of its own, for a
@@ -247,20 +266,15 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
 
     def inserted(self, tasks: Sequence[NewTask]) -> None:
         """Tell this process's scheduler or workers, and event listeners, about tasks just
-        inserted."""
-        if not tasks:
-            return
-        queues = {task.queue for task in tasks if task.status is Status.QUEUED}
-        if queues:
-            self.hub.ready(queues)
-        if any(task.status is not Status.QUEUED for task in tasks):
-            self.hub.scheduled()
-        if self.events.active:
-            self.events.publish(task.event() for task in tasks)
+        inserted (:meth:`Announcer.created`)."""
+        self.announce.created(tasks)
 
-    async def get_task(self, task_id: str) -> TaskRecord:
+    async def get_task(self, task_id: str, namespace: str | None = None) -> TaskRecord:
+        """The task; :class:`NotFound` if there is none, or it is not in ``namespace``
+        (when given)."""
+        only, more = _in_namespace(namespace)
         async with self.conn() as c:
-            rows = await c.fetch("SELECT * FROM tasks WHERE id = $1", task_id)
+            rows = await c.fetch(f"SELECT * FROM tasks WHERE id = $1{only}", task_id, *more)
         if not rows:
             raise NotFound(task_id)
         return TaskRecord.from_row(rows[0])
@@ -336,11 +350,14 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         return [stats[queue] for queue in sorted(stats)]
 
     # -- user actions ------------------------------------------------------------------------
-    async def cancel_task(self, task_id: str, now: float) -> TaskRecord:
-        """Cancel a scheduled, queued, waiting or running task. A running attempt is closed
-        as ``cancelled`` at once and its worker is told to stop."""
+    async def cancel_task(
+        self, task_id: str, now: float, namespace: str | None = None
+    ) -> TaskRecord:
+        """Cancel a scheduled, queued, waiting or running task (of ``namespace``, when
+        given: another namespace's is :class:`NotFound`). A running attempt is closed as
+        ``cancelled`` at once and its worker is told to stop."""
         async with self.tx() as c:
-            current = await self._current(c, task_id)
+            current = await self._current(c, task_id, namespace)
             lifecycle.CANCEL.check(task_id, current.status)
             rows = await c.fetch(
                 f"UPDATE tasks SET {CANCEL} WHERE id = $1 AND status = $3 RETURNING *",
@@ -356,21 +373,17 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                     now,
                     current.attempts,
                 )
-        if current.status is Status.RUNNING:
-            self.hub.cancelled(task_id)
-        return self._changed(rows[0], now)
-
-    def _changed(self, row: Row, now: float) -> TaskRecord:
-        """Decode a task row a user action just changed, and publish the change."""
-        record = TaskRecord.from_row(row)
-        if self.events.active:
-            self.events.publish([record.event(now)])
+        record = TaskRecord.from_row(rows[0])
+        self.announce.changed([record], now, stopped=current.status is Status.RUNNING)
         return record
 
-    async def retry_task(self, task_id: str, now: float) -> TaskRecord:
-        """Send a failed or dead task back to its queue now, granting at least one attempt."""
+    async def retry_task(
+        self, task_id: str, now: float, namespace: str | None = None
+    ) -> TaskRecord:
+        """Send a failed or dead task (of ``namespace``, when given) back to its queue now,
+        granting at least one attempt."""
         async with self.tx() as c:
-            current = await self._current(c, task_id)
+            current = await self._current(c, task_id, namespace)
             lifecycle.RETRY.check(task_id, current.status)
             rows = await c.fetch(
                 f"UPDATE tasks SET {RETRY} WHERE id = $1 AND status = $3 RETURNING *",
@@ -378,13 +391,15 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                 now,
                 current.status.value,
             )
-        self.hub.ready((current.queue,))
-        return self._changed(rows[0], now)
+        record = TaskRecord.from_row(rows[0])
+        self.announce.changed([record], now, requeued=True)
+        return record
 
-    async def delete_task(self, task_id: str) -> None:
-        """Discard a finished task (succeeded, dead or cancelled) and its attempts."""
+    async def delete_task(self, task_id: str, namespace: str | None = None) -> None:
+        """Discard a finished task (succeeded, dead or cancelled; of ``namespace``, when
+        given) and its attempts."""
         async with self.tx() as c:
-            current = await self._current(c, task_id)
+            current = await self._current(c, task_id, namespace)
             if current.status not in lifecycle.PURGE.sources:
                 raise states.InvalidTransition(
                     task_id,
@@ -396,8 +411,13 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                 f"DELETE FROM tasks WHERE id = $1 AND {lifecycle.PURGE.where()}", task_id
             )
 
-    async def _current(self, c: Conn, task_id: str) -> TaskRecord:
-        rows = await c.fetch(f"SELECT * FROM tasks WHERE id = $1{self.lock_row}", task_id)
+    async def _current(self, c: Conn, task_id: str, namespace: str | None = None) -> TaskRecord:
+        """The task, locked for the transaction; the namespace is part of the WHERE
+        clause, so a caller never acts on another namespace's task it was not shown."""
+        only, more = _in_namespace(namespace)
+        rows = await c.fetch(
+            f"SELECT * FROM tasks WHERE id = $1{only}{self.lock_row}", task_id, *more
+        )
         if not rows:
             raise NotFound(task_id)
         return TaskRecord.from_row(rows[0])
@@ -420,23 +440,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                 limit,
             )
         queues = [r["queue"] for r in rows]
-        if queues:
-            self.hub.ready(set(queues))
-            if self.events.active:
-                self.events.publish(
-                    TaskEvent(
-                        r["id"],
-                        r["name"],
-                        r["queue"],
-                        lifecycle.Status.QUEUED.value,
-                        r["attempts"],
-                        now,
-                        r["schedule_id"],
-                        priority=r["priority"],
-                        namespace=r["namespace"],
-                    )
-                    for r in rows
-                )
+        self.announce.promoted(rows, now)
         return queues
 
     async def next_due_at(self) -> float | None:
@@ -562,7 +566,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                         task.id,
                         task.attempts,
                     )
-        self.hub.ready({task.queue for task in tasks})
+        self.announce.released(task.queue for task in tasks)
 
     async def withdraw_offers(self, worker_id: str) -> None:
         """A stopping worker takes back its hand-off offers; once this returns, every task
@@ -597,8 +601,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     def started(self, tasks: list[TaskRecord], now: float) -> list[TaskRecord]:
         """Put tasks a worker now holds in run order and publish that they started."""
         tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
-        if tasks and self.events.active:
-            self.events.publish(t.event(now, wait=now - t.run_at) for t in tasks)
+        self.announce.started(tasks, now)
         return tasks
 
     async def complete(
@@ -615,11 +618,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         if not completions:
             return
         live = await self._record(completions, fence, lapsed)
-        applied = [x for x in completions if (x.task_id, x.attempt) in live]
-        if any(x.status is Status.FAILED for x in applied):
-            self.hub.scheduled()
-        if self.events.active:  # reports for superseded attempts changed nothing: no event
-            self.events.publish(e for e in (x.event() for x in applied) if e is not None)
+        self.announce.finished([x for x in completions if (x.task_id, x.attempt) in live])
 
     async def _record(
         self, completions: Sequence[Completion], fence: Fence | None, lapsed: float | None = None
@@ -711,6 +710,12 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                 self.list_param(known),
             )
         return [TaskRecord.from_row(r) for r in rows]
+
+
+def _in_namespace(namespace: str | None) -> tuple[str, tuple[str, ...]]:
+    """The condition (``$2``) and parameter limiting a one-task query to ``namespace``;
+    nothing for None (every namespace)."""
+    return ("", ()) if namespace is None else (" AND namespace = $2", (namespace,))
 
 
 def ending(transition: lifecycle.Transition, completions: Sequence[Completion]) -> None:

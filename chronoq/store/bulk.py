@@ -106,13 +106,12 @@ async def apply_batch(
                 now,
             )
     changed = [TaskRecord.from_row(r) for r in rows]
-    if action is RETRY_ACTION and changed:
-        store.hub.ready({t.queue for t in changed})
-    if action is CANCEL_ACTION and status is Status.RUNNING:
-        for task in changed:
-            store.hub.cancelled(task.id)
-    if store.events.active and changed:
-        store.events.publish([t.event(now) for t in changed])
+    store.announce.changed(
+        changed,
+        now,
+        requeued=action is RETRY_ACTION,
+        stopped=action is CANCEL_ACTION and status is Status.RUNNING,
+    )
     return len(changed), str(picked[-1]["id"])
 
 

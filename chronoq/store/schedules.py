@@ -14,8 +14,8 @@ from chronoq.models import (
     TaskTemplate,
     to_datetime,
 )
-from chronoq.notify import Hub
 from chronoq.recurrence import FirePlan, MisfirePolicy, Recurrence, cached, plan
+from chronoq.store.announce import Announcer
 from chronoq.store.leases import Fence
 from chronoq.store.records import INSERT_TASK, NewTask, Row, TaskRecord
 
@@ -224,7 +224,7 @@ _UPDATE = ", ".join(f"{c.strip()} = ${i}" for i, c in enumerate(_COLUMNS.split("
 class ScheduleQueries(abc.ABC):
     """Schedule queries, mixed into :class:`chronoq.store.base.Store`."""
 
-    hub: Hub
+    announce: Announcer
     skip_locked: str
 
     @abc.abstractmethod
@@ -253,7 +253,7 @@ class ScheduleQueries(abc.ABC):
             )
         if not rows:
             raise ScheduleExists(spec.name)
-        self.hub.scheduled()
+        self.announce.scheduled()
         return record
 
     async def get_schedule(self, key: str, namespace: str | None = None) -> ScheduleRecord:
@@ -295,7 +295,7 @@ class ScheduleQueries(abc.ABC):
     async def _save(self, record: ScheduleRecord) -> None:
         async with self.conn() as c:
             await c.execute(f"UPDATE schedules SET {_UPDATE} WHERE id = $1", *record.values())
-        self.hub.scheduled()
+        self.announce.scheduled()
 
     async def update_schedule(
         self, key: str, changes: Mapping[str, Any], now: float
