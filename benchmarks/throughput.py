@@ -119,7 +119,7 @@ from chronoq.broker.redis import Publisher
 from chronoq.config import Settings
 from chronoq.models import TaskCreate
 from chronoq.store import Store
-from chronoq.store.records import INSERT_TASK, task_row
+from chronoq.store.records import INSERT_TASK, NewTask
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/throughput.py` puts benchmarks/ there instead
@@ -410,10 +410,10 @@ async def bulk_create(store: Store, count: int, chunk: int = 1000) -> None:
     spec = TaskCreate(name=TASK, max_attempts=1)
     for start in range(0, count, chunk):
         now = time.time()
-        rows = [task_row(spec, now, now) for _ in range(min(chunk, count - start))]
+        tasks = [NewTask.of(spec, now, now) for _ in range(min(chunk, count - start))]
         async with store.tx() as c:
-            await c.executemany(INSERT_TASK, rows)
-        store.inserted(rows)
+            await c.executemany(INSERT_TASK, [task.values() for task in tasks])
+        store.inserted(tasks)
 
 
 async def warm_up(store: Store, workers: Workers, batch: int, max_wait: float = 60.0) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from chronoq.backoff import Outage
 from chronoq.retention import Sweeper
 from chronoq.store import Completion, Store, TaskRecord
+from chronoq.store.interfaces import SchedulerStore
 from chronoq.store.leases import Fence, NotLeader
 from chronoq.worker import default_worker_id
 
@@ -51,7 +52,9 @@ class Scheduler:
         reconcile_seconds: float = 5.0,
         retention: Sweeper | None = None,
     ) -> None:
-        self.store = store
+        #: all the scheduler itself calls (the whole store is only passed on to ``reconcile``)
+        self.store: SchedulerStore = store
+        self._full_store = store
         self.poll_seconds = poll_seconds
         self.reap_seconds = reap_seconds
         self.batch = batch
@@ -153,7 +156,7 @@ class Scheduler:
         the rounds: it is retried at the next reconcile period."""
         assert self.reconcile is not None
         try:
-            self.republished += await self.reconcile(self.store)
+            self.republished += await self.reconcile(self._full_store)
         except Exception as exc:
             self._reconcile_outage.failed(exc)
             return

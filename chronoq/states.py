@@ -1,73 +1,39 @@
-"""The task state machine: every status, every allowed transition, and retry backoff.
+"""Retry timing: the backoff between attempts, and where a failed attempt leaves its task.
 
-All code that changes a task's status asks this module which source statuses a
-transition may start from, so the rules live in exactly one place::
-
-    scheduled ──▶ queued ──▶ running ──▶ succeeded
-        │           │          ├──────▶ failed ──▶ queued (retry after backoff)
-        │           │          └──────▶ dead   (attempts exhausted, or a permanent failure:
-        │           │                           the dead-letter queue)
-        └───────────┴──────────┴──────▶ cancelled
-
-``failed`` and ``dead`` tasks can be sent back to the queue by hand (``retry``).
+The statuses and transitions themselves are :mod:`chronoq.lifecycle`'s (re-exported here,
+where older imports find them).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from enum import StrEnum
 
+from chronoq.lifecycle import (
+    RETRYABLE,
+    TERMINAL,
+    TRANSITIONS,
+    WAITING,
+    InvalidTransition,
+    Status,
+    check,
+    sources,
+)
 
-class Status(StrEnum):
-    SCHEDULED = "scheduled"
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    DEAD = "dead"
-    CANCELLED = "cancelled"
-
-
-TERMINAL: frozenset[Status] = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED})
-
-#: target status -> statuses it may be reached from
-TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.QUEUED: frozenset({Status.SCHEDULED, Status.FAILED, Status.DEAD}),
-    Status.RUNNING: frozenset({Status.QUEUED}),
-    Status.SUCCEEDED: frozenset({Status.RUNNING}),
-    Status.FAILED: frozenset({Status.RUNNING}),
-    Status.DEAD: frozenset({Status.RUNNING}),
-    Status.CANCELLED: frozenset({Status.SCHEDULED, Status.QUEUED, Status.RUNNING, Status.FAILED}),
-}
-
-#: statuses whose tasks wait for their ``run_at`` and are promoted to ``queued`` by the scheduler
-WAITING: frozenset[Status] = frozenset({Status.SCHEDULED, Status.FAILED})
-#: statuses a user may send back to the queue with ``retry``
-RETRYABLE: frozenset[Status] = frozenset({Status.FAILED, Status.DEAD})
-
-
-class InvalidTransition(Exception):
-    """A task cannot move from its current status to the requested one."""
-
-    def __init__(
-        self, task_id: str, current: Status, target: Status, message: str | None = None
-    ) -> None:
-        super().__init__(f"task {task_id} is {current}; {message or f'it cannot become {target}'}")
-        self.task_id = task_id
-        self.current = current
-        self.target = target
-
-
-def sources(target: Status) -> frozenset[Status]:
-    """The statuses from which a task may move to ``target``."""
-    return TRANSITIONS[target]
-
-
-def check(task_id: str, current: Status, target: Status) -> None:
-    """Raise :class:`InvalidTransition` unless ``current -> target`` is allowed."""
-    if current not in TRANSITIONS[target]:
-        raise InvalidTransition(task_id, current, target)
+__all__ = [
+    "DIED",
+    "RETRYABLE",
+    "TERMINAL",
+    "TRANSITIONS",
+    "WAITING",
+    "Backoff",
+    "InvalidTransition",
+    "Status",
+    "after_death",
+    "after_failure",
+    "check",
+    "sources",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from chronoq import App
 from chronoq.batching import GroupCommit
 from chronoq.models import TaskCreate
 from chronoq.states import Status
+from chronoq.store.records import NewTask
 from tests.conftest import Harness, make_settings, running
 
 
@@ -113,7 +114,7 @@ async def test_concurrent_submissions_are_each_stored_once(app: App) -> None:
         writes = 0
         write = store._inserts._write
 
-        async def counting(rows: Sequence[Sequence[object]]) -> object:
+        async def counting(rows: Sequence[NewTask]) -> object:
             nonlocal writes
             writes += 1
             return await write(rows)

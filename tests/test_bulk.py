@@ -302,7 +302,7 @@ async def test_dead_letters_and_batches_use_the_status_indexes(db_url: str) -> N
         line = _FIRST_LINE[store.dialect]
         grouped = (
             f"SELECT {line} AS line, name, queue, count(*) AS n FROM tasks WHERE "
-            f"status IN ({FINISHED}) AND status = $1 GROUP BY {line}, name, queue"
+            f"{FINISHED} AND status = $1 GROUP BY {line}, name, queue"
         )
         where, args = TaskFilter(Status.DEAD).where(store.dialect)
         batch = f"SELECT id FROM tasks WHERE {where} AND id > $2 ORDER BY id LIMIT 500"

@@ -15,7 +15,7 @@ import pytest
 from chronoq.executors import PythonExecutor
 from chronoq.models import TaskCreate
 from chronoq.states import Status
-from chronoq.store.base import _submitted_row
+from chronoq.store.base import _submitted
 from chronoq.store.postgres import _HANDOFF, PostgresStore
 from chronoq.worker import Worker
 from tests.conftest import PG_URL
@@ -190,10 +190,10 @@ async def test_a_hand_off_whose_notification_was_lost_is_found_by_the_heartbeat(
     count a lost attempt."""
     worker = await setup.start_worker(concurrency=2)
     blocker = await setup.submit(name="block")  # runs across many heartbeats, known
-    row = _submitted_row(TaskCreate(name="record", payload={"n": 7}), time.time(), "default")
+    task = _submitted(TaskCreate(name="record", payload={"n": 7}), time.time(), "default")
     async with setup.client.tx() as c:  # the hand-off, without the trigger's notification
         await c.execute("SET LOCAL session_replication_role = replica")
-        [handed] = await c.fetch(_HANDOFF, *row)
+        [handed] = await c.fetch(_HANDOFF, *task.values())
         await c.execute(
             "INSERT INTO attempts (task_id, attempt, worker_id, started_at) VALUES ($1, 1, $2, $3)",
             handed["id"],

@@ -17,7 +17,7 @@ import pytest
 from chronoq import App
 from chronoq.models import ScheduleCreate, TaskCreate, TaskTemplate
 from chronoq.store import create_store
-from chronoq.store.records import INSERT_TASK, task_row
+from chronoq.store.records import INSERT_TASK, NewTask
 from chronoq.store.schedules import ScheduleRecord
 from tests.conftest import Harness, make_settings, running
 
@@ -183,7 +183,7 @@ async def test_migration_keeps_rows_and_makes_names_per_namespace(db_url: str) -
             if version <= 10:
                 await store.apply_migration(version, name, sql)
         now = time.time()
-        row = task_row(TaskTemplate(name="old"), now, now, "k1", namespace="alpha")
+        task = NewTask.of(TaskTemplate(name="old"), now, now, "k1", namespace="alpha")
         nightly = ScheduleRecord.new(ScheduleCreate.model_validate(NIGHTLY), now, "alpha")
         columns = [f.name for f in dataclasses.fields(ScheduleRecord)]  # values() order
         async with store.conn() as c:
@@ -192,28 +192,28 @@ async def test_migration_keeps_rows_and_makes_names_per_namespace(db_url: str) -
                 f"({', '.join(f'${i}' for i in range(1, len(columns) + 1))})",
                 *nightly.values(),
             )
-            await c.execute(INSERT_TASK, *row)
+            await c.execute(INSERT_TASK, *task.values())
             await c.execute(
                 "INSERT INTO attempts (task_id, attempt, worker_id, started_at) "
                 "VALUES ($1, 1, 'w', $2)",
-                row[0],
+                task.id,
                 now,
             )
         assert 11 in await store.migrate()
-        old = await store.get_task(row[0])
+        old = await store.get_task(task.id)
         assert (old.idempotency_key, old.namespace) == ("k1", "alpha")
-        assert len(await store.get_attempts(row[0])) == 1
+        assert len(await store.get_attempts(task.id)) == 1
         spec = TaskCreate(name="new", idempotency_key="k1")
         again, created = await store.create_task(spec, now, "alpha")
-        assert not created and again.id == row[0]
+        assert not created and again.id == task.id
         beta, created = await store.create_task(spec, now, "beta")
-        assert created and beta.id != row[0]
+        assert created and beta.id != task.id
         assert (await store.get_schedule("nightly")).id == nightly.id
         theirs = await store.create_schedule(ScheduleCreate.model_validate(NIGHTLY), now, "beta")
         assert (await store.get_schedule("nightly", "alpha")).id == nightly.id
         assert (await store.get_schedule("nightly", "beta")).id == theirs.id
         async with store.conn() as c:  # attempts still belong to tasks: deleting cascades
-            await c.execute("DELETE FROM tasks WHERE id = $1", row[0])
+            await c.execute("DELETE FROM tasks WHERE id = $1", task.id)
             left = await c.fetch("SELECT count(*) AS n FROM attempts")
         assert left[0]["n"] == 0
     finally:

@@ -1,5 +1,5 @@
 """Property tests: cron fire times for random expressions and zones, and the task state
-machine driven by random operations against the real store."""
+machine driven by random operations against the real stores (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import shutil
 import tempfile
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,28 @@ import pytest
 from croniter import croniter
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
+from chronoq import lifecycle
+from chronoq.lifecycle import (
+    RETRYABLE,
+    TERMINAL,
+    TRANSITIONS,
+    InvalidTransition,
+    Status,
+    Transition,
+)
 from chronoq.models import TaskCreate
+from chronoq.notify import worker_channel
 from chronoq.recurrence import Recurrence, plan
-from chronoq.states import RETRYABLE, TERMINAL, TRANSITIONS, InvalidTransition, Status
 from chronoq.store import Completion, Store, TaskRecord, create_store
+from tests.conftest import PG_URL, drop_schema
 
 ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]
 #: 2020-01-01 .. 2035-01-01, epoch seconds
@@ -203,21 +220,42 @@ def test_interval_plan_fires_each_due_slot_at_most_once(
 
 # -- the task state machine ---------------------------------------------------------------
 LEASE = 10.0
+WORKER = "w1"
+#: the transition each operation may make (chronoq.lifecycle); the others change nothing
+MAKES: dict[str, tuple[Transition, ...]] = {
+    "submit": (),  # makes new tasks only (lifecycle.SUBMIT or, on PostgreSQL, HAND_OFF)
+    "advance": (),
+    "promote": (lifecycle.PROMOTE,),
+    "claim": (lifecycle.CLAIM,),
+    "complete": (lifecycle.FINISH,),
+    "cancel": (lifecycle.CANCEL,),
+    "retry": (lifecycle.RETRY,),
+    "reap": (lifecycle.REAP,),
+    "release": (lifecycle.RELEASE,),
+}
 
 
 class TaskLifecycle(RuleBasedStateMachine):
-    """Random submits, promotions, claims, completions (current and stale), cancels,
-    retries, lease expiries and clock jumps on a real SQLite store. Every status change
-    seen must be allowed by :data:`chronoq.states.TRANSITIONS`, and a terminal status
-    never changes except ``dead`` → ``queued`` by a retry."""
+    """Random submits, promotions, claims (offering free slots for hand-offs), completions
+    (current and stale), releases, cancels, retries, lease expiries and clock jumps on a
+    real store (``url``: PostgreSQL; None: a fresh SQLite file). Every status change seen
+    must be one the operation's transition in :data:`chronoq.lifecycle.TABLE` makes, and
+    a terminal status never changes except ``dead`` → ``queued`` by a retry."""
+
+    url: str | None = None
+    #: what the runs covered, over all examples: kind -> count
+    covered: dict[str, int]
 
     def __init__(self) -> None:
         super().__init__()
         self.folder = tempfile.mkdtemp(prefix="chronoq-props-")
         self.loop = asyncio.new_event_loop()
-        self.store: Store = create_store(f"sqlite:///{Path(self.folder) / 'props.db'}")
+        url = self.url or f"sqlite:///{Path(self.folder) / 'props.db'}"
+        self.store: Store = create_store(url)
         self.run(self.store.open())
         self.run(self.store.migrate())
+        if self.url is not None:
+            self.run(self._empty_and_listen())
         self.now = 1_900_000_000.0
         self.ids: list[str] = []
         self.seen: dict[str, Status] = {}
@@ -225,6 +263,19 @@ class TaskLifecycle(RuleBasedStateMachine):
         #: every claim ever made: (task as claimed, its attempt), current or superseded
         self.claims: list[TaskRecord] = []
         self.last_op = "start"
+
+    async def _empty_and_listen(self) -> None:
+        """PostgreSQL: one schema serves every example, emptied here; the worker's channel
+        is listened to, so a claim can offer its free slots for hand-offs."""
+        async with self.store.conn() as c:
+            await c.execute("TRUNCATE tasks, offers CASCADE")
+        channel = worker_channel(WORKER)
+        self.store.hub.on_message(channel, lambda _payload: None)
+        for _ in range(500):
+            if self.store._hearing(channel) is not None:  # type: ignore[attr-defined]
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"LISTEN {channel} never took effect")
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -248,6 +299,8 @@ class TaskLifecycle(RuleBasedStateMachine):
 
     @rule(delay=st.sampled_from([0.0, 0.0, 5.0, 60.0]), max_attempts=st.sampled_from([1, 1, 2, 3]))
     def submit(self, delay: float, max_attempts: int) -> None:
+        """A new task; due now on PostgreSQL it goes straight to the worker when a claim
+        left a slot on offer (a hand-off: running, attempt 1)."""
         self.last_op = "submit"
         spec = TaskCreate(
             name="prop",
@@ -257,10 +310,19 @@ class TaskLifecycle(RuleBasedStateMachine):
         )
         record, created = self.run(self.store.create_task(spec, self.now))
         assert created
-        assert record.status is (Status.QUEUED if delay == 0 else Status.SCHEDULED)
+        if record.status is Status.RUNNING:
+            event("hand-off")
+            self.covered["hand-off"] = self.covered.get("hand-off", 0) + 1
+            assert self.url is not None and delay == 0
+            assert (record.attempts, record.worker_id) == (1, WORKER)
+            assert record.status in lifecycle.HAND_OFF.targets
+            self.claims.append(record)
+        else:
+            assert record.status is (Status.QUEUED if delay == 0 else Status.SCHEDULED)
+            assert record.status in lifecycle.SUBMIT.targets
         self.ids.append(record.id)
         self.seen[record.id] = record.status
-        self.attempts[record.id] = 0
+        self.attempts[record.id] = record.attempts
 
     @rule(seconds=st.sampled_from([0.5, 3.0, 11.0, 70.0]))
     def advance_clock(self, seconds: float) -> None:
@@ -272,10 +334,16 @@ class TaskLifecycle(RuleBasedStateMachine):
         self.last_op = "promote"
         self.run(self.store.promote_due(self.now))
 
-    @rule(limit=st.integers(1, 3))
-    def claim(self, limit: int) -> None:
+    @rule(limit=st.integers(1, 3), offer=st.booleans())
+    def claim(self, limit: int, offer: bool) -> None:
+        """``offer``: the slots the claim leaves free are offered for hand-offs
+        (PostgreSQL; elsewhere it changes nothing)."""
         self.last_op = "claim"
-        claimed = self.run(self.store.claim("w1", "default", limit, self.now, LEASE))
+        claimed = self.run(
+            self.store.claim(
+                WORKER, "default", limit, self.now, LEASE, offer=["default"] if offer else ()
+            )
+        )
         for task in claimed:
             assert task.status is Status.RUNNING
             self.claims.append(task)
@@ -305,6 +373,25 @@ class TaskLifecycle(RuleBasedStateMachine):
             assert after.status is completion.status
 
     @rule(pick=st.integers(0, 10_000))
+    def release(self, pick: int) -> None:
+        """A stopping worker gives back a task it was handed (claimed or by hand-off) but
+        did not start: queued again, that attempt undone; it never reports on it."""
+        self.last_op = "release"
+        if not self.claims:
+            return
+        task = self.claims.pop(pick % len(self.claims))
+        current = self.run(self.store.get_task(task.id))
+        self.run(self.store.release(WORKER, [task]))
+        after = self.run(self.store.get_task(task.id))
+        if current.status is Status.RUNNING and current.attempts == task.attempts:
+            self.covered["release"] = self.covered.get("release", 0) + 1
+            assert (after.status, after.attempts) == (Status.QUEUED, task.attempts - 1)
+            history = self.run(self.store.get_attempts(task.id))
+            assert [a.attempt for a in history] == list(range(1, task.attempts))
+        else:
+            assert (after.status, after.attempts) == (current.status, current.attempts)
+
+    @rule(pick=st.integers(0, 10_000))
     def cancel(self, pick: int) -> None:
         self.last_op = "cancel"
         task_id = self.ids[pick % len(self.ids)]
@@ -312,10 +399,10 @@ class TaskLifecycle(RuleBasedStateMachine):
         try:
             self.run(self.store.cancel_task(task_id, self.now))
         except InvalidTransition:
-            assert before not in TRANSITIONS[Status.CANCELLED]
+            assert before not in lifecycle.CANCEL.sources
             assert self.status(task_id) is before
         else:
-            assert before in TRANSITIONS[Status.CANCELLED]
+            assert before in lifecycle.CANCEL.sources
             assert self.status(task_id) is Status.CANCELLED
 
     @rule(pick=st.integers(0, 10_000))
@@ -340,26 +427,30 @@ class TaskLifecycle(RuleBasedStateMachine):
         assert all(t.status is Status.RUNNING for t in expired)
         self.run(
             self.store.complete(
-                [Completion.failure(t, self.now, "lost", "lease expired") for t in expired]
+                [Completion.failure(t, self.now, "lost", "lease expired") for t in expired],
+                lapsed=self.now,
             )
         )
 
     # -- what must hold after every step -------------------------------------------------
     @invariant()
-    def every_change_is_an_allowed_transition(self) -> None:
+    def every_change_is_a_transition_of_the_operation(self) -> None:
         for task_id in self.ids:
             record: TaskRecord = self.run(self.store.get_task(task_id))
             before, after = self.seen[task_id], record.status
             if after is not before:
                 event(f"{before} -> {after}")
-                assert before in TRANSITIONS[after], (
-                    f"{self.last_op}: {task_id} went {before} -> {after}"
-                )
+                assert any(
+                    before in t.sources and after in t.targets for t in MAKES[self.last_op]
+                ), f"{self.last_op}: {task_id} went {before} -> {after}"
+                assert before in TRANSITIONS[after]
                 if before in TERMINAL:
                     assert (before, after, self.last_op) == (Status.DEAD, Status.QUEUED, "retry"), (
                         f"{self.last_op}: terminal {before} became {after}"
                     )
-            assert record.attempts >= self.attempts[task_id]  # attempts never go back
+            # attempts never go back, but for the one a release undoes
+            undone = 1 if self.last_op == "release" else 0
+            assert record.attempts >= self.attempts[task_id] - undone
             assert record.attempts <= record.max_attempts
             if after is Status.RUNNING:
                 assert record.attempts >= 1
@@ -367,13 +458,43 @@ class TaskLifecycle(RuleBasedStateMachine):
             self.attempts[task_id] = record.attempts
 
 
-TaskLifecycle.TestCase.settings = settings(
+LIFECYCLE_SETTINGS = settings(
     max_examples=100,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-test_task_lifecycle = TaskLifecycle.TestCase
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_task_lifecycle(dialect: str) -> None:
+    """The state machine on each store; on PostgreSQL one schema serves every example."""
+    if dialect == "sqlite":
+        lite: type[TaskLifecycle] = type("TaskLifecycleSQLite", (TaskLifecycle,), {"covered": {}})
+        run_state_machine_as_test(lite, settings=LIFECYCLE_SETTINGS)
+        assert lite.covered.get("release", 0) > 0
+        return
+    schema = f"props_{uuid.uuid4().hex[:12]}"
+    url = f"{PG_URL}?schema={schema}"
+
+    async def migrate() -> None:
+        store = create_store(url)
+        await store.open()
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    asyncio.run(migrate())
+    try:
+        pg: type[TaskLifecycle] = type(
+            "TaskLifecyclePostgres", (TaskLifecycle,), {"url": url, "covered": {}}
+        )
+        run_state_machine_as_test(pg, settings=LIFECYCLE_SETTINGS)
+        # the runs exercised what the machine is for (hand-offs exist on PostgreSQL only)
+        assert pg.covered.get("hand-off", 0) > 0 and pg.covered.get("release", 0) > 0
+    finally:
+        asyncio.run(drop_schema(schema))
 
 
 @pytest.mark.parametrize("cron", ["30 2 * * *", "0 * * * *"])

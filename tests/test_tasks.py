@@ -8,6 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chronoq import App, TaskFailed, current_task
+from chronoq.models import TaskCreate
+from chronoq.states import Status
+from chronoq.store import create_store, opened
+from chronoq.store.records import INSERT_TASK, TASK_COLUMNS, NewTask
 from chronoq.worker import Worker
 from tests.conftest import Harness
 from tests.waiting import until
@@ -423,3 +427,24 @@ async def test_error_text_with_nul_characters_is_recorded(app: App, harness: Har
     assert "bad\\x00byte" in dead["attempt_history"][0]["traceback"]
     after = await harness.submit(name="fine")
     assert (await harness.wait_for(after["id"], "succeeded"))["result"] == "ok"
+
+
+async def test_a_new_task_record_names_every_column_it_writes(db_url: str) -> None:
+    """The INSERT's columns, placeholders and (PostgreSQL) array types all come from
+    :class:`NewTask`'s fields, and a row written from it reads back field for field."""
+    async with opened(create_store(db_url)) as store:
+        now = time.time()
+        spec = TaskCreate(name="typed", payload={"n": [1, "two"]}, priority=3, max_attempts=4)
+        task = NewTask.of(spec, now + 60, now, "key-1", namespace="ns")
+        async with store.conn() as c:
+            [row] = await c.fetch(f"{INSERT_TASK} RETURNING *", *task.values())
+        assert {column: row[column] for column in TASK_COLUMNS} == {
+            column: getattr(task, column) for column in TASK_COLUMNS
+        }
+        assert task.status is Status.SCHEDULED and task.idempotency == ("ns", "key-1")
+        record = await store.get_task(task.id)
+        assert (record.payload, record.priority, record.max_attempts) == (spec.payload, 3, 4)
+        if store.dialect == "postgresql":
+            from chronoq.store.postgres import _TASK_TYPES
+
+            assert list(_TASK_TYPES) == list(TASK_COLUMNS)

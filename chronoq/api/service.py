@@ -34,7 +34,7 @@ from chronoq.models import (
     TaskTemplate,
 )
 from chronoq.states import Status
-from chronoq.store import NotFound, TaskRecord
+from chronoq.store import TaskRecord
 from chronoq.store.base import dumps
 
 #: the ``cursor`` of task pages: the id of the last task of the previous page
@@ -92,8 +92,9 @@ def _finite(value: object) -> bool:
     return True
 
 
-def check_payload(spec: TaskTemplate, limit: int, field: str) -> None:
-    """422 for a payload JSON cannot hold, 413 for one over ``limit`` bytes of JSON."""
+def check_payload(spec: TaskTemplate, limit: int, field: str) -> str:
+    """422 for a payload JSON cannot hold, 413 for one over ``limit`` bytes of JSON; else
+    the payload's JSON text, which the store writes as it is (encoded once)."""
     if not _finite(spec.payload):
         raise ApiError(
             422,
@@ -102,11 +103,12 @@ def check_payload(spec: TaskTemplate, limit: int, field: str) -> None:
             field,
         )
     try:
-        size = len(dumps(spec.payload))
+        text = dumps(spec.payload)
     except TypeError as exc:  # orjson: integers beyond 64 bits, NaN keys, ...
         raise ApiError(
             422, "validation_error", f"payload cannot be stored as JSON: {exc}", field
         ) from None
+    size = len(text)
     if size > limit:
         raise ApiError(
             413,
@@ -114,21 +116,20 @@ def check_payload(spec: TaskTemplate, limit: int, field: str) -> None:
             f"payload is {size} bytes of JSON; the limit is {limit}",
             field,
         )
+    return text
 
 
 async def visible_task(app: App, who: Principal, task_id: str) -> TaskRecord:
-    """The task, if this caller's namespace may see it (else 404, as if it did not exist)."""
-    record = await app.store.get_task(check_id(task_id))
-    if not who.owns(record.namespace):
-        raise NotFound(task_id)
-    return record
+    """The task, if this caller's namespace may see it (else 404, as if it did not exist:
+    the namespace is part of the query)."""
+    return await app.store.get_task(check_id(task_id), who.namespace)
 
 
 async def submit(app: App, who: Principal, spec: TaskCreate) -> tuple[Task, bool]:
     """The task, in the caller's namespace, and whether it is new (False: its
     ``idempotency_key`` was seen before and this is the first task)."""
-    check_payload(spec, app.settings.max_payload_bytes, "payload")
-    record, created = await app.store.create_task(spec, time.time(), who.home)
+    payload = check_payload(spec, app.settings.max_payload_bytes, "payload")
+    record, created = await app.store.create_task(spec, time.time(), who.home, payload=payload)
     task = record.to_api()
     await add_warnings(app, [task])
     return task, created
@@ -136,9 +137,11 @@ async def submit(app: App, who: Principal, spec: TaskCreate) -> tuple[Task, bool
 
 async def submit_batch(app: App, who: Principal, batch: TaskBatch) -> TaskBatchResult:
     """All of ``batch`` in one transaction, or none of it."""
-    for index, spec in enumerate(batch.tasks):
+    payloads = [
         check_payload(spec, app.settings.max_payload_bytes, f"tasks.{index}.payload")
-    found = await app.store.create_tasks(batch.tasks, time.time(), who.home)
+        for index, spec in enumerate(batch.tasks)
+    ]
+    found = await app.store.create_tasks(batch.tasks, time.time(), who.home, payloads=payloads)
     items = [record.to_api() for record, _ in found]
     await add_warnings(app, items)
     return TaskBatchResult(items=items, created=[created for _, created in found])
@@ -172,18 +175,17 @@ async def list_tasks(app: App, who: Principal, query: TaskQuery) -> TaskPage:
 
 
 async def cancel(app: App, who: Principal, task_id: str) -> Task:
-    await visible_task(app, who, task_id)
-    return (await app.store.cancel_task(task_id, time.time())).to_api()
+    record = await app.store.cancel_task(check_id(task_id), time.time(), who.namespace)
+    return record.to_api()
 
 
 async def retry(app: App, who: Principal, task_id: str) -> Task:
-    await visible_task(app, who, task_id)
-    return (await app.store.retry_task(task_id, time.time())).to_api()
+    record = await app.store.retry_task(check_id(task_id), time.time(), who.namespace)
+    return record.to_api()
 
 
 async def delete(app: App, who: Principal, task_id: str) -> None:
-    await visible_task(app, who, task_id)
-    await app.store.delete_task(task_id)
+    await app.store.delete_task(check_id(task_id), who.namespace)
 
 
 #: what an event stream may be filtered on

@@ -14,27 +14,28 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from chronoq import states
+from chronoq import lifecycle, states
 from chronoq.batching import GroupCommit
-from chronoq.events import EventBus, TaskEvent
+from chronoq.events import EventBus
 from chronoq.models import Attempt, QueueStats, TaskCreate, to_datetime
 from chronoq.notify import Hub
 from chronoq.states import Status
+from chronoq.store.announce import Announcer
 from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence, LeaseQueries
 from chronoq.store.pauses import PauseQueries, not_paused
 from chronoq.store.records import (
     INSERT_TASK_COLUMNS,
+    TASK_COLUMNS,
     Completion,
     Conn,
+    NewTask,
     NotFound,
     Row,
     TaskRecord,
     attempt_from_row,
     dumps,
-    idempotency,
     storable_json,
-    task_row,
 )
 from chronoq.store.schedules import ScheduleQueries
 from chronoq.store.workers import WorkerQueries
@@ -45,12 +46,12 @@ __all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dump
 INSERT_BATCH = 500
 
 #: what a user's cancel and retry set (``$2``: now), one task or a batch (store.bulk) alike
-CANCEL = "status = 'cancelled', updated_at = $2, lease_expires_at = NULL"
+CANCEL = f"{lifecycle.CANCEL.to()}, updated_at = $2, lease_expires_at = NULL"
 #: a cancelled running task's open attempt (``$2``: now)
 CANCEL_ATTEMPT = "finished_at = $2, outcome = 'cancelled', error = 'cancelled by request'"
 #: a retry grants at least one more attempt
 RETRY = (
-    "status = 'queued', run_at = $2, updated_at = $2, max_attempts = CASE WHEN "
+    f"{lifecycle.RETRY.to()}, run_at = $2, updated_at = $2, max_attempts = CASE WHEN "
     "max_attempts > attempts THEN max_attempts ELSE attempts + 1 END"
 )
 
@@ -74,8 +75,8 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     outage_errors: tuple[type[Exception], ...] = (OSError, TimeoutError)
 
     def __init__(self, hub: Hub | None = None, events: EventBus | None = None) -> None:
-        self.hub = hub or Hub()
-        self.events = events or EventBus()
+        #: the wake-ups and events of committed changes (its hub and bus are this store's)
+        self.announce = Announcer(hub or Hub(), events or EventBus())
         self._inserts = GroupCommit(
             self._insert_rows, INSERT_BATCH, split=lambda exc: isinstance(exc, self.data_errors)
         )
@@ -102,6 +103,24 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     @abc.abstractmethod
     def list_param(self, values: Iterable[str]) -> Any:
         """A Python list of strings in the form :meth:`in_list` expects."""
+
+    @property
+    def hub(self) -> Hub:
+        """In-process wake-ups: what this store's writes wake, and what its callers wait on."""
+        return self.announce.hub
+
+    @hub.setter
+    def hub(self, hub: Hub) -> None:
+        self.announce.hub = hub
+
+    @property
+    def events(self) -> EventBus:
+        """Task state changes, for local subscribers (and the Redis bridge)."""
+        return self.announce.events
+
+    @events.setter
+    def events(self, events: EventBus) -> None:
+        self.announce.events = events
 
     def sibling(self) -> Store | None:
         """A new, unopened store on the same database with connections of its own, for a
@@ -150,31 +169,45 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
 
     # -- submitting and reading --------------------------------------------------------------
     async def create_task(
-        self, spec: TaskCreate, now: float, namespace: str = "default"
+        self,
+        spec: TaskCreate,
+        now: float,
+        namespace: str = "default",
+        *,
+        payload: str | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Insert a task; returns ``(task, created)``. An idempotency key seen before in
         ``namespace`` returns the existing task with ``created=False``. Concurrent calls
-        are written together (group commit): one statement and one commit for all."""
-        return await self._inserts.submit(_submitted_row(spec, now, namespace))
+        are written together (group commit): one statement and one commit for all.
+        ``payload``: the spec's payload as JSON text, when the caller encoded it already."""
+        return await self._inserts.submit(_submitted(spec, now, namespace, payload))
 
     async def create_tasks(
-        self, specs: Sequence[TaskCreate], now: float, namespace: str = "default"
+        self,
+        specs: Sequence[TaskCreate],
+        now: float,
+        namespace: str = "default",
+        *,
+        payloads: Sequence[str] | None = None,
     ) -> list[tuple[TaskRecord, bool]]:
         """Insert many tasks in one transaction, :data:`INSERT_BATCH` per statement;
-        ``(task, created)`` each."""
-        rows = [_submitted_row(spec, now, namespace) for spec in specs]
+        ``(task, created)`` each. ``payloads``: their JSON text, if encoded already."""
+        texts = payloads if payloads is not None else [None] * len(specs)
+        tasks = [
+            _submitted(spec, now, namespace, text) for spec, text in zip(specs, texts, strict=True)
+        ]
         found: list[tuple[TaskRecord, bool]] = []
         async with self.tx() as c:
-            for start in range(0, len(rows), INSERT_BATCH):
-                found += await self._insert_on(c, rows[start : start + INSERT_BATCH])
-        self._announce_created(rows, found)
+            for start in range(0, len(tasks), INSERT_BATCH):
+                found += await self._insert_on(c, tasks[start : start + INSERT_BATCH])
+        self._announce_created(tasks, found)
         return found
 
-    async def _insert_rows(self, rows: Sequence[Sequence[Any]]) -> list[tuple[TaskRecord, bool]]:
+    async def _insert_rows(self, tasks: Sequence[NewTask]) -> list[tuple[TaskRecord, bool]]:
         """The group commit's write: one multi-row INSERT in autocommit mode."""
         async with self._insert_conn() as c:
-            found = await self._insert_on(c, rows)
-        self._announce_created(rows, found)
+            found = await self._insert_on(c, tasks)
+        self._announce_created(tasks, found)
         return found
 
     def _insert_conn(self) -> Any:
@@ -183,24 +216,22 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         return self.conn()
 
     def _announce_created(
-        self, rows: Sequence[Sequence[Any]], found: Sequence[tuple[TaskRecord, bool]]
+        self, tasks: Sequence[NewTask], found: Sequence[tuple[TaskRecord, bool]]
     ) -> None:
-        """:meth:`inserted` for the rows that made new tasks (not idempotent repeats)."""
-        self.inserted([row for row, (_, created) in zip(rows, found, strict=True) if created])
+        """:meth:`inserted` for the tasks that are new (not idempotent repeats)."""
+        self.inserted([task for task, (_, created) in zip(tasks, found, strict=True) if created])
 
-    async def _insert_on(
-        self, c: Conn, rows: Sequence[Sequence[Any]]
-    ) -> list[tuple[TaskRecord, bool]]:
-        """Insert ``rows``; those whose idempotency key exists in their namespace return
+    async def _insert_on(self, c: Conn, tasks: Sequence[NewTask]) -> list[tuple[TaskRecord, bool]]:
+        """Insert ``tasks``; those whose idempotency key exists in their namespace return
         the existing task (the same key in another namespace is another task)."""
-        source, args = self.rows_source(rows)
+        source, args = self.rows_source(tasks)
         inserted = await c.fetch(
             f"{INSERT_TASK_COLUMNS} {source} "
             "ON CONFLICT (namespace, idempotency_key) DO NOTHING RETURNING *",
             *args,
         )
         by_id = {r["id"]: r for r in inserted}
-        wanted = {idempotency(row) for row in rows if row[0] not in by_id}
+        wanted = {task.idempotency for task in tasks if task.id not in by_id}
         existing = {}
         if wanted:
             namespaces, keys = zip(*wanted, strict=True)
@@ -213,55 +244,37 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             existing = {
                 key: r for r in found if (key := (r["namespace"], r["idempotency_key"])) in wanted
             }
-        lost = [row for row in rows if row[0] not in by_id and idempotency(row) not in existing]
+        lost = [t for t in tasks if t.id not in by_id and t.idempotency not in existing]
         retried = iter(await self._insert_on(c, lost) if lost else [])  # key's task deleted
         return [
-            (TaskRecord.from_row(by_id[row[0]]), True)
-            if row[0] in by_id
-            else (TaskRecord.from_row(existing[idempotency(row)]), False)
-            if idempotency(row) in existing
+            (TaskRecord.from_row(by_id[task.id]), True)
+            if task.id in by_id
+            else (TaskRecord.from_row(existing[task.idempotency]), False)
+            if task.idempotency in existing
             else next(retried)
-            for row in rows
+            for task in tasks
         ]
 
-    def rows_source(self, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
-        """SQL and parameters giving ``rows`` to an INSERT: a multi-row VALUES list."""
-        width = len(rows[0])
+    def rows_source(self, tasks: Sequence[NewTask]) -> tuple[str, list[Any]]:
+        """SQL and parameters giving ``tasks`` to an INSERT: a multi-row VALUES list."""
+        width = len(TASK_COLUMNS)
         values = ", ".join(
             "(" + ", ".join(f"${i * width + j + 1}" for j in range(width)) + ")"
-            for i in range(len(rows))
+            for i in range(len(tasks))
         )
-        return f"VALUES {values}", [value for row in rows for value in row]
+        return f"VALUES {values}", [value for task in tasks for value in task.values()]
 
-    def inserted(self, rows: Sequence[Sequence[Any]]) -> None:
+    def inserted(self, tasks: Sequence[NewTask]) -> None:
         """Tell this process's scheduler or workers, and event listeners, about tasks just
-        inserted (rows in :data:`INSERT_TASK` order)."""
-        if not rows:
-            return
-        queues = {row[2] for row in rows if row[3] == Status.QUEUED.value}
-        if queues:
-            self.hub.ready(queues)
-        if any(row[3] != Status.QUEUED.value for row in rows):
-            self.hub.scheduled()
-        if self.events.active:
-            self.events.publish(
-                TaskEvent(
-                    row[0],
-                    row[1],
-                    row[2],
-                    row[3],
-                    0,
-                    row[7],
-                    row[14],
-                    priority=row[4],
-                    namespace=row[16],
-                )
-                for row in rows
-            )
+        inserted (:meth:`Announcer.created`)."""
+        self.announce.created(tasks)
 
-    async def get_task(self, task_id: str) -> TaskRecord:
+    async def get_task(self, task_id: str, namespace: str | None = None) -> TaskRecord:
+        """The task; :class:`NotFound` if there is none, or it is not in ``namespace``
+        (when given)."""
+        only, more = _in_namespace(namespace)
         async with self.conn() as c:
-            rows = await c.fetch("SELECT * FROM tasks WHERE id = $1", task_id)
+            rows = await c.fetch(f"SELECT * FROM tasks WHERE id = $1{only}", task_id, *more)
         if not rows:
             raise NotFound(task_id)
         return TaskRecord.from_row(rows[0])
@@ -337,12 +350,15 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         return [stats[queue] for queue in sorted(stats)]
 
     # -- user actions ------------------------------------------------------------------------
-    async def cancel_task(self, task_id: str, now: float) -> TaskRecord:
-        """Cancel a scheduled, queued, waiting or running task. A running attempt is closed
-        as ``cancelled`` at once and its worker is told to stop."""
+    async def cancel_task(
+        self, task_id: str, now: float, namespace: str | None = None
+    ) -> TaskRecord:
+        """Cancel a scheduled, queued, waiting or running task (of ``namespace``, when
+        given: another namespace's is :class:`NotFound`). A running attempt is closed as
+        ``cancelled`` at once and its worker is told to stop."""
         async with self.tx() as c:
-            current = await self._current(c, task_id)
-            states.check(task_id, current.status, Status.CANCELLED)
+            current = await self._current(c, task_id, namespace)
+            lifecycle.CANCEL.check(task_id, current.status)
             rows = await c.fetch(
                 f"UPDATE tasks SET {CANCEL} WHERE id = $1 AND status = $3 RETURNING *",
                 task_id,
@@ -357,48 +373,51 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                     now,
                     current.attempts,
                 )
-        if current.status is Status.RUNNING:
-            self.hub.cancelled(task_id)
-        return self._changed(rows[0], now)
-
-    def _changed(self, row: Row, now: float) -> TaskRecord:
-        """Decode a task row a user action just changed, and publish the change."""
-        record = TaskRecord.from_row(row)
-        if self.events.active:
-            self.events.publish([record.event(now)])
+        record = TaskRecord.from_row(rows[0])
+        self.announce.changed([record], now, stopped=current.status is Status.RUNNING)
         return record
 
-    async def retry_task(self, task_id: str, now: float) -> TaskRecord:
-        """Send a failed or dead task back to its queue now, granting at least one attempt."""
+    async def retry_task(
+        self, task_id: str, now: float, namespace: str | None = None
+    ) -> TaskRecord:
+        """Send a failed or dead task (of ``namespace``, when given) back to its queue now,
+        granting at least one attempt."""
         async with self.tx() as c:
-            current = await self._current(c, task_id)
-            if current.status not in states.RETRYABLE:
-                raise states.InvalidTransition(task_id, current.status, Status.QUEUED)
+            current = await self._current(c, task_id, namespace)
+            lifecycle.RETRY.check(task_id, current.status)
             rows = await c.fetch(
                 f"UPDATE tasks SET {RETRY} WHERE id = $1 AND status = $3 RETURNING *",
                 task_id,
                 now,
                 current.status.value,
             )
-        self.hub.ready((current.queue,))
-        return self._changed(rows[0], now)
+        record = TaskRecord.from_row(rows[0])
+        self.announce.changed([record], now, requeued=True)
+        return record
 
-    async def delete_task(self, task_id: str) -> None:
-        """Discard a finished task (succeeded, dead or cancelled) and its attempts."""
-        finished = ", ".join(f"'{s.value}'" for s in states.TERMINAL)
+    async def delete_task(self, task_id: str, namespace: str | None = None) -> None:
+        """Discard a finished task (succeeded, dead or cancelled; of ``namespace``, when
+        given) and its attempts."""
         async with self.tx() as c:
-            current = await self._current(c, task_id)
-            if current.status not in states.TERMINAL:
+            current = await self._current(c, task_id, namespace)
+            if current.status not in lifecycle.PURGE.sources:
                 raise states.InvalidTransition(
                     task_id,
                     current.status,
                     Status.CANCELLED,
                     "only finished tasks can be discarded",
                 )
-            await c.execute(f"DELETE FROM tasks WHERE id = $1 AND status IN ({finished})", task_id)
+            await c.execute(
+                f"DELETE FROM tasks WHERE id = $1 AND {lifecycle.PURGE.where()}", task_id
+            )
 
-    async def _current(self, c: Conn, task_id: str) -> TaskRecord:
-        rows = await c.fetch(f"SELECT * FROM tasks WHERE id = $1{self.lock_row}", task_id)
+    async def _current(self, c: Conn, task_id: str, namespace: str | None = None) -> TaskRecord:
+        """The task, locked for the transaction; the namespace is part of the WHERE
+        clause, so a caller never acts on another namespace's task it was not shown."""
+        only, more = _in_namespace(namespace)
+        rows = await c.fetch(
+            f"SELECT * FROM tasks WHERE id = $1{only}{self.lock_row}", task_id, *more
+        )
         if not rows:
             raise NotFound(task_id)
         return TaskRecord.from_row(rows[0])
@@ -409,44 +428,27 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     ) -> list[str]:
         """Move due scheduled tasks and due retries to ``queued``; returns each moved task's
         queue (so ``len()`` is the number moved)."""
-        waiting = ", ".join(f"'{s.value}'" for s in states.WAITING)
+        promote = lifecycle.PROMOTE
         async with self.tx() as c:
             await self.check_fence(c, fence, now)
             rows = await c.fetch(
-                f"UPDATE tasks SET status = 'queued', updated_at = $1 WHERE id IN ("
-                f"SELECT id FROM tasks WHERE status IN ({waiting}) AND run_at <= $1 "
+                f"UPDATE tasks SET {promote.to()}, updated_at = $1 WHERE id IN ("
+                f"SELECT id FROM tasks WHERE {promote.where()} AND run_at <= $1 "
                 f"ORDER BY run_at LIMIT $2{self.skip_locked}) "
                 "RETURNING id, name, queue, attempts, schedule_id, priority, namespace",
                 now,
                 limit,
             )
         queues = [r["queue"] for r in rows]
-        if queues:
-            self.hub.ready(set(queues))
-            if self.events.active:
-                self.events.publish(
-                    TaskEvent(
-                        r["id"],
-                        r["name"],
-                        r["queue"],
-                        "queued",
-                        r["attempts"],
-                        now,
-                        r["schedule_id"],
-                        priority=r["priority"],
-                        namespace=r["namespace"],
-                    )
-                    for r in rows
-                )
+        self.announce.promoted(rows, now)
         return queues
 
     async def next_due_at(self) -> float | None:
         """The earliest time something becomes due: a waiting task or a schedule's slot."""
-        waiting = ", ".join(f"'{s.value}'" for s in states.WAITING)
         async with self.conn() as c:
             rows = await c.fetch(
                 "SELECT MIN(t) AS t FROM ("
-                f"SELECT MIN(run_at) AS t FROM tasks WHERE status IN ({waiting}) UNION ALL "
+                f"SELECT MIN(run_at) AS t FROM tasks WHERE {lifecycle.PROMOTE.where()} UNION ALL "
                 "SELECT MIN(next_fire_at) AS t FROM schedules "
                 "WHERE paused = 0 AND next_fire_at IS NOT NULL) AS due"
             )
@@ -457,7 +459,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         """Running tasks whose worker stopped renewing the lease (it crashed or hung)."""
         async with self.conn() as c:
             rows = await c.fetch(
-                "SELECT * FROM tasks WHERE status = 'running' AND lease_expires_at < $1 "
+                f"SELECT * FROM tasks WHERE {lifecycle.REAP.where()} AND lease_expires_at < $1 "
                 "ORDER BY lease_expires_at LIMIT $2",
                 now,
                 limit,
@@ -496,7 +498,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         ``offer`` (the worker's queues): the slots left free may take hand-offs of new tasks
         of those queues (PostgreSQL)."""
         pick = (
-            "SELECT id FROM tasks WHERE status = 'queued' AND queue = $4 "
+            f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND queue = $4 "
             f"AND {not_paused('$4')} ORDER BY priority DESC, run_at, id "
             f"LIMIT $5{self.skip_locked}"
         )
@@ -508,7 +510,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         """Take these tasks if they are still queued (a broker delivered their ids); ids of
         tasks already taken, cancelled or gone, or of a paused queue, are skipped."""
         pick = (
-            f"SELECT id FROM tasks WHERE status = 'queued' AND id {self.in_list('$4')} "
+            f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND id {self.in_list('$4')} "
             f"AND {not_paused('tasks.queue')}"
         )
         return await self._claim(
@@ -528,8 +530,9 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         and open their attempts, in one transaction. (Hand-off offers are PostgreSQL's.)"""
         async with self.tx() as c:
             rows = await c.fetch(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1, worker_id = $1, "
-                f"lease_expires_at = $2, updated_at = $3 WHERE id IN ({pick}) RETURNING *",
+                f"UPDATE tasks SET {lifecycle.CLAIM.to()}, attempts = attempts + 1, "
+                "worker_id = $1, lease_expires_at = $2, updated_at = $3 "
+                f"WHERE id IN ({pick}) RETURNING *",
                 worker_id,
                 now + lease,
                 now,
@@ -546,12 +549,13 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     async def release(self, worker_id: str, tasks: Sequence[TaskRecord]) -> None:
         """Give back tasks handed to a worker that stops before starting them: queued
         again, the attempt they were handed with undone."""
+        release = lifecycle.RELEASE
         async with self.tx() as c:
             for task in tasks:
                 rows = await c.fetch(
-                    "UPDATE tasks SET status = 'queued', attempts = attempts - 1, "
+                    f"UPDATE tasks SET {release.to()}, attempts = attempts - 1, "
                     "worker_id = NULL, lease_expires_at = NULL WHERE id = $1 AND attempts = $2 "
-                    "AND status = 'running' AND worker_id = $3 RETURNING id",
+                    f"AND {release.where()} AND worker_id = $3 RETURNING id",
                     task.id,
                     task.attempts,
                     worker_id,
@@ -562,7 +566,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                         task.id,
                         task.attempts,
                     )
-        self.hub.ready({task.queue for task in tasks})
+        self.announce.released(task.queue for task in tasks)
 
     async def withdraw_offers(self, worker_id: str) -> None:
         """A stopping worker takes back its hand-off offers; once this returns, every task
@@ -579,7 +583,8 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         async with self.tx() as c:
             rows = await c.fetch(
                 "UPDATE tasks SET updated_at = $2 WHERE id IN (SELECT id FROM tasks "
-                f"WHERE status = 'queued' AND updated_at < $1 AND {not_paused('tasks.queue')} "
+                f"WHERE {lifecycle.is_(Status.QUEUED)} AND updated_at < $1 "
+                f"AND {not_paused('tasks.queue')} "
                 f"{only}ORDER BY updated_at LIMIT $3{self.skip_locked}) "
                 "RETURNING id, queue, priority",
                 before,
@@ -596,8 +601,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     def started(self, tasks: list[TaskRecord], now: float) -> list[TaskRecord]:
         """Put tasks a worker now holds in run order and publish that they started."""
         tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
-        if tasks and self.events.active:
-            self.events.publish(t.event(now, wait=now - t.run_at) for t in tasks)
+        self.announce.started(tasks, now)
         return tasks
 
     async def complete(
@@ -614,17 +618,16 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         if not completions:
             return
         live = await self._record(completions, fence, lapsed)
-        applied = [x for x in completions if (x.task_id, x.attempt) in live]
-        if any(x.status is Status.FAILED for x in applied):
-            self.hub.scheduled()
-        if self.events.active:  # reports for superseded attempts changed nothing: no event
-            self.events.publish(e for e in (x.event() for x in applied) if e is not None)
+        self.announce.finished([x for x in completions if (x.task_id, x.attempt) in live])
 
     async def _record(
         self, completions: Sequence[Completion], fence: Fence | None, lapsed: float | None = None
     ) -> set[tuple[str, int]]:
         """Write completions in one transaction; returns the (task, attempt) pairs that were
         still running, i.e. whose task row changed."""
+        transition = lifecycle.FINISH if lapsed is None else lifecycle.REAP
+        ending(transition, completions)
+        encoded = [(x, storable_json(x.result)) for x in completions]  # once for both rows
         async with self.tx() as c:
             await self.check_fence(c, fence, completions[0].finished_at)
             expired, more = (
@@ -632,28 +635,28 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             )
             current = await c.fetch(
                 f"SELECT id, attempts FROM tasks WHERE id {self.in_list('$1')} "
-                f"AND status = 'running'{expired}{self.lock_row}",
+                f"AND {transition.where()}{expired}{self.lock_row}",
                 self.list_param([x.task_id for x in completions]),
                 *more,
             )
             live = {(r["id"], r["attempts"]) for r in current}
             if lapsed is not None:  # a renewed lease: its attempt runs on, left open
-                completions = [x for x in completions if (x.task_id, x.attempt) in live]
+                encoded = [(x, result) for x, result in encoded if (x.task_id, x.attempt) in live]
             await c.executemany(
-                "UPDATE tasks SET status = $3, run_at = COALESCE($4, run_at), result = $5, "
-                "error = $6, updated_at = $7, lease_expires_at = NULL "
-                "WHERE id = $1 AND attempts = $2 AND status = 'running'",
+                f"UPDATE tasks SET {transition.to_each('$3')}, run_at = COALESCE($4, run_at), "
+                "result = $5, error = $6, updated_at = $7, lease_expires_at = NULL "
+                f"WHERE id = $1 AND attempts = $2 AND {transition.where()}",
                 [
                     (
                         x.task_id,
                         x.attempt,
                         x.status.value,
                         x.next_run_at,
-                        storable_json(x.result),
+                        result,
                         x.error,
                         x.finished_at,
                     )
-                    for x in completions
+                    for x, result in encoded
                     if (x.task_id, x.attempt) in live
                 ],
             )
@@ -666,11 +669,11 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                         x.attempt,
                         x.finished_at,
                         x.outcome,
-                        storable_json(x.result),
+                        result,
                         x.error,
                         x.traceback,
                     )
-                    for x in completions
+                    for x, result in encoded
                 ],
             )
         return live
@@ -685,7 +688,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         async with self.conn() as c:
             rows = await c.fetch(
                 "UPDATE tasks SET lease_expires_at = $1 WHERE worker_id = $2 "
-                f"AND status = 'running' AND id {self.in_list('$3')} RETURNING id",
+                f"AND {lifecycle.is_(Status.RUNNING)} AND id {self.in_list('$3')} RETURNING id",
                 lease_until,
                 worker_id,
                 self.list_param(task_ids),
@@ -700,8 +703,8 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         that never reached it."""
         async with self.conn() as c:
             rows = await c.fetch(
-                "SELECT * FROM tasks WHERE status = 'running' AND lease_expires_at < $1 "
-                f"AND worker_id = $2 AND NOT (id {self.in_list('$3')})",
+                f"SELECT * FROM tasks WHERE {lifecycle.is_(Status.RUNNING)} "
+                f"AND lease_expires_at < $1 AND worker_id = $2 AND NOT (id {self.in_list('$3')})",
                 lease_before,
                 worker_id,
                 self.list_param(known),
@@ -709,9 +712,24 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         return [TaskRecord.from_row(r) for r in rows]
 
 
-def _submitted_row(spec: TaskCreate, now: float, namespace: str) -> tuple[Any, ...]:
-    """The :data:`INSERT_TASK` values of a submission made at ``now``."""
-    return task_row(spec, spec.due_at(now), now, spec.idempotency_key, namespace=namespace)
+def _in_namespace(namespace: str | None) -> tuple[str, tuple[str, ...]]:
+    """The condition (``$2``) and parameter limiting a one-task query to ``namespace``;
+    nothing for None (every namespace)."""
+    return ("", ()) if namespace is None else (" AND namespace = $2", (namespace,))
+
+
+def ending(transition: lifecycle.Transition, completions: Sequence[Completion]) -> None:
+    """``ValueError`` unless every completion ends in a status ``transition`` reaches."""
+    for x in completions:
+        if not transition.ends_in(x.status):
+            raise ValueError(f"{transition.name} cannot end task {x.task_id} in {x.status}")
+
+
+def _submitted(spec: TaskCreate, now: float, namespace: str, payload: str | None = None) -> NewTask:
+    """The new task of a submission made at ``now``."""
+    return NewTask.of(
+        spec, spec.due_at(now), now, spec.idempotency_key, namespace=namespace, payload=payload
+    )
 
 
 @asynccontextmanager

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chronoq import states
-from chronoq.states import Status
+from chronoq import lifecycle
+from chronoq.lifecycle import Status, Transition
 from chronoq.store.base import CANCEL, CANCEL_ATTEMPT, RETRY, Store
 from chronoq.store.filters import TaskFilter
 from chronoq.store.records import TaskRecord
@@ -26,16 +26,21 @@ BATCH = 500
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """A user action on many tasks: the statuses it starts from and the UPDATE it makes."""
+    """A user action on many tasks: its transition (the statuses it starts from) and the
+    UPDATE it makes."""
 
     verb: str
     past: str
-    allowed: frozenset[Status]
+    transition: Transition
     update: str
 
+    @property
+    def allowed(self) -> frozenset[Status]:
+        return frozenset(self.transition.sources)
 
-RETRY_ACTION = Action("retry", "retried", states.RETRYABLE, RETRY)
-CANCEL_ACTION = Action("cancel", "cancelled", states.sources(Status.CANCELLED), CANCEL)
+
+RETRY_ACTION = Action("retry", "retried", lifecycle.RETRY, RETRY)
+CANCEL_ACTION = Action("cancel", "cancelled", lifecycle.CANCEL, CANCEL)
 ACTIONS = {a.verb: a for a in (RETRY_ACTION, CANCEL_ACTION)}
 
 
@@ -101,13 +106,12 @@ async def apply_batch(
                 now,
             )
     changed = [TaskRecord.from_row(r) for r in rows]
-    if action is RETRY_ACTION and changed:
-        store.hub.ready({t.queue for t in changed})
-    if action is CANCEL_ACTION and status is Status.RUNNING:
-        for task in changed:
-            store.hub.cancelled(task.id)
-    if store.events.active and changed:
-        store.events.publish([t.event(now) for t in changed])
+    store.announce.changed(
+        changed,
+        now,
+        requeued=action is RETRY_ACTION,
+        stopped=action is CANCEL_ACTION and status is Status.RUNNING,
+    )
     return len(changed), str(picked[-1]["id"])
 
 
@@ -164,7 +168,7 @@ async def dead_letters(
     async with store.conn() as c:
         rows = await c.fetch(
             f"SELECT {line} AS line, name, queue, count(*) AS n, max(updated_at) AS newest "
-            f"FROM tasks WHERE status IN ({FINISHED}) AND {sql} GROUP BY {line}, name, queue "
+            f"FROM tasks WHERE {FINISHED} AND {sql} GROUP BY {line}, name, queue "
             f"ORDER BY n DESC, newest DESC LIMIT ${len(args) + 1}",
             *args,
             limit,

@@ -12,7 +12,7 @@ import abc
 from dataclasses import dataclass
 from typing import Any
 
-from chronoq.notify import Hub
+from chronoq.store.announce import Announcer
 
 
 def not_paused(queue: str) -> str:
@@ -34,7 +34,7 @@ class QueuePause:
 class PauseQueries(abc.ABC):
     """Pause and resume queries, mixed into :class:`chronoq.store.base.Store`."""
 
-    hub: Hub
+    announce: Announcer
 
     @abc.abstractmethod
     def conn(self) -> Any: ...
@@ -58,7 +58,7 @@ class PauseQueries(abc.ABC):
         async with self.conn() as c:
             rows = await c.fetch("DELETE FROM queue_pauses WHERE queue = $1 RETURNING queue", queue)
         if rows:
-            self.hub.ready((queue,))
+            self.announce.resumed(queue)
         return bool(rows)
 
     async def paused_queues(self) -> dict[str, QueuePause]:

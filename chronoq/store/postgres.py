@@ -13,14 +13,21 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from chronoq import lifecycle
 from chronoq.backoff import Outage
 from chronoq.events import EventBus
 from chronoq.notify import Hub, worker_channel
 from chronoq.states import Status
-from chronoq.store.base import Completion, Conn, Row, Store, TaskRecord
+from chronoq.store.base import Completion, Conn, Row, Store, TaskRecord, ending
 from chronoq.store.leases import Fence
 from chronoq.store.pauses import not_paused
-from chronoq.store.records import INSERT_TASK_COLUMNS, storable_json
+from chronoq.store.records import (
+    INSERT_TASK_COLUMNS,
+    TASK_COLUMN_TYPES,
+    TASK_COLUMNS,
+    NewTask,
+    storable_json,
+)
 
 log = logging.getLogger("chronoq.store")
 
@@ -30,39 +37,34 @@ _MIGRATION_LOCK = 0x6368726F6E6F71  # "chronoq"
 #: of a second of them, and those tasks run again (delivery is at-least-once anyway).
 #: Submissions, cancellations and schedule changes always wait for the disk.
 _RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
-#: the PostgreSQL types of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`, in order
-_TASK_TYPES = [
-    "text",
-    "text",
-    "text",
-    "text",
-    "int",
-    "text",
-    "float8",
-    "float8",
-    "float8",
-    "int",
-    "int",
-    "text",
-    "float8",
-    "text",
-    "text",
-    "float8",
-    "text",
-]
+#: the PostgreSQL type of each annotation of :class:`chronoq.store.records.NewTask`
+_PG_TYPES = {
+    "str": "text",
+    "str | None": "text",
+    "Status": "text",
+    "int": "int",
+    "float": "float8",
+    "float | None": "float8",
+}
+#: the PostgreSQL type of each column of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`
+_TASK_TYPES = {column: _PG_TYPES[kind] for column, kind in TASK_COLUMN_TYPES.items()}
 #: the columns of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`, as arrays
 _TASK_ROWS = (
     "SELECT * FROM unnest("
-    + ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_TASK_TYPES, start=1))
+    + ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_TASK_TYPES.values(), start=1))
     + ")"
 )
+#: the parameter holding a new task's queue
+_QUEUE = f"${TASK_COLUMNS.index('queue') + 1}"
+#: what a hand-off inserts instead of the submitted value when an offer was taken
+_HANDED = {"status": lifecycle.HAND_OFF.value(), "attempts": "1"}
 
 
-def _handoff_value(i: int, kind: str) -> str:
-    """Parameter ``$i`` of a queued task's row, as a hand-off inserts it: status ($4)
-    'running' and attempts ($10) 1 when an offer was taken."""
-    value = f"${i}::{kind}"
-    taken = {4: "'running'", 10: "1"}.get(i)
+def _handoff_value(i: int, column: str) -> str:
+    """Parameter ``$i`` (``column``) of a queued task's row, as a hand-off inserts it:
+    status 'running' and attempts 1 when an offer was taken."""
+    value = f"${i}::{_TASK_TYPES[column]}"
+    taken = _HANDED.get(column)
     return (
         value
         if taken is None
@@ -74,17 +76,18 @@ def _handoff_value(i: int, kind: str) -> str:
 #: LISTEN connection is alive when one offers a slot for its queue (migration 0010; the
 #: trigger opens the attempt and sends the row), else inserted queued as usual (always when
 #: its queue is paused: :func:`chronoq.store.pauses.not_paused`). Parameters:
-#: a queued :data:`chronoq.store.records.INSERT_TASK` row.
+#: a queued :class:`chronoq.store.records.NewTask`'s values.
 _HANDOFF = (
     "WITH offer AS (UPDATE offers o SET slots = o.slots - 1 FROM ("
-    "SELECT worker_id FROM offers WHERE $3::text = ANY(queues) AND slots > 0 "
-    f"AND {not_paused('$3::text')} "
+    f"SELECT worker_id FROM offers WHERE {_QUEUE}::text = ANY(queues) AND slots > 0 "
+    f"AND {not_paused(f'{_QUEUE}::text')} "
     "AND EXISTS (SELECT 1 FROM pg_stat_get_activity(offers.pid)) "
     "LIMIT 1 FOR UPDATE SKIP LOCKED) AS free WHERE o.worker_id = free.worker_id "
     "RETURNING o.worker_id, o.lease_seconds) "
     f"{INSERT_TASK_COLUMNS.removesuffix(')')}, worker_id, lease_expires_at) SELECT "
-    + ", ".join(_handoff_value(i, kind) for i, kind in enumerate(_TASK_TYPES, start=1))
-    + ", offer.worker_id, $9::float8 + offer.lease_seconds FROM (SELECT 1) AS one "
+    + ", ".join(_handoff_value(i, column) for i, column in enumerate(TASK_COLUMNS, start=1))
+    + f", offer.worker_id, ${TASK_COLUMNS.index('updated_at') + 1}::float8 "
+    "+ offer.lease_seconds FROM (SELECT 1) AS one "
     "LEFT JOIN offer ON true ON CONFLICT (namespace, idempotency_key) DO NOTHING "
     "RETURNING *"
 )
@@ -310,9 +313,10 @@ class PostgresStore(Store):
         async with self._require().acquire() as conn, conn.transaction():
             yield _PgConn(conn)
 
-    def rows_source(self, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    def rows_source(self, tasks: Sequence[NewTask]) -> tuple[str, list[Any]]:
         """One array per column: the same statement text for any number of rows, so it is
         prepared once per connection and reused."""
+        rows = [task.values() for task in tasks]
         return _TASK_ROWS, [list(column) for column in zip(*rows, strict=True)]
 
     def in_list(self, placeholder: str) -> str:
@@ -368,16 +372,14 @@ class PostgresStore(Store):
                 self._inserter = None
                 await pool.release(conn)
 
-    async def _insert_on(
-        self, c: Conn, rows: Sequence[Sequence[Any]]
-    ) -> list[tuple[TaskRecord, bool]]:
+    async def _insert_on(self, c: Conn, tasks: Sequence[NewTask]) -> list[tuple[TaskRecord, bool]]:
         """A queued task on its own goes to an idle worker if one offers (:data:`_HANDOFF`);
         batches, and a key seen before, take the general path."""
-        if len(rows) == 1 and rows[0][3] == Status.QUEUED.value:
-            inserted = await c.fetch(_HANDOFF, *rows[0])
+        if len(tasks) == 1 and tasks[0].status is Status.QUEUED:
+            inserted = await c.fetch(_HANDOFF, *tasks[0].values())
             if inserted:
                 return [(TaskRecord.from_row(inserted[0]), True)]
-        return await super()._insert_on(c, rows)
+        return await super()._insert_on(c, tasks)
 
     async def _claim(
         self,
@@ -397,7 +399,8 @@ class PostgresStore(Store):
         async with self.conn() as c:
             rows = await c.fetch(
                 f"WITH {_RELAXED}, picked AS ({pick}), "
-                "claimed AS (UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, "
+                f"claimed AS (UPDATE tasks t SET {lifecycle.CLAIM.to()}, "
+                "attempts = t.attempts + 1, "
                 "worker_id = $1, lease_expires_at = $2, updated_at = $3 FROM picked, relaxed "
                 "WHERE t.id = picked.id RETURNING t.*), "
                 f"{offered}opened AS (INSERT INTO attempts (task_id, attempt, worker_id, "
@@ -437,6 +440,8 @@ class PostgresStore(Store):
         fenced ones take the general path, which locks the lease row."""
         if fence is not None or lapsed is not None:
             return await super()._record(completions, fence, lapsed)
+        finish = lifecycle.FINISH
+        ending(finish, completions)
         columns = list(
             zip(
                 *(
@@ -463,11 +468,11 @@ class PostgresStore(Store):
                 "$4::float8[], $5::text[], $6::text[], $7::float8[], $8::text[], $9::text[]) "
                 "AS x(task_id, attempt, status, next_run_at, result, error, finished_at, "
                 "outcome, traceback)), "
-                "ended AS (UPDATE tasks t SET status = i.status, "
+                f"ended AS (UPDATE tasks t SET {finish.to_each('i.status')}, "
                 "run_at = COALESCE(i.next_run_at, t.run_at), result = i.result, "
                 "error = i.error, updated_at = i.finished_at, lease_expires_at = NULL "
                 "FROM input i, relaxed WHERE t.id = i.task_id AND t.attempts = i.attempt "
-                "AND t.status = 'running' RETURNING t.id, t.attempts, t.worker_id), "
+                f"AND {finish.where('t.status')} RETURNING t.id, t.attempts, t.worker_id), "
                 "freed AS (UPDATE offers o SET slots = o.slots + f.n FROM (SELECT worker_id, "
                 "count(*) AS n FROM ended GROUP BY worker_id) AS f "
                 "WHERE o.worker_id = f.worker_id), "

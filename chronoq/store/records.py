@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -101,6 +103,43 @@ def loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+class _Task(Protocol):
+    """What an event says about a task (a stored one, or one about to be)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def schedule_id(self) -> str | None: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def namespace(self) -> str: ...
+
+
+def status_event(task: _Task, at: float, **extra: Any) -> TaskEvent:
+    """``task``'s current status as an event at ``at``."""
+    return TaskEvent(
+        task.id,
+        task.name,
+        task.queue,
+        task.status.value,
+        task.attempts,
+        at,
+        task.schedule_id,
+        priority=task.priority,
+        namespace=task.namespace,
+        **extra,
+    )
+
+
 @dataclass(slots=True)
 class TaskRecord:
     """A row of ``tasks``, decoded."""
@@ -155,18 +194,7 @@ class TaskRecord:
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
         """This task's current status as an event."""
-        return TaskEvent(
-            self.id,
-            self.name,
-            self.queue,
-            self.status.value,
-            self.attempts,
-            at,
-            self.schedule_id,
-            priority=self.priority,
-            namespace=self.namespace,
-            **extra,
-        )
+        return status_event(self, at, **extra)
 
     def log_fields(self, outcome: str, **more: Any) -> dict[str, Any]:
         """The structured fields of a log line about this task's current attempt."""
@@ -319,50 +347,87 @@ def attempt_from_row(row: Row) -> Attempt:
     )
 
 
-INSERT_TASK_COLUMNS = (
-    "INSERT INTO tasks (id, name, queue, status, priority, payload, run_at, created_at, "
-    "updated_at, attempts, max_attempts, backoff, timeout_seconds, idempotency_key, "
-    "schedule_id, slot, namespace)"
-)
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task about to be inserted: one field per column of :data:`INSERT_TASK`, in order
+    (the column list, the placeholders and PostgreSQL's array types derive from these
+    fields). ``payload`` and ``backoff`` are already JSON text: encoded once, here."""
+
+    id: str
+    name: str
+    queue: str
+    status: Status
+    priority: int
+    payload: str
+    run_at: float
+    created_at: float
+    updated_at: float
+    attempts: int
+    max_attempts: int
+    backoff: str
+    timeout_seconds: float | None
+    idempotency_key: str | None
+    schedule_id: str | None
+    slot: float | None
+    namespace: str
+
+    @classmethod
+    def of(
+        cls,
+        template: TaskTemplate,
+        run_at: float,
+        now: float,
+        idempotency_key: str | None = None,
+        schedule_id: str | None = None,
+        slot: float | None = None,
+        namespace: str = "default",
+        payload: str | None = None,
+    ) -> NewTask:
+        """A new task due at ``run_at``, submitted at ``now``: queued when due, else
+        scheduled (:data:`chronoq.lifecycle.SUBMIT`). ``payload``: the template's payload
+        as JSON text, when the caller encoded it already (the API, to check its size)."""
+        return cls(
+            id=new_id(),
+            name=template.name,
+            queue=template.queue,
+            status=Status.QUEUED if run_at <= now else Status.SCHEDULED,
+            priority=template.priority,
+            payload=storable_json(template.payload) if payload is None else payload,
+            run_at=run_at,
+            created_at=now,
+            updated_at=now,
+            attempts=0,
+            max_attempts=template.max_attempts,
+            backoff=template.backoff.model_dump_json(),
+            timeout_seconds=template.timeout_seconds,
+            idempotency_key=idempotency_key,
+            schedule_id=schedule_id,
+            slot=slot,
+            namespace=namespace,
+        )
+
+    def values(self) -> tuple[Any, ...]:
+        """The parameters of :data:`INSERT_TASK`."""
+        values: tuple[Any, ...] = _task_values(self)
+        return values
+
+    @property
+    def idempotency(self) -> tuple[str, str | None]:
+        """``(namespace, idempotency_key)``: what makes a submission a repeat (the unique
+        index of migration 0011)."""
+        return self.namespace, self.idempotency_key
+
+    def event(self) -> TaskEvent:
+        """The event announcing this task once inserted."""
+        return status_event(self, self.created_at)
+
+
+#: the columns a new task's row sets, in :class:`NewTask`'s field order
+TASK_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NewTask))
+#: the annotation of each column's field (PostgreSQL's array types derive from them)
+TASK_COLUMN_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(NewTask)}
+_task_values = operator.attrgetter(*TASK_COLUMNS)
+INSERT_TASK_COLUMNS = f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)})"
 INSERT_TASK = (
-    f"{INSERT_TASK_COLUMNS} "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    f"{INSERT_TASK_COLUMNS} VALUES ({', '.join(f'${i}' for i in range(1, len(TASK_COLUMNS) + 1))})"
 )
-
-
-def idempotency(row: Sequence[Any]) -> tuple[str, str | None]:
-    """``(namespace, idempotency_key)`` of an :data:`INSERT_TASK` row: what makes a
-    submission a repeat (the unique index of migration 0011)."""
-    return row[16], row[13]
-
-
-def task_row(
-    template: TaskTemplate,
-    run_at: float,
-    now: float,
-    idempotency_key: str | None = None,
-    schedule_id: str | None = None,
-    slot: float | None = None,
-    namespace: str = "default",
-) -> tuple[Any, ...]:
-    """The values of :data:`INSERT_TASK` for a new task due at ``run_at``."""
-    status = Status.QUEUED if run_at <= now else Status.SCHEDULED
-    return (
-        new_id(),
-        template.name,
-        template.queue,
-        status.value,
-        template.priority,
-        storable_json(template.payload),
-        run_at,
-        now,
-        now,
-        0,
-        template.max_attempts,
-        template.backoff.model_dump_json(),
-        template.timeout_seconds,
-        idempotency_key,
-        schedule_id,
-        slot,
-        namespace,
-    )

@@ -14,16 +14,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chronoq import lifecycle
+from chronoq.lifecycle import TERMINAL, Status
 from chronoq.models import Attempt
-from chronoq.states import TERMINAL, Status
 from chronoq.store.base import Store
 from chronoq.store.filters import TaskFilter
 from chronoq.store.records import Conn, Row, TaskRecord, attempt_from_row
 
-#: statuses retention may delete, spelled as the ``tasks_finished`` index's predicate:
-#: every query repeats it, so SQLite (which matches it word for word) and PostgreSQL's
-#: generic plans (where the status is a parameter) both use the partial index
-FINISHED = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
+#: the statuses retention may delete (:data:`chronoq.lifecycle.PURGE`), spelled as the
+#: ``tasks_finished`` index's predicate: every query repeats it, so SQLite (which matches it
+#: word for word) and PostgreSQL's generic plans (where the status is a parameter) both use
+#: the partial index
+FINISHED = lifecycle.PURGE.where()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +50,7 @@ class Expired:
             self.status, self.queue, self.name, self.namespace, updated_before=self.before
         )
         sql, args = chosen.where("sqlite", first)  # no error test: the same on both
-        return f"status IN ({FINISHED}) AND {sql}", args
+        return f"{FINISHED} AND {sql}", args
 
 
 async def finished_queues(store: Store, status: Status) -> list[str]:
@@ -57,9 +59,9 @@ async def finished_queues(store: Store, status: Status) -> list[str]:
     async with store.conn() as c:
         rows = await c.fetch(
             "WITH RECURSIVE q (queue) AS ("
-            f"SELECT (SELECT min(queue) FROM tasks WHERE status IN ({FINISHED}) "
+            f"SELECT (SELECT min(queue) FROM tasks WHERE {FINISHED} "
             "AND status = $1) UNION ALL "
-            f"SELECT (SELECT min(queue) FROM tasks WHERE status IN ({FINISHED}) "
+            f"SELECT (SELECT min(queue) FROM tasks WHERE {FINISHED} "
             "AND status = $1 AND queue > q.queue) FROM q WHERE q.queue IS NOT NULL) "
             "SELECT queue FROM q WHERE queue IS NOT NULL",
             status.value,
@@ -101,8 +103,7 @@ async def delete_batch(
         if save is not None:
             await save(await _with_attempts(store, c, rows, ids))
         deleted = await c.fetch(
-            f"DELETE FROM tasks WHERE id {store.in_list('$1')} AND status IN ({FINISHED}) "
-            "RETURNING id",
+            f"DELETE FROM tasks WHERE id {store.in_list('$1')} AND {FINISHED} RETURNING id",
             ids,
         )
     last = rows[-1]

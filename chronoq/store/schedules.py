@@ -14,10 +14,10 @@ from chronoq.models import (
     TaskTemplate,
     to_datetime,
 )
-from chronoq.notify import Hub
 from chronoq.recurrence import FirePlan, MisfirePolicy, Recurrence, cached, plan
+from chronoq.store.announce import Announcer
 from chronoq.store.leases import Fence
-from chronoq.store.records import INSERT_TASK, Row, TaskRecord, task_row
+from chronoq.store.records import INSERT_TASK, NewTask, Row, TaskRecord
 
 #: fields whose change moves the next fire time
 RULE_FIELDS = frozenset({"cron", "interval_seconds", "timezone", "start_at", "end_at"})
@@ -224,7 +224,7 @@ _UPDATE = ", ".join(f"{c.strip()} = ${i}" for i, c in enumerate(_COLUMNS.split("
 class ScheduleQueries(abc.ABC):
     """Schedule queries, mixed into :class:`chronoq.store.base.Store`."""
 
-    hub: Hub
+    announce: Announcer
     skip_locked: str
 
     @abc.abstractmethod
@@ -234,7 +234,7 @@ class ScheduleQueries(abc.ABC):
     def tx(self) -> Any: ...
 
     @abc.abstractmethod
-    def inserted(self, rows: Sequence[Sequence[Any]]) -> None: ...
+    def inserted(self, tasks: Sequence[NewTask]) -> None: ...
 
     @abc.abstractmethod
     async def check_fence(self, c: Any, fence: Fence | None, now: float) -> None: ...
@@ -253,7 +253,7 @@ class ScheduleQueries(abc.ABC):
             )
         if not rows:
             raise ScheduleExists(spec.name)
-        self.hub.scheduled()
+        self.announce.scheduled()
         return record
 
     async def get_schedule(self, key: str, namespace: str | None = None) -> ScheduleRecord:
@@ -295,7 +295,7 @@ class ScheduleQueries(abc.ABC):
     async def _save(self, record: ScheduleRecord) -> None:
         async with self.conn() as c:
             await c.execute(f"UPDATE schedules SET {_UPDATE} WHERE id = $1", *record.values())
-        self.hub.scheduled()
+        self.announce.scheduled()
 
     async def update_schedule(
         self, key: str, changes: Mapping[str, Any], now: float
@@ -351,10 +351,10 @@ class ScheduleQueries(abc.ABC):
     async def trigger_schedule(self, key: str, now: float) -> TaskRecord:
         """Fire the schedule's task now, outside its rule (slot = now)."""
         record = await self.get_schedule(key)
-        row = task_row(record.task, now, now, None, record.id, now, record.namespace)
+        task = NewTask.of(record.task, now, now, None, record.id, now, record.namespace)
         async with self.conn() as c:
-            rows = await c.fetch(f"{INSERT_TASK} RETURNING *", *row)
-        self.inserted([row])
+            rows = await c.fetch(f"{INSERT_TASK} RETURNING *", *task.values())
+        self.inserted([task])
         return TaskRecord.from_row(rows[0])
 
     async def fire_due_schedules(
@@ -373,20 +373,23 @@ class ScheduleQueries(abc.ABC):
             )
             if not rows:
                 return 0
-            tasks: list[tuple[Any, ...]] = []
+            tasks: list[NewTask] = []
             moves: list[tuple[Any, ...]] = []
             for row in rows:
                 record = ScheduleRecord.from_row(row)
                 fire = record.plan(now)
                 for slot, run_at in zip(fire.slots, fire.run_at, strict=True):
                     tasks.append(
-                        task_row(record.task, run_at, now, None, record.id, slot, record.namespace)
+                        NewTask.of(
+                            record.task, run_at, now, None, record.id, slot, record.namespace
+                        )
                     )
                 last = fire.slots[-1] if fire.slots else record.last_fire_at
                 moves.append((record.id, fire.next_fire_at, last, now))
             if tasks:
                 await c.executemany(
-                    f"{INSERT_TASK} ON CONFLICT (schedule_id, slot) DO NOTHING", tasks
+                    f"{INSERT_TASK} ON CONFLICT (schedule_id, slot) DO NOTHING",
+                    [task.values() for task in tasks],
                 )
             await c.executemany(
                 "UPDATE schedules SET next_fire_at = $2, last_fire_at = $3, updated_at = $4 "

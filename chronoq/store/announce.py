@@ -1,0 +1,104 @@
+"""What a committed task change tells this process: wake-ups on the :class:`~chronoq.notify.Hub`
+and events on the :class:`~chronoq.events.EventBus`, from one place.
+
+The store's writes call :class:`Announcer` after their transaction committed and never
+from inside a query, so a listener never hears of a change that was rolled back, and what
+each transition announces reads in one file. (Other processes hear the same changes from
+PostgreSQL's triggers, or from the Redis event bridge.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from chronoq.events import EventBus, TaskEvent
+from chronoq.lifecycle import Status
+from chronoq.notify import Hub
+from chronoq.store.records import Completion, NewTask, Row, TaskRecord
+
+
+class Announcer:
+    """The announcements of each kind of committed change."""
+
+    def __init__(self, hub: Hub, events: EventBus) -> None:
+        self.hub = hub
+        self.events = events
+
+    def created(self, tasks: Sequence[NewTask]) -> None:
+        """New tasks (submitted or fired): workers of their queues, or the scheduler for
+        later ones, wake up; each task's ``queued``/``scheduled`` event."""
+        if not tasks:
+            return
+        queues = {task.queue for task in tasks if task.status is Status.QUEUED}
+        if queues:
+            self.hub.ready(queues)
+        if any(task.status is not Status.QUEUED for task in tasks):
+            self.hub.scheduled()
+        if self.events.active:
+            self.events.publish(task.event() for task in tasks)
+
+    def promoted(self, rows: Sequence[Row], now: float) -> None:
+        """Due tasks moved to ``queued`` (rows: id, name, queue, attempts, schedule_id,
+        priority, namespace)."""
+        if not rows:
+            return
+        self.hub.ready({r["queue"] for r in rows})
+        if self.events.active:
+            self.events.publish(
+                TaskEvent(
+                    r["id"],
+                    r["name"],
+                    r["queue"],
+                    Status.QUEUED.value,
+                    r["attempts"],
+                    now,
+                    r["schedule_id"],
+                    priority=r["priority"],
+                    namespace=r["namespace"],
+                )
+                for r in rows
+            )
+
+    def started(self, tasks: Sequence[TaskRecord], now: float) -> None:
+        """Tasks a worker now holds (claimed or handed off): their ``running`` events."""
+        if tasks and self.events.active:
+            self.events.publish(t.event(now, wait=now - t.run_at) for t in tasks)
+
+    def released(self, queues: Iterable[str]) -> None:
+        """Tasks given back to their queues: their workers look again."""
+        self.hub.ready(set(queues))
+
+    def finished(self, applied: Sequence[Completion]) -> None:
+        """Attempts whose outcome was recorded (reports for superseded attempts changed
+        nothing and are left out): the scheduler hears of retries to time; each event."""
+        if any(x.status is Status.FAILED for x in applied):
+            self.hub.scheduled()
+        if self.events.active:
+            self.events.publish(e for e in (x.event() for x in applied) if e is not None)
+
+    def changed(
+        self,
+        records: Sequence[TaskRecord],
+        now: float,
+        *,
+        requeued: bool = False,
+        stopped: bool = False,
+    ) -> None:
+        """Tasks a user action changed (cancel, retry; one or in bulk): ``requeued``
+        wakes the workers of their queues, ``stopped`` tells the workers running them to
+        stop; each task's event."""
+        if requeued and records:
+            self.hub.ready({t.queue for t in records})
+        if stopped:
+            for task in records:
+                self.hub.cancelled(task.id)
+        if self.events.active and records:
+            self.events.publish([t.event(now) for t in records])
+
+    def scheduled(self) -> None:
+        """Something may come due sooner (a schedule saved): the scheduler looks again."""
+        self.hub.scheduled()
+
+    def resumed(self, queue: str) -> None:
+        """A paused queue resumed: its workers look again."""
+        self.hub.ready((queue,))

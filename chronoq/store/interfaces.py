@@ -1,0 +1,127 @@
+"""The narrow views of the store its consumers need, so each depends on what it uses rather
+than on all of :class:`~chronoq.store.base.Store`.
+
+:class:`SchedulerStore` is what :class:`chronoq.scheduler.Scheduler` takes;
+:class:`WorkerStore` (a worker's own writes) and :class:`ClaimStore` (how a broker gets a
+worker its tasks) name what ``chronoq/worker.py`` and ``chronoq/broker/`` call today. Both
+stores satisfy all three (checked by mypy, :func:`_conforms`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from chronoq.notify import Hub
+from chronoq.store.leases import Fence
+from chronoq.store.records import Completion, Row, TaskRecord
+from chronoq.store.workers import Served
+
+
+class _Announcing(Protocol):
+    @property
+    def hub(self) -> Hub:
+        """In-process wake-ups (waiting on them, and what the store's writes wake)."""
+
+
+class _Completing(_Announcing, Protocol):
+    """Recording attempts' outcomes (a worker's, or the reaper's for lost leases)."""
+
+    async def deaths(self, task_ids: Sequence[str]) -> dict[str, int]: ...
+    async def complete(
+        self,
+        completions: Sequence[Completion],
+        fence: Fence | None = None,
+        *,
+        lapsed: float | None = None,
+    ) -> None: ...
+
+
+class SchedulerStore(_Completing, Protocol):
+    """What the scheduler does: leadership, firing schedules, promoting due tasks, reaping
+    expired leases."""
+
+    async def try_lease(self, name: str, holder: str, now: float, ttl: float) -> Fence | None: ...
+    async def release_lease(self, fence: Fence) -> None: ...
+    async def fire_due_schedules(
+        self, now: float, limit: int = 500, fence: Fence | None = None
+    ) -> int: ...
+    async def promote_due(
+        self, now: float, limit: int = 1000, fence: Fence | None = None
+    ) -> list[str]: ...
+    async def next_due_at(self) -> float | None: ...
+    async def mark_dead_workers(self, silent_since: float) -> list[str]: ...
+    async def expired_leases(self, now: float, limit: int = 500) -> list[TaskRecord]: ...
+
+
+class WorkerStore(_Completing, Protocol):
+    """A worker's own writes: its registry row, its leases, its attempts' outcomes."""
+
+    @property
+    def outage_errors(self) -> tuple[type[Exception], ...]: ...
+    def sibling(self) -> object | None: ...
+    async def register_worker(
+        self,
+        worker_id: str,
+        host: str,
+        pid: int,
+        queues: Sequence[str],
+        concurrency: int,
+        now: float,
+        handlers: Sequence[str] | None = None,
+    ) -> None: ...
+    async def worker_heartbeat(
+        self,
+        worker_id: str,
+        running: int,
+        processed: int,
+        concurrency: int,
+        now: float,
+        status: str = "alive",
+    ) -> None: ...
+    async def worker_child_restarts(self, worker_id: str, restarts: int) -> None: ...
+    async def served(self, seen_since: float, excluding: str | None = None) -> Served: ...
+    async def heartbeat(
+        self, worker_id: str, task_ids: Sequence[str], lease_until: float
+    ) -> set[str]: ...
+    async def release(self, worker_id: str, tasks: Sequence[TaskRecord]) -> None: ...
+
+
+class ClaimStore(_Announcing, Protocol):
+    """How a broker hands a worker its tasks: claims (by queue or by id), hand-offs and
+    their offers, strays, and the reconciler's re-publishing."""
+
+    async def claim(
+        self,
+        worker_id: str,
+        queue: str,
+        limit: int,
+        now: float,
+        lease: float,
+        *,
+        offer: Sequence[str] = (),
+    ) -> list[TaskRecord]: ...
+    async def claim_ids(
+        self, worker_id: str, ids: Sequence[str], now: float, lease: float
+    ) -> list[TaskRecord]: ...
+    def claimed(self, rows: Sequence[Row], now: float) -> list[TaskRecord]: ...
+    def started(self, tasks: list[TaskRecord], now: float) -> list[TaskRecord]: ...
+    async def get_task(self, task_id: str, namespace: str | None = None) -> TaskRecord: ...
+    async def strays(
+        self, worker_id: str, known: Sequence[str], lease_before: float
+    ) -> list[TaskRecord]: ...
+    async def withdraw_offers(self, worker_id: str) -> None: ...
+    async def stale_queued(
+        self, before: float, now: float, limit: int = 1000, queue: str | None = None
+    ) -> list[tuple[str, str, int]]: ...
+
+
+def _conforms() -> list[Callable[..., object]]:
+    """For mypy only: both stores are each of these views."""
+    from chronoq.store.postgres import PostgresStore
+    from chronoq.store.sqlite import SQLiteStore
+
+    def views(store: SQLiteStore | PostgresStore) -> tuple[SchedulerStore, WorkerStore, ClaimStore]:
+        return store, store, store
+
+    return [views]
