@@ -176,17 +176,41 @@ class App:
     """
 
     def __init__(self, database_url: str | None = None, *, settings: Settings | None = None):
-        self.settings = settings or Settings()
+        settings = settings or Settings()
         if database_url is not None:
-            self.settings = self.settings.model_copy(update={"database_url": database_url})
+            settings = settings.model_copy(update={"database_url": database_url})
+        self._settings = settings
         self.tasks: dict[str, TaskFunction[Any, Any]] = {}
         self.schedules: list[ScheduleCreate] = []
         self.hub = Hub()
-        self.events = EventBus(self.settings.redis_url)
+        self._events: EventBus | None = None  # built from the settings on first use
         self.publisher: Publisher | None = None
         self._store: Store | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._portal: _Portal | None = None
+
+    # -- settings ----------------------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        """Replace the settings (the CLI does, with its flags, after importing the app):
+        only until the App builds its parts from them, which makes them final."""
+        if self._events is not None:
+            raise RuntimeError(
+                "the App's settings are final once it has built its event bus "
+                "(set them before opening it or submitting through it)"
+            )
+        self._settings = settings
+
+    @property
+    def events(self) -> EventBus:
+        """This process's event bus, built once, on first use, from the final settings."""
+        if self._events is None:
+            self._events = EventBus(self._settings.redis_url)
+        return self._events
 
     # -- handlers ----------------------------------------------------------------------------
     def task(
@@ -298,8 +322,6 @@ class App:
         """Connect to the store and apply pending migrations."""
         if self._store is not None:
             return
-        if self.events.redis_url != self.settings.redis_url:
-            self.events = EventBus(self.settings.redis_url)
         store = create_store(self.settings.database_url, self.hub, self.events)
         await store.open()
         try:
