@@ -22,7 +22,7 @@ from pydantic import ValidationError
 import chronoq
 from chronoq import App, NotFound, ResultTimeout, Status, TaskCancelled, TaskDead
 from chronoq.events import TaskEvent
-from tests.conftest import Harness
+from tests.conftest import Harness, make_settings
 
 NEVER = 3600.0
 
@@ -197,3 +197,18 @@ async def test_waiter_rereads_when_its_subscription_dropped_events(
         for _ in range(1001):  # fills the waiter's queue (1,000 batches), drops the last
             client.store.events.publish([noise])
         assert await waiter == 8
+
+
+async def test_settings_set_before_use_build_the_event_bus_once(tmp_path: Path) -> None:
+    """``chronoq --app`` imports the App, then gives it the command line's settings: those
+    build the event bus, once; opening uses that bus, and settings cannot change after."""
+    app = App(settings=make_settings(f"sqlite:///{tmp_path / 'first.db'}"))
+    wanted = make_settings(f"sqlite:///{tmp_path / 'cli.db'}", redis_url="redis://127.0.0.1:6379/5")
+    app.settings = wanted  # what the CLI does after importing the module
+    bus = app.events
+    assert bus.redis_url == wanted.redis_url
+    with pytest.raises(RuntimeError, match="final"):
+        app.settings = make_settings(f"sqlite:///{tmp_path / 'late.db'}")
+    async with app:
+        assert app.events is bus and app.store.events is bus
+        assert app.settings is wanted and (tmp_path / "cli.db").exists()
