@@ -156,6 +156,9 @@ class StoreBroker(Broker):
         if resume is not None and (self._ready.is_set() or time.monotonic() >= resume):
             resume = None  # a queue was signalled, or the poll period is over: claim
         tasks = self._take(limit)
+        if len(tasks) == limit:  # held hand-offs fill it: no claim (a queue's signal stays
+            self._resume = resume  # set for the next fetch)
+            return tasks
         if resume is None:
             self._ready.clear()  # armed before looking: a submit from now on wakes us
             tasks += await self._claim(limit - len(tasks))
