@@ -183,7 +183,7 @@ class App:
         self.tasks: dict[str, TaskFunction[Any, Any]] = {}
         self.schedules: list[ScheduleCreate] = []
         self.hub = Hub()
-        self._events: EventBus | None = None  # built from the settings on first use
+        self._events: EventBus | None = None  # built with the store when the App opens
         self.publisher: Publisher | None = None
         self._store: Store | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -196,20 +196,17 @@ class App:
 
     @settings.setter
     def settings(self, settings: Settings) -> None:
-        """Replace the settings (the CLI does, with its flags, after importing the app):
-        only until the App builds its parts from them, which makes them final."""
-        if self._events is not None:
-            raise RuntimeError(
-                "the App's settings are final once it has built its event bus "
-                "(set them before opening it or submitting through it)"
-            )
+        """Replace the settings (the CLI does, with its flags, after importing the app).
+        The App builds its parts from them when it opens, once; while open they are final."""
+        if self.is_open:
+            raise RuntimeError("the App's settings are final while it is open: close it first")
         self._settings = settings
 
     @property
     def events(self) -> EventBus:
-        """This process's event bus, built once, on first use, from the final settings."""
+        """The open App's event bus, built when it opened, from its settings then."""
         if self._events is None:
-            self._events = EventBus(self._settings.redis_url)
+            raise RuntimeError("App is not open: use `async with app:` or `await app.open()`")
         return self._events
 
     # -- handlers ----------------------------------------------------------------------------
@@ -322,20 +319,22 @@ class App:
         """Connect to the store and apply pending migrations."""
         if self._store is not None:
             return
-        store = create_store(self.settings.database_url, self.hub, self.events)
+        settings = self.settings
+        events = EventBus(settings.redis_url)
+        store = create_store(settings.database_url, self.hub, events)
         await store.open()
         try:
             await store.migrate()
         except BaseException:
             await store.close()
             raise
-        self._store = store
+        self._store, self._events = store, events
         self._loop = asyncio.get_running_loop()
-        await self.events.start()
-        if self.settings.broker_url:
+        await events.start()
+        if settings.broker_url:
             from chronoq.broker import redis as redis_broker
 
-            self.publisher = redis_broker.Publisher(self.settings.broker_url, self.events)
+            self.publisher = redis_broker.Publisher(settings.broker_url, events)
             await self.publisher.start()
         await self.sync_schedules()
 
@@ -346,7 +345,7 @@ class App:
                 self.publisher = None
             await self.events.close()
             await self._store.close()
-            self._store = None
+            self._store = self._events = None
             self._loop = None
         if self._portal is not None:
             self._portal.stop()

@@ -199,16 +199,21 @@ async def test_waiter_rereads_when_its_subscription_dropped_events(
         assert await waiter == 8
 
 
-async def test_settings_set_before_use_build_the_event_bus_once(tmp_path: Path) -> None:
-    """``chronoq --app`` imports the App, then gives it the command line's settings: those
-    build the event bus, once; opening uses that bus, and settings cannot change after."""
+async def test_settings_given_before_opening_build_the_event_bus(tmp_path: Path) -> None:
+    """``chronoq --app`` imports the App, then gives it the command line's settings: the App
+    builds its store and event bus from those when it opens, once, and refuses a change
+    while open; closed again, it may be given others for its next opening."""
     app = App(settings=make_settings(f"sqlite:///{tmp_path / 'first.db'}"))
     wanted = make_settings(f"sqlite:///{tmp_path / 'cli.db'}", redis_url="redis://127.0.0.1:6379/5")
     app.settings = wanted  # what the CLI does after importing the module
-    bus = app.events
-    assert bus.redis_url == wanted.redis_url
-    with pytest.raises(RuntimeError, match="final"):
-        app.settings = make_settings(f"sqlite:///{tmp_path / 'late.db'}")
     async with app:
-        assert app.events is bus and app.store.events is bus
-        assert app.settings is wanted and (tmp_path / "cli.db").exists()
+        bus = app.events
+        assert bus.redis_url == wanted.redis_url and app.store.events is bus
+        assert (tmp_path / "cli.db").exists() and not (tmp_path / "first.db").exists()
+        with pytest.raises(RuntimeError, match="final while it is open"):
+            app.settings = make_settings(f"sqlite:///{tmp_path / 'late.db'}")
+        assert app.settings is wanted and app.events is bus
+    app.settings = make_settings(f"sqlite:///{tmp_path / 'again.db'}")
+    async with app:
+        assert app.events is not bus and app.events.redis_url is None
+        assert (tmp_path / "again.db").exists()

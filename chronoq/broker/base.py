@@ -53,8 +53,9 @@ class Broker(abc.ABC):
         True if it was held."""
         return False
 
-    def take_held(self) -> list[TaskRecord]:
-        """Remove and return every held task: a stopping worker gives them back."""
+    def take_held(self, most: int | None = None) -> list[TaskRecord]:
+        """Remove and return the held tasks (``most`` of them, oldest first): for the slots
+        free when the worker stops, and then to give back."""
         return []
 
     async def strays(self, known: Sequence[str], lease_before: float) -> list[TaskRecord]:

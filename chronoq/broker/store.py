@@ -91,8 +91,8 @@ class StoreBroker(Broker):
             self._arrived.clear()
         return found
 
-    def take_held(self) -> list[TaskRecord]:
-        return self._take(len(self._held))
+    def take_held(self, most: int | None = None) -> list[TaskRecord]:
+        return self._take(len(self._held) if most is None else most)
 
     async def strays(self, known: Sequence[str], lease_before: float) -> list[TaskRecord]:
         if not self.handoffs:

@@ -155,7 +155,12 @@ class Worker:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop claiming new tasks; :meth:`run` returns once running tasks finished."""
+        """Stop claiming new tasks; :meth:`run` returns once running tasks finished.
+        Hand-offs that reached the broker before the stop start in the slots free now,
+        as if the claim loop had fetched them already; the rest go back."""
+        if not self._stopping.is_set():
+            for task in self.broker.take_held(self.concurrency - len(self.running)):
+                self.claims.start(task)
         self._stopping.set()
         self.broker.interrupt()
 
