@@ -176,17 +176,38 @@ class App:
     """
 
     def __init__(self, database_url: str | None = None, *, settings: Settings | None = None):
-        self.settings = settings or Settings()
+        settings = settings or Settings()
         if database_url is not None:
-            self.settings = self.settings.model_copy(update={"database_url": database_url})
+            settings = settings.model_copy(update={"database_url": database_url})
+        self._settings = settings
         self.tasks: dict[str, TaskFunction[Any, Any]] = {}
         self.schedules: list[ScheduleCreate] = []
         self.hub = Hub()
-        self.events = EventBus(self.settings.redis_url)
+        self._events: EventBus | None = None  # built with the store when the App opens
         self.publisher: Publisher | None = None
         self._store: Store | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._portal: _Portal | None = None
+
+    # -- settings ----------------------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        """Replace the settings (the CLI does, with its flags, after importing the app).
+        The App builds its parts from them when it opens, once; while open they are final."""
+        if self.is_open:
+            raise RuntimeError("the App's settings are final while it is open: close it first")
+        self._settings = settings
+
+    @property
+    def events(self) -> EventBus:
+        """The open App's event bus, built when it opened, from its settings then."""
+        if self._events is None:
+            raise RuntimeError("App is not open: use `async with app:` or `await app.open()`")
+        return self._events
 
     # -- handlers ----------------------------------------------------------------------------
     def task(
@@ -298,22 +319,22 @@ class App:
         """Connect to the store and apply pending migrations."""
         if self._store is not None:
             return
-        if self.events.redis_url != self.settings.redis_url:
-            self.events = EventBus(self.settings.redis_url)
-        store = create_store(self.settings.database_url, self.hub, self.events)
+        settings = self.settings
+        events = EventBus(settings.redis_url)
+        store = create_store(settings.database_url, self.hub, events)
         await store.open()
         try:
             await store.migrate()
         except BaseException:
             await store.close()
             raise
-        self._store = store
+        self._store, self._events = store, events
         self._loop = asyncio.get_running_loop()
-        await self.events.start()
-        if self.settings.broker_url:
+        await events.start()
+        if settings.broker_url:
             from chronoq.broker import redis as redis_broker
 
-            self.publisher = redis_broker.Publisher(self.settings.broker_url, self.events)
+            self.publisher = redis_broker.Publisher(settings.broker_url, events)
             await self.publisher.start()
         await self.sync_schedules()
 
@@ -324,7 +345,7 @@ class App:
                 self.publisher = None
             await self.events.close()
             await self._store.close()
-            self._store = None
+            self._store = self._events = None
             self._loop = None
         if self._portal is not None:
             self._portal.stop()

@@ -25,7 +25,7 @@ import uvicorn
 
 from chronoq.api import create_api
 from chronoq.app import App
-from chronoq.broker import Broker
+from chronoq.broker import Broker, BrokerFactory, Consumer
 from chronoq.executors import Executor
 from chronoq.health import Readiness, health_app
 from chronoq.metrics import Metrics, metrics_app, metrics_for
@@ -420,14 +420,16 @@ async def _shutdown(server: _Server | None, job: asyncio.Task[None] | None) -> N
             await asyncio.wait_for(job, 5)
 
 
-def _broker_factory(url: str | None) -> Callable[[Worker], Broker] | None:
+def _broker_factory(url: str | None) -> BrokerFactory | None:
     """Workers use Redis Streams when a broker URL is set, else the store directly."""
     if not url:
         return None
     from chronoq.broker.redis import RedisBroker
 
-    def make(worker: Worker) -> Broker:
-        return RedisBroker(url, worker.store, worker.id, worker.queues, worker.lease_seconds)
+    def make(consumer: Consumer) -> Broker:
+        return RedisBroker(
+            url, consumer.store, consumer.worker_id, consumer.queues, consumer.lease_seconds
+        )
 
     return make
 

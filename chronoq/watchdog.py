@@ -48,8 +48,7 @@ class Watched(Protocol):
     def processed(self) -> int: ...
     @property
     def running(self) -> Mapping[str, asyncio.Task[None]]: ...
-    @property
-    def held(self) -> Mapping[str, object]: ...
+    def leased(self) -> list[str]: ...
 
 
 class LoopWatchdog:
@@ -157,7 +156,7 @@ class LoopWatchdog:
     def _renew(self, first: bool) -> int:
         """The worker's heartbeat, made from this thread; 1 when it was made."""
         worker = self.worker
-        ids = [*worker.running, *worker.held]
+        ids = worker.leased()
         before = self._last
         try:
             if self._own_loop is None:

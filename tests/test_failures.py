@@ -396,7 +396,7 @@ async def test_stopping_worker_gives_up_on_results_it_cannot_record(
         worker.flush_seconds = 1.0
         task = await app.submit(TaskCreate(name="echo", payload={"text": "refuse me"}))
         deadline = time.monotonic() + 5
-        while not worker._done:  # finished, its result not recorded
+        while not worker.completions.pending:  # finished, its result not recorded
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         caplog.set_level(logging.ERROR, "chronoq.worker")

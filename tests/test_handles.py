@@ -22,7 +22,7 @@ from pydantic import ValidationError
 import chronoq
 from chronoq import App, NotFound, ResultTimeout, Status, TaskCancelled, TaskDead
 from chronoq.events import TaskEvent
-from tests.conftest import Harness
+from tests.conftest import Harness, make_settings
 
 NEVER = 3600.0
 
@@ -197,3 +197,23 @@ async def test_waiter_rereads_when_its_subscription_dropped_events(
         for _ in range(1001):  # fills the waiter's queue (1,000 batches), drops the last
             client.store.events.publish([noise])
         assert await waiter == 8
+
+
+async def test_settings_given_before_opening_build_the_event_bus(tmp_path: Path) -> None:
+    """``chronoq --app`` imports the App, then gives it the command line's settings: the App
+    builds its store and event bus from those when it opens, once, and refuses a change
+    while open; closed again, it may be given others for its next opening."""
+    app = App(settings=make_settings(f"sqlite:///{tmp_path / 'first.db'}"))
+    wanted = make_settings(f"sqlite:///{tmp_path / 'cli.db'}", redis_url="redis://127.0.0.1:6379/5")
+    app.settings = wanted  # what the CLI does after importing the module
+    async with app:
+        bus = app.events
+        assert bus.redis_url == wanted.redis_url and app.store.events is bus
+        assert (tmp_path / "cli.db").exists() and not (tmp_path / "first.db").exists()
+        with pytest.raises(RuntimeError, match="final while it is open"):
+            app.settings = make_settings(f"sqlite:///{tmp_path / 'late.db'}")
+        assert app.settings is wanted and app.events is bus
+    app.settings = make_settings(f"sqlite:///{tmp_path / 'again.db'}")
+    async with app:
+        assert app.events is not bus and app.events.redis_url is None
+        assert (tmp_path / "again.db").exists()

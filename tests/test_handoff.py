@@ -170,8 +170,9 @@ async def test_a_hand_off_beyond_the_free_slots_waits_for_one(setup: Setup) -> N
         await c.execute("UPDATE offers SET slots = 3")  # a stale count, as after a race
     extra = [await setup.submit(name="record", payload={"n": n}) for n in range(2)]
     assert all(t.status is Status.RUNNING for t in extra)
-    await setup.wait(lambda: _true(len(worker.held) == 2), "the extra tasks were not held")
-    assert list(worker.running) == [blocker.id]
+    held = worker.broker.held_ids
+    await setup.wait(lambda: _true(len(held()) == 2), "the extra tasks were not held")
+    assert list(worker.running) == [blocker.id] and sorted(held()) == sorted(t.id for t in extra)
     await asyncio.sleep(1.2)  # past a few heartbeats: held tasks keep their leases
     first = await setup.client.get_task(extra[0].id)
     assert first.lease_expires_at is not None and first.lease_expires_at > time.time() + 2

@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as redis
 
 from chronoq import App
+from chronoq.broker import Consumer
 from chronoq.broker.redis import RedisBroker
 from chronoq.store.postgres import PostgresStore
 from chronoq.worker import Worker
@@ -182,13 +183,13 @@ async def test_redis_broker_drops_paused_messages_and_resume_republishes(broker_
     h = broker_h
     await pause(h, "slow")
 
-    def make(worker: Worker) -> RedisBroker:
+    def make(consumer: Consumer) -> RedisBroker:
         return RedisBroker(
             BROKER_URL,
-            worker.store,
-            worker.id,
-            worker.queues,
-            worker.lease_seconds,
+            consumer.store,
+            consumer.worker_id,
+            consumer.queues,
+            consumer.lease_seconds,
             visibility_seconds=1.0,
         )
 

@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as redis
 
 from chronoq import App, current_task
+from chronoq.broker import Consumer
 from chronoq.broker.redis import GROUP, RedisBroker, publish, stream
 from chronoq.scheduler import Scheduler
 from chronoq.worker import Worker
@@ -36,13 +37,13 @@ async def bh(broker_app: App) -> AsyncIterator[Harness]:
 
 
 def redis_worker(app: App, queue: str, **kwargs: Any) -> Worker:
-    def make(worker: Worker) -> RedisBroker:
+    def make(consumer: Consumer) -> RedisBroker:
         return RedisBroker(
             BROKER_URL,
-            worker.store,
-            worker.id,
-            worker.queues,
-            worker.lease_seconds,
+            consumer.store,
+            consumer.worker_id,
+            consumer.queues,
+            consumer.lease_seconds,
             visibility_seconds=1.0,
         )
 

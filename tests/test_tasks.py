@@ -408,6 +408,48 @@ async def test_autoscale_grows_with_backlog_and_shrinks_when_idle(
     await job
 
 
+async def test_prefetch_follows_the_autoscaled_slots(app: App, harness: Harness) -> None:
+    """``prefetch`` is claimed ahead at ``concurrency``; as the autoscaler doubles and
+    halves the slots (with a process pool, its children), the share per slot stays."""
+    release = asyncio.Event()
+
+    @app.task("wait")
+    async def wait() -> None:
+        await release.wait()
+
+    worker = Worker(
+        harness.store,
+        app.executors(),
+        concurrency=2,
+        prefetch=4,
+        autoscale=(1, 4),
+        scale_seconds=0.1,
+        poll_seconds=0.1,
+    )
+    assert (worker.concurrency, worker.prefetch) == (1, 2)  # 2 per slot from the start
+    for _ in range(30):  # a backlog before it starts: each claim fills what it may
+        await harness.submit(name="wait")
+    job = asyncio.create_task(worker.run())
+    try:
+        deadline = time.monotonic() + 10
+        while not (worker.concurrency == 4 and len(worker.leased()) == 12):
+            assert time.monotonic() < deadline, (worker.concurrency, len(worker.leased()))
+            await asyncio.sleep(0.02)
+        assert worker.prefetch == 8  # 4 slots busy, 8 claimed ahead
+        await asyncio.sleep(0.5)  # more scaling periods: no more claimed than that
+        assert len(worker.running) == 4 and len(worker.leased()) == 12
+        release.set()
+        deadline = time.monotonic() + 20
+        while not (worker.processed == 30 and worker.concurrency == 1):
+            assert time.monotonic() < deadline, (worker.processed, worker.concurrency)
+            await asyncio.sleep(0.05)
+        assert worker.prefetch == 2
+    finally:
+        release.set()
+        worker.stop()
+        await job
+
+
 async def test_error_text_with_nul_characters_is_recorded(app: App, harness: Harness) -> None:
     """PostgreSQL refuses NUL in text: an error message carrying one must not block the
     worker's result writes (it is stored escaped) and later tasks still finish."""

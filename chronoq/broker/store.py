@@ -1,5 +1,13 @@
 """The default broker: claim straight from the store, woken by the hub; on PostgreSQL,
-also take hand-offs (tasks inserted straight into this worker's hands while it was idle)."""
+also take hand-offs (tasks inserted straight into this worker's hands while it was idle).
+
+Hand-offs live here, from their notification to the fetch that returns them: the
+notification (or the row read back by id) lands in :attr:`StoreBroker._held` and wakes a
+waiting :meth:`~StoreBroker.fetch`, which returns what is held before it claims anything.
+A hand-off that wakes a fetch is returned without a claim statement, and the next fetch
+goes on waiting out the same poll period unless a queue was signalled meanwhile: a
+handed-off task costs no claim, as when the worker started it from the notification.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
-from chronoq.broker.base import Broker
+from chronoq.broker.base import Broker, Consumer
 from chronoq.notify import worker_channel
 from chronoq.states import Status
 from chronoq.store import NotFound, Store, TaskRecord
@@ -23,9 +31,9 @@ class StoreBroker(Broker):
     """Claims queue by queue (each claim walks the queue's index); the first queue asked
     rotates so no queue starves the others. Sleeps on the hub's ready event.
 
-    With ``start``, each claim also offers the slots it left free, and a task handed off
-    to this worker is passed to ``start`` the moment its notification arrives (``start``
-    must hold it back if every slot is busy: offers can lag behind by a few)."""
+    With ``handoffs`` (the default), each claim also offers the slots it left free, and a
+    task handed off to this worker is held from its notification until a fetch returns
+    it (offers can lag behind by a few, so more can arrive than the worker has slots)."""
 
     def __init__(
         self,
@@ -33,20 +41,31 @@ class StoreBroker(Broker):
         worker_id: str,
         queues: Sequence[str],
         lease_seconds: float,
-        start: Callable[[TaskRecord], None] | None = None,
+        *,
+        handoffs: bool = True,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.queues = list(queues)
         self.lease_seconds = lease_seconds
+        self.handoffs = handoffs
         self._ready = store.hub.ready_event(self.queues)
         self._interrupted = asyncio.Event()
-        self._start = start
         self._unsubscribe: Callable[[], None] | None = None
         self._lookups: set[asyncio.Task[None]] = set()
+        #: handed-off tasks no fetch returned yet, in arrival order
+        self._held: dict[str, TaskRecord] = {}
+        self._arrived = asyncio.Event()  # set while ``_held`` is not empty
+        #: when a fetch a hand-off cut short would have stopped waiting (monotonic)
+        self._resume: float | None = None
+
+    @classmethod
+    def for_consumer(cls, consumer: Consumer) -> StoreBroker:
+        """The worker's default broker."""
+        return cls(consumer.store, consumer.worker_id, consumer.queues, consumer.lease_seconds)
 
     async def start(self) -> None:
-        if self._start is not None:
+        if self.handoffs:
             self._unsubscribe = self.store.hub.on_message(
                 worker_channel(self.worker_id), self._handed
             )
@@ -63,8 +82,20 @@ class StoreBroker(Broker):
         for lookup in self._lookups:
             lookup.cancel()
 
+    def held_ids(self) -> list[str]:
+        return list(self._held)
+
+    def forget(self, task_id: str) -> bool:
+        found = self._held.pop(task_id, None) is not None
+        if not self._held:
+            self._arrived.clear()
+        return found
+
+    def take_held(self, most: int | None = None) -> list[TaskRecord]:
+        return self._take(len(self._held) if most is None else most)
+
     async def strays(self, known: Sequence[str], lease_before: float) -> list[TaskRecord]:
-        if self._start is None:
+        if not self.handoffs:
             return []
         tasks = await self.store.strays(self.worker_id, known, lease_before)
         if tasks:
@@ -80,10 +111,11 @@ class StoreBroker(Broker):
         self._interrupted.set()
         self._ready.set()
 
+    # -- hand-offs ---------------------------------------------------------------------------
     def _handed(self, payload: str) -> None:
         """A hand-off arrived: the task row as JSON, or its id when the row is too long."""
         if payload.startswith("{"):
-            self._begin(self.store.claimed([orjson.loads(payload)], time.time()))
+            self._hold(self.store.claimed([orjson.loads(payload)], time.time()))
         else:
             lookup = asyncio.get_running_loop().create_task(self._look_up(payload))
             self._lookups.add(lookup)
@@ -101,15 +133,50 @@ class StoreBroker(Broker):
             )
             return
         if task.status is Status.RUNNING and task.worker_id == self.worker_id:
-            self._begin(self.store.started([task], time.time()))
+            self._hold(self.store.started([task], time.time()))
 
-    def _begin(self, tasks: list[TaskRecord]) -> None:
-        assert self._start is not None
+    def _hold(self, tasks: list[TaskRecord]) -> None:
         for task in tasks:
-            self._start(task)
+            self._held.setdefault(task.id, task)
+        if self._held:
+            self._arrived.set()
 
+    def _take(self, limit: int) -> list[TaskRecord]:
+        """Up to ``limit`` held tasks, oldest first, no longer held."""
+        if not self._held or limit <= 0:
+            return []
+        taken = [self._held.pop(task_id) for task_id in list(self._held)[:limit]]
+        if not self._held:
+            self._arrived.clear()
+        return taken
+
+    # -- fetching ----------------------------------------------------------------------------
     async def fetch(self, limit: int, timeout: float) -> list[TaskRecord]:
-        self._ready.clear()  # armed before looking: a submit from now on wakes us
+        resume, self._resume = self._resume, None
+        if resume is not None and (self._ready.is_set() or time.monotonic() >= resume):
+            resume = None  # a queue was signalled, or the poll period is over: claim
+        tasks = self._take(limit)
+        if len(tasks) == limit:  # held hand-offs fill it: no claim (a queue's signal stays
+            self._resume = resume  # set for the next fetch)
+            return tasks
+        if resume is None:
+            self._ready.clear()  # armed before looking: a submit from now on wakes us
+            tasks += await self._claim(limit - len(tasks))
+            tasks += self._take(limit - len(tasks))  # handed off during the claim
+            if tasks:
+                return tasks
+            resume = time.monotonic() + timeout
+        elif tasks:
+            self._resume = resume
+            return tasks
+        if not self._interrupted.is_set():
+            await self._wait(resume)
+        tasks = self._take(limit)
+        if tasks and not self._ready.is_set():
+            self._resume = resume  # woken by a hand-off alone: wait on next time
+        return tasks
+
+    async def _claim(self, limit: int) -> list[TaskRecord]:
         claimed: list[TaskRecord] = []
         for queue in self.queues:
             if len(claimed) >= limit:
@@ -120,11 +187,27 @@ class StoreBroker(Broker):
                 limit - len(claimed),
                 time.time(),
                 self.lease_seconds,
-                offer=self.queues if self._start else (),
+                offer=self.queues if self.handoffs else (),
             )
         if len(self.queues) > 1:
             self.queues.append(self.queues.pop(0))
-        if not claimed and not self._interrupted.is_set():
+        return claimed
+
+    async def _wait(self, until: float) -> None:
+        """Until a queue is signalled, a hand-off arrives, or ``until`` (monotonic)."""
+        timeout = until - time.monotonic()
+        if timeout <= 0:
+            return
+        if not self.handoffs:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), timeout)
-        return claimed
+            return
+        waiters = [
+            asyncio.ensure_future(self._ready.wait()),
+            asyncio.ensure_future(self._arrived.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
