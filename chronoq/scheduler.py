@@ -130,12 +130,13 @@ class Scheduler:
         (0: more are due at once; a submission wakes it earlier), None while following."""
         if not await self._lead(now):
             return None
-        fired = await self.store.fire_due_schedules(now, self.batch, self.fence)
+        fired, more = await self._drain(
+            now, lambda at: self.store.fire_due_schedules(at, self.batch, self.fence)
+        )
         self.fired += fired
-        moved = await self.store.promote_due(now, self.batch, self.fence)
-        self.promoted += len(moved)
-        if len(moved) >= self.batch or fired >= self.batch:
-            return 0.0  # more are due: no sleep
+        _, more_due = await self._drain(now, self._promote)
+        if more or more_due:
+            return 0.0  # the lease needs renewing first; the rest is still due: no sleep
         if now >= self._next_reap:
             await self.reap(now)
             self._next_reap = now + self.reap_seconds
@@ -150,6 +151,28 @@ class Scheduler:
             self.poll_seconds, max(self._next_reap - now, 0.0), max(self._renew_at - now, 0.0)
         )
         return sleep if due is None else min(sleep, max(due - now, 0.0))
+
+    async def _promote(self, now: float) -> int:
+        moved = len(await self.store.promote_due(now, self.batch, self.fence))
+        self.promoted += moved
+        return moved
+
+    async def _drain(
+        self, now: float, batch: Callable[[float], Awaitable[int]]
+    ) -> tuple[int, bool]:
+        """Repeat ``batch(now)`` (one short transaction of at most ``self.batch`` rows, each
+        committed and announced before the next starts) until it comes back short, so a
+        burst is handled at once in bounded pieces; returns ``(rows, more)``. It stops early
+        (``more``) when the lease is due for renewal, so a long burst never outlives it."""
+        total = 0
+        while True:
+            n = await batch(now)
+            total += n
+            if n < self.batch:
+                return total, False
+            now = max(now, time.time())
+            if now >= self._renew_at:
+                return total, True
 
     async def _reconcile(self) -> None:
         """Re-publish tasks the broker lost. Its own outage (Redis down) must not hold up
