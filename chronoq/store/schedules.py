@@ -239,6 +239,9 @@ class ScheduleQueries(abc.ABC):
     @abc.abstractmethod
     async def check_fence(self, c: Any, fence: Fence | None, now: float) -> None: ...
 
+    @abc.abstractmethod
+    async def check_fences(self, c: Any, fences: Sequence[Fence], now: float) -> None: ...
+
     async def create_schedule(
         self, spec: ScheduleCreate, now: float, namespace: str = "default"
     ) -> ScheduleRecord:
@@ -358,15 +361,29 @@ class ScheduleQueries(abc.ABC):
         return TaskRecord.from_row(rows[0])
 
     async def fire_due_schedules(
-        self, now: float, limit: int = 500, fence: Fence | None = None
+        self,
+        now: float,
+        limit: int = 500,
+        fence: Fence | None = None,
+        owned: Sequence[Fence] | None = None,
     ) -> int:
         """Insert the tasks of every due slot and move each schedule to its next slot, in one
         transaction. ``ON CONFLICT (schedule_id, slot) DO NOTHING``: a slot never fires twice,
-        even with several schedulers. Returns the number of tasks inserted."""
+        even with several schedulers. ``owned``: only the partitions of these partition
+        leases (:mod:`chronoq.partitions`), each fence checked in the transaction (None: all
+        partitions). Returns the number of tasks inserted."""
+        only = ""
+        if owned is not None:
+            if not owned:
+                return 0
+            parts = sorted({int(f.name.rpartition(":")[2]) for f in owned})
+            only = f"AND part IN ({', '.join(str(p) for p in parts)}) "
         async with self.tx() as c:
             await self.check_fence(c, fence, now)
+            if owned:
+                await self.check_fences(c, owned, now)
             rows = await c.fetch(
-                "SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 "
+                f"SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 {only}"
                 f"ORDER BY next_fire_at LIMIT $2{self.skip_locked}",
                 now,
                 limit,
