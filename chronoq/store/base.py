@@ -25,6 +25,7 @@ from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence, LeaseQueries
 from chronoq.store.pauses import PauseQueries, not_paused
 from chronoq.store.records import (
+    INSERT_BATCH,
     INSERT_TASK_COLUMNS,
     TASK_COLUMNS,
     Completion,
@@ -42,8 +43,6 @@ from chronoq.store.workers import WorkerQueries
 
 __all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dumps", "opened"]
 
-#: rows per multi-row INSERT (17 parameters each; both databases allow 32,766)
-INSERT_BATCH = 500
 
 #: what a user's cancel and retry set (``$2``: now), one task or a batch (store.bulk) alike
 CANCEL = f"{lifecycle.CANCEL.to()}, updated_at = $2, lease_expires_at = NULL"
