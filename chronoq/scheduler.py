@@ -9,10 +9,13 @@ attempts whose lease expired, so they are retried elsewhere. Promotion is a cond
 UPDATE, so several schedulers side by side never run a task twice. While leading it also
 starts the retention sweep beside its rounds (:mod:`chronoq.retention`).
 
-Any number of schedulers may run; one leads at a time, holding the ``scheduler`` lease
-(renewed every second, ``lease_ttl`` long). The others check every second and take over
-when it expires. Every write the leader makes checks its fencing token in the same
-transaction, so a leader that stalled past its lease cannot write after a takeover.
+Any number of schedulers may run. They share the firing: each holds about 1/N of the
+schedule partitions, each a lease of its own (:mod:`chronoq.partitions`). One leads at a
+time for the rest (promotion, reaping, reconcile, retention), holding the ``scheduler``
+lease (renewed every second, ``lease_ttl`` long); the others check every second and take
+over when it expires. Every write checks the fencing token of the lease it depends on in
+the same transaction, so a scheduler that stalled past a lease cannot write after a
+takeover.
 While the store is down, rounds back off (1 s doubling to 30 s) and log one traceback,
 then one line per retry, and one when the store answers again (:mod:`chronoq.backoff`).
 """
@@ -137,13 +140,12 @@ class Scheduler:
         more = False
         if self.ownership.fences:
             try:
-                fired, more = await self._drain(now, self._fire)
+                _, more = await self._drain(now, self._fire)
             except NotLeader as exc:  # a partition changed hands: look at the leases again
                 log.info("%s; renewing the partitions", exc)
                 self.ownership.fences = {}
                 self._renew_at = 0.0
                 return 0.0
-            self.fired += fired
         if not leading:
             if not self.ownership.fences:
                 return None
@@ -173,9 +175,11 @@ class Scheduler:
         return sleep if due is None else min(sleep, max(due - now, 0.0))
 
     async def _fire(self, now: float) -> int:
-        return await self.store.fire_due_schedules(
+        fired = await self.store.fire_due_schedules(
             now, self.batch, owned=list(self.ownership.fences.values())
         )
+        self.fired += fired
+        return fired
 
     async def _promote(self, now: float) -> int:
         moved = len(await self.store.promote_due(now, self.batch, self.fence))
