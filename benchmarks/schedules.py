@@ -5,6 +5,8 @@ Run from the repository root (worker processes import ``benchmarks.schedule_app`
     python benchmarks/schedules.py                          # (a) on both back-ends, then (b)
     python benchmarks/schedules.py --part fire --backend sqlite --schedules 1000 --seconds 60
     python benchmarks/schedules.py --part fire --backend postgres --workers 2
+    python benchmarks/schedules.py --part fire --backend postgres --workers 2 \\
+        --schedules 10000 --seconds 1 --schedulers 1,2   # one burst of 10,000 crons
     python benchmarks/schedules.py --part scale --scale 1000,100000,1000000 --ticks 20
     python benchmarks/schedules.py --json > schedules.json
 
@@ -20,7 +22,10 @@ to stdout.
 ``start_at`` = W0 and ``end_at`` = W0 + T - 0.5, where W0 is a whole second a few seconds
 after start-up (``--lead-seconds``; enough to create the schedules first). So the window
 is exactly the T slots W0, W0+1, …, W0+T-1 of every schedule: S x T expected slots. One
-in-process :class:`~chronoq.scheduler.Scheduler` runs on the store for the whole window,
+in-process :class:`~chronoq.scheduler.Scheduler` runs on the store for the whole window
+(or, with ``--schedulers K``, K ``chronoq scheduler`` processes that share the schedule
+partitions, :mod:`chronoq.partitions`; a list such as ``1,2`` runs once per count, side
+by side in the table; commit lag is then not measured),
 with an in-process :class:`~chronoq.worker.Worker` (``--workers 0``, the default, as
 ``chronoq dev`` does) or K worker processes ``chronoq worker --app
 benchmarks.schedule_app:app`` (``--workers K``). After the window the benchmark waits
@@ -102,6 +107,7 @@ import asyncpg
 
 import chronoq
 from chronoq.models import ScheduleCreate, TaskTemplate
+from chronoq.partitions import PARTITIONS
 from chronoq.scheduler import Scheduler
 from chronoq.store import Store, create_store
 from chronoq.store.postgres import split_schema
@@ -166,6 +172,8 @@ class FireResult:
     worker_exit_codes: list[int | None] = field(default_factory=list)
     stderr_sample: list[str] = field(default_factory=list)
     error: str | None = None
+    #: ``chronoq scheduler`` processes (0: one in-process Scheduler)
+    schedulers: int = 0
 
     @property
     def problems(self) -> str:
@@ -293,6 +301,14 @@ async def scalar(store: Store, sql: str, *args: Any) -> Any:
     return next(iter(dict(rows[0]).values())) if rows else None
 
 
+def _environment(url: str, poll_seconds: float | None) -> dict[str, str]:
+    env = {**os.environ, "CHRONOQ_DATABASE_URL": url}
+    env.pop("CHRONOQ_APP", None)
+    if poll_seconds is not None:
+        env["CHRONOQ_POLL_SECONDS"] = str(poll_seconds)
+    return env
+
+
 # -- worker processes ---------------------------------------------------------------------------
 class WorkerProcesses(ChronoqProcesses):
     """K ``chronoq worker --app benchmarks.schedule_app:app`` processes."""
@@ -300,13 +316,37 @@ class WorkerProcesses(ChronoqProcesses):
     def __init__(
         self, url: str, count: int, concurrency: int, poll_seconds: float | None, log_dir: Path
     ) -> None:
-        env = {**os.environ, "CHRONOQ_DATABASE_URL": url}
-        env.pop("CHRONOQ_APP", None)
-        if poll_seconds is not None:
-            env["CHRONOQ_POLL_SECONDS"] = str(poll_seconds)
-        super().__init__(env, log_dir)
+        super().__init__(_environment(url, poll_seconds), log_dir)
         for i in range(count):
             self.spawn(f"worker-{i}", ["worker", "--app", APP, "--concurrency", str(concurrency)])
+
+
+class SchedulerProcesses(ChronoqProcesses):
+    """K ``chronoq scheduler`` processes, sharing the schedule partitions."""
+
+    def __init__(self, url: str, count: int, poll_seconds: float | None, log_dir: Path) -> None:
+        super().__init__(_environment(url, poll_seconds), log_dir)
+        for i in range(count):
+            self.spawn(f"scheduler-{i}", ["scheduler"])
+
+
+async def wait_partitions_shared(
+    store: Store, schedulers: SchedulerProcesses, count: int, max_wait: float = 30.0
+) -> None:
+    """Until ``count`` schedulers hold every partition between them."""
+    deadline = time.monotonic() + max_wait
+    while time.monotonic() < deadline:
+        schedulers.check_alive()
+        rows = await fetch(
+            store,
+            "SELECT holder, COUNT(*) AS n FROM leases WHERE name LIKE 'schedules:%' "
+            "AND expires_at > $1 GROUP BY holder",
+            time.time(),
+        )
+        if len(rows) == count and sum(int(r["n"]) for r in rows) == PARTITIONS:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{count} scheduler processes did not share the partitions")
 
 
 async def wait_workers_ready(
@@ -369,7 +409,7 @@ async def create_schedules(
     await asyncio.gather(*(lane() for _ in range(max(1, in_flight))))
 
 
-async def fire_backend(backend: str, args: argparse.Namespace) -> FireResult:
+async def fire_backend(backend: str, args: argparse.Namespace, schedulers: int = 0) -> FireResult:
     database = make_database(backend, args.database_url, args.keep)
     result = FireResult(
         backend,
@@ -379,15 +419,18 @@ async def fire_backend(backend: str, args: argparse.Namespace) -> FireResult:
         args.workers,
         args.concurrency,
         args.poll_seconds,
+        schedulers=schedulers,
     )
     say(
         f"(a) {backend}: {args.schedules} schedules every second for {args.seconds}s, "
-        f"{'in-process worker' if not args.workers else f'{args.workers} worker processes'}"
+        f"{'in-process worker' if not args.workers else f'{args.workers} worker processes'}, "
+        f"{f'{schedulers} scheduler processes' if schedulers else 'in-process scheduler'}"
         f" ({database.label})"
     )
     log_dir = Path(tempfile.mkdtemp(prefix="chronoq-schedules-logs-"))
     store = create_store(database.url)
     workers: WorkerProcesses | None = None
+    procs: SchedulerProcesses | None = None
     try:
         await store.open()
         await store.migrate()
@@ -396,6 +439,9 @@ async def fire_backend(backend: str, args: argparse.Namespace) -> FireResult:
                 database.url, args.workers, args.concurrency, args.poll_seconds, log_dir
             )
             await wait_workers_ready(store, workers, args.workers)
+        if schedulers:
+            procs = SchedulerProcesses(database.url, schedulers, args.poll_seconds, log_dir)
+            await wait_partitions_shared(store, procs, schedulers)
         lead = args.lead_seconds
         if lead is None:
             lead = 2.0 + args.schedules / (300 if backend == "sqlite" else 500)
@@ -415,15 +461,18 @@ async def fire_backend(backend: str, args: argparse.Namespace) -> FireResult:
             f"  created {args.schedules} schedules in {result.create_seconds:.2f}s; window "
             f"opens in {start - time.time():.1f}s"
         )
-        calls = await run_window(store, workers, result, args)
+        calls = await run_window(store, workers, result, args, procs)
         await read_fire_results(store, result, calls)
     except Exception as exc:  # report, don't lose the other back-end's figures
         result.error = f"{type(exc).__name__}: {exc}"
         say(f"  failed: {result.error}")
     finally:
+        if procs is not None:
+            result.worker_exit_codes += procs.stop()
+            result.stderr_sample += procs.stderr()[:20]
         if workers is not None:
-            result.worker_exit_codes = workers.stop()
-            result.stderr_sample = workers.stderr()[:20]
+            result.worker_exit_codes += workers.stop()
+            result.stderr_sample += workers.stderr()[:20]
         await store.close()
         await drop_database(database, args.keep)
         if not args.keep:
@@ -432,12 +481,23 @@ async def fire_backend(backend: str, args: argparse.Namespace) -> FireResult:
 
 
 async def run_window(
-    store: Store, workers: WorkerProcesses | None, result: FireResult, args: argparse.Namespace
+    store: Store,
+    workers: WorkerProcesses | None,
+    result: FireResult,
+    args: argparse.Namespace,
+    procs: SchedulerProcesses | None = None,
 ) -> dict[float, tuple[float, float, int]]:
     calls: dict[float, tuple[float, float, int]] = {}
     _instrument(store, calls)
     scheduler = Scheduler(store, poll_seconds=args.poll_seconds or 1.0)
-    jobs = [asyncio.create_task(scheduler.run(), name="scheduler")]
+    jobs = [] if procs else [asyncio.create_task(scheduler.run(), name="scheduler")]
+
+    async def fired() -> int:
+        if procs is None:
+            return scheduler.fired
+        procs.check_alive()
+        return int(await scalar(store, "SELECT COUNT(*) FROM tasks"))
+
     worker: Worker | None = None
     if not args.workers:
         app = importlib.import_module(APP.partition(":")[0]).app
@@ -456,7 +516,7 @@ async def run_window(
             _check(jobs, workers)
             await asyncio.sleep(min(1.0, max(0.01, result.window_end - time.time())))
             if time.time() >= next_report:
-                say(f"  … {int(time.time() - result.window_start)}s: {scheduler.fired} fired")
+                say(f"  … {int(time.time() - result.window_start)}s: {await fired()} fired")
                 next_report += 10
         result.process_cpu_percent = (
             100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
@@ -468,7 +528,7 @@ async def run_window(
         deadline = time.monotonic() + args.max_wait
         while True:
             _check(jobs, workers)
-            fired_before = scheduler.fired
+            fired_before = await fired()
             unfinished = await scalar(
                 store,
                 "SELECT COUNT(*) FROM tasks WHERE schedule_id IS NOT NULL AND "
@@ -477,7 +537,7 @@ async def run_window(
             pending = await scalar(
                 store, "SELECT COUNT(*) FROM schedules WHERE next_fire_at IS NOT NULL"
             )
-            if not unfinished and not pending and scheduler.fired == fired_before:
+            if not unfinished and not pending and await fired() == fired_before:
                 break
             if time.monotonic() > deadline:
                 result.timed_out = True
@@ -761,7 +821,7 @@ def fire_table(results: Sequence[FireResult]) -> str:
     )
     head = (
         f"(a) {first.schedules:,} schedules x every second for {first.seconds}s "
-        f"(cron '{EVERY_SECOND}'; one in-process scheduler; {mode})"
+        f"(cron '{EVERY_SECOND}'; {mode})"
     )
     lines: list[tuple[str, list[str]]] = [
         (
@@ -771,6 +831,10 @@ def fire_table(results: Sequence[FireResult]) -> str:
                 f"{datetime.fromtimestamp(r.window_end - 1, UTC):%H:%M:%S}"
                 for r in results
             ],
+        ),
+        (
+            "schedulers",
+            [f"{r.schedulers} processes" if r.schedulers else "in-process" for r in results],
         ),
         ("create schedules s", [f"{r.create_seconds:.2f}" for r in results]),
         ("expected slots", [f"{r.expected:,}" for r in results]),
@@ -908,6 +972,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     a.add_argument("--concurrency", type=int, default=64, help="tasks each worker runs at once")
     a.add_argument(
+        "--schedulers",
+        default="0",
+        help="comma-separated numbers of `chronoq scheduler` processes, one run each "
+        "(0: one in-process Scheduler)",
+    )
+    a.add_argument(
         "--poll-seconds",
         type=float,
         default=None,
@@ -954,6 +1024,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     except ValueError:
         p.error(f"--scale must be comma-separated integers, not {args.scale!r}")
+    try:
+        args.scheduler_counts = [int(x) for x in args.schedulers.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--schedulers must be comma-separated integers, not {args.schedulers!r}")
     if args.schedules < 1 or args.seconds < 1:
         p.error("--schedules and --seconds must be at least 1")
     return args
@@ -964,7 +1038,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if args.part in ("fire", "both"):
         backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
         for backend in backends:
-            out["fire"].append(await fire_backend(backend, args))
+            for count in args.scheduler_counts:
+                out["fire"].append(await fire_backend(backend, args, count))
     if args.part in ("scale", "both"):
         for n in args.scale_sizes:
             out["scale"].append(await scale_one(n, args))

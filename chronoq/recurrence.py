@@ -85,6 +85,10 @@ def check_timezone(name: str) -> ZoneInfo:
         ) from None
 
 
+#: fire times a cron Recurrence remembers before it starts over
+_MEMO_SIZE = 4096
+
+
 class Recurrence:
     """The fire times of a cron expression in a zone, or of a fixed interval from an anchor."""
 
@@ -107,11 +111,23 @@ class Recurrence:
         hour = fields[2 if self.seconds_field else 1] if fields else "*"
         self.fixed_hours = hour != "*"
         self._iter: croniter | None = None
+        #: next fire time after t, by t: the schedules sharing a cron rule share this object
+        #: (:func:`cached`) and, in a burst, the same slots, so croniter runs once per slot
+        self._memo: dict[float, float] = {}
 
     def next_after(self, t: float) -> float:
         """The first fire time strictly after epoch second ``t``."""
         if self.interval is not None:
             return self._next_interval(t, self.interval)
+        assert self.cron is not None
+        found = self._memo.get(t)
+        if found is None:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            found = self._memo[t] = self._next_cron(t)
+        return found
+
+    def _next_cron(self, t: float) -> float:
         assert self.cron is not None
         start = datetime.fromtimestamp(t, self.tz)
         it = self._iter

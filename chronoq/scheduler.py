@@ -9,10 +9,13 @@ attempts whose lease expired, so they are retried elsewhere. Promotion is a cond
 UPDATE, so several schedulers side by side never run a task twice. While leading it also
 starts the retention sweep beside its rounds (:mod:`chronoq.retention`).
 
-Any number of schedulers may run; one leads at a time, holding the ``scheduler`` lease
-(renewed every second, ``lease_ttl`` long). The others check every second and take over
-when it expires. Every write the leader makes checks its fencing token in the same
-transaction, so a leader that stalled past its lease cannot write after a takeover.
+Any number of schedulers may run. They share the firing: each holds about 1/N of the
+schedule partitions, each a lease of its own (:mod:`chronoq.partitions`). One leads at a
+time for the rest (promotion, reaping, reconcile, retention), holding the ``scheduler``
+lease (renewed every second, ``lease_ttl`` long); the others check every second and take
+over when it expires. Every write checks the fencing token of the lease it depends on in
+the same transaction, so a scheduler that stalled past a lease cannot write after a
+takeover.
 While the store is down, rounds back off (1 s doubling to 30 s) and log one traceback,
 then one line per retry, and one when the store answers again (:mod:`chronoq.backoff`).
 """
@@ -25,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from chronoq.backoff import Outage
+from chronoq.partitions import PARTITIONS, Ownership
 from chronoq.retention import Sweeper
 from chronoq.store import Completion, Store, TaskRecord
 from chronoq.store.interfaces import SchedulerStore
@@ -62,6 +66,8 @@ class Scheduler:
         self.lease_ttl = lease_ttl
         self.id = scheduler_id or default_worker_id()
         self.fence: Fence | None = None
+        #: the schedule partitions this scheduler fires (chronoq.partitions)
+        self.ownership = Ownership(self.id, lease_ttl)
         self.leaderships = 0
         self._renew_at = 0.0
         self.reconcile = reconcile
@@ -113,11 +119,12 @@ class Scheduler:
             self.store.hub.discard(wake)
             if self.retention is not None:
                 await self.retention.stop()
-            if self.fence is not None:
-                try:
+            try:
+                await self.ownership.release(self.store)
+                if self.fence is not None:
                     await self.store.release_lease(self.fence)
-                except Exception:
-                    log.warning("could not release the scheduler lease")
+            except Exception:
+                log.warning("could not release the scheduler's leases")
             log.info(
                 "scheduler stopped (fired %d, promoted %d, rescued %d)",
                 self.fired,
@@ -126,16 +133,26 @@ class Scheduler:
             )
 
     async def _round(self, now: float) -> float | None:
-        """One round: fire, promote, reap, reconcile. Returns the seconds until the next
-        (0: more are due at once; a submission wakes it earlier), None while following."""
-        if not await self._lead(now):
-            return None
-        fired = await self.store.fire_due_schedules(now, self.batch, self.fence)
-        self.fired += fired
-        moved = await self.store.promote_due(now, self.batch, self.fence)
-        self.promoted += len(moved)
-        if len(moved) >= self.batch or fired >= self.batch:
-            return 0.0  # more are due: no sleep
+        """One round: fire (the partitions held), then, while leading, promote, reap,
+        reconcile. Returns the seconds until the next (0: more are due at once; a
+        submission wakes it earlier), None while it holds nothing."""
+        leading = await self._lead(now)
+        more = False
+        if self.ownership.fences:
+            try:
+                _, more = await self._drain(now, self._fire)
+            except NotLeader as exc:  # a partition changed hands: look at the leases again
+                log.info("%s; renewing the partitions", exc)
+                self.ownership.fences = {}
+                self._renew_at = 0.0
+                return 0.0
+        if not leading:
+            if not self.ownership.fences:
+                return None
+            return 0.0 if more else await self._sleep(tasks=False)
+        _, more_due = await self._drain(now, self._promote)
+        if more or more_due:
+            return 0.0  # the lease needs renewing first; the rest is still due: no sleep
         if now >= self._next_reap:
             await self.reap(now)
             self._next_reap = now + self.reap_seconds
@@ -144,12 +161,47 @@ class Scheduler:
             await self._reconcile()
         if self.retention is not None:
             self.retention.due(now, lambda: self.leading)
-        due = await self.store.next_due_at()
+        return await self._sleep(tasks=True)
+
+    async def _sleep(self, *, tasks: bool) -> float:
+        """Seconds until the next due time (waiting tasks while leading, slots of the
+        partitions held), the next reap and lease renewal, at most ``poll_seconds``."""
+        held = None if self.ownership.all else self.ownership.partitions
+        due = await self.store.next_due_at(held, tasks=tasks)
         now = time.time()
-        sleep = min(
-            self.poll_seconds, max(self._next_reap - now, 0.0), max(self._renew_at - now, 0.0)
-        )
+        sleep = min(self.poll_seconds, max(self._renew_at - now, 0.0))
+        if tasks:
+            sleep = min(sleep, max(self._next_reap - now, 0.0))
         return sleep if due is None else min(sleep, max(due - now, 0.0))
+
+    async def _fire(self, now: float) -> int:
+        fired = await self.store.fire_due_schedules(
+            now, self.batch, owned=list(self.ownership.fences.values())
+        )
+        self.fired += fired
+        return fired
+
+    async def _promote(self, now: float) -> int:
+        moved = len(await self.store.promote_due(now, self.batch, self.fence))
+        self.promoted += moved
+        return moved
+
+    async def _drain(
+        self, now: float, batch: Callable[[float], Awaitable[int]]
+    ) -> tuple[int, bool]:
+        """Repeat ``batch(now)`` (one short transaction of at most ``self.batch`` rows, each
+        committed and announced before the next starts) until it comes back short, so a
+        burst is handled at once in bounded pieces; returns ``(rows, more)``. It stops early
+        (``more``) when the lease is due for renewal, so a long burst never outlives it."""
+        total = 0
+        while True:
+            n = await batch(now)
+            total += n
+            if n < self.batch:
+                return total, False
+            now = max(now, time.time())
+            if now >= self._renew_at:
+                return total, True
 
     async def _reconcile(self) -> None:
         """Re-publish tasks the broker lost. Its own outage (Redis down) must not hold up
@@ -163,9 +215,10 @@ class Scheduler:
         self._reconcile_outage.over()
 
     async def _lead(self, now: float) -> bool:
-        """Take or renew the scheduler lease (at most once a second); True while leading."""
-        if self.fence is not None and now < self._renew_at:
-            return True
+        """Take or renew the scheduler lease and the partitions (at most once a second);
+        True while leading."""
+        if now < self._renew_at:
+            return self.fence is not None
         fence = await self.store.try_lease(LEASE, self.id, now, self.lease_ttl)
         if fence is not None and (self.fence is None or fence.token != self.fence.token):
             self.leaderships += 1
@@ -173,6 +226,15 @@ class Scheduler:
         elif fence is None and self.fence is not None:
             log.warning("scheduler %s lost the lease; following", self.id)
         self.fence = fence
+        held = set(self.ownership.fences)
+        await self.ownership.renew(self.store, now)
+        if set(self.ownership.fences) != held:
+            log.info(
+                "scheduler %s fires %d of %d schedule partitions",
+                self.id,
+                len(self.ownership.fences),
+                PARTITIONS,
+            )
         self._renew_at = now + min(1.0, self.lease_ttl / 3)
         return fence is not None
 

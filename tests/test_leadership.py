@@ -14,6 +14,7 @@ import pytest
 
 from chronoq import App
 from chronoq.models import ScheduleCreate
+from chronoq.partitions import PARTITIONS, lease_name, partition_of
 from chronoq.scheduler import LEASE, Scheduler
 from chronoq.store.leases import NotLeader
 from tests.conftest import Harness
@@ -42,36 +43,72 @@ async def test_one_lease_holder_and_takeover_bumps_the_token(harness: Harness) -
     assert c is not None and c.token == 3
 
 
-async def test_only_the_leader_fires_and_a_follower_takes_over(app: App, harness: Harness) -> None:
-    await harness.store.create_schedule(
+async def test_schedulers_share_the_partitions_and_each_fires_its_own(
+    app: App, harness: Harness
+) -> None:
+    store = harness.store
+    now = time.time()
+    for n in range(40):
+        await store.create_schedule(
+            ScheduleCreate.model_validate(
+                {"name": f"tick-{n}", "cron": "* * * * * *", "task": {"name": "noop"}}
+            ),
+            now,
+        )
+    first = Scheduler(store, poll_seconds=0.1, lease_ttl=1.5, scheduler_id="first")
+    second = Scheduler(store, poll_seconds=0.1, lease_ttl=1.5, scheduler_id="second")
+    jobs = [asyncio.create_task(first.run())]
+
+    async def held(scheduler: Scheduler, n: int) -> bool:
+        return len(scheduler.ownership.fences) == n
+
+    await until(lambda: held(first, PARTITIONS), "the first took not all partitions", timeout=5)
+    jobs.append(asyncio.create_task(second.run()))
+    half = PARTITIONS // 2
+    await until(lambda: held(second, half), "the second got no half share", timeout=10)
+    await until(lambda: held(first, half), "the first kept more than its share", timeout=10)
+    assert not set(first.ownership.fences) & set(second.ownership.fences)
+    assert first.leading and not second.leading  # promotion and reaping: the leader only
+    # the column the database computes is the partition Python computes
+    async with store.conn() as c:
+        rows = await c.fetch("SELECT id, part FROM schedules")
+    assert [r["part"] for r in rows] == [partition_of(r["id"]) for r in rows]
+    ours = {sid: partition_of(sid) for sid in (r["id"] for r in rows)}
+    fired_first, fired_second = first.fired, second.fired
+
+    async def both_fired() -> bool:
+        return first.fired > fired_first + 2 and second.fired > fired_second + 2
+
+    await until(both_fired, "the two schedulers did not both fire", timeout=10)
+    first.stop()  # a graceful stop hands its partitions back: the second takes them all
+    await jobs[0]
+    await until(lambda: held(second, PARTITIONS), "the second took over no partitions", timeout=5)
+    await until(lambda: asyncio.sleep(0, second.leading), "the second never led", timeout=5)
+    second.stop()
+    await jobs[1]
+    tasks = await store.list_tasks(limit=10_000)
+    keys = [(t.schedule_id, t.slot) for t in tasks]
+    assert len(keys) == len(set(keys)), "a slot fired twice"
+    assert {ours[t.schedule_id] for t in tasks if t.schedule_id} <= set(range(PARTITIONS))
+
+
+async def test_a_stale_partition_owner_cannot_fire(harness: Harness) -> None:
+    store = harness.store
+    now = time.time()
+    record = await store.create_schedule(
         ScheduleCreate.model_validate(
             {"name": "tick", "cron": "* * * * * *", "task": {"name": "noop"}}
         ),
-        time.time(),
+        now,
     )
-    first = Scheduler(harness.store, poll_seconds=0.1, lease_ttl=1.5, scheduler_id="first")
-    second = Scheduler(harness.store, poll_seconds=0.1, lease_ttl=1.5, scheduler_id="second")
-
-    async def fired(scheduler: Scheduler, n: int) -> bool:
-        return scheduler.fired >= n
-
-    jobs = [asyncio.create_task(first.run())]
-    await until(lambda: fired(first, 1), "the first scheduler never fired", timeout=5)
-    jobs.append(asyncio.create_task(second.run()))
-    # two more one-second slots: the follower has looked at the lease a few times meanwhile
-    more = first.fired + 2
-    await until(lambda: fired(first, more), "the leader fired no two more slots", timeout=10)
-    assert first.leading and not second.leading
-    assert second.fired == 0
-    first.stop()  # a graceful stop releases the lease: the follower leads within ~1 s
-    await jobs[0]
-    await until(lambda: fired(second, 1), "the follower never fired", timeout=5)
-    assert second.leading
-    second.stop()
-    await jobs[1]
-    schedule = await harness.store.get_schedule("tick")
-    slots = [t.slot for t in await harness.store.list_tasks(schedule_id=schedule.id)]
-    assert len(slots) == len(set(slots)) >= 2
+    name = lease_name(partition_of(record.id))
+    (old,) = await store.try_leases([name], "old", now, 1.0)
+    (new,) = await store.try_leases([name], "new", now + 2.0, 1.0)
+    assert new.token == old.token + 1
+    with pytest.raises(NotLeader):
+        await store.fire_due_schedules(now + 2.5, owned=[old])
+    assert await store.fire_due_schedules(now + 2.5, owned=[new]) >= 1
+    assert await store.fire_due_schedules(now + 2.5, owned=[]) == 0
 
 
 def _leader_pid(db_url: str, wait: float = 10.0) -> int:

@@ -25,6 +25,7 @@ from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence, LeaseQueries
 from chronoq.store.pauses import PauseQueries, not_paused
 from chronoq.store.records import (
+    INSERT_BATCH,
     INSERT_TASK_COLUMNS,
     TASK_COLUMNS,
     Completion,
@@ -42,8 +43,6 @@ from chronoq.store.workers import WorkerQueries
 
 __all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dumps", "opened"]
 
-#: rows per multi-row INSERT (17 parameters each; both databases allow 32,766)
-INSERT_BATCH = 500
 
 #: what a user's cancel and retry set (``$2``: now), one task or a batch (store.bulk) alike
 CANCEL = f"{lifecycle.CANCEL.to()}, updated_at = $2, lease_expires_at = NULL"
@@ -443,15 +442,24 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         self.announce.promoted(rows, now)
         return queues
 
-    async def next_due_at(self) -> float | None:
-        """The earliest time something becomes due: a waiting task or a schedule's slot."""
+    async def next_due_at(
+        self, partitions: Sequence[int] | None = None, tasks: bool = True
+    ) -> float | None:
+        """The earliest time something becomes due: a waiting task (unless not ``tasks``)
+        or a schedule's slot (of ``partitions`` only, if given)."""
+        parts = "" if partitions is None else f"AND part IN ({', '.join(map(str, partitions))}) "
+        waiting = f"SELECT MIN(run_at) AS t FROM tasks WHERE {lifecycle.PROMOTE.where()}"
+        slots = (
+            "SELECT MIN(next_fire_at) AS t FROM schedules "
+            f"WHERE paused = 0 AND next_fire_at IS NOT NULL {parts}"
+        )
+        if partitions is not None and not partitions:
+            slots = ""
+        sql = " UNION ALL ".join(q for q in (waiting if tasks else "", slots) if q)
+        if not sql:
+            return None
         async with self.conn() as c:
-            rows = await c.fetch(
-                "SELECT MIN(t) AS t FROM ("
-                f"SELECT MIN(run_at) AS t FROM tasks WHERE {lifecycle.PROMOTE.where()} UNION ALL "
-                "SELECT MIN(next_fire_at) AS t FROM schedules "
-                "WHERE paused = 0 AND next_fire_at IS NOT NULL) AS due"
-            )
+            rows = await c.fetch(f"SELECT MIN(t) AS t FROM ({sql}) AS due")
         value = rows[0]["t"] if rows else None
         return None if value is None else float(value)
 

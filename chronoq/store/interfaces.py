@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from chronoq.notify import Hub
-from chronoq.store.leases import Fence
+from chronoq.store.leases import Fence, LeaseInfo
 from chronoq.store.records import Completion, Row, TaskRecord
 from chronoq.store.workers import Served
 
@@ -38,18 +38,30 @@ class _Completing(_Announcing, Protocol):
 
 
 class SchedulerStore(_Completing, Protocol):
-    """What the scheduler does: leadership, firing schedules, promoting due tasks, reaping
-    expired leases."""
+    """What the scheduler does: leadership, partition leases, firing schedules, promoting
+    due tasks, reaping expired leases."""
 
     async def try_lease(self, name: str, holder: str, now: float, ttl: float) -> Fence | None: ...
     async def release_lease(self, fence: Fence) -> None: ...
+    async def try_leases(
+        self, names: Sequence[str], holder: str, now: float, ttl: float
+    ) -> list[Fence]: ...
+    async def release_leases(self, fences: Sequence[Fence]) -> None: ...
+    async def leases_like(self, prefix: str) -> list[LeaseInfo]: ...
+    async def forget_leases(self, names: Sequence[str], before: float) -> None: ...
     async def fire_due_schedules(
-        self, now: float, limit: int = 500, fence: Fence | None = None
+        self,
+        now: float,
+        limit: int = 500,
+        fence: Fence | None = None,
+        owned: Sequence[Fence] | None = None,
     ) -> int: ...
     async def promote_due(
         self, now: float, limit: int = 1000, fence: Fence | None = None
     ) -> list[str]: ...
-    async def next_due_at(self) -> float | None: ...
+    async def next_due_at(
+        self, partitions: Sequence[int] | None = None, tasks: bool = True
+    ) -> float | None: ...
     async def mark_dead_workers(self, silent_since: float) -> list[str]: ...
     async def expired_leases(self, now: float, limit: int = 500) -> list[TaskRecord]: ...
 

@@ -1,8 +1,10 @@
-"""Leadership leases with fencing tokens (one scheduler leads; stale leaders are fenced off)."""
+"""Leases with fencing tokens: the leader's, and one per schedule partition
+(:mod:`chronoq.partitions`); a stale holder's writes are fenced off."""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,23 +40,74 @@ class LeaseQueries(abc.ABC):
     @abc.abstractmethod
     def conn(self) -> Any: ...
 
+    @abc.abstractmethod
+    def tx(self) -> Any: ...
+
+    @abc.abstractmethod
+    def in_list(self, placeholder: str) -> str: ...
+
+    @abc.abstractmethod
+    def list_param(self, values: Iterable[str]) -> Any: ...
+
     async def try_lease(self, name: str, holder: str, now: float, ttl: float) -> Fence | None:
         """Take or renew lease ``name`` for ``ttl`` seconds. Returns the fence when held;
         None while another holder's lease is still valid. Taking over bumps the token."""
         async with self.conn() as c:
-            rows = await c.fetch(
-                "INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, 1, $3) "
-                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
-                "token = CASE WHEN leases.holder = excluded.holder THEN leases.token "
-                "ELSE leases.token + 1 END, expires_at = excluded.expires_at "
-                "WHERE leases.holder = excluded.holder OR leases.expires_at < $4 "
-                "RETURNING token",
-                name,
-                holder,
-                now + ttl,
-                now,
-            )
+            return await self._take(c, name, holder, now, ttl)
+
+    async def try_leases(
+        self, names: Sequence[str], holder: str, now: float, ttl: float
+    ) -> list[Fence]:
+        """:meth:`try_lease` for each of ``names``, in one transaction (in name order, so two
+        schedulers' transactions never wait on each other in a cycle); the fences held."""
+        if not names:
+            return []
+        async with self.tx() as c:
+            found = [await self._take(c, name, holder, now, ttl) for name in sorted(names)]
+        return [fence for fence in found if fence is not None]
+
+    async def _take(self, c: Conn, name: str, holder: str, now: float, ttl: float) -> Fence | None:
+        rows = await c.fetch(
+            "INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, 1, $3) "
+            "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+            "token = CASE WHEN leases.holder = excluded.holder THEN leases.token "
+            "ELSE leases.token + 1 END, expires_at = excluded.expires_at "
+            "WHERE leases.holder = excluded.holder OR leases.expires_at < $4 "
+            "RETURNING token",
+            name,
+            holder,
+            now + ttl,
+            now,
+        )
         return Fence(name, holder, int(rows[0]["token"])) if rows else None
+
+    async def release_leases(self, fences: Sequence[Fence]) -> None:
+        """:meth:`release_lease` for each of ``fences``, in one transaction."""
+        if not fences:
+            return
+        async with self.tx() as c:
+            await c.executemany(
+                "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2 AND token = $3",
+                sorted((f.name, f.holder, f.token) for f in fences),
+            )
+
+    async def leases_like(self, prefix: str) -> list[LeaseInfo]:
+        """Every lease whose name starts with ``prefix`` (a few dozen rows at most)."""
+        async with self.conn() as c:
+            rows = await c.fetch(
+                "SELECT * FROM leases WHERE name LIKE $1 ESCAPE '\\'",
+                prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",
+            )
+        return [_info(r) for r in rows]
+
+    async def forget_leases(self, names: Sequence[str], before: float) -> None:
+        """Delete the leases of ``names`` that expired before ``before`` (gone holders)."""
+        async with self.conn() as c:
+            await c.execute(
+                f"DELETE FROM leases WHERE name {self.in_list('$1')} AND expires_at < $2",
+                self.list_param(names),
+                before,
+            )
 
     async def release_lease(self, fence: Fence) -> None:
         """Give the lease up at once (graceful shutdown), so a follower takes over now."""
@@ -69,10 +122,7 @@ class LeaseQueries(abc.ABC):
     async def get_lease(self, name: str) -> LeaseInfo | None:
         async with self.conn() as c:
             rows = await c.fetch("SELECT * FROM leases WHERE name = $1", name)
-        if not rows:
-            return None
-        r = rows[0]
-        return LeaseInfo(r["name"], r["holder"], int(r["token"]), float(r["expires_at"]))
+        return _info(rows[0]) if rows else None
 
     async def check_fence(self, c: Conn, fence: Fence | None, now: float) -> None:
         """Inside a write transaction: raise :class:`NotLeader` unless ``fence`` is the
@@ -90,3 +140,23 @@ class LeaseQueries(abc.ABC):
         )
         if not rows:
             raise NotLeader(f"{fence.holder} lost lease {fence.name!r} (token {fence.token})")
+
+    async def check_fences(self, c: Conn, fences: Sequence[Fence], now: float) -> None:
+        """:meth:`check_fence` for several leases of one holder, in one query."""
+        if not fences:
+            return
+        rows = await c.fetch(
+            f"SELECT name, token FROM leases WHERE name {self.in_list('$1')} AND holder = $2 "
+            f"AND expires_at >= $3{self.lock_row}",
+            self.list_param(f.name for f in fences),
+            fences[0].holder,
+            now,
+        )
+        held = {(r["name"], int(r["token"])) for r in rows}
+        lost = [f.name for f in fences if (f.name, f.token) not in held]
+        if lost:
+            raise NotLeader(f"{fences[0].holder} lost leases {', '.join(lost)}")
+
+
+def _info(r: Any) -> LeaseInfo:
+    return LeaseInfo(r["name"], r["holder"], int(r["token"]), float(r["expires_at"]))

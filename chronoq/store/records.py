@@ -427,6 +427,8 @@ TASK_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NewTask
 #: the annotation of each column's field (PostgreSQL's array types derive from them)
 TASK_COLUMN_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(NewTask)}
 _task_values = operator.attrgetter(*TASK_COLUMNS)
+#: rows per multi-row INSERT (17 parameters each; both databases allow 32,766)
+INSERT_BATCH = 500
 INSERT_TASK_COLUMNS = f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)})"
 INSERT_TASK = (
     f"{INSERT_TASK_COLUMNS} VALUES ({', '.join(f'${i}' for i in range(1, len(TASK_COLUMNS) + 1))})"

@@ -17,7 +17,14 @@ from chronoq.models import (
 from chronoq.recurrence import FirePlan, MisfirePolicy, Recurrence, cached, plan
 from chronoq.store.announce import Announcer
 from chronoq.store.leases import Fence
-from chronoq.store.records import INSERT_TASK, NewTask, Row, TaskRecord
+from chronoq.store.records import (
+    INSERT_BATCH,
+    INSERT_TASK,
+    INSERT_TASK_COLUMNS,
+    NewTask,
+    Row,
+    TaskRecord,
+)
 
 #: fields whose change moves the next fire time
 RULE_FIELDS = frozenset({"cron", "interval_seconds", "timezone", "start_at", "end_at"})
@@ -237,7 +244,13 @@ class ScheduleQueries(abc.ABC):
     def inserted(self, tasks: Sequence[NewTask]) -> None: ...
 
     @abc.abstractmethod
+    def rows_source(self, tasks: Sequence[NewTask]) -> tuple[str, list[Any]]: ...
+
+    @abc.abstractmethod
     async def check_fence(self, c: Any, fence: Fence | None, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def check_fences(self, c: Any, fences: Sequence[Fence], now: float) -> None: ...
 
     async def create_schedule(
         self, spec: ScheduleCreate, now: float, namespace: str = "default"
@@ -357,16 +370,38 @@ class ScheduleQueries(abc.ABC):
         self.inserted([task])
         return TaskRecord.from_row(rows[0])
 
+    async def move_schedules(self, c: Any, moves: Sequence[tuple[Any, ...]]) -> None:
+        """Set each fired schedule's ``(id, next_fire_at, last_fire_at, updated_at)``."""
+        await c.executemany(
+            "UPDATE schedules SET next_fire_at = $2, last_fire_at = $3, updated_at = $4 "
+            "WHERE id = $1",
+            moves,
+        )
+
     async def fire_due_schedules(
-        self, now: float, limit: int = 500, fence: Fence | None = None
+        self,
+        now: float,
+        limit: int = 500,
+        fence: Fence | None = None,
+        owned: Sequence[Fence] | None = None,
     ) -> int:
         """Insert the tasks of every due slot and move each schedule to its next slot, in one
         transaction. ``ON CONFLICT (schedule_id, slot) DO NOTHING``: a slot never fires twice,
-        even with several schedulers. Returns the number of tasks inserted."""
+        even with several schedulers. ``owned``: only the partitions of these partition
+        leases (:mod:`chronoq.partitions`), each fence checked in the transaction (None: all
+        partitions). Returns the number of tasks inserted."""
+        only = ""
+        if owned is not None:
+            if not owned:
+                return 0
+            parts = sorted({int(f.name.rpartition(":")[2]) for f in owned})
+            only = f"AND part IN ({', '.join(str(p) for p in parts)}) "
         async with self.tx() as c:
             await self.check_fence(c, fence, now)
+            if owned:
+                await self.check_fences(c, owned, now)
             rows = await c.fetch(
-                "SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 "
+                f"SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 {only}"
                 f"ORDER BY next_fire_at LIMIT $2{self.skip_locked}",
                 now,
                 limit,
@@ -386,15 +421,12 @@ class ScheduleQueries(abc.ABC):
                     )
                 last = fire.slots[-1] if fire.slots else record.last_fire_at
                 moves.append((record.id, fire.next_fire_at, last, now))
-            if tasks:
-                await c.executemany(
-                    f"{INSERT_TASK} ON CONFLICT (schedule_id, slot) DO NOTHING",
-                    [task.values() for task in tasks],
+            for start in range(0, len(tasks), INSERT_BATCH):
+                source, args = self.rows_source(tasks[start : start + INSERT_BATCH])
+                await c.execute(
+                    f"{INSERT_TASK_COLUMNS} {source} ON CONFLICT (schedule_id, slot) DO NOTHING",
+                    *args,
                 )
-            await c.executemany(
-                "UPDATE schedules SET next_fire_at = $2, last_fire_at = $3, updated_at = $4 "
-                "WHERE id = $1",
-                moves,
-            )
+            await self.move_schedules(c, moves)
         self.inserted(tasks)
         return len(tasks)

@@ -1,0 +1,13 @@
+-- Partitioned schedulers (chronoq.partitions): every schedule belongs to one of 64
+-- partitions, from the two last hex digits of its id (random bits of the UUIDv7, so
+-- consecutive schedules spread evenly), and only the holder of lease 'schedules:<p>'
+-- fires partition p. A generated column (VIRTUAL: SQLite cannot add a STORED one), so every
+-- insert path fills it. chronoq.partitions.partition_of computes the same value in Python.
+ALTER TABLE schedules ADD COLUMN part INTEGER GENERATED ALWAYS AS ((
+    16 * instr('0123456789abcdef', substr(lower(id), -2, 1))
+    + instr('0123456789abcdef', substr(lower(id), -1, 1))) % 64) VIRTUAL;
+
+-- "the due schedules of these partitions, oldest slot first"; schedules_due stays for the
+-- earliest due time over all of them.
+CREATE INDEX schedules_part_due ON schedules (part, next_fire_at)
+    WHERE paused = 0 AND next_fire_at IS NOT NULL;
