@@ -113,7 +113,7 @@ def _statement(
     for status, queue in pairs:
         args += [status.value, queue]
         parts.append(
-            f"{select} WHERE status IN ({FINISHED}) AND status = ${len(args) - 1} "
+            f"{select} WHERE {FINISHED} AND status = ${len(args) - 1} "
             f"AND queue = ${len(args)} AND updated_at >= $1 AND updated_at < $2{extra}{group}"
         )
     return " UNION ALL ".join(parts), args
