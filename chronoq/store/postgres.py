@@ -412,7 +412,7 @@ class PostgresStore(Store):
                 *args,
                 *(() if pid is None else (offer, pid)),
             )
-        return self.claimed(rows, now)
+        return await self.with_inputs(rows, now)
 
     async def withdraw_offers(self, worker_id: str) -> None:
         """Delete the offer, then make sure every hand-off made before has been heard: a
@@ -434,10 +434,11 @@ class PostgresStore(Store):
 
     async def _record(
         self, completions: Sequence[Completion], fence: Fence | None, lapsed: float | None = None
-    ) -> set[tuple[str, int]]:
+    ) -> tuple[set[tuple[str, int]], list[Row]]:
         """A worker's completions in one statement (one round trip, one relaxed commit),
         which also gives their slots back to the worker's hand-off offer; the leader's
-        fenced ones take the general path, which locks the lease row."""
+        fenced ones take the general path, which locks the lease row. When some are of
+        workflow nodes, the statement and the workflow step share one transaction."""
         if fence is not None or lapsed is not None:
             return await super()._record(completions, fence, lapsed)
         finish = lifecycle.FINISH
@@ -461,7 +462,8 @@ class PostgresStore(Store):
                 strict=True,
             )
         )
-        async with self.conn() as c:
+        nodes = any(x.task is not None and x.task.workflow_id for x in completions)
+        async with self.tx() if nodes else self.conn() as c:
             rows = await c.fetch(
                 f"WITH {_RELAXED}, "
                 "input AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], "
@@ -472,7 +474,8 @@ class PostgresStore(Store):
                 "run_at = COALESCE(i.next_run_at, t.run_at), result = i.result, "
                 "error = i.error, updated_at = i.finished_at, lease_expires_at = NULL "
                 "FROM input i, relaxed WHERE t.id = i.task_id AND t.attempts = i.attempt "
-                f"AND {finish.where('t.status')} RETURNING t.id, t.attempts, t.worker_id), "
+                f"AND {finish.where('t.status')} "
+                "RETURNING t.id, t.attempts, t.worker_id, t.workflow_id), "
                 "freed AS (UPDATE offers o SET slots = o.slots + f.n FROM (SELECT worker_id, "
                 "count(*) AS n FROM ended GROUP BY worker_id) AS f "
                 "WHERE o.worker_id = f.worker_id), "
@@ -480,10 +483,12 @@ class PostgresStore(Store):
                 "outcome = i.outcome, result = i.result, error = i.error, "
                 "traceback = i.traceback FROM input i WHERE a.task_id = i.task_id "
                 "AND a.attempt = i.attempt AND a.finished_at IS NULL) "
-                "SELECT id, attempts FROM ended",
+                "SELECT id, attempts, workflow_id FROM ended",
                 *(list(column) for column in columns),
             )
-        return {(r["id"], r["attempts"]) for r in rows}
+            ended = {(r["id"], r["attempts"]) for r in rows if r["workflow_id"] is not None}
+            advanced = await self.advance(c, completions, ended) if nodes else []
+        return {(r["id"], r["attempts"]) for r in rows}, advanced
 
 
 async def wait_until_ready(url: str, timeout: float = 30.0) -> None:

@@ -165,9 +165,15 @@ class TaskRecord:
     schedule_id: str | None = None
     slot: float | None = None
     namespace: str = "default"
+    #: the workflow it is a node of (migration 0016), if any
+    workflow_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
+        try:
+            workflow_id = row["workflow_id"]
+        except (KeyError, IndexError):  # a row given before migration 0016, or a partial one
+            workflow_id = None
         return cls(
             id=row["id"],
             name=row["name"],
@@ -190,6 +196,7 @@ class TaskRecord:
             schedule_id=row["schedule_id"],
             slot=row["slot"],
             namespace=row["namespace"],
+            workflow_id=workflow_id,
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
