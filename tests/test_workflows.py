@@ -18,7 +18,7 @@ from chronoq import App, Status, WorkflowFailed
 from chronoq.api import create_api
 from chronoq.dag import WorkflowCreate
 from chronoq.store import workflows
-from tests.conftest import Harness
+from tests.conftest import Harness, make_settings, running
 
 NEVER = 3600.0
 
@@ -272,3 +272,22 @@ async def test_parents_finishing_together_enqueue_a_node_once(app: App, harness:
     (task,) = await store.claim("w1", "default", 10, time.time(), 30.0)
     assert task.id == callback
     assert sorted(task.payload["results"]) == list(range(n))
+
+
+async def test_a_chord_of_2000_runs_its_callback_once_on_postgres(pg_url: str) -> None:
+    """2,000 no-op tasks on three workers, then one callback with every result in order."""
+    app = App(settings=make_settings(pg_url))
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    async with running(app) as h:
+        for n in range(3):
+            h.start_worker(concurrency=16, worker_id=f"w{n}")
+        flow = chronoq.chord([t["noop"].s(i=i) for i in range(2000)], t["total"].s())
+        started = time.monotonic()
+        handle = await flow.adelay("chord-2000")
+        assert await asyncio.wait_for(handle.aresult(recheck_seconds=0.5), 120) == sum(range(2000))
+        print(f"chord of 2000 on 3 workers: {time.monotonic() - started:.2f}s")
+        assert runs["total"] == 1
+        assert sum(runs[f"noop{i}"] for i in range(2000)) == 2000
+        callback = (await handle.aget()).nodes or []
+        assert callback[-1].attempts == 1 and callback[-1].status is Status.SUCCEEDED
