@@ -18,6 +18,7 @@ from chronoq.backoff import Outage
 from chronoq.events import EventBus
 from chronoq.notify import Hub, worker_channel
 from chronoq.states import Status
+from chronoq.store import workflows
 from chronoq.store.base import Completion, Conn, Row, Store, TaskRecord, ending
 from chronoq.store.leases import Fence
 from chronoq.store.pauses import not_paused
@@ -462,8 +463,13 @@ class PostgresStore(Store):
                 strict=True,
             )
         )
-        nodes = any(x.task is not None and x.task.workflow_id for x in completions)
-        async with self.tx() if nodes else self.conn() as c:
+        nodes = [x for x in completions if x.task is not None and x.task.workflow_id]
+        # a workflow node's success unblocks its children in this statement; a death
+        # (rare) dooms its descendants in a second one, in the same transaction
+        dying = any(x.status is Status.DEAD for x in nodes)
+        unblocking = bool(nodes) and not dying
+        step, tail = workflows.PG_UNBLOCK if unblocking else ("", " FROM ended")
+        async with self.tx() if dying else self.conn() as c:
             rows = await c.fetch(
                 f"WITH {_RELAXED}, "
                 "input AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], "
@@ -475,19 +481,24 @@ class PostgresStore(Store):
                 "error = i.error, updated_at = i.finished_at, lease_expires_at = NULL "
                 "FROM input i, relaxed WHERE t.id = i.task_id AND t.attempts = i.attempt "
                 f"AND {finish.where('t.status')} "
-                "RETURNING t.id, t.attempts, t.worker_id, t.workflow_id), "
+                "RETURNING t.id, t.attempts, t.worker_id, t.workflow_id, t.status, "
+                "t.updated_at), "
                 "freed AS (UPDATE offers o SET slots = o.slots + f.n FROM (SELECT worker_id, "
                 "count(*) AS n FROM ended GROUP BY worker_id) AS f "
                 "WHERE o.worker_id = f.worker_id), "
+                f"{step}"
                 "closed AS (UPDATE attempts a SET finished_at = i.finished_at, "
                 "outcome = i.outcome, result = i.result, error = i.error, "
                 "traceback = i.traceback FROM input i WHERE a.task_id = i.task_id "
                 "AND a.attempt = i.attempt AND a.finished_at IS NULL) "
-                "SELECT id, attempts, workflow_id FROM ended",
+                f"SELECT id, attempts, workflow_id{tail}",
                 *(list(column) for column in columns),
             )
-            ended = {(r["id"], r["attempts"]) for r in rows if r["workflow_id"] is not None}
-            advanced = await self.advance(c, completions, ended) if nodes else []
+            advanced = [r for r in rows if unblocking and r["status"] is not None]
+            rows = [r for r in rows if not unblocking or r["status"] is None]
+            if dying:
+                ended = {(r["id"], r["attempts"]) for r in rows if r["workflow_id"] is not None}
+                advanced = await self.advance(c, completions, ended)
         return {(r["id"], r["attempts"]) for r in rows}, advanced
 
 

@@ -156,6 +156,39 @@ async def advance(store: Store, c: Conn, finished: Sequence[Completion], now: fl
     return changed
 
 
+def _pg_unblock() -> tuple[str, str]:
+    """PostgreSQL's worker completion as one statement: the CTEs that follow its ``ended``
+    (the finished rows: id, status, updated_at) to do :func:`advance`'s success half —
+    children locked in id order, decremented, queued at 0 — and the tail of its final
+    SELECT giving the unblocked rows after the ended ones (``status`` NULL for those)."""
+    unblock = lifecycle.UNBLOCK
+    reaches = f"{unblock.where('c.status')} AND c.waiting - k.n = 0"
+    ctes = (
+        "counted AS (SELECT e.child, count(*) AS n, max(d.updated_at) AS at "
+        "FROM workflow_edges e JOIN ended d ON e.parent = d.id "
+        f"WHERE {lifecycle.is_(Status.SUCCEEDED, 'd.status')} GROUP BY e.child), "
+        "locked AS MATERIALIZED (SELECT id FROM tasks WHERE id IN (SELECT child FROM counted) "
+        "ORDER BY id FOR UPDATE), "
+        "unblocked AS (UPDATE tasks c SET waiting = c.waiting - k.n, "
+        f"{unblock.to_each(f'CASE WHEN {reaches} THEN {unblock.value()} ELSE c.status END')}, "
+        f"updated_at = CASE WHEN {reaches} THEN k.at ELSE c.updated_at END "
+        "FROM counted k WHERE c.id = k.child AND c.id IN (SELECT id FROM locked) "
+        "RETURNING c.id, c.attempts, c.name, c.queue, c.schedule_id, c.priority, "
+        "c.namespace, c.status), "
+    )
+    tail = (
+        ", NULL::text AS name, NULL::text AS queue, NULL::text AS schedule_id, "
+        "NULL::int AS priority, NULL::text AS namespace, NULL::text AS status FROM ended "
+        "UNION ALL SELECT id, attempts, NULL, name, queue, schedule_id, priority, namespace, "
+        f"status FROM unblocked WHERE {lifecycle.is_(Status.QUEUED)}"
+    )
+    return ctes, tail
+
+
+#: :func:`_pg_unblock`'s CTEs and SELECT tail
+PG_UNBLOCK = _pg_unblock()
+
+
 async def doom(store: Store, c: Conn, roots: Sequence[str], now: float) -> list[Row]:
     """Every blocked descendant of ``roots`` (dead or cancelled nodes) becomes
     ``upstream_failed`` (:data:`lifecycle.DOOM`)."""
