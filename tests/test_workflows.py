@@ -12,12 +12,15 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as redis
 
 import chronoq
 from chronoq import App, Status, WorkflowFailed
 from chronoq.api import create_api
+from chronoq.broker.redis import RedisBroker
 from chronoq.dag import WorkflowCreate
 from chronoq.store import workflows
+from chronoq.worker import Worker
 from tests.conftest import Harness, make_settings, running
 
 NEVER = 3600.0
@@ -291,3 +294,56 @@ async def test_a_chord_of_2000_runs_its_callback_once_on_postgres(pg_url: str) -
         assert sum(runs[f"noop{i}"] for i in range(2000)) == 2000
         callback = (await handle.aget()).nodes or []
         assert callback[-1].attempts == 1 and callback[-1].status is Status.SUCCEEDED
+
+
+async def test_unblocked_nodes_reach_redis_stream_workers(db_url: str) -> None:
+    """With the Redis Streams broker, a node queued by its parent's completion is published
+    like a submission (no reconciler runs here, so a node left unpublished would hang)."""
+    url = "redis://127.0.0.1:6379/13"
+    client = redis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    app = App(settings=make_settings(db_url, broker_url=url))
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    async with running(app):
+
+        def make(worker: Worker) -> RedisBroker:
+            return RedisBroker(url, worker.store, worker.id, worker.queues, worker.lease_seconds)
+
+        worker = Worker(app.store, app.executors(), poll_seconds=0.2, broker=make)
+        job = asyncio.create_task(worker.run(drain_seconds=5))
+        try:
+            flow = chronoq.chain(
+                t["add"].s(x=1),
+                chronoq.group(t["add"].s(x=2), t["add"].s(x=3)),
+                t["total"].s(),
+            )
+            handle = await flow.adelay()
+            assert await asyncio.wait_for(handle.aresult(recheck_seconds=NEVER), 20) == 7
+        finally:
+            worker.stop()
+            await job
+
+
+async def test_workflows_keep_to_their_namespace_and_scopes(db_url: str) -> None:
+    async with running(App(settings=make_settings(db_url, auth=True))) as h:
+        keys = {}
+        for name, scope, namespace in [
+            ("a", "write", "alpha"),
+            ("b", "write", "beta"),
+            ("r", "read", "alpha"),
+        ]:
+            _, secret = await h.store.create_key(name, [scope], namespace=namespace)
+            keys[name] = {"authorization": f"Bearer {secret}"}
+        body = {"nodes": [{"id": "only", "task": {"name": "add"}}]}
+        created = await h.http.post("/v1/workflows", json=body, headers=keys["a"])
+        assert created.status_code == 201 and created.json()["namespace"] == "alpha"
+        path = f"/v1/workflows/{created.json()['id']}"
+        assert (await h.http.get(path, headers=keys["r"])).status_code == 200
+        assert (await h.http.get(path, headers=keys["b"])).status_code == 404
+        assert (await h.http.post(f"{path}/cancel", headers=keys["b"])).status_code == 404
+        assert (await h.http.get("/v1/workflows", headers=keys["b"])).json()["items"] == []
+        refused = await h.http.post("/v1/workflows", json=body, headers=keys["r"])
+        assert refused.status_code == 403
+        assert (await h.http.get("/v1/workflows")).status_code == 401
