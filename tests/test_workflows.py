@@ -347,3 +347,31 @@ async def test_workflows_keep_to_their_namespace_and_scopes(db_url: str) -> None
         refused = await h.http.post("/v1/workflows", json=body, headers=keys["r"])
         assert refused.status_code == 403
         assert (await h.http.get("/v1/workflows")).status_code == 401
+
+
+async def test_a_bulk_retry_resumes_every_dead_nodes_descendants(
+    app: App, harness: Harness
+) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    harness.start_worker()
+    handles = [
+        await chronoq.chain(t["add"].s(x=i), t["boom"].s(), t["add"].s(x=1)).adelay()
+        for i in range(3)
+    ]
+    for handle in handles:
+        with pytest.raises(WorkflowFailed):
+            await asyncio.wait_for(handle.aresult(), 20)
+
+    def double(result: int) -> int:
+        return result * 2
+
+    app.tasks["boom"].fn = double
+    await harness.stop_workers()
+    harness.start_worker()
+    retried = await harness.http.post(
+        "/v1/tasks/retry", json={"filter": {"status": "dead", "name": "boom"}}
+    )
+    assert retried.status_code == 200, retried.text
+    results = [await asyncio.wait_for(h.aresult(), 20) for h in handles]
+    assert results == [i * 2 + 1 for i in range(3)]

@@ -394,7 +394,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                 now,
                 current.status.value,
             )
-            resumed = await workflows.resume(self, c, task_id, now) if current.workflow_id else []
+            resumed = await workflows.resume(self, c, [task_id], now) if current.workflow_id else []
         record = TaskRecord.from_row(rows[0])
         self.announce.changed([record], now, requeued=True)
         self.announce.advanced(resumed, now)

@@ -205,13 +205,14 @@ async def doom(store: Store, c: Conn, roots: Sequence[str], now: float) -> list[
     )
 
 
-async def resume(store: Store, c: Conn, task_id: str, now: float) -> list[Row]:
-    """Inside a retry of workflow node ``task_id``: its upstream_failed descendants whose
-    parents are all alive again wait for them (``blocked``) once more, level by level."""
+async def resume(store: Store, c: Conn, task_ids: Sequence[str], now: float) -> list[Row]:
+    """Inside a retry of workflow nodes ``task_ids``: their upstream_failed descendants
+    whose parents are all alive again wait for them (``blocked``) once more, level by
+    level."""
     resume = lifecycle.RESUME
     stopped = store.list_param(_STOPPED)
     changed: list[Row] = []
-    frontier = [task_id]
+    frontier = list(task_ids)
     while frontier:
         rows = await c.fetch(
             f"UPDATE tasks SET {resume.to()}, updated_at = $3, error = NULL WHERE id IN ("
