@@ -375,3 +375,20 @@ async def test_a_bulk_retry_resumes_every_dead_nodes_descendants(
     assert retried.status_code == 200, retried.text
     results = [await asyncio.wait_for(h.aresult(), 20) for h in handles]
     assert results == [i * 2 + 1 for i in range(3)]
+
+
+async def test_the_async_client_starts_reads_lists_and_cancels(app: App, harness: Harness) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    transport = httpx.ASGITransport(app=create_api(app))
+    async with chronoq.AsyncClient("http://chronoq", transport=transport) as client:
+        spec = chronoq.chain(t["add"].s(x=1), t["add"].s(x=2)).spec("remote")
+        started = await client.start_workflow(spec)
+        assert started.name == "remote" and started.size == 2
+        got = await client.get_workflow(started.id)
+        assert [n.status for n in got.nodes or []] == [Status.QUEUED, Status.BLOCKED]
+        assert [w.id for w in (await client.list_workflows()).items] == [started.id]
+        harness.start_worker()
+        handle = chronoq.WorkflowHandle[int](app, started)
+        assert await asyncio.wait_for(handle.aresult(), 20) == 3
+        assert (await client.cancel_workflow(started.id)).status == "succeeded"
