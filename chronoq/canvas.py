@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
+#: a handler's checked task template, by its name and defaults (see Signature.template)
+_TEMPLATES: dict[tuple[str, str], TaskTemplate] = {}
 #: statuses of an output that end the wait with an error
 _FAILED = frozenset({Status.DEAD, Status.CANCELLED, Status.UPSTREAM_FAILED})
 
@@ -127,8 +129,15 @@ class Signature(Canvas):
         return copy
 
     def template(self) -> TaskTemplate:
-        spec = self.task.spec(self.kwargs)
-        return TaskTemplate.model_validate(spec.model_dump(include=set(TaskTemplate.model_fields)))
+        """The node's task: the handler's defaults (checked once per handler and
+        settings) with these arguments as the payload."""
+        key = (self.task.name, repr(sorted(self.task.defaults.items())))
+        base = _TEMPLATES.get(key)
+        if base is None:
+            spec = self.task.spec({})
+            fields = set(TaskTemplate.model_fields)
+            base = _TEMPLATES[key] = TaskTemplate.model_validate(spec.model_dump(include=fields))
+        return base.model_copy(update={"payload": dict(self.kwargs)})
 
     def _build(self, b: _Builder) -> _Part:
         node = b.node(self)

@@ -8,6 +8,8 @@ tasks: a caller sees and cancels only its namespace's workflows, with ``read`` /
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -33,8 +35,14 @@ WorkflowCursor = Annotated[
 ]
 
 
-def _missing(workflow_id: str) -> ApiError:
-    return ApiError(404, "not_found", f"no workflow with id {workflow_id}")
+@contextmanager
+def _found(workflow_id: str) -> Iterator[None]:
+    """422 for a malformed id; 404 when no workflow of the caller's has it."""
+    check_id(workflow_id, "workflow_id")
+    try:
+        yield
+    except workflows.WorkflowNotFound:
+        raise ApiError(404, "not_found", f"no workflow with id {workflow_id}") from None
 
 
 @router.post(
@@ -77,10 +85,8 @@ async def list_workflows(
     summary="Get a workflow with every node's state",
 )
 async def get_workflow(workflow_id: WorkflowId, app: AppDep, who: Reader) -> Workflow:
-    try:
-        return await workflows.get(app.store, check_id(workflow_id, "workflow_id"), who.namespace)
-    except workflows.WorkflowNotFound:
-        raise _missing(workflow_id) from None
+    with _found(workflow_id):
+        return await workflows.get(app.store, workflow_id, who.namespace)
 
 
 @router.post(
@@ -91,9 +97,5 @@ async def get_workflow(workflow_id: WorkflowId, app: AppDep, who: Reader) -> Wor
 )
 async def cancel_workflow(workflow_id: WorkflowId, app: AppDep, who: Writer) -> Workflow:
     """Every node that has not finished is cancelled; running ones are stopped."""
-    try:
-        return await workflows.cancel(
-            app.store, check_id(workflow_id, "workflow_id"), time.time(), who.namespace
-        )
-    except workflows.WorkflowNotFound:
-        raise _missing(workflow_id) from None
+    with _found(workflow_id):
+        return await workflows.cancel(app.store, workflow_id, time.time(), who.namespace)

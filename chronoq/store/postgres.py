@@ -24,6 +24,7 @@ from chronoq.store.leases import Fence
 from chronoq.store.pauses import not_paused
 from chronoq.store.records import (
     INSERT_TASK_COLUMNS,
+    PG_TYPES,
     TASK_COLUMN_TYPES,
     TASK_COLUMNS,
     NewTask,
@@ -38,17 +39,8 @@ _MIGRATION_LOCK = 0x6368726F6E6F71  # "chronoq"
 #: of a second of them, and those tasks run again (delivery is at-least-once anyway).
 #: Submissions, cancellations and schedule changes always wait for the disk.
 _RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
-#: the PostgreSQL type of each annotation of :class:`chronoq.store.records.NewTask`
-_PG_TYPES = {
-    "str": "text",
-    "str | None": "text",
-    "Status": "text",
-    "int": "int",
-    "float": "float8",
-    "float | None": "float8",
-}
 #: the PostgreSQL type of each column of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`
-_TASK_TYPES = {column: _PG_TYPES[kind] for column, kind in TASK_COLUMN_TYPES.items()}
+_TASK_TYPES = {column: PG_TYPES[kind] for column, kind in TASK_COLUMN_TYPES.items()}
 #: the columns of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`, as arrays
 _TASK_ROWS = (
     "SELECT * FROM unnest("

@@ -433,6 +433,15 @@ class NewTask:
 TASK_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NewTask))
 #: the annotation of each column's field (PostgreSQL's array types derive from them)
 TASK_COLUMN_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(NewTask)}
+#: the PostgreSQL type of each annotation of :class:`NewTask`
+PG_TYPES = {
+    "str": "text",
+    "str | None": "text",
+    "Status": "text",
+    "int": "int",
+    "float": "float8",
+    "float | None": "float8",
+}
 _task_values = operator.attrgetter(*TASK_COLUMNS)
 INSERT_TASK_COLUMNS = f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)})"
 INSERT_TASK = (

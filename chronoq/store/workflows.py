@@ -29,7 +29,8 @@ from chronoq.ids import new_id
 from chronoq.lifecycle import Status
 from chronoq.models import to_datetime
 from chronoq.store.records import (
-    TASK_COLUMNS,
+    PG_TYPES,
+    TASK_COLUMN_TYPES,
     Completion,
     Conn,
     NewTask,
@@ -43,12 +44,32 @@ from chronoq.store.records import (
 if TYPE_CHECKING:
     from chronoq.store.base import Store
 
-#: a node's row: a new task's columns and its place in the workflow
-_COLUMNS = (*TASK_COLUMNS, "workflow_id", "node", "parents", "waiting")
-_INSERT_NODE = (
-    f"INSERT INTO tasks ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})"
-)
+#: a node's row: a new task's columns and its place in the workflow, with their types
+_NODE_TYPES = {
+    **{column: PG_TYPES[kind] for column, kind in TASK_COLUMN_TYPES.items()},
+    "workflow_id": "text",
+    "node": "text",
+    "parents": "int",
+    "waiting": "int",
+}
+_EDGE_TYPES = {"parent": "text", "child": "text", "arg": "text", "position": "int"}
+
+
+async def _insert(
+    store: Store, c: Conn, table: str, types: dict[str, str], rows: list[Any]
+) -> None:
+    """Insert ``rows`` into ``table``: on PostgreSQL one statement of one array per
+    column (10,000 rows in one round trip), elsewhere one prepared statement per row."""
+    into = f"INSERT INTO {table} ({', '.join(types)}) "
+    if store.dialect == "postgresql":
+        arrays = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(types.values(), start=1))
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        await c.execute(f"{into}SELECT * FROM unnest({arrays})", *columns)
+    else:
+        values = ", ".join(f"${i}" for i in range(1, len(types) + 1))
+        await c.executemany(f"{into}VALUES ({values})", rows)
+
+
 #: what the announcements of nodes changed by a workflow step need
 CHANGED = "id, name, queue, attempts, schedule_id, priority, namespace, status"
 #: statuses of a parent that keep its children from running
@@ -100,12 +121,10 @@ async def create(
             int(collect),
             len(tasks),
         )
-        await c.executemany(_INSERT_NODE, rows)
+        await _insert(store, c, "tasks", _NODE_TYPES, rows)
         if spec.edges:
-            await c.executemany(
-                "INSERT INTO workflow_edges (parent, child, arg, position) VALUES ($1, $2, $3, $4)",
-                [(ids[e.parent], ids[e.child], e.keyword, e.position) for e in spec.edges],
-            )
+            edges = [(ids[e.parent], ids[e.child], e.keyword, e.position) for e in spec.edges]
+            await _insert(store, c, "workflow_edges", _EDGE_TYPES, edges)
     store.inserted(tasks)
     counts: dict[Status, int] = {}
     for task in tasks:
