@@ -392,3 +392,34 @@ async def test_the_async_client_starts_reads_lists_and_cancels(app: App, harness
         handle = chronoq.WorkflowHandle[int](app, started)
         assert await asyncio.wait_for(handle.aresult(), 20) == 3
         assert (await client.cancel_workflow(started.id)).status == "succeeded"
+
+
+async def test_a_node_whose_lease_lapses_on_its_last_attempt_fails_its_descendants(
+    app: App, harness: Harness
+) -> None:
+    """The lease reaper's path (fenced, on the scheduler) dooms descendants too: the root
+    is claimed by a worker that never reports back, with one attempt allowed."""
+    spec = WorkflowCreate.model_validate(
+        {
+            "nodes": [
+                {"id": "root", "task": {"name": "add", "max_attempts": 1}},
+                {"id": "mid", "task": {"name": "add"}},
+                {"id": "leaf", "task": {"name": "add"}},
+            ],
+            "edges": [{"parent": "root", "child": "mid"}, {"parent": "mid", "child": "leaf"}],
+        }
+    )
+    started = await workflows.create(harness.store, spec, time.time())
+    (claimed,) = await harness.store.claim("gone", "default", 10, time.time(), 0.2)
+    assert claimed.id == started.ids["root"]
+    harness.start_scheduler()
+    handle = chronoq.WorkflowHandle[int](app, started.workflow)
+    with pytest.raises(WorkflowFailed) as failed:
+        await asyncio.wait_for(handle.aresult(recheck_seconds=NEVER), 20)
+    assert failed.value.task.status is Status.UPSTREAM_FAILED
+    nodes = {n.id: n.status for n in (await handle.aget()).nodes or []}
+    assert nodes == {
+        "root": Status.DEAD,
+        "mid": Status.UPSTREAM_FAILED,
+        "leaf": Status.UPSTREAM_FAILED,
+    }
