@@ -5,6 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from chronoq.app import App, TaskFunction
+from chronoq.canvas import WorkflowFailed, WorkflowHandle, chain, chord, dag, group, step
 from chronoq.client import ClientError
 from chronoq.executors import TaskContext, TaskFailed, current_task
 from chronoq.handles import ResultTimeout, TaskCancelled, TaskDead, TaskHandle
@@ -31,6 +32,13 @@ __all__ = [
     "TaskFunction",
     "TaskHandle",
     "TaskPage",
+    "WorkflowFailed",
+    "WorkflowHandle",
     "__version__",
+    "chain",
+    "chord",
     "current_task",
+    "dag",
+    "group",
+    "step",
 ]

@@ -16,6 +16,7 @@ from chronoq.config import Settings
 
 if TYPE_CHECKING:
     from chronoq.broker.redis import Publisher
+    from chronoq.canvas import Signature
 from chronoq.events import EventBus
 from chronoq.executors import Executor, PythonExecutor
 from chronoq.handles import TaskHandle
@@ -90,6 +91,13 @@ class TaskFunction(Generic[P, R]):
         configured.defaults = {**self.defaults, **changed}
         configured.spec({})  # refuse bad options here, not at the first delay()
         return configured
+
+    def s(self, **kwargs: Any) -> Signature:
+        """This task with ``kwargs``, as a step of a workflow (:mod:`chronoq.canvas`);
+        the step's parents' results are added to them when it runs."""
+        from chronoq.canvas import Signature
+
+        return Signature(self, kwargs)
 
     def _payload(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         if args:

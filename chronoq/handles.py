@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Container
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from chronoq.events import Subscription
@@ -108,7 +109,7 @@ class TaskHandle(Generic[R]):
                 left = recheck_seconds if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     raise ResultTimeout(task, cast(float, timeout))
-                await _changed(events, self.id, min(left, recheck_seconds))
+                await changed(events, {self.id}, min(left, recheck_seconds))
 
     async def _outcome(self, task: Task) -> R:
         if task.status is Status.SUCCEEDED:
@@ -137,8 +138,8 @@ class TaskHandle(Generic[R]):
         return self.app.run_sync(self.aresult(timeout, recheck_seconds=recheck_seconds))
 
 
-async def _changed(events: Subscription, task_id: str, seconds: float) -> None:
-    """Return when an event about ``task_id`` arrives (or some were dropped from the full
+async def changed(events: Subscription, task_ids: Container[str], seconds: float) -> None:
+    """Return when an event about one of ``task_ids`` arrives (or some were dropped from the full
     subscription queue, one of them maybe ours), or after ``seconds``."""
     deadline = time.monotonic() + seconds
     dropped = events.dropped
@@ -147,5 +148,5 @@ async def _changed(events: Subscription, task_id: str, seconds: float) -> None:
             batch = await asyncio.wait_for(events.queue.get(), left)
         except TimeoutError:
             return
-        if events.dropped != dropped or any(event.task_id == task_id for event in batch):
+        if events.dropped != dropped or any(event.task_id in task_ids for event in batch):
             return

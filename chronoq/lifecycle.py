@@ -10,6 +10,7 @@ moves between. ``tests/test_lifecycle.py`` fails when task SQL spells a status i
 name       from                            to                             made by
 =========  ==============================  =============================  ===================
 submit     (new)                           queued (due) or scheduled      API, schedules
+plan       (new)                           queued (a root) or blocked     workflows
 hand_off   (new)                           running (an idle worker's)     PostgreSQL submit
 promote    scheduled, failed               queued                         scheduler
 claim      queued                          running                        worker
@@ -18,11 +19,17 @@ finish     running                         succeeded, failed, dead        worker
 reap       running (lease lapsed)          failed, dead                   scheduler
 cancel     scheduled, queued, running,     cancelled                      user, bulk
            failed
+abandon    blocked                         cancelled                      workflow cancel
 retry      failed, dead                    queued                         user, bulk
+unblock    blocked (no parent unfinished)  queued                         a parent's finish
+doom       blocked                         upstream_failed                a parent's death
+resume     upstream_failed                 blocked                        a parent's retry
 purge      succeeded, dead, cancelled      (deleted)                      user, retention
 =========  ==============================  =============================  ===================
 
 ``failed`` waits for its backoff, then is promoted; ``dead`` is the dead-letter queue.
+``blocked`` is a workflow node waiting for its parents (:mod:`chronoq.store.workflows`);
+``upstream_failed`` one that will not run because an ancestor died or was cancelled.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ class Status(StrEnum):
     FAILED = "failed"
     DEAD = "dead"
     CANCELLED = "cancelled"
+    BLOCKED = "blocked"
+    UPSTREAM_FAILED = "upstream_failed"
 
 
 TERMINAL: frozenset[Status] = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED})
@@ -113,6 +122,8 @@ def _t(name: str, sources: tuple[Status, ...], targets: set[Status], by: str) ->
 S = Status
 #: a submission, a schedule's slot, or a schedule run by hand (INSERT: queued when due)
 SUBMIT = _t("submit", (), {S.QUEUED, S.SCHEDULED}, "Store.create_task(s), schedules")
+#: a workflow's nodes: those without parents queued, the others blocked on them
+PLAN = _t("plan", (), {S.QUEUED, S.BLOCKED}, "store.workflows.create")
 #: PostgreSQL: a task submitted on its own, inserted running into an idle worker's offer;
 #: the trigger of migration 0010 opens its attempt and sends it to that worker
 HAND_OFF = _t("hand_off", (), {S.RUNNING}, "PostgresStore._insert_on, migration 0010")
@@ -133,8 +144,16 @@ CANCEL = _t(
     {S.CANCELLED},
     "Store.cancel_task, store.bulk",
 )
+#: a cancelled workflow's nodes still waiting for their parents
+ABANDON = _t("abandon", (S.BLOCKED,), {S.CANCELLED}, "store.workflows.cancel")
 #: a user's retry of a failed or dead task, one or in bulk
 RETRY = _t("retry", (S.FAILED, S.DEAD), {S.QUEUED}, "Store.retry_task, store.bulk")
+#: a workflow node's last unfinished parent succeeded (in that parent's transaction)
+UNBLOCK = _t("unblock", (S.BLOCKED,), {S.QUEUED}, "store.workflows.advance")
+#: a workflow node's ancestor died or was cancelled: it will not run
+DOOM = _t("doom", (S.BLOCKED,), {S.UPSTREAM_FAILED}, "store.workflows.advance")
+#: the dead ancestor was retried: the node waits for its parents again
+RESUME = _t("resume", (S.UPSTREAM_FAILED,), {S.BLOCKED}, "store.workflows.resume")
 #: a finished task discarded by hand or by retention
 PURGE = _t("purge", (S.CANCELLED, S.DEAD, S.SUCCEEDED), set(), "Store.delete_task, store.retention")
 del S
@@ -142,6 +161,7 @@ del S
 #: every transition the code makes
 TABLE: tuple[Transition, ...] = (
     SUBMIT,
+    PLAN,
     HAND_OFF,
     PROMOTE,
     CLAIM,
@@ -149,7 +169,11 @@ TABLE: tuple[Transition, ...] = (
     FINISH,
     REAP,
     CANCEL,
+    ABANDON,
     RETRY,
+    UNBLOCK,
+    DOOM,
+    RESUME,
     PURGE,
 )
 

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from chronoq.client import DEFAULT_URL, HttpClient, check, http_options, unreachable
+from chronoq.dag import Workflow, WorkflowCreate, WorkflowPage
 from chronoq.models import Task, TaskCreate, TaskPage
 from chronoq.states import Status
 
@@ -59,6 +60,22 @@ def task_call(task_id: str, action: str = "") -> Call[Task]:
     return Call(method, f"/v1/tasks/{task_id}{action and '/' + action}", Task.model_validate)
 
 
+def start_call(spec: WorkflowCreate | dict[str, Any]) -> Call[Workflow]:
+    body = spec.model_dump(mode="json") if isinstance(spec, WorkflowCreate) else spec
+    return Call("POST", "/v1/workflows", Workflow.model_validate, json=body)
+
+
+def workflow_call(workflow_id: str, action: str = "") -> Call[Workflow]:
+    method = "POST" if action else "GET"
+    path = f"/v1/workflows/{workflow_id}{action and '/' + action}"
+    return Call(method, path, Workflow.model_validate)
+
+
+def workflows_call(cursor: str | None, limit: int) -> Call[WorkflowPage]:
+    params = {"limit": str(limit), **({"cursor": cursor} if cursor else {})}
+    return Call("GET", "/v1/workflows", WorkflowPage.model_validate, params=params)
+
+
 class Client(HttpClient):
     """Blocking client: ``with chronoq.Client(url, api_key=...) as c: c.get(task_id)``."""
 
@@ -94,6 +111,21 @@ class Client(HttpClient):
 
     def retry(self, task_id: str) -> Task:
         return self.call(task_call(task_id, "retry"))
+
+    def start_workflow(self, spec: WorkflowCreate | dict[str, Any]) -> Workflow:
+        """Start a workflow (a ``WorkflowCreate``, e.g. ``chronoq.chain(...).spec()``, or
+        its JSON form)."""
+        return self.call(start_call(spec))
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        """The workflow with every node's state."""
+        return self.call(workflow_call(workflow_id))
+
+    def list_workflows(self, *, cursor: str | None = None, limit: int = 50) -> WorkflowPage:
+        return self.call(workflows_call(cursor, limit))
+
+    def cancel_workflow(self, workflow_id: str) -> Workflow:
+        return self.call(workflow_call(workflow_id, "cancel"))
 
 
 class AsyncClient:
@@ -142,6 +174,18 @@ class AsyncClient:
 
     async def retry(self, task_id: str) -> Task:
         return await self.call(task_call(task_id, "retry"))
+
+    async def start_workflow(self, spec: WorkflowCreate | dict[str, Any]) -> Workflow:
+        return await self.call(start_call(spec))
+
+    async def get_workflow(self, workflow_id: str) -> Workflow:
+        return await self.call(workflow_call(workflow_id))
+
+    async def list_workflows(self, *, cursor: str | None = None, limit: int = 50) -> WorkflowPage:
+        return await self.call(workflows_call(cursor, limit))
+
+    async def cancel_workflow(self, workflow_id: str) -> Workflow:
+        return await self.call(workflow_call(workflow_id, "cancel"))
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -40,6 +40,7 @@ from chronoq.api import create_api
 from chronoq.api.errors import ApiError
 from chronoq.api.history import plan
 from chronoq.api.limits import install_limits
+from chronoq.dag import WorkflowCreate
 from chronoq.durations import parse_instant
 from chronoq.recurrence import check_cron, check_timezone
 from tests.conftest import make_settings
@@ -73,6 +74,8 @@ def within_what_json_schema_cannot_say(body: Any) -> Any:
                 lambda text: parse_instant(text, 0.0), chosen[key]
             ):
                 del chosen[key]
+    if isinstance(body.get("nodes"), list):
+        a_graph(body)
     if isinstance(body.get("cron"), str) and not _valid(check_cron, body["cron"]):
         body["cron"] = "*/5 * * * *"
     if isinstance(body.get("timezone"), str) and not _valid(check_timezone, body["timezone"]):
@@ -81,6 +84,35 @@ def within_what_json_schema_cannot_say(body: Any) -> Any:
     if isinstance(start, str) and isinstance(end, str) and _instant(end) <= _instant(start):
         del body["end_at"]
     return body
+
+
+def a_graph(body: dict[str, Any]) -> None:
+    """A workflow body whose graph holds (:func:`chronoq.dag.check`): node ids unique,
+    edges between known nodes in node order (no cycle), outputs known; generated edges
+    that break a rule are left out."""
+    nodes = [n for n in body["nodes"] if isinstance(n, dict) and isinstance(n.get("id"), str)]
+    if len(nodes) != len(body["nodes"]):
+        return  # against the schema: the server must refuse it, not this helper
+    order: dict[str, int] = {}
+    for node in nodes:
+        order.setdefault(node["id"], len(order))
+    body["nodes"] = [n for i, n in enumerate(nodes) if order[n["id"]] == i] or nodes[:1]
+    if isinstance(body.get("outputs"), list):
+        body["outputs"] = [o for o in body["outputs"] if not isinstance(o, str) or o in order]
+    edges = body.get("edges")
+    if not isinstance(edges, list):
+        return
+    kept: list[Any] = []
+    for edge in edges:
+        trial = {**body, "edges": [*kept, edge]}
+        parent, child = (
+            edge.get(k) if isinstance(edge, dict) else None for k in ("parent", "child")
+        )
+        if order.get(str(parent), -1) < order.get(str(child), -2) and _valid(
+            WorkflowCreate.model_validate, trial
+        ):
+            kept.append(edge)
+    body["edges"] = kept
 
 
 def within_history_limits(query: dict[str, Any]) -> None:

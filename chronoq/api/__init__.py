@@ -23,6 +23,7 @@ from chronoq.api import (
     tasks,
     ui,
     workers,
+    workflows,
 )
 from chronoq.api.bulk import router as bulk_router
 from chronoq.api.limits import install_limits
@@ -65,6 +66,7 @@ def create_api(app: App) -> FastAPI:
     api.include_router(bulk_router)
     api.include_router(schedules.router)
     api.include_router(workers.router)
+    api.include_router(workflows.router)
     api.include_router(history.router)
     api.include_router(preview.router)
     api.include_router(events.router)

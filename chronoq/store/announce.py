@@ -44,20 +44,19 @@ class Announcer:
             return
         self.hub.ready({r["queue"] for r in rows})
         if self.events.active:
-            self.events.publish(
-                TaskEvent(
-                    r["id"],
-                    r["name"],
-                    r["queue"],
-                    Status.QUEUED.value,
-                    r["attempts"],
-                    now,
-                    r["schedule_id"],
-                    priority=r["priority"],
-                    namespace=r["namespace"],
-                )
-                for r in rows
-            )
+            self.events.publish(_row_event(r, Status.QUEUED.value, now) for r in rows)
+
+    def advanced(self, rows: Sequence[Row], now: float) -> None:
+        """Workflow nodes a parent's outcome or a retry changed (rows:
+        :data:`chronoq.store.workflows.CHANGED`): the queued ones' workers wake; each
+        node's event."""
+        if not rows:
+            return
+        queues = {r["queue"] for r in rows if r["status"] == Status.QUEUED.value}
+        if queues:
+            self.hub.ready(queues)
+        if self.events.active:
+            self.events.publish(_row_event(r, r["status"], now) for r in rows)
 
     def started(self, tasks: Sequence[TaskRecord], now: float) -> None:
         """Tasks a worker now holds (claimed or handed off): their ``running`` events."""
@@ -102,3 +101,19 @@ class Announcer:
     def resumed(self, queue: str) -> None:
         """A paused queue resumed: its workers look again."""
         self.hub.ready((queue,))
+
+
+def _row_event(r: Row, status: str, now: float) -> TaskEvent:
+    """The event of a task row (id, name, queue, attempts, schedule_id, priority,
+    namespace) now in ``status``."""
+    return TaskEvent(
+        r["id"],
+        r["name"],
+        r["queue"],
+        status,
+        r["attempts"],
+        now,
+        r["schedule_id"],
+        priority=r["priority"],
+        namespace=r["namespace"],
+    )

@@ -20,6 +20,7 @@ from chronoq.events import EventBus
 from chronoq.models import Attempt, QueueStats, TaskCreate, to_datetime
 from chronoq.notify import Hub
 from chronoq.states import Status
+from chronoq.store import workflows
 from chronoq.store.announce import Announcer
 from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence, LeaseQueries
@@ -372,8 +373,10 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                     now,
                     current.attempts,
                 )
+            doomed = await workflows.doom(self, c, [task_id], now) if current.workflow_id else []
         record = TaskRecord.from_row(rows[0])
         self.announce.changed([record], now, stopped=current.status is Status.RUNNING)
+        self.announce.advanced(doomed, now)
         return record
 
     async def retry_task(
@@ -390,8 +393,10 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                 now,
                 current.status.value,
             )
+            resumed = await workflows.resume(self, c, [task_id], now) if current.workflow_id else []
         record = TaskRecord.from_row(rows[0])
         self.announce.changed([record], now, requeued=True)
+        self.announce.advanced(resumed, now)
         return record
 
     async def delete_task(self, task_id: str, namespace: str | None = None) -> None:
@@ -552,7 +557,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                     "VALUES ($1, $2, $3, $4)",
                     [(r["id"], r["attempts"], worker_id, now) for r in rows],
                 )
-        return self.claimed(rows, now)
+        return await self.with_inputs(rows, now)
 
     async def release(self, worker_id: str, tasks: Sequence[TaskRecord]) -> None:
         """Give back tasks handed to a worker that stops before starting them: queued
@@ -602,6 +607,16 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             )
         return [(r["id"], r["queue"], r["priority"]) for r in rows]
 
+    async def with_inputs(self, rows: Sequence[Row], now: float) -> list[TaskRecord]:
+        """:meth:`claimed`, with the results of workflow nodes' parents put into their
+        payloads (:func:`chronoq.store.workflows.add_inputs`); one read, only when a
+        claimed row has parents."""
+        tasks = self.claimed(rows, now)
+        if any(r["parents"] for r in rows):
+            by_id = {r["id"]: r["parents"] for r in rows}
+            await workflows.add_inputs(self, [t for t in tasks if by_id[t.id]])
+        return tasks
+
     def claimed(self, rows: Sequence[Row], now: float) -> list[TaskRecord]:
         """Decode claimed rows in run order and publish that they started."""
         return self.started([TaskRecord.from_row(r) for r in rows], now)
@@ -625,14 +640,16 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         checked in the write itself, so a lease renewed since the reaper looked is kept."""
         if not completions:
             return
-        live = await self._record(completions, fence, lapsed)
+        live, advanced = await self._record(completions, fence, lapsed)
         self.announce.finished([x for x in completions if (x.task_id, x.attempt) in live])
+        self.announce.advanced(advanced, completions[0].finished_at)
 
     async def _record(
         self, completions: Sequence[Completion], fence: Fence | None, lapsed: float | None = None
-    ) -> set[tuple[str, int]]:
+    ) -> tuple[set[tuple[str, int]], list[Row]]:
         """Write completions in one transaction; returns the (task, attempt) pairs that were
-        still running, i.e. whose task row changed."""
+        still running, i.e. whose task row changed, and the workflow nodes this changed
+        (:func:`chronoq.store.workflows.advance`, in the same transaction)."""
         transition = lifecycle.FINISH if lapsed is None else lifecycle.REAP
         ending(transition, completions)
         encoded = [(x, storable_json(x.result)) for x in completions]  # once for both rows
@@ -642,12 +659,13 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                 ("", ()) if lapsed is None else (" AND lease_expires_at < $2", (lapsed,))
             )
             current = await c.fetch(
-                f"SELECT id, attempts FROM tasks WHERE id {self.in_list('$1')} "
+                f"SELECT id, attempts, workflow_id FROM tasks WHERE id {self.in_list('$1')} "
                 f"AND {transition.where()}{expired}{self.lock_row}",
                 self.list_param([x.task_id for x in completions]),
                 *more,
             )
             live = {(r["id"], r["attempts"]) for r in current}
+            nodes = {(r["id"], r["attempts"]) for r in current if r["workflow_id"] is not None}
             if lapsed is not None:  # a renewed lease: its attempt runs on, left open
                 encoded = [(x, result) for x, result in encoded if (x.task_id, x.attempt) in live]
             await c.executemany(
@@ -684,7 +702,16 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
                     for x, result in encoded
                 ],
             )
-        return live
+            advanced = await self.advance(c, completions, nodes)
+        return live, advanced
+
+    async def advance(
+        self, c: Conn, completions: Sequence[Completion], nodes: set[tuple[str, int]]
+    ) -> list[Row]:
+        """The workflow step of a completion write: ``nodes``, the (task, attempt) pairs
+        of workflow nodes whose row it changed."""
+        ended = [x for x in completions if (x.task_id, x.attempt) in nodes]
+        return await workflows.advance(self, c, ended, ended[0].finished_at) if ended else []
 
     async def heartbeat(
         self, worker_id: str, task_ids: Sequence[str], lease_until: float

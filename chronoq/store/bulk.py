@@ -6,7 +6,9 @@ batch, walking ``tasks_by_status (status, id)``), skipping rows another transact
 holds, and applies the same UPDATE a single retry or cancel does (:data:`~chronoq.store.
 base.RETRY`, :data:`~chronoq.store.base.CANCEL`). Afterwards it does what the single action
 does: publishes one event per task, wakes the workers of the queues that got work, and
-tells the workers of cancelled running tasks to stop them.
+tells the workers of cancelled running tasks to stop them; for workflow nodes, a retry
+resumes their descendants and a cancel fails them (:mod:`chronoq.store.workflows`), in
+the batch's transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 from chronoq import lifecycle
 from chronoq.lifecycle import Status, Transition
+from chronoq.store import workflows
 from chronoq.store.base import CANCEL, CANCEL_ATTEMPT, RETRY, Store
 from chronoq.store.filters import TaskFilter
 from chronoq.store.records import TaskRecord
@@ -105,6 +108,9 @@ async def apply_batch(
                 ids,
                 now,
             )
+        nodes = [r["id"] for r in rows if r["workflow_id"] is not None]
+        step = workflows.resume if action is RETRY_ACTION else workflows.doom
+        advanced = await step(store, c, nodes, now) if nodes else []
     changed = [TaskRecord.from_row(r) for r in rows]
     store.announce.changed(
         changed,
@@ -112,6 +118,7 @@ async def apply_batch(
         requeued=action is RETRY_ACTION,
         stopped=action is CANCEL_ACTION and status is Status.RUNNING,
     )
+    store.announce.advanced(advanced, now)
     return len(changed), str(picked[-1]["id"])
 
 

@@ -18,11 +18,13 @@ from chronoq.backoff import Outage
 from chronoq.events import EventBus
 from chronoq.notify import Hub, worker_channel
 from chronoq.states import Status
+from chronoq.store import workflows
 from chronoq.store.base import Completion, Conn, Row, Store, TaskRecord, ending
 from chronoq.store.leases import Fence
 from chronoq.store.pauses import not_paused
 from chronoq.store.records import (
     INSERT_TASK_COLUMNS,
+    PG_TYPES,
     TASK_COLUMN_TYPES,
     TASK_COLUMNS,
     NewTask,
@@ -37,17 +39,8 @@ _MIGRATION_LOCK = 0x6368726F6E6F71  # "chronoq"
 #: of a second of them, and those tasks run again (delivery is at-least-once anyway).
 #: Submissions, cancellations and schedule changes always wait for the disk.
 _RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
-#: the PostgreSQL type of each annotation of :class:`chronoq.store.records.NewTask`
-_PG_TYPES = {
-    "str": "text",
-    "str | None": "text",
-    "Status": "text",
-    "int": "int",
-    "float": "float8",
-    "float | None": "float8",
-}
 #: the PostgreSQL type of each column of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`
-_TASK_TYPES = {column: _PG_TYPES[kind] for column, kind in TASK_COLUMN_TYPES.items()}
+_TASK_TYPES = {column: PG_TYPES[kind] for column, kind in TASK_COLUMN_TYPES.items()}
 #: the columns of :data:`chronoq.store.records.INSERT_TASK_COLUMNS`, as arrays
 _TASK_ROWS = (
     "SELECT * FROM unnest("
@@ -428,7 +421,7 @@ class PostgresStore(Store):
                 *args,
                 *(() if pid is None else (offer, pid)),
             )
-        return self.claimed(rows, now)
+        return await self.with_inputs(rows, now)
 
     async def withdraw_offers(self, worker_id: str) -> None:
         """Delete the offer, then make sure every hand-off made before has been heard: a
@@ -450,10 +443,11 @@ class PostgresStore(Store):
 
     async def _record(
         self, completions: Sequence[Completion], fence: Fence | None, lapsed: float | None = None
-    ) -> set[tuple[str, int]]:
+    ) -> tuple[set[tuple[str, int]], list[Row]]:
         """A worker's completions in one statement (one round trip, one relaxed commit),
         which also gives their slots back to the worker's hand-off offer; the leader's
-        fenced ones take the general path, which locks the lease row."""
+        fenced ones take the general path, which locks the lease row. When some are of
+        workflow nodes, the statement and the workflow step share one transaction."""
         if fence is not None or lapsed is not None:
             return await super()._record(completions, fence, lapsed)
         finish = lifecycle.FINISH
@@ -477,7 +471,13 @@ class PostgresStore(Store):
                 strict=True,
             )
         )
-        async with self.conn() as c:
+        nodes = [x for x in completions if x.task is not None and x.task.workflow_id]
+        # a workflow node's success unblocks its children in this statement; a death
+        # (rare) dooms its descendants in a second one, in the same transaction
+        dying = any(x.status is Status.DEAD for x in nodes)
+        unblocking = bool(nodes) and not dying
+        step, tail = workflows.PG_UNBLOCK if unblocking else ("", " FROM ended")
+        async with self.tx() if dying else self.conn() as c:
             rows = await c.fetch(
                 f"WITH {_RELAXED}, "
                 "input AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], "
@@ -488,18 +488,26 @@ class PostgresStore(Store):
                 "run_at = COALESCE(i.next_run_at, t.run_at), result = i.result, "
                 "error = i.error, updated_at = i.finished_at, lease_expires_at = NULL "
                 "FROM input i, relaxed WHERE t.id = i.task_id AND t.attempts = i.attempt "
-                f"AND {finish.where('t.status')} RETURNING t.id, t.attempts, t.worker_id), "
+                f"AND {finish.where('t.status')} "
+                "RETURNING t.id, t.attempts, t.worker_id, t.workflow_id, t.status, "
+                "t.updated_at), "
                 "freed AS (UPDATE offers o SET slots = o.slots + f.n FROM (SELECT worker_id, "
                 "count(*) AS n FROM ended GROUP BY worker_id) AS f "
                 "WHERE o.worker_id = f.worker_id), "
+                f"{step}"
                 "closed AS (UPDATE attempts a SET finished_at = i.finished_at, "
                 "outcome = i.outcome, result = i.result, error = i.error, "
                 "traceback = i.traceback FROM input i WHERE a.task_id = i.task_id "
                 "AND a.attempt = i.attempt AND a.finished_at IS NULL) "
-                "SELECT id, attempts FROM ended",
+                f"SELECT id, attempts, workflow_id{tail}",
                 *(list(column) for column in columns),
             )
-        return {(r["id"], r["attempts"]) for r in rows}
+            advanced = [r for r in rows if unblocking and r["status"] is not None]
+            rows = [r for r in rows if not unblocking or r["status"] is None]
+            if dying:
+                ended = {(r["id"], r["attempts"]) for r in rows if r["workflow_id"] is not None}
+                advanced = await self.advance(c, completions, ended)
+        return {(r["id"], r["attempts"]) for r in rows}, advanced
 
 
 async def wait_until_ready(url: str, timeout: float = 30.0) -> None:

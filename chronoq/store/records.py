@@ -165,9 +165,15 @@ class TaskRecord:
     schedule_id: str | None = None
     slot: float | None = None
     namespace: str = "default"
+    #: the workflow it is a node of (migration 0016), if any
+    workflow_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
+        try:
+            workflow_id = row["workflow_id"]
+        except (KeyError, IndexError):  # a row given before migration 0016, or a partial one
+            workflow_id = None
         return cls(
             id=row["id"],
             name=row["name"],
@@ -190,6 +196,7 @@ class TaskRecord:
             schedule_id=row["schedule_id"],
             slot=row["slot"],
             namespace=row["namespace"],
+            workflow_id=workflow_id,
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
@@ -426,6 +433,15 @@ class NewTask:
 TASK_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NewTask))
 #: the annotation of each column's field (PostgreSQL's array types derive from them)
 TASK_COLUMN_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(NewTask)}
+#: the PostgreSQL type of each annotation of :class:`NewTask`
+PG_TYPES = {
+    "str": "text",
+    "str | None": "text",
+    "Status": "text",
+    "int": "int",
+    "float": "float8",
+    "float | None": "float8",
+}
 _task_values = operator.attrgetter(*TASK_COLUMNS)
 #: rows per multi-row INSERT (17 parameters each; both databases allow 32,766)
 INSERT_BATCH = 500

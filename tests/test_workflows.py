@@ -1,0 +1,428 @@
+"""Workflows end to end, on SQLite and PostgreSQL: chains pass results, groups and chords
+fan in, DAGs receive parents' results by name, a death fails the descendants, a retry
+resumes them, a cancel stops the rest — and no node ever runs before its parents succeeded
+or more than once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as redis
+
+import chronoq
+from chronoq import App, Status, WorkflowFailed
+from chronoq.api import create_api
+from chronoq.broker import Consumer
+from chronoq.broker.redis import RedisBroker
+from chronoq.dag import WorkflowCreate
+from chronoq.store import workflows
+from chronoq.worker import Worker
+from tests.conftest import Harness, make_settings, running
+
+NEVER = 3600.0
+
+
+def register(app: App, runs: Counter[str], log: list[tuple[str, float]]) -> dict[str, Any]:
+    """Handlers that record each run (name, start time) and return something to check."""
+
+    @app.task("add")
+    def add(x: int = 0, result: int = 0) -> int:
+        runs["add"] += 1
+        return x + result
+
+    @app.task("total")
+    def total(results: list[int]) -> int:
+        runs["total"] += 1
+        return sum(results)
+
+    @app.task("noop")
+    async def noop(i: int = 0) -> int:
+        runs[f"noop{i}"] += 1
+        return i
+
+    @app.task("join")
+    def join(**parents: Any) -> dict[str, Any]:
+        runs["join"] += 1
+        log.append(("join", time.time()))
+        return parents
+
+    @app.task("boom", max_attempts=1)
+    def boom(**_: Any) -> None:
+        runs["boom"] += 1
+        raise RuntimeError("boom")
+
+    @app.task("slow")
+    async def slow(**_: Any) -> str:
+        runs["slow"] += 1
+        await asyncio.sleep(30)
+        return "late"
+
+    return {"add": add, "total": total, "noop": noop, "join": join, "boom": boom, "slow": slow}
+
+
+async def test_chain_passes_each_result_to_the_next(app: App, harness: Harness) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    harness.start_worker()
+    flow = chronoq.chain(t["add"].s(x=1), t["add"].s(x=10), t["add"].s(x=100))
+    handle = await flow.adelay()
+    assert await asyncio.wait_for(handle.aresult(recheck_seconds=NEVER), 20) == 111
+    assert runs["add"] == 3
+    state = await handle.aget()
+    assert state.status == "succeeded" and state.counts == {Status.SUCCEEDED: 3}
+
+
+async def test_group_results_in_order_and_chord_callback_once(app: App, harness: Harness) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    harness.start_worker(concurrency=8)
+    group = chronoq.group(*(t["noop"].s(i=i) for i in range(20)))
+    assert await asyncio.wait_for((await group.adelay()).aresult(), 20) == list(range(20))
+    chord = chronoq.chord(chronoq.group(*(t["noop"].s(i=i) for i in range(50))), t["total"].s())
+    assert await asyncio.wait_for((await chord.adelay()).aresult(), 30) == sum(range(50))
+    assert runs["total"] == 1
+    assert all(runs[f"noop{i}"] == 2 if i < 20 else runs[f"noop{i}"] == 1 for i in range(50))
+
+
+async def test_dag_fan_in_gets_parents_by_name(app: App, harness: Harness) -> None:
+    runs: Counter[str] = Counter()
+    log: list[tuple[str, float]] = []
+    t = register(app, runs, log)
+    harness.start_worker(concurrency=4)
+    flow = chronoq.dag(
+        chronoq.step("a", t["add"].s(x=1)),
+        chronoq.step("b", t["add"].s(x=2)),
+        chronoq.step("c", t["add"].s(x=3).receives("result"), depends_on=["a"]),
+        chronoq.step("j", t["join"].s(), depends_on=["a", "b", "c"]),
+    )
+    handle = await flow.adelay("fan-in")
+    # c's parent is named a, so it receives a=...: `receives` only renames result/results
+    with pytest.raises(WorkflowFailed):
+        await asyncio.wait_for(handle.aresult(), 20)
+    flow = chronoq.dag(
+        chronoq.step("a", t["add"].s(x=1)),
+        chronoq.step("b", t["add"].s(x=2)),
+        chronoq.step("j", t["join"].s(), depends_on=["a", "b"]),
+    )
+    handle = await flow.adelay("fan-in")
+    assert await asyncio.wait_for(handle.aresult(), 20) == {"a": 1, "b": 2}
+    nodes = {n.id: n for n in (await handle.aget()).nodes or []}
+    assert nodes["j"].parents == ["a", "b"] and nodes["j"].waiting == 0
+
+
+async def test_a_death_fails_descendants_and_a_retry_resumes_them(
+    app: App, harness: Harness
+) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    harness.start_worker()
+    flow = chronoq.chain(t["add"].s(x=1), t["boom"].s(), t["add"].s(x=5), t["add"].s(x=7))
+    handle = await flow.adelay()
+    with pytest.raises(WorkflowFailed) as failed:
+        await asyncio.wait_for(handle.aresult(recheck_seconds=NEVER), 20)
+    assert failed.value.task.status is Status.UPSTREAM_FAILED
+    state = await handle.aget()
+    assert state.status == "failed"
+    assert [n.status for n in state.nodes or []] == [
+        Status.SUCCEEDED,
+        Status.DEAD,
+        Status.UPSTREAM_FAILED,
+        Status.UPSTREAM_FAILED,
+    ]
+    assert runs["add"] == 1 and runs["boom"] == 1
+
+    # swap the failing handler for one that succeeds, then retry the dead node
+    def double(result: int) -> int:
+        return result * 2
+
+    app.tasks["boom"].fn = double
+    await harness.stop_workers()
+    harness.start_worker()
+    dead = (state.nodes or [])[1]
+    await app.aretry(dead.task_id)
+    resumed = await handle.aget()
+    assert [n.status for n in resumed.nodes or []][2:] in (
+        [Status.BLOCKED, Status.BLOCKED],
+        [Status.QUEUED, Status.BLOCKED],
+        [Status.RUNNING, Status.BLOCKED],
+        [Status.SUCCEEDED, Status.BLOCKED],
+    )
+    assert await asyncio.wait_for(handle.aresult(), 20) == 1 * 2 + 5 + 7
+
+
+async def test_cancel_stops_running_and_pending_nodes(app: App, harness: Harness) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    harness.start_worker()
+    flow = chronoq.chain(t["slow"].s(), t["add"].s(), t["add"].s())
+    handle = await flow.adelay()
+    first = handle.workflow.outputs  # the last node
+    deadline = time.monotonic() + 10
+    while runs["slow"] == 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    state = await handle.acancel()
+    assert state.status == "cancelled"
+    assert {n.status for n in state.nodes or []} == {Status.CANCELLED}
+    with pytest.raises(WorkflowFailed):
+        await asyncio.wait_for(handle.aresult(), 10)
+    assert runs["add"] == 0 and first
+
+
+async def test_rest_creates_validates_lists_and_cancels(app: App, harness: Harness) -> None:
+    node: dict[str, Any] = {"task": {"name": "add", "payload": {"x": 1}}}
+    body: dict[str, Any] = {
+        "name": "by-rest",
+        "nodes": [{"id": "a", **node}, {"id": "b", **node}, {"id": "c", **node}],
+        "edges": [
+            {"parent": "a", "child": "b", "arg": "result"},
+            {"parent": "b", "child": "c", "arg": "result"},
+        ],
+    }
+    created = await harness.http.post("/v1/workflows", json=body)
+    assert created.status_code == 201, created.text
+    workflow = created.json()
+    assert workflow["status"] == "running" and workflow["size"] == 3
+    got = (await harness.http.get(f"/v1/workflows/{workflow['id']}")).json()
+    assert [(n["id"], n["status"]) for n in got["nodes"]] == [
+        ("a", "queued"),
+        ("b", "blocked"),
+        ("c", "blocked"),
+    ]
+    listed = (await harness.http.get("/v1/workflows")).json()
+    assert [w["id"] for w in listed["items"]] == [workflow["id"]]
+    cancelled = await harness.http.post(f"/v1/workflows/{workflow['id']}/cancel")
+    assert cancelled.json()["status"] == "cancelled"
+    bad = {
+        "cycle": ({"edges": [*body["edges"], {"parent": "c", "child": "a"}]}, "a -> b -> c -> a"),
+        "unknown": ({"edges": [{"parent": "a", "child": "zz"}]}, "unknown node 'zz'"),
+        "self": ({"edges": [{"parent": "a", "child": "a"}]}, "cannot depend on itself"),
+        "twice": ({"nodes": [{"id": "a", **node}, {"id": "a", **node}]}, "used twice"),
+        "size": ({"nodes": [{"id": str(i), **node} for i in range(20_001)]}, "20000"),
+    }
+    # a graph over the node limit fits a request only under a larger body limit
+    app.settings = app.settings.model_copy(update={"max_request_bytes": 8_000_000})
+    transport = httpx.ASGITransport(app=create_api(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://chronoq") as http:
+        for problem, (change, message) in bad.items():
+            response = await http.post("/v1/workflows", json={**body, **change})
+            assert response.status_code == 422, (problem, response.text)
+            assert message in response.text, (problem, response.text)
+    missing = await harness.http.get("/v1/workflows/01890a5d-ac96-774b-bcce-b302099a8057")
+    assert missing.status_code == 404
+
+
+def test_the_graph_checks_name_the_problem() -> None:
+    node = {"task": {"name": "x"}}
+    nodes = [{"id": i, **node} for i in "abc"]
+    with pytest.raises(ValueError, match="cycle: b -> c -> b"):
+        WorkflowCreate.model_validate(
+            {
+                "nodes": nodes,
+                "edges": [{"parent": "b", "child": "c"}, {"parent": "c", "child": "b"}],
+            }
+        )
+    with pytest.raises(ValueError, match="already receives 'result'"):
+        WorkflowCreate.model_validate(
+            {
+                "nodes": nodes,
+                "edges": [
+                    {"parent": "a", "child": "c", "arg": "result"},
+                    {"parent": "b", "child": "c", "arg": "result"},
+                ],
+            }
+        )
+
+
+async def test_parents_finishing_together_enqueue_a_node_once(app: App, harness: Harness) -> None:
+    """Many parents' completions written at once, by concurrent writers (no worker): the
+    fan-in node is made queued by exactly one of them."""
+    n = 200
+    spec = WorkflowCreate.model_validate(
+        {
+            "nodes": [{"id": f"p{i}", "task": {"name": "noop"}} for i in range(n)]
+            + [{"id": "cb", "task": {"name": "total"}}],
+            "edges": [
+                {"parent": f"p{i}", "child": "cb", "arg": "results", "position": i}
+                for i in range(n)
+            ],
+        }
+    )
+    store = harness.store
+    started = await workflows.create(store, spec, time.time())
+    claimed = await store.claim("w1", "default", n, time.time(), 30.0)
+    assert len(claimed) == n
+    queued: list[str] = []
+    with store.events.subscribe() as events:
+        from chronoq.store.records import Completion
+
+        await asyncio.gather(
+            *(
+                store.complete([Completion.success(task, time.time(), i)])
+                for i, task in enumerate(claimed)
+            )
+        )
+        await asyncio.sleep(0.05)
+        while not events.queue.empty():
+            batch = events.queue.get_nowait()
+            queued += [e.task_id for e in batch if e.status == "queued"]
+    callback = started.ids["cb"]
+    assert queued.count(callback) == 1
+    (task,) = await store.claim("w1", "default", 10, time.time(), 30.0)
+    assert task.id == callback
+    assert sorted(task.payload["results"]) == list(range(n))
+
+
+async def test_a_chord_of_2000_runs_its_callback_once_on_postgres(pg_url: str) -> None:
+    """2,000 no-op tasks on three workers, then one callback with every result in order."""
+    app = App(settings=make_settings(pg_url))
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    async with running(app) as h:
+        for n in range(3):
+            h.start_worker(concurrency=16, worker_id=f"w{n}")
+        flow = chronoq.chord([t["noop"].s(i=i) for i in range(2000)], t["total"].s())
+        started = time.monotonic()
+        handle = await flow.adelay("chord-2000")
+        assert await asyncio.wait_for(handle.aresult(recheck_seconds=0.5), 120) == sum(range(2000))
+        print(f"chord of 2000 on 3 workers: {time.monotonic() - started:.2f}s")
+        assert runs["total"] == 1
+        assert sum(runs[f"noop{i}"] for i in range(2000)) == 2000
+        callback = (await handle.aget()).nodes or []
+        assert callback[-1].attempts == 1 and callback[-1].status is Status.SUCCEEDED
+
+
+async def test_unblocked_nodes_reach_redis_stream_workers(db_url: str) -> None:
+    """With the Redis Streams broker, a node queued by its parent's completion is published
+    like a submission (no reconciler runs here, so a node left unpublished would hang)."""
+    url = "redis://127.0.0.1:6379/13"
+    client = redis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    app = App(settings=make_settings(db_url, broker_url=url))
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    async with running(app):
+
+        def make(consumer: Consumer) -> RedisBroker:
+            return RedisBroker(
+                url, consumer.store, consumer.worker_id, consumer.queues, consumer.lease_seconds
+            )
+
+        worker = Worker(app.store, app.executors(), poll_seconds=0.2, broker=make)
+        job = asyncio.create_task(worker.run(drain_seconds=5))
+        try:
+            flow = chronoq.chain(
+                t["add"].s(x=1),
+                chronoq.group(t["add"].s(x=2), t["add"].s(x=3)),
+                t["total"].s(),
+            )
+            handle = await flow.adelay()
+            assert await asyncio.wait_for(handle.aresult(recheck_seconds=NEVER), 20) == 7
+        finally:
+            worker.stop()
+            await job
+
+
+async def test_workflows_keep_to_their_namespace_and_scopes(db_url: str) -> None:
+    async with running(App(settings=make_settings(db_url, auth=True))) as h:
+        keys = {}
+        for name, scope, namespace in [
+            ("a", "write", "alpha"),
+            ("b", "write", "beta"),
+            ("r", "read", "alpha"),
+        ]:
+            _, secret = await h.store.create_key(name, [scope], namespace=namespace)
+            keys[name] = {"authorization": f"Bearer {secret}"}
+        body = {"nodes": [{"id": "only", "task": {"name": "add"}}]}
+        created = await h.http.post("/v1/workflows", json=body, headers=keys["a"])
+        assert created.status_code == 201 and created.json()["namespace"] == "alpha"
+        path = f"/v1/workflows/{created.json()['id']}"
+        assert (await h.http.get(path, headers=keys["r"])).status_code == 200
+        assert (await h.http.get(path, headers=keys["b"])).status_code == 404
+        assert (await h.http.post(f"{path}/cancel", headers=keys["b"])).status_code == 404
+        assert (await h.http.get("/v1/workflows", headers=keys["b"])).json()["items"] == []
+        refused = await h.http.post("/v1/workflows", json=body, headers=keys["r"])
+        assert refused.status_code == 403
+        assert (await h.http.get("/v1/workflows")).status_code == 401
+
+
+async def test_a_bulk_retry_resumes_every_dead_nodes_descendants(
+    app: App, harness: Harness
+) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    harness.start_worker()
+    handles = [
+        await chronoq.chain(t["add"].s(x=i), t["boom"].s(), t["add"].s(x=1)).adelay()
+        for i in range(3)
+    ]
+    for handle in handles:
+        with pytest.raises(WorkflowFailed):
+            await asyncio.wait_for(handle.aresult(), 20)
+
+    def double(result: int) -> int:
+        return result * 2
+
+    app.tasks["boom"].fn = double
+    await harness.stop_workers()
+    harness.start_worker()
+    retried = await harness.http.post(
+        "/v1/tasks/retry", json={"filter": {"status": "dead", "name": "boom"}}
+    )
+    assert retried.status_code == 200, retried.text
+    results = [await asyncio.wait_for(h.aresult(), 20) for h in handles]
+    assert results == [i * 2 + 1 for i in range(3)]
+
+
+async def test_the_async_client_starts_reads_lists_and_cancels(app: App, harness: Harness) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    transport = httpx.ASGITransport(app=create_api(app))
+    async with chronoq.AsyncClient("http://chronoq", transport=transport) as client:
+        spec = chronoq.chain(t["add"].s(x=1), t["add"].s(x=2)).spec("remote")
+        started = await client.start_workflow(spec)
+        assert started.name == "remote" and started.size == 2
+        got = await client.get_workflow(started.id)
+        assert [n.status for n in got.nodes or []] == [Status.QUEUED, Status.BLOCKED]
+        assert [w.id for w in (await client.list_workflows()).items] == [started.id]
+        harness.start_worker()
+        handle = chronoq.WorkflowHandle[int](app, started)
+        assert await asyncio.wait_for(handle.aresult(), 20) == 3
+        assert (await client.cancel_workflow(started.id)).status == "succeeded"
+
+
+async def test_a_node_whose_lease_lapses_on_its_last_attempt_fails_its_descendants(
+    app: App, harness: Harness
+) -> None:
+    """The lease reaper's path (fenced, on the scheduler) dooms descendants too: the root
+    is claimed by a worker that never reports back, with one attempt allowed."""
+    spec = WorkflowCreate.model_validate(
+        {
+            "nodes": [
+                {"id": "root", "task": {"name": "add", "max_attempts": 1}},
+                {"id": "mid", "task": {"name": "add"}},
+                {"id": "leaf", "task": {"name": "add"}},
+            ],
+            "edges": [{"parent": "root", "child": "mid"}, {"parent": "mid", "child": "leaf"}],
+        }
+    )
+    started = await workflows.create(harness.store, spec, time.time())
+    (claimed,) = await harness.store.claim("gone", "default", 10, time.time(), 0.2)
+    assert claimed.id == started.ids["root"]
+    harness.start_scheduler()
+    handle = chronoq.WorkflowHandle[int](app, started.workflow)
+    with pytest.raises(WorkflowFailed) as failed:
+        await asyncio.wait_for(handle.aresult(recheck_seconds=NEVER), 20)
+    assert failed.value.task.status is Status.UPSTREAM_FAILED
+    nodes = {n.id: n.status for n in (await handle.aget()).nodes or []}
+    assert nodes == {
+        "root": Status.DEAD,
+        "mid": Status.UPSTREAM_FAILED,
+        "leaf": Status.UPSTREAM_FAILED,
+    }
