@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -174,7 +175,15 @@ async def test_cancel_stops_running_and_pending_nodes(app: App, harness: Harness
     assert runs["add"] == 0 and first
 
 
-async def test_rest_creates_validates_lists_and_cancels(app: App, harness: Harness) -> None:
+@pytest.fixture
+async def big(db_url: str) -> AsyncIterator[Harness]:
+    """An App whose body limit lets a graph over the node limit reach the validation."""
+    async with running(App(settings=make_settings(db_url, max_request_bytes=8_000_000))) as h:
+        yield h
+
+
+async def test_rest_creates_validates_lists_and_cancels(big: Harness) -> None:
+    harness = big
     node: dict[str, Any] = {"task": {"name": "add", "payload": {"x": 1}}}
     body: dict[str, Any] = {
         "name": "by-rest",
@@ -206,13 +215,10 @@ async def test_rest_creates_validates_lists_and_cancels(app: App, harness: Harne
         "size": ({"nodes": [{"id": str(i), **node} for i in range(20_001)]}, "20000"),
     }
     # a graph over the node limit fits a request only under a larger body limit
-    app.settings = app.settings.model_copy(update={"max_request_bytes": 8_000_000})
-    transport = httpx.ASGITransport(app=create_api(app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://chronoq") as http:
-        for problem, (change, message) in bad.items():
-            response = await http.post("/v1/workflows", json={**body, **change})
-            assert response.status_code == 422, (problem, response.text)
-            assert message in response.text, (problem, response.text)
+    for problem, (change, message) in bad.items():
+        response = await harness.http.post("/v1/workflows", json={**body, **change})
+        assert response.status_code == 422, (problem, response.text)
+        assert message in response.text, (problem, response.text)
     missing = await harness.http.get("/v1/workflows/01890a5d-ac96-774b-bcce-b302099a8057")
     assert missing.status_code == 404
 
