@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from chronoq import states
+from chronoq import states, tracing
 from chronoq.events import TaskEvent
 from chronoq.ids import new_id
 from chronoq.models import (
@@ -165,6 +165,8 @@ class TaskRecord:
     schedule_id: str | None = None
     slot: float | None = None
     namespace: str = "default"
+    #: the W3C trace context of the submission (:mod:`chronoq.tracing`), migration 0019
+    traceparent: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
@@ -190,6 +192,7 @@ class TaskRecord:
             schedule_id=row["schedule_id"],
             slot=row["slot"],
             namespace=row["namespace"],
+            traceparent=row["traceparent"],
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
@@ -370,6 +373,7 @@ class NewTask:
     schedule_id: str | None
     slot: float | None
     namespace: str
+    traceparent: str | None
 
     @classmethod
     def of(
@@ -385,7 +389,13 @@ class NewTask:
     ) -> NewTask:
         """A new task due at ``run_at``, submitted at ``now``: queued when due, else
         scheduled (:data:`chronoq.lifecycle.SUBMIT`). ``payload``: the template's payload
-        as JSON text, when the caller encoded it already (the API, to check its size)."""
+        as JSON text, when the caller encoded it already (the API, to check its size).
+        ``traceparent``: the caller's current trace context, or a new trace per slot."""
+        traceparent = (
+            tracing.current_traceparent()
+            if schedule_id is None
+            else tracing.slot_traceparent(schedule_id, slot)
+        )
         return cls(
             id=new_id(),
             name=template.name,
@@ -404,6 +414,7 @@ class NewTask:
             schedule_id=schedule_id,
             slot=slot,
             namespace=namespace,
+            traceparent=traceparent,
         )
 
     def values(self) -> tuple[Any, ...]:
