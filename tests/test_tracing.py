@@ -23,11 +23,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from chronoq import App, TaskFailed, current_task, tracing
+from chronoq.grpc.v1 import chronoq_pb2 as pb
 from chronoq.logs import JsonFormatter
 from chronoq.models import TaskCreate
 from chronoq.store.records import NewTask
 from tests.conftest import make_settings, running
 from tests.processes import Proc, cli, free_port, wait_ready
+from tests.test_grpc import serving
 
 
 @pytest.fixture
@@ -298,3 +300,41 @@ def test_import_chronoq_does_not_import_opentelemetry() -> None:
         timeout=60,
     )
     assert found.stdout.strip() == "False"
+
+
+async def test_grpc_metadata_traceparent_is_the_parent(
+    exported: InMemorySpanExporter, pg_url: str
+) -> None:
+    caller_trace, caller_span = secrets.randbits(128), secrets.randbits(64)
+    metadata = (("traceparent", _traceparent(caller_trace, caller_span)),)  # no auth
+    async with serving(App(settings=make_settings(pg_url))) as served:
+        spec = pb.TaskSpec(name="add", payload_json='{"a": 1, "b": 2}')
+        one = await served.stub.Submit(pb.SubmitRequest(task=spec), metadata=metadata)
+        two = await served.stub.SubmitBatch(
+            pb.SubmitBatchRequest(tasks=[spec, spec]), metadata=metadata
+        )
+        stored = [
+            await served.harness.store.get_task(task_id)
+            for task_id in (one.task.id, *(t.id for t in two.items))
+        ]
+    submits = [s for s in exported.get_finished_spans() if s.name == "chronoq.submit"]
+    assert len(submits) == 2
+    for span in submits:
+        assert span.parent is not None and span.parent.span_id == caller_span
+        assert span.context is not None and span.context.trace_id == caller_trace
+        assert _attribute(span, "chronoq.transport") == "grpc"
+    contexts = [s.context for s in submits if s.context]
+    assert [_ids(t.traceparent) for t in stored] == [
+        _ids(_traceparent(c.trace_id, c.span_id)) for c in (contexts[0], contexts[1], contexts[1])
+    ]
+
+
+async def test_an_api_that_does_not_trace_stores_the_callers_traceparent(pg_url: str) -> None:
+    assert tracing.tracer is None
+    header = _traceparent(secrets.randbits(128), secrets.randbits(64))
+    async with running(App(settings=make_settings(pg_url))) as h:
+        sent = await h.http.post("/v1/tasks", json={"name": "t"}, headers={"traceparent": header})
+        bad = await h.http.post("/v1/tasks", json={"name": "t"}, headers={"traceparent": "junk"})
+        assert sent.status_code == bad.status_code == 201
+        assert (await h.store.get_task(sent.json()["id"])).traceparent == header
+        assert (await h.store.get_task(bad.json()["id"])).traceparent is None
