@@ -91,6 +91,8 @@ def setup(service: str = "chronoq") -> bool:
             )
         elif kind == "otlp":
             provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
+        elif kind in ("", "none"):
+            continue
         else:
             raise RuntimeError(f"OTEL_TRACES_EXPORTER={kind!r}: use otlp, console or none")
     trace.set_tracer_provider(provider)
