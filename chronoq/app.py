@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
+from chronoq import tracing
 from chronoq.config import Settings
 
 if TYPE_CHECKING:
@@ -414,6 +415,9 @@ class App:
         if self._loop is not None and running is self._loop:
             coro.close()
             raise RuntimeError("inside async code use `await task.adelay(...)`")
+        traceparent = tracing.current_traceparent()  # the caller's, to the loop's thread
+        if traceparent is not None:
+            coro = tracing.carrying(coro, traceparent)
         if self._loop is not None and self._store is not None:
             return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
         if self._portal is None:

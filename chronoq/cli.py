@@ -290,6 +290,12 @@ def _run(
     )
 
     setup_logging(settings.log_level)
+    from chronoq import tracing
+
+    try:
+        tracing.setup()
+    except RuntimeError as exc:  # the extra is missing, or an unknown exporter
+        raise click.UsageError(str(exc)) from None
     metrics_host, port = _metrics_listen(metrics_port, settings.host)
     health_host, health_port = _metrics_listen(settings.health_port, settings.host, "--health-port")
     app = load_app(settings)

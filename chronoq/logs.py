@@ -18,6 +18,8 @@ from typing import Any, TextIO
 import click
 import orjson
 
+from chronoq import tracing
+
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 #: attributes every LogRecord has; anything else on a record came from ``extra=``
@@ -42,6 +44,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if tracing.tracer is not None:  # the current span's ids (chronoq.tracing)
+            entry.update(tracing.log_ids())
         for key, value in record.__dict__.items():
             if key not in _RECORD_FIELDS and not key.startswith("_"):
                 entry[key] = value

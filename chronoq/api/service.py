@@ -18,6 +18,7 @@ from typing import Annotated
 from fastapi import Query
 from pydantic import BaseModel, field_validator
 
+from chronoq import tracing
 from chronoq.api.auth import Principal
 from chronoq.api.errors import NUL_MESSAGE, ApiError
 from chronoq.api.served import add_warnings
@@ -125,23 +126,30 @@ async def visible_task(app: App, who: Principal, task_id: str) -> TaskRecord:
     return await app.store.get_task(check_id(task_id), who.namespace)
 
 
-async def submit(app: App, who: Principal, spec: TaskCreate) -> tuple[Task, bool]:
+async def submit(
+    app: App, who: Principal, spec: TaskCreate, traceparent: str | None = None, via: str = "rest"
+) -> tuple[Task, bool]:
     """The task, in the caller's namespace, and whether it is new (False: its
-    ``idempotency_key`` was seen before and this is the first task)."""
+    ``idempotency_key`` was seen before and this is the first task). ``traceparent``: the
+    request's W3C trace context (header or gRPC metadata), parent of the submit span."""
     payload = check_payload(spec, app.settings.max_payload_bytes, "payload")
-    record, created = await app.store.create_task(spec, time.time(), who.home, payload=payload)
+    with tracing.submit_span(traceparent, via):
+        record, created = await app.store.create_task(spec, time.time(), who.home, payload=payload)
     task = record.to_api()
     await add_warnings(app, [task])
     return task, created
 
 
-async def submit_batch(app: App, who: Principal, batch: TaskBatch) -> TaskBatchResult:
-    """All of ``batch`` in one transaction, or none of it."""
+async def submit_batch(
+    app: App, who: Principal, batch: TaskBatch, traceparent: str | None = None, via: str = "rest"
+) -> TaskBatchResult:
+    """All of ``batch`` in one transaction, or none of it (one submit span for all)."""
     payloads = [
         check_payload(spec, app.settings.max_payload_bytes, f"tasks.{index}.payload")
         for index, spec in enumerate(batch.tasks)
     ]
-    found = await app.store.create_tasks(batch.tasks, time.time(), who.home, payloads=payloads)
+    with tracing.submit_span(traceparent, via):
+        found = await app.store.create_tasks(batch.tasks, time.time(), who.home, payloads=payloads)
     items = [record.to_api() for record, _ in found]
     await add_warnings(app, items)
     return TaskBatchResult(items=items, created=[created for _, created in found])

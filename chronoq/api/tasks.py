@@ -55,10 +55,13 @@ TaskId = Annotated[
     },
     summary="Submit a task",
 )
-async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Writer) -> Task:
+async def create_task(
+    spec: TaskCreate, app: AppDep, request: Request, response: Response, who: Writer
+) -> Task:
     """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
-    same `idempotency_key` again returns the first task (status 200) instead of a copy."""
-    task, created = await service.submit(app, who, spec)
+    same `idempotency_key` again returns the first task (status 200) instead of a copy.
+    A W3C `traceparent` header makes the task's trace a child of the caller's."""
+    task, created = await service.submit(app, who, spec, request.headers.get("traceparent"))
     if not created:
         response.status_code = 200
     return task
@@ -71,11 +74,13 @@ async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Wr
     responses=responses(413, 422),
     summary="Submit several tasks at once",
 )
-async def create_tasks(batch: TaskBatch, app: AppDep, who: Writer) -> TaskBatchResult:
+async def create_tasks(
+    batch: TaskBatch, app: AppDep, request: Request, who: Writer
+) -> TaskBatchResult:
     """Up to 1,000 tasks in one request and one database transaction: all are accepted
     or none is. Each is what `POST /v1/tasks` takes; an `idempotency_key` seen before
     returns the earlier task (`created: false` at its position)."""
-    return await service.submit_batch(app, who, batch)
+    return await service.submit_batch(app, who, batch, request.headers.get("traceparent"))
 
 
 @router.get("/tasks", response_model=TaskPage, responses=responses(422), summary="List tasks")

@@ -99,6 +99,14 @@ def peer_address(peer: str) -> str:
     return rest.strip("[]") or "unknown"
 
 
+def _metadata(context: Context, name: str) -> str | None:
+    """The value of the request's metadata ``name`` (a text one), if sent."""
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
 class ChronoqService(pb_grpc.ChronoqServicer):
     """``chronoq.v1.Chronoq``: the task routes of the REST API."""
 
@@ -108,10 +116,8 @@ class ChronoqService(pb_grpc.ChronoqServicer):
         self.stopping = asyncio.Event()
 
     def _secret(self, context: Context) -> str | None:
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str):
-                return bearer_secret(value)
-        return None
+        found = _metadata(context, "authorization")
+        return None if found is None else bearer_secret(found)
 
     async def _caller(self, context: Context, scope: str) -> Principal:
         """Who calls (401/429 as over REST), if they hold ``scope`` (else 403)."""
@@ -127,7 +133,13 @@ class ChronoqService(pb_grpc.ChronoqServicer):
     @refusing
     async def Submit(self, request: pb.SubmitRequest, context: Context) -> pb.SubmitResponse:
         who = await self._caller(context, "write")
-        task, created = await service.submit(self.app, who, convert.task_create(request.task))
+        task, created = await service.submit(
+            self.app,
+            who,
+            convert.task_create(request.task),
+            _metadata(context, "traceparent"),
+            "grpc",
+        )
         return pb.SubmitResponse(task=convert.task_message(task), created=created)
 
     @refusing
@@ -135,7 +147,13 @@ class ChronoqService(pb_grpc.ChronoqServicer):
         self, request: pb.SubmitBatchRequest, context: Context
     ) -> pb.SubmitBatchResponse:
         who = await self._caller(context, "write")
-        found = await service.submit_batch(self.app, who, convert.task_batch(list(request.tasks)))
+        found = await service.submit_batch(
+            self.app,
+            who,
+            convert.task_batch(list(request.tasks)),
+            _metadata(context, "traceparent"),
+            "grpc",
+        )
         return pb.SubmitBatchResponse(
             items=[convert.task_message(t) for t in found.items], created=found.created
         )

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from chronoq import tracing
 from chronoq.config import Settings
 from chronoq.executors import Executor, TaskFailed, current_task
 from chronoq.pool import protocol
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent()
     requests, replies = _take_protocol_fds()
     executors = _load_executors(args.app, args.demo)
+    tracing.setup()  # the worker's OTEL_* environment: the handlers' spans are exported here
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(executors, requests, replies, args.result_limit))
 
@@ -70,7 +72,8 @@ async def _run_one(executors: dict[str, Executor], message: dict[str, Any], limi
         )
     token = current_task.set(protocol.context_of(message))
     try:
-        result = await executor.run(message["payload"])
+        with tracing.child_span(message.get("traceparent")):
+            result = await executor.run(message["payload"])
     except Exception as exc:
         return protocol.failure_line(task_id, exc, with_traceback=not isinstance(exc, TaskFailed))
     finally:

@@ -3,7 +3,9 @@
 Parent -> child, one task at a time::
 
     {"id": task_id, "attempt": 2, "name": "resize", "queue": "default",
-     "max_attempts": 3, "worker_id": "...", "payload": {...}}
+     "max_attempts": 3, "worker_id": "...", "payload": {...}, "traceparent": "00-..."}
+
+(``traceparent`` only when the worker traces: :mod:`chronoq.tracing`.)
 
 Child -> parent: ``{"ready": pid, "handlers": [...]}`` once it imported the app, then one
 reply per task: ``{"id": ..., "ok": true, "result": ...}`` or ``{"id": ..., "ok": false,
@@ -18,25 +20,25 @@ from typing import Any
 
 import orjson
 
+from chronoq import tracing
 from chronoq.executors.base import TaskContext, TaskFailed
 
 
 def request(context: TaskContext, payload: dict[str, Any]) -> bytes:
-    """The line that asks a child to run one attempt."""
-    return (
-        orjson.dumps(
-            {
-                "id": context.task_id,
-                "attempt": context.attempt,
-                "name": context.name,
-                "queue": context.queue,
-                "max_attempts": context.max_attempts,
-                "worker_id": context.worker_id,
-                "payload": payload,
-            }
-        )
-        + b"\n"
-    )
+    """The line that asks a child to run one attempt; when tracing, with the run span's
+    ``traceparent`` (the child's handler spans are its children)."""
+    message = {
+        "id": context.task_id,
+        "attempt": context.attempt,
+        "name": context.name,
+        "queue": context.queue,
+        "max_attempts": context.max_attempts,
+        "worker_id": context.worker_id,
+        "payload": payload,
+    }
+    if tracing.tracer is not None:
+        message["traceparent"] = tracing.current_traceparent()
+    return orjson.dumps(message) + b"\n"
 
 
 def context_of(message: dict[str, Any]) -> TaskContext:

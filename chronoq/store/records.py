@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from chronoq import states
+from chronoq import states, tracing
 from chronoq.events import TaskEvent
 from chronoq.ids import new_id
 from chronoq.models import (
@@ -140,6 +140,14 @@ def status_event(task: _Task, at: float, **extra: Any) -> TaskEvent:
     )
 
 
+def _optional(row: Row, column: str) -> Any:
+    """A column a row may lack: one read before its migration, or a partial row."""
+    try:
+        return row[column]
+    except (KeyError, IndexError):
+        return None
+
+
 @dataclass(slots=True)
 class TaskRecord:
     """A row of ``tasks``, decoded."""
@@ -167,13 +175,11 @@ class TaskRecord:
     namespace: str = "default"
     #: the workflow it is a node of (migration 0016), if any
     workflow_id: str | None = None
+    #: the W3C trace context of the submission (:mod:`chronoq.tracing`), migration 0019
+    traceparent: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
-        try:
-            workflow_id = row["workflow_id"]
-        except (KeyError, IndexError):  # a row given before migration 0016, or a partial one
-            workflow_id = None
         return cls(
             id=row["id"],
             name=row["name"],
@@ -196,7 +202,8 @@ class TaskRecord:
             schedule_id=row["schedule_id"],
             slot=row["slot"],
             namespace=row["namespace"],
-            workflow_id=workflow_id,
+            workflow_id=_optional(row, "workflow_id"),
+            traceparent=_optional(row, "traceparent"),
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
@@ -377,6 +384,7 @@ class NewTask:
     schedule_id: str | None
     slot: float | None
     namespace: str
+    traceparent: str | None
 
     @classmethod
     def of(
@@ -392,7 +400,13 @@ class NewTask:
     ) -> NewTask:
         """A new task due at ``run_at``, submitted at ``now``: queued when due, else
         scheduled (:data:`chronoq.lifecycle.SUBMIT`). ``payload``: the template's payload
-        as JSON text, when the caller encoded it already (the API, to check its size)."""
+        as JSON text, when the caller encoded it already (the API, to check its size).
+        ``traceparent``: the caller's current trace context, or a new trace per slot."""
+        traceparent = (
+            tracing.current_traceparent()
+            if schedule_id is None
+            else tracing.slot_traceparent(schedule_id, slot)
+        )
         return cls(
             id=new_id(),
             name=template.name,
@@ -411,6 +425,7 @@ class NewTask:
             schedule_id=schedule_id,
             slot=slot,
             namespace=namespace,
+            traceparent=traceparent,
         )
 
     def values(self) -> tuple[Any, ...]:

@@ -9,7 +9,7 @@ import time
 import traceback
 from collections.abc import Mapping
 
-from chronoq import states
+from chronoq import states, tracing
 from chronoq.executors import Executor, TaskContext, current_task
 from chronoq.executors.base import TaskFailed
 from chronoq.pool import PoolFailure
@@ -44,43 +44,49 @@ class Attempts:
         context = TaskContext(
             task.id, task.name, task.queue, task.attempts, task.max_attempts, self.worker_id
         )
-        token = current_task.set(context)
-        started = time.perf_counter()
-        completion: Completion | None = None
-        try:
-            executor = self.executors.get(task.name)
-            if executor is None:
-                raise await self._no_handler(task)
-            async with asyncio.timeout(task.timeout_seconds):
-                result = await executor.run(task.payload)
-            completion = Completion.success(task, time.time(), result)
-        except TimeoutError:
-            completion = Completion.failure(
-                task, time.time(), "timeout", f"timed out after {task.timeout_seconds}s"
-            )
-        except TaskFailed as exc:
-            completion = _task_failed(task, exc)
-        except asyncio.CancelledError:
-            if not self.stopping.is_set():
-                raise  # cancelled by request: the store already closed the attempt
-            completion = Completion.failure(
-                task,
-                time.time(),
-                "lost",
-                "worker shut down before the task finished",
-                retry_now=True,
-            )
-        except PoolFailure as exc:  # a child's exception, or the child's death
-            completion = await self._pool_failure(task, exc)
-        except Exception as exc:
-            completion = Completion.failure(
-                task, time.time(), "failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()
-            )
-        finally:
-            current_task.reset(token)
-        completion = _storable_result(completion)
-        if log.isEnabledFor(logging.INFO):
-            _log_completion(task, completion, time.perf_counter() - started)
+        with tracing.run_span(task) as span:
+            token = current_task.set(context)
+            started = time.perf_counter()
+            completion: Completion | None = None
+            try:
+                executor = self.executors.get(task.name)
+                if executor is None:
+                    raise await self._no_handler(task)
+                async with asyncio.timeout(task.timeout_seconds):
+                    result = await executor.run(task.payload)
+                completion = Completion.success(task, time.time(), result)
+            except TimeoutError:
+                completion = Completion.failure(
+                    task, time.time(), "timeout", f"timed out after {task.timeout_seconds}s"
+                )
+            except TaskFailed as exc:
+                completion = _task_failed(task, exc)
+            except asyncio.CancelledError:
+                if not self.stopping.is_set():
+                    raise  # cancelled by request: the store already closed the attempt
+                completion = Completion.failure(
+                    task,
+                    time.time(),
+                    "lost",
+                    "worker shut down before the task finished",
+                    retry_now=True,
+                )
+            except PoolFailure as exc:  # a child's exception, or the child's death
+                completion = await self._pool_failure(task, exc)
+            except Exception as exc:
+                completion = Completion.failure(
+                    task,
+                    time.time(),
+                    "failed",
+                    f"{type(exc).__name__}: {exc}",
+                    traceback.format_exc(),
+                )
+            finally:
+                current_task.reset(token)
+            completion = _storable_result(completion)
+            if log.isEnabledFor(logging.INFO):
+                _log_completion(task, completion, time.perf_counter() - started)
+            tracing.ended(span, completion)
         return completion
 
     async def _no_handler(self, task: TaskRecord) -> TaskFailed:
