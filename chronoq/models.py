@@ -131,6 +131,20 @@ class TaskCreate(TaskTemplate):
         pattern=r"^[^\x00]+$",
         description="any text without NUL characters",
     )
+    unique_for: float | None = Field(
+        None,
+        gt=0,
+        le=30 * 86400,
+        description="seconds during which an equal submission, while this task waits or "
+        "runs, returns this task instead of a new one (docs/flow-control.md)",
+    )
+    unique_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00]+$",
+        description="what makes submissions equal for unique_for (default: name + payload)",
+    )
 
     @field_validator("run_at")
     @classmethod
@@ -150,6 +164,8 @@ class TaskCreate(TaskTemplate):
     def _one_time(self) -> TaskCreate:
         if self.run_at is not None and self.delay_seconds is not None:
             raise ValueError("give run_at or delay_seconds, not both")
+        if self.unique_key is not None and self.unique_for is None:
+            raise ValueError("unique_key needs unique_for (the window, in seconds)")
         return self
 
     def due_at(self, now: float) -> float:
@@ -189,6 +205,7 @@ class Task(BaseModel):
     backoff: BackoffSpec
     timeout_seconds: float | None
     idempotency_key: str | None
+    unique_key: str | None = Field(None, description="the key this task holds (unique_for)")
     worker_id: str | None = None
     result: Any = None
     error: str | None = None
@@ -218,7 +235,8 @@ class TaskBatch(BaseModel):
 class TaskBatchResult(BaseModel):
     items: list[Task] = Field(description="the tasks, in the order submitted")
     created: list[bool] = Field(
-        description="per task: false when its idempotency_key returned a task submitted earlier"
+        description="per task: false when its idempotency_key (or unique_key) returned a "
+        "task submitted earlier"
     )
 
 

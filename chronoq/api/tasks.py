@@ -50,14 +50,20 @@ TaskId = Annotated[
     status_code=201,
     response_model=Task,
     responses={
-        200: {"model": Task, "description": "A task with this idempotency_key existed"},
+        200: {
+            "model": Task,
+            "description": "A task with this idempotency_key existed, or a waiting or "
+            "running one holds this unique_key",
+        },
         **responses(413, 422),
     },
     summary="Submit a task",
 )
 async def create_task(spec: TaskCreate, app: AppDep, response: Response, who: Writer) -> Task:
     """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
-    same `idempotency_key` again returns the first task (status 200) instead of a copy."""
+    same `idempotency_key` again returns the first task (status 200) instead of a copy;
+    so does an equal submission (same `unique_key`, by default name + payload) within
+    `unique_for` seconds while the first still waits or runs."""
     task, created = await service.submit(app, who, spec)
     if not created:
         response.status_code = 200

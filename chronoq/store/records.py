@@ -23,6 +23,7 @@ from chronoq.models import (
     to_datetime,
 )
 from chronoq.states import Status
+from chronoq.store import uniqueness
 
 Row = Mapping[str, Any]
 
@@ -165,6 +166,7 @@ class TaskRecord:
     schedule_id: str | None = None
     slot: float | None = None
     namespace: str = "default"
+    unique_key: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
@@ -190,6 +192,7 @@ class TaskRecord:
             schedule_id=row["schedule_id"],
             slot=row["slot"],
             namespace=row["namespace"],
+            unique_key=row["unique_key"],
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
@@ -230,6 +233,7 @@ class TaskRecord:
             schedule_id=self.schedule_id,
             slot=to_datetime(self.slot),
             namespace=self.namespace,
+            unique_key=self.unique_key,
             attempt_history=history,
         )
 
@@ -370,6 +374,8 @@ class NewTask:
     schedule_id: str | None
     slot: float | None
     namespace: str
+    unique_key: str | None = None
+    unique_until: float | None = None
 
     @classmethod
     def of(
@@ -382,10 +388,17 @@ class NewTask:
         slot: float | None = None,
         namespace: str = "default",
         payload: str | None = None,
+        unique_for: float | None = None,
+        unique_key: str | None = None,
     ) -> NewTask:
         """A new task due at ``run_at``, submitted at ``now``: queued when due, else
         scheduled (:data:`chronoq.lifecycle.SUBMIT`). ``payload``: the template's payload
-        as JSON text, when the caller encoded it already (the API, to check its size)."""
+        as JSON text, when the caller encoded it already (the API, to check its size).
+        ``unique_for``: the task holds ``unique_key`` (default: name + payload) that long
+        (:mod:`chronoq.store.uniqueness`)."""
+        held = None
+        if unique_for is not None:
+            held = uniqueness.unique_key(template.name, storable(template.payload), unique_key)
         return cls(
             id=new_id(),
             name=template.name,
@@ -404,6 +417,8 @@ class NewTask:
             schedule_id=schedule_id,
             slot=slot,
             namespace=namespace,
+            unique_key=held,
+            unique_until=None if unique_for is None else now + unique_for,
         )
 
     def values(self) -> tuple[Any, ...]:
@@ -416,6 +431,12 @@ class NewTask:
         """``(namespace, idempotency_key)``: what makes a submission a repeat (the unique
         index of migration 0011)."""
         return self.namespace, self.idempotency_key
+
+    @property
+    def uniqueness(self) -> tuple[str, str | None]:
+        """``(namespace, unique_key)``: what makes a submission a duplicate while the
+        task holding the key waits or runs (the partial unique index of migration 0018)."""
+        return self.namespace, self.unique_key
 
     def event(self) -> TaskEvent:
         """The event announcing this task once inserted."""
