@@ -74,10 +74,12 @@ class TaskFunction(Generic[P, R]):
         delay_seconds: float | None = None,
         unique_for: float | None = None,
         unique_key: str | None = None,
+        debounce: float | None = None,
     ) -> TaskFunction[P, R]:
         """This handler with other settings for the submissions made through the copy
         returned (the registered handler keeps its own); unset (None) ones are kept.
-        ``unique_for``/``unique_key``: unique jobs (docs/flow-control.md)."""
+        ``unique_for``/``unique_key``/``debounce``: unique jobs and debounce
+        (docs/flow-control.md)."""
         given: dict[str, Any] = {
             "queue": queue,
             "priority": priority,
@@ -86,6 +88,7 @@ class TaskFunction(Generic[P, R]):
             "idempotency_key": idempotency_key,
             "unique_for": unique_for,
             "unique_key": unique_key,
+            "debounce": debounce,
             "backoff": None if backoff is None else BackoffSpec.model_validate(backoff),
         }
         changed = {k: v for k, v in given.items() if v is not None}

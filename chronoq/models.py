@@ -29,6 +29,8 @@ ID_SCHEMA: dict[str, Any] = {
     "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
 }
 Id = Annotated[str, Field(json_schema_extra=ID_SCHEMA)]
+#: a caller's key (idempotency_key, unique_key): any text without NUL characters
+KeyText = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
 
 
 def not_both(first: str, first_type: str, second: str, second_type: str) -> dict[str, Any]:
@@ -124,13 +126,7 @@ class TaskCreate(TaskTemplate):
 
     run_at: datetime | None = Field(None, description="ISO 8601 time with a UTC offset")
     delay_seconds: float | None = Field(None, ge=0, le=10 * 365 * 86400)
-    idempotency_key: str | None = Field(
-        None,
-        min_length=1,
-        max_length=200,
-        pattern=r"^[^\x00]+$",
-        description="any text without NUL characters",
-    )
+    idempotency_key: KeyText | None = Field(None, description="any text without NUL characters")
     unique_for: float | None = Field(
         None,
         gt=0,
@@ -138,12 +134,17 @@ class TaskCreate(TaskTemplate):
         description="seconds during which an equal submission, while this task waits or "
         "runs, returns this task instead of a new one (docs/flow-control.md)",
     )
-    unique_key: str | None = Field(
+    unique_key: KeyText | None = Field(
         None,
-        min_length=1,
-        max_length=200,
-        pattern=r"^[^\x00]+$",
-        description="what makes submissions equal for unique_for (default: name + payload)",
+        description="what makes submissions equal for unique_for (default: name + payload) "
+        "or debounce (default: name)",
+    )
+    debounce: float | None = Field(
+        None,
+        gt=0,
+        le=86400,
+        description="run this many seconds after the last equal submission: one made "
+        "meanwhile replaces this task's payload and pushes its run time back",
     )
 
     @field_validator("run_at")
@@ -164,12 +165,20 @@ class TaskCreate(TaskTemplate):
     def _one_time(self) -> TaskCreate:
         if self.run_at is not None and self.delay_seconds is not None:
             raise ValueError("give run_at or delay_seconds, not both")
-        if self.unique_key is not None and self.unique_for is None:
-            raise ValueError("unique_key needs unique_for (the window, in seconds)")
+        if self.unique_key is not None and self.unique_for is None and self.debounce is None:
+            raise ValueError("unique_key needs unique_for or debounce (the window, in seconds)")
+        if self.debounce is not None and (
+            self.unique_for is not None or self.run_at is not None or self.delay_seconds
+        ):
+            raise ValueError("debounce sets the run time: give no unique_for, run_at or delay")
+        if self.debounce is None and (self.unique_key or "").startswith("debounce:"):
+            raise ValueError("unique_key may not start with 'debounce:' (debounce's keys do)")
         return self
 
     def due_at(self, now: float) -> float:
         """When the task becomes due, as epoch seconds."""
+        if self.debounce is not None:
+            return now + self.debounce
         if self.run_at is not None:
             return self.run_at.timestamp()
         return now + (self.delay_seconds or 0.0)

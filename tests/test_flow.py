@@ -134,6 +134,10 @@ async def test_sdk_declaration_and_options(db_url: str) -> None:
         assert len(await rows(h, "plain")) == 1
         with pytest.raises(ValueError, match="unique_key needs unique_for"):
             app.tasks["plain"].options(unique_key="k")
+        debounced = app.tasks["plain"].options(debounce=60)
+        d = await debounced.adelay(label="first")
+        assert (await debounced.adelay(label="second")).id == d.id
+        assert (await h.store.get_task(d.id)).payload == {"label": "second"}
 
 
 async def test_rest_returns_the_holder_with_200(harness: Harness) -> None:
@@ -188,3 +192,80 @@ async def test_retrying_a_dead_task_gives_up_its_key(db_url: str) -> None:
         assert retried.status_code == 200, retried.text
         assert retried.json()["unique_key"] is None
         assert (await h.get(holder["id"]))["unique_key"] is not None
+
+
+async def test_debounce_the_latest_submission_wins(db_url: str) -> None:
+    async with running(unique_app(db_url)) as h:
+        now = time.time()
+        found = await asyncio.gather(
+            *(
+                h.store.create_task(
+                    TaskCreate(name="plain", payload={"label": str(i)}, debounce=30), now
+                )
+                for i in range(20)
+            )
+        )
+        assert len({record.id for record, _ in found}) == 1
+        task = await h.store.get_task(found[0][0].id)
+        assert task.payload == {"label": "19"}  # the last submitted, in one group commit
+        assert task.status.value == "scheduled"
+        # a later one pushes the run time back and replaces the payload again
+        later, created = await h.store.create_task(
+            TaskCreate(name="plain", payload={"label": "last"}, debounce=30), now + 10
+        )
+        assert (later.id, created) == (task.id, False)
+        assert later.payload == {"label": "last"}
+        assert later.run_at == pytest.approx(now + 40)
+        # a different key is another debounced task
+        other, created = await h.store.create_task(
+            TaskCreate(name="plain", payload={}, debounce=30, unique_key="k"), now
+        )
+        assert created and other.id != task.id
+
+
+async def test_debounce_runs_once_with_the_last_payload(db_url: str) -> None:
+    async with running(unique_app(db_url)) as h:
+        h.start_scheduler()
+        h.start_worker()
+        ids = set()
+        for i in range(5):
+            task = await h.submit(name="record", payload={"label": f"v{i}"}, debounce=0.5)
+            ids.add(task["id"])
+        assert len(ids) == 1
+        done = await h.wait_for(ids.pop(), "succeeded")
+        assert done["result"] == "v4"
+        # it came due and ran: the next submission is a new debounced task
+        fresh = await h.submit(name="record", payload={"label": "again"}, debounce=0.5)
+        assert fresh["id"] != done["id"]
+        assert (await h.wait_for(fresh["id"], "succeeded"))["result"] == "again"
+
+
+async def test_debounce_racing_the_promotion_never_loses_a_submission(db_url: str) -> None:
+    """A holder that came due (queued) is not replaced: the submission is a new task."""
+    async with running(unique_app(db_url)) as h:
+        now = time.time()
+        spec = TaskCreate(name="plain", payload={"label": "a"}, debounce=1)
+        first, _ = await h.store.create_task(spec, now)
+        await h.store.promote_due(now + 2)
+        assert (await h.store.get_task(first.id)).status.value == "queued"
+        b = TaskCreate(name="plain", payload={"label": "b"}, debounce=1)
+        second, created = await h.store.create_task(b, now + 0.5)  # inside the window
+        assert created and second.id != first.id
+        assert (await h.store.get_task(first.id)).payload == {"label": "a"}
+        assert (await h.store.get_task(first.id)).unique_key is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"debounce": 0},
+        {"debounce": 5, "unique_for": 5},
+        {"debounce": 5, "delay_seconds": 5},
+        {"debounce": 5, "run_at": "2030-01-01T00:00:00Z"},
+        {"debounce": 86401},
+        {"unique_for": 5, "unique_key": "debounce:x"},
+    ],
+)
+async def test_rest_refuses_bad_debounce(harness: Harness, bad: dict[str, Any]) -> None:
+    response = await harness.http.post("/v1/tasks", json={"name": "chronoq.noop", **bad})
+    assert response.status_code == 422, response.text

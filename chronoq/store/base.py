@@ -226,8 +226,10 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
     async def _insert_on(self, c: Conn, tasks: Sequence[NewTask]) -> list[tuple[TaskRecord, bool]]:
         """Insert ``tasks``; those whose idempotency key exists in their namespace, or
         whose unique key a waiting or running task holds there, return the existing task
-        (the same key in another namespace is another task). A holder whose window ended
-        lets its key go and the task is inserted after all."""
+        (the same key in another namespace is another task); a debounced one replaces
+        the holder's payload and run time instead, while it still waits. A holder whose
+        window ended, or that came due, lets its key go and the task is inserted after
+        all."""
         source, args = self.rows_source(tasks)
         inserted = await c.fetch(
             f"{INSERT_TASK_COLUMNS} {source} ON CONFLICT DO NOTHING RETURNING *", *args
@@ -239,8 +241,19 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         now = max((t.created_at for t in skipped), default=0.0)
         lapsed = {key for key, r in holders.items() if r["unique_until"] <= now}
         for namespace, key in lapsed:
-            await c.execute(uniqueness.RELEASE_LAPSED.format(keys="= $2"), namespace, key, now)
+            await c.execute(uniqueness.RELEASE_LAPSED, namespace, key, now)
         holders = {key: r for key, r in holders.items() if key not in lapsed}
+        for task in skipped:  # in submission order: the latest debounced payload wins
+            if not uniqueness.debounced(task.unique_key) or task.uniqueness not in holders:
+                continue
+            holder = holders[task.uniqueness]
+            held = (holder["id"], task.unique_key)
+            replaced = await c.fetch(uniqueness.DEBOUNCE, *held, task.payload, task.run_at, now)
+            if replaced:
+                holders[task.uniqueness] = replaced[0]
+            else:
+                await c.execute(uniqueness.LET_GO, *held)
+                del holders[task.uniqueness]
 
         def found(task: NewTask) -> Row | None:
             if task.idempotency_key is not None and task.idempotency in existing:
@@ -758,6 +771,7 @@ def _submitted(spec: TaskCreate, now: float, namespace: str, payload: str | None
         payload=payload,
         unique_for=spec.unique_for,
         unique_key=spec.unique_key,
+        debounce=spec.debounce is not None,
     )
 
 

@@ -390,14 +390,18 @@ class NewTask:
         payload: str | None = None,
         unique_for: float | None = None,
         unique_key: str | None = None,
+        debounce: bool = False,
     ) -> NewTask:
         """A new task due at ``run_at``, submitted at ``now``: queued when due, else
         scheduled (:data:`chronoq.lifecycle.SUBMIT`). ``payload``: the template's payload
         as JSON text, when the caller encoded it already (the API, to check its size).
-        ``unique_for``: the task holds ``unique_key`` (default: name + payload) that long
+        ``unique_for``: the task holds ``unique_key`` (default: name + payload) that long;
+        ``debounce``: it holds its debounce key until ``run_at``
         (:mod:`chronoq.store.uniqueness`)."""
         held = None
-        if unique_for is not None:
+        if debounce:
+            held, unique_for = uniqueness.debounce_key(template.name, unique_key), run_at - now
+        elif unique_for is not None:
             held = uniqueness.unique_key(template.name, storable(template.payload), unique_key)
         return cls(
             id=new_id(),
