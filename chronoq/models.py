@@ -117,11 +117,43 @@ class TaskTemplate(BaseModel):
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
 
 
+#: what debounce, which sets the run time itself, is not given with
+_TIMED = (("unique_for", "number"), ("run_at", "string"), ("delay_seconds", "number"))
+#: JSON Schema: a unique_key is refused without unique_for or debounce
+_KEY_NEEDS_WINDOW: dict[str, Any] = {
+    "not": {
+        "required": ["unique_key"],
+        "properties": {
+            "unique_key": {"type": "string"},
+            "unique_for": {"not": {"type": "number"}},
+            "debounce": {"not": {"type": "number"}},
+        },
+    }
+}
+#: JSON Schema: keys starting ``debounce:`` are debounce's own
+_DEBOUNCE_PREFIX_RESERVED: dict[str, Any] = {
+    "not": {
+        "required": ["unique_key"],
+        "properties": {
+            "unique_key": {"type": "string", "pattern": "^debounce:"},
+            "debounce": {"not": {"type": "number"}},
+        },
+    }
+}
+
+
 class TaskCreate(TaskTemplate):
     """A request to run a task once: now, at ``run_at``, or after ``delay_seconds``."""
 
     model_config = ConfigDict(
-        json_schema_extra=not_both("run_at", "string", "delay_seconds", "number")
+        json_schema_extra={
+            **not_both("run_at", "string", "delay_seconds", "number"),
+            "allOf": [
+                *(not_both("debounce", "number", other, kind) for other, kind in _TIMED),
+                _KEY_NEEDS_WINDOW,
+                _DEBOUNCE_PREFIX_RESERVED,
+            ],
+        }
     )
 
     run_at: datetime | None = Field(None, description="ISO 8601 time with a UTC offset")
@@ -167,9 +199,7 @@ class TaskCreate(TaskTemplate):
             raise ValueError("give run_at or delay_seconds, not both")
         if self.unique_key is not None and self.unique_for is None and self.debounce is None:
             raise ValueError("unique_key needs unique_for or debounce (the window, in seconds)")
-        if self.debounce is not None and (
-            self.unique_for is not None or self.run_at is not None or self.delay_seconds
-        ):
+        if self.debounce is not None and any(getattr(self, f) is not None for f, _ in _TIMED):
             raise ValueError("debounce sets the run time: give no unique_for, run_at or delay")
         if self.debounce is None and (self.unique_key or "").startswith("debounce:"):
             raise ValueError("unique_key may not start with 'debounce:' (debounce's keys do)")

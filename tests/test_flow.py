@@ -13,6 +13,7 @@ import pytest
 from chronoq import App
 from chronoq.models import TaskCreate
 from chronoq.store import create_store
+from chronoq.store.base import INSERT_BATCH
 from chronoq.store.records import TaskRecord
 from tests.conftest import Harness, make_settings, running
 
@@ -269,3 +270,16 @@ async def test_debounce_racing_the_promotion_never_loses_a_submission(db_url: st
 async def test_rest_refuses_bad_debounce(harness: Harness, bad: dict[str, Any]) -> None:
     response = await harness.http.post("/v1/tasks", json={"name": "chronoq.noop", **bad})
     assert response.status_code == 422, response.text
+
+
+async def test_a_batch_of_instant_duplicates_stays_bounded(db_url: str) -> None:
+    """1,000 equal debounced (or unique) tasks whose window is already over, in one batch:
+    one task per statement of INSERT_BATCH (the window is over when the next statement
+    finds the first's task), not a retry per duplicate (which once overflowed the stack)."""
+    async with running(unique_app(db_url)) as h:
+        for spec in (
+            TaskCreate(name="plain", debounce=5e-324),
+            TaskCreate(name="plain", payload={"x": 1}, unique_for=5e-324),
+        ):
+            found = await h.store.create_tasks([spec] * 2 * INSERT_BATCH, time.time())
+            assert len({record.id for record, _ in found}) == 2

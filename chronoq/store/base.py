@@ -239,7 +239,11 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         existing = await self._existing(c, skipped, "idempotency_key", "idempotency")
         holders = await self._existing(c, skipped, "unique_key", "uniqueness")
         now = max((t.created_at for t in skipped), default=0.0)
-        lapsed = {key for key, r in holders.items() if r["unique_until"] <= now}
+        # a holder this very statement inserted is never let go (its window may be 0 s):
+        # the retry below then happens at most once, whatever the batch holds
+        lapsed = {
+            key for key, r in holders.items() if r["unique_until"] <= now and r["id"] not in by_id
+        }
         for namespace, key in lapsed:
             await c.execute(uniqueness.RELEASE_LAPSED, namespace, key, now)
         holders = {key: r for key, r in holders.items() if key not in lapsed}
@@ -251,7 +255,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
             replaced = await c.fetch(uniqueness.DEBOUNCE, *held, task.payload, task.run_at, now)
             if replaced:
                 holders[task.uniqueness] = replaced[0]
-            else:
+            elif holder["id"] not in by_id:
                 await c.execute(uniqueness.LET_GO, *held)
                 del holders[task.uniqueness]
 
