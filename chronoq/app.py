@@ -74,15 +74,23 @@ class TaskFunction(Generic[P, R]):
         idempotency_key: str | None = None,
         run_at: datetime | None = None,
         delay_seconds: float | None = None,
+        unique_for: float | None = None,
+        unique_key: str | None = None,
+        debounce: float | None = None,
     ) -> TaskFunction[P, R]:
         """This handler with other settings for the submissions made through the copy
-        returned (the registered handler keeps its own); unset (None) ones are kept."""
+        returned (the registered handler keeps its own); unset (None) ones are kept.
+        ``unique_for``/``unique_key``/``debounce``: unique jobs and debounce
+        (docs/flow-control.md)."""
         given: dict[str, Any] = {
             "queue": queue,
             "priority": priority,
             "max_attempts": max_attempts,
             "timeout_seconds": timeout_seconds,
             "idempotency_key": idempotency_key,
+            "unique_for": unique_for,
+            "unique_key": unique_key,
+            "debounce": debounce,
             "backoff": None if backoff is None else BackoffSpec.model_validate(backoff),
         }
         changed = {k: v for k, v in given.items() if v is not None}
@@ -229,9 +237,12 @@ class App:
         timeout: float | None = None,
         backoff: BackoffSpec | dict[str, float] | None = None,
         pool: PoolKind | None = None,
+        unique_for: float | None = None,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
         """Register a sync or async function as the handler for task ``name``; ``pool``
-        ("process" or "async") overrides where workers run it (their ``--pool``)."""
+        ("process" or "async") overrides where workers run it (their ``--pool``);
+        ``unique_for``: every submission is a unique job for that many seconds, keyed by
+        name + payload (docs/flow-control.md)."""
         if pool not in (None, "async", "process"):
             raise ValueError(f"pool must be 'async' or 'process', not {pool!r}")
 
@@ -245,6 +256,8 @@ class App:
             }
             if backoff is not None:
                 defaults["backoff"] = BackoffSpec.model_validate(backoff)
+            if unique_for is not None:
+                defaults["unique_for"] = unique_for
             wrapped = TaskFunction(self, task_name, fn, defaults, pool)
             self.tasks[task_name] = wrapped
             return wrapped

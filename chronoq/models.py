@@ -29,6 +29,8 @@ ID_SCHEMA: dict[str, Any] = {
     "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
 }
 Id = Annotated[str, Field(json_schema_extra=ID_SCHEMA)]
+#: a caller's key (idempotency_key, unique_key): any text without NUL characters
+KeyText = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
 
 
 def not_both(first: str, first_type: str, second: str, second_type: str) -> dict[str, Any]:
@@ -115,21 +117,66 @@ class TaskTemplate(BaseModel):
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
 
 
+#: what debounce, which sets the run time itself, is not given with
+_TIMED = (("unique_for", "number"), ("run_at", "string"), ("delay_seconds", "number"))
+#: JSON Schema: a unique_key is refused without unique_for or debounce
+_KEY_NEEDS_WINDOW: dict[str, Any] = {
+    "not": {
+        "required": ["unique_key"],
+        "properties": {
+            "unique_key": {"type": "string"},
+            "unique_for": {"not": {"type": "number"}},
+            "debounce": {"not": {"type": "number"}},
+        },
+    }
+}
+#: JSON Schema: keys starting ``debounce:`` are debounce's own
+_DEBOUNCE_PREFIX_RESERVED: dict[str, Any] = {
+    "not": {
+        "required": ["unique_key"],
+        "properties": {
+            "unique_key": {"type": "string", "pattern": "^debounce:"},
+            "debounce": {"not": {"type": "number"}},
+        },
+    }
+}
+
+
 class TaskCreate(TaskTemplate):
     """A request to run a task once: now, at ``run_at``, or after ``delay_seconds``."""
 
     model_config = ConfigDict(
-        json_schema_extra=not_both("run_at", "string", "delay_seconds", "number")
+        json_schema_extra={
+            **not_both("run_at", "string", "delay_seconds", "number"),
+            "allOf": [
+                *(not_both("debounce", "number", other, kind) for other, kind in _TIMED),
+                _KEY_NEEDS_WINDOW,
+                _DEBOUNCE_PREFIX_RESERVED,
+            ],
+        }
     )
 
     run_at: datetime | None = Field(None, description="ISO 8601 time with a UTC offset")
     delay_seconds: float | None = Field(None, ge=0, le=10 * 365 * 86400)
-    idempotency_key: str | None = Field(
+    idempotency_key: KeyText | None = Field(None, description="any text without NUL characters")
+    unique_for: float | None = Field(
         None,
-        min_length=1,
-        max_length=200,
-        pattern=r"^[^\x00]+$",
-        description="any text without NUL characters",
+        gt=0,
+        le=30 * 86400,
+        description="seconds during which an equal submission, while this task waits or "
+        "runs, returns this task instead of a new one (docs/flow-control.md)",
+    )
+    unique_key: KeyText | None = Field(
+        None,
+        description="what makes submissions equal for unique_for (default: name + payload) "
+        "or debounce (default: name)",
+    )
+    debounce: float | None = Field(
+        None,
+        gt=0,
+        le=86400,
+        description="run this many seconds after the last equal submission: one made "
+        "meanwhile replaces this task's payload and pushes its run time back",
     )
 
     @field_validator("run_at")
@@ -150,10 +197,18 @@ class TaskCreate(TaskTemplate):
     def _one_time(self) -> TaskCreate:
         if self.run_at is not None and self.delay_seconds is not None:
             raise ValueError("give run_at or delay_seconds, not both")
+        if self.unique_key is not None and self.unique_for is None and self.debounce is None:
+            raise ValueError("unique_key needs unique_for or debounce (the window, in seconds)")
+        if self.debounce is not None and any(getattr(self, f) is not None for f, _ in _TIMED):
+            raise ValueError("debounce sets the run time: give no unique_for, run_at or delay")
+        if self.debounce is None and (self.unique_key or "").startswith("debounce:"):
+            raise ValueError("unique_key may not start with 'debounce:' (debounce's keys do)")
         return self
 
     def due_at(self, now: float) -> float:
         """When the task becomes due, as epoch seconds."""
+        if self.debounce is not None:
+            return now + self.debounce
         if self.run_at is not None:
             return self.run_at.timestamp()
         return now + (self.delay_seconds or 0.0)
@@ -189,6 +244,7 @@ class Task(BaseModel):
     backoff: BackoffSpec
     timeout_seconds: float | None
     idempotency_key: str | None
+    unique_key: str | None = Field(None, description="the key this task holds (unique_for)")
     worker_id: str | None = None
     result: Any = None
     error: str | None = None
@@ -218,7 +274,8 @@ class TaskBatch(BaseModel):
 class TaskBatchResult(BaseModel):
     items: list[Task] = Field(description="the tasks, in the order submitted")
     created: list[bool] = Field(
-        description="per task: false when its idempotency_key returned a task submitted earlier"
+        description="per task: false when its idempotency_key (or unique_key) returned a "
+        "task submitted earlier"
     )
 
 

@@ -17,9 +17,12 @@ import pytest
 from chronoq import App
 from chronoq.models import ScheduleCreate, TaskCreate, TaskTemplate
 from chronoq.store import create_store
-from chronoq.store.records import INSERT_TASK, NewTask
+from chronoq.store.records import TASK_COLUMNS, NewTask
 from chronoq.store.schedules import ScheduleRecord
 from tests.conftest import Harness, make_settings, running
+
+#: task columns added after migration 10
+LATER = {"unique_key", "unique_until", "traceparent"}
 
 NIGHTLY = {"name": "nightly", "cron": "@daily", "task": {"name": "report"}}
 
@@ -192,7 +195,15 @@ async def test_migration_keeps_rows_and_makes_names_per_namespace(db_url: str) -
                 f"({', '.join(f'${i}' for i in range(1, len(columns) + 1))})",
                 *nightly.values(),
             )
-            await c.execute(INSERT_TASK, *task.values())
+            # the columns a version-10 table has (migration 0018 added the unique keys)
+            kept = [
+                (k, v) for k, v in zip(TASK_COLUMNS, task.values(), strict=True) if k not in LATER
+            ]
+            await c.execute(
+                f"INSERT INTO tasks ({', '.join(k for k, _ in kept)}) VALUES "
+                f"({', '.join(f'${i}' for i in range(1, len(kept) + 1))})",
+                *(v for _, v in kept),
+            )
             await c.execute(
                 "INSERT INTO attempts (task_id, attempt, worker_id, started_at) "
                 "VALUES ($1, 1, 'w', $2)",

@@ -50,7 +50,11 @@ TaskId = Annotated[
     status_code=201,
     response_model=Task,
     responses={
-        200: {"model": Task, "description": "A task with this idempotency_key existed"},
+        200: {
+            "model": Task,
+            "description": "A task with this idempotency_key existed, or a waiting or "
+            "running one holds this unique_key",
+        },
         **responses(413, 422),
     },
     summary="Submit a task",
@@ -59,8 +63,10 @@ async def create_task(
     spec: TaskCreate, app: AppDep, request: Request, response: Response, who: Writer
 ) -> Task:
     """Run `name` with `payload` now, at `run_at`, or after `delay_seconds`. Sending the
-    same `idempotency_key` again returns the first task (status 200) instead of a copy.
-    A W3C `traceparent` header makes the task's trace a child of the caller's."""
+    same `idempotency_key` again returns the first task (status 200) instead of a copy;
+    so does an equal submission (same `unique_key`, by default name + payload) within
+    `unique_for` seconds while the first still waits or runs. A W3C `traceparent` header
+    makes the task's trace a child of the caller's."""
     task, created = await service.submit(app, who, spec, request.headers.get("traceparent"))
     if not created:
         response.status_code = 200

@@ -20,7 +20,7 @@ from chronoq.events import EventBus
 from chronoq.models import Attempt, QueueStats, TaskCreate, to_datetime
 from chronoq.notify import Hub
 from chronoq.states import Status
-from chronoq.store import workflows
+from chronoq.store import uniqueness, workflows
 from chronoq.store.announce import Announcer
 from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence, LeaseQueries
@@ -49,10 +49,11 @@ __all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dump
 CANCEL = f"{lifecycle.CANCEL.to()}, updated_at = $2, lease_expires_at = NULL"
 #: a cancelled running task's open attempt (``$2``: now)
 CANCEL_ATTEMPT = "finished_at = $2, outcome = 'cancelled', error = 'cancelled by request'"
-#: a retry grants at least one more attempt
+#: a retry grants at least one more attempt; a retried task gives up its unique key
+#: (another task may hold it by now: :mod:`chronoq.store.uniqueness`)
 RETRY = (
     f"{lifecycle.RETRY.to()}, run_at = $2, updated_at = $2, max_attempts = CASE WHEN "
-    "max_attempts > attempts THEN max_attempts ELSE attempts + 1 END"
+    "max_attempts > attempts THEN max_attempts ELSE attempts + 1 END, unique_key = NULL"
 )
 
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
@@ -222,38 +223,75 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         self.inserted([task for task, (_, created) in zip(tasks, found, strict=True) if created])
 
     async def _insert_on(self, c: Conn, tasks: Sequence[NewTask]) -> list[tuple[TaskRecord, bool]]:
-        """Insert ``tasks``; those whose idempotency key exists in their namespace return
-        the existing task (the same key in another namespace is another task)."""
+        """Insert ``tasks``; those whose idempotency key exists in their namespace, or
+        whose unique key a waiting or running task holds there, return the existing task
+        (the same key in another namespace is another task); a debounced one replaces
+        the holder's payload and run time instead, while it still waits. A holder whose
+        window ended, or that came due, lets its key go and the task is inserted after
+        all."""
         source, args = self.rows_source(tasks)
         inserted = await c.fetch(
-            f"{INSERT_TASK_COLUMNS} {source} "
-            "ON CONFLICT (namespace, idempotency_key) DO NOTHING RETURNING *",
-            *args,
+            f"{INSERT_TASK_COLUMNS} {source} ON CONFLICT DO NOTHING RETURNING *", *args
         )
         by_id = {r["id"]: r for r in inserted}
-        wanted = {task.idempotency for task in tasks if task.id not in by_id}
-        existing = {}
-        if wanted:
-            namespaces, keys = zip(*wanted, strict=True)
-            found = await c.fetch(
-                f"SELECT * FROM tasks WHERE namespace {self.in_list('$1')} "
-                f"AND idempotency_key {self.in_list('$2')}",
-                self.list_param(set(namespaces)),
-                self.list_param(set(keys)),
-            )
-            existing = {
-                key: r for r in found if (key := (r["namespace"], r["idempotency_key"])) in wanted
-            }
-        lost = [t for t in tasks if t.id not in by_id and t.idempotency not in existing]
-        retried = iter(await self._insert_on(c, lost) if lost else [])  # key's task deleted
+        skipped = [task for task in tasks if task.id not in by_id]
+        existing = await self._existing(c, skipped, "idempotency_key", "idempotency")
+        holders = await self._existing(c, skipped, "unique_key", "uniqueness")
+        now = max((t.created_at for t in skipped), default=0.0)
+        # a holder this very statement inserted is never let go (its window may be 0 s):
+        # the retry below then happens at most once, whatever the batch holds
+        lapsed = {
+            key for key, r in holders.items() if r["unique_until"] <= now and r["id"] not in by_id
+        }
+        for namespace, key in lapsed:
+            await c.execute(uniqueness.RELEASE_LAPSED, namespace, key, now)
+        holders = {key: r for key, r in holders.items() if key not in lapsed}
+        for task in skipped:  # in submission order: the latest debounced payload wins
+            if not uniqueness.debounced(task.unique_key) or task.uniqueness not in holders:
+                continue
+            holder = holders[task.uniqueness]
+            held = (holder["id"], task.unique_key)
+            replaced = await c.fetch(uniqueness.DEBOUNCE, *held, task.payload, task.run_at, now)
+            if replaced:
+                holders[task.uniqueness] = replaced[0]
+            elif holder["id"] not in by_id:
+                await c.execute(uniqueness.LET_GO, *held)
+                del holders[task.uniqueness]
+
+        def found(task: NewTask) -> Row | None:
+            if task.idempotency_key is not None and task.idempotency in existing:
+                return existing[task.idempotency]
+            return holders.get(task.uniqueness) if task.unique_key is not None else None
+
+        lost = [t for t in skipped if found(t) is None]  # key's task deleted, or lapsed
+        retried = iter(await self._insert_on(c, lost) if lost else [])
         return [
             (TaskRecord.from_row(by_id[task.id]), True)
             if task.id in by_id
-            else (TaskRecord.from_row(existing[task.idempotency]), False)
-            if task.idempotency in existing
+            else (TaskRecord.from_row(row), False)
+            if (row := found(task)) is not None
             else next(retried)
             for task in tasks
         ]
+
+    async def _existing(
+        self, c: Conn, tasks: Sequence[NewTask], column: str, pair: str
+    ) -> dict[tuple[str, str | None], Row]:
+        """The rows holding ``tasks``' keys (``column``: ``idempotency_key`` or the
+        active holders of ``unique_key``), by ``(namespace, key)`` (``pair``, the
+        :class:`NewTask` property giving it)."""
+        wanted = {key for task in tasks if (key := getattr(task, pair))[1] is not None}
+        if not wanted:
+            return {}
+        namespaces, keys = zip(*wanted, strict=True)
+        active = f" AND {uniqueness.HOLDING}" if column == "unique_key" else ""
+        found = await c.fetch(
+            f"SELECT * FROM tasks WHERE namespace {self.in_list('$1')} "
+            f"AND {column} {self.in_list('$2')}{active}",
+            self.list_param(set(namespaces)),
+            self.list_param(set(keys)),
+        )
+        return {key: r for r in found if (key := (r["namespace"], r[column])) in wanted}
 
     def rows_source(self, tasks: Sequence[NewTask]) -> tuple[str, list[Any]]:
         """SQL and parameters giving ``tasks`` to an INSERT: a multi-row VALUES list."""
@@ -763,7 +801,15 @@ def ending(transition: lifecycle.Transition, completions: Sequence[Completion]) 
 def _submitted(spec: TaskCreate, now: float, namespace: str, payload: str | None = None) -> NewTask:
     """The new task of a submission made at ``now``."""
     return NewTask.of(
-        spec, spec.due_at(now), now, spec.idempotency_key, namespace=namespace, payload=payload
+        spec,
+        spec.due_at(now),
+        now,
+        spec.idempotency_key,
+        namespace=namespace,
+        payload=payload,
+        unique_for=spec.unique_for,
+        unique_key=spec.unique_key,
+        debounce=spec.debounce is not None,
     )
 
 

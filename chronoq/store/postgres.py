@@ -81,7 +81,7 @@ _HANDOFF = (
     + ", ".join(_handoff_value(i, column) for i, column in enumerate(TASK_COLUMNS, start=1))
     + f", offer.worker_id, ${TASK_COLUMNS.index('updated_at') + 1}::float8 "
     "+ offer.lease_seconds FROM (SELECT 1) AS one "
-    "LEFT JOIN offer ON true ON CONFLICT (namespace, idempotency_key) DO NOTHING "
+    "LEFT JOIN offer ON true ON CONFLICT DO NOTHING "
     "RETURNING *"
 )
 #: a claim's companion: offer the slots it left free for hand-offs ($5 limit, $6 the

@@ -23,6 +23,7 @@ from chronoq.models import (
     to_datetime,
 )
 from chronoq.states import Status
+from chronoq.store import uniqueness
 
 Row = Mapping[str, Any]
 
@@ -177,6 +178,7 @@ class TaskRecord:
     workflow_id: str | None = None
     #: the W3C trace context of the submission (:mod:`chronoq.tracing`), migration 0019
     traceparent: str | None = None
+    unique_key: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
@@ -204,6 +206,7 @@ class TaskRecord:
             namespace=row["namespace"],
             workflow_id=_optional(row, "workflow_id"),
             traceparent=_optional(row, "traceparent"),
+            unique_key=_optional(row, "unique_key"),
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
@@ -244,6 +247,7 @@ class TaskRecord:
             schedule_id=self.schedule_id,
             slot=to_datetime(self.slot),
             namespace=self.namespace,
+            unique_key=self.unique_key,
             attempt_history=history,
         )
 
@@ -385,6 +389,8 @@ class NewTask:
     slot: float | None
     namespace: str
     traceparent: str | None
+    unique_key: str | None = None
+    unique_until: float | None = None
 
     @classmethod
     def of(
@@ -397,16 +403,27 @@ class NewTask:
         slot: float | None = None,
         namespace: str = "default",
         payload: str | None = None,
+        unique_for: float | None = None,
+        unique_key: str | None = None,
+        debounce: bool = False,
     ) -> NewTask:
         """A new task due at ``run_at``, submitted at ``now``: queued when due, else
         scheduled (:data:`chronoq.lifecycle.SUBMIT`). ``payload``: the template's payload
         as JSON text, when the caller encoded it already (the API, to check its size).
-        ``traceparent``: the caller's current trace context, or a new trace per slot."""
+        ``traceparent``: the caller's current trace context, or a new trace per slot.
+        ``unique_for``: the task holds ``unique_key`` (default: name + payload) that long;
+        ``debounce``: it holds its debounce key until ``run_at``
+        (:mod:`chronoq.store.uniqueness`)."""
         traceparent = (
             tracing.current_traceparent()
             if schedule_id is None
             else tracing.slot_traceparent(schedule_id, slot)
         )
+        held = None
+        if debounce:
+            held, unique_for = uniqueness.debounce_key(template.name, unique_key), run_at - now
+        elif unique_for is not None:
+            held = uniqueness.unique_key(template.name, storable(template.payload), unique_key)
         return cls(
             id=new_id(),
             name=template.name,
@@ -426,6 +443,8 @@ class NewTask:
             slot=slot,
             namespace=namespace,
             traceparent=traceparent,
+            unique_key=held,
+            unique_until=None if unique_for is None else now + unique_for,
         )
 
     def values(self) -> tuple[Any, ...]:
@@ -438,6 +457,12 @@ class NewTask:
         """``(namespace, idempotency_key)``: what makes a submission a repeat (the unique
         index of migration 0011)."""
         return self.namespace, self.idempotency_key
+
+    @property
+    def uniqueness(self) -> tuple[str, str | None]:
+        """``(namespace, unique_key)``: what makes a submission a duplicate while the
+        task holding the key waits or runs (the partial unique index of migration 0018)."""
+        return self.namespace, self.unique_key
 
     def event(self) -> TaskEvent:
         """The event announcing this task once inserted."""
