@@ -10,14 +10,17 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from chronoq import App, current_task
 from chronoq.logcapture import LIMIT
 from tests.conftest import Harness, make_settings, running
-from tests.waiting import until
+from tests.processes import Proc, free_port, wait_ready, wait_status
+from tests.waiting import until, until_sync
 
 handler_log = logging.getLogger("tests.handler")
 handler_log.setLevel(logging.INFO)  # captured at the level the process logs: pytest sets none
@@ -258,3 +261,59 @@ async def test_drain_lets_the_running_task_finish_then_the_worker_exits(h: Harne
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# -- process pool ----------------------------------------------------------------------------
+def test_process_pool_children_send_their_lines_and_progress(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = Proc(
+        [
+            "dev",
+            "--app",
+            "tests.apps.journal:app",
+            "--pool",
+            "process",
+            "--processes",
+            "2",
+            "--port",
+            str(port),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'pool.db'}",
+        ],
+        {"CHRONOQ_HEARTBEAT_SECONDS": "0.3", "CHRONOQ_LOG_FORMAT": "text"},
+        tmp_path / "dev.log",
+    )
+    procs.append(proc)
+    wait_ready(url, proc, timeout=40)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        ids = {
+            name: http.post(
+                "/v1/tasks", json={"name": name, "payload": {"steps": 3, "pause": 0.05}}
+            ).json()["id"]
+            for name in ("journal.steps", "journal.sync_steps")
+        }
+        for task_id in ids.values():
+            wait_status(url, task_id, "succeeded")
+
+        def logs(task_id: str) -> dict[str, Any]:
+            body: dict[str, Any] = http.get(f"/v1/tasks/{task_id}/logs").json()
+            return body
+
+        for name, task_id in ids.items():
+            until_sync(lambda t=task_id: len(texts(logs(t))) >= 6, f"{name}'s lines")  # type: ignore[misc]
+            body = logs(task_id)
+            assert body["progress"]["progress"] == 1.0
+            if name == "journal.steps":
+                logged = [f"INFO tests.journal: job step {n} of 3" for n in (1, 2, 3)]
+                printed = [f"job printed {n}" for n in (1, 2, 3)]
+            else:
+                logged = [f"WARNING tests.journal: sync step {n}" for n in (1, 2, 3)]
+                printed = [f"sync printed {n}" for n in (1, 2, 3)]
+            assert sorted(texts(body)) == sorted(logged + printed), body
+        (worker,) = http.get("/v1/workers").json()
+        assert len(worker["children"]) == 2, worker
+        assert {c["state"] for c in worker["children"]} <= {"idle", "busy"}
+        assert all(c["pid"] > 0 for c in worker["children"])
