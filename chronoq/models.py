@@ -498,6 +498,9 @@ class WorkerInfo(BaseModel):
         description="what the API asked of it (POST /v1/workers/{id}/drain or /stop); it "
         "acts on it at its next heartbeat",
     )
+    stopping: bool = Field(
+        False, description="it stopped claiming (acted on a drain or stop, or shutting down)"
+    )
     tasks: list[str] = Field(
         default_factory=list, description="ids of the tasks it ran at its last heartbeat"
     )

@@ -31,6 +31,7 @@ def worker_from_row(row: Row) -> WorkerInfo:
         handlers=loads(row["handlers"]),
         child_restarts=row["child_restarts"],
         control=row["control"] if "control" in columns else None,
+        stopping=bool(detail.get("stopping", False)),
         tasks=detail.get("tasks", []),
         children=detail.get("children", []),
     )

@@ -188,7 +188,10 @@ class Worker:
 
     def describe(self) -> dict[str, Any]:
         """What the registry shows of this worker beyond its counters (``/v1/workers``)."""
-        detail: dict[str, Any] = {"tasks": sorted(self.running)[:100]}
+        detail: dict[str, Any] = {
+            "tasks": sorted(self.running)[:100],
+            "stopping": self._stopping.is_set(),
+        }
         if self.pool is not None:
             detail["children"] = self.pool.describe()
         return detail
