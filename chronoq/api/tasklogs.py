@@ -10,7 +10,6 @@ way ``GET /v1/tasks/{id}`` does it: a key bound to another namespace gets 404.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -19,13 +18,11 @@ from pydantic import BaseModel, Field
 
 from chronoq.api import service
 from chronoq.api.auth import Reader
-from chronoq.api.errors import ApiError, responses
+from chronoq.api.errors import responses
 from chronoq.api.tasks import AppDep, TaskId
 from chronoq.store import tasklogs
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=responses(401, 403))
-
-_CURSOR = re.compile(r"^(\d{1,9})\.(\d{1,9})$")
 
 
 class LogLine(BaseModel):
@@ -71,20 +68,23 @@ async def task_logs(
     task_id: TaskId,
     app: AppDep,
     who: Reader,
-    attempt: Annotated[int | None, Query(ge=1, description="only this attempt")] = None,
+    attempt: Annotated[
+        int | None, Query(ge=1, le=2**31 - 1, description="only this attempt")
+    ] = None,
     after: Annotated[
         str | None,
-        Query(max_length=20, description="the `cursor` of an earlier answer: newer lines only"),
+        Query(
+            pattern=r"^\d{1,9}\.\d{1,9}$",
+            description="the `cursor` of an earlier answer: newer lines only",
+        ),
     ] = None,
 ) -> TaskLogs:
     """Lines each attempt's handler logged (stdlib `logging`, at the worker's log level)
     or printed, oldest first, at most 64 KiB per attempt; and its latest progress."""
     position = (0, 0)
     if after:
-        found = _CURSOR.match(after)
-        if found is None:
-            raise ApiError(422, "bad_cursor", f"{after!r} is not a log cursor", "after")
-        position = (int(found[1]), int(found[2]))
+        attempt_no, seq = after.split(".")
+        position = (int(attempt_no), int(seq))
     record = await service.visible_task(app, who, task_id)
     lines = await tasklogs.lines(app.store, record.id, attempt, position)
     step = await tasklogs.progress(app.store, record.id)
