@@ -19,7 +19,7 @@ import pytest
 from chronoq import App, current_task
 from chronoq.logcapture import LIMIT
 from tests.conftest import Harness, make_settings, running
-from tests.processes import Proc, free_port, wait_ready, wait_status
+from tests.processes import Proc, cli, free_port, wait_ready, wait_status
 from tests.waiting import until, until_sync
 
 handler_log = logging.getLogger("tests.handler")
@@ -318,3 +318,21 @@ def test_process_pool_children_send_their_lines_and_progress(
         assert len(worker["children"]) == 2, worker
         assert {c["state"] for c in worker["children"]} <= {"idle", "busy"}
         assert all(c["pid"] > 0 for c in worker["children"])
+
+        # the CLI: the lines, the progress bar in `tasks get`, a drain
+        shown = cli("tasks", "logs", ids["journal.steps"], "--url", url)
+        assert shown.returncode == 0, shown.stderr
+        out = shown.stdout.splitlines()
+        assert out[0] == "-- attempt 1" and out[1].endswith("INFO tests.journal: job step 1 of 3")
+        assert out[-1] == f"[{'#' * 20}] 100%  step 3 of 3"
+        got = cli("tasks", "get", ids["journal.sync_steps"], "--url", url)
+        assert "progress  [####################] 100%  step 3" in got.stdout, got.stdout
+        drained = cli("workers", "drain", worker["id"], "--url", url)
+        assert drained.returncode == 0 and "asked worker" in drained.stdout, drained.stderr
+        until_sync(
+            lambda: (
+                http.get("/v1/workers", params={"all": "true"}).json()[0]["status"] == "stopped"
+            ),
+            "the drained worker never stopped",
+        )
+        assert cli("workers", "drain", "nobody", "--url", url).returncode != 0
