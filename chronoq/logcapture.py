@@ -79,7 +79,14 @@ class Redirect(io.TextIOBase):
 
     def write(self, text: str) -> int:
         context = current_task.get(None)
-        if context is not None and context.journal is not None and text:
+        if (
+            context is not None
+            and context.journal is not None
+            and text
+            # a logging handler writing here (set up after capture began): the record is
+            # captured already, by CaptureHandler
+            and sys._getframe(1).f_globals.get("__name__") != "logging"
+        ):
             context.journal.write(self.stream, text)
         return self.original.write(text)
 

@@ -336,3 +336,19 @@ def test_process_pool_children_send_their_lines_and_progress(
             "the drained worker never stopped",
         )
         assert cli("workers", "drain", "nobody", "--url", url).returncode != 0
+
+
+async def test_a_log_handler_on_the_wrapped_stderr_does_not_capture_twice(h: Harness) -> None:
+    import sys
+
+    h.start_worker()
+    await until(lambda: _true(type(sys.stderr).__name__ == "Redirect"), "capture never began")
+    late = logging.StreamHandler(sys.stderr)  # set up after capture began: writes to it
+    handler_log.addHandler(late)
+    try:
+        task = await h.submit(name="sync_chatty", payload={"tag": "once"})
+        await h.wait_for(task["id"], "succeeded")
+        body = await lines_arrive(h, task["id"], 2)
+    finally:
+        handler_log.removeHandler(late)
+    assert sorted(texts(body)) == ["WARNING tests.handler: once from a thread", "once printed"]
