@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from websockets.sync.client import connect
 
 from chronoq import App, current_task
 from chronoq.logcapture import LIMIT
@@ -318,6 +320,19 @@ def test_process_pool_children_send_their_lines_and_progress(
         assert len(worker["children"]) == 2, worker
         assert {c["state"] for c in worker["children"]} <= {"idle", "busy"}
         assert all(c["pid"] > 0 for c in worker["children"])
+
+        # progress events on the WebSocket, from the child through the worker's buffer
+        socket_url = f"ws://127.0.0.1:{port}/v1/events?types=progress&name=journal.steps"
+        with connect(socket_url, open_timeout=10) as socket:
+            watched = http.post(
+                "/v1/tasks", json={"name": "journal.steps", "payload": {"steps": 3, "pause": 0.6}}
+            ).json()["id"]
+            seen: list[float] = []
+            while not seen or seen[-1] < 1.0:
+                for event in orjson.loads(socket.recv(timeout=10)):
+                    assert event["type"] == "progress" and event["task_id"] == watched, event
+                    seen.append(event["progress"])
+        assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= 2, seen
 
         # the CLI: the lines, the progress bar in `tasks get`, a drain
         shown = cli("tasks", "logs", ids["journal.steps"], "--url", url)
