@@ -227,6 +227,20 @@ async def test_worker_controls_need_admin_and_a_known_worker(secured: Harness) -
         unknown = await http.post(f"/v1/workers/nobody/{what}", headers=bearer(admin))
         assert unknown.status_code == 404
     assert (await http.get("/v1/workers/nobody", headers=bearer(admin))).status_code == 404
+    gate = uuid.uuid4().hex
+    made = await http.post(
+        "/v1/tasks", json={"name": "steps", "payload": {"gate": gate}}, headers=bearer(admin)
+    )
+
+    async def reported() -> bool:
+        found = await http.get("/v1/workers/w-controls", headers=bearer(admin))
+        return bool(found.json()["tasks"] == [made.json()["id"]])
+
+    await until(reported, "the worker never reported its task")
+    _, reader = await secured.store.create_key("reader", ["read"], namespace="alpha")
+    seen = (await http.get("/v1/workers", headers=bearer(reader))).json()
+    assert [w["tasks"] for w in seen] == [[]]  # a bound key never sees others' task ids
+    GATES.setdefault(gate, asyncio.Event()).set()
     stopped = await http.post("/v1/workers/w-controls/stop", headers=bearer(admin))
     assert stopped.status_code == 200 and stopped.json()["control"] == "stop"
     job = next(j for w, j in secured.workers if w is worker)

@@ -5,7 +5,8 @@ next heartbeat (``CHRONOQ_HEARTBEAT_SECONDS``, 5 s), so it reaches a worker on a
 machine that shares the database. ``drain``: the worker stops claiming, lets every task it
 runs finish (however long), gives back what it held and exits. ``stop``: a graceful
 shutdown, as SIGTERM: running tasks get the worker's drain time, then are retried. Workers
-serve every namespace, so both need the ``admin`` scope of a key bound to no namespace.
+serve every namespace, so both need the ``admin`` scope of a key bound to no namespace;
+such a key reads workers without the ids of the tasks they run (other namespaces' tasks).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ async def list_workers(
     ] = False,
 ) -> list[WorkerInfo]:
     """Alive workers (newest first); `all=true` adds stopped and dead ones."""
-    return await app.store.list_workers(include_gone=include_all)
+    return [_seen_by(who, w) for w in await app.store.list_workers(include_gone=include_all)]
 
 
 @router.get(
@@ -45,7 +46,16 @@ async def get_worker(worker_id: WorkerId, app: AppDep, who: Reader) -> WorkerInf
     worker = await app.store.get_worker(worker_id)
     if worker is None:
         raise _unknown(worker_id)
-    return worker
+    return _seen_by(who, worker)
+
+
+def _seen_by(who: Principal, worker: WorkerInfo) -> WorkerInfo:
+    """A key bound to a namespace does not see which tasks a worker runs: they may be
+    another namespace's."""
+    if who.namespace is None:
+        return worker
+    children = [c.model_copy(update={"task_id": None}) for c in worker.children]
+    return worker.model_copy(update={"tasks": [], "children": children})
 
 
 async def _control(app: AppDep, who: Principal, worker_id: str, what: str) -> WorkerInfo:

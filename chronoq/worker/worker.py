@@ -104,6 +104,8 @@ class Worker:
         )
         #: set by a ``drain`` from the API: running tasks finish however long they take
         self.draining = False
+        self._drain_seconds = 30.0
+        self._drain_deadline: float | None = None
         self.claims = ClaimLoop(
             self.broker,
             self.attempts.run,
@@ -183,6 +185,8 @@ class Worker:
             self.stop()
         elif what == "stop" and not (self._stopping.is_set() and not self.draining):
             log.info("worker %s stopping (asked through the API)", self.id)
+            if self.draining:  # the drain time counts from the stop, not from the drain
+                self._drain_deadline = time.monotonic() + self._drain_seconds
             self.draining = False
             self.stop()
 
@@ -205,6 +209,7 @@ class Worker:
 
     async def run(self, drain_seconds: float = 30.0) -> None:
         """Work until :meth:`stop`; then drain running tasks (up to ``drain_seconds``)."""
+        self._drain_seconds = drain_seconds
         await self._start_pool()
         await self.broker.start()
         unsubscribe = self.store.hub.on_cancel(self.cancel_local)
@@ -272,10 +277,15 @@ class Worker:
             len(running),
             len(self.held) + len(self.broker.held_ids()),
         )
-        deadline = time.monotonic() + drain_seconds
+        self._drain_deadline = time.monotonic() + drain_seconds
+
+        def left() -> float:
+            assert self._drain_deadline is not None
+            return self._drain_deadline - time.monotonic()
+
         # a late hand-off joins them; a drain asked through the API waits for them all
-        while running and (self.draining or time.monotonic() < deadline):
-            timeout = 1.0 if self.draining else deadline - time.monotonic()  # a stop ends it
+        while running and (self.draining or left() > 0):
+            timeout = 1.0 if self.draining else min(left(), 1.0)  # a stop may end a drain
             await asyncio.wait(list(running.values()), timeout=timeout)
         pending = set(running.values())
         if pending:

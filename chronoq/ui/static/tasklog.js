@@ -10,7 +10,9 @@ import { h } from "./dom.js";
 import { timeEl } from "./format.js";
 
 const FOLLOW_MS = 1000;
-const ACTIVE = new Set(["running", "queued", "scheduled", "failed"]);
+// followed every second only while running; in other states the task view's own refresh
+// (on the task's events) asks again
+const RUNNING = "running";
 
 export class TaskLog {
   constructor(taskId) {
@@ -29,6 +31,12 @@ export class TaskLog {
       "aria-label": "Progress", hidden: true,
     }, this.bar, this.barLabel);
     this.list = h("ol", { class: "log-lines", "aria-label": "Log lines" });
+    this.scroll = 0;
+    this.stick = true; // at the bottom: new lines keep it there
+    this.list.addEventListener("scroll", () => {
+      this.scroll = this.list.scrollTop;
+      this.stick = this.list.scrollTop + this.list.clientHeight >= this.list.scrollHeight - 4;
+    });
     this.empty = h("p", { class: "muted log-empty" }, "No log lines yet.");
     this.note = h("p", { class: "muted log-note", hidden: true }, "");
     this.el = h("section", { class: "block task-log", dataset: { task: taskId } },
@@ -44,6 +52,11 @@ export class TaskLog {
     this.status = task.status;
     if (this.stopped) return;
     if (this.timer === null && !this.loading) this.load();
+  }
+
+  /** The detail re-rendered around the panel (moving it resets its scroll): put it back. */
+  restore() {
+    this.list.scrollTop = this.stick ? this.list.scrollHeight : this.scroll;
   }
 
   stop() {
@@ -69,7 +82,7 @@ export class TaskLog {
     if (this.stopped) return;
     if (answer) this.show(answer);
     const status = answer ? answer.status : this.status;
-    if (ACTIVE.has(status)) {
+    if (status === RUNNING) {
       this.finalRead = false;
       this.timer = setTimeout(() => this.load(), FOLLOW_MS);
     } else if (!this.finalRead) {
@@ -92,7 +105,6 @@ export class TaskLog {
       this.barLabel.textContent = `${pct}%${p.message ? ` · ${p.message}` : ""}` +
         (p.attempt ? ` (attempt ${p.attempt})` : "");
     }
-    const stick = this.list.scrollTop + this.list.clientHeight >= this.list.scrollHeight - 4;
     for (const attempt of answer.attempts) {
       let group = this.list.querySelector(`li.log-attempt[data-attempt="${attempt.attempt}"]`);
       if (!group) {
@@ -110,6 +122,6 @@ export class TaskLog {
       }
     }
     this.empty.hidden = this.lines > 0;
-    if (stick) this.list.scrollTop = this.list.scrollHeight;
+    if (this.stick) this.list.scrollTop = this.list.scrollHeight;
   }
 }

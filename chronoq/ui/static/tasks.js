@@ -229,6 +229,7 @@ export function tasksView(ctx, { dead = false } = {}) {
       }));
       detail.querySelectorAll("details").forEach((d, i) => { d.open = open[i] || false; });
       detail.scrollTop = scroll;
+      if (taskLog) taskLog.restore();
       const known = rows.get(id);
       if (known && known.task.status !== task.status) updateRow(known, task);
     } catch (err) {
