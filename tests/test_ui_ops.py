@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 APP = "tests.apps.journal:app"
 
 
-def start_dev(folder: Path) -> tuple[str, Proc]:
+def start_dev(folder: Path, *flags: str) -> tuple[str, Proc]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = Proc(
@@ -35,6 +35,7 @@ def start_dev(folder: Path) -> tuple[str, Proc]:
             str(port),
             "--database-url",
             f"sqlite:///{folder / 'ui.db'}",
+            *flags,
         ],
         {"CHRONOQ_HEARTBEAT_SECONDS": "0.3", "CHRONOQ_LOG_FORMAT": "text"},
         folder / "dev.log",
@@ -101,7 +102,7 @@ def test_log_lines_and_progress_appear_while_the_task_runs(tab: Page, dev: str) 
 
 
 def test_drain_from_the_ui_stops_the_worker_after_its_task(tab: Page, dev: str) -> None:
-    task_id = submit(dev, "journal.steps", steps=6, pause=0.5, tag="drain")
+    task_id = submit(dev, "journal.steps", steps=10, pause=0.5, tag="drain")
     wait_status(dev, task_id, "running")
     (worker,) = httpx.get(f"{dev}/v1/workers", timeout=5).json()
     page = tab.open(f"#/workers?worker={worker['id']}")
@@ -121,3 +122,51 @@ def test_drain_from_the_ui_stops_the_worker_after_its_task(tab: Page, dev: str) 
     task = httpx.get(f"{dev}/v1/tasks/{task_id}", timeout=5).json()
     assert [a["outcome"] for a in task["attempt_history"]] == ["succeeded"]
     tab.screenshot("worker-drained")
+
+
+def test_task_logs_and_workers_fit_a_phone(browser: Any, dev: str) -> None:  # noqa: F811
+    task_id = submit(dev, "journal.steps", steps=2, pause=0.01, tag="phone " + "x" * 200)
+    wait_status(dev, task_id, "succeeded")
+    (worker,) = httpx.get(f"{dev}/v1/workers", timeout=5).json()
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        tab = Page(context.new_page(), dev)
+        for name, fragment, ready in [
+            ("task-logs", f"#/tasks?task={task_id}", ".task-log .log-line"),
+            ("worker", f"#/workers?worker={worker['id']}", "aside.worker-detail h2"),
+        ]:
+            page = tab.open(fragment)
+            expect(page.locator(ready).first).to_be_visible()
+            wide = page.evaluate("document.documentElement.scrollWidth")
+            assert wide <= 392, f"{name}: the page is {wide} px wide on a 390 px screen"
+            tab.screenshot(f"phone-{name}")
+        assert tab.errors == []
+    finally:
+        context.close()
+
+
+def test_worker_view_shows_its_children_and_their_task(
+    browser: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    url, proc = start_dev(tmp_path, "--pool", "process", "--processes", "2")
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        task_id = submit(url, "journal.steps", steps=20, pause=0.2, tag="child")
+        wait_status(url, task_id, "running")
+        (worker,) = httpx.get(f"{url}/v1/workers", timeout=5).json()
+        tab = Page(context.new_page(), url)
+        page = tab.open(f"#/workers?worker={worker['id']}")
+        children = page.locator("aside.worker-detail table.children tbody tr")
+        expect(children).to_have_count(2)
+        busy = children.filter(has_text="busy")
+        expect(busy).to_have_count(1)
+        expect(busy.locator("a")).to_have_attribute("href", f"#/tasks?task={task_id}")
+        expect(page.locator("aside.worker-detail .worker-tasks a")).to_have_attribute(
+            "title", task_id
+        )
+        tab.screenshot("worker-children")
+        assert tab.errors == []
+    finally:
+        context.close()
+        proc.terminate()

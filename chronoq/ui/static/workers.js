@@ -163,8 +163,14 @@ export function workersView(ctx) {
   }
 
   const loadSoon = throttle(() => { if (!destroyed) load(); }, 1000);
-  // a worker's heartbeat changes what this view shows; events do not say so: poll while open
-  const timer = setInterval(() => { if (!document.hidden && !destroyed) load(); }, 2000);
+  // a worker's heartbeat changes what this view shows; events do not say so: poll while
+  // open, every 2 s, or every half second while a drain or stop is under way
+  let ticks = 0;
+  const timer = setInterval(() => {
+    ticks += 1;
+    const changing = workers.some((w) => w.status === "alive" && (w.control || w.stopping));
+    if (!document.hidden && !destroyed && (changing || ticks % 4 === 0)) load();
+  }, 500);
 
   return {
     el,
