@@ -30,12 +30,26 @@ Entry = tuple[float, str, str]
 
 
 class AttemptLog:
-    """The journal of attempt ``attempt`` of ``task``."""
+    """The journal of attempt ``attempt`` of ``task`` (cheap to make: every attempt has
+    one, and most never write to it)."""
 
-    def __init__(self, task: TaskRecord, worker_id: str, limit: int = LIMIT) -> None:
+    __slots__ = (
+        "_lock",
+        "_partial",
+        "_pending",
+        "_progress",
+        "attempt",
+        "closed",
+        "limit",
+        "seq",
+        "task",
+        "truncated",
+        "used",
+    )
+
+    def __init__(self, task: TaskRecord, limit: int = LIMIT) -> None:
         self.task = task
         self.attempt = task.attempts
-        self.worker_id = worker_id
         self.limit = limit
         self.used = 0
         self.truncated = False
@@ -43,9 +57,8 @@ class AttemptLog:
         self.seq = 0
         self._lock = threading.Lock()
         self._pending: list[Entry] = []
-        self._partial: dict[str, str] = {}
+        self._partial: dict[str, str] | None = None  # stdout/stderr text without its newline
         self._progress: tuple[float, str | None, float] | None = None
-        self.wake: asyncio.Event | None = None
 
     # -- Journal -----------------------------------------------------------------------------
     def write(self, stream: str, text: str) -> None:
@@ -55,13 +68,16 @@ class AttemptLog:
             if stream == "log":
                 self._add(stream, text.rstrip("\n"))
                 return
-            *lines, rest = (self._partial.get(stream, "") + text).split("\n")
+            partial = self._partial
+            if partial is None:
+                partial = self._partial = {}
+            *lines, rest = (partial.get(stream, "") + text).split("\n")
             for line in lines:
                 self._add(stream, line)
             if len(rest) > LINE_LIMIT:
                 self._add(stream, rest)
                 rest = ""
-            self._partial[stream] = rest
+            partial[stream] = rest
 
     def progress(self, value: float, message: str | None) -> None:
         with self._lock:
@@ -70,14 +86,19 @@ class AttemptLog:
     # -- the worker's side -------------------------------------------------------------------
     def close(self) -> None:
         """The attempt ended: lines still without their newline are kept."""
+        if self._partial is None:
+            self.closed = True
+            return
         with self._lock:
             for stream, rest in self._partial.items():
                 if rest:
                     self._add(stream, rest)
-            self._partial.clear()
+            self._partial = None
             self.closed = True
 
     def take(self) -> tuple[list[Entry], tuple[float, str | None, float] | None]:
+        if not self._pending and self._progress is None:
+            return [], None
         with self._lock:
             entries, self._pending = self._pending, []
             progress, self._progress = self._progress, None
@@ -119,7 +140,7 @@ class LogBuffer:
         self._outage = Outage("writing task logs", log, first=flush_seconds, cap=5.0)
 
     def begin(self, task: TaskRecord) -> AttemptLog:
-        journal = AttemptLog(task, self.worker_id, self.limit)
+        journal = AttemptLog(task, self.limit)
         self.open.add(journal)
         return journal
 
