@@ -721,9 +721,49 @@ def tasks_ls(
 @url_option
 @json_option
 def tasks_get(task_id: str, url: str, as_json: bool) -> None:
-    """Show one task with every attempt."""
+    """Show one task with every attempt (and its progress, if it reported any)."""
     task = _client_call(url, lambda c: c.get_task(task_id))
-    click.echo(render.json_text(task) if as_json else render.task_detail(task))
+    if as_json:
+        click.echo(render.json_text(task))
+        return
+    logs = _client_call(url, lambda c: c.request("GET", f"/v1/tasks/{task_id}/logs"))
+    click.echo(render.task_detail(task, progress=logs.get("progress")))
+
+
+@tasks.command("logs")
+@click.argument("task_id")
+@click.option("--attempt", type=click.IntRange(min=1), help="only this attempt")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new lines while it runs")
+@url_option
+@json_option
+def tasks_logs(task_id: str, attempt: int | None, follow: bool, url: str, as_json: bool) -> None:
+    """Print what a task's handler logged and printed, per attempt, and its progress."""
+    cursor: str | None = None
+    shown: int | None = None
+    final = False
+    while True:
+        params: dict[str, Any] = {"attempt": attempt, "after": cursor}
+        query = {k: v for k, v in params.items() if v is not None}
+        body = _client_call(
+            url, lambda c, q=query: c.request("GET", f"/v1/tasks/{task_id}/logs", params=q)
+        )
+        if as_json:
+            _echo_json(body)
+            return
+        for group in body["attempts"]:
+            if group["attempt"] != shown:
+                shown = group["attempt"]
+                click.echo(f"-- attempt {shown}")
+            for line in group["lines"]:
+                click.echo(render.log_line(line))
+        cursor = body["cursor"]
+        if not follow or final:
+            if body.get("progress"):
+                click.echo(render.progress_text(body["progress"]))
+            return
+        # once the task ended, one more read: the worker writes the last lines a bit later
+        final = body["status"] not in ("running", "queued", "scheduled", "failed")
+        time.sleep(1.0)
 
 
 def _bulk_options(fn: Any) -> Any:
@@ -903,6 +943,28 @@ def workers_ls(include_gone: bool, url: str, as_json: bool) -> None:
         _echo_json(found)
         return
     click.echo(render.workers_table(found))
+
+
+def _control_command(what: str, help_text: str) -> None:
+    @workers.command(what, help=help_text)
+    @click.argument("worker_id")
+    @url_option
+    @json_option
+    def command(worker_id: str, url: str, as_json: bool) -> None:
+        path = f"/v1/workers/{quote(worker_id, safe='')}/{what}"
+        found = _client_call(url, lambda c: c.request("POST", path))
+        if as_json:
+            _echo_json(found)
+            return
+        click.echo(f"asked worker {worker_id} to {what}: it acts at its next heartbeat")
+
+
+_control_command(
+    "drain", "Stop WORKER_ID claiming; it finishes what it runs, then exits (admin key)."
+)
+_control_command(
+    "stop", "Stop WORKER_ID gracefully, as SIGTERM: running tasks get its drain time (admin)."
+)
 
 
 # -- schedules --------------------------------------------------------------------------------

@@ -11,6 +11,10 @@ replaced, with its crash-loop backoff) as a :class:`WorkerEvent`. Those go to th
 subscribers (:meth:`EventBus.subscribe_workers`), so the many consumers of task events
 never see a shape they do not expect, and travel in the same Redis messages under their
 own key (``"workers"``), which receivers that predate them ignore.
+
+A running handler's progress (``ctx.progress(0.4, "step 2 of 5")``) is a
+:class:`ProgressEvent`, on a third list of subscribers and under the key ``"progress"``:
+the worker's log buffer publishes the latest value of each attempt at most twice a second.
 """
 
 from __future__ import annotations
@@ -97,7 +101,30 @@ class WorkerEvent:
         return cls(**_from_wire(wire))
 
 
-def _to_wire(event: TaskEvent | WorkerEvent) -> dict[str, Any]:
+@dataclass(slots=True)
+class ProgressEvent:
+    """A running attempt reported how far it got: ``progress`` from 0 to 1, ``message``."""
+
+    task_id: str
+    name: str
+    queue: str
+    attempt: int
+    at: float
+    progress: float
+    message: str | None = None
+    worker_id: str | None = None
+    namespace: str = "default"
+    type: str = "progress"
+
+    def to_wire(self) -> dict[str, Any]:
+        return _to_wire(self)
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> ProgressEvent:
+        return cls(**_from_wire(wire))
+
+
+def _to_wire(event: TaskEvent | WorkerEvent | ProgressEvent) -> dict[str, Any]:
     wire = asdict(event)
     wire["at"] = datetime.fromtimestamp(event.at, UTC).isoformat().replace("+00:00", "Z")
     return wire
@@ -107,7 +134,7 @@ def _from_wire(wire: dict[str, Any]) -> dict[str, Any]:
     return {**wire, "at": datetime.fromisoformat(wire["at"].replace("Z", "+00:00")).timestamp()}
 
 
-E = TypeVar("E", TaskEvent, WorkerEvent)
+E = TypeVar("E", TaskEvent, WorkerEvent, ProgressEvent)
 
 
 class Feed(Generic[E]):
@@ -145,6 +172,8 @@ class Feed(Generic[E]):
 Subscription = Feed[TaskEvent]
 #: a subscription to worker events
 WorkerSubscription = Feed[WorkerEvent]
+#: a subscription to progress events
+ProgressSubscription = Feed[ProgressEvent]
 
 
 class EventBus:
@@ -157,6 +186,8 @@ class EventBus:
         self._worker_subscribers: set[WorkerSubscription] = set()
         self._outbox: list[TaskEvent] = []
         self._worker_outbox: list[WorkerEvent] = []
+        self._progress_subscribers: set[ProgressSubscription] = set()
+        self._progress_outbox: list[ProgressEvent] = []
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Any = None
@@ -185,6 +216,26 @@ class EventBus:
         subscription = WorkerSubscription(self._worker_subscribers, maxsize)
         self._worker_subscribers.add(subscription)
         return subscription
+
+    def subscribe_progress(self, maxsize: int = 1000) -> ProgressSubscription:
+        """Progress events (of this process and, through Redis, of the others)."""
+        subscription = ProgressSubscription(self._progress_subscribers, maxsize)
+        self._progress_subscribers.add(subscription)
+        return subscription
+
+    @property
+    def progress_active(self) -> bool:
+        """Whether anyone may hear progress events (publishers skip them otherwise)."""
+        return bool(self._progress_subscribers) or self._redis is not None
+
+    def publish_progress(self, events: Iterable[ProgressEvent]) -> None:
+        batch = list(events)
+        if not batch:
+            return
+        _deliver(self._progress_subscribers, batch)
+        if self._redis is not None:
+            self._progress_outbox.extend(batch)
+            self._outbox_ready.set()
 
     def publish(self, events: Iterable[TaskEvent]) -> None:
         batch = list(events)
@@ -235,13 +286,16 @@ class EventBus:
     async def _flush(self) -> None:
         batch, self._outbox = self._outbox, []
         workers, self._worker_outbox = self._worker_outbox, []
-        if batch or workers:
+        progress, self._progress_outbox = self._progress_outbox, []
+        if batch or workers or progress:
             message: dict[str, Any] = {
                 "origin": self.origin,
                 "events": [e.to_wire() for e in batch],
             }
             if workers:
                 message["workers"] = [e.to_wire() for e in workers]
+            if progress:
+                message["progress"] = [e.to_wire() for e in progress]
             await self._redis.publish(CHANNEL, orjson.dumps(message))
 
     async def _send_loop(self) -> None:
@@ -279,6 +333,9 @@ class EventBus:
                     if body.get("workers"):
                         workers = [WorkerEvent.from_wire(e) for e in body["workers"]]
                         _deliver(self._worker_subscribers, workers, remote=True)
+                    if body.get("progress"):
+                        steps = [ProgressEvent.from_wire(e) for e in body["progress"]]
+                        _deliver(self._progress_subscribers, steps, remote=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

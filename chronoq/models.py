@@ -463,6 +463,17 @@ class SchedulePage(BaseModel):
     next_cursor: str | None = None
 
 
+class WorkerChild(BaseModel):
+    """A process-pool child of a worker, as the worker last reported it."""
+
+    slot: int
+    pid: int
+    state: str = Field(description="starting, idle, busy, retiring, killing")
+    task_id: str | None = None
+    tasks: int = Field(0, description="tasks it ran")
+    rss_mib: float | None = None
+
+
 class WorkerInfo(BaseModel):
     """A worker process as it last reported itself."""
 
@@ -481,4 +492,18 @@ class WorkerInfo(BaseModel):
     )
     child_restarts: int = Field(
         0, description="process-pool children replaced after crashing or being killed for a limit"
+    )
+    control: Literal["drain", "stop"] | None = Field(
+        None,
+        description="what the API asked of it (POST /v1/workers/{id}/drain or /stop); it "
+        "acts on it at its next heartbeat",
+    )
+    stopping: bool = Field(
+        False, description="it stopped claiming (acted on a drain or stop, or shutting down)"
+    )
+    tasks: list[str] = Field(
+        default_factory=list, description="ids of the tasks it ran at its last heartbeat"
+    )
+    children: list[WorkerChild] = Field(
+        default_factory=list, description="its process-pool children (--pool process)"
     )

@@ -48,7 +48,21 @@ def compact_json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def task_detail(task: dict[str, Any]) -> str:
+def progress_text(progress: dict[str, Any], width: int = 20) -> str:
+    """``[########------------]  40%  step 2 of 5`` for a task's latest progress."""
+    value = float(progress["progress"])
+    filled = round(value * width)
+    message = f"  {progress['message']}" if progress.get("message") else ""
+    return f"[{'#' * filled}{'-' * (width - filled)}] {value * 100:3.0f}%{message}"
+
+
+def log_line(line: dict[str, Any]) -> str:
+    """One captured line of ``chronoq tasks logs``: its time, stream and text."""
+    stream = "" if line["stream"] in ("log", "stdout") else f"[{line['stream']}] "
+    return f"{when(line['at'])}  {stream}{line['text']}"
+
+
+def task_detail(task: dict[str, Any], progress: dict[str, Any] | None = None) -> str:
     """``chronoq tasks get``: the task's fields, then its attempts as a table."""
     pairs = [
         ("id", task["id"]),
@@ -65,6 +79,8 @@ def task_detail(task: dict[str, Any]) -> str:
         pairs.append(("result", compact_json(task["result"])))
     if task.get("error"):
         pairs.append(("error", task["error"]))
+    if progress:
+        pairs.append(("progress", progress_text(progress)))
     text = fields(pairs)
     history = task.get("attempt_history") or []
     if not history:

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from chronoq.api.replay import BadCursor, EventLog, Position
-from chronoq.events import EventBus, TaskEvent, WorkerEvent
+from chronoq.events import EventBus, ProgressEvent, TaskEvent, WorkerEvent
 from tests.processes import Proc, cli, free_port, wait_ready, wait_status
 from tests.test_auth import bearer_protocol
 
@@ -112,6 +112,22 @@ async def test_worker_events_cross_the_redis_bridge_on_their_own_feed(
         assert got == event and got.to_wire()["type"] == "worker"
         await asyncio.sleep(0.3)
         assert tasks.queue.empty(), "task subscribers must not get worker events"
+
+
+async def test_progress_events_cross_the_redis_bridge_on_their_own_feed(
+    buses: tuple[EventBus, EventBus],
+) -> None:
+    sender, receiver = buses
+    with receiver.subscribe_progress() as steps, receiver.subscribe_workers() as workers:
+        await asyncio.sleep(0.3)  # let the pub/sub subscription settle
+        assert sender.progress_active  # a Redis bridge may have listeners elsewhere
+        event = ProgressEvent("t1", "job", "default", 2, time.time(), 0.4, "step 2 of 5", "w1")
+        sender.publish_progress([event])
+        [got] = await asyncio.wait_for(anext(steps), 5)
+        got.at = event.at
+        assert got == event and got.to_wire()["type"] == "progress"
+        await asyncio.sleep(0.3)
+        assert workers.queue.empty(), "worker subscribers must not get progress events"
 
 
 async def test_close_returns_while_an_event_is_being_sent() -> None:

@@ -28,6 +28,7 @@ from chronoq.api import (
 from chronoq.api.bulk import router as bulk_router
 from chronoq.api.limits import install_limits
 from chronoq.api.retention import router as purge_router
+from chronoq.api.tasklogs import router as task_logs_router
 from chronoq.app import App
 from chronoq.models import JSON_VALUE_SCHEMA
 
@@ -61,6 +62,7 @@ def create_api(app: App) -> FastAPI:
     errors.install(api)
     ratelimit.install(api, app.settings)
     api.include_router(tasks.router)
+    api.include_router(task_logs_router)
     api.include_router(queues.router)
     api.include_router(purge_router)
     api.include_router(bulk_router)

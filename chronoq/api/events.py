@@ -7,7 +7,11 @@ only matching events. Every task event carries a ``cursor``. ``?types=worker`` (
 ``types=task,worker``) asks for worker events too, ``{"type": "worker", "worker_id",
 "status", ...}`` (a process-pool child replaced; :class:`chronoq.events.WorkerEvent`),
 ``worker_id`` keeping one worker's; the task filters and cursors do not apply to them (they
-are live only). Unknown types close the socket with 4400.
+are live only). ``types=progress`` adds running handlers' progress, ``{"type": "progress",
+"task_id", "name", "queue", "attempt", "at", "progress", "message", "worker_id",
+"namespace"}`` (:class:`chronoq.events.ProgressEvent`; at most two a second per attempt),
+filtered by ``task_id``, ``queue`` and ``name`` and the key's namespace; live only. Unknown
+types close the socket with 4400.
 
 Resume: ``?since=<cursor>`` (the last event's) replays, in order and once each, the
 events the client missed that the API process still holds (:mod:`chronoq.api.replay`:
@@ -40,11 +44,11 @@ from chronoq.api.auth import key_cache, until_revoked, websocket_caller
 from chronoq.api.replay import BadCursor, EventLog, Position, event_log
 from chronoq.api.service import event_filter
 from chronoq.app import App
-from chronoq.events import EventBus, TaskEvent
+from chronoq.events import EventBus, ProgressEvent, TaskEvent
 
 router = APIRouter(tags=["events"])
 
-TYPES = ("task", "worker")
+TYPES = ("task", "worker", "progress")
 
 
 @router.websocket("/v1/events")
@@ -102,6 +106,9 @@ async def events(websocket: WebSocket) -> None:
             )
         if "worker" in types:
             running.append(asyncio.ensure_future(_workers(send, app.store.events, worker_id)))
+        if "progress" in types:
+            keep = _progress_filter(websocket.query_params, who.namespace)
+            running.append(asyncio.ensure_future(_progress(send, app.store.events, keep)))
         watched: list[asyncio.Future[Any]] = [*running, closed, revoked]
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         for job in running:
@@ -175,5 +182,25 @@ async def _workers(send: Send, bus: EventBus, worker_id: str | None) -> None:
             items: list[dict[str, object]] = [
                 e.to_wire() for e in batch if worker_id is None or e.worker_id == worker_id
             ]
+            if items:
+                await send(items)
+
+
+def _progress_filter(params: Any, namespace: str | None) -> Callable[[ProgressEvent], bool]:
+    wanted = {k: v for k in ("task_id", "queue", "name") if (v := params.get(k))}
+    if namespace is not None:
+        wanted["namespace"] = namespace
+
+    def keep(event: ProgressEvent) -> bool:
+        return all(getattr(event, k) == v for k, v in wanted.items())
+
+    return keep
+
+
+async def _progress(send: Send, bus: EventBus, keep: Callable[[ProgressEvent], bool]) -> None:
+    """Send progress events (live only, like worker events)."""
+    with bus.subscribe_progress() as feed:
+        async for batch in feed:
+            items: list[dict[str, object]] = [e.to_wire() for e in batch if keep(e)]
             if items:
                 await send(items)

@@ -4,7 +4,9 @@ Started by :class:`chronoq.pool.process.ProcessPool` as ``python -m chronoq.pool
 --app module:attribute``. It reads requests from stdin and answers on stdout (see
 :mod:`chronoq.pool.protocol`); the handlers' own prints go to stderr, and stdin is
 ``/dev/null`` for them. Handlers run through :class:`chronoq.executors.PythonExecutor` with
-:data:`chronoq.current_task` set, exactly as in the worker's own process. The child ignores
+:data:`chronoq.current_task` set, exactly as in the worker's own process; what they log and
+print is captured (:mod:`chronoq.logcapture`) and sent to the worker over the reply pipe,
+before the reply, as is their progress. The child ignores
 SIGINT (Ctrl+C reaches the worker, which decides) and dies with its parent.
 """
 
@@ -17,12 +19,13 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import orjson
 
-from chronoq import tracing
+from chronoq import logcapture, tracing
 from chronoq.config import Settings
 from chronoq.executors import Executor, TaskFailed, current_task
 from chronoq.pool import protocol
@@ -30,6 +33,8 @@ from chronoq.pool import protocol
 _PR_SET_PDEATHSIG = 1
 #: the longest request line read (a payload the API accepted is far smaller)
 _REQUEST_LIMIT = 1 << 30
+#: replies and captured lines share the pipe; sync handlers write from their threads
+_write_lock = threading.Lock()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent()
     requests, replies = _take_protocol_fds()
     executors = _load_executors(args.app, args.demo)
+    from chronoq.logs import setup_logging
+
+    setup_logging(Settings().log_level)  # the level the worker logs at: what is captured
+    logcapture.install()
     tracing.setup()  # the worker's OTEL_* environment: the handlers' spans are exported here
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(executors, requests, replies, args.result_limit))
@@ -56,10 +65,31 @@ async def _serve(
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), requests)
     _write(replies, orjson.dumps({"ready": os.getpid(), "handlers": sorted(executors)}) + b"\n")
     while line := await reader.readline():
-        _write(replies, await _run_one(executors, orjson.loads(line), limit))
+        _write(replies, await _run_one(executors, orjson.loads(line), limit, replies))
 
 
-async def _run_one(executors: dict[str, Executor], message: dict[str, Any], limit: int) -> bytes:
+class _PipeJournal:
+    """An attempt's journal in a child: each captured write goes to the worker at once
+    (the worker caps and buffers; this stops sending a little past the cap)."""
+
+    def __init__(self, fd: int, task_id: str) -> None:
+        self.fd = fd
+        self.task_id = task_id
+        self.sent = 0
+
+    def write(self, stream: str, text: str) -> None:
+        if self.sent > logcapture.LIMIT + logcapture.LINE_LIMIT:
+            return
+        self.sent += len(text)
+        _write(self.fd, protocol.log_line(self.task_id, stream, text))
+
+    def progress(self, value: float, message: str | None) -> None:
+        _write(self.fd, protocol.progress_line(self.task_id, value, message))
+
+
+async def _run_one(
+    executors: dict[str, Executor], message: dict[str, Any], limit: int, replies: int
+) -> bytes:
     task_id = message["id"]
     executor = executors.get(message["name"])
     if executor is None:
@@ -70,7 +100,7 @@ async def _run_one(executors: dict[str, Executor], message: dict[str, Any], limi
             ),
             with_traceback=False,
         )
-    token = current_task.set(protocol.context_of(message))
+    token = current_task.set(protocol.context_of(message, _PipeJournal(replies, task_id)))
     try:
         with tracing.child_span(message.get("traceparent")):
             result = await executor.run(message["payload"])
@@ -94,8 +124,9 @@ def _take_protocol_fds() -> tuple[BinaryIO, int]:
 
 def _write(fd: int, data: bytes) -> None:
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    with _write_lock:
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _die_with_parent() -> None:

@@ -159,6 +159,7 @@ class _Child:
     """One child process and what it is doing."""
 
     __slots__ = (
+        "context",
         "crash",
         "kill_reason",
         "pid",
@@ -182,6 +183,8 @@ class _Child:
         self.tasks = 0
         self.reply: asyncio.Future[dict[str, Any]] | None = None
         self.task_id: str | None = None
+        #: the attempt it runs: its journal takes the child's captured lines and progress
+        self.context: TaskContext | None = None
         #: why the pool killed it (becomes the attempt's error), None when it died itself
         self.kill_reason: str | None = None
         #: whether its end counts as a crash (it died itself, or broke a memory limit)
@@ -278,6 +281,20 @@ class ProcessPool:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
+    def describe(self) -> list[dict[str, Any]]:
+        """The children as ``/v1/workers`` shows them: slot, pid, state, task, memory."""
+        return [
+            {
+                "slot": c.slot,
+                "pid": c.pid,
+                "state": c.state,
+                "task_id": c.task_id,
+                "tasks": c.tasks,
+                "rss_mib": None if (rss := rss_mib(c.pid)) is None else round(rss, 1),
+            }
+            for c in sorted(self.children, key=lambda c: c.slot)
+        ]
+
     # -- running one task --------------------------------------------------------------------
     async def run(self, context: TaskContext, payload: dict[str, Any]) -> Any:
         """Run one attempt in an idle child (waiting for one) and return its result; raises
@@ -287,6 +304,7 @@ class ProcessPool:
         child = await self._acquire()
         reply_future = asyncio.get_running_loop().create_future()
         child.state, child.reply, child.task_id = "busy", reply_future, context.task_id
+        child.context = context
         with contextlib.suppress(ConnectionError, RuntimeError):  # gone: its reader says so
             child.proc.stdin.write(line)  # type: ignore[union-attr]
         try:
@@ -296,6 +314,7 @@ class ProcessPool:
             raise
         child.tasks += 1
         child.reply = child.task_id = None
+        child.context = None
         self._after_task(child)
         if reply["ok"]:
             return reply["result"]
@@ -390,9 +409,13 @@ class ProcessPool:
                 child.ready.set_result(None)
                 self._release(child)
                 while line := await stdout.readline():
+                    message = orjson.loads(line)
+                    if protocol.is_journal(message):
+                        _journal(child, message)
+                        continue
                     reply = child.reply
                     if reply is not None and not reply.done():
-                        reply.set_result(orjson.loads(line))
+                        reply.set_result(message)
         except (ValueError, orjson.JSONDecodeError) as exc:  # a reply past the limit, or junk
             self._kill(
                 child,
@@ -530,6 +553,24 @@ class ProcessPool:
                     crash=True,
                     sig=signal.SIGKILL,
                 )
+
+
+def _journal(child: _Child, message: dict[str, Any]) -> None:
+    """A captured line or progress report of the attempt ``child`` runs: to its journal."""
+    context = child.context
+    if context is None or context.journal is None:
+        return
+    if message.get("log", message.get("progress")) != context.task_id:
+        return
+    if "log" in message:
+        context.journal.write(str(message.get("s", "stdout")), str(message.get("t", "")))
+        return
+    value = message.get("v")
+    if isinstance(value, int | float):
+        note = message.get("m")
+        context.journal.progress(
+            min(max(float(value), 0.0), 1.0), None if note is None else str(note)
+        )
 
 
 class PoolExecutor(Executor):

@@ -10,7 +10,10 @@ Parent -> child, one task at a time::
 Child -> parent: ``{"ready": pid, "handlers": [...]}`` once it imported the app, then one
 reply per task: ``{"id": ..., "ok": true, "result": ...}`` or ``{"id": ..., "ok": false,
 "type": "ValueError", "message": "...", "traceback": "...", "retry": true,
-"task_failed": false}``. JSON only (orjson), never pickle: a child can only send data back.
+"task_failed": false}``. While a task runs, before its reply, the child also sends what
+the handler logs and prints, ``{"log": task_id, "s": "stdout", "t": "text"}``, and its
+progress, ``{"progress": task_id, "v": 0.4, "m": "step 2 of 5"}``. JSON only (orjson),
+never pickle: a child can only send data back.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import orjson
 
 from chronoq import tracing
-from chronoq.executors.base import TaskContext, TaskFailed
+from chronoq.executors.base import Journal, TaskContext, TaskFailed
 
 
 def request(context: TaskContext, payload: dict[str, Any]) -> bytes:
@@ -41,7 +44,7 @@ def request(context: TaskContext, payload: dict[str, Any]) -> bytes:
     return orjson.dumps(message) + b"\n"
 
 
-def context_of(message: dict[str, Any]) -> TaskContext:
+def context_of(message: dict[str, Any], journal: Journal | None = None) -> TaskContext:
     return TaskContext(
         message["id"],
         message["name"],
@@ -49,7 +52,22 @@ def context_of(message: dict[str, Any]) -> TaskContext:
         message["attempt"],
         message["max_attempts"],
         message["worker_id"],
+        journal,
     )
+
+
+def log_line(task_id: str, stream: str, text: str) -> bytes:
+    """A captured write of the handler running ``task_id``."""
+    return orjson.dumps({"log": task_id, "s": stream, "t": _text(text)}) + b"\n"
+
+
+def progress_line(task_id: str, value: float, message: str | None) -> bytes:
+    return orjson.dumps({"progress": task_id, "v": value, "m": message}) + b"\n"
+
+
+def is_journal(message: dict[str, Any]) -> bool:
+    """Whether a child's line is a captured write or a progress report (not a reply)."""
+    return "log" in message or "progress" in message
 
 
 def success(task_id: str, result: Any, limit: int) -> bytes:

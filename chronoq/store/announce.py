@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from chronoq.events import EventBus, TaskEvent
+from chronoq.events import EventBus, ProgressEvent, TaskEvent
 from chronoq.lifecycle import Status
 from chronoq.notify import Hub
 from chronoq.store.records import Completion, NewTask, Row, TaskRecord
@@ -93,6 +93,12 @@ class Announcer:
                 self.hub.cancelled(task.id)
         if self.events.active and records:
             self.events.publish([t.event(now) for t in records])
+
+    def progressed(self, events: Sequence[ProgressEvent]) -> None:
+        """Running attempts' latest progress, stored (at most twice a second each): their
+        events, when anyone may hear them."""
+        if events and self.events.progress_active:
+            self.events.publish_progress(events)
 
     def scheduled(self) -> None:
         """Something may come due sooner (a schedule saved): the scheduler looks again."""

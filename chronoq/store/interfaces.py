@@ -10,7 +10,7 @@ stores satisfy all three (checked by mypy, :func:`_conforms`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from chronoq.notify import Hub
 from chronoq.store.leases import Fence, LeaseInfo
@@ -90,7 +90,8 @@ class WorkerStore(_Completing, Protocol):
         concurrency: int,
         now: float,
         status: str = "alive",
-    ) -> None: ...
+        detail: dict[str, Any] | None = None,
+    ) -> str | None: ...
     async def worker_child_restarts(self, worker_id: str, restarts: int) -> None: ...
     async def served(self, seen_since: float, excluding: str | None = None) -> Served: ...
     async def heartbeat(

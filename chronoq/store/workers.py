@@ -13,6 +13,9 @@ from chronoq.store.records import Row, dumps, loads
 
 
 def worker_from_row(row: Row) -> WorkerInfo:
+    columns = set(row.keys())
+    detail = loads(row["detail"]) if "detail" in columns else None
+    detail = detail if isinstance(detail, dict) else {}
     return WorkerInfo(
         id=row["id"],
         host=row["host"],
@@ -26,7 +29,15 @@ def worker_from_row(row: Row) -> WorkerInfo:
         last_seen_at=to_datetime(row["last_seen_at"]),
         handlers=loads(row["handlers"]),
         child_restarts=row["child_restarts"],
+        control=row["control"] if "control" in columns else None,
+        stopping=bool(detail.get("stopping", False)),
+        tasks=detail.get("tasks", []),
+        children=detail.get("children", []),
     )
+
+
+#: what the API may ask of a worker (column ``workers.control``, migration 0022)
+CONTROLS = ("drain", "stop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +88,7 @@ class WorkerQueries(Connector):
                 "processed, started_at, last_seen_at, handlers) "
                 "VALUES ($1, $2, $3, $4, $5, 'alive', 0, 0, $6, $6, $7) "
                 "ON CONFLICT (id) DO UPDATE "
-                "SET status = 'alive', last_seen_at = $6, handlers = $7",
+                "SET status = 'alive', last_seen_at = $6, handlers = $7, control = NULL",
                 worker_id,
                 host,
                 pid,
@@ -95,18 +106,45 @@ class WorkerQueries(Connector):
         concurrency: int,
         now: float,
         status: str = "alive",
-    ) -> None:
+        detail: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Refresh the worker's row (``detail``: its children and tasks, kept when None);
+        returns what the API asked of it since (``drain``, ``stop``), or None."""
         async with self.conn() as c:
-            await c.execute(
+            rows = await c.fetch(
                 "UPDATE workers SET last_seen_at = $2, running = $3, processed = $4, "
-                "concurrency = $5, status = $6 WHERE id = $1",
+                "concurrency = $5, status = $6, detail = COALESCE($7, detail) "
+                "WHERE id = $1 RETURNING control",
                 worker_id,
                 now,
                 running,
                 processed,
                 concurrency,
                 status,
+                None if detail is None else dumps(detail),
             )
+        return rows[0]["control"] if rows else None
+
+    async def control_worker(self, worker_id: str, control: str) -> WorkerInfo | None:
+        """Ask worker ``worker_id`` to ``drain`` or ``stop`` (it reads it with its next
+        heartbeat); a ``stop`` overrides a ``drain``, not the other way round. None when
+        no such worker exists; a worker that is not alive is returned unchanged."""
+        if control not in CONTROLS:
+            raise ValueError(f"unknown worker control {control!r}")
+        async with self.conn() as c:
+            await c.execute(
+                "UPDATE workers SET control = $2 WHERE id = $1 AND status = 'alive' "
+                "AND (control IS NULL OR $2 = 'stop')",
+                worker_id,
+                control,
+            )
+            rows = await c.fetch("SELECT * FROM workers WHERE id = $1", worker_id)
+        return worker_from_row(rows[0]) if rows else None
+
+    async def get_worker(self, worker_id: str) -> WorkerInfo | None:
+        async with self.conn() as c:
+            rows = await c.fetch("SELECT * FROM workers WHERE id = $1", worker_id)
+        return worker_from_row(rows[0]) if rows else None
 
     async def worker_child_restarts(self, worker_id: str, restarts: int) -> None:
         """How many pool children this worker replaced since it started."""

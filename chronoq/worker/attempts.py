@@ -16,6 +16,7 @@ from chronoq.pool import PoolFailure
 from chronoq.store import Completion, Store, TaskRecord
 from chronoq.store.base import dumps
 from chronoq.store.records import storable
+from chronoq.worker.journals import LogBuffer
 
 log = logging.getLogger("chronoq.worker")
 
@@ -31,8 +32,11 @@ class Attempts:
         worker_id: str,
         lease_seconds: float,
         stopping: asyncio.Event,
+        journals: LogBuffer | None = None,
     ) -> None:
         self.store = store
+        #: captures what each attempt logs and prints, and its progress (None: not kept)
+        self.journals = journals
         self.executors = executors
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
@@ -41,8 +45,15 @@ class Attempts:
     async def run(self, task: TaskRecord) -> Completion | None:
         """Run ``task``'s attempt; its completion, storable, or None when it was cancelled
         by request (the store closed the attempt: the cancellation propagates)."""
+        journal = self.journals.begin(task) if self.journals is not None else None
         context = TaskContext(
-            task.id, task.name, task.queue, task.attempts, task.max_attempts, self.worker_id
+            task.id,
+            task.name,
+            task.queue,
+            task.attempts,
+            task.max_attempts,
+            self.worker_id,
+            journal,
         )
         with tracing.run_span(task) as span:
             token = current_task.set(context)
@@ -83,6 +94,8 @@ class Attempts:
                 )
             finally:
                 current_task.reset(token)
+                if journal is not None:
+                    journal.close()
             completion = _storable_result(completion)
             if log.isEnabledFor(logging.INFO):
                 _log_completion(task, completion, time.perf_counter() - started)

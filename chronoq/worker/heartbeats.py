@@ -1,14 +1,15 @@
 """Heartbeats: every ``heartbeat_seconds`` the worker renews the leases of every task it
-holds or runs, refreshes its row in the worker registry, stops the tasks that are no
-longer its own (cancelled, or their lease lost), and asks its broker for hand-offs whose
-notification never arrived."""
+holds or runs, refreshes its row in the worker registry (with what it runs and its pool's
+children), stops the tasks that are no longer its own (cancelled, or their lease lost),
+acts on what the API asked of it (``drain``, ``stop``: read back by the same statement),
+and asks its broker for hand-offs whose notification never arrived."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from chronoq.backoff import Outage
 from chronoq.broker import Broker
@@ -29,6 +30,8 @@ class Beating(Watched, Protocol):
     def known(self) -> set[str]: ...
     def cancel_local(self, task_id: str) -> None: ...
     def start(self, task: TaskRecord) -> None: ...
+    def describe(self) -> dict[str, Any]: ...
+    def control(self, what: str) -> None: ...
 
 
 class Heartbeats:
@@ -47,13 +50,20 @@ class Heartbeats:
             try:
                 now = time.time()
                 lost = await worker.store.heartbeat(worker.id, ids, now + worker.lease_seconds)
-                await worker.store.worker_heartbeat(
-                    worker.id, len(ids), worker.processed, worker.concurrency, now
+                control = await worker.store.worker_heartbeat(
+                    worker.id,
+                    len(ids),
+                    worker.processed,
+                    worker.concurrency,
+                    now,
+                    detail=worker.describe(),
                 )
             except Exception as exc:
                 self._outage.failed(exc)
                 continue
             self._outage.over()
+            if control is not None:
+                worker.control(control)
             for task_id in lost:
                 log.warning(
                     "task %s is no longer ours (cancelled or lease lost); stopping it", task_id

@@ -11,7 +11,9 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from typing import Any
 
+from chronoq import logcapture
 from chronoq.backoff import Outage
 from chronoq.broker import Broker, BrokerFactory, Consumer, StoreBroker
 from chronoq.executors import Executor, HttpExecutor, ShellExecutor
@@ -25,6 +27,7 @@ from chronoq.worker.autoscale import Autoscaler
 from chronoq.worker.claims import ClaimLoop
 from chronoq.worker.completions import CompletionBuffer
 from chronoq.worker.heartbeats import Heartbeats
+from chronoq.worker.journals import LogBuffer
 
 log = logging.getLogger("chronoq.worker")
 
@@ -94,7 +97,15 @@ class Worker:
         consumer = Consumer(store, self.id, tuple(self.queues), lease_seconds)
         self.broker: Broker = (broker or StoreBroker.for_consumer)(consumer)
         self.completions = CompletionBuffer(store, self.broker, self.id)
-        self.attempts = Attempts(store, self.executors, self.id, lease_seconds, self._stopping)
+        #: what attempts log, print and report as progress, written apart from completions
+        self.journals = LogBuffer(store, self.id)
+        self.attempts = Attempts(
+            store, self.executors, self.id, lease_seconds, self._stopping, self.journals
+        )
+        #: set by a ``drain`` from the API: running tasks finish however long they take
+        self.draining = False
+        self._drain_seconds = 30.0
+        self._drain_deadline: float | None = None
         self.claims = ClaimLoop(
             self.broker,
             self.attempts.run,
@@ -164,6 +175,31 @@ class Worker:
         self._stopping.set()
         self.broker.interrupt()
 
+    def control(self, what: str) -> None:
+        """Act on what the API asked (:meth:`Heartbeats.run` reads it): ``drain`` stops
+        claiming and lets every running task finish, then the worker exits; ``stop`` is a
+        graceful shutdown, as SIGTERM (running tasks get the drain time, then are retried)."""
+        if what == "drain" and not self._stopping.is_set():
+            log.info("worker %s draining (asked through the API)", self.id)
+            self.draining = True
+            self.stop()
+        elif what == "stop" and not (self._stopping.is_set() and not self.draining):
+            log.info("worker %s stopping (asked through the API)", self.id)
+            if self.draining:  # the drain time counts from the stop, not from the drain
+                self._drain_deadline = time.monotonic() + self._drain_seconds
+            self.draining = False
+            self.stop()
+
+    def describe(self) -> dict[str, Any]:
+        """What the registry shows of this worker beyond its counters (``/v1/workers``)."""
+        detail: dict[str, Any] = {
+            "tasks": sorted(self.running)[:100],
+            "stopping": self._stopping.is_set(),
+        }
+        if self.pool is not None:
+            detail["children"] = self.pool.describe()
+        return detail
+
     def stop_now(self) -> None:
         """Stop, and end running attempts now (a second SIGTERM): their handlers are
         cancelled (process-pool children killed) and the tasks go back to be retried."""
@@ -173,6 +209,7 @@ class Worker:
 
     async def run(self, drain_seconds: float = 30.0) -> None:
         """Work until :meth:`stop`; then drain running tasks (up to ``drain_seconds``)."""
+        self._drain_seconds = drain_seconds
         await self._start_pool()
         await self.broker.start()
         unsubscribe = self.store.hub.on_cancel(self.cancel_local)
@@ -187,7 +224,9 @@ class Worker:
         )
         flusher = asyncio.create_task(self.completions.run(), name="chronoq-flush")
         heartbeat = asyncio.create_task(self.heartbeats.run(), name="chronoq-heartbeat")
-        background = [heartbeat]
+        logcapture.install()
+        journals = asyncio.create_task(self.journals.run(), name="chronoq-task-logs")
+        background = [heartbeat, journals]
         if self.autoscaler is not None:
             background.append(asyncio.create_task(self.autoscaler.run(), name="chronoq-autoscale"))
         self.watchdog.start()
@@ -212,6 +251,9 @@ class Worker:
             self.completions.closing()
             await asyncio.gather(*background, return_exceptions=True)
             await self._close_pool()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.journals.flush(), self.flush_seconds)
+            logcapture.uninstall()
             await self.completions.final_flush(flusher, self.flush_seconds)
             await self.watchdog.stop()
             await self.broker.close()
@@ -235,9 +277,16 @@ class Worker:
             len(running),
             len(self.held) + len(self.broker.held_ids()),
         )
-        deadline = time.monotonic() + drain_seconds
-        while running and time.monotonic() < deadline:  # a late hand-off joins them
-            await asyncio.wait(list(running.values()), timeout=deadline - time.monotonic())
+        self._drain_deadline = time.monotonic() + drain_seconds
+
+        def left() -> float:
+            assert self._drain_deadline is not None
+            return self._drain_deadline - time.monotonic()
+
+        # a late hand-off joins them; a drain asked through the API waits for them all
+        while running and (self.draining or left() > 0):
+            timeout = 1.0 if self.draining else min(left(), 1.0)  # a stop may end a drain
+            await asyncio.wait(list(running.values()), timeout=timeout)
         pending = set(running.values())
         if pending:
             log.warning(

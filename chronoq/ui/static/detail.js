@@ -1,4 +1,5 @@
-// The task detail panel: every field, payload, result, error and each attempt.
+// The task detail panel: every field, payload, result, error and each attempt; the task
+// view puts its progress and log lines (tasklog.js) in as ``extra``.
 
 import { h } from "./dom.js";
 import {
@@ -46,7 +47,7 @@ function attemptsList(attempts) {
 }
 
 /** The panel for ``task`` (a GET /v1/tasks/{id} answer). */
-export function renderDetail(task, { onRetry, onCancel, onClose, busy = false }) {
+export function renderDetail(task, { onRetry, onCancel, onClose, busy = false, extra = null }) {
   const b = task.backoff || {};
   return h("div", { class: "detail-body", dataset: { id: task.id, status: task.status } },
     h("div", { class: "detail-head" },
@@ -78,6 +79,7 @@ export function renderDetail(task, { onRetry, onCancel, onClose, busy = false })
       task.idempotency_key ? fact("Idempotency key", h("span", { class: "mono" }, task.idempotency_key)) : null,
       task.schedule_id ? fact("Schedule", h("span", { class: "mono", title: task.schedule_id }, shortId(task.schedule_id)),
         task.slot ? [" slot ", timeEl(task.slot)] : null) : null),
+    extra, // the progress bar and log lines (tasklog.js)
     block("Payload", json(task.payload)),
     task.result !== null && task.result !== undefined ? block("Result", json(task.result)) : null,
     task.error ? block("Error", task.error, "error") : null,

@@ -8,6 +8,7 @@ import { RETRYABLE, renderDetail } from "./detail.js";
 import { submitTaskForm } from "./editors.js";
 import { number, shortId, statusBadge, timeEl, truncate } from "./format.js";
 import { Pager } from "./pager.js";
+import { TaskLog } from "./tasklog.js";
 
 const LIMITS = [25, 50, 100, 200];
 
@@ -201,6 +202,7 @@ export function tasksView(ctx, { dead = false } = {}) {
   async function loadDetail() {
     if (detailAbort) detailAbort.abort();
     if (!selected) {
+      dropTaskLog();
       detail.hidden = true;
       detail.replaceChildren();
       el.classList.remove("with-detail");
@@ -223,9 +225,11 @@ export function tasksView(ctx, { dead = false } = {}) {
         onRetry: retry,
         onCancel: cancel,
         onClose: () => ctx.navigate(view, { ...params, task: undefined }),
+        extra: taskLogFor(task),
       }));
       detail.querySelectorAll("details").forEach((d, i) => { d.open = open[i] || false; });
       detail.scrollTop = scroll;
+      if (taskLog) taskLog.restore();
       const known = rows.get(id);
       if (known && known.task.status !== task.status) updateRow(known, task);
     } catch (err) {
@@ -239,6 +243,21 @@ export function tasksView(ctx, { dead = false } = {}) {
     } finally {
       if (detailAbort === abort) detailAbort = null;
     }
+  }
+
+  // the open task's progress and log lines (tasklog.js): kept across the detail's re-renders
+  let taskLog = null;
+  function taskLogFor(task) {
+    if (!taskLog || taskLog.taskId !== task.id) {
+      dropTaskLog();
+      taskLog = new TaskLog(task.id);
+    }
+    taskLog.track(task);
+    return taskLog.el;
+  }
+  function dropTaskLog() {
+    if (taskLog) taskLog.stop();
+    taskLog = null;
   }
 
   // -- actions ---------------------------------------------------------------------------
@@ -406,6 +425,7 @@ export function tasksView(ctx, { dead = false } = {}) {
       detailSoon.cancel();
       if (listAbort) listAbort.abort();
       if (detailAbort) detailAbort.abort();
+      dropTaskLog();
     },
   };
 }
