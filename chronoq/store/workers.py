@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from chronoq.models import WorkerInfo, to_datetime
 from chronoq.store.connector import Connector
