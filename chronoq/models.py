@@ -316,6 +316,8 @@ class ErrorResponse(BaseModel):
 
 
 MisfirePolicy = Literal["skip", "run_once", "catch_up"]
+#: what a slot does while the schedule's previous run still waits or runs (Temporal's)
+OverlapPolicy = Literal["allow", "skip", "buffer_one", "cancel_running"]
 
 
 def _valid_cron(value: str) -> str:
@@ -361,6 +363,12 @@ class ScheduleFields(BaseModel):
     jitter_seconds: float = Field(
         0.0, ge=0, le=86400, description="delay each run by a random 0..jitter seconds"
     )
+    overlap_policy: OverlapPolicy = Field(
+        "allow",
+        description="a slot while the previous run still waits or runs: allow it, skip it, "
+        "buffer_one (run it once the previous run ended; at most one waits), or "
+        "cancel_running (cancel the previous run, then fire)",
+    )
     paused: bool = False
 
     @model_validator(mode="after")
@@ -395,6 +403,7 @@ KEPT_UNLESS_GIVEN = (
     "max_catch_up",
     "misfire_grace_seconds",
     "jitter_seconds",
+    "overlap_policy",
     "paused",
 )
 
@@ -428,6 +437,7 @@ class ScheduleUpdate(BaseModel):
     max_catch_up: int | None = Field(None, ge=1, le=1000)
     misfire_grace_seconds: float | None = Field(None, ge=0, le=86400)
     jitter_seconds: float | None = Field(None, ge=0, le=86400)
+    overlap_policy: OverlapPolicy | None = None
     paused: bool | None = None
 
     @field_validator(*KEPT_UNLESS_GIVEN, mode="before")
@@ -453,6 +463,9 @@ class Schedule(ScheduleCreate):
     namespace: str = "default"
     next_fire_at: datetime | None = Field(description="next slot; null when paused or ended")
     last_fire_at: datetime | None
+    buffered_slot: datetime | None = Field(
+        None, description="buffer_one: the slot waiting for the previous run to end"
+    )
     next_fire_times: list[datetime] = Field(description="the next 5 slots")
     created_at: datetime
     updated_at: datetime

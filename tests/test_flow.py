@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from chronoq import App
-from chronoq.models import TaskCreate
+from chronoq import App, render
+from chronoq.models import ScheduleCreate, TaskCreate
 from chronoq.store import create_store
 from chronoq.store.records import INSERT_BATCH, TaskRecord
 from tests.conftest import Harness, make_settings, running
@@ -282,3 +282,138 @@ async def test_a_batch_of_instant_duplicates_stays_bounded(db_url: str) -> None:
         ):
             found = await h.store.create_tasks([spec] * 2 * INSERT_BATCH, time.time())
             assert len({record.id for record, _ in found}) == 2
+
+
+# -- schedule overlap policies ------------------------------------------------------------------
+def every_ten(policy: str, name: str = "ov") -> ScheduleCreate:
+    return ScheduleCreate.model_validate(
+        {
+            "name": f"{name}-{policy}",
+            "interval_seconds": 10,
+            "task": {"name": "plain", "payload": {"label": policy}},
+            "overlap_policy": policy,
+            "misfire_policy": "catch_up",
+        }
+    )
+
+
+async def fired_runs(h: Harness, schedule_id: str) -> list[TaskRecord]:
+    found = await h.store.list_tasks(name="plain", limit=1000)
+    return sorted((t for t in found if t.schedule_id == schedule_id), key=lambda t: t.slot or 0)
+
+
+async def test_overlap_allow_and_skip(db_url: str) -> None:
+    async with running(unique_app(db_url)) as h:
+        t0 = time.time() - 1000
+        allow = await h.store.create_schedule(every_ten("allow"), t0)
+        skip = await h.store.create_schedule(every_ten("skip"), t0)
+        first = allow.next_fire_at
+        assert first is not None and skip.next_fire_at == first
+        assert await h.store.fire_due_schedules(first) == 2
+        # the first runs still wait: allow fires the next slot, skip does not
+        assert await h.store.fire_due_schedules(first + 10) == 1
+        assert len(await fired_runs(h, allow.id)) == 2
+        (run,) = await fired_runs(h, skip.id)
+        moved = await h.store.get_schedule(skip.id)
+        assert moved.next_fire_at == first + 20 and moved.last_fire_at == first + 10
+        # once the previous run ended, the next slot fires again
+        await h.store.cancel_task(run.id, first + 11)
+        assert await h.store.fire_due_schedules(first + 20) == 2
+        assert [r.slot for r in await fired_runs(h, skip.id)] == [first, first + 20]
+        # catch-up of several slots under skip: one of them only
+        assert await h.store.fire_due_schedules(first + 50) == 3  # allow: 30, 40, 50; skip: 0
+        assert len(await fired_runs(h, skip.id)) == 2
+
+
+async def test_overlap_buffer_one(db_url: str) -> None:
+    async with running(unique_app(db_url)) as h:
+        t0 = time.time() - 1000
+        schedule = await h.store.create_schedule(every_ten("buffer_one"), t0)
+        first = schedule.next_fire_at
+        assert first is not None
+        assert await h.store.fire_due_schedules(first) == 1
+        (run,) = await fired_runs(h, schedule.id)
+        # two slots while the run waits: the first is buffered, the second dropped
+        assert await h.store.fire_due_schedules(first + 10) == 0
+        assert await h.store.fire_due_schedules(first + 20) == 0
+        held = await h.store.get_schedule(schedule.id)
+        assert held.buffered_slot == first + 10 and held.next_fire_at == first + 30
+        assert held.to_api().buffered_slot is not None
+        # not due, but the previous run ended: the buffered slot fires now
+        await h.store.cancel_task(run.id, first + 21)
+        assert await h.store.fire_due_schedules(first + 22) == 1
+        runs = await fired_runs(h, schedule.id)
+        assert [r.slot for r in runs] == [first, first + 10]
+        assert runs[1].run_at == first + 22
+        assert (await h.store.get_schedule(schedule.id)).buffered_slot is None
+        assert await h.store.fire_due_schedules(first + 23) == 0  # fired once only
+
+
+async def test_overlap_cancel_running(db_url: str) -> None:
+    async with running(unique_app(db_url)) as h:
+        t0 = time.time() - 1000
+        schedule = await h.store.create_schedule(every_ten("cancel_running"), t0)
+        first = schedule.next_fire_at
+        assert first is not None
+        assert await h.store.fire_due_schedules(first) == 1
+        (claimed,) = await h.store.claim("w1", "default", 10, first + 1, 60)
+        stopped: list[str] = []
+        h.store.hub.on_cancel(stopped.append)
+        assert await h.store.fire_due_schedules(first + 10) == 1
+        old, new = await fired_runs(h, schedule.id)
+        assert (old.id, old.status.value, new.status.value) == (claimed.id, "cancelled", "queued")
+        assert claimed.id in stopped  # the worker running it is told to stop
+        attempts = await h.store.get_attempts(old.id)
+        assert attempts[0].outcome == "cancelled" and attempts[0].finished_at is not None
+        # catch-up: the previous (queued) run cancelled, the latest slot only fires
+        assert await h.store.fire_due_schedules(first + 40) == 1
+        runs = await fired_runs(h, schedule.id)
+        assert [r.status.value for r in runs] == ["cancelled", "cancelled", "queued"]
+        assert runs[-1].slot == first + 40
+
+
+async def test_overlap_exactly_once_per_slot_with_two_schedulers(db_url: str) -> None:
+    """Two stores (two schedulers' connections) fire the same rounds at once: every slot
+    fires at most once and a skip/buffer_one schedule never has two unfinished runs."""
+    async with running(unique_app(db_url)) as h:
+        other = create_store(db_url)
+        await other.open()
+        try:
+            t0 = time.time() - 1000
+            made = [
+                await h.store.create_schedule(every_ten(p, "race"), t0)
+                for p in ("skip", "buffer_one", "cancel_running")
+            ]
+            first = made[0].next_fire_at
+            assert first is not None
+            for step in range(6):
+                now = first + 10 * step
+                await asyncio.gather(h.store.fire_due_schedules(now), other.fire_due_schedules(now))
+                for record in made:
+                    runs = await fired_runs(h, record.id)
+                    assert len({r.slot for r in runs}) == len(runs)
+                    live = [r for r in runs if r.status.value in ("queued", "running")]
+                    assert len(live) == 1, (record.overlap_policy, runs)
+        finally:
+            await other.close()
+
+
+async def test_overlap_policy_over_rest(harness: Harness) -> None:
+    body = {"name": "ov-rest", "interval_seconds": 60, "task": {"name": "chronoq.noop"}}
+    made = await harness.http.post("/v1/schedules", json=body)
+    assert made.status_code == 201, made.text
+    assert made.json()["overlap_policy"] == "allow" and made.json()["buffered_slot"] is None
+    changed = await harness.http.patch("/v1/schedules/ov-rest", json={"overlap_policy": "skip"})
+    assert changed.status_code == 200 and changed.json()["overlap_policy"] == "skip"
+    for bad in ({"overlap_policy": "queue"}, {"overlap_policy": None}):
+        refused = await harness.http.patch("/v1/schedules/ov-rest", json=bad)
+        assert refused.status_code == 422, refused.text
+    schema = (await harness.http.get("/openapi.json")).json()["components"]["schemas"]
+    assert schema["ScheduleCreate"]["properties"]["overlap_policy"]["enum"] == [
+        "allow",
+        "skip",
+        "buffer_one",
+        "cancel_running",
+    ]
+    assert "buffered_slot" in schema["Schedule"]["properties"]
+    assert "overlap  skip" in render.schedule_detail(changed.json())

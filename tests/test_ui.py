@@ -677,6 +677,7 @@ def test_create_and_edit_a_schedule_in_the_editor(tab: Page, server: str) -> Non
     expect(form.locator(".form-error")).to_contain_text("409")
     expect(form.locator(".form-error")).to_contain_text("demo.tick")
     form.get_by_label("Name").fill("ui.made")
+    form.get_by_label("Overlap").select_option("skip")
     form.get_by_label("paused").check()
     tab.screenshot("schedule-editor")
     form.get_by_role("button", name="Create").click()
@@ -686,6 +687,7 @@ def test_create_and_edit_a_schedule_in_the_editor(tab: Page, server: str) -> Non
     made = httpx.get(f"{server}/v1/schedules/ui.made", timeout=5).json()
     assert made["cron"] == "30 9 * * 1-5" and made["timezone"] == "Asia/Tokyo"
     assert made["task"]["payload"] == {"a": 1, "b": 2}
+    assert made["overlap_policy"] == "skip"
 
     # edited to fire every second and resumed: it fires at the new time
     row.get_by_role("button", name="Edit").click()
