@@ -115,6 +115,20 @@ class TaskTemplate(BaseModel):
     max_attempts: int = Field(3, ge=1, le=100)
     backoff: BackoffSpec = Field(default_factory=BackoffSpec)
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
+    concurrency_key: KeyText | None = Field(
+        None,
+        examples=["customer:42"],
+        description="at most `concurrency` tasks with this key run at once, across every "
+        "queue and worker (docs/flow-control.md); default `handler:<name>` when only "
+        "concurrency is given",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="how many tasks of its concurrency_key may run at once (default 1 "
+        "when a key is given)",
+    )
 
 
 #: what debounce, which sets the run time itself, is not given with
@@ -245,6 +259,8 @@ class Task(BaseModel):
     timeout_seconds: float | None
     idempotency_key: str | None
     unique_key: str | None = Field(None, description="the key this task holds (unique_for)")
+    concurrency_key: str | None = Field(None, description="its concurrency limit's key")
+    concurrency: int | None = Field(None, description="the limit of its concurrency_key")
     worker_id: str | None = None
     result: Any = None
     error: str | None = None

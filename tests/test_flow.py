@@ -12,8 +12,9 @@ import pytest
 
 from chronoq import App, render
 from chronoq.models import ScheduleCreate, TaskCreate
+from chronoq.scheduler import Scheduler
 from chronoq.store import create_store
-from chronoq.store.records import INSERT_BATCH, TaskRecord
+from chronoq.store.records import INSERT_BATCH, Completion, TaskRecord
 from tests.conftest import Harness, make_settings, running
 
 
@@ -417,3 +418,89 @@ async def test_overlap_policy_over_rest(harness: Harness) -> None:
     ]
     assert "buffered_slot" in schema["Schedule"]["properties"]
     assert "overlap  skip" in render.schedule_detail(changed.json())
+
+
+# -- concurrency limits -------------------------------------------------------------------------
+def keyed(key: str | None, label: str = "x", limit: int | None = None, **more: Any) -> TaskCreate:
+    return TaskCreate(
+        name="plain", payload={"label": label}, concurrency_key=key, concurrency=limit, **more
+    )
+
+
+async def finish(h: Harness, tasks: list[TaskRecord], now: float) -> None:
+    await h.store.complete([Completion.success(t, now, None) for t in tasks])
+
+
+async def test_a_key_runs_at_most_its_limit_and_plain_tasks_pass(db_url: str) -> None:
+    async with running(unique_app(db_url)) as h:
+        now = time.time()
+        await h.store.create_tasks([keyed("a", str(i)) for i in range(5)], now)
+        await h.store.create_tasks([keyed("b", "b", limit=2), keyed("b", "b2", limit=2)], now)
+        await h.store.create_tasks([keyed(None, "plain")], now)
+        claimed = await h.store.claim("w1", "default", 10, now, 60)
+        by_key = sorted((t.concurrency_key or "-") for t in claimed)
+        assert by_key == ["-", "a", "b", "b"]
+        assert await h.store.claim("w2", "default", 10, now, 60) == []  # every key is full
+        # a finished task gives its slot back: the next of its key comes
+        (a,) = [t for t in claimed if t.concurrency_key == "a"]
+        await finish(h, [a], now + 1)
+        (nxt,) = await h.store.claim("w2", "default", 10, now + 1, 60)
+        assert nxt.concurrency_key == "a" and nxt.payload == {"label": "1"}
+        api = await h.get(nxt.id)
+        assert (api["concurrency_key"], api["concurrency"]) == ("a", 1)
+
+
+async def test_keys_take_turns(db_url: str) -> None:
+    """Round-robin: a key with many waiting tasks and room for them all gets one per round
+    while other keys wait; the other keys' single tasks come in the first claim."""
+    async with running(unique_app(db_url)) as h:
+        now = time.time()
+        await h.store.create_tasks([keyed("big", str(i), limit=100) for i in range(300)], now)
+        await h.store.create_tasks([keyed(f"k{i}", "one") for i in range(8)], now + 1)
+        claimed = await h.store.claim("w1", "default", 10, now + 1, 60)
+        keys = [t.concurrency_key for t in claimed]
+        assert sorted(keys) == sorted(["big", "big", *(f"k{i}" for i in range(8))])
+
+
+async def test_a_crashed_workers_slot_returns_after_its_lease(db_url: str) -> None:
+    async with running(unique_app(db_url)) as h:
+        now = time.time()
+        await h.store.create_tasks([keyed("solo", str(i)) for i in range(2)], now)
+        (held,) = await h.store.claim("dead-worker", "default", 10, now, 5)
+        assert await h.store.claim("w2", "default", 10, now + 4, 60) == []
+        scheduler = Scheduler(h.store)
+        assert await scheduler.reap(now + 4) == 0  # the lease still runs: the slot is held
+        assert await h.store.claim("w2", "default", 10, now + 4, 60) == []
+        assert await scheduler.reap(now + 6) == 1
+        (after,) = await h.store.claim("w2", "default", 10, now + 6, 60)
+        assert after.concurrency_key == "solo" and after.id != held.id
+
+
+async def test_handler_and_payload_derived_limits(db_url: str) -> None:
+    app = unique_app(db_url)
+
+    @app.task("per_customer", concurrency=1, concurrency_by="customer_id")
+    def per_customer(customer_id: int, n: int) -> int:
+        return n
+
+    @app.task("per_handler", concurrency=2)
+    def per_handler(n: int) -> int:
+        return n
+
+    async with running(app) as h:
+        a = await per_customer.adelay(customer_id=42, n=1)
+        b = await per_handler.adelay(n=1)
+        c = await app.tasks["plain"].options(concurrency_key="x", concurrency=3).adelay(label="")
+        found = {t.id: t for t in [await h.store.get_task(x.id) for x in (a, b, c)]}
+        assert (found[a.id].concurrency_key, found[a.id].concurrency_limit) == ("customer_id:42", 1)
+        assert (found[b.id].concurrency_key, found[b.id].concurrency_limit) == (
+            "handler:per_handler",
+            2,
+        )
+        assert (found[c.id].concurrency_key, found[c.id].concurrency_limit) == ("x", 3)
+        with pytest.raises(ValueError, match="concurrency_by needs concurrency"):
+            app.task("bad", concurrency_by="x")(lambda: None)
+        # a worker runs them
+        h.start_worker()
+        for task_id in found:
+            await h.wait_for(task_id, "succeeded")

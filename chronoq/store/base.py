@@ -24,6 +24,7 @@ from chronoq.store import uniqueness, workflows
 from chronoq.store.announce import Announcer
 from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence, LeaseQueries
+from chronoq.store.limits import LimitQueries
 from chronoq.store.pauses import PauseQueries, not_paused
 from chronoq.store.records import (
     INSERT_BATCH,
@@ -59,7 +60,9 @@ RETRY = (
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
 
 
-class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueries, abc.ABC):
+class Store(
+    LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueries, LimitQueries, abc.ABC
+):
     """Durable task state, shared by the API, the scheduler and the workers."""
 
     dialect: str
@@ -81,6 +84,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         self._inserts = GroupCommit(
             self._insert_rows, INSERT_BATCH, split=lambda exc: isinstance(exc, self.data_errors)
         )
+        self._init_limits()
 
     # -- connection plumbing (dialects) ------------------------------------------------------
     @abc.abstractmethod
@@ -548,12 +552,20 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         queue gives nothing (checked in the same statement).
         ``offer`` (the worker's queues): the slots left free may take hand-offs of new tasks
         of those queues (PostgreSQL)."""
+        keyed: list[TaskRecord] = []
+        if queue in await self.limited_queues():  # keyed tasks: chronoq.store.limits
+            keyed = await self.claim_limited(worker_id, queue, limit, now, lease)
+            if len(keyed) >= limit:
+                return keyed
         pick = (
             f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND queue = $4 "
-            f"AND {not_paused('$4')} ORDER BY priority DESC, run_at, id "
-            f"LIMIT $5{self.skip_locked}"
+            f"AND concurrency_key IS NULL AND {not_paused('$4')} ORDER BY priority DESC, "
+            f"run_at, id LIMIT $5{self.skip_locked}"
         )
-        return await self._claim(pick, worker_id, now, lease, queue, limit, offer=offer)
+        plain = await self._claim(
+            pick, worker_id, now, lease, queue, limit - len(keyed), offer=offer
+        )
+        return keyed + plain if keyed else plain
 
     async def claim_ids(
         self, worker_id: str, ids: Sequence[str], now: float, lease: float
@@ -562,7 +574,7 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         tasks already taken, cancelled or gone, or of a paused queue, are skipped."""
         pick = (
             f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND id {self.in_list('$4')} "
-            f"AND {not_paused('tasks.queue')}"
+            f"AND concurrency_key IS NULL AND {not_paused('tasks.queue')}"
         )
         return await self._claim(
             pick + self.skip_locked, worker_id, now, lease, self.list_param(ids)

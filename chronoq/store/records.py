@@ -179,6 +179,9 @@ class TaskRecord:
     #: the W3C trace context of the submission (:mod:`chronoq.tracing`), migration 0019
     traceparent: str | None = None
     unique_key: str | None = None
+    #: its concurrency limit's key and limit (migration 0021), if any
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
@@ -207,6 +210,8 @@ class TaskRecord:
             workflow_id=_optional(row, "workflow_id"),
             traceparent=_optional(row, "traceparent"),
             unique_key=_optional(row, "unique_key"),
+            concurrency_key=_optional(row, "concurrency_key"),
+            concurrency_limit=_optional(row, "concurrency_limit"),
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
@@ -248,6 +253,8 @@ class TaskRecord:
             slot=to_datetime(self.slot),
             namespace=self.namespace,
             unique_key=self.unique_key,
+            concurrency_key=self.concurrency_key,
+            concurrency=self.concurrency_limit,
             attempt_history=history,
         )
 
@@ -391,6 +398,8 @@ class NewTask:
     traceparent: str | None
     unique_key: str | None = None
     unique_until: float | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     @classmethod
     def of(
@@ -445,6 +454,7 @@ class NewTask:
             traceparent=traceparent,
             unique_key=held,
             unique_until=None if unique_for is None else now + unique_for,
+            **limit_of(template),
         )
 
     def values(self) -> tuple[Any, ...]:
@@ -469,6 +479,16 @@ class NewTask:
         return status_event(self, self.created_at)
 
 
+def limit_of(template: TaskTemplate) -> dict[str, Any]:
+    """A new task's ``concurrency_key`` and ``concurrency_limit``: the template's key (or
+    ``handler:<name>`` when it gives only a limit) and its limit (1 when only a key)."""
+    key = template.concurrency_key
+    if key is None and template.concurrency is not None:
+        key = f"handler:{template.name}"
+    limit = template.concurrency if template.concurrency is not None else 1
+    return {"concurrency_key": key, "concurrency_limit": None if key is None else limit}
+
+
 #: the columns a new task's row sets, in :class:`NewTask`'s field order
 TASK_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NewTask))
 #: the annotation of each column's field (PostgreSQL's array types derive from them)
@@ -479,6 +499,7 @@ PG_TYPES = {
     "str | None": "text",
     "Status": "text",
     "int": "int",
+    "int | None": "int",
     "float": "float8",
     "float | None": "float8",
 }
