@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -504,3 +505,52 @@ async def test_handler_and_payload_derived_limits(db_url: str) -> None:
         h.start_worker()
         for task_id in found:
             await h.wait_for(task_id, "succeeded")
+
+
+def overlap_app(app: App) -> dict[str, int]:
+    """A ``guarded`` handler counting the tasks of each key running at once; returns the
+    highest counts seen."""
+    now: dict[str, int] = {}
+    peak: dict[str, int] = {}
+
+    @app.task("guarded", concurrency=1, concurrency_by="k")
+    async def guarded(k: str, n: int) -> int:
+        now[k] = now.get(k, 0) + 1
+        peak[k] = max(peak.get(k, 0), now[k])
+        await asyncio.sleep(0.01)
+        now[k] -= 1
+        return n
+
+    return peak
+
+
+@pytest.mark.parametrize("broker", ["store", "redis"])
+async def test_workers_never_exceed_a_key_limit(db_url: str, broker: str) -> None:
+    """Two workers of 8 slots each, both brokers: 60 tasks over 3 keys of limit 1 never
+    run two of a key at once, and all of them run."""
+    from tests.test_redis_broker import BROKER_URL, redis_worker
+
+    app = App(settings=make_settings(db_url, broker_url=BROKER_URL if broker == "redis" else None))
+    peak = overlap_app(app)
+    async with running(app) as h:
+        queue = f"lim{uuid.uuid4().hex[:6]}"
+        if broker == "redis":
+            workers = [redis_worker(app, queue, concurrency=8) for _ in range(2)]
+            jobs = [asyncio.create_task(w.run()) for w in workers]
+        else:
+            for _ in range(2):
+                h.start_worker(queues=[queue], concurrency=8)
+        specs = [
+            app.tasks["guarded"]
+            .spec({"k": f"key{i % 3}", "n": i})
+            .model_copy(update={"queue": queue})
+            for i in range(60)
+        ]
+        made = await h.store.create_tasks(specs, time.time())
+        for record, _ in made:
+            await h.wait_for(record.id, "succeeded", timeout=30)
+        if broker == "redis":
+            for w in workers:
+                w.stop()
+            await asyncio.gather(*jobs)
+        assert peak == {"key0": 1, "key1": 1, "key2": 1}

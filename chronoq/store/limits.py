@@ -112,6 +112,11 @@ class LimitQueries(abc.ABC):
     def _init_limits(self) -> None:
         self._limited, self._limited_read = frozenset(), -1e18
 
+    @property
+    def limited_now(self) -> frozenset[str]:
+        """The queues with keyed tasks as last read (no query)."""
+        return self._limited
+
     async def limited_queues(self, fresh: bool = False) -> frozenset[str]:
         """The queues that have had keyed tasks (re-read every :data:`REFRESH_SECONDS`)."""
         clock = time.monotonic()

@@ -42,3 +42,17 @@ $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER tasks_limited_queue AFTER INSERT ON tasks
     FOR EACH ROW WHEN (NEW.concurrency_key IS NOT NULL) EXECUTE FUNCTION chronoq_limited();
+
+-- a keyed task leaving 'running' frees a slot of its key: the workers of its queue, in every
+-- process, claim again (as a submission wakes them)
+CREATE OR REPLACE FUNCTION chronoq_slot_freed() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('chronoq_ready', NEW.queue);
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER tasks_slot_freed AFTER UPDATE OF status ON tasks
+    FOR EACH ROW WHEN (OLD.status = 'running' AND NEW.status <> 'running'
+                       AND NEW.concurrency_key IS NOT NULL)
+    EXECUTE FUNCTION chronoq_slot_freed();
