@@ -85,11 +85,12 @@ class TaskFunction(Generic[P, R]):
         debounce: float | None = None,
         concurrency_key: str | None = None,
         concurrency: int | None = None,
+        rate: str | None = None,
     ) -> TaskFunction[P, R]:
         """This handler with other settings for the submissions made through the copy
         returned (the registered handler keeps its own); unset (None) ones are kept.
         ``unique_for``/``unique_key``/``debounce``: unique jobs and debounce;
-        ``concurrency_key``/``concurrency``: a concurrency limit (docs/flow-control.md)."""
+        ``concurrency_key``/``concurrency``/``rate``: limits (docs/flow-control.md)."""
         given: dict[str, Any] = {
             "queue": queue,
             "priority": priority,
@@ -101,6 +102,7 @@ class TaskFunction(Generic[P, R]):
             "debounce": debounce,
             "concurrency_key": concurrency_key,
             "concurrency": concurrency,
+            "rate": rate,
             "backoff": None if backoff is None else BackoffSpec.model_validate(backoff),
         }
         changed = {k: v for k, v in given.items() if v is not None}
@@ -250,6 +252,7 @@ class App:
         unique_for: float | None = None,
         concurrency: int | None = None,
         concurrency_by: str | Callable[[dict[str, Any]], str] | None = None,
+        rate: str | None = None,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
         """Register a sync or async function as the handler for task ``name``; ``pool``
         ("process" or "async") overrides where workers run it (their ``--pool``);
@@ -257,11 +260,13 @@ class App:
         name + payload (docs/flow-control.md). ``concurrency``: at most that many of its
         tasks run at once across all workers — per handler, or per key with
         ``concurrency_by``: a payload field (the key is ``<field>:<value>``, e.g.
-        ``customer_id:42``) or a function of the payload returning the key."""
+        ``customer_id:42``) or a function of the payload returning the key. ``rate``
+        (``"100/s"``, ``"5000/h"``): at most that many of its tasks (of each key, with
+        ``concurrency_by``) become due per period; the others wait."""
         if pool not in (None, "async", "process"):
             raise ValueError(f"pool must be 'async' or 'process', not {pool!r}")
-        if concurrency_by is not None and concurrency is None:
-            raise ValueError("concurrency_by needs concurrency (how many of a key run at once)")
+        if concurrency_by is not None and concurrency is None and rate is None:
+            raise ValueError("concurrency_by needs concurrency or rate (the key's limit)")
 
         def register(fn: Callable[P, R]) -> TaskFunction[P, R]:
             task_name = name or f"{fn.__module__}.{fn.__name__}"
@@ -277,6 +282,8 @@ class App:
                 defaults["unique_for"] = unique_for
             if concurrency is not None:
                 defaults["concurrency"] = concurrency
+            if rate is not None:
+                defaults["rate"] = rate
             wrapped = TaskFunction(self, task_name, fn, defaults, pool)
             if isinstance(concurrency_by, str):
                 wrapped.key_from = _field_key(concurrency_by)

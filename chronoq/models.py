@@ -97,6 +97,25 @@ class BackoffSpec(BaseModel):
         return Backoff(self.base, self.factor, self.max, self.jitter)
 
 
+def rate_interval(text: str) -> float:
+    """Seconds between two tasks under a rate such as ``"100/s"`` or ``"5000/h"``."""
+    count, _, unit = text.partition("/")
+    return {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit] / float(count)
+
+
+def _valid_rate(text: str) -> str:
+    if float(text.partition("/")[0]) <= 0:
+        raise ValueError("a rate needs a positive count, e.g. 100/s")
+    return text
+
+
+RateText = Annotated[
+    str,
+    Field(max_length=32, pattern=r"^[0-9]{1,9}(\.[0-9]{1,6})?/[smhd]$"),
+    AfterValidator(_valid_rate),
+]
+
+
 class TaskTemplate(BaseModel):
     """What to run: the part of a task that a recurring schedule repeats."""
 
@@ -127,7 +146,13 @@ class TaskTemplate(BaseModel):
         ge=1,
         le=100_000,
         description="how many tasks of its concurrency_key may run at once (default 1 "
-        "when a key is given)",
+        "when a key is given without a rate)",
+    )
+    rate: RateText | None = Field(
+        None,
+        examples=["100/s", "5000/h"],
+        description="at most this many tasks of its concurrency_key become due per second "
+        "(s), minute (m), hour (h) or day (d), across all workers; the others wait",
     )
 
 
@@ -261,6 +286,9 @@ class Task(BaseModel):
     unique_key: str | None = Field(None, description="the key this task holds (unique_for)")
     concurrency_key: str | None = Field(None, description="its concurrency limit's key")
     concurrency: int | None = Field(None, description="the limit of its concurrency_key")
+    rate_interval: float | None = Field(
+        None, description="its rate limit, as seconds between two tasks of its key"
+    )
     worker_id: str | None = None
     result: Any = None
     error: str | None = None

@@ -22,7 +22,14 @@ from chronoq.store.schedules import ScheduleRecord
 from tests.conftest import Harness, make_settings, running
 
 #: task columns added after migration 10
-LATER = {"unique_key", "unique_until", "traceparent", "concurrency_key", "concurrency_limit"}
+LATER = {
+    "unique_key",
+    "unique_until",
+    "traceparent",
+    "concurrency_key",
+    "concurrency_limit",
+    "rate_interval",
+}
 #: schedule columns added after version 10
 SCHEDULE_LATER = {"overlap_policy"}
 

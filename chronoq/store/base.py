@@ -203,6 +203,7 @@ class Store(
         ]
         found: list[tuple[TaskRecord, bool]] = []
         async with self.tx() as c:
+            tasks = await self.spaced(c, tasks)  # rate limits: chronoq.store.limits
             for start in range(0, len(tasks), INSERT_BATCH):
                 found += await self._insert_on(c, tasks[start : start + INSERT_BATCH])
         self._announce_created(tasks, found)
@@ -211,6 +212,7 @@ class Store(
     async def _insert_rows(self, tasks: Sequence[NewTask]) -> list[tuple[TaskRecord, bool]]:
         """The group commit's write: one multi-row INSERT in autocommit mode."""
         async with self._insert_conn() as c:
+            tasks = await self.spaced(c, tasks)  # rate limits: chronoq.store.limits
             found = await self._insert_on(c, tasks)
         self._announce_created(tasks, found)
         return found

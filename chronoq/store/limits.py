@@ -28,6 +28,7 @@ The limited claim:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -35,7 +36,7 @@ from typing import Any
 from chronoq import lifecycle
 from chronoq.lifecycle import Status
 from chronoq.store.pauses import not_paused
-from chronoq.store.records import Row, TaskRecord
+from chronoq.store.records import NewTask, Row, TaskRecord
 
 #: how often a worker re-reads which queues have keyed tasks (a keyed task submitted to a
 #: queue for the first time waits at most this long more)
@@ -51,7 +52,7 @@ _RUNNING = lifecycle.is_(Status.RUNNING)
 SQLITE_PICK = (
     "SELECT id FROM (SELECT t.id, t.priority, t.run_at, ROW_NUMBER() OVER (PARTITION BY "
     "t.concurrency_key ORDER BY t.priority DESC, t.run_at, t.id) AS rn, "
-    "COALESCE(t.concurrency_limit, 1) - COALESCE(r.n, 0) AS room FROM tasks t "
+    "COALESCE(t.concurrency_limit, 1000000000) - COALESCE(r.n, 0) AS room FROM tasks t "
     "LEFT JOIN (SELECT concurrency_key, COUNT(*) AS n FROM tasks WHERE "
     f"{_RUNNING} AND concurrency_key IS NOT NULL GROUP BY concurrency_key) r "
     "ON r.concurrency_key = t.concurrency_key "
@@ -70,7 +71,7 @@ PG_PICK = (
     "UNION ALL SELECT (SELECT t.concurrency_key FROM tasks t WHERE "
     f"{_QUEUED} AND t.queue = $4 AND t.concurrency_key > keys.k "
     "ORDER BY t.concurrency_key LIMIT 1) FROM keys WHERE keys.k IS NOT NULL), "
-    "room AS (SELECT k, (SELECT COALESCE(t.concurrency_limit, 1) FROM tasks t WHERE "
+    "room AS (SELECT k, (SELECT COALESCE(t.concurrency_limit, 1000000000) FROM tasks t WHERE "
     f"{_QUEUED} AND t.queue = $4 AND t.concurrency_key = keys.k "
     "ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1) - (SELECT count(*) FROM tasks r WHERE "
     f"{lifecycle.is_(Status.RUNNING, 'r.status')} AND r.concurrency_key = keys.k) AS free "
@@ -82,6 +83,19 @@ PG_PICK = (
     "LIMIT LEAST($5, room.free)) s) h WHERE room.free > 0) "
     f"SELECT id FROM ranked WHERE {not_paused('$4::text')} "
     "ORDER BY rn, priority DESC, run_at, id LIMIT $5"
+)
+
+
+#: GCRA's step for ``n`` tasks of a key (``$1`` the key, ``$2`` seconds between two tasks,
+#: ``$3`` now, ``$4`` n times ``$2``): the theoretical arrival time moves from
+#: max(tat, now) on by n intervals; the tasks take the turns it passed. One row per key, so
+#: concurrent submitters in any process queue up on it and never share a turn.
+TAKE = (
+    "INSERT INTO rate_buckets (key, spacing, tat) VALUES ($1, CAST($2 AS DOUBLE PRECISION), "
+    "CAST($3 AS DOUBLE PRECISION) + CAST($4 AS DOUBLE PRECISION)) ON CONFLICT (key) DO UPDATE "
+    "SET spacing = excluded.spacing, tat = CASE WHEN rate_buckets.tat > excluded.tat - "
+    "CAST($4 AS DOUBLE PRECISION) THEN rate_buckets.tat + CAST($4 AS DOUBLE PRECISION) "
+    "ELSE excluded.tat END RETURNING tat"
 )
 
 
@@ -116,6 +130,29 @@ class LimitQueries(abc.ABC):
     def limited_now(self) -> frozenset[str]:
         """The queues with keyed tasks as last read (no query)."""
         return self._limited
+
+    async def spaced(self, c: Any, tasks: Sequence[NewTask]) -> list[NewTask]:
+        """Rate limits: ``tasks`` with their run times spread by their keys' buckets (GCRA,
+        :data:`TAKE`), in the submission's transaction; a task whose turn is later than its
+        run time waits ``scheduled`` until then. Tasks without a rate come back as they are."""
+        groups: dict[str, list[int]] = {}
+        for i, task in enumerate(tasks):
+            if task.rate_interval is not None and task.concurrency_key is not None:
+                groups.setdefault(task.concurrency_key, []).append(i)
+        if not groups:
+            return list(tasks)
+        out = list(tasks)
+        for key, members in groups.items():
+            spacing = float(tasks[members[-1]].rate_interval or 0.0)  # the latest rate wins
+            now = tasks[members[0]].created_at
+            rows = await c.fetch(TAKE, key, spacing, now, spacing * len(members))
+            start = float(rows[0]["tat"]) - spacing * len(members)
+            for n, i in enumerate(members):
+                task = tasks[i]
+                turn = max(task.run_at, start + n * spacing)
+                status = Status.QUEUED if turn <= task.created_at else Status.SCHEDULED
+                out[i] = dataclasses.replace(task, run_at=turn, status=status)
+        return out
 
     async def limited_queues(self, fresh: bool = False) -> frozenset[str]:
         """The queues that have had keyed tasks (re-read every :data:`REFRESH_SECONDS`)."""

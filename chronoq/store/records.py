@@ -20,6 +20,7 @@ from chronoq.models import (
     Outcome,
     Task,
     TaskTemplate,
+    rate_interval,
     to_datetime,
 )
 from chronoq.states import Status
@@ -182,6 +183,7 @@ class TaskRecord:
     #: its concurrency limit's key and limit (migration 0021), if any
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    rate_interval: float | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
@@ -212,6 +214,7 @@ class TaskRecord:
             unique_key=_optional(row, "unique_key"),
             concurrency_key=_optional(row, "concurrency_key"),
             concurrency_limit=_optional(row, "concurrency_limit"),
+            rate_interval=_optional(row, "rate_interval"),
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
@@ -255,6 +258,7 @@ class TaskRecord:
             unique_key=self.unique_key,
             concurrency_key=self.concurrency_key,
             concurrency=self.concurrency_limit,
+            rate_interval=self.rate_interval,
             attempt_history=history,
         )
 
@@ -400,6 +404,7 @@ class NewTask:
     unique_until: float | None = None
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    rate_interval: float | None = None
 
     @classmethod
     def of(
@@ -480,13 +485,21 @@ class NewTask:
 
 
 def limit_of(template: TaskTemplate) -> dict[str, Any]:
-    """A new task's ``concurrency_key`` and ``concurrency_limit``: the template's key (or
-    ``handler:<name>`` when it gives only a limit) and its limit (1 when only a key)."""
+    """A new task's ``concurrency_key``, ``concurrency_limit`` and ``rate_interval``: the
+    template's key (or ``handler:<name>`` when it gives only a limit or a rate), its
+    concurrency (1 when it gives a key and neither; none, unlimited, with a rate alone) and
+    its rate as seconds between two tasks."""
     key = template.concurrency_key
-    if key is None and template.concurrency is not None:
+    if key is None and (template.concurrency is not None or template.rate is not None):
         key = f"handler:{template.name}"
-    limit = template.concurrency if template.concurrency is not None else 1
-    return {"concurrency_key": key, "concurrency_limit": None if key is None else limit}
+    limit = template.concurrency
+    if limit is None and key is not None and template.rate is None:
+        limit = 1
+    return {
+        "concurrency_key": key,
+        "concurrency_limit": limit,
+        "rate_interval": None if template.rate is None else rate_interval(template.rate),
+    }
 
 
 #: the columns a new task's row sets, in :class:`NewTask`'s field order

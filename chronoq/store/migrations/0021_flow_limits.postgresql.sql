@@ -56,3 +56,13 @@ CREATE TRIGGER tasks_slot_freed AFTER UPDATE OF status ON tasks
     FOR EACH ROW WHEN (OLD.status = 'running' AND NEW.status <> 'running'
                        AND NEW.concurrency_key IS NOT NULL)
     EXECUTE FUNCTION chronoq_slot_freed();
+
+-- Rate limits (chronoq.store.limits.spaced): a task with a rate gets its run time from its
+-- key's bucket, GCRA's theoretical arrival time (tat): each submission takes the next
+-- max(tat, now) and moves tat on by the rate's interval, in the submission's transaction
+ALTER TABLE tasks ADD COLUMN rate_interval DOUBLE PRECISION;
+CREATE TABLE rate_buckets (
+    key      TEXT PRIMARY KEY,
+    spacing  DOUBLE PRECISION NOT NULL,
+    tat      DOUBLE PRECISION NOT NULL
+);

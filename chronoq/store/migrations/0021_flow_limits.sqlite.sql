@@ -37,3 +37,13 @@ CREATE TRIGGER tasks_limited_queue AFTER INSERT ON tasks
 BEGIN
     INSERT OR IGNORE INTO limited_queues (queue, marked_at) VALUES (NEW.queue, NEW.created_at);
 END;
+
+-- Rate limits (chronoq.store.limits.spaced): a task with a rate gets its run time from its
+-- key's bucket, GCRA's theoretical arrival time (tat): each submission takes the next
+-- max(tat, now) and moves tat on by the rate's interval, in the submission's transaction
+ALTER TABLE tasks ADD COLUMN rate_interval DOUBLE PRECISION;
+CREATE TABLE rate_buckets (
+    key      TEXT PRIMARY KEY,
+    spacing  DOUBLE PRECISION NOT NULL,
+    tat      DOUBLE PRECISION NOT NULL
+);
