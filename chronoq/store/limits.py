@@ -13,16 +13,24 @@ The limited claim:
 - **counts** the running tasks of each key (index ``tasks_key_running``): a task holds its
   slot from its claim until its attempt ends; a crashed worker's until the lease reaper
   ends it, after the lease expired, never before;
-- is **serialised**: on PostgreSQL each runs in a transaction that first takes one
-  transaction-scoped advisory lock (:data:`LOCK`), so the claim statement, which starts
-  after the lock is held, sees every earlier limited claim committed (a statement's
-  snapshot is taken when it starts; without the lock two workers could both count 0 running
-  for a key and both take one). On SQLite every write transaction is serialised anyway;
+- is **serialised per key**: on PostgreSQL each runs in a transaction whose first
+  statement (:data:`PG_KEYS`) picks the keys to claim from and takes a transaction-scoped
+  advisory lock on each (skipping keys another claim holds); the claim statement
+  (:data:`PG_PICK`), whose snapshot is taken once those locks are held, sees every earlier
+  claim of those keys committed (a statement's snapshot is taken when it starts: without
+  the locks two workers could both count 0 running for a key and both take one). Claims of
+  different keys run side by side. On SQLite every write transaction is serialised anyway;
 - is **fair**: it takes the queue's keys round-robin, the first waiting task of every key
-  with a free slot before the second of any (ordered by priority, then age): one key with
-  100,000 queued tasks delays another key's single task by at most one claim. On
-  PostgreSQL the keys are found by a loose index scan of ``tasks_limited`` (one probe per
-  key, not per task); SQLite ranks the queue's keyed tasks in one window query.
+  it takes before the second of any: one key with 100,000 queued tasks gets one turn
+  among the keys like any other. On PostgreSQL the keys are walked in key order by a loose
+  index scan of ``tasks_limited`` (one probe per key, not per task), each claim going on
+  from where the process's previous one stopped and taking the first keys with a free
+  slot, as many as it wants tasks (so a claim costs O(its size), not O(keys)); SQLite,
+  whose writes are one at a time anyway, ranks the queue's keyed tasks in one window query
+  and takes every key's first task in the order of priority, then age.
+
+A queue's first keyed task ever waits up to :data:`REFRESH_SECONDS` for the workers to
+re-read ``limited_queues``; the row stays, so later ones do not.
 """
 
 from __future__ import annotations
@@ -41,8 +49,9 @@ from chronoq.store.records import NewTask, Row, TaskRecord
 #: how often a worker re-reads which queues have keyed tasks (a keyed task submitted to a
 #: queue for the first time waits at most this long more)
 REFRESH_SECONDS = 1.0
-#: the PostgreSQL advisory lock every limited claim takes (in its transaction)
-LOCK = 0x63686C696D6974  # "chlimit"
+#: the namespace (first key) of the PostgreSQL advisory locks a limited claim holds on the
+#: keys it claims from, for its transaction
+LOCK = 0x63686C69  # "chli"
 
 _QUEUED = lifecycle.CLAIM.where("t.status")
 _RUNNING = lifecycle.is_(Status.RUNNING)
@@ -61,21 +70,37 @@ SQLITE_PICK = (
     "WHERE rn <= room ORDER BY rn, priority DESC, run_at, id LIMIT $5"
 )
 
-#: PostgreSQL: the same pick, key by key: a loose index scan of ``tasks_limited`` finds the
-#: queue's keys, then each key's free slots and its first waiting tasks, at most that many
-PG_PICK = (
+#: PostgreSQL, first statement: the keys to claim from. A loose index scan of
+#: ``tasks_limited`` walks the queue's keys in key order from after ``$4`` (where this
+#: process's previous claim stopped: round-robin), one probe per key, and stops at the
+#: ``$2``-th key with a free slot; each key returned is locked for the transaction
+#: (``pg_try_advisory_xact_lock``, namespace ``$3``; a key another claim holds is skipped).
+#: ``$1`` the queue.
+PG_KEYS = (
     "WITH RECURSIVE keys AS ("
     "(SELECT t.concurrency_key AS k FROM tasks t WHERE "
-    f"{_QUEUED} AND t.queue = $4 AND t.concurrency_key IS NOT NULL "
+    f"{_QUEUED} AND t.queue = $1 AND t.concurrency_key > $4 "
     "ORDER BY t.concurrency_key LIMIT 1) "
     "UNION ALL SELECT (SELECT t.concurrency_key FROM tasks t WHERE "
-    f"{_QUEUED} AND t.queue = $4 AND t.concurrency_key > keys.k "
-    "ORDER BY t.concurrency_key LIMIT 1) FROM keys WHERE keys.k IS NOT NULL), "
-    "room AS (SELECT k, (SELECT COALESCE(t.concurrency_limit, 1000000000) FROM tasks t WHERE "
-    f"{_QUEUED} AND t.queue = $4 AND t.concurrency_key = keys.k "
+    f"{_QUEUED} AND t.queue = $1 AND t.concurrency_key > keys.k "
+    "ORDER BY t.concurrency_key LIMIT 1) FROM keys WHERE keys.k IS NOT NULL) "
+    "SELECT k FROM (SELECT keys.k FROM keys WHERE keys.k IS NOT NULL AND "
+    "(SELECT COALESCE(t.concurrency_limit, 1000000000) FROM tasks t WHERE "
+    f"{_QUEUED} AND t.queue = $1 AND t.concurrency_key = keys.k "
+    "ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1) > (SELECT count(*) FROM tasks r WHERE "
+    f"{lifecycle.is_(Status.RUNNING, 'r.status')} AND r.concurrency_key = keys.k) "
+    "OFFSET 0) AS roomy WHERE pg_try_advisory_xact_lock($3, hashtext(k)) LIMIT $2"
+)
+
+#: PostgreSQL, second statement (its snapshot is taken once the keys are locked, so it sees
+#: every claim of them committed before): the keys' free slots and first waiting tasks,
+#: round-robin. ``$4`` the queue, ``$5`` how many, ``$6`` the locked keys.
+PG_PICK = (
+    "WITH room AS (SELECT k, (SELECT COALESCE(t.concurrency_limit, 1000000000) FROM tasks t "
+    f"WHERE {_QUEUED} AND t.queue = $4 AND t.concurrency_key = keys.k "
     "ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1) - (SELECT count(*) FROM tasks r WHERE "
     f"{lifecycle.is_(Status.RUNNING, 'r.status')} AND r.concurrency_key = keys.k) AS free "
-    "FROM keys WHERE k IS NOT NULL), "
+    "FROM unnest($6::text[]) AS keys(k)), "
     "ranked AS (SELECT h.* FROM room, LATERAL (SELECT s.id, s.priority, s.run_at, "
     "ROW_NUMBER() OVER (ORDER BY s.priority DESC, s.run_at, s.id) AS rn FROM ("
     f"SELECT t.id, t.priority, t.run_at FROM tasks t WHERE {_QUEUED} AND t.queue = $4 "
@@ -84,7 +109,6 @@ PG_PICK = (
     f"SELECT id FROM ranked WHERE {not_paused('$4::text')} "
     "ORDER BY rn, priority DESC, run_at, id LIMIT $5"
 )
-
 
 #: GCRA's step for ``n`` tasks of a key (``$1`` the key, ``$2`` seconds between two tasks,
 #: ``$3`` now, ``$4`` n times ``$2``): the theoretical arrival time moves from
@@ -122,9 +146,12 @@ class LimitQueries(abc.ABC):
     #: the queues with keyed tasks, as last read, and when (monotonic)
     _limited: frozenset[str]
     _limited_read: float
+    #: PostgreSQL: per queue, the key this process's last limited claim stopped at
+    _key_cursor: dict[str, str]
 
     def _init_limits(self) -> None:
         self._limited, self._limited_read = frozenset(), -1e18
+        self._key_cursor = {}
 
     @property
     def limited_now(self) -> frozenset[str]:
@@ -168,19 +195,35 @@ class LimitQueries(abc.ABC):
     ) -> list[TaskRecord]:
         """Take up to ``limit`` keyed tasks of ``queue`` whose keys have a free slot,
         round-robin across keys, and open their attempts (serialised: module docstring)."""
-        pick = PG_PICK if self.dialect == "postgresql" else SQLITE_PICK
+        pg = self.dialect == "postgresql"
         async with self.tx() as c:
-            if self.dialect == "postgresql":
-                await c.execute("SELECT pg_advisory_xact_lock($1)", LOCK)
+            keys: tuple[Any, ...] = ()
+            if pg:
+                after = self._key_cursor.get(queue, "")
+                locked = [r["k"] for r in await c.fetch(PG_KEYS, queue, limit, LOCK, after)]
+                if len(locked) < limit and after:  # the walk reached the last key: wrap
+                    more = await c.fetch(PG_KEYS, queue, limit - len(locked), LOCK, "")
+                    locked += [r["k"] for r in more if r["k"] not in locked]
+                if not locked:
+                    self._key_cursor.pop(queue, None)
+                    return []
+                self._key_cursor[queue] = locked[-1] if len(locked) >= limit else ""
+                keys = (self.list_param(locked),)
+            # the attempts start now, once the keys are held (SQLite: once the write lock
+            # is): after every earlier attempt of these keys ended, so the attempt records
+            # of a key never overlap
+            now = max(now, time.time())
             rows = await c.fetch(
                 f"UPDATE tasks SET {lifecycle.CLAIM.to()}, attempts = attempts + 1, "
                 "worker_id = $1, lease_expires_at = $2, updated_at = $3 "
-                f"WHERE id IN ({pick}) AND {lifecycle.CLAIM.where()} RETURNING *",
+                f"WHERE id IN ({PG_PICK if pg else SQLITE_PICK}) "
+                f"AND {lifecycle.CLAIM.where()} RETURNING *",
                 worker_id,
                 now + lease,
                 now,
                 queue,
                 limit,
+                *keys,
             )
             if rows:
                 await c.executemany(
