@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
 import tempfile
 import time
@@ -166,7 +167,7 @@ def worst_overlap(rows: list[Any]) -> float:
     worst = 0.0
     for attempts in by_key.values():
         attempts.sort(key=lambda r: r["started_at"])
-        for a, b in zip(attempts, attempts[1:], strict=False):
+        for a, b in itertools.pairwise(attempts):
             worst = max(worst, a["finished_at"] - b["started_at"])
     return worst
 
