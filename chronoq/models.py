@@ -328,6 +328,35 @@ class TaskPage(BaseModel):
     next_cursor: Id | None = Field(None, description="pass as `cursor` for the next page")
 
 
+class KeyUsage(BaseModel):
+    """One concurrency key's tasks in a queue."""
+
+    key: str
+    running: int = Field(description="tasks of the key running (in any queue: its slots)")
+    queued: int = Field(description="tasks of the key queued in this queue")
+    limit: int | None = Field(description="how many may run at once (null: only a rate)")
+    full: bool = Field(description="no free slot: its queued tasks wait on the limit")
+
+
+class RateState(BaseModel):
+    """A rate-limited key's bucket (GCRA: the time of its next free turn)."""
+
+    key: str
+    per_second: float
+    next_turn_at: datetime = Field(description="the earliest a new task of the key can run")
+    waiting: int = Field(description="tasks of the key in this queue waiting for their turn")
+
+
+class QueueLimits(BaseModel):
+    """Flow control in a queue (docs/flow-control.md)."""
+
+    waiting_on_concurrency: int = Field(description="queued tasks whose key has no free slot")
+    waiting_on_rate: int = Field(description="tasks waiting for their rate limit's turn")
+    keys_total: int = Field(description="keys with running or queued tasks in the queue")
+    keys: list[KeyUsage] = Field(description="the busiest keys, at most 20")
+    rates: list[RateState] = []
+
+
 class QueueStats(BaseModel):
     queue: str
     counts: dict[Status, int]
@@ -341,6 +370,9 @@ class QueueStats(BaseModel):
     paused_at: datetime | None = None
     paused_by: str | None = Field(
         None, description="id of the API key that paused it (none when authentication is off)"
+    )
+    limits: QueueLimits | None = Field(
+        None, description="concurrency keys and rate limits, for queues that have keyed tasks"
     )
 
 

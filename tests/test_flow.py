@@ -588,3 +588,34 @@ async def test_a_rate_spreads_run_times_across_stores(db_url: str) -> None:
 async def test_rest_refuses_bad_rates(harness: Harness, bad: str) -> None:
     response = await harness.http.post("/v1/tasks", json={"name": "chronoq.noop", "rate": bad})
     assert response.status_code == 422, response.text
+
+
+async def test_queues_and_metrics_show_keys_and_rates(db_url: str) -> None:
+    async with running(unique_app(db_url)) as h:
+        now = time.time()
+        await h.store.create_tasks([keyed("cust:1", str(i)) for i in range(3)], now)
+        await h.store.create_tasks([keyed("cust:2", "x", limit=5)], now)
+        rated = TaskCreate(name="plain", queue="rated", concurrency_key="api", rate="1/s")
+        await h.store.create_tasks([rated] * 4, now)
+        await h.store.create_tasks([keyed(None, "plain", queue="plainq")], now)
+        await h.store.claim("w1", "default", 10, now, 60)
+        await h.store.limited_queues(fresh=True)
+        listed = {q["queue"]: q for q in (await h.http.get("/v1/queues")).json()}
+        assert listed["plainq"]["limits"] is None
+        limits = listed["default"]["limits"]
+        assert limits["waiting_on_concurrency"] == 2 and limits["keys_total"] == 2
+        keys = {k["key"]: k for k in limits["keys"]}
+        assert keys["cust:1"] == {
+            "key": "cust:1",
+            "running": 1,
+            "queued": 2,
+            "limit": 1,
+            "full": True,
+        }
+        assert keys["cust:2"]["running"] == 1 and keys["cust:2"]["full"] is False
+        rates = listed["rated"]["limits"]
+        assert rates["waiting_on_rate"] == 3
+        assert rates["rates"][0]["key"] == "api" and rates["rates"][0]["per_second"] == 1.0
+        text = (await h.http.get("/metrics")).text
+        assert 'chronoq_tasks_waiting_on_limit{limit="concurrency",queue="default"} 2.0' in text
+        assert 'chronoq_tasks_waiting_on_limit{limit="rate",queue="rated"} 3.0' in text

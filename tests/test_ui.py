@@ -457,6 +457,17 @@ def test_overview_and_escaping(tab: Page, server: str) -> None:
     assert page.evaluate("window.__xss") is None
 
 
+def test_overview_shows_a_queues_concurrency_keys(tab: Page, server: str) -> None:
+    for i in range(3):  # no worker serves "keyed": one is neither running nor claimed
+        submit(server, name="demo.add", queue="keyed", concurrency_key="cust:7",
+               payload={"a": i, "b": 0})  # fmt: skip
+    page = tab.open("#/overview")
+    limits = page.locator('tr[data-queue="keyed"] [data-testid="limits"]')
+    expect(limits).to_contain_text("1 key", timeout=15_000)
+    limits.locator("summary").click()
+    expect(limits.locator('li[data-key="cust:7"]')).to_contain_text("0/1 running, 3 queued")
+
+
 def test_overview_pauses_and_resumes_a_queue(tab: Page, server: str) -> None:
     submit(server, name="demo.add", payload={"a": 1, "b": 1})  # "default" is listed
     page = tab.open("#/overview")

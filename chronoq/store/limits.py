@@ -233,22 +233,72 @@ class LimitQueries(abc.ABC):
                 )
         return await self.with_inputs(rows, now)
 
-    async def key_usage(self, queues: Sequence[str] | None = None) -> list[Row]:
-        """Per queue and key: tasks running and queued, and the key's limit (the largest
-        its tasks carry). For ``/v1/queues`` and metrics."""
-        only, args = (
-            ("", [])
-            if queues is None
-            else (f"AND queue {self.in_list('$1')} ", [self.list_param(queues)])
-        )
+    async def limit_usage(self, now: float, queues: Iterable[str]) -> dict[str, Any]:
+        """Per queue of ``queues`` (those with keyed tasks): its keys' running and queued
+        counts and limits (rows ``queue, key, running, queued, lim``), and the tasks
+        waiting for a rate's turn with their keys' buckets (rows ``queue, key, waiting,
+        spacing, tat``); for ``/v1/queues`` and the metrics. One query each."""
+        wanted = sorted(set(queues))
+        if not wanted:
+            return {"keys": [], "rates": []}
+        running = lifecycle.is_(Status.RUNNING, "r.status")
         async with self.conn() as c:
-            rows: list[Row] = await c.fetch(
-                "SELECT queue, concurrency_key AS key, "
-                f"SUM(CASE WHEN {lifecycle.is_(Status.RUNNING)} THEN 1 ELSE 0 END) AS running, "
-                f"SUM(CASE WHEN {lifecycle.is_(Status.QUEUED)} THEN 1 ELSE 0 END) AS queued, "
-                "MAX(concurrency_limit) AS lim FROM tasks WHERE concurrency_key IS NOT NULL "
-                f"AND ({lifecycle.is_(Status.RUNNING)} OR {lifecycle.is_(Status.QUEUED)}) {only}"
-                "GROUP BY queue, concurrency_key ORDER BY queue, concurrency_key",
-                *args,
+            keys = await c.fetch(
+                "SELECT q.queue, q.concurrency_key AS key, count(*) AS queued, "
+                "MAX(q.concurrency_limit) AS lim, (SELECT count(*) FROM tasks r WHERE "
+                f"{running} AND r.concurrency_key = q.concurrency_key) AS running "
+                f"FROM tasks q WHERE {lifecycle.is_(Status.QUEUED, 'q.status')} "
+                f"AND q.concurrency_key IS NOT NULL AND q.queue {self.in_list('$1')} "
+                "GROUP BY q.queue, q.concurrency_key",
+                self.list_param(wanted),
             )
-        return rows
+            busy = await c.fetch(
+                "SELECT r.queue, r.concurrency_key AS key, count(*) AS running, "
+                f"MAX(r.concurrency_limit) AS lim FROM tasks r WHERE {running} "
+                f"AND r.concurrency_key IS NOT NULL AND r.queue {self.in_list('$1')} "
+                "GROUP BY r.queue, r.concurrency_key",
+                self.list_param(wanted),
+            )
+            rates = await c.fetch(
+                "SELECT t.queue, t.concurrency_key AS key, count(*) AS waiting, b.spacing, b.tat "
+                "FROM tasks t JOIN rate_buckets b ON b.key = t.concurrency_key "
+                f"WHERE {lifecycle.is_(Status.SCHEDULED, 't.status')} "
+                "AND t.rate_interval IS NOT NULL AND t.run_at > $2 "
+                f"AND t.queue {self.in_list('$1')} GROUP BY t.queue, t.concurrency_key, "
+                "b.spacing, b.tat",
+                self.list_param(wanted),
+                now,
+            )
+        seen = {(r["queue"], r["key"]) for r in keys}
+        idle = [
+            {
+                "queue": r["queue"],
+                "key": r["key"],
+                "queued": 0,
+                "lim": r["lim"],
+                "running": r["running"],
+            }
+            for r in busy
+            if (r["queue"], r["key"]) not in seen
+        ]
+        return {"keys": [dict(r) for r in keys] + idle, "rates": [dict(r) for r in rates]}
+
+
+def key_full(row: Any) -> bool:
+    """Whether a :meth:`LimitQueries.limit_usage` key row has no free slot."""
+    return row["lim"] is not None and int(row["running"]) >= int(row["lim"])
+
+
+def waiting(usage: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """``(queue, "concurrency" | "rate")``: the tasks of each queue waiting on a limit —
+    queued with a full key, or waiting for a rate's turn — from
+    :meth:`LimitQueries.limit_usage`."""
+    found: dict[tuple[str, str], int] = {}
+    for row in usage["keys"]:
+        if key_full(row):
+            at = (row["queue"], "concurrency")
+            found[at] = found.get(at, 0) + int(row["queued"])
+    for row in usage["rates"]:
+        at = (row["queue"], "rate")
+        found[at] = found.get(at, 0) + int(row["waiting"])
+    return found
