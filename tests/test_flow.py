@@ -619,3 +619,19 @@ async def test_queues_and_metrics_show_keys_and_rates(db_url: str) -> None:
         text = (await h.http.get("/metrics")).text
         assert 'chronoq_tasks_waiting_on_limit{limit="concurrency",queue="default"} 2.0' in text
         assert 'chronoq_tasks_waiting_on_limit{limit="rate",queue="rated"} 3.0' in text
+
+
+async def test_late_rated_tasks_still_start_at_the_rate(db_url: str) -> None:
+    """Tasks whose turns passed while no worker ran (all due at once) start no faster than
+    their rate: the claim keeps its own GCRA bucket (50/s: at most 4 ahead, so 5 at once)."""
+    async with running(unique_app(db_url)) as h:
+        now = time.time()
+        spec = TaskCreate(name="plain", concurrency_key="late", rate="50/s")
+        await h.store.create_tasks([spec] * 20, now)
+        later = now + 10
+        await h.store.promote_due(later)
+        first = await h.store.claim("w1", "default", 20, later, 60)
+        assert len(first) == 5
+        assert await h.store.claim("w1", "default", 20, later, 60) == []
+        assert len(await h.store.claim("w1", "default", 20, later + 0.1, 60)) == 5
+        assert len(await h.store.claim("w1", "default", 20, later + 0.12, 60)) == 1

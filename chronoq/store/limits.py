@@ -37,9 +37,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+import orjson
 
 from chronoq import lifecycle
 from chronoq.lifecycle import Status
@@ -57,14 +60,16 @@ _QUEUED = lifecycle.CLAIM.where("t.status")
 _RUNNING = lifecycle.is_(Status.RUNNING)
 
 #: SQLite: the first waiting tasks of each key with room, round-robin across keys ($4 the
-#: queue, $5 how many)
+#: queue, $5 how many, $6 a JSON object of the rated keys' starts allowed now)
 SQLITE_PICK = (
     "SELECT id FROM (SELECT t.id, t.priority, t.run_at, ROW_NUMBER() OVER (PARTITION BY "
     "t.concurrency_key ORDER BY t.priority DESC, t.run_at, t.id) AS rn, "
-    "COALESCE(t.concurrency_limit, 1000000000) - COALESCE(r.n, 0) AS room FROM tasks t "
+    "MIN(COALESCE(t.concurrency_limit, 1000000000) - COALESCE(r.n, 0), "
+    "COALESCE(caps.value, 1000000000)) AS room FROM tasks t "
     "LEFT JOIN (SELECT concurrency_key, COUNT(*) AS n FROM tasks WHERE "
     f"{_RUNNING} AND concurrency_key IS NOT NULL GROUP BY concurrency_key) r "
     "ON r.concurrency_key = t.concurrency_key "
+    "LEFT JOIN json_each($6) AS caps ON caps.key = t.concurrency_key "
     f"WHERE {_QUEUED} AND t.queue = $4 AND t.concurrency_key IS NOT NULL "
     f"AND {not_paused('$4')}) c "
     "WHERE rn <= room ORDER BY rn, priority DESC, run_at, id LIMIT $5"
@@ -74,7 +79,9 @@ SQLITE_PICK = (
 #: ``tasks_limited`` walks the queue's keys in key order from after ``$4`` (where this
 #: process's previous claim stopped: round-robin), one probe per key, and stops at the
 #: ``$2``-th key with a free slot; each key returned is locked for the transaction
-#: (``pg_try_advisory_xact_lock``, namespace ``$3``; a key another claim holds is skipped).
+#: (``pg_try_advisory_xact_lock``, namespace ``$3``, the key hashed with the schema: advisory
+#: locks are per database; a key another claim holds, or one whose hash collides with it,
+#: is skipped this time).
 #: ``$1`` the queue.
 PG_KEYS = (
     "WITH RECURSIVE keys AS ("
@@ -89,18 +96,20 @@ PG_KEYS = (
     f"{_QUEUED} AND t.queue = $1 AND t.concurrency_key = keys.k "
     "ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1) > (SELECT count(*) FROM tasks r WHERE "
     f"{lifecycle.is_(Status.RUNNING, 'r.status')} AND r.concurrency_key = keys.k) "
-    "OFFSET 0) AS roomy WHERE pg_try_advisory_xact_lock($3, hashtext(k)) LIMIT $2"
+    "OFFSET 0) AS roomy "
+    "WHERE pg_try_advisory_xact_lock($3, hashtext(current_schema() || ':' || k)) LIMIT $2"
 )
 
 #: PostgreSQL, second statement (its snapshot is taken once the keys are locked, so it sees
 #: every claim of them committed before): the keys' free slots and first waiting tasks,
-#: round-robin. ``$4`` the queue, ``$5`` how many, ``$6`` the locked keys.
+#: round-robin. ``$4`` the queue, ``$5`` how many, ``$6`` the locked keys, ``$7`` the starts
+#: each may make now (its rate's, else no cap).
 PG_PICK = (
-    "WITH room AS (SELECT k, (SELECT COALESCE(t.concurrency_limit, 1000000000) FROM tasks t "
-    f"WHERE {_QUEUED} AND t.queue = $4 AND t.concurrency_key = keys.k "
+    "WITH room AS (SELECT k, LEAST(keys.cap, (SELECT COALESCE(t.concurrency_limit, 1000000000) "
+    f"FROM tasks t WHERE {_QUEUED} AND t.queue = $4 AND t.concurrency_key = keys.k "
     "ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1) - (SELECT count(*) FROM tasks r WHERE "
-    f"{lifecycle.is_(Status.RUNNING, 'r.status')} AND r.concurrency_key = keys.k) AS free "
-    "FROM unnest($6::text[]) AS keys(k)), "
+    f"{lifecycle.is_(Status.RUNNING, 'r.status')} AND r.concurrency_key = keys.k)) AS free "
+    "FROM unnest($6::text[], $7::int[]) AS keys(k, cap)), "
     "ranked AS (SELECT h.* FROM room, LATERAL (SELECT s.id, s.priority, s.run_at, "
     "ROW_NUMBER() OVER (ORDER BY s.priority DESC, s.run_at, s.id) AS rn FROM ("
     f"SELECT t.id, t.priority, t.run_at FROM tasks t WHERE {_QUEUED} AND t.queue = $4 "
@@ -121,6 +130,23 @@ TAKE = (
     "CAST($4 AS DOUBLE PRECISION) THEN rate_buckets.tat + CAST($4 AS DOUBLE PRECISION) "
     "ELSE excluded.tat END RETURNING tat"
 )
+
+
+#: how far ahead of its rate a key's starts may run (GCRA's tolerance, in seconds): a key
+#: of rate r starts at most r x (W + BURST) + 1 tasks in any W seconds (55 in 1 s at 50/s)
+BURST_SECONDS = 0.08
+
+
+def starts_allowed(bucket: Any, now: float) -> int:
+    """How many tasks of a rated key may start now (GCRA on the start side: the bucket's
+    ``started_tat`` may run at most a whole number of intervals within
+    :data:`BURST_SECONDS` ahead of now)."""
+    spacing = float(bucket["spacing"])
+    tolerance = spacing * math.floor(BURST_SECONDS / spacing)
+    ahead = max(float(bucket["started_tat"]), now) - now
+    if ahead > tolerance:
+        return 0
+    return int((tolerance - ahead) // spacing) + 1
 
 
 class LimitQueries(abc.ABC):
@@ -197,7 +223,6 @@ class LimitQueries(abc.ABC):
         round-robin across keys, and open their attempts (serialised: module docstring)."""
         pg = self.dialect == "postgresql"
         async with self.tx() as c:
-            keys: tuple[Any, ...] = ()
             if pg:
                 after = self._key_cursor.get(queue, "")
                 locked = [r["k"] for r in await c.fetch(PG_KEYS, queue, limit, LOCK, after)]
@@ -208,16 +233,39 @@ class LimitQueries(abc.ABC):
                     self._key_cursor.pop(queue, None)
                     return []
                 self._key_cursor[queue] = locked[-1] if len(locked) >= limit else ""
-                keys = (self.list_param(locked),)
+                buckets = await c.fetch(
+                    f"SELECT * FROM rate_buckets WHERE key {self.in_list('$1')}",
+                    self.list_param(locked),
+                )
+            else:
+                buckets = await c.fetch(
+                    "SELECT * FROM rate_buckets WHERE key IN (SELECT concurrency_key FROM "
+                    f"tasks t WHERE {_QUEUED} AND t.queue = $1 AND t.rate_interval IS NOT NULL)",
+                    queue,
+                )
             # the attempts start now, once the keys are held (SQLite: once the write lock
             # is): after every earlier attempt of these keys ended, so the attempt records
             # of a key never overlap
             now = max(now, time.time())
+            caps = {b["key"]: starts_allowed(b, now) for b in buckets}
+            keys: tuple[Any, ...]
+            if pg:
+                locked = [k for k in locked if caps.get(k, 1) > 0]
+                if not locked:
+                    return []
+                pick, keys = (
+                    PG_PICK,
+                    (
+                        self.list_param(locked),
+                        [caps.get(k, 1_000_000_000) for k in locked],
+                    ),
+                )
+            else:
+                pick, keys = SQLITE_PICK, (orjson.dumps(caps).decode(),)
             rows = await c.fetch(
                 f"UPDATE tasks SET {lifecycle.CLAIM.to()}, attempts = attempts + 1, "
                 "worker_id = $1, lease_expires_at = $2, updated_at = $3 "
-                f"WHERE id IN ({PG_PICK if pg else SQLITE_PICK}) "
-                f"AND {lifecycle.CLAIM.where()} RETURNING *",
+                f"WHERE id IN ({pick}) AND {lifecycle.CLAIM.where()} RETURNING *",
                 worker_id,
                 now + lease,
                 now,
@@ -225,6 +273,19 @@ class LimitQueries(abc.ABC):
                 limit,
                 *keys,
             )
+            started: dict[str, int] = {}
+            for r in rows:
+                if r["concurrency_key"] in caps:
+                    started[r["concurrency_key"]] = started.get(r["concurrency_key"], 0) + 1
+            if started:
+                await c.executemany(
+                    "UPDATE rate_buckets SET started_tat = $2 WHERE key = $1",
+                    [
+                        (b["key"], max(float(b["started_tat"]), now) + n * float(b["spacing"]))
+                        for b in buckets
+                        if (n := started.get(b["key"], 0))
+                    ],
+                )
             if rows:
                 await c.executemany(
                     "INSERT INTO attempts (task_id, attempt, worker_id, started_at) "

@@ -59,10 +59,13 @@ CREATE TRIGGER tasks_slot_freed AFTER UPDATE OF status ON tasks
 
 -- Rate limits (chronoq.store.limits.spaced): a task with a rate gets its run time from its
 -- key's bucket, GCRA's theoretical arrival time (tat): each submission takes the next
--- max(tat, now) and moves tat on by the rate's interval, in the submission's transaction
+-- max(tat, now) and moves tat on by the rate's interval, in the submission's transaction;
+-- started_tat is the same on the start side: the limited claim starts no task of the key
+-- ahead of it (beyond a small tolerance), so late tasks cannot start in a burst
 ALTER TABLE tasks ADD COLUMN rate_interval DOUBLE PRECISION;
 CREATE TABLE rate_buckets (
-    key      TEXT PRIMARY KEY,
-    spacing  DOUBLE PRECISION NOT NULL,
-    tat      DOUBLE PRECISION NOT NULL
+    key         TEXT PRIMARY KEY,
+    spacing     DOUBLE PRECISION NOT NULL,
+    tat         DOUBLE PRECISION NOT NULL,
+    started_tat DOUBLE PRECISION NOT NULL DEFAULT 0
 );
