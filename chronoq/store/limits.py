@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -132,21 +131,35 @@ TAKE = (
 )
 
 
-#: how far ahead of its rate a key's starts may run (GCRA's tolerance, in seconds): a key
-#: of rate r starts at most r x (W + BURST) + 1 tasks in any W seconds (55 in 1 s at 50/s)
-BURST_SECONDS = 0.08
+#: the start side's rate, relative to the key's: a little faster, so tasks made late (a
+#: stalled scheduler, busy workers) catch up, and still at most ``1.1 r + 1`` starts in any
+#: second at rate ``r`` (55 at 50/s: ``floor((1 + 2 x 0.85 / 53) x 53) + 1``)
+START_SPEEDUP = 1.06
+#: the start side's tolerance (GCRA's tau, and the credit an idle key keeps), in intervals
+START_TOLERANCE = 0.85
+
+
+def start_step(bucket: Any) -> tuple[float, float]:
+    """The start side's interval and tolerance for a rate bucket row, in seconds."""
+    step = float(bucket["spacing"]) / START_SPEEDUP
+    return step, START_TOLERANCE * step
 
 
 def starts_allowed(bucket: Any, now: float) -> int:
-    """How many tasks of a rated key may start now (GCRA on the start side: the bucket's
-    ``started_tat`` may run at most a whole number of intervals within
-    :data:`BURST_SECONDS` ahead of now)."""
-    spacing = float(bucket["spacing"])
-    tolerance = spacing * math.floor(BURST_SECONDS / spacing)
-    ahead = max(float(bucket["started_tat"]), now) - now
-    if ahead > tolerance:
+    """How many tasks of a rated key may start now: GCRA on the start side — the bucket's
+    ``started_tat`` (kept no further back than the tolerance) may run at most the
+    tolerance ahead of now (:data:`START_SPEEDUP`, :data:`START_TOLERANCE`)."""
+    step, tolerance = start_step(bucket)
+    base = max(float(bucket["started_tat"]), now - tolerance)
+    if base > now + tolerance:
         return 0
-    return int((tolerance - ahead) // spacing) + 1
+    return int((now + tolerance - base) // step) + 1
+
+
+def started_after(bucket: Any, now: float, n: int) -> float:
+    """The bucket's ``started_tat`` once ``n`` tasks of its key started at ``now``."""
+    step, tolerance = start_step(bucket)
+    return max(float(bucket["started_tat"]), now - tolerance) + n * step
 
 
 class LimitQueries(abc.ABC):
@@ -281,7 +294,7 @@ class LimitQueries(abc.ABC):
                 await c.executemany(
                     "UPDATE rate_buckets SET started_tat = $2 WHERE key = $1",
                     [
-                        (b["key"], max(float(b["started_tat"]), now) + n * float(b["spacing"]))
+                        (b["key"], started_after(b, now, n))
                         for b in buckets
                         if (n := started.get(b["key"], 0))
                     ],
