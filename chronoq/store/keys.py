@@ -6,13 +6,12 @@ Keys look like ``cq_<id>_<secret>``; the id is public (listing, revoking), the s
 
 from __future__ import annotations
 
-import abc
 import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
 
+from chronoq.store.connector import Connector
 from chronoq.store.records import Row, dumps, loads
 
 SCOPES = ("read", "write", "admin")
@@ -50,11 +49,8 @@ class ApiKey:
         return any(rank[s] >= rank[scope] for s in self.scopes)
 
 
-class KeyQueries(abc.ABC):
+class KeyQueries(Connector):
     """API key queries, mixed into :class:`chronoq.store.base.Store`."""
-
-    @abc.abstractmethod
-    def conn(self) -> Any: ...
 
     async def create_key(
         self, name: str, scopes: list[str], namespace: str | None = None

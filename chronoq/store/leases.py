@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chronoq.store.connector import Connector
 from chronoq.store.records import Conn
 
 
@@ -32,22 +32,8 @@ class LeaseInfo:
     expires_at: float
 
 
-class LeaseQueries(abc.ABC):
+class LeaseQueries(Connector):
     """Lease queries, mixed into :class:`chronoq.store.base.Store`."""
-
-    lock_row: str
-
-    @abc.abstractmethod
-    def conn(self) -> Any: ...
-
-    @abc.abstractmethod
-    def tx(self) -> Any: ...
-
-    @abc.abstractmethod
-    def in_list(self, placeholder: str) -> str: ...
-
-    @abc.abstractmethod
-    def list_param(self, values: Iterable[str]) -> Any: ...
 
     async def try_lease(self, name: str, holder: str, now: float, ttl: float) -> Fence | None:
         """Take or renew lease ``name`` for ``ttl`` seconds. Returns the fence when held;

@@ -45,6 +45,7 @@ import orjson
 
 from chronoq import lifecycle
 from chronoq.lifecycle import Status
+from chronoq.store.connector import Connector
 from chronoq.store.pauses import not_paused
 from chronoq.store.records import NewTask, Row, TaskRecord
 
@@ -162,22 +163,8 @@ def started_after(bucket: Any, now: float, n: int) -> float:
     return max(float(bucket["started_tat"]), now - tolerance) + n * step
 
 
-class LimitQueries(abc.ABC):
+class LimitQueries(Connector):
     """The limited claim and what it reads, mixed into :class:`chronoq.store.base.Store`."""
-
-    dialect: str
-
-    @abc.abstractmethod
-    def conn(self) -> Any: ...
-
-    @abc.abstractmethod
-    def tx(self) -> Any: ...
-
-    @abc.abstractmethod
-    def in_list(self, placeholder: str) -> str: ...
-
-    @abc.abstractmethod
-    def list_param(self, values: Iterable[str]) -> Any: ...
 
     @abc.abstractmethod
     async def with_inputs(self, rows: Sequence[Row], now: float) -> list[TaskRecord]: ...

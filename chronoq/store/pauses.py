@@ -8,11 +8,10 @@ queues are shared between namespaces, and a worker serves a whole queue.
 
 from __future__ import annotations
 
-import abc
 from dataclasses import dataclass
 from typing import Any
 
-from chronoq.store.announce import Announcer
+from chronoq.store.connector import Connector
 
 
 def not_paused(queue: str) -> str:
@@ -31,13 +30,8 @@ class QueuePause:
     paused_by: str | None
 
 
-class PauseQueries(abc.ABC):
+class PauseQueries(Connector):
     """Pause and resume queries, mixed into :class:`chronoq.store.base.Store`."""
-
-    announce: Announcer
-
-    @abc.abstractmethod
-    def conn(self) -> Any: ...
 
     async def pause_queue(self, queue: str, now: float, by: str | None = None) -> QueuePause:
         """Pause ``queue``; pausing a paused queue keeps the first pause (who and when)."""

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +16,7 @@ from chronoq.models import (
     to_datetime,
 )
 from chronoq.recurrence import FirePlan, MisfirePolicy, Recurrence, cached, plan
-from chronoq.store.announce import Announcer
-from chronoq.store.leases import Fence
+from chronoq.store.leases import Fence, LeaseQueries
 from chronoq.store.records import (
     INSERT_BATCH,
     INSERT_TASK,
@@ -239,35 +237,8 @@ _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 20))
 _UPDATE = ", ".join(f"{c.strip()} = ${i}" for i, c in enumerate(_COLUMNS.split(","), 1) if i > 1)
 
 
-class ScheduleQueries(abc.ABC):
+class ScheduleQueries(LeaseQueries):
     """Schedule queries, mixed into :class:`chronoq.store.base.Store`."""
-
-    announce: Announcer
-    skip_locked: str
-
-    @abc.abstractmethod
-    def conn(self) -> Any: ...
-
-    @abc.abstractmethod
-    def tx(self) -> Any: ...
-
-    @abc.abstractmethod
-    def inserted(self, tasks: Sequence[NewTask]) -> None: ...
-
-    @abc.abstractmethod
-    def rows_source(self, tasks: Sequence[NewTask]) -> tuple[str, list[Any]]: ...
-
-    @abc.abstractmethod
-    def in_list(self, placeholder: str) -> str: ...
-
-    @abc.abstractmethod
-    def list_param(self, values: Iterable[str]) -> Any: ...
-
-    @abc.abstractmethod
-    async def check_fence(self, c: Any, fence: Fence | None, now: float) -> None: ...
-
-    @abc.abstractmethod
-    async def check_fences(self, c: Any, fences: Sequence[Fence], now: float) -> None: ...
 
     async def create_schedule(
         self, spec: ScheduleCreate, now: float, namespace: str = "default"

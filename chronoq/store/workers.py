@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from chronoq.models import WorkerInfo, to_datetime
+from chronoq.store.connector import Connector
 from chronoq.store.records import Row, dumps, loads
 
 
@@ -57,11 +56,8 @@ class Served:
         )
 
 
-class WorkerQueries(abc.ABC):
+class WorkerQueries(Connector):
     """Worker registry queries, mixed into :class:`chronoq.store.base.Store`."""
-
-    @abc.abstractmethod
-    def conn(self) -> Any: ...
 
     async def register_worker(
         self,
