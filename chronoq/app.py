@@ -59,9 +59,15 @@ class TaskFunction(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
 
+    #: the declaration's ``concurrency_by``: a submission's concurrency key from its payload
+    key_from: Callable[[dict[str, Any]], str] | None = None
+
     def spec(self, payload: dict[str, Any], **options: Any) -> TaskCreate:
         """The submission for ``payload`` with this handler's defaults and ``options``."""
-        return TaskCreate(name=self.name, payload=payload, **{**self.defaults, **options})
+        merged = {**self.defaults, **options}
+        if self.key_from is not None and merged.get("concurrency_key") is None and payload:
+            merged["concurrency_key"] = self.key_from(payload)
+        return TaskCreate(name=self.name, payload=payload, **merged)
 
     def options(
         self,
@@ -77,11 +83,14 @@ class TaskFunction(Generic[P, R]):
         unique_for: float | None = None,
         unique_key: str | None = None,
         debounce: float | None = None,
+        concurrency_key: str | None = None,
+        concurrency: int | None = None,
+        rate: str | None = None,
     ) -> TaskFunction[P, R]:
         """This handler with other settings for the submissions made through the copy
         returned (the registered handler keeps its own); unset (None) ones are kept.
-        ``unique_for``/``unique_key``/``debounce``: unique jobs and debounce
-        (docs/flow-control.md)."""
+        ``unique_for``/``unique_key``/``debounce``: unique jobs and debounce;
+        ``concurrency_key``/``concurrency``/``rate``: limits (docs/flow-control.md)."""
         given: dict[str, Any] = {
             "queue": queue,
             "priority": priority,
@@ -91,6 +100,9 @@ class TaskFunction(Generic[P, R]):
             "unique_for": unique_for,
             "unique_key": unique_key,
             "debounce": debounce,
+            "concurrency_key": concurrency_key,
+            "concurrency": concurrency,
+            "rate": rate,
             "backoff": None if backoff is None else BackoffSpec.model_validate(backoff),
         }
         changed = {k: v for k, v in given.items() if v is not None}
@@ -238,13 +250,23 @@ class App:
         backoff: BackoffSpec | dict[str, float] | None = None,
         pool: PoolKind | None = None,
         unique_for: float | None = None,
+        concurrency: int | None = None,
+        concurrency_by: str | Callable[[dict[str, Any]], str] | None = None,
+        rate: str | None = None,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
         """Register a sync or async function as the handler for task ``name``; ``pool``
         ("process" or "async") overrides where workers run it (their ``--pool``);
         ``unique_for``: every submission is a unique job for that many seconds, keyed by
-        name + payload (docs/flow-control.md)."""
+        name + payload (docs/flow-control.md). ``concurrency``: at most that many of its
+        tasks run at once across all workers — per handler, or per key with
+        ``concurrency_by``: a payload field (the key is ``<field>:<value>``, e.g.
+        ``customer_id:42``) or a function of the payload returning the key. ``rate``
+        (``"100/s"``, ``"5000/h"``): at most that many of its tasks (of each key, with
+        ``concurrency_by``) become due per period; the others wait."""
         if pool not in (None, "async", "process"):
             raise ValueError(f"pool must be 'async' or 'process', not {pool!r}")
+        if concurrency_by is not None and concurrency is None and rate is None:
+            raise ValueError("concurrency_by needs concurrency or rate (the key's limit)")
 
         def register(fn: Callable[P, R]) -> TaskFunction[P, R]:
             task_name = name or f"{fn.__module__}.{fn.__name__}"
@@ -258,7 +280,15 @@ class App:
                 defaults["backoff"] = BackoffSpec.model_validate(backoff)
             if unique_for is not None:
                 defaults["unique_for"] = unique_for
+            if concurrency is not None:
+                defaults["concurrency"] = concurrency
+            if rate is not None:
+                defaults["rate"] = rate
             wrapped = TaskFunction(self, task_name, fn, defaults, pool)
+            if isinstance(concurrency_by, str):
+                wrapped.key_from = _field_key(concurrency_by)
+            elif concurrency_by is not None:
+                wrapped.key_from = concurrency_by
             self.tasks[task_name] = wrapped
             return wrapped
 
@@ -461,3 +491,14 @@ class _Portal:
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _field_key(field: str) -> Callable[[dict[str, Any]], str]:
+    """``concurrency_by="customer_id"``: the key ``customer_id:<value>`` of a payload."""
+
+    def key(payload: dict[str, Any]) -> str:
+        if field not in payload:
+            raise ValueError(f"concurrency_by: the payload has no field {field!r}")
+        return f"{field}:{payload[field]}"
+
+    return key

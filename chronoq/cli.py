@@ -988,6 +988,14 @@ def schedules() -> None:
     show_default=True,
     help="what to do with slots missed while chronoq was down",
 )
+@click.option(
+    "--overlap",
+    type=click.Choice(["allow", "skip", "buffer_one", "cancel_running"]),
+    default="allow",
+    show_default=True,
+    help="a slot while the previous run still waits or runs: fire it anyway, skip it, "
+    "run it after (one at most), or cancel the previous run",
+)
 @click.option("--paused", is_flag=True, help="create it paused")
 @url_option
 @json_option
@@ -1000,6 +1008,7 @@ def schedules_add(
     payload: str,
     queue: str,
     misfire: str,
+    overlap: str,
     paused: bool,
     url: str,
     as_json: bool,
@@ -1011,6 +1020,7 @@ def schedules_add(
         "name": name,
         "timezone": timezone,
         "misfire_policy": misfire,
+        "overlap_policy": overlap,
         "paused": paused,
         "task": {"name": task_name, "payload": _json_option(payload), "queue": queue},
     }

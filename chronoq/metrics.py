@@ -42,6 +42,7 @@ from starlette.types import Receive, Scope, Send
 
 from chronoq.events import Subscription, TaskEvent
 from chronoq.scheduler import LEASE as SCHEDULER_LEASE
+from chronoq.store import limits
 
 if TYPE_CHECKING:
     from chronoq.app import App
@@ -92,6 +93,8 @@ class Snapshot:
     schedule_lag: float = 0.0
     lease_held: bool = False
     paused: list[tuple[str, bool]] = field(default_factory=list)
+    #: (queue, "concurrency" | "rate", tasks waiting on that limit): chronoq.store.limits
+    limit_waits: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 class StoreCollector:
@@ -170,7 +173,15 @@ class StoreCollector:
             "chronoq_scheduler_lease_held",
             "1 if some scheduler holds an unexpired scheduler lease.",
         )
+        waits = GaugeMetricFamily(
+            "chronoq_tasks_waiting_on_limit",
+            "Tasks held back by a limit: queued with every slot of their concurrency key "
+            "taken (limit=concurrency), or waiting for their rate limit's turn (limit=rate).",
+            labels=["queue", "limit"],
+        )
         if snap is not None and snap.ok:
+            for queue, kind, n in snap.limit_waits:
+                waits.add_metric([queue, kind], n)
             for queue, status, n in snap.counts:
                 depth.add_metric([queue, status], n)
             for queue, age in snap.oldest_queued:
@@ -182,7 +193,7 @@ class StoreCollector:
             slots.add_metric([], snap.slots)
             lag.add_metric([], snap.schedule_lag)
             held.add_metric([], 1 if snap.lease_held else 0)
-        yield from (depth, oldest, paused, alive, busy, slots, lag, held)
+        yield from (depth, oldest, paused, alive, busy, slots, lag, held, waits)
 
 
 class Metrics:
@@ -403,6 +414,8 @@ class Metrics:
                 workers = await store.list_workers()
                 due = await store.next_due_at()
                 lease = await store.get_lease(SCHEDULER_LEASE)
+                limited = await store.limited_queues()
+                usage = await store.limit_usage(now, limited) if limited else None
         except Exception as exc:
             log.warning("metrics: store did not answer: %s", exc)
             return Snapshot(now, ok=False)
@@ -421,6 +434,11 @@ class Metrics:
             slots=sum(w.concurrency for w in workers),
             schedule_lag=0.0 if due is None else max(now - due, 0.0),
             lease_held=lease is not None and lease.expires_at >= now,
+            limit_waits=[
+                (queue, kind, n) for (queue, kind), n in sorted(limits.waiting(usage).items())
+            ]
+            if usage is not None
+            else [],
         )
 
     def refresh_from_thread(self) -> None:

@@ -97,6 +97,25 @@ class BackoffSpec(BaseModel):
         return Backoff(self.base, self.factor, self.max, self.jitter)
 
 
+def rate_interval(text: str) -> float:
+    """Seconds between two tasks under a rate such as ``"100/s"`` or ``"5000/h"``."""
+    count, _, unit = text.partition("/")
+    return {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit] / float(count)
+
+
+def _valid_rate(text: str) -> str:
+    if float(text.partition("/")[0]) <= 0:
+        raise ValueError("a rate needs a positive count, e.g. 100/s")
+    return text
+
+
+RateText = Annotated[
+    str,
+    Field(max_length=32, pattern=r"^[0-9]{1,9}(\.[0-9]{1,6})?/[smhd]$"),
+    AfterValidator(_valid_rate),
+]
+
+
 class TaskTemplate(BaseModel):
     """What to run: the part of a task that a recurring schedule repeats."""
 
@@ -115,6 +134,26 @@ class TaskTemplate(BaseModel):
     max_attempts: int = Field(3, ge=1, le=100)
     backoff: BackoffSpec = Field(default_factory=BackoffSpec)
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
+    concurrency_key: KeyText | None = Field(
+        None,
+        examples=["customer:42"],
+        description="at most `concurrency` tasks with this key run at once, across every "
+        "queue and worker (docs/flow-control.md); default `handler:<name>` when only "
+        "concurrency is given",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="how many tasks of its concurrency_key may run at once (default 1 "
+        "when a key is given without a rate)",
+    )
+    rate: RateText | None = Field(
+        None,
+        examples=["100/s", "5000/h"],
+        description="at most this many tasks of its concurrency_key become due per second "
+        "(s), minute (m), hour (h) or day (d), across all workers; the others wait",
+    )
 
 
 #: what debounce, which sets the run time itself, is not given with
@@ -245,6 +284,11 @@ class Task(BaseModel):
     timeout_seconds: float | None
     idempotency_key: str | None
     unique_key: str | None = Field(None, description="the key this task holds (unique_for)")
+    concurrency_key: str | None = Field(None, description="its concurrency limit's key")
+    concurrency: int | None = Field(None, description="the limit of its concurrency_key")
+    rate_interval: float | None = Field(
+        None, description="its rate limit, as seconds between two tasks of its key"
+    )
     worker_id: str | None = None
     result: Any = None
     error: str | None = None
@@ -284,6 +328,35 @@ class TaskPage(BaseModel):
     next_cursor: Id | None = Field(None, description="pass as `cursor` for the next page")
 
 
+class KeyUsage(BaseModel):
+    """One concurrency key's tasks in a queue."""
+
+    key: str
+    running: int = Field(description="tasks of the key running (in any queue: its slots)")
+    queued: int = Field(description="tasks of the key queued in this queue")
+    limit: int | None = Field(description="how many may run at once (null: only a rate)")
+    full: bool = Field(description="no free slot: its queued tasks wait on the limit")
+
+
+class RateState(BaseModel):
+    """A rate-limited key's bucket (GCRA: the time of its next free turn)."""
+
+    key: str
+    per_second: float
+    next_turn_at: datetime = Field(description="the earliest a new task of the key can run")
+    waiting: int = Field(description="tasks of the key in this queue waiting for their turn")
+
+
+class QueueLimits(BaseModel):
+    """Flow control in a queue (docs/flow-control.md)."""
+
+    waiting_on_concurrency: int = Field(description="queued tasks whose key has no free slot")
+    waiting_on_rate: int = Field(description="tasks waiting for their rate limit's turn")
+    keys_total: int = Field(description="keys with running or queued tasks in the queue")
+    keys: list[KeyUsage] = Field(description="the busiest keys, at most 20")
+    rates: list[RateState] = []
+
+
 class QueueStats(BaseModel):
     queue: str
     counts: dict[Status, int]
@@ -297,6 +370,9 @@ class QueueStats(BaseModel):
     paused_at: datetime | None = None
     paused_by: str | None = Field(
         None, description="id of the API key that paused it (none when authentication is off)"
+    )
+    limits: QueueLimits | None = Field(
+        None, description="concurrency keys and rate limits, for queues that have keyed tasks"
     )
 
 
@@ -316,6 +392,8 @@ class ErrorResponse(BaseModel):
 
 
 MisfirePolicy = Literal["skip", "run_once", "catch_up"]
+#: what a slot does while the schedule's previous run still waits or runs (Temporal's)
+OverlapPolicy = Literal["allow", "skip", "buffer_one", "cancel_running"]
 
 
 def _valid_cron(value: str) -> str:
@@ -361,6 +439,12 @@ class ScheduleFields(BaseModel):
     jitter_seconds: float = Field(
         0.0, ge=0, le=86400, description="delay each run by a random 0..jitter seconds"
     )
+    overlap_policy: OverlapPolicy = Field(
+        "allow",
+        description="a slot while the previous run still waits or runs: allow it, skip it, "
+        "buffer_one (run it once the previous run ended; at most one waits), or "
+        "cancel_running (cancel the previous run, then fire)",
+    )
     paused: bool = False
 
     @model_validator(mode="after")
@@ -395,6 +479,7 @@ KEPT_UNLESS_GIVEN = (
     "max_catch_up",
     "misfire_grace_seconds",
     "jitter_seconds",
+    "overlap_policy",
     "paused",
 )
 
@@ -428,6 +513,7 @@ class ScheduleUpdate(BaseModel):
     max_catch_up: int | None = Field(None, ge=1, le=1000)
     misfire_grace_seconds: float | None = Field(None, ge=0, le=86400)
     jitter_seconds: float | None = Field(None, ge=0, le=86400)
+    overlap_policy: OverlapPolicy | None = None
     paused: bool | None = None
 
     @field_validator(*KEPT_UNLESS_GIVEN, mode="before")
@@ -453,6 +539,9 @@ class Schedule(ScheduleCreate):
     namespace: str = "default"
     next_fire_at: datetime | None = Field(description="next slot; null when paused or ended")
     last_fire_at: datetime | None
+    buffered_slot: datetime | None = Field(
+        None, description="buffer_one: the slot waiting for the previous run to end"
+    )
     next_fire_times: list[datetime] = Field(description="the next 5 slots")
     created_at: datetime
     updated_at: datetime

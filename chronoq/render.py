@@ -170,8 +170,11 @@ def schedule_detail(s: dict[str, Any]) -> str:
         ),
         ("state", state),
         ("misfire", f"{s['misfire_policy']} (grace {s['misfire_grace_seconds']}s)"),
+        ("overlap", str(s.get("overlap_policy", "allow"))),
         ("last fire", when(s["last_fire_at"])),
     ]
+    if s.get("buffered_slot"):
+        pairs.append(("buffered", when(s["buffered_slot"])))
     pairs += [("next" if i == 0 else "", when(t)) for i, t in enumerate(s["next_fire_times"])]
     return fields(pairs)
 

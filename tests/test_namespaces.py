@@ -22,7 +22,16 @@ from chronoq.store.schedules import ScheduleRecord
 from tests.conftest import Harness, make_settings, running
 
 #: task columns added after migration 10
-LATER = {"unique_key", "unique_until", "traceparent"}
+LATER = {
+    "unique_key",
+    "unique_until",
+    "traceparent",
+    "concurrency_key",
+    "concurrency_limit",
+    "rate_interval",
+}
+#: schedule columns added after version 10
+SCHEDULE_LATER = {"overlap_policy"}
 
 NIGHTLY = {"name": "nightly", "cron": "@daily", "task": {"name": "report"}}
 
@@ -188,12 +197,18 @@ async def test_migration_keeps_rows_and_makes_names_per_namespace(db_url: str) -
         now = time.time()
         task = NewTask.of(TaskTemplate(name="old"), now, now, "k1", namespace="alpha")
         nightly = ScheduleRecord.new(ScheduleCreate.model_validate(NIGHTLY), now, "alpha")
-        columns = [f.name for f in dataclasses.fields(ScheduleRecord)]  # values() order
+        # values() order; the columns migration 0021 added left out
+        columns = [f.name for f in dataclasses.fields(ScheduleRecord) if f.name != "buffered_slot"]
+        old_schedule = [
+            (k, v)
+            for k, v in zip(columns, nightly.values(), strict=True)
+            if k not in SCHEDULE_LATER
+        ]
         async with store.conn() as c:
             await c.execute(
-                f"INSERT INTO schedules ({', '.join(columns)}) VALUES "
-                f"({', '.join(f'${i}' for i in range(1, len(columns) + 1))})",
-                *nightly.values(),
+                f"INSERT INTO schedules ({', '.join(k for k, _ in old_schedule)}) VALUES "
+                f"({', '.join(f'${i}' for i in range(1, len(old_schedule) + 1))})",
+                *(v for _, v in old_schedule),
             )
             # the columns a version-10 table has (migration 0018 added the unique keys)
             kept = [

@@ -88,6 +88,7 @@ def test_schedule_detail_shows_state_and_next_fire_times() -> None:
         "     task  job {} queue=q",
         "    state  active",
         "  misfire  skip (grace 60.0s)",
+        "  overlap  allow",
         "last fire  -",
         f"     next  {local(fire[0])}",
         f"           {local(fire[1])}",

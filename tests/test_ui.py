@@ -457,6 +457,17 @@ def test_overview_and_escaping(tab: Page, server: str) -> None:
     assert page.evaluate("window.__xss") is None
 
 
+def test_overview_shows_a_queues_concurrency_keys(tab: Page, server: str) -> None:
+    for i in range(3):  # no worker serves "keyed": one is neither running nor claimed
+        submit(server, name="demo.add", queue="keyed", concurrency_key="cust:7",
+               payload={"a": i, "b": 0})  # fmt: skip
+    page = tab.open("#/overview")
+    limits = page.locator('tr[data-queue="keyed"] [data-testid="limits"]')
+    expect(limits).to_contain_text("1 key", timeout=15_000)
+    limits.locator("summary").click()
+    expect(limits.locator('li[data-key="cust:7"]')).to_contain_text("0/1 running, 3 queued")
+
+
 def test_overview_pauses_and_resumes_a_queue(tab: Page, server: str) -> None:
     submit(server, name="demo.add", payload={"a": 1, "b": 1})  # "default" is listed
     page = tab.open("#/overview")
@@ -677,6 +688,7 @@ def test_create_and_edit_a_schedule_in_the_editor(tab: Page, server: str) -> Non
     expect(form.locator(".form-error")).to_contain_text("409")
     expect(form.locator(".form-error")).to_contain_text("demo.tick")
     form.get_by_label("Name").fill("ui.made")
+    form.get_by_label("Overlap").select_option("skip")
     form.get_by_label("paused").check()
     tab.screenshot("schedule-editor")
     form.get_by_role("button", name="Create").click()
@@ -686,6 +698,7 @@ def test_create_and_edit_a_schedule_in_the_editor(tab: Page, server: str) -> Non
     made = httpx.get(f"{server}/v1/schedules/ui.made", timeout=5).json()
     assert made["cron"] == "30 9 * * 1-5" and made["timezone"] == "Asia/Tokyo"
     assert made["task"]["payload"] == {"a": 1, "b": 2}
+    assert made["overlap_policy"] == "skip"
 
     # edited to fire every second and resumed: it fires at the new time
     row.get_by_role("button", name="Edit").click()

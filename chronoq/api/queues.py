@@ -1,4 +1,5 @@
-"""``/v1/queues/{queue}/pause`` and ``/resume``: stop and restart claiming from a queue.
+"""``/v1/queues/{queue}/pause`` and ``/resume``: stop and restart claiming from a queue;
+:func:`with_limits`, the flow-control part of ``GET /v1/queues``.
 
 A pause is global (queues are shared between namespaces and workers serve whole queues),
 so only a key bound to no namespace may pause or resume; a namespaced key gets 403. Both
@@ -17,7 +18,8 @@ from pydantic import BaseModel
 from chronoq.api.auth import Principal, Writer
 from chronoq.api.errors import ApiError, responses
 from chronoq.api.tasks import AppDep
-from chronoq.models import to_datetime
+from chronoq.models import KeyUsage, QueueLimits, QueueStats, RateState, to_datetime
+from chronoq.store import Store, limits
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"], responses=responses(401, 403, 422))
 
@@ -65,3 +67,51 @@ async def resume_queue(queue: QueueName, app: AppDep, who: Writer) -> QueuePause
     if await app.store.resume_queue(queue) and app.publisher is not None:
         await app.publisher.republish(app.store, queue)
     return QueuePauseState(queue=queue, paused=False)
+
+
+#: keys shown per queue (the busiest: running, then queued)
+SHOWN_KEYS = 20
+
+
+async def with_limits(store: Store, stats: list[QueueStats], now: float) -> list[QueueStats]:
+    """``stats`` with the concurrency keys and rate limits of the queues that have keyed
+    tasks (:mod:`chronoq.store.limits`); queues without any are left as they are, at the
+    cost of one cached read."""
+    limited = await store.limited_queues()
+    wanted = [q.queue for q in stats if q.queue in limited]
+    if not wanted:
+        return stats
+    usage = await store.limit_usage(now, wanted)
+    counts = limits.waiting(usage)
+    for entry in stats:
+        if entry.queue not in limited:
+            continue
+        keys = [r for r in usage["keys"] if r["queue"] == entry.queue]
+        rates = [r for r in usage["rates"] if r["queue"] == entry.queue]
+
+        keys.sort(key=lambda r: (-int(r["running"]), -int(r["queued"]), str(r["key"])))
+        entry.limits = QueueLimits(
+            waiting_on_concurrency=counts.get((entry.queue, "concurrency"), 0),
+            waiting_on_rate=counts.get((entry.queue, "rate"), 0),
+            keys_total=len(keys),
+            keys=[
+                KeyUsage(
+                    key=r["key"],
+                    running=int(r["running"]),
+                    queued=int(r["queued"]),
+                    limit=r["lim"],
+                    full=limits.key_full(r),
+                )
+                for r in keys[:SHOWN_KEYS]
+            ],
+            rates=[
+                RateState(
+                    key=r["key"],
+                    per_second=1.0 / float(r["spacing"]),
+                    next_turn_at=to_datetime(max(float(r["tat"]), now)),
+                    waiting=int(r["waiting"]),
+                )
+                for r in sorted(rates, key=lambda r: -int(r["waiting"]))[:SHOWN_KEYS]
+            ],
+        )
+    return stats

@@ -156,4 +156,12 @@ async def delete_task(task_id: TaskId, app: AppDep, who: Writer) -> Response:
     summary="Depth and status counts per queue",
 )
 async def list_queues(app: AppDep, who: Reader) -> list[QueueStats]:
-    return await app.store.queue_stats(time.time(), who.namespace)
+    """Each queue's status counts, pause and (for a key bound to no namespace: concurrency
+    keys are shared by every namespace) its concurrency keys and rate limits."""
+    now = time.time()
+    stats = await app.store.queue_stats(now, who.namespace)
+    if who.namespace is not None:
+        return stats
+    from chronoq.api.queues import with_limits  # chronoq.api.queues imports this module
+
+    return await with_limits(app.store, stats, now)

@@ -140,6 +140,10 @@ class Publisher:
         return published
 
 
+#: the longest a worker of queues with keyed tasks blocks on its streams
+KEYED_WAIT = 0.05
+
+
 class RedisBroker(Broker):
     """A worker's consumer in the ``chronoq`` group of its queues' streams."""
 
@@ -156,6 +160,7 @@ class RedisBroker(Broker):
         self.store = store
         self.worker_id = worker_id
         self.streams = [f"chronoq:q:{q}:{band}" for band in BANDS for q in queues]
+        self.queues = list(queues)
         self.lease_seconds = lease_seconds
         self.visibility_seconds = visibility_seconds
         self._inflight: dict[str, tuple[str, str]] = {}
@@ -184,7 +189,32 @@ class RedisBroker(Broker):
                 if "BUSYGROUP" not in str(exc):
                     raise
 
+    async def _claim_keyed(self, limit: int) -> list[TaskRecord]:
+        """Tasks with a concurrency key are claimed from the store, never by id (their
+        stream messages are acknowledged as stale): :mod:`chronoq.store.limits`."""
+        keyed: list[TaskRecord] = []
+        limited = await self.store.limited_queues()
+        for queue in self.queues:
+            if queue in limited and len(keyed) < limit:
+                keyed += await self.store.claim_limited(
+                    self.worker_id, queue, limit - len(keyed), time.time(), self.lease_seconds
+                )
+        return keyed
+
     async def fetch(self, limit: int, timeout: float) -> list[TaskRecord]:
+        """Keyed tasks first (from the store), then the streams. While this worker's queues
+        have keyed tasks, a read waits at most :data:`KEYED_WAIT` for messages: a freed slot
+        of a key sends none, so the next claim comes from that poll."""
+        keyed = await self._claim_keyed(limit)
+        if len(keyed) >= limit:
+            return keyed
+        if keyed:
+            timeout = 0.001
+        elif any(q in self.store.limited_now for q in self.queues):
+            timeout = min(timeout, KEYED_WAIT)
+        return keyed + await self._fetch(limit - len(keyed), timeout)
+
+    async def _fetch(self, limit: int, timeout: float) -> list[TaskRecord]:
         messages: list[tuple[str, str, str]] = []  # (stream, message id, task id)
         try:
             now = time.monotonic()

@@ -72,6 +72,9 @@ class Announcer:
         nothing and are left out): the scheduler hears of retries to time; each event."""
         if any(x.status is Status.FAILED for x in applied):
             self.hub.scheduled()
+        freed = {x.task.queue for x in applied if x.task is not None and x.task.concurrency_key}
+        if freed:  # a concurrency key's slot came free: its queue's workers look again
+            self.hub.ready(freed)
         if self.events.active:
             self.events.publish(e for e in (x.event() for x in applied) if e is not None)
 

@@ -20,6 +20,7 @@ from chronoq.states import Status
 from chronoq.store import uniqueness, workflows
 from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence
+from chronoq.store.limits import LimitQueries
 from chronoq.store.pauses import PauseQueries, not_paused
 from chronoq.store.records import (
     INSERT_BATCH,
@@ -52,7 +53,7 @@ RETRY = (
 )
 
 
-class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries):
+class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueries):
     """Durable task state, shared by the API, the scheduler and the workers: the task
     queries here, the others from the query modules, the plumbing from
     :class:`~chronoq.store.connector.Connector`."""
@@ -62,6 +63,7 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries):
         self._inserts = GroupCommit(
             self._insert_rows, INSERT_BATCH, split=lambda exc: isinstance(exc, self.data_errors)
         )
+        self._init_limits()
 
     def sibling(self) -> Store | None:
         """A new, unopened store on the same database with connections of its own, for a
@@ -100,6 +102,7 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries):
         ]
         found: list[tuple[TaskRecord, bool]] = []
         async with self.tx() as c:
+            tasks = await self.spaced(c, tasks)  # rate limits: chronoq.store.limits
             for start in range(0, len(tasks), INSERT_BATCH):
                 found += await self._insert_on(c, tasks[start : start + INSERT_BATCH])
         self._announce_created(tasks, found)
@@ -108,6 +111,7 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries):
     async def _insert_rows(self, tasks: Sequence[NewTask]) -> list[tuple[TaskRecord, bool]]:
         """The group commit's write: one multi-row INSERT in autocommit mode."""
         async with self._insert_conn() as c:
+            tasks = await self.spaced(c, tasks)  # rate limits: chronoq.store.limits
             found = await self._insert_on(c, tasks)
         self._announce_created(tasks, found)
         return found
@@ -435,12 +439,20 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries):
         queue gives nothing (checked in the same statement).
         ``offer`` (the worker's queues): the slots left free may take hand-offs of new tasks
         of those queues (PostgreSQL)."""
+        keyed: list[TaskRecord] = []
+        if queue in await self.limited_queues():  # keyed tasks: chronoq.store.limits
+            keyed = await self.claim_limited(worker_id, queue, limit, now, lease)
+            if len(keyed) >= limit:
+                return keyed
         pick = (
             f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND queue = $4 "
-            f"AND {not_paused('$4')} ORDER BY priority DESC, run_at, id "
-            f"LIMIT $5{self.skip_locked}"
+            f"AND concurrency_key IS NULL AND {not_paused('$4')} ORDER BY priority DESC, "
+            f"run_at, id LIMIT $5{self.skip_locked}"
         )
-        return await self._claim(pick, worker_id, now, lease, queue, limit, offer=offer)
+        plain = await self._claim(
+            pick, worker_id, now, lease, queue, limit - len(keyed), offer=offer
+        )
+        return keyed + plain if keyed else plain
 
     async def claim_ids(
         self, worker_id: str, ids: Sequence[str], now: float, lease: float
@@ -449,7 +461,7 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries):
         tasks already taken, cancelled or gone, or of a paused queue, are skipped."""
         pick = (
             f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND id {self.in_list('$4')} "
-            f"AND {not_paused('tasks.queue')}"
+            f"AND concurrency_key IS NULL AND {not_paused('tasks.queue')}"
         )
         return await self._claim(
             pick + self.skip_locked, worker_id, now, lease, self.list_param(ids)

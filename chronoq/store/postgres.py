@@ -384,7 +384,7 @@ class PostgresStore(Store):
     async def _insert_on(self, c: Conn, tasks: Sequence[NewTask]) -> list[tuple[TaskRecord, bool]]:
         """A queued task on its own goes to an idle worker if one offers (:data:`_HANDOFF`);
         batches, and a key seen before, take the general path."""
-        if len(tasks) == 1 and tasks[0].status is Status.QUEUED:
+        if len(tasks) == 1 and tasks[0].status is Status.QUEUED and not tasks[0].concurrency_key:
             inserted = await c.fetch(_HANDOFF, *tasks[0].values())
             if inserted:
                 return [(TaskRecord.from_row(inserted[0]), True)]

@@ -20,6 +20,7 @@ from chronoq.models import (
     Outcome,
     Task,
     TaskTemplate,
+    rate_interval,
     to_datetime,
 )
 from chronoq.states import Status
@@ -179,6 +180,10 @@ class TaskRecord:
     #: the W3C trace context of the submission (:mod:`chronoq.tracing`), migration 0019
     traceparent: str | None = None
     unique_key: str | None = None
+    #: its concurrency limit's key and limit (migration 0021), if any
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    rate_interval: float | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
@@ -207,6 +212,9 @@ class TaskRecord:
             workflow_id=_optional(row, "workflow_id"),
             traceparent=_optional(row, "traceparent"),
             unique_key=_optional(row, "unique_key"),
+            concurrency_key=_optional(row, "concurrency_key"),
+            concurrency_limit=_optional(row, "concurrency_limit"),
+            rate_interval=_optional(row, "rate_interval"),
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
@@ -248,6 +256,9 @@ class TaskRecord:
             slot=to_datetime(self.slot),
             namespace=self.namespace,
             unique_key=self.unique_key,
+            concurrency_key=self.concurrency_key,
+            concurrency=self.concurrency_limit,
+            rate_interval=self.rate_interval,
             attempt_history=history,
         )
 
@@ -391,6 +402,9 @@ class NewTask:
     traceparent: str | None
     unique_key: str | None = None
     unique_until: float | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    rate_interval: float | None = None
 
     @classmethod
     def of(
@@ -445,6 +459,7 @@ class NewTask:
             traceparent=traceparent,
             unique_key=held,
             unique_until=None if unique_for is None else now + unique_for,
+            **limit_of(template),
         )
 
     def values(self) -> tuple[Any, ...]:
@@ -469,6 +484,24 @@ class NewTask:
         return status_event(self, self.created_at)
 
 
+def limit_of(template: TaskTemplate) -> dict[str, Any]:
+    """A new task's ``concurrency_key``, ``concurrency_limit`` and ``rate_interval``: the
+    template's key (or ``handler:<name>`` when it gives only a limit or a rate), its
+    concurrency (1 when it gives a key and neither; none, unlimited, with a rate alone) and
+    its rate as seconds between two tasks."""
+    key = template.concurrency_key
+    if key is None and (template.concurrency is not None or template.rate is not None):
+        key = f"handler:{template.name}"
+    limit = template.concurrency
+    if limit is None and key is not None and template.rate is None:
+        limit = 1
+    return {
+        "concurrency_key": key,
+        "concurrency_limit": limit,
+        "rate_interval": None if template.rate is None else rate_interval(template.rate),
+    }
+
+
 #: the columns a new task's row sets, in :class:`NewTask`'s field order
 TASK_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NewTask))
 #: the annotation of each column's field (PostgreSQL's array types derive from them)
@@ -479,6 +512,7 @@ PG_TYPES = {
     "str | None": "text",
     "Status": "text",
     "int": "int",
+    "int | None": "int",
     "float": "float8",
     "float | None": "float8",
 }

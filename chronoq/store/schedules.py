@@ -6,8 +6,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chronoq import lifecycle
 from chronoq.ids import is_id, new_id
 from chronoq.models import (
+    OverlapPolicy,
     Schedule,
     ScheduleCreate,
     TaskTemplate,
@@ -72,6 +74,9 @@ class ScheduleRecord:
     created_at: float
     updated_at: float
     namespace: str = "default"
+    overlap_policy: OverlapPolicy = "allow"
+    #: buffer_one: a slot that waits for the previous run to end (set only by firing)
+    buffered_slot: float | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> ScheduleRecord:
@@ -94,6 +99,8 @@ class ScheduleRecord:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             namespace=row["namespace"],
+            overlap_policy=row["overlap_policy"],
+            buffered_slot=row["buffered_slot"],
         )
 
     @classmethod
@@ -130,6 +137,7 @@ class ScheduleRecord:
         self.misfire_policy, self.max_catch_up = spec.misfire_policy, spec.max_catch_up
         self.misfire_grace_seconds = spec.misfire_grace_seconds
         self.jitter_seconds, self.paused = spec.jitter_seconds, spec.paused
+        self.overlap_policy = spec.overlap_policy
         self.updated_at = now
         self.next_fire_at = None if self.paused else self.first_fire_after(now)
 
@@ -146,6 +154,7 @@ class ScheduleRecord:
             max_catch_up=self.max_catch_up,
             misfire_grace_seconds=self.misfire_grace_seconds,
             jitter_seconds=self.jitter_seconds,
+            overlap_policy=self.overlap_policy,
             paused=self.paused,
         )
 
@@ -193,6 +202,7 @@ class ScheduleRecord:
             self.created_at,
             self.updated_at,
             self.namespace,
+            self.overlap_policy,
         )
 
     @property
@@ -211,6 +221,7 @@ class ScheduleRecord:
             namespace=self.namespace,
             next_fire_at=to_datetime(self.next_fire_at),
             last_fire_at=to_datetime(self.last_fire_at),
+            buffered_slot=to_datetime(self.buffered_slot),
             next_fire_times=[to_datetime(t) for t in upcoming],
             created_at=to_datetime(self.created_at),
             updated_at=to_datetime(self.updated_at),
@@ -220,9 +231,9 @@ class ScheduleRecord:
 _COLUMNS = (
     "id, name, cron, interval_seconds, timezone, task, start_at, end_at, misfire_policy, "
     "max_catch_up, misfire_grace_seconds, jitter_seconds, paused, next_fire_at, last_fire_at, "
-    "created_at, updated_at, namespace"
+    "created_at, updated_at, namespace, overlap_policy"
 )
-_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 19))
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 20))
 _UPDATE = ", ".join(f"{c.strip()} = ${i}" for i, c in enumerate(_COLUMNS.split(","), 1) if i > 1)
 
 
@@ -366,13 +377,16 @@ class ScheduleQueries(LeaseQueries):
         transaction. ``ON CONFLICT (schedule_id, slot) DO NOTHING``: a slot never fires twice,
         even with several schedulers. ``owned``: only the partitions of these partition
         leases (:mod:`chronoq.partitions`), each fence checked in the transaction (None: all
-        partitions). Returns the number of tasks inserted."""
+        partitions). A schedule whose ``overlap_policy`` is not ``allow`` first looks at its
+        runs still waiting or running (:func:`overlap`), in the same transaction; one with a
+        buffered slot fires it once they ended. Returns the number of tasks inserted."""
         only = ""
         if owned is not None:
             if not owned:
                 return 0
             parts = sorted({int(f.name.rpartition(":")[2]) for f in owned})
             only = f"AND part IN ({', '.join(str(p) for p in parts)}) "
+        cancelled: list[TaskRecord] = []
         async with self.tx() as c:
             await self.check_fence(c, fence, now)
             if owned:
@@ -383,21 +397,50 @@ class ScheduleQueries(LeaseQueries):
                 now,
                 limit,
             )
-            if not rows:
+            due = [ScheduleRecord.from_row(row) for row in rows]
+            ids = {record.id for record in due}
+            waiting = [  # buffer_one slots held back, of schedules that are not due
+                record
+                for row in await c.fetch(
+                    "SELECT * FROM schedules WHERE buffered_slot IS NOT NULL AND paused = 0 "
+                    f"{only}LIMIT $1{self.skip_locked}",
+                    limit,
+                )
+                if (record := ScheduleRecord.from_row(row)).id not in ids
+            ]
+            if not due and not waiting:
                 return 0
+            guarded = [
+                r.id
+                for r in (*due, *waiting)
+                if r.overlap_policy != "allow" or r.buffered_slot is not None
+            ]
+            active = await self._active_runs(c, guarded) if guarded else {}
             tasks: list[NewTask] = []
             moves: list[tuple[Any, ...]] = []
-            for row in rows:
-                record = ScheduleRecord.from_row(row)
-                fire = record.plan(now)
-                for slot, run_at in zip(fire.slots, fire.run_at, strict=True):
-                    tasks.append(
-                        NewTask.of(
-                            record.task, run_at, now, None, record.id, slot, record.namespace
-                        )
-                    )
-                last = fire.slots[-1] if fire.slots else record.last_fire_at
-                moves.append((record.id, fire.next_fire_at, last, now))
+            buffers: list[tuple[str, float | None]] = []
+            stop: list[str] = []
+            for record in (*due, *waiting):
+                slots: list[tuple[float, float]] = []
+                if record.id in ids:
+                    fire = record.plan(now)
+                    slots = list(zip(fire.slots, fire.run_at, strict=True))
+                    last = fire.slots[-1] if fire.slots else record.last_fire_at
+                    moves.append((record.id, fire.next_fire_at, last, now))
+                runs = active.get(record.id, [])
+                decided = overlap(
+                    record.overlap_policy, record.buffered_slot, slots, bool(runs), now
+                )
+                if decided.cancel:
+                    stop += runs
+                if decided.buffered != record.buffered_slot:
+                    buffers.append((record.id, decided.buffered))
+                tasks += [
+                    NewTask.of(record.task, run_at, now, None, record.id, slot, record.namespace)
+                    for slot, run_at in decided.fire
+                ]
+            if stop:
+                cancelled = await self._cancel_runs(c, stop, now)
             for start in range(0, len(tasks), INSERT_BATCH):
                 source, args = self.rows_source(tasks[start : start + INSERT_BATCH])
                 await c.execute(
@@ -405,5 +448,82 @@ class ScheduleQueries(LeaseQueries):
                     *args,
                 )
             await self.move_schedules(c, moves)
+            if buffers:
+                await c.executemany(
+                    "UPDATE schedules SET buffered_slot = $2 WHERE id = $1", buffers
+                )
+        if cancelled:
+            self.announce.changed(cancelled, now, stopped=True)
         self.inserted(tasks)
         return len(tasks)
+
+    async def _active_runs(self, c: Any, schedule_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The ids of each schedule's runs still waiting or running (:data:`ACTIVE`)."""
+        found = await c.fetch(
+            "SELECT id, schedule_id FROM tasks WHERE schedule_id IS NOT NULL "
+            f"AND schedule_id {self.in_list('$1')} AND {ACTIVE.where()}",
+            self.list_param(schedule_ids),
+        )
+        runs: dict[str, list[str]] = {}
+        for row in found:
+            runs.setdefault(row["schedule_id"], []).append(row["id"])
+        return runs
+
+    async def _cancel_runs(self, c: Any, task_ids: Sequence[str], now: float) -> list[TaskRecord]:
+        """cancel_running: cancel these runs (those still waiting or running); a running
+        one's attempt is closed ``cancelled`` and, once committed, its worker told to stop
+        (on PostgreSQL by migration 0009's trigger too)."""
+        rows = await c.fetch(
+            f"UPDATE tasks SET {ACTIVE.to()}, updated_at = $2, lease_expires_at = NULL "
+            f"WHERE id {self.in_list('$1')} AND {ACTIVE.where()} RETURNING *",
+            self.list_param(task_ids),
+            now,
+        )
+        if rows:
+            await c.execute(
+                "UPDATE attempts SET finished_at = $2, outcome = 'cancelled', "
+                "error = 'cancelled by the schedule''s overlap policy' "
+                f"WHERE task_id {self.in_list('$1')} AND finished_at IS NULL",
+                self.list_param([r["id"] for r in rows]),
+                now,
+            )
+        return [TaskRecord.from_row(r) for r in rows]
+
+
+#: a schedule's runs that count as "the previous run" for its overlap policy: those a user
+#: could still cancel (waiting, queued, running, failed awaiting a retry)
+ACTIVE = lifecycle.CANCEL
+
+
+@dataclass(frozen=True, slots=True)
+class Overlap:
+    """What a firing round does with one schedule: the ``(slot, run_at)`` pairs it fires,
+    whether it cancels the runs still waiting or running, and the slot it keeps buffered."""
+
+    fire: list[tuple[float, float]]
+    cancel: bool
+    buffered: float | None
+
+
+def overlap(
+    policy: OverlapPolicy,
+    buffered: float | None,
+    slots: Sequence[tuple[float, float]],
+    busy: bool,
+    now: float,
+) -> Overlap:
+    """Apply ``policy`` to the due ``slots`` (``(slot, run_at)``, oldest first) and the
+    slot buffered before (fired late: its run time is ``now``); ``busy``: a previous run
+    still waits or runs. ``allow`` fires them all; ``skip`` fires the first only when not
+    busy; ``buffer_one`` fires the first when not busy and keeps the next buffered (busy:
+    keeps the oldest buffered); ``cancel_running`` cancels when busy and fires the latest."""
+    pending = ([(buffered, now)] if buffered is not None else []) + list(slots)
+    if policy == "allow":
+        return Overlap(pending, False, None)
+    if policy == "cancel_running":
+        return Overlap(pending[-1:], busy and bool(pending), None)
+    if policy == "skip":
+        return Overlap([] if busy else pending[:1], False, None)
+    if busy:
+        return Overlap([], False, pending[0][0] if pending else None)
+    return Overlap(pending[:1], False, pending[1][0] if len(pending) > 1 else None)

@@ -100,6 +100,13 @@ export async function scheduleForm(ctx, existing, onSaved) {
   const queue = text("queue", { pattern: NAME, list: "dl-queues", value: task.queue || "default" });
   const payload = jsonArea("payload", JSON.stringify(task.payload || {}, null, 2));
   const paused = h("input", { type: "checkbox", name: "paused", checked: Boolean(s.paused) });
+  const overlapNames = {
+    allow: "allow: fire every slot", skip: "skip a slot while the last run is unfinished",
+    buffer_one: "buffer one slot until the last run ends", cancel_running: "cancel the last run, then fire",
+  };
+  const overlap = h("select", { name: "overlap_policy", "aria-label": "Overlap" },
+    Object.entries(overlapNames).map(([value, label]) =>
+      h("option", { value, selected: (s.overlap_policy || "allow") === value }, label)));
   const preview = h("ol", { class: "fire-times", "aria-live": "polite", dataset: { testid: "preview" } });
 
   const cronBox = field("Cron", cron, "minute hour day month weekday (6 fields: seconds first), or @daily");
@@ -148,13 +155,14 @@ export async function scheduleForm(ctx, existing, onSaved) {
       h("div", { class: "wide" }, h("div", { class: "hint muted" }, `Next fire times (in the schedule's zone):`), preview),
       field("Task handler", handler), field("Queue", queue),
       h("div", { class: "wide" }, field("Payload (JSON object)", payload)),
+      field("Overlap", overlap, "a slot while the previous run still waits or runs"),
       h("label", { class: "toggle" }, paused, " paused"),
       zones, lists.queues, lists.handlers),
     async submit() {
       const body = parseObject(payload.value, "payload");
       if (body instanceof Error) throw body;
       const template = { ...task, name: handler.value.trim(), queue: queue.value.trim() || "default", payload: body };
-      const spec = { ...rule(), task: template, paused: paused.checked };
+      const spec = { ...rule(), task: template, paused: paused.checked, overlap_policy: overlap.value };
       const saved = existing
         ? await patch(`/v1/schedules/${encodeURIComponent(s.id)}`, spec)
         : await post("/v1/schedules", { name: name.value.trim(), ...spec });

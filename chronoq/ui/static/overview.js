@@ -31,6 +31,24 @@ function sparkline(series) {
   s("polyline", { points: points.join(" "), class: "spark-line" }));
 }
 
+/** A queue's concurrency keys and rate limits (GET /v1/queues `limits`), in one line
+ * under its name, the busiest keys' slots in the tooltip and an expandable list. */
+function limitsLine(q) {
+  const l = q.limits;
+  if (!l) return null;
+  const waiting = l.waiting_on_concurrency + l.waiting_on_rate;
+  const keys = l.keys.map((k) => h("li", { dataset: { key: k.key } }, h("code", null, k.key),
+    ` ${k.running}${k.limit === null ? "" : `/${k.limit}`} running, ${k.queued} queued`,
+    k.full ? h("span", { class: "badge badge-paused" }, "full") : null));
+  const rates = l.rates.map((r) => h("li", { dataset: { rate: r.key } }, h("code", null, r.key),
+    ` ${r.per_second < 1 ? `${(r.per_second * 3600).toFixed(0)}/h` : `${r.per_second.toFixed(1)}/s`}, `,
+    `${r.waiting} waiting, next turn `, timeEl(r.next_turn_at, { rel: true })));
+  return h("details", { class: "limits muted", dataset: { testid: "limits" } },
+    h("summary", null, `${l.keys_total} key${l.keys_total === 1 ? "" : "s"}`,
+      waiting ? ` · ${waiting} waiting on limits` : ""),
+    h("ul", null, keys, rates));
+}
+
 export function overviewView(ctx) {
   let destroyed = false;
   let showAll = false;
@@ -85,7 +103,7 @@ export function overviewView(ctx) {
           h("td", { class: "name" }, h("a", { href: `#/tasks?queue=${encodeURIComponent(q.queue)}` }, q.queue),
             q.paused ? [" ", h("span", { class: "badge badge-paused", dataset: { testid: "paused" },
               title: `paused${q.paused_by ? ` by key ${q.paused_by}` : ""}${q.paused_at ? ` at ${q.paused_at}` : ""}` },
-            "paused")] : null),
+            "paused")] : null, limitsLine(q)),
           h("td", { class: "num depth" }, number(q.depth)),
           h("td", null, q.oldest_queued_age_seconds === null || q.oldest_queued_age_seconds === undefined
             ? h("span", { class: "muted" }, "–") : duration(q.oldest_queued_age_seconds)),

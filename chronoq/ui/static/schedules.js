@@ -104,7 +104,11 @@ export function schedulesView(ctx) {
         h("td", null, rule(s)),
         h("td", null, h("a", { href: `#/tasks?name=${encodeURIComponent(s.task.name)}` }, s.task.name),
           s.task.queue !== "default" ? h("span", { class: "muted" }, ` on ${s.task.queue}`) : null),
-        h("td", null, h("span", { class: `badge badge-${state}`, dataset: { state } }, state)),
+        h("td", null, h("span", { class: `badge badge-${state}`, dataset: { state } }, state),
+          s.overlap_policy && s.overlap_policy !== "allow"
+            ? h("span", { class: "muted overlap", title: "overlap policy" }, ` ${s.overlap_policy}`) : null,
+          s.buffered_slot
+            ? h("span", { class: "muted buffered", title: "a slot waits for the previous run" }, " (1 buffered)") : null),
         h("td", { class: "next" }, s.next_fire_at
           ? [timeEl(s.next_fire_at), " ", h("span", { class: "muted" }, timeEl(s.next_fire_at, { rel: true }))]
           : h("span", { class: "muted" }, "–")),
