@@ -21,6 +21,9 @@ from chronoq.api import create_api
 from chronoq.broker import Consumer
 from chronoq.broker.redis import RedisBroker
 from chronoq.dag import WorkflowCreate
+from chronoq.events import WorkflowEvent, WorkflowSubscription
+from chronoq.retention import Policy, queues_by_status
+from chronoq.retention import purge as purge_tasks
 from chronoq.store import workflows
 from chronoq.worker import Worker
 from tests.conftest import Harness, make_settings, running
@@ -432,3 +435,156 @@ async def test_a_node_whose_lease_lapses_on_its_last_attempt_fails_its_descendan
         "mid": Status.UPSTREAM_FAILED,
         "leaf": Status.UPSTREAM_FAILED,
     }
+
+
+# -- workflow events, deadlines, `always` edges, retention -------------------------------------
+async def next_workflow_events(
+    feed: WorkflowSubscription, until: str, timeout: float = 20
+) -> list[WorkflowEvent]:
+    """Workflow events from ``feed`` up to the first whose status is ``until``."""
+    seen: list[WorkflowEvent] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            for event in await feed.__anext__():
+                seen.append(event)
+                if event.status == until:
+                    return seen
+
+
+def steps(events: list[WorkflowEvent]) -> list[tuple[str | None, str | None]]:
+    return [(e.node, e.step_status) for e in events if e.status == "step_finished"]
+
+
+async def test_workflow_events_from_start_to_each_end(app: App, harness: Harness) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    harness.start_worker()
+    with harness.store.events.subscribe_workflows() as feed:
+        handle = await chronoq.chain(t["add"].s(x=1), t["add"].s(x=2)).adelay("ok")
+        events = await next_workflow_events(feed, "succeeded")
+        assert [e.status for e in events] == [
+            "started",
+            "step_finished",
+            "step_finished",
+            "succeeded",
+        ]
+        assert {e.workflow_id for e in events} == {handle.id}
+        assert steps(events) == [("0:add", "succeeded"), ("1:add", "succeeded")]
+        assert events[0].name == events[-1].name == "ok"
+        state = await handle.aget()
+        assert state.status == "succeeded" and state.finished_at is not None
+
+        handle = await chronoq.chain(t["add"].s(x=1), t["boom"].s(), t["add"].s()).adelay("bad")
+        events = await next_workflow_events(feed, "failed")
+        assert steps(events) == [
+            ("0:add", "succeeded"),
+            ("2:add", "upstream_failed"),
+            ("1:boom", "dead"),
+        ] or steps(events) == [
+            ("0:add", "succeeded"),
+            ("1:boom", "dead"),
+            ("2:add", "upstream_failed"),
+        ]
+        assert events[-1].error == "node 1:boom (boom) died"
+        assert (await handle.aget()).error == "node 1:boom (boom) died"
+
+        handle = await chronoq.chain(t["slow"].s(), t["add"].s()).adelay("stopped")
+        await next_workflow_events(feed, "started")
+        await handle.acancel()
+        events = await next_workflow_events(feed, "cancelled")
+        assert sorted(steps(events)) == [("0:slow", "cancelled"), ("1:add", "cancelled")]
+        assert events[-1].error == "cancelled by a user"
+
+
+async def test_a_deadline_cancels_the_rest_and_fails_the_workflow(
+    app: App, harness: Harness
+) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    harness.start_worker()
+    harness.start_scheduler()
+    spec = chronoq.chain(t["add"].s(x=1), t["slow"].s(), t["add"].s()).spec("late")
+    spec.timeout_seconds = 0.5
+    with harness.store.events.subscribe_workflows() as feed:
+        started = await workflows.create(harness.store, spec, time.time())
+        events = await next_workflow_events(feed, "failed", timeout=10)
+    assert events[-1].error == "timed out: the workflow did not finish within 0.5 s"
+    state = await workflows.get(harness.store, started.workflow.id)
+    assert state.status == "failed" and state.error == events[-1].error
+    assert [n.status for n in state.nodes or []] == [
+        Status.SUCCEEDED,
+        Status.CANCELLED,
+        Status.CANCELLED,
+    ]
+    assert runs["add"] == 1 and runs["slow"] == 1  # the running step was stopped
+    # a deadline that passes after the end changes nothing
+    done = await chronoq.chain(t["add"].s(x=1)).adelay()
+    await asyncio.wait_for(done.aresult(), 10)
+    assert await workflows.time_out(harness.store, time.time() + 10) == 0
+
+
+async def test_an_always_edge_runs_its_child_after_a_failure(app: App, harness: Harness) -> None:
+    runs: Counter[str] = Counter()
+    log: list[tuple[str, float]] = []
+    register(app, runs, log)
+    harness.start_worker()
+    spec = WorkflowCreate.model_validate(
+        {
+            "name": "cleanup",
+            "nodes": [
+                {"id": "work", "task": {"name": "boom", "max_attempts": 1}},
+                {"id": "after", "task": {"name": "add", "payload": {"x": 1}}},
+                {"id": "cleanup", "task": {"name": "join"}},
+            ],
+            "edges": [
+                {"parent": "work", "child": "after", "arg": "result"},
+                {"parent": "work", "child": "cleanup", "always": True},
+            ],
+            "outputs": ["cleanup"],
+        }
+    )
+    started = await workflows.create(harness.store, spec, time.time())
+    handle = chronoq.WorkflowHandle[dict[str, Any]](app, started.workflow)
+    assert await asyncio.wait_for(handle.aresult(), 20) == {"work": None}  # null: dead
+    state = await handle.aget()
+    nodes = {n.id: n for n in state.nodes or []}
+    assert nodes["after"].status is Status.UPSTREAM_FAILED and runs["add"] == 0
+    assert state.status == "failed"
+    assert {(e.parent, e.child, e.always) for e in state.edges or []} == {
+        ("work", "after", False),
+        ("work", "cleanup", True),
+    }
+
+
+async def test_retention_purges_a_finished_workflow_whole(app: App, harness: Harness) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    harness.start_worker()
+    done = await chronoq.chain(t["add"].s(x=1), t["add"].s()).adelay()
+    await asyncio.wait_for(done.aresult(), 10)
+    failed = await chronoq.chain(t["boom"].s(), t["add"].s()).adelay()
+    with pytest.raises(WorkflowFailed):
+        await asyncio.wait_for(failed.aresult(), 10)
+    slow = await chronoq.chain(t["add"].s(x=1), t["slow"].s()).adelay()
+    policy = Policy.parse("succeeded=1h,dead=2h")
+    now = time.time()
+    # tasks purges leave the nodes to their workflows
+    purged = await purge_tasks(
+        harness.store, policy.expired(await queues_by_status(harness.store), now + 3 * 3600)
+    )
+    assert purged.total == 0
+    assert await workflows.purge(harness.store, policy.age, now) == 0  # too young
+    # one hour on: the succeeded one goes; the failed one keeps its dead node 2 h
+    assert await workflows.purge(harness.store, policy.age, now + 3601) == 1
+    with pytest.raises(workflows.WorkflowNotFound):
+        await workflows.get(harness.store, done.id)
+    assert (await workflows.get(harness.store, failed.id)).status == "failed"
+    assert await workflows.purge(harness.store, policy.age, now + 7201) == 1
+    async with harness.store.conn() as c:
+        left = await c.fetch("SELECT count(*) AS n FROM tasks WHERE workflow_id = $1", failed.id)
+    assert left[0]["n"] == 0
+    with pytest.raises(workflows.WorkflowNotFound):
+        await workflows.get(harness.store, failed.id)
+    # a running workflow is never purged, whatever its age
+    assert await workflows.purge(harness.store, policy.age, now + 10**6) == 0
+    assert (await workflows.get(harness.store, slow.id)).status == "running"

@@ -7,7 +7,12 @@ only matching events. Every task event carries a ``cursor``. ``?types=worker`` (
 ``types=task,worker``) asks for worker events too, ``{"type": "worker", "worker_id",
 "status", ...}`` (a process-pool child replaced; :class:`chronoq.events.WorkerEvent`),
 ``worker_id`` keeping one worker's; the task filters and cursors do not apply to them (they
-are live only). Unknown types close the socket with 4400.
+are live only). ``?types=workflow`` asks for workflow events, ``{"type": "workflow",
+"workflow_id", "status", "name", "node", "task_id", "task_name", "step_status", "error",
+"at", "namespace"}`` — ``status`` one of ``started``, ``step_finished``, ``succeeded``,
+``failed``, ``cancelled``, ``resumed`` (:class:`chronoq.events.WorkflowEvent`) —,
+``workflow_id`` keeping one workflow's; live only too, and a namespaced key sees only its
+namespace's. Unknown types close the socket with 4400.
 
 Resume: ``?since=<cursor>`` (the last event's) replays, in order and once each, the
 events the client missed that the API process still holds (:mod:`chronoq.api.replay`:
@@ -44,7 +49,7 @@ from chronoq.events import EventBus, TaskEvent
 
 router = APIRouter(tags=["events"])
 
-TYPES = ("task", "worker")
+TYPES = ("task", "worker", "workflow")
 
 
 @router.websocket("/v1/events")
@@ -102,6 +107,13 @@ async def events(websocket: WebSocket) -> None:
             )
         if "worker" in types:
             running.append(asyncio.ensure_future(_workers(send, app.store.events, worker_id)))
+        if "workflow" in types:
+            workflow_id = websocket.query_params.get("workflow_id")
+            running.append(
+                asyncio.ensure_future(
+                    _workflows(send, app.store.events, workflow_id, who.namespace)
+                )
+            )
         watched: list[asyncio.Future[Any]] = [*running, closed, revoked]
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         for job in running:
@@ -174,6 +186,23 @@ async def _workers(send: Send, bus: EventBus, worker_id: str | None) -> None:
         async for batch in feed:
             items: list[dict[str, object]] = [
                 e.to_wire() for e in batch if worker_id is None or e.worker_id == worker_id
+            ]
+            if items:
+                await send(items)
+
+
+async def _workflows(
+    send: Send, bus: EventBus, workflow_id: str | None, namespace: str | None
+) -> None:
+    """Send workflow events (live only), of one workflow when ``workflow_id`` is given and
+    of the caller's namespace when its key is bound to one."""
+    with bus.subscribe_workflows() as feed:
+        async for batch in feed:
+            items: list[dict[str, object]] = [
+                e.to_wire()
+                for e in batch
+                if (workflow_id is None or e.workflow_id == workflow_id)
+                and (namespace is None or e.namespace == namespace)
             ]
             if items:
                 await send(items)

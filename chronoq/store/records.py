@@ -174,11 +174,15 @@ class TaskRecord:
     schedule_id: str | None = None
     slot: float | None = None
     namespace: str = "default"
-    #: the workflow it is a node of (migration 0016), if any
+    #: the workflow it is a node of (migration 0016), if any, and its node id there
     workflow_id: str | None = None
+    node: str | None = None
     #: the W3C trace context of the submission (:mod:`chronoq.tracing`), migration 0019
     traceparent: str | None = None
     unique_key: str | None = None
+    #: a claimed workflow node's parents' traceparents (their step spans), for its run
+    #: span's links (:func:`chronoq.store.workflows.add_inputs`); not a column
+    upstream: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
@@ -205,6 +209,7 @@ class TaskRecord:
             slot=row["slot"],
             namespace=row["namespace"],
             workflow_id=_optional(row, "workflow_id"),
+            node=_optional(row, "node"),
             traceparent=_optional(row, "traceparent"),
             unique_key=_optional(row, "unique_key"),
         )
