@@ -227,3 +227,17 @@ class Workflow(BaseModel):
 class WorkflowPage(BaseModel):
     items: list[Workflow]
     next_cursor: Id | None = Field(None, description="pass as `cursor` for the next page")
+
+
+def _link_schedule_models() -> None:
+    """The schedule models name :class:`WorkflowCreate` (a schedule may start one); this
+    module imports :mod:`chronoq.models`, so it hands the class over once defined."""
+    from chronoq import models
+
+    vars(models)["WorkflowCreate"] = WorkflowCreate  # for pydantic to resolve the name
+    for model in (models.ScheduleFields, models.ScheduleCreate, models.ScheduleUpdate):
+        model.model_rebuild()
+    models.Schedule.model_rebuild()
+
+
+_link_schedule_models()

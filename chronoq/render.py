@@ -167,7 +167,7 @@ def schedules_table(items: Iterable[dict[str, Any]]) -> str:
             s["name"],
             schedule_rule(s),
             s["timezone"],
-            s["task"]["name"],
+            s["task"]["name"] if s.get("task") else f"workflow {s['workflow']['name']}",
             "paused" if s["paused"] else "active",
             when(s["next_fire_at"]),
             when(s["last_fire_at"]),

@@ -588,3 +588,44 @@ async def test_retention_purges_a_finished_workflow_whole(app: App, harness: Har
     # a running workflow is never purged, whatever its age
     assert await workflows.purge(harness.store, policy.age, now + 10**6) == 0
     assert (await workflows.get(harness.store, slow.id)).status == "running"
+
+
+async def test_a_schedule_starts_one_workflow_per_slot(app: App, harness: Harness) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    spec = chronoq.chain(t["add"].s(x=1), t["add"].s(x=2)).spec("nightly")
+    body = {"name": "flow", "interval_seconds": 3600, "workflow": spec.model_dump(mode="json")}
+    created = await harness.http.post("/v1/schedules", json=body)
+    assert created.status_code == 201, created.text
+    schedule = created.json()
+    assert schedule["task"] is None and schedule["workflow"]["name"] == "nightly"
+    both = await harness.http.post("/v1/schedules", json={**body, "task": {"name": "add"}})
+    assert both.status_code == 422 and "exactly one of task or workflow" in both.text
+    slot = time.time() - 10
+    with harness.store.events.subscribe_workflows() as feed:
+        for _ in range(2):  # the same slot fired twice (two schedulers, or a retry)
+            async with harness.store.tx() as c:
+                await c.execute(
+                    "UPDATE schedules SET next_fire_at = $1, last_fire_at = NULL WHERE id = $2",
+                    slot,
+                    schedule["id"],
+                )
+            await harness.store.fire_due_schedules(slot + 1)
+        (started,) = await next_workflow_events(feed, "started")
+    listed = (await harness.http.get("/v1/workflows")).json()["items"]
+    assert [(w["id"], w["schedule_id"]) for w in listed] == [(started.workflow_id, schedule["id"])]
+    harness.start_worker()
+    handle = chronoq.WorkflowHandle[int](
+        app, await workflows.get(harness.store, started.workflow_id)
+    )
+    assert await asyncio.wait_for(handle.aresult(), 20) == 3
+    # a run by hand starts one more, and answers with its first node's task
+    fired = await harness.http.post(f"/v1/schedules/{schedule['id']}/trigger")
+    assert fired.status_code in (200, 201), fired.text
+    assert fired.json()["name"] == "add"
+    assert len((await harness.http.get("/v1/workflows")).json()["items"]) == 2
+    # PATCH to a task and back
+    patched = await harness.http.patch(
+        f"/v1/schedules/{schedule['id']}", json={"task": {"name": "add"}}
+    )
+    assert patched.status_code == 200 and patched.json()["workflow"] is None, patched.text

@@ -5,8 +5,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from chronoq.dag import WorkflowCreate
 from chronoq.ids import is_id, new_id
 from chronoq.models import (
     Schedule,
@@ -15,6 +16,7 @@ from chronoq.models import (
     to_datetime,
 )
 from chronoq.recurrence import FirePlan, MisfirePolicy, Recurrence, cached, plan
+from chronoq.store import workflows
 from chronoq.store.announce import Announcer
 from chronoq.store.leases import Fence
 from chronoq.store.records import (
@@ -25,6 +27,9 @@ from chronoq.store.records import (
     Row,
     TaskRecord,
 )
+
+if TYPE_CHECKING:
+    from chronoq.store.base import Store
 
 #: fields whose change moves the next fire time
 RULE_FIELDS = frozenset({"cron", "interval_seconds", "timezone", "start_at", "end_at"})
@@ -61,7 +66,7 @@ class ScheduleRecord:
     cron: str | None
     interval_seconds: float | None
     timezone: str
-    task: TaskTemplate
+    task: TaskTemplate | None
     start_at: float | None
     end_at: float | None
     misfire_policy: MisfirePolicy
@@ -74,16 +79,19 @@ class ScheduleRecord:
     created_at: float
     updated_at: float
     namespace: str = "default"
+    #: instead of ``task``: the workflow each slot starts (migration 0023)
+    workflow: WorkflowCreate | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> ScheduleRecord:
+        flow = row["workflow"]
         return cls(
             id=row["id"],
             name=row["name"],
             cron=row["cron"],
             interval_seconds=row["interval_seconds"],
             timezone=row["timezone"],
-            task=TaskTemplate.model_validate_json(row["task"]),
+            task=None if flow else TaskTemplate.model_validate_json(row["task"]),
             start_at=row["start_at"],
             end_at=row["end_at"],
             misfire_policy=row["misfire_policy"],
@@ -96,6 +104,7 @@ class ScheduleRecord:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             namespace=row["namespace"],
+            workflow=WorkflowCreate.model_validate_json(flow) if flow else None,
         )
 
     @classmethod
@@ -126,7 +135,7 @@ class ScheduleRecord:
     def apply(self, spec: ScheduleCreate, now: float) -> None:
         """Take every field from ``spec`` and recompute the next fire time from ``now``."""
         self.cron, self.interval_seconds = spec.cron, spec.interval_seconds
-        self.timezone, self.task = spec.timezone, spec.task
+        self.timezone, self.task, self.workflow = spec.timezone, spec.task, spec.workflow
         self.start_at = spec.start_at.timestamp() if spec.start_at else None
         self.end_at = spec.end_at.timestamp() if spec.end_at else None
         self.misfire_policy, self.max_catch_up = spec.misfire_policy, spec.max_catch_up
@@ -142,6 +151,7 @@ class ScheduleRecord:
             interval_seconds=self.interval_seconds,
             timezone=self.timezone,
             task=self.task,
+            workflow=self.workflow,
             start_at=to_datetime(self.start_at),
             end_at=to_datetime(self.end_at),
             misfire_policy=self.misfire_policy,
@@ -182,7 +192,7 @@ class ScheduleRecord:
             self.cron,
             self.interval_seconds,
             self.timezone,
-            self.task.model_dump_json(),
+            "null" if self.task is None else self.task.model_dump_json(),
             self.start_at,
             self.end_at,
             self.misfire_policy,
@@ -195,6 +205,7 @@ class ScheduleRecord:
             self.created_at,
             self.updated_at,
             self.namespace,
+            None if self.workflow is None else self.workflow.model_dump_json(),
         )
 
     @property
@@ -222,9 +233,9 @@ class ScheduleRecord:
 _COLUMNS = (
     "id, name, cron, interval_seconds, timezone, task, start_at, end_at, misfire_policy, "
     "max_catch_up, misfire_grace_seconds, jitter_seconds, paused, next_fire_at, last_fire_at, "
-    "created_at, updated_at, namespace"
+    "created_at, updated_at, namespace, workflow"
 )
-_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 19))
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 20))
 _UPDATE = ", ".join(f"{c.strip()} = ${i}" for i, c in enumerate(_COLUMNS.split(","), 1) if i > 1)
 
 
@@ -321,6 +332,10 @@ class ScheduleQueries(abc.ABC):
             merged["interval_seconds"] = None
         if "interval_seconds" in changes and changes["interval_seconds"] is not None:
             merged["cron"] = None
+        if changes.get("task") is not None:  # a task replaces a workflow, and back
+            merged["workflow"] = None
+        if changes.get("workflow") is not None:
+            merged["task"] = None
         spec = ScheduleCreate.model_validate(merged)
         keep_next = record.next_fire_at
         was_paused = record.paused
@@ -362,8 +377,20 @@ class ScheduleQueries(abc.ABC):
         return await self.update_schedule(key, {"paused": paused}, now)
 
     async def trigger_schedule(self, key: str, now: float) -> TaskRecord:
-        """Fire the schedule's task now, outside its rule (slot = now)."""
+        """Fire the schedule's task now, outside its rule (slot = now); a workflow
+        schedule starts its workflow and returns its first node's task (whose
+        ``workflow_id`` names it)."""
         record = await self.get_schedule(key)
+        if record.workflow is not None:
+            store = cast("Store", self)
+            async with self.tx() as c:
+                started = await workflows.create_for_slot(
+                    store, c, record.workflow, now, record.namespace, record.id, now
+                )
+            assert started is not None  # a slot of now: new
+            workflows.announce_started(store, [started], now)
+            return await store.get_task(started.tasks[0].id)
+        assert record.task is not None
         task = NewTask.of(record.task, now, now, None, record.id, now, record.namespace)
         async with self.conn() as c:
             rows = await c.fetch(f"{INSERT_TASK} RETURNING *", *task.values())
@@ -410,10 +437,19 @@ class ScheduleQueries(abc.ABC):
                 return 0
             tasks: list[NewTask] = []
             moves: list[tuple[Any, ...]] = []
+            started: list[workflows.Started] = []
             for row in rows:
                 record = ScheduleRecord.from_row(row)
                 fire = record.plan(now)
                 for slot, run_at in zip(fire.slots, fire.run_at, strict=True):
+                    if record.workflow is not None:  # a slot's workflow, once per slot
+                        flow = await workflows.create_for_slot(
+                            cast("Store", self), c, record.workflow, now, record.namespace,
+                            record.id, slot,
+                        )  # fmt: skip
+                        started += [flow] if flow is not None else []
+                        continue
+                    assert record.task is not None
                     tasks.append(
                         NewTask.of(
                             record.task, run_at, now, None, record.id, slot, record.namespace
@@ -429,4 +465,6 @@ class ScheduleQueries(abc.ABC):
                 )
             await self.move_schedules(c, moves)
         self.inserted(tasks)
-        return len(tasks)
+        if started:
+            workflows.announce_started(cast("Store", self), started, now)
+        return len(tasks) + len(started)
