@@ -206,18 +206,27 @@ def slot_traceparent(schedule_id: str, slot: float | None) -> str | None:
 
 
 def step_traceparents(
-    traceparent: str | None, nodes: Sequence[tuple[str, str]]
+    traceparent: str | None, workflow: str, nodes: Sequence[tuple[str, str]]
 ) -> list[str] | None:
-    """A workflow's nodes ``(node id, task name)`` as spans ``chronoq.step <node>``,
-    children of ``traceparent`` (the submission's, or a schedule slot's trace), ended at
-    once; their traceparents, in order, for the nodes' tasks to store, so each node's run
-    spans are its step span's children and link to their parents' step spans. None when
-    tracing is off."""
+    """A workflow as spans, ended at once: ``chronoq.workflow <name>``, child of
+    ``traceparent`` (the submission's, or a schedule slot's trace; a new trace without
+    one), and under it one ``chronoq.step <node>`` per node ``(node id, task name)``.
+    Returns the steps' traceparents, in order, for the nodes' tasks to store: each node's
+    run spans are its step span's children and link to their parents' step spans, so one
+    trace shows the graph. None when tracing is off."""
     if tracer is None:
         return None
-    from opentelemetry.trace import SpanKind
+    from opentelemetry.context import Context
+    from opentelemetry.trace import SpanKind, set_span_in_context
 
-    parent = _parent(traceparent)
+    root = tracer.start_span(
+        f"chronoq.workflow {workflow}",
+        context=_parent(traceparent) if traceparent is not None else Context(),
+        kind=SpanKind.PRODUCER,
+        attributes={"chronoq.workflow": workflow, "chronoq.size": len(nodes)},
+    )
+    root.end()
+    parent = set_span_in_context(root)
     found = []
     for node, name in nodes:
         span = tracer.start_span(
@@ -227,11 +236,14 @@ def step_traceparents(
             attributes={"chronoq.node": node, "chronoq.name": name},
         )
         span.end()
-        context = span.get_span_context()
-        found.append(
-            f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-        )
+        found.append(_of(span))
     return found
+
+
+def _of(span: Span) -> str:
+    """The traceparent of ``span``."""
+    context = span.get_span_context()
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
 def _link(traceparent: str) -> Any:

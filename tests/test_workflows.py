@@ -8,15 +8,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as redis
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import chronoq
-from chronoq import App, Status, WorkflowFailed
+from chronoq import App, Status, WorkflowFailed, tracing
 from chronoq.api import create_api
 from chronoq.broker import Consumer
 from chronoq.broker.redis import RedisBroker
@@ -629,3 +632,54 @@ async def test_a_schedule_starts_one_workflow_per_slot(app: App, harness: Harnes
         f"/v1/schedules/{schedule['id']}", json={"task": {"name": "add"}}
     )
     assert patched.status_code == 200 and patched.json()["workflow"] is None, patched.text
+
+
+@pytest.fixture
+def exported() -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process, spans kept in memory; off again afterwards."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.tracer = provider.get_tracer("chronoq")
+    try:
+        yield exporter
+    finally:
+        tracing.tracer = None
+        provider.shutdown()
+
+
+async def test_a_steps_run_span_links_to_its_parents_steps(
+    app: App, harness: Harness, exported: InMemorySpanExporter
+) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    harness.start_worker(concurrency=4)
+    flow = chronoq.dag(
+        chronoq.step("a", t["add"].s(x=1)),
+        chronoq.step("b", t["add"].s(x=2)),
+        chronoq.step("j", t["join"].s(), depends_on=["a", "b"]),
+    )
+    handle = await flow.adelay("traced")
+    assert await asyncio.wait_for(handle.aresult(), 20) == {"a": 1, "b": 2}
+    await harness.stop_workers()  # every run span ended
+    spans = exported.get_finished_spans()
+    (root,) = [s for s in spans if s.name == "chronoq.workflow traced"]
+    steps = {
+        s.name.removeprefix("chronoq.step "): s for s in spans if s.name.startswith("chronoq.step ")
+    }
+    runs_of = {
+        str((s.attributes or {})["chronoq.node"]): s
+        for s in spans
+        if s.name.startswith("chronoq.run ")
+    }
+    assert set(steps) == set(runs_of) == {"a", "b", "j"}
+    trace_ids = {s.context.trace_id for s in [root, *steps.values(), *runs_of.values()]}
+    assert trace_ids == {root.context.trace_id}  # one trace shows the whole graph
+    for node, step in steps.items():
+        assert step.parent is not None and step.parent.span_id == root.context.span_id
+        run = runs_of[node]
+        assert run.parent is not None and run.parent.span_id == step.context.span_id
+        assert (run.attributes or {})["chronoq.workflow_id"] == handle.id
+    linked = {link.context.span_id for link in runs_of["j"].links}
+    assert linked == {steps["a"].context.span_id, steps["b"].context.span_id}
+    assert not runs_of["a"].links and not runs_of["b"].links

@@ -164,7 +164,7 @@ async def _create(
         if schedule_id is not None
         else tracing.current_traceparent()
     )
-    steps = tracing.step_traceparents(context, [(n.id, n.task.name) for n in spec.nodes])
+    steps = tracing.step_traceparents(context, spec.name, [(n.id, n.task.name) for n in spec.nodes])
     tasks, rows = [], []
     for index, node in enumerate(spec.nodes):
         task = replace(NewTask.of(node.task, now, now, namespace=namespace), id=ids[node.id])
