@@ -254,6 +254,8 @@ class Task(BaseModel):
     namespace: str = Field("default", description="the namespace of the key that made it")
     schedule_id: Id | None = Field(None, description="the schedule that fired this task")
     slot: datetime | None = Field(None, description="the schedule's nominal fire time")
+    workflow_id: Id | None = Field(None, description="the workflow this task is a step of")
+    workflow_node: str | None = Field(None, description="its node id in that workflow")
     attempt_history: list[Attempt] | None = Field(
         None, description="every attempt, oldest first (only on GET /v1/tasks/{id})"
     )

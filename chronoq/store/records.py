@@ -253,6 +253,8 @@ class TaskRecord:
             slot=to_datetime(self.slot),
             namespace=self.namespace,
             unique_key=self.unique_key,
+            workflow_id=self.workflow_id,
+            workflow_node=self.node,
             attempt_history=history,
         )
 
