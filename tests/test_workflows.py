@@ -6,9 +6,12 @@ or more than once."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +33,7 @@ from chronoq.retention import purge as purge_tasks
 from chronoq.store import workflows
 from chronoq.worker import Worker
 from tests.conftest import Harness, make_settings, running
+from tests.processes import Proc, cli, free_port, wait_ready
 
 NEVER = 3600.0
 
@@ -683,3 +687,37 @@ async def test_a_steps_run_span_links_to_its_parents_steps(
     linked = {link.context.span_id for link in runs_of["j"].links}
     assert linked == {steps["a"].context.span_id, steps["b"].context.span_id}
     assert not runs_of["a"].links and not runs_of["b"].links
+
+
+def test_the_cli_starts_lists_shows_and_cancels_workflows(tmp_path: Path) -> None:
+    """``chronoq workflow(s) start|ls|get|cancel`` through chronoq.client against a real
+    ``chronoq dev --demo``."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    dev = Proc(
+        ["dev", "--demo", "--port", str(port), "--database-url", f"sqlite:///{tmp_path / 'c.db'}"],
+        {},
+        tmp_path / "dev.log",
+    )
+    try:
+        wait_ready(url, dev)
+        spec = tmp_path / "flow.json"
+        nodes = [{"id": "nap", "task": {"name": "demo.sleep", "payload": {"seconds": 60}}}]
+        nodes.append({"id": "after", "task": {"name": "demo.add", "payload": {"b": 1}}})
+        edges = [{"parent": "nap", "child": "after", "arg": "a"}]
+        spec.write_text(json.dumps({"nodes": nodes, "edges": edges}))
+        started = cli("workflow", "start", str(spec), "--name", "cli-flow", "--timeout", "1h",
+                      "--url", url, "--json")  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        workflow = json.loads(started.stdout)
+        assert workflow["name"] == "cli-flow" and workflow["deadline"] is not None
+        listed = cli("workflows", "ls", "--url", url)
+        assert listed.returncode == 0 and workflow["id"] in listed.stdout, listed.stderr
+        cancelled = cli("workflows", "cancel", workflow["id"], "--url", url)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert "cancelled (cancelled by a user)" in cancelled.stdout
+        assert re.search(r"after\s+demo\.add\s+cancelled", cancelled.stdout), cancelled.stdout
+        missing = cli("workflows", "get", "0" * 8 + "-0000-0000-0000-" + "0" * 12, "--url", url)
+        assert missing.returncode == 1 and "no workflow with id" in missing.stderr
+    finally:
+        assert dev.terminate() == 0
