@@ -20,6 +20,8 @@ import redis.asyncio as redis
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 import chronoq
 from chronoq import App, Status, WorkflowFailed, tracing
@@ -155,8 +157,12 @@ async def test_a_death_fails_descendants_and_a_retry_resumes_them(
     await harness.stop_workers()
     harness.start_worker()
     dead = (state.nodes or [])[1]
-    await app.aretry(dead.task_id)
+    with harness.store.events.subscribe_workflows() as feed:
+        await app.aretry(dead.task_id)
+        (revived,) = await next_workflow_events(feed, "resumed")
+    assert revived.workflow_id == handle.id
     resumed = await handle.aget()
+    assert resumed.status == "running" and resumed.error is None
     assert [n.status for n in resumed.nodes or []][2:] in (
         [Status.BLOCKED, Status.BLOCKED],
         [Status.QUEUED, Status.BLOCKED],
@@ -164,6 +170,7 @@ async def test_a_death_fails_descendants_and_a_retry_resumes_them(
         [Status.SUCCEEDED, Status.BLOCKED],
     )
     assert await asyncio.wait_for(handle.aresult(), 20) == 1 * 2 + 5 + 7
+    assert (await handle.aget()).status == "succeeded"
 
 
 async def test_cancel_stops_running_and_pending_nodes(app: App, harness: Harness) -> None:
@@ -689,35 +696,110 @@ async def test_a_steps_run_span_links_to_its_parents_steps(
     assert not runs_of["a"].links and not runs_of["b"].links
 
 
-def test_the_cli_starts_lists_shows_and_cancels_workflows(tmp_path: Path) -> None:
-    """``chronoq workflow(s) start|ls|get|cancel`` through chronoq.client against a real
-    ``chronoq dev --demo``."""
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``chronoq dev --demo`` on a fresh SQLite file: its URL."""
+    folder = tmp_path_factory.mktemp("demo")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     dev = Proc(
-        ["dev", "--demo", "--port", str(port), "--database-url", f"sqlite:///{tmp_path / 'c.db'}"],
+        ["dev", "--demo", "--port", str(port), "--database-url", f"sqlite:///{folder / 'd.db'}"],
         {},
-        tmp_path / "dev.log",
+        folder / "dev.log",
     )
     try:
         wait_ready(url, dev)
-        spec = tmp_path / "flow.json"
-        nodes = [{"id": "nap", "task": {"name": "demo.sleep", "payload": {"seconds": 60}}}]
-        nodes.append({"id": "after", "task": {"name": "demo.add", "payload": {"b": 1}}})
-        edges = [{"parent": "nap", "child": "after", "arg": "a"}]
-        spec.write_text(json.dumps({"nodes": nodes, "edges": edges}))
-        started = cli("workflow", "start", str(spec), "--name", "cli-flow", "--timeout", "1h",
-                      "--url", url, "--json")  # fmt: skip
-        assert started.returncode == 0, started.stderr
-        workflow = json.loads(started.stdout)
-        assert workflow["name"] == "cli-flow" and workflow["deadline"] is not None
-        listed = cli("workflows", "ls", "--url", url)
-        assert listed.returncode == 0 and workflow["id"] in listed.stdout, listed.stderr
-        cancelled = cli("workflows", "cancel", workflow["id"], "--url", url)
-        assert cancelled.returncode == 0, cancelled.stderr
-        assert "cancelled (cancelled by a user)" in cancelled.stdout
-        assert re.search(r"after\s+demo\.add\s+cancelled", cancelled.stdout), cancelled.stdout
-        missing = cli("workflows", "get", "0" * 8 + "-0000-0000-0000-" + "0" * 12, "--url", url)
-        assert missing.returncode == 1 and "no workflow with id" in missing.stderr
+        yield url
     finally:
         assert dev.terminate() == 0
+
+
+def test_the_cli_starts_lists_shows_and_cancels_workflows(demo: str, tmp_path: Path) -> None:
+    """``chronoq workflow(s) start|ls|get|cancel`` through chronoq.client."""
+    url = demo
+    spec = tmp_path / "flow.json"
+    nodes = [{"id": "nap", "task": {"name": "demo.sleep", "payload": {"seconds": 60}}}]
+    nodes.append({"id": "after", "task": {"name": "demo.add", "payload": {"b": 1}}})
+    edges = [{"parent": "nap", "child": "after", "arg": "a"}]
+    spec.write_text(json.dumps({"nodes": nodes, "edges": edges}))
+    started = cli("workflow", "start", str(spec), "--name", "cli-flow", "--timeout", "1h",
+                  "--url", url, "--json")  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    workflow = json.loads(started.stdout)
+    assert workflow["name"] == "cli-flow" and workflow["deadline"] is not None
+    listed = cli("workflows", "ls", "--url", url)
+    assert listed.returncode == 0 and workflow["id"] in listed.stdout, listed.stderr
+    cancelled = cli("workflows", "cancel", workflow["id"], "--url", url)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancelled (cancelled by a user)" in cancelled.stdout
+    assert re.search(r"after\s+demo\.add\s+cancelled", cancelled.stdout), cancelled.stdout
+    missing = cli("workflows", "get", "0" * 8 + "-0000-0000-0000-" + "0" * 12, "--url", url)
+    assert missing.returncode == 1 and "no workflow with id" in missing.stderr
+
+
+def test_the_event_stream_carries_workflow_events_by_type(demo: str) -> None:
+    """``/v1/events?types=workflow&workflow_id=``: that workflow's events, no task ones."""
+    port = demo.rsplit(":", 1)[1]
+    nodes = [
+        {"id": "one", "task": {"name": "demo.add", "payload": {"a": 1, "b": 2}}},
+        {"id": "two", "task": {"name": "demo.add", "payload": {"b": 3}}},
+    ]
+    body = {
+        "name": "streamed",
+        "nodes": nodes,
+        "edges": [{"parent": "one", "child": "two", "arg": "a"}],
+    }
+    other = {"id": "01a23300-0000-7000-8000-000000000000"}  # no such workflow
+    with (
+        connect(f"ws://127.0.0.1:{port}/v1/events?types=workflow") as every,
+        connect(
+            f"ws://127.0.0.1:{port}/v1/events?types=workflow&workflow_id={other['id']}"
+        ) as none,
+    ):
+        created = httpx.post(f"{demo}/v1/workflows", json=body, timeout=5)
+        assert created.status_code == 201, created.text
+        workflow_id = created.json()["id"]
+        seen: list[dict[str, Any]] = []
+        while not seen or seen[-1]["status"] != "succeeded":
+            seen += [
+                e for e in json.loads(every.recv(timeout=10)) if e["workflow_id"] == workflow_id
+            ]
+        with pytest.raises(TimeoutError):  # nothing for another workflow
+            none.recv(timeout=0.5)
+    assert all(e["type"] == "workflow" for e in seen)
+    assert [(e["status"], e["node"], e["step_status"]) for e in seen] == [
+        ("started", None, None),
+        ("step_finished", "one", "succeeded"),
+        ("step_finished", "two", "succeeded"),
+        ("succeeded", None, None),
+    ]
+    assert seen[0]["name"] == seen[-1]["name"] == "streamed"
+    bad = f"ws://127.0.0.1:{port}/v1/events?types=workflows"
+    with connect(bad) as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+
+
+async def test_many_sinks_finishing_together_end_the_workflow_once_on_postgres(
+    pg_url: str,
+) -> None:
+    """A group of 300 (300 sinks) on two workers of one-statement completions: the
+    sinks' count reaches 0 exactly once, so one ``succeeded``."""
+    app = App(settings=make_settings(pg_url))
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    async with running(app) as harness:
+        harness.start_worker(concurrency=16)
+        harness.start_worker(concurrency=16)
+        with harness.store.events.subscribe_workflows(maxsize=10_000) as feed:
+            handle = await chronoq.group(*(t["noop"].s(i=i) for i in range(300))).adelay()
+            events = await next_workflow_events(feed, "succeeded", timeout=60)
+            assert await asyncio.wait_for(handle.aresult(), 10) == list(range(300))
+            await harness.stop_workers()  # every completion announced
+            while not feed.queue.empty():
+                events += feed.queue.get_nowait()
+        async with harness.store.conn() as c:
+            rows = await c.fetch("SELECT sinks, outcome FROM workflows WHERE id = $1", handle.id)
+    assert [e.status for e in events].count("succeeded") == 1
+    assert [e.status for e in events].count("step_finished") == 300
+    assert [tuple(r) for r in rows] == [(0, "succeeded")]

@@ -45,7 +45,7 @@ from chronoq.api.auth import key_cache, until_revoked, websocket_caller
 from chronoq.api.replay import BadCursor, EventLog, Position, event_log
 from chronoq.api.service import event_filter
 from chronoq.app import App
-from chronoq.events import EventBus, TaskEvent
+from chronoq.events import EventBus, TaskEvent, WorkflowSubscription
 
 router = APIRouter(tags=["events"])
 
@@ -55,6 +55,18 @@ TYPES = ("task", "worker", "workflow")
 @router.websocket("/v1/events")
 async def events(websocket: WebSocket) -> None:
     app: App = websocket.app.state.chronoq
+    # subscribed before the accept: a client that starts a workflow once connected hears
+    # its `started` (dropped unheard if the socket is refused below)
+    wanted = websocket.query_params.get("types", "task").split(",")
+    flows = app.store.events.subscribe_workflows() if "workflow" in wanted else None
+    try:
+        await _events(websocket, app, flows)
+    finally:
+        if flows is not None:
+            flows.close()
+
+
+async def _events(websocket: WebSocket, app: App, flows: WorkflowSubscription | None) -> None:
     since = websocket.query_params.get("since")
     caller = await websocket_caller(websocket)
     who = caller.principal
@@ -107,12 +119,10 @@ async def events(websocket: WebSocket) -> None:
             )
         if "worker" in types:
             running.append(asyncio.ensure_future(_workers(send, app.store.events, worker_id)))
-        if "workflow" in types:
+        if flows is not None:
             workflow_id = websocket.query_params.get("workflow_id")
             running.append(
-                asyncio.ensure_future(
-                    _workflows(send, app.store.events, workflow_id, who.namespace)
-                )
+                asyncio.ensure_future(_workflows(send, flows, workflow_id, who.namespace))
             )
         watched: list[asyncio.Future[Any]] = [*running, closed, revoked]
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
@@ -192,17 +202,16 @@ async def _workers(send: Send, bus: EventBus, worker_id: str | None) -> None:
 
 
 async def _workflows(
-    send: Send, bus: EventBus, workflow_id: str | None, namespace: str | None
+    send: Send, feed: WorkflowSubscription, workflow_id: str | None, namespace: str | None
 ) -> None:
-    """Send workflow events (live only), of one workflow when ``workflow_id`` is given and
-    of the caller's namespace when its key is bound to one."""
-    with bus.subscribe_workflows() as feed:
-        async for batch in feed:
-            items: list[dict[str, object]] = [
-                e.to_wire()
-                for e in batch
-                if (workflow_id is None or e.workflow_id == workflow_id)
-                and (namespace is None or e.namespace == namespace)
-            ]
-            if items:
-                await send(items)
+    """Send workflow events from ``feed`` (live only), of one workflow when ``workflow_id``
+    is given and of the caller's namespace when its key is bound to one."""
+    async for batch in feed:  # the feed is the caller's to close
+        items: list[dict[str, object]] = [
+            e.to_wire()
+            for e in batch
+            if (workflow_id is None or e.workflow_id == workflow_id)
+            and (namespace is None or e.namespace == namespace)
+        ]
+        if items:
+            await send(items)
