@@ -1012,7 +1012,7 @@ schedules.command("rm", help="Delete schedule KEY (tasks it fired stay).")(
 # -- workflows --------------------------------------------------------------------------------
 @main.group()
 def workflows() -> None:
-    """Workflows (chains, groups, chords, DAGs): start, list, inspect, cancel."""
+    """Workflows (chains, groups, chords, DAGs): start, list, inspect, cancel, retry."""
 
 
 main.add_command(workflows, "workflow")  # `chronoq workflow ...` too
@@ -1073,6 +1073,16 @@ def workflows_get(workflow_id: str, url: str, as_json: bool) -> None:
 def workflows_cancel(workflow_id: str, url: str, as_json: bool) -> None:
     """Cancel every step that has not finished (running ones are stopped)."""
     found = _client_call(url, lambda c: c.cancel_workflow(workflow_id))
+    click.echo(render.json_text(found) if as_json else render.workflow_detail(found))
+
+
+@workflows.command("retry")
+@click.argument("workflow_id")
+@url_option
+@json_option
+def workflows_retry(workflow_id: str, url: str, as_json: bool) -> None:
+    """Retry every dead step now; the steps that failed because of them wait again."""
+    found = _client_call(url, lambda c: c.retry_workflow(workflow_id))
     click.echo(render.json_text(found) if as_json else render.workflow_detail(found))
 
 

@@ -144,3 +144,7 @@ class Client(HttpClient):
     def cancel_workflow(self, workflow_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", f"/v1/workflows/{workflow_id}/cancel")
         return result
+
+    def retry_workflow(self, workflow_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/workflows/{workflow_id}/retry")
+        return result

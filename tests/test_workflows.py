@@ -803,3 +803,27 @@ async def test_many_sinks_finishing_together_end_the_workflow_once_on_postgres(
     assert [e.status for e in events].count("succeeded") == 1
     assert [e.status for e in events].count("step_finished") == 300
     assert [tuple(r) for r in rows] == [(0, "succeeded")]
+
+
+async def test_a_workflow_retry_reruns_its_dead_steps(app: App, harness: Harness) -> None:
+    runs: Counter[str] = Counter()
+    t = register(app, runs, [])
+    harness.start_worker()
+    flow = chronoq.chain(t["add"].s(x=1), t["boom"].s(), t["add"].s(x=5))
+    handle = await flow.adelay()
+    with pytest.raises(WorkflowFailed):
+        await asyncio.wait_for(handle.aresult(recheck_seconds=NEVER), 20)
+
+    def fixed(result: int) -> int:
+        return result * 10
+
+    app.tasks["boom"].fn = fixed
+    await harness.stop_workers()
+    harness.start_worker()
+    answer = await harness.http.post(f"/v1/workflows/{handle.id}/retry")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "running"
+    assert await asyncio.wait_for(handle.aresult(), 20) == 1 * 10 + 5
+    assert runs["add"] == 2  # the first step is not run again
+    missing = await harness.http.post(f"/v1/workflows/{'0' * 8}-0000-7000-8000-{'0' * 12}/retry")
+    assert missing.status_code == 404

@@ -745,6 +745,29 @@ async def _stop(
     return bool(records or ended)
 
 
+async def retry(
+    store: Store, workflow_id: str, now: float, namespace: str | None = None
+) -> Workflow:
+    """Retry every dead (or failed, waiting for its backoff) node now, as a retry of each
+    would (:meth:`Store.retry_task`), in one transaction: their ``upstream_failed``
+    descendants wait for them again and the workflow runs again once no sink is stopped.
+    Cancelled nodes stay cancelled."""
+    from chronoq.store.base import RETRY
+
+    async with store.tx() as c:
+        await _row(store, c, workflow_id, namespace)
+        rows = await c.fetch(
+            f"UPDATE tasks SET {RETRY} WHERE workflow_id = $1 AND {lifecycle.RETRY.where()} "
+            "RETURNING *",
+            workflow_id,
+            now,
+        )
+        resumed = await resume(store, c, [r["id"] for r in rows], now) if rows else []
+    store.announce.changed([TaskRecord.from_row(r) for r in rows], now, requeued=True)
+    store.announce.advanced(resumed, now)
+    return await get(store, workflow_id, namespace)
+
+
 # -- deadlines -------------------------------------------------------------------------------
 async def time_out(store: Store, now: float, limit: int = 100) -> int:
     """Fail the workflows whose deadline passed (the scheduler's leader, each reap): their
