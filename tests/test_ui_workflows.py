@@ -118,3 +118,23 @@ def test_a_wide_group_is_drawn_as_one_box_and_a_cancel_shows(tab: Page, server: 
     expect(page.locator('svg.wf-graph g.wf-node[data-node="sum"]')).to_have_attribute(
         "data-status", "cancelled"
     )
+
+
+def test_a_workflow_schedule_lists_and_edits_its_rule_only(tab: Page, server: str) -> None:
+    flow = {"name": "nightly", "nodes": [{"id": "only", "task": add(1, 2)}]}
+    body = {"name": "ui.flow", "cron": "0 3 * * *", "paused": True, "workflow": flow}
+    created = httpx.post(f"{server}/v1/schedules", json=body, timeout=5)
+    assert created.status_code == 201, created.text
+    page = tab.open("#/schedules")
+    row = page.locator('tr[data-name="ui.flow"]')
+    expect(row).to_contain_text("workflow nightly")
+    row.get_by_role("button", name="Edit").click()
+    form = page.locator('[data-testid="schedule-form"]')
+    expect(form.locator('[data-testid="schedule-workflow"]')).to_contain_text("nightly (1 steps)")
+    form.get_by_label("Cron").fill("0 4 * * *")
+    form.get_by_role("button", name="Save").click()
+    expect(form).to_have_count(0)
+    saved = httpx.get(f"{server}/v1/schedules/ui.flow", timeout=5).json()
+    assert saved["cron"] == "0 4 * * *" and saved["task"] is None
+    assert saved["workflow"]["name"] == "nightly"
+    httpx.delete(f"{server}/v1/schedules/ui.flow", timeout=5)
