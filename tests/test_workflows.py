@@ -29,7 +29,7 @@ from chronoq.api import create_api
 from chronoq.broker import Consumer
 from chronoq.broker.redis import RedisBroker
 from chronoq.dag import WorkflowCreate
-from chronoq.events import WorkflowEvent, WorkflowSubscription
+from chronoq.events import EventBus, WorkflowEvent, WorkflowSubscription
 from chronoq.retention import Policy, queues_by_status
 from chronoq.retention import purge as purge_tasks
 from chronoq.store import workflows
@@ -828,3 +828,25 @@ async def test_a_workflow_retry_reruns_its_dead_steps(app: App, harness: Harness
     assert runs["add"] == 2  # the first step is not run again
     missing = await harness.http.post(f"/v1/workflows/{'0' * 8}-0000-7000-8000-{'0' * 12}/retry")
     assert missing.status_code == 404
+
+
+async def test_workflow_events_cross_the_redis_bridge_on_their_own_feed() -> None:
+    url = "redis://127.0.0.1:6379/0"
+    sender, receiver = EventBus(url), EventBus(url)
+    await sender.start()
+    await receiver.start()
+    try:
+        with receiver.subscribe_workflows() as flows, receiver.subscribe() as tasks:
+            await asyncio.sleep(0.3)  # let the pub/sub subscription settle
+            event = WorkflowEvent(
+                "w1", "step_finished", time.time(), "ns", node="a", task_id="t1", error="x"
+            )
+            sender.publish_workflows([event])
+            [got] = await asyncio.wait_for(anext(flows), 5)
+            assert abs(got.at - event.at) < 1e-5
+            got.at = event.at
+            assert got == event and got.to_wire()["type"] == "workflow"
+            assert tasks.queue.empty(), "task subscribers must not get workflow events"
+    finally:
+        await sender.close()
+        await receiver.close()
