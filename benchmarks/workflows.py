@@ -17,14 +17,29 @@ completion, its callback's counter update; the ratio says what that costs.
 
 The chain's overhead is read from the attempts: step k+1's ``started_at`` (stamped by the
 claiming worker) minus step k's ``finished_at`` (stamped by its worker when the handler
-returned, before the write): the completion write, the child's wake-up and its claim.
+returned, before the write): the completion write, the child's wake-up and its claim. The
+chain's throughput is its length over its wall time, submission to the last result.
+
+Beside it (``--celery``, on by default when Celery is installed: ``pip install -e
+'.[bench]'``) runs a Celery chain of the same length in its fastest honest setup: Redis
+broker (``--celery-broker``, DB 14, flushed before and after), no result backend (a chain
+passes results inside its messages; a backend is needed only to read them back or for a
+chord), one ``celery worker -P solo`` (the step runs in the process that reads the broker:
+no hand-off to a pool child), without gossip, mingle and heartbeat. Each Celery step
+stamps its start minus the previous step's handler return (what chronoq's attempts
+give), the last one pushes to a Redis list the benchmark waits on (BLPOP, no polling).
+Ratios are chronoq / Celery: below 1 is better for latencies, above 1 for throughput.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.util
 import itertools
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +63,7 @@ from chronoq.config import Settings
 from chronoq.worker import Worker
 
 
-def make_app(url: str) -> tuple[chronoq.App, Any, Any]:
+def make_app(url: str) -> tuple[chronoq.App, Any, Any, Any]:
     app = chronoq.App(settings=Settings(database_url=url, auth=False, poll_seconds=0.2))
 
     @app.task("bench.noop", max_attempts=1)
@@ -97,15 +112,18 @@ async def timed(db: Database, count: int, workers: int, concurrency: int, chord:
     return seconds
 
 
-async def chain_overhead(db: Database, steps: int) -> Percentiles:
-    """Run a chain of ``steps`` on one in-process worker; the gaps between its steps."""
+async def chain_overhead(db: Database, steps: int) -> tuple[Percentiles, float]:
+    """Run a chain of ``steps`` on one in-process worker; the gaps between its steps and
+    the chain's wall time (submission to result)."""
     app, _, _, step = make_app(db.url)
     async with app:
         worker = Worker(app.store, app.executors(), concurrency=4, poll_seconds=0.2)
         job = asyncio.create_task(worker.run(drain_seconds=5))
         await asyncio.sleep(0.3)
+        started = time.perf_counter()
         handle = await chronoq.chain(*(step.s() for _ in range(steps))).adelay("chain")
         assert await handle.aresult(recheck_seconds=0.05) == steps
+        wall = time.perf_counter() - started
         rows = await fetch(
             app.store,
             "SELECT t.node, a.started_at, a.finished_at FROM attempts a "
@@ -116,7 +134,56 @@ async def chain_overhead(db: Database, steps: int) -> Percentiles:
         await job
     ordered = sorted(rows, key=lambda r: int(r["node"].split(":")[0]))
     gaps = [b["started_at"] - a["finished_at"] for a, b in itertools.pairwise(ordered)]
-    return Percentiles.of(gaps)
+    return Percentiles.of(gaps), wall
+
+
+def celery_chain(broker: str, steps: int, pool: str) -> tuple[Percentiles, float]:
+    """A Celery chain of ``steps`` on one ``celery worker -P pool``; the gaps between
+    its steps and its wall time (``apply_async`` to the last step's push)."""
+    import celery
+    import redis
+
+    os.environ["BENCH_CELERY_CHAIN_BROKER"] = broker
+    from benchmarks import celery_chain_app as capp
+
+    r = redis.Redis.from_url(broker, socket_timeout=700)
+    r.flushdb()
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    command = [
+        sys.executable, "-m", "celery", "-A", "benchmarks.celery_chain_app", "worker",
+        "-P", pool, "-c", "1", "--loglevel", "WARNING", "--without-gossip",
+        "--without-mingle", "--without-heartbeat", "-n", f"chain-{os.getpid()}@%h",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.DEVNULL)
+    try:
+        warm = celery.chain(*(capp.chain_step.s(last=3) for _ in range(3)))
+        warm.apply_async()
+        if r.blpop(["chain:done"], timeout=60) is None:
+            raise RuntimeError("the Celery worker did not run a warm-up chain in 60 s")
+        r.delete("chain:gaps")
+        flow = celery.chain(*(capp.chain_step.s(last=steps) for _ in range(steps)))
+        started = time.perf_counter()
+        flow.apply_async()
+        if r.blpop(["chain:done"], timeout=600) is None:
+            raise RuntimeError(f"the Celery chain of {steps} did not finish in 600 s")
+        wall = time.perf_counter() - started
+        gaps = [float(g) for g in r.lrange("chain:gaps", 0, -1)]
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        r.flushdb()
+        r.close()
+        capp.app.close()
+    return Percentiles.of(gaps), wall
+
+
+def _ratio(mine: float | None, theirs: float | None) -> str:
+    return f"{mine / theirs:.2f}" if mine is not None and theirs else "-"
 
 
 async def main(argv: list[str] | None = None) -> None:
@@ -127,11 +194,21 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--chain", type=int, default=1000, help="chain length (0: skip)")
+    parser.add_argument(
+        "--celery",
+        action=argparse.BooleanOptionalAction,
+        default=importlib.util.find_spec("celery") is not None,
+        help="run a Celery chain beside chronoq's (default: when Celery is installed)",
+    )
+    parser.add_argument("--celery-broker", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--celery-pool", default="solo", help="celery worker -P (solo)")
+    parser.add_argument("--skip-chord", action="store_true", help="only the chain (and Celery's)")
     args = parser.parse_args(argv)
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
-    print(f"{'backend':<10} {'independent s':>14} {'chord s':>9} {'ratio':>6}")
+    if not args.skip_chord:
+        print(f"{'backend':<10} {'independent s':>14} {'chord s':>9} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as tmp:
-        for backend in backends:
+        for backend in backends if not args.skip_chord else []:
             figures = []
             for chord in (False, True):
                 db = (
@@ -149,9 +226,7 @@ async def main(argv: list[str] | None = None) -> None:
                         await drop_schema(db.url, db.schema)
             plain, fan_in = figures
             print(f"{backend:<10} {plain:>14.2f} {fan_in:>9.2f} {fan_in / plain:>6.2f}")
-        if args.chain:
-            print(f"\nchain of {args.chain}: step k end -> step k+1 start, ms")
-            print(f"{'backend':<10} {'p50 / p95 / p99 / max':>24}")
+        results: dict[str, tuple[Percentiles, float]] = {}
         for backend in backends if args.chain else []:
             db = (
                 sqlite_database(Path(tmp) / f"{backend}-chain.db")
@@ -160,11 +235,31 @@ async def main(argv: list[str] | None = None) -> None:
             )
             say(f"{backend}: chain of {args.chain}")
             try:
-                gaps = await chain_overhead(db, args.chain)
+                results[backend] = await chain_overhead(db, args.chain)
             finally:
                 if db.schema:
                     await drop_schema(db.url, db.schema)
-            print(f"{backend:<10} {gaps.brief():>24}")
+        if args.chain and args.celery:
+            say(f"celery -P {args.celery_pool}, no result backend: chain of {args.chain}")
+            results["celery"] = await asyncio.to_thread(
+                celery_chain, args.celery_broker, args.chain, args.celery_pool
+            )
+        if args.chain:
+            print(f"\nchain of {args.chain}: step k end -> step k+1 start, ms; steps/s")
+            print(f"{'system':<10} {'p50 / p95 / p99 / max':>24} {'wall s':>7} {'steps/s':>8}")
+            for system, (gaps, wall) in results.items():
+                rate = args.chain / wall
+                print(f"{system:<10} {gaps.brief():>24} {wall:>7.2f} {rate:>8.0f}")
+        if args.chain and "celery" in results:
+            theirs, their_wall = results["celery"]
+            print("\nchronoq / celery: p50, p99 (below 1: faster steps), steps/s (above 1)")
+            for backend in backends:
+                mine, my_wall = results[backend]
+                print(
+                    f"{backend:<10} p50 {_ratio(mine.p50_ms, theirs.p50_ms)}  "
+                    f"p99 {_ratio(mine.p99_ms, theirs.p99_ms)}  "
+                    f"steps/s {_ratio(their_wall, my_wall)}"
+                )
 
 
 if __name__ == "__main__":

@@ -261,6 +261,10 @@ class WorkflowHandle(Generic[R]):
         """Cancel every node that has not finished (running ones are stopped)."""
         return await workflows.cancel(self.app.store, self.id, time.time())
 
+    async def aretry(self) -> Workflow:
+        """Retry every dead step now; the steps that failed because of them wait again."""
+        return await workflows.retry(self.app.store, self.id, time.time())
+
     async def aresult(
         self, timeout: float | None = None, *, recheck_seconds: float = RECHECK_SECONDS
     ) -> R:
@@ -294,6 +298,9 @@ class WorkflowHandle(Generic[R]):
 
     def cancel(self) -> Workflow:
         return self.app.run_sync(self.acancel())
+
+    def retry(self) -> Workflow:
+        return self.app.run_sync(self.aretry())
 
     def result(
         self, timeout: float | None = None, *, recheck_seconds: float = RECHECK_SECONDS

@@ -1081,6 +1081,83 @@ schedules.command("rm", help="Delete schedule KEY (tasks it fired stay).")(
 )
 
 
+# -- workflows --------------------------------------------------------------------------------
+@main.group()
+def workflows() -> None:
+    """Workflows (chains, groups, chords, DAGs): start, list, inspect, cancel, retry."""
+
+
+main.add_command(workflows, "workflow")  # `chronoq workflow ...` too
+
+
+@workflows.command("start")
+@click.argument("spec", type=click.File("r"))
+@click.option("--name", help="override the workflow's name")
+@click.option("--timeout", help="the whole workflow's deadline (30s, 5m, 1h)")
+@url_option
+@json_option
+def workflows_start(
+    spec: Any, name: str | None, timeout: str | None, url: str, as_json: bool
+) -> None:
+    """Start the workflow in SPEC, a JSON file (- for stdin) as POST /v1/workflows takes
+    it: {"nodes": [{"id", "task": {"name", "payload"}}], "edges": [{"parent", "child"}]}."""
+    body = _json_option(spec.read())
+    if not isinstance(body, dict):
+        raise click.BadParameter("a JSON object with nodes and edges", param_hint="SPEC")
+    if name:
+        body["name"] = name
+    if timeout:
+        body["timeout_seconds"] = parse_duration(timeout)
+    started = _client_call(url, lambda c: c.start_workflow(body))
+    click.echo(render.json_text(started) if as_json else render.workflow_detail(started))
+
+
+@workflows.command("ls")
+@click.option("--limit", "-l", type=int, default=20, show_default=True)
+@click.option("--cursor", help="next_cursor from a previous page")
+@url_option
+@json_option
+def workflows_ls(limit: int, cursor: str | None, url: str, as_json: bool) -> None:
+    """List workflows, newest first, with their steps per status."""
+    page = _client_call(url, lambda c: c.list_workflows(limit, cursor))
+    if as_json:
+        _echo_json(page)
+        return
+    click.echo(render.workflows_table(page["items"]))
+    if page.get("next_cursor"):
+        click.echo(f"more: chronoq workflows ls --limit {limit} --cursor {page['next_cursor']}")
+
+
+@workflows.command("get")
+@click.argument("workflow_id")
+@url_option
+@json_option
+def workflows_get(workflow_id: str, url: str, as_json: bool) -> None:
+    """Show one workflow with every step's state."""
+    found = _client_call(url, lambda c: c.get_workflow(workflow_id))
+    click.echo(render.json_text(found) if as_json else render.workflow_detail(found))
+
+
+@workflows.command("cancel")
+@click.argument("workflow_id")
+@url_option
+@json_option
+def workflows_cancel(workflow_id: str, url: str, as_json: bool) -> None:
+    """Cancel every step that has not finished (running ones are stopped)."""
+    found = _client_call(url, lambda c: c.cancel_workflow(workflow_id))
+    click.echo(render.json_text(found) if as_json else render.workflow_detail(found))
+
+
+@workflows.command("retry")
+@click.argument("workflow_id")
+@url_option
+@json_option
+def workflows_retry(workflow_id: str, url: str, as_json: bool) -> None:
+    """Retry every dead step now; the steps that failed because of them wait again."""
+    found = _client_call(url, lambda c: c.retry_workflow(workflow_id))
+    click.echo(render.json_text(found) if as_json else render.workflow_detail(found))
+
+
 @main.command()
 @click.option(
     "--interval", "-n", type=float, default=1.0, show_default=True, help="seconds between refreshes"

@@ -123,3 +123,28 @@ class Client(HttpClient):
     def queues(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", "/v1/queues")
         return result
+
+    # -- workflows -------------------------------------------------------------------------
+    def start_workflow(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/workflows``: start the graph ``spec`` (nodes, edges...)."""
+        result: dict[str, Any] = self.request("POST", "/v1/workflows", json=spec)
+        return result
+
+    def list_workflows(self, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        result: dict[str, Any] = self.request("GET", "/v1/workflows", params=params)
+        return result
+
+    def get_workflow(self, workflow_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/workflows/{workflow_id}")
+        return result
+
+    def cancel_workflow(self, workflow_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/workflows/{workflow_id}/cancel")
+        return result
+
+    def retry_workflow(self, workflow_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/workflows/{workflow_id}/retry")
+        return result

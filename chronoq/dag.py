@@ -46,7 +46,9 @@ class WorkflowNode(BaseModel):
 class WorkflowEdge(BaseModel):
     """``child`` runs after ``parent`` succeeded and receives its result as the keyword
     ``arg`` (default: the parent's id) or, with ``position``, at that index of the list
-    ``arg`` (how a chord's callback receives ``results``)."""
+    ``arg`` (how a chord's callback receives ``results``). With ``always`` the child runs
+    after ``parent`` ended however it ended (dead, cancelled or upstream_failed too: it
+    then receives null for it), like Airflow's ``all_done`` trigger rule."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +56,7 @@ class WorkflowEdge(BaseModel):
     child: NodeId
     arg: ArgName | None = None
     position: int | None = Field(None, ge=0, lt=MAX_NODES)
+    always: bool = Field(False, description="run the child even if this parent failed")
 
     @property
     def keyword(self) -> str:
@@ -74,6 +77,13 @@ class WorkflowCreate(BaseModel):
     )
     collect: bool = Field(
         False, description="the result is the list of the outputs' results (a group's)"
+    )
+    timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=366 * 86400,
+        description="deadline from the start: then every unfinished node is cancelled and "
+        "the workflow fails",
     )
 
     @model_validator(mode="after")
@@ -158,8 +168,9 @@ WorkflowStatus = Literal["running", "succeeded", "failed", "cancelled"]
 
 
 def overall(counts: dict[Status, int]) -> WorkflowStatus:
-    """A workflow's status from its nodes': cancelled or failed as soon as one node is
-    (dead or upstream_failed), succeeded when all are, else running."""
+    """A workflow's status from its nodes', for rows without an ``outcome``: cancelled or
+    failed as soon as one node is (dead or upstream_failed), succeeded when all are, else
+    running."""
     if counts.get(Status.CANCELLED):
         return "cancelled"
     if counts.get(Status.DEAD) or counts.get(Status.UPSTREAM_FAILED):
@@ -183,6 +194,14 @@ class WorkflowNodeState(BaseModel):
     error: str | None = None
 
 
+class WorkflowEdgeState(BaseModel):
+    """An edge between two nodes (by node id)."""
+
+    parent: str
+    child: str
+    always: bool = False
+
+
 class Workflow(BaseModel):
     """A workflow as the API returns it."""
 
@@ -195,9 +214,30 @@ class Workflow(BaseModel):
     counts: dict[Status, int] = Field(description="nodes per status")
     outputs: list[str] = Field(description="task ids whose results are the workflow's")
     collect: bool
+    finished_at: datetime | None = Field(
+        None, description="when it succeeded, failed or was cancelled"
+    )
+    error: str | None = Field(None, description="why it failed or was cancelled")
+    deadline: datetime | None = Field(None, description="its timeout_seconds from the start")
+    schedule_id: str | None = Field(None, description="the schedule whose slot started it")
+    edges: list[WorkflowEdgeState] | None = Field(None, description="every edge, on GET by id")
     nodes: list[WorkflowNodeState] | None = Field(None, description="every node, on GET by id")
 
 
 class WorkflowPage(BaseModel):
     items: list[Workflow]
     next_cursor: Id | None = Field(None, description="pass as `cursor` for the next page")
+
+
+def _link_schedule_models() -> None:
+    """The schedule models name :class:`WorkflowCreate` (a schedule may start one); this
+    module imports :mod:`chronoq.models`, so it hands the class over once defined."""
+    from chronoq import models
+
+    vars(models)["WorkflowCreate"] = WorkflowCreate  # for pydantic to resolve the name
+    for model in (models.ScheduleFields, models.ScheduleCreate, models.ScheduleUpdate):
+        model.model_rebuild()
+    models.Schedule.model_rebuild()
+
+
+_link_schedule_models()

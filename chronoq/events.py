@@ -10,11 +10,13 @@ Workers also report what happens to them rather than to a task (a process-pool c
 replaced, with its crash-loop backoff) as a :class:`WorkerEvent`. Those go to their own
 subscribers (:meth:`EventBus.subscribe_workers`), so the many consumers of task events
 never see a shape they do not expect, and travel in the same Redis messages under their
-own key (``"workers"``), which receivers that predate them ignore.
+own key (``"workers"``), which receivers that predate them ignore. Workflows report
+their own milestones the same way, as :class:`WorkflowEvent` (key ``"workflows"``).
 
 A running handler's progress (``ctx.progress(0.4, "step 2 of 5")``) is a
-:class:`ProgressEvent`, on a third list of subscribers and under the key ``"progress"``:
-the worker's log buffer publishes the latest value of each attempt at most twice a second.
+:class:`ProgressEvent`, on a list of subscribers of its own and under the key
+``"progress"``: the worker's log buffer publishes the latest value of each attempt at most
+twice a second.
 """
 
 from __future__ import annotations
@@ -124,7 +126,40 @@ class ProgressEvent:
         return cls(**_from_wire(wire))
 
 
-def _to_wire(event: TaskEvent | WorkerEvent | ProgressEvent) -> dict[str, Any]:
+@dataclass(slots=True)
+class WorkflowEvent:
+    """Workflow ``workflow_id`` reached a milestone; ``status`` says which.
+
+    ``started`` (stored, its first steps queued), ``step_finished`` (node ``node``, task
+    ``task_id``, ended ``step_status``: succeeded, dead, cancelled or upstream_failed),
+    then one end: ``succeeded`` (every node without children succeeded), ``failed`` (one
+    of them died or cannot run, or the workflow's deadline passed: ``error`` says which),
+    ``cancelled``; ``resumed`` when a retry revives a failed or cancelled one. ``name`` is
+    the workflow's name (None on step events, which carry the step's task ``task_name``).
+    """
+
+    workflow_id: str
+    status: str
+    at: float
+    namespace: str = "default"
+    name: str | None = None
+    node: str | None = None
+    task_id: str | None = None
+    task_name: str | None = None
+    step_status: str | None = None
+    error: str | None = None
+    type: str = "workflow"
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-ready form: ``at`` as an ISO 8601 UTC string, like task events."""
+        return _to_wire(self)
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> WorkflowEvent:
+        return cls(**_from_wire(wire))
+
+
+def _to_wire(event: TaskEvent | WorkerEvent | ProgressEvent | WorkflowEvent) -> dict[str, Any]:
     wire = asdict(event)
     wire["at"] = datetime.fromtimestamp(event.at, UTC).isoformat().replace("+00:00", "Z")
     return wire
@@ -134,7 +169,7 @@ def _from_wire(wire: dict[str, Any]) -> dict[str, Any]:
     return {**wire, "at": datetime.fromisoformat(wire["at"].replace("Z", "+00:00")).timestamp()}
 
 
-E = TypeVar("E", TaskEvent, WorkerEvent, ProgressEvent)
+E = TypeVar("E", TaskEvent, WorkerEvent, ProgressEvent, WorkflowEvent)
 
 
 class Feed(Generic[E]):
@@ -174,6 +209,8 @@ Subscription = Feed[TaskEvent]
 WorkerSubscription = Feed[WorkerEvent]
 #: a subscription to progress events
 ProgressSubscription = Feed[ProgressEvent]
+#: a subscription to workflow events
+WorkflowSubscription = Feed[WorkflowEvent]
 
 
 class EventBus:
@@ -184,10 +221,12 @@ class EventBus:
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._subscribers: set[Subscription] = set()
         self._worker_subscribers: set[WorkerSubscription] = set()
+        self._workflow_subscribers: set[WorkflowSubscription] = set()
         self._outbox: list[TaskEvent] = []
         self._worker_outbox: list[WorkerEvent] = []
         self._progress_subscribers: set[ProgressSubscription] = set()
         self._progress_outbox: list[ProgressEvent] = []
+        self._workflow_outbox: list[WorkflowEvent] = []
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Any = None
@@ -235,6 +274,26 @@ class EventBus:
         _deliver(self._progress_subscribers, batch)
         if self._redis is not None:
             self._progress_outbox.extend(batch)
+            self._outbox_ready.set()
+
+    def subscribe_workflows(self, maxsize: int = 1000) -> WorkflowSubscription:
+        """Workflow events (of this process and, through Redis, of the others)."""
+        subscription = WorkflowSubscription(self._workflow_subscribers, maxsize)
+        self._workflow_subscribers.add(subscription)
+        return subscription
+
+    @property
+    def workflows_active(self) -> bool:
+        """Whether anyone listens to workflow events (callers skip building them)."""
+        return bool(self._workflow_subscribers) or self._redis is not None
+
+    def publish_workflows(self, events: Iterable[WorkflowEvent]) -> None:
+        batch = list(events)
+        if not batch:
+            return
+        _deliver(self._workflow_subscribers, batch)
+        if self._redis is not None:
+            self._workflow_outbox.extend(batch)
             self._outbox_ready.set()
 
     def publish(self, events: Iterable[TaskEvent]) -> None:
@@ -287,7 +346,8 @@ class EventBus:
         batch, self._outbox = self._outbox, []
         workers, self._worker_outbox = self._worker_outbox, []
         progress, self._progress_outbox = self._progress_outbox, []
-        if batch or workers or progress:
+        flows, self._workflow_outbox = self._workflow_outbox, []
+        if batch or workers or progress or flows:
             message: dict[str, Any] = {
                 "origin": self.origin,
                 "events": [e.to_wire() for e in batch],
@@ -296,6 +356,8 @@ class EventBus:
                 message["workers"] = [e.to_wire() for e in workers]
             if progress:
                 message["progress"] = [e.to_wire() for e in progress]
+            if flows:
+                message["workflows"] = [e.to_wire() for e in flows]
             await self._redis.publish(CHANNEL, orjson.dumps(message))
 
     async def _send_loop(self) -> None:
@@ -336,6 +398,9 @@ class EventBus:
                     if body.get("progress"):
                         steps = [ProgressEvent.from_wire(e) for e in body["progress"]]
                         _deliver(self._progress_subscribers, steps, remote=True)
+                    if body.get("workflows"):
+                        flows = [WorkflowEvent.from_wire(e) for e in body["workflows"]]
+                        _deliver(self._workflow_subscribers, flows, remote=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +20,9 @@ from pydantic import (
 
 from chronoq.recurrence import check_cron, check_timezone
 from chronoq.states import Backoff, Status
+
+if TYPE_CHECKING:  # defined by chronoq.dag, which sets it here (it imports this module)
+    from chronoq.dag import WorkflowCreate
 
 Outcome = Literal["succeeded", "failed", "timeout", "cancelled", "lost", "crashed"]
 
@@ -295,6 +298,8 @@ class Task(BaseModel):
     namespace: str = Field("default", description="the namespace of the key that made it")
     schedule_id: Id | None = Field(None, description="the schedule that fired this task")
     slot: datetime | None = Field(None, description="the schedule's nominal fire time")
+    workflow_id: Id | None = Field(None, description="the workflow this task is a step of")
+    workflow_node: str | None = Field(None, description="its node id in that workflow")
     attempt_history: list[Attempt] | None = Field(
         None, description="every attempt, oldest first (only on GET /v1/tasks/{id})"
     )
@@ -410,10 +415,20 @@ CronExpression = Annotated[str, Field(max_length=200), AfterValidator(_valid_cro
 TimeZoneName = Annotated[str, Field(max_length=64), AfterValidator(_valid_timezone)]
 
 
+#: a schedule fires a task or starts a workflow: one of the two
+ONE_TARGET: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["task"], "properties": {"task": {"type": "object"}}},
+        {"required": ["workflow"], "properties": {"workflow": {"type": "object"}}},
+    ],
+    **not_both("task", "object", "workflow", "object"),
+}
+
+
 class ScheduleFields(BaseModel):
     """The fields a schedule can be created with; PATCH accepts any subset."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_RULE)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={**ONE_RULE, **ONE_TARGET})
 
     cron: CronExpression | None = Field(
         None,
@@ -424,7 +439,12 @@ class ScheduleFields(BaseModel):
         None, ge=1, le=366 * 86400, description="fire every N seconds instead of cron"
     )
     timezone: TimeZoneName = Field("UTC", description="IANA zone the cron is read in")
-    task: TaskTemplate
+    task: TaskTemplate | None = Field(None, description="the task each slot fires")
+    workflow: WorkflowCreate | None = Field(
+        None,
+        description="instead of a task, the workflow each slot starts (the body of "
+        "POST /v1/workflows)",
+    )
     start_at: AwareDatetime | None = Field(None, description="no slot before this time")
     end_at: AwareDatetime | None = Field(None, description="no slot after this time")
     misfire_policy: MisfirePolicy = Field(
@@ -451,6 +471,8 @@ class ScheduleFields(BaseModel):
     def _valid_rule(self) -> ScheduleFields:
         if (self.cron is None) == (self.interval_seconds is None):
             raise ValueError("give exactly one of cron or interval_seconds")
+        if (self.task is None) == (self.workflow is None):
+            raise ValueError("give exactly one of task or workflow")
         if self.start_at and self.end_at and self.end_at <= self.start_at:
             raise ValueError("end_at must be after start_at")
         return self
@@ -475,6 +497,7 @@ KEPT_UNLESS_GIVEN = (
     "interval_seconds",
     "timezone",
     "task",
+    "workflow",
     "misfire_policy",
     "max_catch_up",
     "misfire_grace_seconds",
@@ -487,6 +510,7 @@ KEPT_UNLESS_GIVEN = (
 def _patch_schema(schema: dict[str, Any]) -> None:
     """Document what ScheduleUpdate refuses: not both rules, no null where one is kept."""
     schema.update(not_both("cron", "string", "interval_seconds", "number"))
+    schema["allOf"] = [not_both("task", "object", "workflow", "object")]
     for name in KEPT_UNLESS_GIVEN:
         prop = schema["properties"][name]
         kinds = [k for k in prop.pop("anyOf", []) if k != {"type": "null"}]
@@ -507,6 +531,7 @@ class ScheduleUpdate(BaseModel):
     interval_seconds: float | None = Field(None, ge=1, le=366 * 86400)
     timezone: TimeZoneName | None = None
     task: TaskTemplate | None = None
+    workflow: WorkflowCreate | None = None
     start_at: AwareDatetime | None = None
     end_at: AwareDatetime | None = None
     misfire_policy: MisfirePolicy | None = None
@@ -527,6 +552,8 @@ class ScheduleUpdate(BaseModel):
     def _ordered(self) -> ScheduleUpdate:
         if self.start_at and self.end_at and self.end_at <= self.start_at:
             raise ValueError("end_at must be after start_at")
+        if self.task is not None and self.workflow is not None:
+            raise ValueError("give task or workflow, not both")
         return self
 
 
@@ -596,3 +623,6 @@ class WorkerInfo(BaseModel):
     children: list[WorkerChild] = Field(
         default_factory=list, description="its process-pool children (--pool process)"
     )
+
+
+import chronoq.dag  # noqa: E402, F401  defines WorkflowCreate and rebuilds the schedule models

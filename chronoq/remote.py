@@ -127,6 +127,9 @@ class Client(HttpClient):
     def cancel_workflow(self, workflow_id: str) -> Workflow:
         return self.call(workflow_call(workflow_id, "cancel"))
 
+    def retry_workflow(self, workflow_id: str) -> Workflow:
+        return self.call(workflow_call(workflow_id, "retry"))
+
 
 class AsyncClient:
     """:class:`Client` for async code: ``async with chronoq.AsyncClient(url) as c: ...``."""
@@ -186,6 +189,9 @@ class AsyncClient:
 
     async def cancel_workflow(self, workflow_id: str) -> Workflow:
         return await self.call(workflow_call(workflow_id, "cancel"))
+
+    async def retry_workflow(self, workflow_id: str) -> Workflow:
+        return await self.call(workflow_call(workflow_id, "retry"))
 
     async def aclose(self) -> None:
         await self.http.aclose()

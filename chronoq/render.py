@@ -165,8 +165,9 @@ def schedule_detail(s: dict[str, Any]) -> str:
         ("name", s["name"]),
         ("rule", f"{schedule_rule(s)} ({s['timezone']})"),
         (
-            "task",
-            f"{s['task']['name']} {compact_json(s['task']['payload'])} queue={s['task']['queue']}",
+            ("task", f"{t['name']} {compact_json(t['payload'])} queue={t['queue']}")
+            if (t := s.get("task"))
+            else ("workflow", f"{s['workflow']['name']} ({len(s['workflow']['nodes'])} steps)")
         ),
         ("state", state),
         ("misfire", f"{s['misfire_policy']} (grace {s['misfire_grace_seconds']}s)"),
@@ -186,7 +187,7 @@ def schedules_table(items: Iterable[dict[str, Any]]) -> str:
             s["name"],
             schedule_rule(s),
             s["timezone"],
-            s["task"]["name"],
+            s["task"]["name"] if s.get("task") else f"workflow {s['workflow']['name']}",
             "paused" if s["paused"] else "active",
             when(s["next_fire_at"]),
             when(s["last_fire_at"]),
@@ -209,3 +210,49 @@ def keys_table(keys: Iterable[dict[str, Any]]) -> str:
         for k in keys
     ]
     return table(rows, ["id", "name", "scopes", "namespace", "state"])
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
+def workflows_table(items: Iterable[dict[str, Any]]) -> str:
+    """``chronoq workflows ls``: each workflow's status and steps per status."""
+    rows = [
+        [
+            w["id"],
+            w["name"],
+            w["status"],
+            str(w["size"]),
+            _counts(w["counts"]),
+            when(w["created_at"]),
+        ]
+        for w in items
+    ]
+    return table(rows, ["id", "name", "status", "steps", "by status", "started"])
+
+
+def workflow_detail(w: dict[str, Any]) -> str:
+    """``chronoq workflows get|start|cancel``: the workflow, then one line per step."""
+    pairs = [
+        ("id", w["id"]),
+        ("name", w["name"]),
+        ("status", w["status"] + (f" ({w['error']})" if w.get("error") else "")),
+        ("steps", f"{w['size']}: {_counts(w['counts'])}"),
+        ("started", when(w["created_at"])),
+        ("ended", when(w.get("finished_at"))),
+    ]
+    if w.get("deadline"):
+        pairs.append(("deadline", when(w["deadline"])))
+    if w.get("schedule_id"):
+        pairs.append(("schedule", w["schedule_id"]))
+    text = fields(pairs)
+    nodes = w.get("nodes") or []
+    if nodes:
+        rows = [
+            [n["id"], n["name"], n["status"], str(n["attempts"]), ",".join(n["parents"]) or "-",
+             n["task_id"]]
+            for n in nodes
+        ]  # fmt: skip
+        text += "\n\n" + table(rows, ["step", "task", "status", "tries", "after", "task id"])
+    return text

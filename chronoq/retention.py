@@ -8,6 +8,12 @@ each its own short transaction, with a pause between them, so firing and promoti
 never queued behind a purge. ``chronoq purge`` and ``DELETE /v1/tasks`` run the same
 :func:`purge` on demand. Deleting expired finished rows is idempotent, so it needs no
 fencing: two processes purging at once only share the work.
+
+Workflow nodes are not purged one by one: a workflow goes whole (its row, nodes, their
+attempts and edges) once it ended, every node ended, and none of its nodes would still be
+kept on its own by the policy, counted from the workflow's last node's end
+(:func:`chronoq.store.workflows.purge`; ``upstream_failed`` nodes are kept as ``dead``).
+The sweep does that after the tasks.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import orjson
 from chronoq.config import Settings
 from chronoq.durations import parse_duration
 from chronoq.states import TERMINAL, Status
-from chronoq.store import Store
+from chronoq.store import Store, workflows
 from chronoq.store.retention import Expired, delete_batch, finished_queues
 from chronoq.store.retention import count as count_expired
 
@@ -255,8 +261,9 @@ class Sweeper:
     batch: int = 1000
     pause: float = 0.05
     export_dir: str | None = None
-    #: tasks purged and sweeps finished so far
+    #: tasks purged, workflows purged (each whole) and sweeps finished so far
     purged: int = field(default=0, init=False)
+    purged_workflows: int = field(default=0, init=False)
     sweeps: int = field(default=0, init=False)
     _next: float = field(default=0.0, init=False)
     _job: asyncio.Task[None] | None = field(default=None, init=False)
@@ -286,11 +293,19 @@ class Sweeper:
                 export=export,
                 keep_going=leading,
             )
+            flows = (
+                await workflows.purge(self.store, self.policy.age, time.time(), self.batch)
+                if leading()
+                else 0
+            )
         except Exception as exc:  # the store is down: the next sweep tries again
             log.warning("retention sweep failed: %s: %s", type(exc).__name__, exc)
             return
         self.sweeps += 1
         self.purged += done.total
+        self.purged_workflows += flows
+        if flows:
+            log.info("retention purged %d finished workflows", flows)
         if done.total:
             log.info(
                 "retention purged %d finished tasks (%.0f rows/s)%s",

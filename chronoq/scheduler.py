@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from chronoq.backoff import Outage
 from chronoq.partitions import PARTITIONS, Ownership
 from chronoq.retention import Sweeper
-from chronoq.store import Completion, Store, TaskRecord
+from chronoq.store import Completion, Store, TaskRecord, workflows
 from chronoq.store.interfaces import SchedulerStore
 from chronoq.store.leases import Fence, NotLeader
 from chronoq.worker import default_worker_id
@@ -250,6 +250,8 @@ class Scheduler:
         tasks that died with it down again on their retry."""
         for worker_id in await self.store.mark_dead_workers(now - self.worker_timeout):
             log.warning("worker %s stopped heartbeating; marked dead", worker_id)
+        if timed_out := await workflows.time_out(self._full_store, now):
+            log.warning("%d workflow(s) timed out: their unfinished steps cancelled", timed_out)
         expired = await self.store.expired_leases(now)
         if not expired:
             return 0

@@ -16,7 +16,7 @@ import atexit
 import os
 import re
 import sys
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -205,26 +205,80 @@ def slot_traceparent(schedule_id: str, slot: float | None) -> str | None:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
+def step_traceparents(
+    traceparent: str | None, workflow: str, nodes: Sequence[tuple[str, str]]
+) -> list[str] | None:
+    """A workflow as spans, ended at once: ``chronoq.workflow <name>``, child of
+    ``traceparent`` (the submission's, or a schedule slot's trace; a new trace without
+    one), and under it one ``chronoq.step <node>`` per node ``(node id, task name)``.
+    Returns the steps' traceparents, in order, for the nodes' tasks to store: each node's
+    run spans are its step span's children and link to their parents' step spans, so one
+    trace shows the graph. None when tracing is off."""
+    if tracer is None:
+        return None
+    from opentelemetry.context import Context
+    from opentelemetry.trace import SpanKind, set_span_in_context
+
+    root = tracer.start_span(
+        f"chronoq.workflow {workflow}",
+        context=_parent(traceparent) if traceparent is not None else Context(),
+        kind=SpanKind.PRODUCER,
+        attributes={"chronoq.workflow": workflow, "chronoq.size": len(nodes)},
+    )
+    root.end()
+    parent = set_span_in_context(root)
+    found = []
+    for node, name in nodes:
+        span = tracer.start_span(
+            f"chronoq.step {node}",
+            context=parent,
+            kind=SpanKind.INTERNAL,
+            attributes={"chronoq.node": node, "chronoq.name": name},
+        )
+        span.end()
+        found.append(_of(span))
+    return found
+
+
+def _of(span: Span) -> str:
+    """The traceparent of ``span``."""
+    context = span.get_span_context()
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def _link(traceparent: str) -> Any:
+    """An OpenTelemetry Link to the span of ``traceparent`` (a workflow parent's step)."""
+    from opentelemetry.trace import Link, get_current_span
+
+    return Link(get_current_span(_parent(traceparent)).get_span_context())
+
+
 @contextmanager
 def run_span(task: TaskRecord) -> Iterator[Span | None]:
-    """Around one attempt: the run span, child of the task's submission, current while
+    """Around one attempt: the run span, child of the task's submission (a workflow
+    node's: of its step span), linked to its workflow parents' step spans, current while
     the handler runs (its own spans nest under it); None when tracing is off."""
     if tracer is None:
         yield None
         return
     from opentelemetry.trace import SpanKind
 
+    attributes: dict[str, Any] = {
+        "chronoq.task_id": task.id,
+        "chronoq.name": task.name,
+        "chronoq.queue": task.queue,
+        "chronoq.attempt": task.attempts,
+        "chronoq.max_attempts": task.max_attempts,
+    }
+    if task.workflow_id is not None:
+        attributes["chronoq.workflow_id"] = task.workflow_id
+        attributes["chronoq.node"] = task.node or ""
     with tracer.start_as_current_span(
         f"chronoq.run {task.name}",
         context=_parent(task.traceparent),
         kind=SpanKind.CONSUMER,
-        attributes={
-            "chronoq.task_id": task.id,
-            "chronoq.name": task.name,
-            "chronoq.queue": task.queue,
-            "chronoq.attempt": task.attempts,
-            "chronoq.max_attempts": task.max_attempts,
-        },
+        links=[_link(t) for t in task.upstream] or None,
+        attributes=attributes,
     ) as span:
         yield span
 

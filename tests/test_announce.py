@@ -14,8 +14,8 @@ from chronoq.states import InvalidTransition
 from chronoq.store import announce, create_store, opened
 
 STORE = Path(announce.__file__).parent
-#: Hub methods that wake other components, and the event bus's publish
-ANNOUNCING = {"ready", "scheduled", "cancelled", "publish"}
+#: Hub methods that wake other components, and the event bus's publishers
+ANNOUNCING = {"ready", "scheduled", "cancelled", "publish", "publish_workflows"}
 
 
 def announcing_calls(path: Path) -> list[str]:

@@ -31,7 +31,7 @@ LATER = {
     "rate_interval",
 }
 #: schedule columns added after version 10
-SCHEDULE_LATER = {"overlap_policy"}
+SCHEDULE_LATER = {"overlap_policy", "workflow"}
 
 NIGHTLY = {"name": "nightly", "cron": "@daily", "task": {"name": "report"}}
 
@@ -197,7 +197,7 @@ async def test_migration_keeps_rows_and_makes_names_per_namespace(db_url: str) -
         now = time.time()
         task = NewTask.of(TaskTemplate(name="old"), now, now, "k1", namespace="alpha")
         nightly = ScheduleRecord.new(ScheduleCreate.model_validate(NIGHTLY), now, "alpha")
-        # values() order; the columns migration 0021 added left out
+        # values() order; the columns migrations 0021 and 0023 added left out
         columns = [f.name for f in dataclasses.fields(ScheduleRecord) if f.name != "buffered_slot"]
         old_schedule = [
             (k, v)

@@ -266,7 +266,7 @@ async def test_periodic_declared_in_code_is_created_once_and_updated(db_url: str
     assert len(page) == 1
     [schedule] = page
     assert schedule.cron == "0 3 * * *" and schedule.timezone == "Europe/Paris"
-    assert schedule.task.queue == "maintenance"
+    assert schedule.task is not None and schedule.task.queue == "maintenance"
     assert schedule.name.endswith("cleanup")
 
 

@@ -10,8 +10,13 @@ only matching events. Every task event carries a ``cursor``. ``?types=worker`` (
 are live only). ``types=progress`` adds running handlers' progress, ``{"type": "progress",
 "task_id", "name", "queue", "attempt", "at", "progress", "message", "worker_id",
 "namespace"}`` (:class:`chronoq.events.ProgressEvent`; at most two a second per attempt),
-filtered by ``task_id``, ``queue`` and ``name`` and the key's namespace; live only. Unknown
-types close the socket with 4400.
+filtered by ``task_id``, ``queue`` and ``name`` and the key's namespace; live only.
+``?types=workflow`` asks for workflow events, ``{"type": "workflow",
+"workflow_id", "status", "name", "node", "task_id", "task_name", "step_status", "error",
+"at", "namespace"}`` — ``status`` one of ``started``, ``step_finished``, ``succeeded``,
+``failed``, ``cancelled``, ``resumed`` (:class:`chronoq.events.WorkflowEvent`) —,
+``workflow_id`` keeping one workflow's; live only too, and a namespaced key sees only its
+namespace's. Unknown types close the socket with 4400.
 
 Resume: ``?since=<cursor>`` (the last event's) replays, in order and once each, the
 events the client missed that the API process still holds (:mod:`chronoq.api.replay`:
@@ -44,16 +49,28 @@ from chronoq.api.auth import key_cache, until_revoked, websocket_caller
 from chronoq.api.replay import BadCursor, EventLog, Position, event_log
 from chronoq.api.service import event_filter
 from chronoq.app import App
-from chronoq.events import EventBus, ProgressEvent, TaskEvent
+from chronoq.events import EventBus, ProgressEvent, TaskEvent, WorkflowSubscription
 
 router = APIRouter(tags=["events"])
 
-TYPES = ("task", "worker", "progress")
+TYPES = ("task", "worker", "progress", "workflow")
 
 
 @router.websocket("/v1/events")
 async def events(websocket: WebSocket) -> None:
     app: App = websocket.app.state.chronoq
+    # subscribed before the accept: a client that starts a workflow once connected hears
+    # its `started` (dropped unheard if the socket is refused below)
+    wanted = websocket.query_params.get("types", "task").split(",")
+    flows = app.store.events.subscribe_workflows() if "workflow" in wanted else None
+    try:
+        await _events(websocket, app, flows)
+    finally:
+        if flows is not None:
+            flows.close()
+
+
+async def _events(websocket: WebSocket, app: App, flows: WorkflowSubscription | None) -> None:
     since = websocket.query_params.get("since")
     caller = await websocket_caller(websocket)
     who = caller.principal
@@ -109,6 +126,11 @@ async def events(websocket: WebSocket) -> None:
         if "progress" in types:
             keep = _progress_filter(websocket.query_params, who.namespace)
             running.append(asyncio.ensure_future(_progress(send, app.store.events, keep)))
+        if flows is not None:
+            workflow_id = websocket.query_params.get("workflow_id")
+            running.append(
+                asyncio.ensure_future(_workflows(send, flows, workflow_id, who.namespace))
+            )
         watched: list[asyncio.Future[Any]] = [*running, closed, revoked]
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         for job in running:
@@ -204,3 +226,19 @@ async def _progress(send: Send, bus: EventBus, keep: Callable[[ProgressEvent], b
             items: list[dict[str, object]] = [e.to_wire() for e in batch if keep(e)]
             if items:
                 await send(items)
+
+
+async def _workflows(
+    send: Send, feed: WorkflowSubscription, workflow_id: str | None, namespace: str | None
+) -> None:
+    """Send workflow events from ``feed`` (live only), of one workflow when ``workflow_id``
+    is given and of the caller's namespace when its key is bound to one."""
+    async for batch in feed:  # the feed is the caller's to close
+        items: list[dict[str, object]] = [
+            e.to_wire()
+            for e in batch
+            if (workflow_id is None or e.workflow_id == workflow_id)
+            and (namespace is None or e.namespace == namespace)
+        ]
+        if items:
+            await send(items)

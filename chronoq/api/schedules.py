@@ -14,7 +14,16 @@ from chronoq.api.limits import check_schedule_rate
 from chronoq.api.service import TaskCursor, check_id, check_payload
 from chronoq.api.tasks import AppDep
 from chronoq.app import App
-from chronoq.models import Schedule, ScheduleCreate, SchedulePage, ScheduleUpdate, Task, TaskPage
+from chronoq.dag import WorkflowCreate
+from chronoq.models import (
+    Schedule,
+    ScheduleCreate,
+    SchedulePage,
+    ScheduleUpdate,
+    Task,
+    TaskPage,
+    TaskTemplate,
+)
 from chronoq.store.schedules import ScheduleAmbiguous, ScheduleRecord, id_like
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=responses(401, 403))
@@ -62,7 +71,7 @@ async def create_schedule(spec: ScheduleCreate, app: AppDep, who: Writer) -> Sch
             "name",
         )
     check_schedule_rate(spec, app.settings)
-    check_payload(spec.task, app.settings.max_payload_bytes, "task.payload")
+    _check_payloads(spec.task, spec.workflow, app.settings.max_payload_bytes)
     return (await app.store.create_schedule(spec, time.time(), who.home)).to_api()
 
 
@@ -103,9 +112,11 @@ async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: W
     record = await visible_schedule(app, who, key)
     check_schedule_rate(changes, app.settings)
     fields = changes.model_dump(exclude_unset=True)
+    _check_payloads(changes.task, changes.workflow, app.settings.max_payload_bytes)
     if changes.task is not None:
-        check_payload(changes.task, app.settings.max_payload_bytes, "task.payload")
         fields["task"] = changes.task
+    if changes.workflow is not None:
+        fields["workflow"] = changes.workflow
     try:
         return (await app.store.update_schedule(record.id, fields, time.time())).to_api()
     except ValidationError as exc:  # valid alone, not with the schedule's other fields
@@ -180,3 +191,11 @@ async def schedule_runs(
     more = len(tasks) > limit
     tasks = tasks[:limit]
     return TaskPage(items=[t.to_api() for t in tasks], next_cursor=tasks[-1].id if more else None)
+
+
+def _check_payloads(task: TaskTemplate | None, workflow: WorkflowCreate | None, limit: int) -> None:
+    """413 for a task's (or a workflow node's) payload over the limit."""
+    if task is not None:
+        check_payload(task, limit, "task.payload")
+    for index, node in enumerate(workflow.nodes if workflow is not None else ()):
+        check_payload(node.task, limit, f"workflow.nodes.{index}.task.payload")

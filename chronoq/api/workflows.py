@@ -1,4 +1,4 @@
-"""``/v1/workflows``: start a graph of tasks, see every node's state, list, cancel.
+"""``/v1/workflows``: start a graph of tasks, see every node's state, list, cancel, retry.
 
 The graph is checked by its model (:mod:`chronoq.dag`): a cycle, an unknown node id or a
 graph over the size limit is a 422 that names it. Namespaces and scopes are those of
@@ -99,3 +99,17 @@ async def cancel_workflow(workflow_id: WorkflowId, app: AppDep, who: Writer) -> 
     """Every node that has not finished is cancelled; running ones are stopped."""
     with _found(workflow_id):
         return await workflows.cancel(app.store, workflow_id, time.time(), who.namespace)
+
+
+@router.post(
+    "/workflows/{workflow_id}/retry",
+    response_model=Workflow,
+    responses=responses(404, 422),
+    summary="Retry a workflow's dead steps",
+)
+async def retry_workflow(workflow_id: WorkflowId, app: AppDep, who: Writer) -> Workflow:
+    """Every dead step (and every failed one waiting for its backoff) runs again now; the
+    steps that failed because of them wait for them again. Cancelled steps stay
+    cancelled."""
+    with _found(workflow_id):
+        return await workflows.retry(app.store, workflow_id, time.time(), who.namespace)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from chronoq.events import EventBus, ProgressEvent, TaskEvent
+from chronoq.events import EventBus, ProgressEvent, TaskEvent, WorkflowEvent
 from chronoq.lifecycle import Status
 from chronoq.notify import Hub
 from chronoq.store.records import Completion, NewTask, Row, TaskRecord
@@ -49,14 +49,31 @@ class Announcer:
     def advanced(self, rows: Sequence[Row], now: float) -> None:
         """Workflow nodes a parent's outcome or a retry changed (rows:
         :data:`chronoq.store.workflows.CHANGED`): the queued ones' workers wake; each
-        node's event."""
+        node's event, and the workflow events of the doomed nodes and of the workflows
+        that ended or revived (rows whose ``status`` is ``workflow:<status>``:
+        :func:`chronoq.store.workflows.ended_row`)."""
         if not rows:
             return
+        ends = [r for r in rows if str(r["status"]).startswith("workflow:")]
+        if ends:
+            rows = [r for r in rows if not str(r["status"]).startswith("workflow:")]
         queues = {r["queue"] for r in rows if r["status"] == Status.QUEUED.value}
         if queues:
             self.hub.ready(queues)
         if self.events.active:
             self.events.publish(_row_event(r, r["status"], now) for r in rows)
+        if self.events.workflows_active:
+            self.events.publish_workflows(
+                [
+                    *(_step_event(r, now) for r in rows if r["status"] in _STEP_ENDS),
+                    *(_workflow_event(r, now) for r in ends),
+                ]
+            )
+
+    def workflow(self, events: Sequence[WorkflowEvent]) -> None:
+        """A workflow stored (``started``) or cancelled, with its cancelled steps."""
+        if events and self.events.workflows_active:
+            self.events.publish_workflows(events)
 
     def started(self, tasks: Sequence[TaskRecord], now: float) -> None:
         """Tasks a worker now holds (claimed or handed off): their ``running`` events."""
@@ -77,6 +94,24 @@ class Announcer:
             self.hub.ready(freed)
         if self.events.active:
             self.events.publish(e for e in (x.event() for x in applied) if e is not None)
+        if self.events.workflows_active:
+            self.events.publish_workflows(
+                WorkflowEvent(
+                    x.task.workflow_id,
+                    "step_finished",
+                    x.finished_at,
+                    x.task.namespace,
+                    node=x.task.node,
+                    task_id=x.task_id,
+                    task_name=x.task.name,
+                    step_status=x.status.value,
+                    error=x.error,
+                )
+                for x in applied
+                if x.task is not None
+                and x.task.workflow_id is not None
+                and x.status in (Status.SUCCEEDED, Status.DEAD)
+            )
 
     def changed(
         self,
@@ -110,6 +145,40 @@ class Announcer:
     def resumed(self, queue: str) -> None:
         """A paused queue resumed: its workers look again."""
         self.hub.ready((queue,))
+
+
+#: node statuses a workflow row change ends a step in (doomed; cancelled in a cancel)
+_STEP_ENDS = (Status.UPSTREAM_FAILED.value, Status.CANCELLED.value)
+
+
+def _step_event(r: Row, now: float) -> WorkflowEvent:
+    """``step_finished`` of a node row (:data:`chronoq.store.workflows.CHANGED`)."""
+    return WorkflowEvent(
+        r["workflow_id"],
+        "step_finished",
+        now,
+        r["namespace"],
+        node=r["node"],
+        task_id=r["id"],
+        task_name=r["name"],
+        step_status=r["status"],
+    )
+
+
+def _workflow_event(r: Row, now: float) -> WorkflowEvent:
+    """The event of a workflow row that ended or revived (``status`` ``workflow:<x>``)."""
+    return WorkflowEvent(
+        r["id"],
+        str(r["status"]).removeprefix("workflow:"),
+        now,
+        r["namespace"],
+        name=r["name"],
+        node=r.get("node"),
+        task_id=r.get("task_id"),
+        task_name=r.get("task_name"),
+        step_status=r.get("step_status"),
+        error=r.get("error"),
+    )
 
 
 def _row_event(r: Row, status: str, now: float) -> TaskEvent:

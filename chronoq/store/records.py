@@ -175,8 +175,9 @@ class TaskRecord:
     schedule_id: str | None = None
     slot: float | None = None
     namespace: str = "default"
-    #: the workflow it is a node of (migration 0016), if any
+    #: the workflow it is a node of (migration 0016), if any, and its node id there
     workflow_id: str | None = None
+    node: str | None = None
     #: the W3C trace context of the submission (:mod:`chronoq.tracing`), migration 0019
     traceparent: str | None = None
     unique_key: str | None = None
@@ -184,6 +185,9 @@ class TaskRecord:
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
     rate_interval: float | None = None
+    #: a claimed workflow node's parents' traceparents (their step spans), for its run
+    #: span's links (:func:`chronoq.store.workflows.add_inputs`); not a column
+    upstream: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
@@ -210,6 +214,7 @@ class TaskRecord:
             slot=row["slot"],
             namespace=row["namespace"],
             workflow_id=_optional(row, "workflow_id"),
+            node=_optional(row, "node"),
             traceparent=_optional(row, "traceparent"),
             unique_key=_optional(row, "unique_key"),
             concurrency_key=_optional(row, "concurrency_key"),
@@ -259,6 +264,8 @@ class TaskRecord:
             concurrency_key=self.concurrency_key,
             concurrency=self.concurrency_limit,
             rate_interval=self.rate_interval,
+            workflow_id=self.workflow_id,
+            workflow_node=self.node,
             attempt_history=history,
         )
 

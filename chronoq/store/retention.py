@@ -50,7 +50,8 @@ class Expired:
             self.status, self.queue, self.name, self.namespace, updated_before=self.before
         )
         sql, args = chosen.where("sqlite", first)  # no error test: the same on both
-        return f"{FINISHED} AND {sql}", args
+        # workflow nodes go with their workflow (chronoq.store.workflows.purge)
+        return f"{FINISHED} AND {sql} AND workflow_id IS NULL", args
 
 
 async def finished_queues(store: Store, status: Status) -> list[str]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from chronoq import lifecycle
+from chronoq.dag import WorkflowCreate
 from chronoq.ids import is_id, new_id
 from chronoq.models import (
     OverlapPolicy,
@@ -16,6 +17,7 @@ from chronoq.models import (
     to_datetime,
 )
 from chronoq.recurrence import FirePlan, MisfirePolicy, Recurrence, cached, plan
+from chronoq.store import workflows
 from chronoq.store.leases import Fence, LeaseQueries
 from chronoq.store.records import (
     INSERT_BATCH,
@@ -25,6 +27,9 @@ from chronoq.store.records import (
     Row,
     TaskRecord,
 )
+
+if TYPE_CHECKING:
+    from chronoq.store.base import Store
 
 #: fields whose change moves the next fire time
 RULE_FIELDS = frozenset({"cron", "interval_seconds", "timezone", "start_at", "end_at"})
@@ -61,7 +66,7 @@ class ScheduleRecord:
     cron: str | None
     interval_seconds: float | None
     timezone: str
-    task: TaskTemplate
+    task: TaskTemplate | None
     start_at: float | None
     end_at: float | None
     misfire_policy: MisfirePolicy
@@ -77,16 +82,19 @@ class ScheduleRecord:
     overlap_policy: OverlapPolicy = "allow"
     #: buffer_one: a slot that waits for the previous run to end (set only by firing)
     buffered_slot: float | None = None
+    #: instead of ``task``: the workflow each slot starts (migration 0023)
+    workflow: WorkflowCreate | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> ScheduleRecord:
+        flow = row["workflow"]
         return cls(
             id=row["id"],
             name=row["name"],
             cron=row["cron"],
             interval_seconds=row["interval_seconds"],
             timezone=row["timezone"],
-            task=TaskTemplate.model_validate_json(row["task"]),
+            task=None if flow else TaskTemplate.model_validate_json(row["task"]),
             start_at=row["start_at"],
             end_at=row["end_at"],
             misfire_policy=row["misfire_policy"],
@@ -101,6 +109,7 @@ class ScheduleRecord:
             namespace=row["namespace"],
             overlap_policy=row["overlap_policy"],
             buffered_slot=row["buffered_slot"],
+            workflow=WorkflowCreate.model_validate_json(flow) if flow else None,
         )
 
     @classmethod
@@ -131,7 +140,7 @@ class ScheduleRecord:
     def apply(self, spec: ScheduleCreate, now: float) -> None:
         """Take every field from ``spec`` and recompute the next fire time from ``now``."""
         self.cron, self.interval_seconds = spec.cron, spec.interval_seconds
-        self.timezone, self.task = spec.timezone, spec.task
+        self.timezone, self.task, self.workflow = spec.timezone, spec.task, spec.workflow
         self.start_at = spec.start_at.timestamp() if spec.start_at else None
         self.end_at = spec.end_at.timestamp() if spec.end_at else None
         self.misfire_policy, self.max_catch_up = spec.misfire_policy, spec.max_catch_up
@@ -148,6 +157,7 @@ class ScheduleRecord:
             interval_seconds=self.interval_seconds,
             timezone=self.timezone,
             task=self.task,
+            workflow=self.workflow,
             start_at=to_datetime(self.start_at),
             end_at=to_datetime(self.end_at),
             misfire_policy=self.misfire_policy,
@@ -189,7 +199,7 @@ class ScheduleRecord:
             self.cron,
             self.interval_seconds,
             self.timezone,
-            self.task.model_dump_json(),
+            "null" if self.task is None else self.task.model_dump_json(),
             self.start_at,
             self.end_at,
             self.misfire_policy,
@@ -203,6 +213,7 @@ class ScheduleRecord:
             self.updated_at,
             self.namespace,
             self.overlap_policy,
+            None if self.workflow is None else self.workflow.model_dump_json(),
         )
 
     @property
@@ -231,9 +242,9 @@ class ScheduleRecord:
 _COLUMNS = (
     "id, name, cron, interval_seconds, timezone, task, start_at, end_at, misfire_policy, "
     "max_catch_up, misfire_grace_seconds, jitter_seconds, paused, next_fire_at, last_fire_at, "
-    "created_at, updated_at, namespace, overlap_policy"
+    "created_at, updated_at, namespace, overlap_policy, workflow"
 )
-_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, 20))
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(_COLUMNS.split(",")) + 1))
 _UPDATE = ", ".join(f"{c.strip()} = ${i}" for i, c in enumerate(_COLUMNS.split(","), 1) if i > 1)
 
 
@@ -309,6 +320,10 @@ class ScheduleQueries(LeaseQueries):
             merged["interval_seconds"] = None
         if "interval_seconds" in changes and changes["interval_seconds"] is not None:
             merged["cron"] = None
+        if changes.get("task") is not None:  # a task replaces a workflow, and back
+            merged["workflow"] = None
+        if changes.get("workflow") is not None:
+            merged["task"] = None
         spec = ScheduleCreate.model_validate(merged)
         keep_next = record.next_fire_at
         was_paused = record.paused
@@ -350,8 +365,20 @@ class ScheduleQueries(LeaseQueries):
         return await self.update_schedule(key, {"paused": paused}, now)
 
     async def trigger_schedule(self, key: str, now: float) -> TaskRecord:
-        """Fire the schedule's task now, outside its rule (slot = now)."""
+        """Fire the schedule's task now, outside its rule (slot = now); a workflow
+        schedule starts its workflow and returns its first node's task (whose
+        ``workflow_id`` names it)."""
         record = await self.get_schedule(key)
+        if record.workflow is not None:
+            store = cast("Store", self)
+            async with self.tx() as c:
+                started = await workflows.create_for_slot(
+                    store, c, record.workflow, now, record.namespace, record.id, now
+                )
+            assert started is not None  # a slot of now: new
+            workflows.announce_started(store, [started], now)
+            return await store.get_task(started.tasks[0].id)
+        assert record.task is not None
         task = NewTask.of(record.task, now, now, None, record.id, now, record.namespace)
         async with self.conn() as c:
             rows = await c.fetch(f"{INSERT_TASK} RETURNING *", *task.values())
@@ -420,6 +447,7 @@ class ScheduleQueries(LeaseQueries):
             moves: list[tuple[Any, ...]] = []
             buffers: list[tuple[str, float | None]] = []
             stop: list[str] = []
+            started: list[workflows.Started] = []
             for record in (*due, *waiting):
                 slots: list[tuple[float, float]] = []
                 if record.id in ids:
@@ -435,10 +463,20 @@ class ScheduleQueries(LeaseQueries):
                     stop += runs
                 if decided.buffered != record.buffered_slot:
                     buffers.append((record.id, decided.buffered))
-                tasks += [
-                    NewTask.of(record.task, run_at, now, None, record.id, slot, record.namespace)
-                    for slot, run_at in decided.fire
-                ]
+                for slot, run_at in decided.fire:
+                    if record.workflow is not None:  # a slot's workflow, once per slot
+                        flow = await workflows.create_for_slot(
+                            cast("Store", self), c, record.workflow, now, record.namespace,
+                            record.id, slot,
+                        )  # fmt: skip
+                        started += [flow] if flow is not None else []
+                        continue
+                    assert record.task is not None
+                    tasks.append(
+                        NewTask.of(
+                            record.task, run_at, now, None, record.id, slot, record.namespace
+                        )
+                    )
             if stop:
                 cancelled = await self._cancel_runs(c, stop, now)
             for start in range(0, len(tasks), INSERT_BATCH):
@@ -455,7 +493,9 @@ class ScheduleQueries(LeaseQueries):
         if cancelled:
             self.announce.changed(cancelled, now, stopped=True)
         self.inserted(tasks)
-        return len(tasks)
+        if started:
+            workflows.announce_started(cast("Store", self), started, now)
+        return len(tasks) + len(started)
 
     async def _active_runs(self, c: Any, schedule_ids: Sequence[str]) -> dict[str, list[str]]:
         """The ids of each schedule's runs still waiting or running (:data:`ACTIVE`)."""

@@ -77,6 +77,8 @@ export function renderDetail(task, { onRetry, onCancel, onClose, busy = false, e
       fact("Timeout", task.timeout_seconds ? duration(task.timeout_seconds) : "none"),
       fact("Backoff", `${b.base} s × ${b.factor}ⁿ, max ${b.max} s, jitter ${b.jitter}`),
       task.idempotency_key ? fact("Idempotency key", h("span", { class: "mono" }, task.idempotency_key)) : null,
+      task.workflow_id ? fact("Workflow", h("a", { href: `#/workflows?id=${encodeURIComponent(task.workflow_id)}`,
+        class: "mono", title: task.workflow_id }, task.workflow_node || shortId(task.workflow_id))) : null,
       task.schedule_id ? fact("Schedule", h("span", { class: "mono", title: task.schedule_id }, shortId(task.schedule_id)),
         task.slot ? [" slot ", timeEl(task.slot)] : null) : null),
     extra, // the progress bar and log lines (tasklog.js)

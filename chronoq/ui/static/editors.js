@@ -88,6 +88,7 @@ export async function scheduleForm(ctx, existing, onSaved) {
   const lists = await suggestions(ctx);
   const s = existing || {};
   const task = s.task || {};
+  const flow = s.workflow || null; // a schedule that starts a workflow: its rule is edited here
   const name = text("name", { required: true, pattern: NAME, value: s.name || "", disabled: Boolean(existing) });
   const kind = h("select", { name: "kind", "aria-label": "Rule" },
     h("option", { value: "cron", selected: !s.interval_seconds }, "cron"),
@@ -153,16 +154,20 @@ export async function scheduleForm(ctx, existing, onSaved) {
     body: h("div", { class: "form-grid" },
       field("Name", name), field("Rule", kind), cronBox, intervalBox, field("Time zone", zone),
       h("div", { class: "wide" }, h("div", { class: "hint muted" }, `Next fire times (in the schedule's zone):`), preview),
-      field("Task handler", handler), field("Queue", queue),
-      h("div", { class: "wide" }, field("Payload (JSON object)", payload)),
+      flow ? h("p", { class: "wide muted", dataset: { testid: "schedule-workflow" } },
+        `Starts workflow ${flow.name} (${flow.nodes.length} steps) each slot; change its steps with PATCH /v1/schedules.`)
+        : [field("Task handler", handler), field("Queue", queue),
+          h("div", { class: "wide" }, field("Payload (JSON object)", payload))],
       field("Overlap", overlap, "a slot while the previous run still waits or runs"),
       h("label", { class: "toggle" }, paused, " paused"),
       zones, lists.queues, lists.handlers),
     async submit() {
-      const body = parseObject(payload.value, "payload");
-      if (body instanceof Error) throw body;
-      const template = { ...task, name: handler.value.trim(), queue: queue.value.trim() || "default", payload: body };
-      const spec = { ...rule(), task: template, paused: paused.checked, overlap_policy: overlap.value };
+      const spec = { ...rule(), paused: paused.checked, overlap_policy: overlap.value };
+      if (!flow) {
+        const body = parseObject(payload.value, "payload");
+        if (body instanceof Error) throw body;
+        spec.task = { ...task, name: handler.value.trim(), queue: queue.value.trim() || "default", payload: body };
+      }
       const saved = existing
         ? await patch(`/v1/schedules/${encodeURIComponent(s.id)}`, spec)
         : await post("/v1/schedules", { name: name.value.trim(), ...spec });

@@ -4,15 +4,16 @@
 import { h } from "./dom.js";
 
 export const SHORTCUTS = [
-  ["g o", "Overview"], ["g t", "Tasks"], ["g s", "Schedules"], ["g d", "Dead letters"],
-  ["g h", "History"], ["g w", "Workers"], ["/", "Find a task by id or name"],
+  ["g o", "Overview"], ["g t", "Tasks"], ["g s", "Schedules"], ["g f", "Workflows"],
+  ["g d", "Dead letters"], ["g h", "History"], ["g w", "Workers"],
+  ["/", "Find a task by id or name"],
   ["j / k", "Next / previous row of a task list"], ["Enter", "Open the focused task"],
   ["Esc", "Close the task detail (or a dialog)"],
   ["n", "New: submit a task (Tasks), create a schedule (Schedules)"],
   ["r", "Refresh the view"], ["?", "This list"],
 ];
 
-const GO = { o: "overview", t: "tasks", s: "schedules", d: "dead", h: "history", w: "workers" };
+const GO = { o: "overview", t: "tasks", s: "schedules", f: "workflows", d: "dead", h: "history", w: "workers" };
 
 function typing(target) {
   return target instanceof HTMLElement

@@ -1,6 +1,6 @@
-// The dashboard shell: hash routes (#/overview, #/tasks?…, #/schedules, #/dead, #/history,
-// #/workers?worker=…), live updates over the event WebSocket with a 2-second polling
-// fallback, and the search box.
+// The dashboard shell: hash routes (#/overview, #/tasks?…, #/schedules, #/workflows?…, #/dead,
+// #/history, #/workers?worker=…), live updates over the event WebSocket with a 2-second
+// polling fallback, and the search box.
 // When the API wants a key the page shows only the sign-in form: no view (and so no empty
 // counts) until a key is accepted.
 
@@ -16,6 +16,7 @@ import { signInView } from "./signin.js";
 import { Stats } from "./stats.js";
 import { tasksView } from "./tasks.js";
 import { workersView } from "./workers.js";
+import { workflowsView } from "./workflows.js";
 
 const POLL_MS = 2000; // refresh the open view this often without a WebSocket
 const SAFETY_MS = 10000; // ... and this often with one (events can be dropped under load)
@@ -26,6 +27,7 @@ const VIEWS = {
   tasks: (ctx) => tasksView(ctx),
   dead: (ctx) => tasksView(ctx, { dead: true }),
   schedules: (ctx) => schedulesView(ctx),
+  workflows: (ctx) => workflowsView(ctx),
   history: (ctx) => historyView(ctx),
   workers: (ctx) => workersView(ctx),
 };

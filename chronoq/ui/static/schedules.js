@@ -102,8 +102,11 @@ export function schedulesView(ctx) {
       trs.push(h("tr", { dataset: { name: s.name, id: s.id, state } },
         h("td", { class: "name" }, s.name),
         h("td", null, rule(s)),
-        h("td", null, h("a", { href: `#/tasks?name=${encodeURIComponent(s.task.name)}` }, s.task.name),
-          s.task.queue !== "default" ? h("span", { class: "muted" }, ` on ${s.task.queue}`) : null),
+        s.task
+          ? h("td", null, h("a", { href: `#/tasks?name=${encodeURIComponent(s.task.name)}` }, s.task.name),
+            s.task.queue !== "default" ? h("span", { class: "muted" }, ` on ${s.task.queue}`) : null)
+          : h("td", null, h("a", { href: "#/workflows" }, `workflow ${s.workflow.name}`),
+            h("span", { class: "muted" }, ` (${s.workflow.nodes.length} steps)`)),
         h("td", null, h("span", { class: `badge badge-${state}`, dataset: { state } }, state),
           s.overlap_policy && s.overlap_policy !== "allow"
             ? h("span", { class: "muted overlap", title: "overlap policy" }, ` ${s.overlap_policy}`) : null,
