@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -70,12 +71,17 @@ async def _serve(
 
 class _PipeJournal:
     """An attempt's journal in a child: each captured write goes to the worker at once
-    (the worker caps and buffers; this stops sending a little past the cap)."""
+    (the worker caps and buffers; this stops sending a little past the cap); progress at
+    most every :data:`PROGRESS_SECONDS`, the latest value always before the reply."""
+
+    PROGRESS_SECONDS = 0.1
 
     def __init__(self, fd: int, task_id: str) -> None:
         self.fd = fd
         self.task_id = task_id
         self.sent = 0
+        self._progress_at = 0.0
+        self._pending: tuple[float, str | None] | None = None
 
     def write(self, stream: str, text: str) -> None:
         if self.sent > logcapture.LIMIT + logcapture.LINE_LIMIT:
@@ -84,7 +90,18 @@ class _PipeJournal:
         _write(self.fd, protocol.log_line(self.task_id, stream, text))
 
     def progress(self, value: float, message: str | None) -> None:
+        now = time.monotonic()
+        if now - self._progress_at < self.PROGRESS_SECONDS:
+            self._pending = (value, message)
+            return
+        self._progress_at, self._pending = now, None
         _write(self.fd, protocol.progress_line(self.task_id, value, message))
+
+    def flush(self) -> None:
+        """The attempt ended: the progress held back goes before the reply."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            _write(self.fd, protocol.progress_line(self.task_id, *pending))
 
 
 async def _run_one(
@@ -100,7 +117,8 @@ async def _run_one(
             ),
             with_traceback=False,
         )
-    token = current_task.set(protocol.context_of(message, _PipeJournal(replies, task_id)))
+    journal = _PipeJournal(replies, task_id)
+    token = current_task.set(protocol.context_of(message, journal))
     try:
         with tracing.child_span(message.get("traceparent")):
             result = await executor.run(message["payload"])
@@ -108,6 +126,7 @@ async def _run_one(
         return protocol.failure_line(task_id, exc, with_traceback=not isinstance(exc, TaskFailed))
     finally:
         current_task.reset(token)
+        journal.flush()
     return protocol.success(task_id, result, limit)
 
 
