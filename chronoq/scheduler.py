@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from chronoq.backoff import Outage
 from chronoq.partitions import PARTITIONS, Ownership
 from chronoq.retention import Sweeper
-from chronoq.store import Completion, Store, TaskRecord
+from chronoq.store import Completion, Store, TaskRecord, counts
 from chronoq.store.interfaces import SchedulerStore
 from chronoq.store.leases import Fence, NotLeader
 from chronoq.worker import default_worker_id
@@ -81,6 +81,7 @@ class Scheduler:
         self._stopping = asyncio.Event()
         self._next_reap = 0.0
         self._next_reconcile = 0.0
+        self._next_count = 0.0
         #: store failures in a row: rounds back off 1 s doubling to 30 s, one traceback
         self._outage = Outage("scheduler round", log)
         self._reconcile_outage = Outage("broker reconcile", log, level=logging.WARNING)
@@ -161,6 +162,9 @@ class Scheduler:
             await self._reconcile()
         if self.retention is not None:
             self.retention.due(now, lambda: self.leading)
+        if now >= self._next_count:  # roll finished tasks up once enough piled up
+            self._next_count = now + counts.ADVANCE_SECONDS
+            await counts.advance(self._full_store, now)
         return await self._sleep(tasks=True)
 
     async def _sleep(self, *, tasks: bool) -> float:
