@@ -164,7 +164,7 @@ class Scheduler:
             self.retention.due(now, lambda: self.leading)
         if now >= self._next_count:  # roll finished tasks up once enough piled up
             self._next_count = now + counts.ADVANCE_SECONDS
-            await counts.advance(self._full_store, now)
+            counts.advance_soon(self._full_store, now)
         return await self._sleep(tasks=True)
 
     async def _sleep(self, *, tasks: bool) -> float:

@@ -5,11 +5,13 @@ migration 0024 when rows leave (deleted, retried)."""
 from __future__ import annotations
 
 import time
+from dataclasses import astuple
 
 from chronoq.models import TaskCreate
 from chronoq.states import Status
 from chronoq.store import Store, create_store, opened
 from chronoq.store import counts as counting
+from chronoq.store.history import Window, counts, durations
 from chronoq.store.retention import Expired, delete_batch
 from tests.test_retention import DAY, finished
 
@@ -78,4 +80,34 @@ async def test_active_counts_read_only_their_partial_indexes(pg_url: str) -> Non
         assert "Seq Scan" not in plan, plan
         assert plan.count("Index Scan") + plan.count("Index Only Scan") == 4, plan
         assert await counting.advance(store, time.time()) == 199_800
+        assert await listed(store) == await truth(store)
+
+
+async def test_charts_read_the_rolled_up_statistics_as_they_read_the_tasks(db_url: str) -> None:
+    """Before the mark moves the charts count tasks; after, ``finished_stats``: the same
+    counts, and run/wait quantiles within a histogram bin of the exact ones."""
+    async with opened(create_store(db_url)) as store:
+        for age in (7000.0, 3000.0, 1000.0, 200.0):
+            await finished(store, "succeeded", queue="a", age=age, n=3, name="one")
+            await finished(store, "dead", queue="b", age=age, n=1, name="two")
+        now = time.time()
+        windows = [
+            Window(now // 3600 * 3600 - 3 * 3600, 900.0, 16),
+            Window(now // 300 * 300 - 7200, 300.0, 25, name="one"),
+            Window(now // 30 * 30 - 3600, 30.0, 121, queue="b"),
+        ]
+        before = [sorted(map(astuple, await counts(store, w))) for w in windows]
+        exact = await durations(store, windows[0])
+        assert await counting.advance(store, now, min_rows=1) == 16
+        assert await counting.mark(store) > now - 60
+        assert [sorted(map(astuple, await counts(store, w))) for w in windows] == before
+        binned = await durations(store, windows[0])
+        assert [(d.bucket, d.count) for d in binned] == [(d.bucket, d.count) for d in exact]
+        for b, e in zip(binned, exact, strict=True):
+            for got, want in zip(b.run + b.wait, e.run + e.wait, strict=True):
+                assert abs(got - want) <= 0.3 * want + 1e-3, (b, e)
+        # purging leaves the history as it was, and the totals follow the table
+        n, _ = await delete_batch(store, Expired(Status.DEAD, "b", time.time()), None, 10)
+        assert n == 4
+        assert [sorted(map(astuple, await counts(store, w))) for w in windows] == before
         assert await listed(store) == await truth(store)

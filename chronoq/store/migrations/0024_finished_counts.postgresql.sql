@@ -16,6 +16,24 @@ CREATE TABLE finished_counts (
     n         BIGINT NOT NULL,
     PRIMARY KEY (namespace, queue, status)
 );
+-- The history charts' statistics (chronoq.store.history): finished tasks per time bucket
+-- of `tier` seconds (10, 300, 3600), written by the same move of the mark, so they too
+-- cover what finished before it. Each task counts twice: under its handler `name` and
+-- under '' (every handler), so a chart reads one range of the primary key with or without
+-- a handler. `run` and `wait`: JSON histograms (log-spaced bins) of the succeeded ones'
+-- last attempt. Append-only: retention does not take tasks out of the history.
+CREATE TABLE finished_stats (
+    tier      INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    bucket    DOUBLE PRECISION NOT NULL,
+    namespace TEXT NOT NULL,
+    queue     TEXT NOT NULL,
+    status    TEXT NOT NULL,
+    n         BIGINT NOT NULL,
+    run       TEXT,
+    wait      TEXT,
+    PRIMARY KEY (tier, name, bucket, namespace, queue, status)
+);
 CREATE TABLE finished_mark (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     upto DOUBLE PRECISION NOT NULL
