@@ -466,14 +466,15 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         return queues
 
     async def next_due_at(
-        self, partitions: Sequence[int] | None = None, tasks: bool = True
+        self, partitions: Sequence[int] | None = None, tasks: bool = True, ahead: float = 0.0
     ) -> float | None:
         """The earliest time something becomes due: a waiting task (unless not ``tasks``)
-        or a schedule's slot (of ``partitions`` only, if given)."""
+        or a schedule's slot (of ``partitions`` only, if given) less ``ahead`` seconds
+        (slots fired ahead)."""
         parts = "" if partitions is None else f"AND part IN ({', '.join(map(str, partitions))}) "
         waiting = f"SELECT MIN(run_at) AS t FROM tasks WHERE {lifecycle.PROMOTE.where()}"
         slots = (
-            "SELECT MIN(next_fire_at) AS t FROM schedules "
+            f"SELECT MIN(next_fire_at) - {float(ahead)!r} AS t FROM schedules "
             f"WHERE paused = 0 AND next_fire_at IS NOT NULL {parts}"
         )
         if partitions is not None and not partitions:

@@ -162,7 +162,7 @@ class ScheduleRecord:
         slot = self.recurrence().next_after(t)
         return None if self.end_at is not None and slot > self.end_at else slot
 
-    def plan(self, now: float) -> FirePlan:
+    def plan(self, now: float, ahead: float = 0.0) -> FirePlan:
         assert self.next_fire_at is not None
         return plan(
             self.recurrence(),
@@ -173,6 +173,7 @@ class ScheduleRecord:
             grace=self.misfire_grace_seconds,
             end_at=self.end_at,
             jitter=self.jitter_seconds,
+            ahead=ahead,
         )
 
     def values(self) -> tuple[Any, ...]:
@@ -384,9 +385,13 @@ class ScheduleQueries(abc.ABC):
         limit: int = 500,
         fence: Fence | None = None,
         owned: Sequence[Fence] | None = None,
+        ahead: float = 0.0,
     ) -> int:
         """Insert the tasks of every due slot and move each schedule to its next slot, in one
-        transaction. ``ON CONFLICT (schedule_id, slot) DO NOTHING``: a slot never fires twice,
+        transaction. ``ahead``: also the slots due within that many seconds, their tasks
+        ``scheduled`` until due (the leader promotes them then), so a burst of slots
+        sharing one instant is inserted before it rather than after.
+        ``ON CONFLICT (schedule_id, slot) DO NOTHING``: a slot never fires twice,
         even with several schedulers. ``owned``: only the partitions of these partition
         leases (:mod:`chronoq.partitions`), each fence checked in the transaction (None: all
         partitions). Returns the number of tasks inserted."""
@@ -403,7 +408,7 @@ class ScheduleQueries(abc.ABC):
             rows = await c.fetch(
                 f"SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 {only}"
                 f"ORDER BY next_fire_at LIMIT $2{self.skip_locked}",
-                now,
+                now + ahead,
                 limit,
             )
             if not rows:
@@ -412,7 +417,7 @@ class ScheduleQueries(abc.ABC):
             moves: list[tuple[Any, ...]] = []
             for row in rows:
                 record = ScheduleRecord.from_row(row)
-                fire = record.plan(now)
+                fire = record.plan(now, ahead)
                 for slot, run_at in zip(fire.slots, fire.run_at, strict=True):
                     tasks.append(
                         NewTask.of(
