@@ -50,8 +50,8 @@ LAG = 30.0
 #: how often the scheduler leader looks whether the mark should move
 ADVANCE_SECONDS = 30.0
 #: ``finished_stats`` bucket sizes (seconds; each divides the next) and how long each is kept
-TIERS = (10, 300, 3600)
-KEPT = (2 * 86400.0, 32 * 86400.0, 32 * 86400.0)
+TIERS = (10, 300, 900, 3600)
+KEPT = (2 * 86400.0, 8 * 86400.0, 32 * 86400.0, 32 * 86400.0)
 #: rows one move of the mark reads at most (in one transaction)
 PIECE_ROWS = 50_000
 #: a bound above any ``updated_at`` (epoch seconds): the tail's range is open-ended

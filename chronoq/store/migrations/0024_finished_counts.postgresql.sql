@@ -17,7 +17,7 @@ CREATE TABLE finished_counts (
     PRIMARY KEY (namespace, queue, status)
 );
 -- The history charts' statistics (chronoq.store.history): finished tasks per time bucket
--- of `tier` seconds (10, 300, 3600), written by the same move of the mark, so they too
+-- of `tier` seconds (10, 300, 900, 3600), written by the same move of the mark, so they too
 -- cover what finished before it. Each task counts twice: under its handler `name` and
 -- under '' (every handler), so a chart reads one range of the primary key with or without
 -- a handler. `run` and `wait`: JSON histograms (log-spaced bins) of the succeeded ones'
@@ -34,6 +34,10 @@ CREATE TABLE finished_stats (
     wait      TEXT,
     PRIMARY KEY (tier, name, bucket, namespace, queue, status)
 );
+-- the charts read (tier, name, bucket) ranges: from the index alone, without visiting the
+-- rows (which the moves of the mark scatter over the table)
+CREATE INDEX finished_stats_read ON finished_stats (tier, name, bucket)
+    INCLUDE (namespace, queue, status, n);
 CREATE TABLE finished_mark (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     upto DOUBLE PRECISION NOT NULL

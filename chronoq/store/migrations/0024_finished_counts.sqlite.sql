@@ -9,7 +9,7 @@ CREATE TABLE finished_counts (
     PRIMARY KEY (namespace, queue, status)
 );
 -- The history charts' statistics (chronoq.store.history): finished tasks per time bucket
--- of `tier` seconds (10, 300, 3600), written by the same move of the mark, so they too
+-- of `tier` seconds (10, 300, 900, 3600), written by the same move of the mark, so they too
 -- cover what finished before it. Each task counts twice: under its handler `name` and
 -- under '' (every handler), so a chart reads one range of the primary key with or without
 -- a handler. `run` and `wait`: JSON histograms (log-spaced bins) of the succeeded ones'
