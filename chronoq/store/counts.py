@@ -63,6 +63,7 @@ log = logging.getLogger("chronoq.counts")
 _jobs: weakref.WeakKeyDictionary[Store, asyncio.Task[None]] = weakref.WeakKeyDictionary()
 
 _STATUSES: tuple[Status, ...] = tuple(sorted(TERMINAL))
+_FINISHED = {s.value for s in TERMINAL}
 #: workflow statuses, spelled as the ``tasks_blocked`` index's predicate
 _BLOCKED = f"status IN ('{Status.BLOCKED.value}', '{Status.UPSTREAM_FAILED.value}')"
 
@@ -75,13 +76,14 @@ def _active_sql(namespace: str | None) -> tuple[str, list[Any]]:
     waiting = lifecycle.PROMOTE.where()  # tasks_waiting
     running = lifecycle.FINISH.where()  # tasks_leases
     parts = [
-        f"SELECT queue, '{Status.QUEUED.value}' AS status, count(*) AS n, min(run_at) AS oldest "
-        f"FROM tasks WHERE {queued}{extra} GROUP BY queue",
-        f"SELECT queue, status, count(*) AS n, NULL AS oldest FROM tasks "
+        f"SELECT queue, '{Status.QUEUED.value}' AS status, count(*) AS n, "
+        f"min(run_at) AS oldest, 0 AS tail FROM tasks WHERE {queued}{extra} GROUP BY queue",
+        f"SELECT queue, status, count(*) AS n, NULL AS oldest, 0 AS tail FROM tasks "
         f"WHERE {waiting}{extra} GROUP BY queue, status",
-        f"SELECT queue, '{Status.RUNNING.value}' AS status, count(*) AS n, NULL AS oldest "
+        f"SELECT queue, '{Status.RUNNING.value}' AS status, count(*) AS n, NULL AS oldest, "
+        "0 AS tail "
         f"FROM tasks WHERE {running}{extra} GROUP BY queue",
-        f"SELECT queue, status, count(*) AS n, NULL AS oldest FROM tasks "
+        f"SELECT queue, status, count(*) AS n, NULL AS oldest, 0 AS tail FROM tasks "
         f"WHERE {_BLOCKED}{extra} GROUP BY queue, status",
     ]
     return " UNION ALL ".join(parts), args
@@ -139,18 +141,49 @@ async def _mark(c: Conn) -> float:
     return float(rows[0]["upto"]) if rows else 0.0
 
 
+def _finished_sql(namespace: str | None, first: int) -> tuple[str, list[Any]]:
+    """(queue, status, n, oldest) of the finished tasks: the rolled-up counts, and the rows
+    past the mark counted per (status, queue), the queues found by a loose index scan of
+    ``tasks_finished`` (one probe per queue) in the same statement."""
+    finished = lifecycle.PURGE.where()
+    args: list[Any] = [s.value for s in _STATUSES]
+    n = first + len(args)
+    ns_rolled = ns_tail = ""
+    if namespace is not None:
+        args.append(namespace)
+        ns_rolled = f"WHERE namespace = ${n} "
+        ns_tail = f" AND namespace = ${n}"
+    statuses = " UNION ALL ".join(
+        f"SELECT CAST(${first + i} AS TEXT) AS status" for i in range(len(_STATUSES))
+    )
+    sql = (
+        f"SELECT queue, status, sum(n) AS n, NULL AS oldest, 0 AS tail FROM finished_counts "
+        f"{ns_rolled}"
+        "GROUP BY queue, status UNION ALL "
+        f"SELECT queue, status, (SELECT count(*) FROM tasks t WHERE {finished} "
+        "AND t.status = q.status AND t.queue = q.queue AND t.updated_at >= "
+        f"(SELECT upto FROM finished_mark WHERE id = 1){ns_tail}) AS n, "
+        "NULL AS oldest, 1 AS tail "
+        "FROM (WITH RECURSIVE found (status, queue) AS ("
+        f"SELECT s.status, (SELECT min(queue) FROM tasks WHERE {finished} "
+        f"AND status = s.status) FROM ({statuses}) s UNION ALL "
+        f"SELECT found.status, (SELECT min(queue) FROM tasks WHERE {finished} "
+        "AND status = found.status AND queue > found.queue) FROM found "
+        "WHERE found.queue IS NOT NULL) "
+        "SELECT status, queue FROM found WHERE queue IS NOT NULL) q"
+    )
+    return sql, args
+
+
 async def queue_stats(store: Store, now: float, namespace: str | None = None) -> list[QueueStats]:
-    """Counts per queue and status (of ``namespace``, when given), paused queues included."""
-    where, args = ("WHERE namespace = $1 ", [namespace]) if namespace is not None else ("", [])
-    active_sql, active_args = _active_sql(namespace)
+    """Counts per queue and status (of ``namespace``, when given), paused queues included:
+    one statement (and the paused queues' look-up)."""
+    active_sql, args = _active_sql(namespace)
+    finished_sql, more = _finished_sql(namespace, len(args) + 1)
     async with store.conn() as c:
-        active = await c.fetch(active_sql, *active_args)
-        upto = await _mark(c)
-        rolled = await c.fetch(
-            f"SELECT queue, status, sum(n) AS n FROM finished_counts {where}GROUP BY queue, status",
-            *args,
-        )
-        tail = await _since(c, upto, _FOREVER, namespace, by_namespace=False)
+        rows = await c.fetch(f"{active_sql} UNION ALL {finished_sql}", *args, *more)
+    active = [r for r in rows if r["status"] not in _FINISHED]
+    finished = [r for r in rows if r["status"] in _FINISHED]
     stats: dict[str, QueueStats] = {}
 
     def entry(queue: str) -> QueueStats:
@@ -167,14 +200,14 @@ async def queue_stats(store: Store, now: float, namespace: str | None = None) ->
         if status is Status.QUEUED:
             stat.depth = int(row["n"])
             stat.oldest_queued_age_seconds = max(0.0, now - float(row["oldest"]))
-    for row in [*rolled, *tail]:
+    for row in finished:
         if row["n"]:
             entry(row["queue"]).counts[Status(row["status"])] += int(row["n"])
     for queue, pause in (await store.paused_queues()).items():  # also when it holds none
         stat = entry(queue)
         stat.paused, stat.paused_at = True, to_datetime(pause.paused_at)
         stat.paused_by = pause.paused_by
-    if sum(int(r["n"]) for r in tail) >= ADVANCE_ROWS:
+    if sum(int(r["n"]) for r in finished if r["tail"]) >= ADVANCE_ROWS:
         advance_soon(store, time.time())
     return [stats[queue] for queue in sorted(stats)]
 
