@@ -7,6 +7,8 @@ handler in an in-process :class:`chronoq.worker.Worker` or starts worker process
 
 from __future__ import annotations
 
+import time
+
 from chronoq import App
 
 TASK = "bench.tick"
@@ -18,3 +20,11 @@ app = App()
 async def tick() -> None:
     """Do nothing: the benchmark measures when a slot's task starts, not what it does."""
     return None
+
+
+@app.task("bench.now", max_attempts=1)
+async def now() -> float:
+    """When the handler started (epoch seconds), kept as the task's result: the history
+    benchmark's submit->start is ``result - created_at``, whether the task was claimed or
+    handed off (a hand-off opens its attempt at the insert)."""
+    return time.time()

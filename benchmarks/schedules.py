@@ -33,7 +33,10 @@ until every fired task finished, stops everything and reads the database:
 
 ``fire lag``
     ``tasks.created_at - tasks.slot`` for every fired task: how late after its nominal
-    time the scheduler inserted the slot's task (p50/p95/p99/max, ms).
+    time the scheduler inserted the slot's task (p50/p95/p99/max, ms). Negative when the
+    slot was fired ahead (``--fire-ahead``, ``CHRONOQ_SCHEDULE_FIRE_AHEAD``, 2 s by
+    default): the task then waited ``scheduled`` until the leader promoted it at its slot,
+    and only the start lag says how late it ran.
 ``commit lag``
     (wall-clock time the ``fire_due_schedules`` call that inserted the task returned) -
     ``tasks.slot``: when the task became visible to workers. ``created_at`` is the ``now``
@@ -106,6 +109,7 @@ from typing import Any
 import asyncpg
 
 import chronoq
+from chronoq.config import Settings
 from chronoq.models import ScheduleCreate, TaskTemplate
 from chronoq.partitions import PARTITIONS
 from chronoq.scheduler import Scheduler
@@ -301,9 +305,13 @@ async def scalar(store: Store, sql: str, *args: Any) -> Any:
     return next(iter(dict(rows[0]).values())) if rows else None
 
 
-def _environment(url: str, poll_seconds: float | None) -> dict[str, str]:
+def _environment(
+    url: str, poll_seconds: float | None, fire_ahead: float | None = None
+) -> dict[str, str]:
     env = {**os.environ, "CHRONOQ_DATABASE_URL": url}
     env.pop("CHRONOQ_APP", None)
+    if fire_ahead is not None:
+        env["CHRONOQ_SCHEDULE_FIRE_AHEAD"] = str(fire_ahead)
     if poll_seconds is not None:
         env["CHRONOQ_POLL_SECONDS"] = str(poll_seconds)
     return env
@@ -324,8 +332,15 @@ class WorkerProcesses(ChronoqProcesses):
 class SchedulerProcesses(ChronoqProcesses):
     """K ``chronoq scheduler`` processes, sharing the schedule partitions."""
 
-    def __init__(self, url: str, count: int, poll_seconds: float | None, log_dir: Path) -> None:
-        super().__init__(_environment(url, poll_seconds), log_dir)
+    def __init__(
+        self,
+        url: str,
+        count: int,
+        poll_seconds: float | None,
+        log_dir: Path,
+        fire_ahead: float | None = None,
+    ) -> None:
+        super().__init__(_environment(url, poll_seconds, fire_ahead), log_dir)
         for i in range(count):
             self.spawn(f"scheduler-{i}", ["scheduler"])
 
@@ -440,7 +455,9 @@ async def fire_backend(backend: str, args: argparse.Namespace, schedulers: int =
             )
             await wait_workers_ready(store, workers, args.workers)
         if schedulers:
-            procs = SchedulerProcesses(database.url, schedulers, args.poll_seconds, log_dir)
+            procs = SchedulerProcesses(
+                database.url, schedulers, args.poll_seconds, log_dir, args.fire_ahead
+            )
             await wait_partitions_shared(store, procs, schedulers)
         lead = args.lead_seconds
         if lead is None:
@@ -489,7 +506,7 @@ async def run_window(
 ) -> dict[float, tuple[float, float, int]]:
     calls: dict[float, tuple[float, float, int]] = {}
     _instrument(store, calls)
-    scheduler = Scheduler(store, poll_seconds=args.poll_seconds or 1.0)
+    scheduler = Scheduler(store, poll_seconds=args.poll_seconds or 1.0, fire_ahead=args.fire_ahead)
     jobs = [] if procs else [asyncio.create_task(scheduler.run(), name="scheduler")]
 
     async def fired() -> int:
@@ -842,7 +859,7 @@ def fire_table(results: Sequence[FireResult]) -> str:
         ("missed", [f"{r.missed:,}" for r in results]),
         ("duplicates", [f"{r.duplicate_groups}" for r in results]),
         ("outside window", [f"{r.outside_window}" for r in results]),
-        ("fire lag ms p50/95/99/max", [r.fire_lag.brief() for r in results]),
+        ("fire lag ms p50/95/99/max (< 0: ahead)", [r.fire_lag.brief() for r in results]),
         ("commit lag ms p50/95/99/max", [r.commit_lag.brief() for r in results]),
         ("start lag ms p50/95/99/max", [r.start_lag.brief() for r in results]),
         ("fire call ms p50/95/99/max", [r.fire_calls.brief() for r in results]),
@@ -983,6 +1000,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="scheduler/worker poll interval (chronoq's default, 1 s, if unset); "
         "worker processes on SQLite only learn of new tasks by polling",
+    )
+    a.add_argument(
+        "--fire-ahead",
+        type=float,
+        default=Settings().schedule_fire_ahead,
+        help="seconds before its slot a task is inserted (CHRONOQ_SCHEDULE_FIRE_AHEAD; "
+        "default chronoq's)",
     )
     a.add_argument(
         "--lead-seconds",

@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(
         1.0, gt=0, description="longest sleep between store checks when no wake-up arrives"
     )
+    schedule_fire_ahead: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="seconds before its slot a schedule's task is inserted (scheduled, then "
+        "promoted on time), so slots sharing one instant are fired before it (0: at the slot)",
+    )
     max_payload_bytes: int = Field(256 * 1024, gt=0, description="largest accepted payload")
     shell_allow: str = Field(
         "",

@@ -209,8 +209,10 @@ def plan(
     end_at: float | None,
     jitter: float = 0.0,
     rng: random.Random | None = None,
+    ahead: float = 0.0,
 ) -> FirePlan:
-    """Decide which slots from ``next_fire_at`` up to ``now`` fire.
+    """Decide which slots from ``next_fire_at`` up to ``now`` (``now + ahead`` when
+    firing ahead: those slots' tasks wait as ``scheduled`` until due) fire.
 
     A slot later than ``grace`` seconds is *missed* (the scheduler was down or paused):
     ``skip`` drops missed slots, ``run_once`` fires only the latest of them, ``catch_up``
@@ -222,7 +224,7 @@ def plan(
     dropped = 0
     slot = next_fire_at
     steps = 0
-    while slot <= now and (end_at is None or slot <= end_at):
+    while slot <= now + ahead and (end_at is None or slot <= end_at):
         if now - slot > grace:
             if len(missed) == missed.maxlen:
                 dropped += 1
@@ -231,7 +233,7 @@ def plan(
             on_time.append(slot)
         steps += 1
         if steps >= MAX_STEPS:
-            slot = recurrence.next_after(now)
+            slot = recurrence.next_after(now + ahead)
             break
         slot = recurrence.next_after(slot)
     fired = on_time if policy == "skip" else [*missed, *on_time]

@@ -226,6 +226,7 @@ class Runner:
                     worker_timeout=settings.lease_seconds,
                     reconcile=publisher.reconcile if publisher is not None else None,
                     retention=sweeper_for(self.app.store, settings),
+                    fire_ahead=settings.schedule_fire_ahead,
                 )
                 jobs.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
                 if self.metrics is not None:

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from chronoq.backoff import Outage
 from chronoq.partitions import PARTITIONS, Ownership
 from chronoq.retention import Sweeper
-from chronoq.store import Completion, Store, TaskRecord, workflows
+from chronoq.store import Completion, Store, TaskRecord, counts, workflows
 from chronoq.store.interfaces import SchedulerStore
 from chronoq.store.leases import Fence, NotLeader
 from chronoq.worker import default_worker_id
@@ -55,6 +55,7 @@ class Scheduler:
         reconcile: Callable[[Store], Awaitable[int]] | None = None,
         reconcile_seconds: float = 5.0,
         retention: Sweeper | None = None,
+        fire_ahead: float = 0.0,
     ) -> None:
         #: all the scheduler itself calls (the whole store is only passed on to ``reconcile``)
         self.store: SchedulerStore = store
@@ -74,6 +75,9 @@ class Scheduler:
         self.reconcile_seconds = reconcile_seconds
         #: the leader's background purge of expired finished tasks (chronoq.retention)
         self.retention = retention
+        #: seconds before its slot a schedule's task is inserted (``scheduled``, promoted
+        #: on time by the leader): a burst of slots on one instant is fired before it
+        self.fire_ahead = fire_ahead
         self.republished = 0
         self.promoted = 0
         self.fired = 0
@@ -81,6 +85,7 @@ class Scheduler:
         self._stopping = asyncio.Event()
         self._next_reap = 0.0
         self._next_reconcile = 0.0
+        self._next_count = 0.0
         #: store failures in a row: rounds back off 1 s doubling to 30 s, one traceback
         self._outage = Outage("scheduler round", log)
         self._reconcile_outage = Outage("broker reconcile", log, level=logging.WARNING)
@@ -161,13 +166,16 @@ class Scheduler:
             await self._reconcile()
         if self.retention is not None:
             self.retention.due(now, lambda: self.leading)
+        if now >= self._next_count:  # roll finished tasks up once enough piled up
+            self._next_count = now + counts.ADVANCE_SECONDS
+            counts.advance_soon(self._full_store, now)
         return await self._sleep(tasks=True)
 
     async def _sleep(self, *, tasks: bool) -> float:
         """Seconds until the next due time (waiting tasks while leading, slots of the
         partitions held), the next reap and lease renewal, at most ``poll_seconds``."""
         held = None if self.ownership.all else self.ownership.partitions
-        due = await self.store.next_due_at(held, tasks=tasks)
+        due = await self.store.next_due_at(held, tasks=tasks, ahead=self.fire_ahead)
         now = time.time()
         sleep = min(self.poll_seconds, max(self._renew_at - now, 0.0))
         if tasks:
@@ -176,7 +184,7 @@ class Scheduler:
 
     async def _fire(self, now: float) -> int:
         fired = await self.store.fire_due_schedules(
-            now, self.batch, owned=list(self.ownership.fences.values())
+            now, self.batch, owned=list(self.ownership.fences.values()), ahead=self.fire_ahead
         )
         self.fired += fired
         return fired

@@ -14,7 +14,7 @@ from typing import Any
 from chronoq import lifecycle, states
 from chronoq.batching import GroupCommit
 from chronoq.events import EventBus
-from chronoq.models import Attempt, QueueStats, TaskCreate, to_datetime
+from chronoq.models import Attempt, QueueStats, TaskCreate
 from chronoq.notify import Hub
 from chronoq.states import Status
 from chronoq.store import uniqueness, workflows
@@ -252,31 +252,11 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
         return [TaskRecord.from_row(r) for r in rows]
 
     async def queue_stats(self, now: float, namespace: str | None = None) -> list[QueueStats]:
-        where, args = ("WHERE namespace = $1 ", [namespace]) if namespace else ("", [])
-        async with self.conn() as c:
-            rows = await c.fetch(
-                "SELECT queue, status, COUNT(*) AS n, MIN(run_at) AS oldest "
-                f"FROM tasks {where}GROUP BY queue, status ORDER BY queue",
-                *args,
-            )
-        stats: dict[str, QueueStats] = {}
-        for row in rows:
-            entry = stats.setdefault(
-                row["queue"],
-                QueueStats(queue=row["queue"], counts={s: 0 for s in Status}, depth=0),
-            )
-            status = Status(row["status"])
-            entry.counts[status] = row["n"]
-            if status is Status.QUEUED:
-                entry.depth = row["n"]
-                entry.oldest_queued_age_seconds = max(0.0, now - row["oldest"])
-        for queue, pause in (await self.paused_queues()).items():  # also when it holds none
-            entry = stats.setdefault(
-                queue, QueueStats(queue=queue, counts={s: 0 for s in Status}, depth=0)
-            )
-            entry.paused, entry.paused_at = True, to_datetime(pause.paused_at)
-            entry.paused_by = pause.paused_by
-        return [stats[queue] for queue in sorted(stats)]
+        """Counts per queue and status, at a cost that follows the active tasks
+        (:mod:`chronoq.store.counts`)."""
+        from chronoq.store import counts  # counts imports this module
+
+        return await counts.queue_stats(self, now, namespace)
 
     # -- user actions ------------------------------------------------------------------------
     async def cancel_task(
@@ -377,14 +357,15 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
         return queues
 
     async def next_due_at(
-        self, partitions: Sequence[int] | None = None, tasks: bool = True
+        self, partitions: Sequence[int] | None = None, tasks: bool = True, ahead: float = 0.0
     ) -> float | None:
         """The earliest time something becomes due: a waiting task (unless not ``tasks``)
-        or a schedule's slot (of ``partitions`` only, if given)."""
+        or a schedule's slot (of ``partitions`` only, if given) less ``ahead`` seconds
+        (slots fired ahead)."""
         parts = "" if partitions is None else f"AND part IN ({', '.join(map(str, partitions))}) "
         waiting = f"SELECT MIN(run_at) AS t FROM tasks WHERE {lifecycle.PROMOTE.where()}"
         slots = (
-            "SELECT MIN(next_fire_at) AS t FROM schedules "
+            f"SELECT MIN(next_fire_at) - {float(ahead)!r} AS t FROM schedules "
             f"WHERE paused = 0 AND next_fire_at IS NOT NULL {parts}"
         )
         if partitions is not None and not partitions:

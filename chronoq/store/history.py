@@ -12,11 +12,13 @@ cost follows the rows inside the window, never the rows stored.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from chronoq.states import TERMINAL, Status
+from chronoq.store import counts as rollup
 from chronoq.store.base import Store
 from chronoq.store.retention import FINISHED, finished_queues
 
@@ -60,10 +62,69 @@ class BucketCount:
     count: int
 
 
+def tier_for(window: Window, now: float) -> int | None:
+    """The coarsest ``finished_stats`` tier whose buckets fit the window's (its size
+    divides the bucket size and the start) and which is still kept back to the start."""
+    for tier, kept in reversed(list(zip(rollup.TIERS, rollup.KEPT, strict=True))):
+        if window.bucket % tier == 0 and window.start % tier == 0 and window.start >= now - kept:
+            return tier
+    return None
+
+
+def _stats_sql(
+    window: Window, tier: int, split: float, status: Status | None
+) -> tuple[str, list[Any]]:
+    """The ``finished_stats`` rows of ``window`` before ``split``: one primary-key range."""
+    args: list[Any] = [tier, window.name or "", window.start, split]
+    where = "tier = $1 AND name = $2 AND bucket >= $3 AND bucket < $4"
+    for column, value in (
+        ("namespace", window.namespace),
+        ("queue", window.queue),
+        ("status", status.value if status is not None else None),
+    ):
+        if value is not None:
+            args.append(value)
+            where += f" AND {column} = ${len(args)}"
+    return where, args
+
+
+async def _split(store: Store, window: Window) -> tuple[int, float] | None:
+    """(tier, split) when part of ``window`` (before ``split``) is read from
+    ``finished_stats``; None when all of it comes from the tasks."""
+    tier = tier_for(window, time.time())
+    if tier is None:
+        return None
+    upto = await rollup.mark(store)
+    if upto <= window.start:
+        return None
+    return tier, min(upto, window.end)
+
+
 async def counts(
     store: Store, window: Window, statuses: Sequence[Status] = STATUSES
 ) -> list[BucketCount]:
-    """Every non-zero (status, queue, bucket) count of ``window``."""
+    """Every non-zero (status, queue, bucket) count of ``window``: from ``finished_stats``
+    before the mark, from the ``tasks_finished`` ranges after it."""
+    found: list[BucketCount] = []
+    since: float | None = None
+    split = await _split(store, window)
+    if split is not None:
+        tier, since = split
+        where, args = _stats_sql(window, tier, since, None)
+        async with store.conn() as c:
+            rows = await c.fetch(
+                f"SELECT status, queue, bucket, sum(n) AS n FROM finished_stats WHERE {where} "
+                "GROUP BY status, queue, bucket",
+                *args,
+            )
+        wanted = {s.value for s in statuses}
+        for r in rows:
+            if r["status"] in wanted:
+                b = int((float(r["bucket"]) - window.start) // window.bucket)
+                if 0 <= b < window.buckets:
+                    found.append(BucketCount(Status(r["status"]), r["queue"], b, int(r["n"])))
+        if since >= window.end:
+            return found
     pairs: list[tuple[Status, str]] = []
     for status in statuses:
         if status not in TERMINAL:
@@ -72,9 +133,10 @@ async def counts(
             [window.queue] if window.queue is not None else await finished_queues(store, status)
         )
         pairs += [(status, q) for q in queues]
-    found: list[BucketCount] = []
     for first in range(0, len(pairs), _PAIRS_PER_QUERY):
-        sql, args = _statement(store.dialect, window, pairs[first : first + _PAIRS_PER_QUERY])
+        sql, args = _statement(
+            store.dialect, window, pairs[first : first + _PAIRS_PER_QUERY], since=since
+        )
         async with store.conn() as c:
             rows = await c.fetch(sql, *args)
         found += [
@@ -100,9 +162,15 @@ def _statement(
     window: Window,
     pairs: Sequence[tuple[Status, str]],
     shape: tuple[str, str] = _COUNTS,
+    since: float | None = None,
 ) -> tuple[str, list[Any]]:
-    """One UNION ALL of per-(status, queue) index ranges, shaped by ``shape``."""
+    """One UNION ALL of per-(status, queue) index ranges, shaped by ``shape``; ``since``
+    starts the ranges later than the window (its buckets still count from its start)."""
     args: list[Any] = [window.start, window.end, window.bucket]
+    lower = "$1"
+    if since is not None:
+        args.append(since)
+        lower = f"${len(args)}"
     extra = ""
     for column, value in (("name", window.name), ("namespace", window.namespace)):
         if value is not None:
@@ -114,7 +182,7 @@ def _statement(
         args += [status.value, queue]
         parts.append(
             f"{select} WHERE {FINISHED} AND status = ${len(args) - 1} "
-            f"AND queue = ${len(args)} AND updated_at >= $1 AND updated_at < $2{extra}{group}"
+            f"AND queue = ${len(args)} AND updated_at >= {lower} AND updated_at < $2{extra}{group}"
         )
     return " UNION ALL ".join(parts), args
 
@@ -153,7 +221,14 @@ def quantiles(values: Sequence[float], qs: Sequence[float] = QUANTILES) -> tuple
 async def durations(store: Store, window: Window) -> list[BucketDurations]:
     """Run and wait time quantiles per bucket of the tasks that succeeded in ``window``:
     the ranges :func:`counts` reads, each row joined to its last attempt by primary key.
-    PostgreSQL computes the quantiles; SQLite's rows are ranked here."""
+    PostgreSQL computes the quantiles; SQLite's rows are ranked here.
+
+    Once part of the window lies before the mark (:mod:`chronoq.store.counts`), that part
+    comes from the histograms of ``finished_stats`` and the rest is binned the same way:
+    each quantile is then the middle of the histogram bin holding it (within 13 %)."""
+    split = await _split(store, window)
+    if split is not None:
+        return await _binned(store, window, *split)
     queues = (
         [window.queue]
         if window.queue is not None
@@ -192,4 +267,45 @@ def _ranked(rows: Sequence[Any], buckets: int) -> list[BucketDurations]:
     return [
         BucketDurations(b, len(runs), quantiles(runs), quantiles(waits))
         for b, (runs, waits) in sorted(grouped.items())
+    ]
+
+
+async def _binned(store: Store, window: Window, tier: int, split: float) -> list[BucketDurations]:
+    """:func:`durations` from histograms: ``finished_stats`` before ``split``, the tasks'
+    own attempts after it (binned here)."""
+    where, args = _stats_sql(window, tier, split, Status.SUCCEEDED)
+    merged: dict[int, rollup.Stat] = {}
+    async with store.conn() as c:
+        rows = await c.fetch(
+            f"SELECT bucket, n, run, wait FROM finished_stats WHERE {where}", *args
+        )
+    for r in rows:
+        b = int((float(r["bucket"]) - window.start) // window.bucket)
+        if 0 <= b < window.buckets and r["run"] is not None:
+            merged.setdefault(b, rollup.Stat()).merge(rollup.Stat.of(r))
+    if split < window.end:
+        queues = (
+            [window.queue]
+            if window.queue is not None
+            else await finished_queues(store, Status.SUCCEEDED)
+        )
+        for first in range(0, len(queues), _PAIRS_PER_QUERY):
+            pairs = [(Status.SUCCEEDED, q) for q in queues[first : first + _PAIRS_PER_QUERY]]
+            sql, args = _statement(store.dialect, window, pairs, _TIMES, since=split)
+            async with store.conn() as c:
+                for r in await c.fetch(sql, *args):
+                    b = int(r["b"])
+                    if 0 <= b < window.buckets and r["run"] is not None:
+                        stat = merged.setdefault(b, rollup.Stat())
+                        stat.n += 1
+                        stat.add(float(r["run"]), float(r["wait"]))
+    return [
+        BucketDurations(
+            b,
+            stat.n,
+            rollup.hist_quantiles(stat.run, QUANTILES),
+            rollup.hist_quantiles(stat.wait, QUANTILES),
+        )
+        for b, stat in sorted(merged.items())
+        if stat.run
     ]

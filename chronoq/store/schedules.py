@@ -179,7 +179,7 @@ class ScheduleRecord:
         slot = self.recurrence().next_after(t)
         return None if self.end_at is not None and slot > self.end_at else slot
 
-    def plan(self, now: float) -> FirePlan:
+    def plan(self, now: float, ahead: float = 0.0) -> FirePlan:
         assert self.next_fire_at is not None
         return plan(
             self.recurrence(),
@@ -190,6 +190,7 @@ class ScheduleRecord:
             grace=self.misfire_grace_seconds,
             end_at=self.end_at,
             jitter=self.jitter_seconds,
+            ahead=ahead,
         )
 
     def values(self) -> tuple[Any, ...]:
@@ -399,9 +400,13 @@ class ScheduleQueries(LeaseQueries):
         limit: int = 500,
         fence: Fence | None = None,
         owned: Sequence[Fence] | None = None,
+        ahead: float = 0.0,
     ) -> int:
         """Insert the tasks of every due slot and move each schedule to its next slot, in one
-        transaction. ``ON CONFLICT (schedule_id, slot) DO NOTHING``: a slot never fires twice,
+        transaction. ``ahead``: also the slots due within that many seconds, their tasks
+        ``scheduled`` until due (the leader promotes them then), so a burst of slots
+        sharing one instant is inserted before it rather than after.
+        ``ON CONFLICT (schedule_id, slot) DO NOTHING``: a slot never fires twice,
         even with several schedulers. ``owned``: only the partitions of these partition
         leases (:mod:`chronoq.partitions`), each fence checked in the transaction (None: all
         partitions). A schedule whose ``overlap_policy`` is not ``allow`` first looks at its
@@ -421,7 +426,7 @@ class ScheduleQueries(LeaseQueries):
             rows = await c.fetch(
                 f"SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 {only}"
                 f"ORDER BY next_fire_at LIMIT $2{self.skip_locked}",
-                now,
+                now + ahead,
                 limit,
             )
             due = [ScheduleRecord.from_row(row) for row in rows]
@@ -451,7 +456,8 @@ class ScheduleQueries(LeaseQueries):
             for record in (*due, *waiting):
                 slots: list[tuple[float, float]] = []
                 if record.id in ids:
-                    fire = record.plan(now)
+                    # an overlap policy decides on the runs of now, so its slots never fire ahead
+                    fire = record.plan(now, ahead if record.overlap_policy == "allow" else 0.0)
                     slots = list(zip(fire.slots, fire.run_at, strict=True))
                     last = fire.slots[-1] if fire.slots else record.last_fire_at
                     moves.append((record.id, fire.next_fire_at, last, now))
