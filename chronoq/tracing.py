@@ -17,7 +17,7 @@ import os
 import re
 import sys
 from collections.abc import Coroutine, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -205,13 +205,22 @@ def slot_traceparent(schedule_id: str, slot: float | None) -> str | None:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
-@contextmanager
-def run_span(task: TaskRecord) -> Iterator[Span | None]:
+#: what :func:`run_span` returns when tracing is off: one shared, reusable no-op
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
+
+
+def run_span(task: TaskRecord) -> AbstractContextManager[Span | None]:
     """Around one attempt: the run span, child of the task's submission, current while
-    the handler runs (its own spans nest under it); None when tracing is off."""
+    the handler runs (its own spans nest under it); None when tracing is off (then it
+    costs one call: no generator per attempt)."""
     if tracer is None:
-        yield None
-        return
+        return _NO_SPAN
+    return _run_span(task)
+
+
+@contextmanager
+def _run_span(task: TaskRecord) -> Iterator[Span | None]:
+    assert tracer is not None
     from opentelemetry.trace import SpanKind
 
     with tracer.start_as_current_span(
