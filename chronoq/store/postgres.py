@@ -495,10 +495,14 @@ class PostgresStore(Store):
                 "count(*) AS n FROM ended GROUP BY worker_id) AS f "
                 "WHERE o.worker_id = f.worker_id), "
                 f"{step}"
+                # driven by the rows that ended (the planner takes them for one row), so
+                # each attempt is an index probe even in a plan cached while the table was
+                # small (joined to input, a hash join over a scan of all attempts)
                 "closed AS (UPDATE attempts a SET finished_at = i.finished_at, "
                 "outcome = i.outcome, result = i.result, error = i.error, "
-                "traceback = i.traceback FROM input i WHERE a.task_id = i.task_id "
-                "AND a.attempt = i.attempt AND a.finished_at IS NULL) "
+                "traceback = i.traceback FROM ended e JOIN input i ON i.task_id = e.id "
+                "AND i.attempt = e.attempts WHERE a.task_id = e.id AND a.attempt = e.attempts "
+                "AND a.finished_at IS NULL) "
                 f"SELECT id, attempts, workflow_id{tail}",
                 *(list(column) for column in columns),
             )
