@@ -8,7 +8,6 @@ transaction and spell a list parameter.
 from __future__ import annotations
 
 import abc
-import functools
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -56,17 +55,6 @@ RETRY = (
     f"{lifecycle.RETRY.to()}, run_at = $2, updated_at = $2, max_attempts = CASE WHEN "
     "max_attempts > attempts THEN max_attempts ELSE attempts + 1 END, unique_key = NULL"
 )
-
-
-@functools.lru_cache(maxsize=4)
-def _pick_sql(skip_locked: str) -> str:
-    """The ``tasks_ready`` walk a claim takes its ids from: queue ``$4``, ``$5`` of them."""
-    return (
-        f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND queue = $4 "
-        f"AND {not_paused('$4')} ORDER BY priority DESC, run_at, id "
-        f"LIMIT $5{skip_locked}"
-    )
-
 
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
 
@@ -560,7 +548,11 @@ class Store(LeaseQueries, KeyQueries, PauseQueries, ScheduleQueries, WorkerQueri
         queue gives nothing (checked in the same statement).
         ``offer`` (the worker's queues): the slots left free may take hand-offs of new tasks
         of those queues (PostgreSQL)."""
-        pick = _pick_sql(self.skip_locked)
+        pick = (
+            f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND queue = $4 "
+            f"AND {not_paused('$4')} ORDER BY priority DESC, run_at, id "
+            f"LIMIT $5{self.skip_locked}"
+        )
         return await self._claim(pick, worker_id, now, lease, queue, limit, offer=offer)
 
     async def claim_ids(
