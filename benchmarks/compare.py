@@ -9,7 +9,10 @@ Run from the repository root (every worker imports a module of ``benchmarks/``):
 
 Systems (``--systems``, default all): ``chronoq-pg`` (PostgreSQL store, the default
 broker), ``chronoq-redis`` (PostgreSQL store + Redis Streams broker,
-``CHRONOQ_BROKER_URL``), ``celery`` (Redis broker and result backend), ``rq`` (the default
+``CHRONOQ_BROKER_URL``), ``celery-fast`` (Celery's fastest honest setup, the main Celery
+row: no result backend, ``ignore_result``, prefork, prefetch multiplier 64; each handler
+writes its end to a Redis hash, which is how the benchmark sees it finish), ``celery``
+(Celery as it ran before: Redis broker and result backend, prefetch 4), ``rq`` (the default
 forking ``Worker``) and ``rq-simple`` (``SimpleWorker``, no fork per job). Each one, in
 turn: flush its Redis databases (and create a fresh PostgreSQL schema for chronoq), start
 its worker processes, warm them up until every process has run a task, then
@@ -19,6 +22,10 @@ its worker processes, warm them up until every process has run a task, then
    more with one call at a time (chronoq's client too: ``one at a time`` rows); then pause
    the workers (SIGSTOP), enqueue N more, resume them and time the backlog (``drain/s`` =
    N / (last completion - resume)), with the CPU the workers and the servers spent on it;
+   1c. **cold drain** (``--no-cold-drain`` skips it): with every worker process stopped,
+   enqueue N more, start the workers and time from their spawn to the last completion
+   (start-up included), with the PostgreSQL + Redis server CPU per task (``/proc/<pid>/stat``
+   utime + stime of every ``postgres`` and ``redis-server`` process, before and after);
 2. **latency**: ``--latency-tasks`` tasks submitted one by one at ``--latency-rate``/s to
    the idle system; each handler writes ``time.time()`` to Redis as it starts, the client
    takes ``time.time()`` right before each submit call (one clock): submit->start p50/p99;
@@ -47,7 +54,7 @@ Layouts, K = ``--workers`` processes:
   tasks, the parent reads the broker); K ``celery worker -P threads -c
   io-concurrency/K`` for phase 3, since K prefork processes can only run K tasks at once;
   ``--without-gossip --without-mingle --without-heartbeat``, otherwise Celery's defaults
-  (early acks, prefetch multiplier 4);
+  (early acks, prefetch multiplier 4; ``celery-fast``: 64, no result backend);
 * RQ: K ``rq worker`` processes throughout. An RQ worker runs one job at a time, so
   phase 3 runs K sleeps at once whatever ``--io-concurrency`` says; the table reports what
   K processes achieve. ``--rq-io-processes P`` adds a phase-3 run with P SimpleWorker
@@ -101,13 +108,22 @@ from benchmarks.common import (  # noqa: E402
 )
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
-SYSTEMS = ("chronoq-pg", "chronoq-redis", "celery", "rq", "rq-simple")
+SYSTEMS = ("chronoq-pg", "chronoq-redis", "celery-fast", "celery", "rq", "rq-simple")
 LABELS = {
     "chronoq-pg": "chronoq pg",
     "chronoq-redis": "chronoq pg+redis",
-    "celery": "celery",
+    "celery-fast": "celery fast",
+    "celery": "celery results",
     "rq": "rq",
     "rq-simple": "rq simple",
+}
+#: what each Celery row is (printed under the table)
+CELERY_SETUPS = {
+    "celery-fast": "Celery's fastest honest setup (the main row): no result backend "
+    "(ignore_result), prefork, prefetch multiplier 64; each handler writes its end to a "
+    "Redis hash so the benchmark sees it",
+    "celery": "Celery as before: Redis result backend (date_done), prefork, prefetch "
+    "multiplier 4 (the default)",
 }
 DB = {"chronoq": 7, "celery": 8, "rq": 9, "celery-results": 10, "stamps": 11}
 
@@ -133,6 +149,10 @@ class Result:
     serial_end_to_end_per_second: float | None = None
     drain_seconds: float | None = None
     drain_per_second: float | None = None
+    #: N queued before any worker process exists: spawn -> last completion
+    cold_drain_seconds: float | None = None
+    cold_drain_per_second: float | None = None
+    cold_server_cpu_ms_per_task: float | None = None
     worker_cpu_ms_per_task: float | None = None
     server_cpu_ms_per_task: float | None = None
     latency: Percentiles = field(default_factory=Percentiles)
@@ -171,8 +191,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+#: the postmaster of the benchmark's PostgreSQL server (:func:`preflight`; None: unknown,
+#: then every ``postgres`` process on the machine counts)
+POSTMASTER: int | None = None
+
+
 def server_pids() -> list[int]:
-    """The PostgreSQL and Redis server processes on this machine."""
+    """The benchmark's PostgreSQL server (its postmaster and every backend: another
+    cluster on the machine is left out) and the Redis server processes."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -180,9 +206,28 @@ def server_pids() -> list[int]:
                 comm = (entry / "comm").read_text().strip()
             except OSError:
                 continue
-            if comm in ("postgres", "redis-server"):
+            if comm == "redis-server" or (comm == "postgres" and POSTMASTER is None):
                 pids.append(int(entry.name))
+    if POSTMASTER is not None:
+        pids += [POSTMASTER, *descendants(POSTMASTER)]
     return pids
+
+
+class ServerCpu:
+    """CPU seconds the servers spend from now until :meth:`spent`: the processes alive at
+    either end (a backend that starts meanwhile counts whole; one that exits meanwhile
+    lands in its postmaster's reaped-children time, which is counted)."""
+
+    def __init__(self) -> None:
+        self.before = self._sample()
+
+    @staticmethod
+    def _sample() -> dict[int, float]:
+        return {pid: cpu_seconds(pid, reaped=pid == POSTMASTER) for pid in server_pids()}
+
+    def spent(self) -> float:
+        after = self._sample()
+        return sum(cpu - self.before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def cpu_busy(window: float = 1.0) -> float:
@@ -489,16 +534,27 @@ class Chronoq(System):
 
 
 class Celery(System):
-    name = "celery"
+    """``fast``: :mod:`benchmarks.celery_fast_app` (no result backend, prefetch 64; ends
+    read from the handlers' own Redis hash), else :mod:`benchmarks.celery_app`."""
+
     databases = (DB["celery"], DB["celery-results"])
 
-    def __init__(self, args: argparse.Namespace, log_dir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, log_dir: Path, fast: bool = False) -> None:
         super().__init__(args, log_dir)
+        self.fast = fast
+        self.name = "celery-fast" if fast else "celery"
+        self.app_module = "benchmarks.celery_fast_app" if fast else "benchmarks.celery_app"
         self.env["BENCH_CELERY_BROKER"] = f"{args.redis}/{DB['celery']}"
         self.env["BENCH_CELERY_BACKEND"] = f"{args.redis}/{DB['celery-results']}"
+        self.env["BENCH_CELERY_DONE"] = f"{args.redis}/{DB['celery-results']}"
 
     async def setup(self) -> None:
-        for key in ("BENCH_CELERY_BROKER", "BENCH_CELERY_BACKEND", "BENCH_STAMPS_URL"):
+        for key in (
+            "BENCH_CELERY_BROKER",
+            "BENCH_CELERY_BACKEND",
+            "BENCH_CELERY_DONE",
+            "BENCH_STAMPS_URL",
+        ):
             os.environ[key] = self.env[key]
         try:
             import celery  # noqa: F401
@@ -508,9 +564,9 @@ class Celery(System):
             ) from None
         import redis
 
-        from benchmarks import celery_app
+        from benchmarks import celery_app, celery_fast_app
 
-        self.mod = celery_app
+        self.mod = celery_fast_app if self.fast else celery_app
         self.results = redis.Redis.from_url(self.env["BENCH_CELERY_BACKEND"])
 
     async def teardown(self) -> None:
@@ -524,7 +580,7 @@ class Celery(System):
             "-m",
             "celery",
             "-A",
-            "benchmarks.celery_app",
+            self.app_module,
             "worker",
             "--loglevel",
             "WARNING",
@@ -558,10 +614,23 @@ class Celery(System):
         self.mod.stamp.delay(key, token)
 
     async def done_count(self) -> int:
+        if self.fast:
+            return int(self.results.hlen(self.mod.DONE_KEY))
         return int(self.results.dbsize())
 
     async def outcomes(self, ids: list[str]) -> list[tuple[float | None, bool, str | None]]:
-        found = []
+        if self.fast:  # "<time> <pid>" per task id, written by the handler as it ends
+            ends: list[tuple[float | None, bool, str | None]] = []
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+                for raw in self.results.hmget(self.mod.DONE_KEY, chunk):
+                    if raw is None:
+                        ends.append((None, False, None))
+                        continue
+                    at, pid = (raw.decode() if isinstance(raw, bytes) else raw).split()
+                    ends.append((float(at), True, pid))
+            return ends
+        found: list[tuple[float | None, bool, str | None]] = []
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
             for raw in self.results.mget([f"celery-task-meta-{i}" for i in chunk]):
@@ -677,8 +746,8 @@ class RQ(System):
 def make_system(name: str, args: argparse.Namespace, log_dir: Path) -> System:
     if name.startswith("chronoq"):
         return Chronoq(args, log_dir, broker=name == "chronoq-redis")
-    if name == "celery":
-        return Celery(args, log_dir)
+    if name in ("celery", "celery-fast"):
+        return Celery(args, log_dir, fast=name == "celery-fast")
     return RQ(args, log_dir, simple=name == "rq-simple")
 
 
@@ -784,8 +853,7 @@ async def throughput(system: System, result: Result, profiler: Profiler | None) 
         t0 = time.perf_counter()
         ids = await system.enqueue("noop", n)
         result.backlog_enqueue_per_second = n / (time.perf_counter() - t0)
-        servers = server_pids()
-        server_before = sum(cpu_seconds(p) for p in servers)
+        servers = ServerCpu()
         if profiler:
             profiler.start_workers(system)
         worker_before = system.procs.cpu()
@@ -798,9 +866,7 @@ async def throughput(system: System, result: Result, profiler: Profiler | None) 
         if profiler:
             profiler.stop_workers(system)
     result.worker_cpu_ms_per_task = (system.procs.cpu() - worker_before) * 1000 / n
-    result.server_cpu_ms_per_task = (
-        (sum(cpu_seconds(p) for p in servers) - server_before) * 1000 / n
-    )
+    result.server_cpu_ms_per_task = servers.spent() * 1000 / n
     finished = await finish_times(system, ids, result, "backlog")
     if finished:
         result.drain_seconds = max(finished) - resumed
@@ -810,6 +876,31 @@ async def throughput(system: System, result: Result, profiler: Profiler | None) 
         f"{result.worker_cpu_ms_per_task:.2f} ms/task, servers "
         f"{result.server_cpu_ms_per_task:.2f} ms/task"
     )
+
+
+async def cold_drain(system: System, result: Result) -> str:
+    """N tasks queued while no worker process runs, then the no-op layout started: the
+    backlog drain from cold (spawn -> last completion, start-up and warm-up included),
+    with the PostgreSQL + Redis server CPU it took. Returns the layout (left running)."""
+    n, timeout = result.tasks, system.args.timeout
+    say(f"  [1c] cold drain: {n:,} tasks queued with no worker running, then workers started")
+    base = await system.done_count()
+    ids = await system.enqueue("noop", n)
+    await asyncio.sleep(0.5)
+    servers = ServerCpu()
+    spawned = time.time()
+    layout = system.start("noop")
+    await wait_done(system, base + n, timeout, "cold drain")
+    result.cold_server_cpu_ms_per_task = servers.spent() * 1000 / n
+    finished = await finish_times(system, ids, result, "cold drain")
+    if finished:
+        result.cold_drain_seconds = max(finished) - spawned
+        result.cold_drain_per_second = len(finished) / result.cold_drain_seconds
+    say(
+        f"      cold drain {result.cold_drain_per_second or 0:,.0f}/s, servers "
+        f"{result.cold_server_cpu_ms_per_task:.2f} ms/task"
+    )
+    return layout
 
 
 async def latency(system: System, result: Result, stamps: Any) -> None:
@@ -979,6 +1070,13 @@ async def run_system(
             say(f"  FAILED: {exc}")
         result.worker_peak_rss_mib = system.procs.peak_rss_mib()
         result.errors += system.procs.stop()
+        if args.cold_drain:
+            try:
+                await cold_drain(system, result)
+            except BenchError as exc:
+                result.errors.append(str(exc))
+                say(f"  FAILED: {exc}")
+            result.errors += system.procs.stop()
         # phase 3: the I/O layout (RQ keeps its one-job-per-process workers)
         result.io_layout = system.start("io")
         say(f"  restarted: {result.io_layout}")
@@ -1042,6 +1140,8 @@ ROWS: list[tuple[str, Callable[[Result], float | None], int, bool]] = [
     ("(1) drain tasks/s (backlog)", lambda r: r.drain_per_second, 0, True),
     ("(1) worker CPU ms/task (drain)", lambda r: r.worker_cpu_ms_per_task, 2, False),
     ("(1) PG+Redis CPU ms/task (drain)", lambda r: r.server_cpu_ms_per_task, 2, False),
+    ("(1c) drain tasks/s, workers started cold", lambda r: r.cold_drain_per_second, 0, True),
+    ("(1c) PG+Redis CPU ms/task (cold drain)", lambda r: r.cold_server_cpu_ms_per_task, 2, False),
     ("(2) submit->start p50 ms", lambda r: r.latency.p50_ms, 2, False),
     ("(2) submit->start p99 ms", lambda r: r.latency.p99_ms, 2, False),
     ("(2) p99 ms, all runs pooled", lambda r: r.latency_pooled.p99_ms, 2, False),
@@ -1055,16 +1155,19 @@ def table(
     results: list[Result], args: argparse.Namespace, runs: list[list[Result]] | None = None
 ) -> str:
     by = {r.system: r for r in results}
-    celery = by.get("celery")
     chronoqs = [r for r in results if r.system.startswith("chronoq")]
     headers = ["figure", *(LABELS[r.system] for r in results)]
-    ratio_cols = [r for r in chronoqs if celery is not None]
-    headers += [f"{'pg' if r.system == 'chronoq-pg' else 'pg+redis'}/celery" for r in ratio_cols]
+    # chronoq / each Celery setup: the fast one (the main row) first
+    ratio_cols = [(r, by[c]) for c in ("celery-fast", "celery") if c in by for r in chronoqs]
+    headers += [
+        f"{'pg' if r.system == 'chronoq-pg' else 'pg+redis'}/{LABELS[c.system]}"
+        for r, c in ratio_cols
+    ]
     rows = []
     for label, get, digits, _ in ROWS:
         row = [label, *(_num(get(r), digits) for r in results)]
-        for r in ratio_cols:
-            mine, theirs = get(r), get(celery) if celery else None
+        for r, celery in ratio_cols:
+            mine, theirs = get(r), get(celery)
             row.append(f"{mine / theirs:.2f}x" if mine is not None and theirs else "-")
         rows.append(row)
     rows.append(
@@ -1129,6 +1232,8 @@ def table(
             )
     for r in results:
         notes.append(f"{LABELS[r.system]}: (1-2) {r.layout or '-'}; (3) {r.io_layout or '-'}")
+        if r.system in CELERY_SETUPS:
+            notes.append(f"  {LABELS[r.system]} = {CELERY_SETUPS[r.system]}")
     for r in results:
         if r.io_extra:
             notes.append(
@@ -1284,6 +1389,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run every system R times, taking turns, and print the median "
         "of each figure (default 1)",
     )
+    parser.add_argument(
+        "--no-cold-drain",
+        dest="cold_drain",
+        action="store_false",
+        help="skip phase 1c (N tasks queued before the workers start, drained from cold)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the workers' logs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
@@ -1326,7 +1437,16 @@ def preflight(args: argparse.Namespace) -> None:
         raise SystemExit(f"cannot reach Redis at {args.redis}: {exc}") from None
 
     async def pg() -> None:
+        global POSTMASTER
         conn = await asyncpg.connect(args.database_url, timeout=5)
+        try:  # the server's own processes, for its CPU per task (same machine only)
+            data = await conn.fetchval(
+                "SELECT setting FROM pg_settings WHERE name = 'data_directory'"
+            )
+            text = (Path(data) / "postmaster.pid").read_text()
+            POSTMASTER = int(text.split()[0])
+        except (OSError, ValueError, IndexError, asyncpg.PostgresError):
+            POSTMASTER = None
         await conn.close()
 
     if any(s.startswith("chronoq") for s in args.systems):
@@ -1373,6 +1493,8 @@ def median_result(runs: list[Result]) -> Result:
         "drain_per_second",
         "worker_cpu_ms_per_task",
         "server_cpu_ms_per_task",
+        "cold_drain_per_second",
+        "cold_server_cpu_ms_per_task",
         "io_wall_seconds",
         "io_per_second",
         "worker_peak_rss_mib",

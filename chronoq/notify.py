@@ -54,9 +54,12 @@ class Hub:
             for watcher in self._watchers:
                 watcher(channel)
 
-    def ready_event(self, queues: Iterable[str]) -> asyncio.Event:
-        """An event set whenever any of ``queues`` may have work to claim."""
-        event = asyncio.Event()
+    def ready_event(
+        self, queues: Iterable[str], event: asyncio.Event | None = None
+    ) -> asyncio.Event:
+        """An event set whenever any of ``queues`` may have work to claim (``event``: one
+        of the caller's own, e.g. a subclass that wakes something else too)."""
+        event = asyncio.Event() if event is None else event
         for queue in queues:
             self._ready.setdefault(queue, set()).add(event)
         self._need(READY)

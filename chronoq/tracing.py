@@ -17,7 +17,7 @@ import os
 import re
 import sys
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -253,14 +253,23 @@ def _link(traceparent: str) -> Any:
     return Link(get_current_span(_parent(traceparent)).get_span_context())
 
 
-@contextmanager
-def run_span(task: TaskRecord) -> Iterator[Span | None]:
+#: what :func:`run_span` returns when tracing is off: one shared, reusable no-op
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
+
+
+def run_span(task: TaskRecord) -> AbstractContextManager[Span | None]:
     """Around one attempt: the run span, child of the task's submission (a workflow
     node's: of its step span), linked to its workflow parents' step spans, current while
-    the handler runs (its own spans nest under it); None when tracing is off."""
+    the handler runs (its own spans nest under it); None when tracing is off (then it
+    costs one call: no generator per attempt)."""
     if tracer is None:
-        yield None
-        return
+        return _NO_SPAN
+    return _run_span(task)
+
+
+@contextmanager
+def _run_span(task: TaskRecord) -> Iterator[Span | None]:
+    assert tracer is not None
     from opentelemetry.trace import SpanKind
 
     attributes: dict[str, Any] = {

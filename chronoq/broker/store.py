@@ -12,7 +12,6 @@ handed-off task costs no claim, as when the worker started it from the notificat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,18 @@ from chronoq.states import Status
 from chronoq.store import NotFound, Store, TaskRecord
 
 log = logging.getLogger("chronoq.worker")
+
+
+class _Signal(asyncio.Event):
+    """The hub's "a queue has work" event, which also wakes the broker's waiting fetch."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def set(self) -> None:
+        super().set()
+        self._wake()
 
 
 class StoreBroker(Broker):
@@ -49,13 +60,14 @@ class StoreBroker(Broker):
         self.queues = list(queues)
         self.lease_seconds = lease_seconds
         self.handoffs = handoffs
-        self._ready = store.hub.ready_event(self.queues)
+        self._ready = store.hub.ready_event(self.queues, _Signal(self._wake))
         self._interrupted = asyncio.Event()
+        #: the waiting fetch's future: resolved by a queue's signal or a hand-off
+        self._waiter: asyncio.Future[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._lookups: set[asyncio.Task[None]] = set()
         #: handed-off tasks no fetch returned yet, in arrival order
         self._held: dict[str, TaskRecord] = {}
-        self._arrived = asyncio.Event()  # set while ``_held`` is not empty
         #: when a fetch a hand-off cut short would have stopped waiting (monotonic)
         self._resume: float | None = None
 
@@ -86,10 +98,7 @@ class StoreBroker(Broker):
         return list(self._held)
 
     def forget(self, task_id: str) -> bool:
-        found = self._held.pop(task_id, None) is not None
-        if not self._held:
-            self._arrived.clear()
-        return found
+        return self._held.pop(task_id, None) is not None
 
     def take_held(self, most: int | None = None) -> list[TaskRecord]:
         return self._take(len(self._held) if most is None else most)
@@ -139,16 +148,16 @@ class StoreBroker(Broker):
         for task in tasks:
             self._held.setdefault(task.id, task)
         if self._held:
-            self._arrived.set()
+            self._wake()
 
     def _take(self, limit: int) -> list[TaskRecord]:
         """Up to ``limit`` held tasks, oldest first, no longer held."""
         if not self._held or limit <= 0:
             return []
-        taken = [self._held.pop(task_id) for task_id in list(self._held)[:limit]]
-        if not self._held:
-            self._arrived.clear()
-        return taken
+        if limit >= len(self._held):
+            taken, self._held = list(self._held.values()), {}
+            return taken
+        return [self._held.pop(task_id) for task_id in list(self._held)[:limit]]
 
     # -- fetching ----------------------------------------------------------------------------
     async def fetch(self, limit: int, timeout: float) -> list[TaskRecord]:
@@ -193,21 +202,28 @@ class StoreBroker(Broker):
             self.queues.append(self.queues.pop(0))
         return claimed
 
+    def _wake(self) -> None:
+        """Resolve the waiting fetch's future, if one waits."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def _wait(self, until: float) -> None:
-        """Until a queue is signalled, a hand-off arrives, or ``until`` (monotonic)."""
+        """Until a queue is signalled, a hand-off arrives, or ``until`` (monotonic). One
+        future and one timer: no task per wait (this runs once per hand-off)."""
         timeout = until - time.monotonic()
-        if timeout <= 0:
+        if timeout <= 0 or self._ready.is_set() or (self.handoffs and self._held):
             return
-        if not self.handoffs:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            return
-        waiters = [
-            asyncio.ensure_future(self._ready.wait()),
-            asyncio.ensure_future(self._arrived.wait()),
-        ]
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waiter)
         try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await waiter
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            timer.cancel()
+            self._waiter = None
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -4,6 +4,7 @@ and a LISTEN connection that turns other processes' notifications into local wak
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -92,6 +93,68 @@ _OFFER = (
     "ON CONFLICT (worker_id) DO UPDATE SET queues = excluded.queues, slots = excluded.slots, "
     "lease_seconds = excluded.lease_seconds, pid = excluded.pid), "
 )
+
+
+@functools.lru_cache(maxsize=32)
+def _claim_sql(pick: str, offered: bool) -> str:
+    """The claim statement around ``pick`` (a sub-select of ids, parameters from ``$4``):
+    mark running, open the attempts, and with ``offered`` the :data:`_OFFER` of the slots
+    left free. Built once per pick (the SQL text is the prepared statement's cache key)."""
+    return (
+        f"WITH {_RELAXED}, picked AS ({pick}), "
+        f"claimed AS (UPDATE tasks t SET {lifecycle.CLAIM.to()}, "
+        "attempts = t.attempts + 1, "
+        "worker_id = $1, lease_expires_at = $2, updated_at = $3 FROM picked, relaxed "
+        "WHERE t.id = picked.id RETURNING t.*), "
+        f"{_OFFER if offered else ''}opened AS (INSERT INTO attempts (task_id, attempt, "
+        "worker_id, started_at) SELECT id, attempts, $1, $3 FROM claimed) "
+        "SELECT * FROM claimed"
+    )
+
+
+#: ``t.status``, spelt so that no index on status can serve a test of it
+_UNINDEXED_STATUS = "(t.status || '')"
+
+
+@functools.lru_cache(maxsize=2)
+def _complete_sql(unblocking: bool) -> str:
+    """A worker's completions as one statement: the task rows (attempt-fenced), the
+    offer's slots given back, the attempts closed; ``unblocking``: and the workflow
+    children of the nodes that succeeded (:data:`chronoq.store.workflows.PG_UNBLOCK`).
+    Parameters: one array per :class:`Completion` field written."""
+    finish = lifecycle.FINISH
+    step, tail = workflows.PG_UNBLOCK if unblocking else ("", " FROM ended")
+    return (
+        f"WITH {_RELAXED}, "
+        "input AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], "
+        "$4::float8[], $5::text[], $6::text[], $7::float8[], $8::text[], $9::text[]) "
+        "AS x(task_id, attempt, status, next_run_at, result, error, finished_at, "
+        "outcome, traceback)), "
+        f"ended AS (UPDATE tasks t SET {finish.to_each('i.status')}, "
+        "run_at = COALESCE(i.next_run_at, t.run_at), result = i.result, "
+        "error = i.error, updated_at = i.finished_at, lease_expires_at = NULL "
+        "FROM input i, relaxed WHERE t.id = i.task_id AND t.attempts = i.attempt "
+        # the status test is spelt so that no index on status can serve it: the plan a
+        # worker caches in its first seconds (before the table has statistics) would
+        # otherwise be a bitmap scan of all of tasks_leases, dead entries included, on
+        # every completion; this way each row is a tasks_pkey probe
+        f"AND {finish.where(_UNINDEXED_STATUS)} "
+        "RETURNING t.id, t.attempts, t.worker_id, t.workflow_id, t.status, "
+        "t.updated_at), "
+        "freed AS (UPDATE offers o SET slots = o.slots + f.n FROM (SELECT worker_id, "
+        "count(*) AS n FROM ended GROUP BY worker_id) AS f "
+        "WHERE o.worker_id = f.worker_id), "
+        f"{step}"
+        # driven by the rows that ended (the planner takes them for one row), so each
+        # attempt is an index probe even in a plan cached while the table was small
+        # (joined to input instead: a hash join over a scan of all attempts)
+        "closed AS (UPDATE attempts a SET finished_at = i.finished_at, "
+        "outcome = i.outcome, result = i.result, error = i.error, "
+        "traceback = i.traceback FROM ended e JOIN input i ON i.task_id = e.id "
+        "AND i.attempt = e.attempts WHERE a.task_id = e.id AND a.attempt = e.attempts "
+        "AND a.finished_at IS NULL) "
+        f"SELECT id, attempts, workflow_id{tail}"
+    )
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
@@ -404,17 +467,9 @@ class PostgresStore(Store):
         (the worker's queues), the same statement offers the slots left free for hand-offs
         (:data:`_OFFER`), if this process hears the worker's channel."""
         pid = self._hearing(worker_channel(worker_id)) if offer else None
-        offered = "" if pid is None else _OFFER
         async with self.conn() as c:
             rows = await c.fetch(
-                f"WITH {_RELAXED}, picked AS ({pick}), "
-                f"claimed AS (UPDATE tasks t SET {lifecycle.CLAIM.to()}, "
-                "attempts = t.attempts + 1, "
-                "worker_id = $1, lease_expires_at = $2, updated_at = $3 FROM picked, relaxed "
-                "WHERE t.id = picked.id RETURNING t.*), "
-                f"{offered}opened AS (INSERT INTO attempts (task_id, attempt, worker_id, "
-                "started_at) SELECT id, attempts, $1, $3 FROM claimed) "
-                "SELECT * FROM claimed",
+                _claim_sql(pick, pid is not None),
                 worker_id,
                 now + lease,
                 now,
@@ -450,8 +505,7 @@ class PostgresStore(Store):
         workflow nodes, the statement and the workflow step share one transaction."""
         if fence is not None or lapsed is not None:
             return await super()._record(completions, fence, lapsed)
-        finish = lifecycle.FINISH
-        ending(finish, completions)
+        ending(lifecycle.FINISH, completions)
         columns = list(
             zip(
                 *(
@@ -476,32 +530,8 @@ class PostgresStore(Store):
         # (rare) dooms its descendants in a second one, in the same transaction
         dying = any(x.status is Status.DEAD for x in nodes)
         unblocking = bool(nodes) and not dying
-        step, tail = workflows.PG_UNBLOCK if unblocking else ("", " FROM ended")
         async with self.tx() if dying else self.conn() as c:
-            rows = await c.fetch(
-                f"WITH {_RELAXED}, "
-                "input AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], "
-                "$4::float8[], $5::text[], $6::text[], $7::float8[], $8::text[], $9::text[]) "
-                "AS x(task_id, attempt, status, next_run_at, result, error, finished_at, "
-                "outcome, traceback)), "
-                f"ended AS (UPDATE tasks t SET {finish.to_each('i.status')}, "
-                "run_at = COALESCE(i.next_run_at, t.run_at), result = i.result, "
-                "error = i.error, updated_at = i.finished_at, lease_expires_at = NULL "
-                "FROM input i, relaxed WHERE t.id = i.task_id AND t.attempts = i.attempt "
-                f"AND {finish.where('t.status')} "
-                "RETURNING t.id, t.attempts, t.worker_id, t.workflow_id, t.status, "
-                "t.updated_at), "
-                "freed AS (UPDATE offers o SET slots = o.slots + f.n FROM (SELECT worker_id, "
-                "count(*) AS n FROM ended GROUP BY worker_id) AS f "
-                "WHERE o.worker_id = f.worker_id), "
-                f"{step}"
-                "closed AS (UPDATE attempts a SET finished_at = i.finished_at, "
-                "outcome = i.outcome, result = i.result, error = i.error, "
-                "traceback = i.traceback FROM input i WHERE a.task_id = i.task_id "
-                "AND a.attempt = i.attempt AND a.finished_at IS NULL) "
-                f"SELECT id, attempts, workflow_id{tail}",
-                *(list(column) for column in columns),
-            )
+            rows = await c.fetch(_complete_sql(unblocking), *(list(column) for column in columns))
             advanced = [r for r in rows if unblocking and r["status"] is not None]
             rows = [r for r in rows if not unblocking or r["status"] is None]
             if dying:

@@ -150,6 +150,35 @@ def _optional(row: Row, column: str) -> Any:
         return None
 
 
+#: columns later migrations added, which a row read before them (or a partial one) lacks
+_LATER = (
+    "workflow_id",
+    "node",
+    "traceparent",
+    "unique_key",
+    "concurrency_key",
+    "concurrency_limit",
+    "rate_interval",
+)
+
+
+def _later_columns(row: Row) -> tuple[Any, ...]:
+    """The :data:`_LATER` columns of ``row``: read at once when all are there (a whole
+    row: the usual case), else one by one."""
+    try:
+        return (
+            row["workflow_id"],
+            row["node"],
+            row["traceparent"],
+            row["unique_key"],
+            row["concurrency_key"],
+            row["concurrency_limit"],
+            row["rate_interval"],
+        )
+    except (KeyError, IndexError):
+        return tuple(_optional(row, column) for column in _LATER)
+
+
 @dataclass(slots=True)
 class TaskRecord:
     """A row of ``tasks``, decoded."""
@@ -191,6 +220,15 @@ class TaskRecord:
 
     @classmethod
     def from_row(cls, row: Row) -> TaskRecord:
+        (
+            workflow_id,
+            node,
+            traceparent,
+            unique_key,
+            concurrency_key,
+            concurrency_limit,
+            rate_interval,
+        ) = _later_columns(row)
         return cls(
             id=row["id"],
             name=row["name"],
@@ -213,13 +251,13 @@ class TaskRecord:
             schedule_id=row["schedule_id"],
             slot=row["slot"],
             namespace=row["namespace"],
-            workflow_id=_optional(row, "workflow_id"),
-            node=_optional(row, "node"),
-            traceparent=_optional(row, "traceparent"),
-            unique_key=_optional(row, "unique_key"),
-            concurrency_key=_optional(row, "concurrency_key"),
-            concurrency_limit=_optional(row, "concurrency_limit"),
-            rate_interval=_optional(row, "rate_interval"),
+            workflow_id=workflow_id,
+            node=node,
+            traceparent=traceparent,
+            unique_key=unique_key,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
+            rate_interval=rate_interval,
         )
 
     def event(self, at: float, **extra: Any) -> TaskEvent:
@@ -444,7 +482,11 @@ class NewTask:
         if debounce:
             held, unique_for = uniqueness.debounce_key(template.name, unique_key), run_at - now
         elif unique_for is not None:
-            held = uniqueness.unique_key(template.name, storable(template.payload), unique_key)
+            held = (
+                unique_key
+                if unique_key is not None
+                else uniqueness.unique_key(template.name, storable(template.payload), None)
+            )
         return cls(
             id=new_id(),
             name=template.name,

@@ -488,7 +488,8 @@ class ScheduleQueries(LeaseQueries):
             for start in range(0, len(tasks), INSERT_BATCH):
                 source, args = self.rows_source(tasks[start : start + INSERT_BATCH])
                 await c.execute(
-                    f"{INSERT_TASK_COLUMNS} {source} ON CONFLICT (schedule_id, slot) DO NOTHING",
+                    f"{INSERT_TASK_COLUMNS} {source} ON CONFLICT (schedule_id, slot) "
+                    "WHERE schedule_id IS NOT NULL DO NOTHING",  # the partial index (0020)
                     *args,
                 )
             await self.move_schedules(c, moves)
