@@ -584,7 +584,7 @@ async def test_a_rate_spreads_run_times_across_stores(db_url: str) -> None:
         assert record.rate_interval == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("bad", ["0/s", "5/w", "x/s", "1e9/s", "/s"])
+@pytest.mark.parametrize("bad", ["0/s", "5/w", "x/s", "1e9/s", "/s", "0.5/s", "07/s"])
 async def test_rest_refuses_bad_rates(harness: Harness, bad: str) -> None:
     response = await harness.http.post("/v1/tasks", json={"name": "chronoq.noop", "rate": bad})
     assert response.status_code == 422, response.text
