@@ -154,8 +154,9 @@ async def wait_finished(store: Any, count: int, timeout: float = 600.0) -> None:
 async def attempt_rows(store: Any) -> list[Any]:
     return await fetch(
         store,
-        "SELECT a.task_id, a.started_at, a.finished_at, t.concurrency_key AS key, "
-        "t.created_at FROM attempts a JOIN tasks t ON t.id = a.task_id ORDER BY a.started_at",
+        "SELECT a.task_id, a.started_at, a.finished_at, a.worker_id, "
+        "t.concurrency_key AS key, t.created_at FROM attempts a JOIN tasks t "
+        "ON t.id = a.task_id ORDER BY a.started_at",
     )
 
 
@@ -320,8 +321,12 @@ async def limits_main(args: Any) -> None:
                     most = most_open_per_key(rows) if mode != "unlimited" else None
                     if most is not None and most > 1:
                         say(f"  longest overlap {1000 * worst_overlap(rows):.3f} ms")
+                    # a claim opens its attempts with one started_at per worker: the number
+                    # of (worker, started_at) pairs is the number of claims that took tasks
+                    claims = len({(r["worker_id"], r["started_at"]) for r in rows})
                     print(
-                        f"keys     {n} tasks, {mode:<9} ({keys} keys): {n / span:,.0f} tasks/s"
+                        f"keys     {n} tasks, {mode:<9} ({keys} keys): {n / span:,.0f} tasks/s, "
+                        f"{n / claims:.1f} tasks per claim"
                         + (f", most open per key {most}" if most is not None else ""),
                         flush=True,
                     )

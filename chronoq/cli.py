@@ -624,6 +624,11 @@ def _echo_json(value: Any) -> None:
 @click.option("--max-attempts", type=int, default=3, show_default=True)
 @click.option("--timeout", help="fail an attempt running longer than this (30s, 5m)")
 @click.option("--idempotency-key", help="submitting the same key twice creates one task")
+@click.option(
+    "--concurrency-key", help="at most --concurrency tasks with this key run at once (default 1)"
+)
+@click.option("--concurrency", type=int, help="the key's limit (alone: per handler)")
+@click.option("--rate", help="at most this many of its key become due: 100/s, 10/m, 5000/h")
 @url_option
 @json_option
 def submit(
@@ -636,6 +641,9 @@ def submit(
     max_attempts: int,
     timeout: str | None,
     idempotency_key: str | None,
+    concurrency_key: str | None,
+    concurrency: int | None,
+    rate: str | None,
     url: str,
     as_json: bool,
 ) -> None:
@@ -658,6 +666,8 @@ def submit(
         spec["timeout_seconds"] = parse_duration(timeout)
     if idempotency_key:
         spec["idempotency_key"] = idempotency_key
+    limits = {"concurrency_key": concurrency_key, "concurrency": concurrency, "rate": rate}
+    spec.update({k: v for k, v in limits.items() if v is not None})
     task = _client_call(url, lambda c: c.submit(spec))
     if as_json:
         _echo_json(task)

@@ -106,17 +106,8 @@ def rate_interval(text: str) -> float:
     return {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit] / float(count)
 
 
-def _valid_rate(text: str) -> str:
-    if float(text.partition("/")[0]) <= 0:
-        raise ValueError("a rate needs a positive count, e.g. 100/s")
-    return text
-
-
-RateText = Annotated[
-    str,
-    Field(max_length=32, pattern=r"^[0-9]{1,9}(\.[0-9]{1,6})?/[smhd]$"),
-    AfterValidator(_valid_rate),
-]
+#: a rate: a whole count from 1 per second, minute, hour or day (``"100/s"``, ``"5000/h"``)
+RateText = Annotated[str, Field(max_length=16, pattern=r"^[1-9][0-9]{0,8}/[smhd]$")]
 
 
 class TaskTemplate(BaseModel):

@@ -130,10 +130,22 @@ def queues_table(stats: Iterable[dict[str, Any]]) -> str:
             q["queue"],
             *(str(q["counts"].get(s, 0)) for s in STATUSES),
             "paused" if q.get("paused") else "",
+            limits_cell(q.get("limits")),
         ]
         for q in stats
     ]
-    return table(rows, ["queue", *STATUSES, "state"])
+    if not any(row[-1] for row in rows):  # no concurrency keys anywhere: no column
+        return table([row[:-1] for row in rows], ["queue", *STATUSES, "state"])
+    return table(rows, ["queue", *STATUSES, "state", "limits"])
+
+
+def limits_cell(limits: dict[str, Any] | None) -> str:
+    """A queue's concurrency keys and the tasks waiting on limits, in a few words."""
+    if not limits:
+        return ""
+    keys = limits["keys_total"]
+    waiting = limits["waiting_on_concurrency"] + limits["waiting_on_rate"]
+    return f"{keys} key{'' if keys == 1 else 's'}" + (f", {waiting} waiting" if waiting else "")
 
 
 def workers_table(workers: Iterable[dict[str, Any]]) -> str:

@@ -5,8 +5,10 @@ stores (two connection pools, as two processes have) race; on SQLite and Postgre
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from chronoq.scheduler import Scheduler
 from chronoq.store import create_store
 from chronoq.store.records import INSERT_BATCH, Completion, TaskRecord
 from tests.conftest import Harness, make_settings, running
+from tests.processes import Proc, cli, start_dev
 
 
 def unique_app(db_url: str) -> App:
@@ -584,7 +587,7 @@ async def test_a_rate_spreads_run_times_across_stores(db_url: str) -> None:
         assert record.rate_interval == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("bad", ["0/s", "5/w", "x/s", "1e9/s", "/s"])
+@pytest.mark.parametrize("bad", ["0/s", "5/w", "x/s", "1e9/s", "/s", "0.5/s", "07/s"])
 async def test_rest_refuses_bad_rates(harness: Harness, bad: str) -> None:
     response = await harness.http.post("/v1/tasks", json={"name": "chronoq.noop", "rate": bad})
     assert response.status_code == 422, response.text
@@ -636,3 +639,36 @@ async def test_late_rated_tasks_still_start_at_the_rate(db_url: str) -> None:
         ]
         assert max(starts) <= 2
         assert 50 <= sum(starts) <= 55, sum(starts)
+
+
+def test_cli_submits_with_limits_and_lists_them(tmp_path: Path, procs: list[Proc]) -> None:
+    """``chronoq submit --concurrency-key/--concurrency/--rate``, ``chronoq queues`` with a
+    limits column, ``chronoq schedules add --overlap``."""
+    dev, url = start_dev(tmp_path, "--demo", "--queues", "default")
+    procs.append(dev)
+    for _ in range(2):  # "held" has no worker: both wait
+        made = cli(
+            "submit", "demo.add", "-d", '{"a": 1, "b": 2}', "--queue", "held",
+            "--concurrency-key", "cust:9", "--concurrency", "1", "--rate", "10/m",
+            "--json", "--url", url,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    task = json.loads(made.stdout)
+    assert (task["concurrency_key"], task["concurrency"]) == ("cust:9", 1)
+    assert task["rate_interval"] == 6.0 and task["status"] == "scheduled"  # its turn: +6 s
+    bad = cli("submit", "demo.add", "--rate", "fast", "--url", url)
+    assert bad.returncode != 0 and "rate" in bad.stderr
+    deadline = time.monotonic() + 10
+    while True:
+        listed = cli("queues", "--url", url)
+        row = next((ln for ln in listed.stdout.splitlines() if ln.startswith("held")), "")
+        if "1 key" in row:
+            break
+        assert time.monotonic() < deadline, listed.stdout
+        time.sleep(0.3)
+    assert listed.stdout.splitlines()[0].split()[-1] == "LIMITS"
+    added = cli(
+        "schedules", "add", "ov", "--every", "1h", "--task", "demo.add", "--overlap",
+        "buffer_one", "--url", url,
+    )  # fmt: skip
+    assert added.returncode == 0 and "overlap  buffer_one" in added.stdout, added.stderr

@@ -508,14 +508,15 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
     ) -> list[tuple[str, str, int]]:
         """Queued tasks untouched since ``before``: (id, queue, priority). They are marked
         touched now, so a broker reconciler re-publishes each at most once per period.
-        Paused queues' tasks are left out (nobody may claim them; resuming publishes them).
+        Paused queues' tasks are left out (nobody may claim them; resuming publishes them),
+        and so are keyed ones (claimed from the store, never by id: store.limits).
         ``queue``: only that queue's."""
         only, args = ("AND queue = $4 ", (queue,)) if queue is not None else ("", ())
         async with self.tx() as c:
             rows = await c.fetch(
                 "UPDATE tasks SET updated_at = $2 WHERE id IN (SELECT id FROM tasks "
                 f"WHERE {lifecycle.is_(Status.QUEUED)} AND updated_at < $1 "
-                f"AND {not_paused('tasks.queue')} "
+                f"AND concurrency_key IS NULL AND {not_paused('tasks.queue')} "
                 f"{only}ORDER BY updated_at LIMIT $3{self.skip_locked}) "
                 "RETURNING id, queue, priority",
                 before,

@@ -1,5 +1,6 @@
-"""Concurrency limits: at most N tasks of one ``concurrency_key`` run at once, across every
-queue and worker, enforced where work is taken.
+"""Concurrency and rate limits: at most N tasks of one ``concurrency_key`` run at once,
+across every queue and worker, enforced where work is taken; and at most a rate of them
+come due (:meth:`LimitQueries.spaced`) and start (:func:`starts_allowed`), by GCRA.
 
 A task with a ``concurrency_key`` (migration 0021) is outside the plain claim's index
 (``tasks_ready`` holds unkeyed tasks only, so the plain claim costs what it did). Workers of
@@ -30,7 +31,8 @@ The limited claim:
   and takes every key's first task in the order of priority, then age.
 
 A queue's first keyed task ever waits up to :data:`REFRESH_SECONDS` for the workers to
-re-read ``limited_queues``; the row stays, so later ones do not.
+re-read ``limited_queues``; the row stays, so later ones do not. docs/flow-control.md has
+the whole picture.
 """
 
 from __future__ import annotations
