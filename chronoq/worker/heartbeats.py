@@ -64,7 +64,9 @@ class Heartbeats:
             self._outage.over()
             if control is not None:
                 worker.control(control)
-            for task_id in lost:
+            # a task that ended while the heartbeat was in flight is done, not lost
+            still = set(worker.leased()) if lost else set()
+            for task_id in lost & still:
                 log.warning(
                     "task %s is no longer ours (cancelled or lease lost); stopping it", task_id
                 )
