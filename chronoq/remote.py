@@ -9,15 +9,26 @@ message, as the CLI's client does.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from chronoq.client import DEFAULT_URL, HttpClient, check, http_options, unreachable
 from chronoq.dag import Workflow, WorkflowCreate, WorkflowPage
-from chronoq.models import Task, TaskCreate, TaskPage
+from chronoq.models import (
+    Schedule,
+    ScheduleCreate,
+    SchedulePage,
+    ScheduleUpdate,
+    Task,
+    TaskCreate,
+    TaskPage,
+    WorkerInfo,
+)
 from chronoq.states import Status
 
 M = TypeVar("M")
@@ -35,7 +46,7 @@ class Call(Generic[M]):
 
     def read(self, response: httpx.Response) -> M:
         check(response)
-        return self.parse(response.json())
+        return self.parse(None if response.status_code == 204 else response.json())
 
 
 def submit_call(spec: TaskCreate | dict[str, Any]) -> Call[Task]:
@@ -74,6 +85,59 @@ def workflow_call(workflow_id: str, action: str = "") -> Call[Workflow]:
 def workflows_call(cursor: str | None, limit: int) -> Call[WorkflowPage]:
     params = {"limit": str(limit), **({"cursor": cursor} if cursor else {})}
     return Call("GET", "/v1/workflows", WorkflowPage.model_validate, params=params)
+
+
+def schedule_create_call(spec: ScheduleCreate | dict[str, Any]) -> Call[Schedule]:
+    body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, BaseModel) else spec
+    return Call("POST", "/v1/schedules", Schedule.model_validate, json=body)
+
+
+def schedule_call(key: str, action: str = "") -> Call[Schedule]:
+    """Read (no ``action``), ``pause`` or ``resume`` schedule ``key`` (its id or name)."""
+    method = "POST" if action else "GET"
+    return Call(method, f"/v1/schedules/{key}{action and '/' + action}", Schedule.model_validate)
+
+
+def schedule_update_call(key: str, changes: ScheduleUpdate | dict[str, Any]) -> Call[Schedule]:
+    body = (
+        changes.model_dump(mode="json", exclude_unset=True)
+        if isinstance(changes, BaseModel)
+        else changes
+    )
+    return Call("PATCH", f"/v1/schedules/{key}", Schedule.model_validate, json=body)
+
+
+def schedule_delete_call(key: str) -> Call[None]:
+    return Call("DELETE", f"/v1/schedules/{key}", _nothing)
+
+
+def trigger_call(key: str) -> Call[Task]:
+    return Call("POST", f"/v1/schedules/{key}/trigger", Task.model_validate)
+
+
+def schedules_call(cursor: str | None, limit: int) -> Call[SchedulePage]:
+    params = {"limit": str(limit), **({"cursor": cursor} if cursor else {})}
+    return Call("GET", "/v1/schedules", SchedulePage.model_validate, params=params)
+
+
+def workers_call(include_gone: bool) -> Call[list[WorkerInfo]]:
+    params = {"all": "true"} if include_gone else {}
+    return Call("GET", "/v1/workers", _workers, params=params)
+
+
+def worker_call(worker_id: str, action: str = "") -> Call[WorkerInfo]:
+    """Read (no ``action``), ``drain`` or ``stop`` a worker (``admin`` scope for those)."""
+    method = "POST" if action else "GET"
+    path = f"/v1/workers/{worker_id}{action and '/' + action}"
+    return Call(method, path, WorkerInfo.model_validate)
+
+
+def _nothing(_: Any) -> None:
+    return None
+
+
+def _workers(body: Any) -> list[WorkerInfo]:
+    return [WorkerInfo.model_validate(item) for item in body]
 
 
 class Client(HttpClient):
@@ -129,6 +193,49 @@ class Client(HttpClient):
 
     def retry_workflow(self, workflow_id: str) -> Workflow:
         return self.call(workflow_call(workflow_id, "retry"))
+
+    def create_schedule(self, spec: ScheduleCreate | dict[str, Any]) -> Schedule:
+        """Create a recurring schedule (a ``ScheduleCreate`` or its JSON form)."""
+        return self.call(schedule_create_call(spec))
+
+    def get_schedule(self, key: str) -> Schedule:
+        """A schedule by id or name, with its next fire times."""
+        return self.call(schedule_call(key))
+
+    def list_schedules(self, *, cursor: str | None = None, limit: int = 50) -> SchedulePage:
+        return self.call(schedules_call(cursor, limit))
+
+    def update_schedule(self, key: str, changes: ScheduleUpdate | dict[str, Any]) -> Schedule:
+        """Change the fields given (a ``ScheduleUpdate`` or its JSON form)."""
+        return self.call(schedule_update_call(key, changes))
+
+    def pause_schedule(self, key: str) -> Schedule:
+        return self.call(schedule_call(key, "pause"))
+
+    def resume_schedule(self, key: str) -> Schedule:
+        return self.call(schedule_call(key, "resume"))
+
+    def trigger_schedule(self, key: str) -> Task:
+        """Run the schedule's task now, outside its slots."""
+        return self.call(trigger_call(key))
+
+    def delete_schedule(self, key: str) -> None:
+        self.call(schedule_delete_call(key))
+
+    def workers(self, *, include_gone: bool = False) -> builtins.list[WorkerInfo]:
+        """Alive workers; ``include_gone`` adds stopped and dead ones."""
+        return self.call(workers_call(include_gone))
+
+    def get_worker(self, worker_id: str) -> WorkerInfo:
+        return self.call(worker_call(worker_id))
+
+    def drain_worker(self, worker_id: str) -> WorkerInfo:
+        """Ask a worker to finish what it runs and exit (``admin`` scope)."""
+        return self.call(worker_call(worker_id, "drain"))
+
+    def stop_worker(self, worker_id: str) -> WorkerInfo:
+        """Ask a worker for a graceful shutdown, as SIGTERM (``admin`` scope)."""
+        return self.call(worker_call(worker_id, "stop"))
 
 
 class AsyncClient:
@@ -192,6 +299,42 @@ class AsyncClient:
 
     async def retry_workflow(self, workflow_id: str) -> Workflow:
         return await self.call(workflow_call(workflow_id, "retry"))
+
+    async def create_schedule(self, spec: ScheduleCreate | dict[str, Any]) -> Schedule:
+        return await self.call(schedule_create_call(spec))
+
+    async def get_schedule(self, key: str) -> Schedule:
+        return await self.call(schedule_call(key))
+
+    async def list_schedules(self, *, cursor: str | None = None, limit: int = 50) -> SchedulePage:
+        return await self.call(schedules_call(cursor, limit))
+
+    async def update_schedule(self, key: str, changes: ScheduleUpdate | dict[str, Any]) -> Schedule:
+        return await self.call(schedule_update_call(key, changes))
+
+    async def pause_schedule(self, key: str) -> Schedule:
+        return await self.call(schedule_call(key, "pause"))
+
+    async def resume_schedule(self, key: str) -> Schedule:
+        return await self.call(schedule_call(key, "resume"))
+
+    async def trigger_schedule(self, key: str) -> Task:
+        return await self.call(trigger_call(key))
+
+    async def delete_schedule(self, key: str) -> None:
+        await self.call(schedule_delete_call(key))
+
+    async def workers(self, *, include_gone: bool = False) -> builtins.list[WorkerInfo]:
+        return await self.call(workers_call(include_gone))
+
+    async def get_worker(self, worker_id: str) -> WorkerInfo:
+        return await self.call(worker_call(worker_id))
+
+    async def drain_worker(self, worker_id: str) -> WorkerInfo:
+        return await self.call(worker_call(worker_id, "drain"))
+
+    async def stop_worker(self, worker_id: str) -> WorkerInfo:
+        return await self.call(worker_call(worker_id, "stop"))
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -11,8 +11,10 @@ import uvicorn
 import chronoq
 from chronoq import App, AsyncClient, Client, ClientError, Status, TaskCreate
 from chronoq.api import create_api
+from chronoq.models import Schedule, ScheduleCreate, ScheduleUpdate
 from tests.conftest import Harness
 from tests.processes import free_port
+from tests.waiting import until
 
 
 async def test_async_client_submits_gets_lists_cancels_retries(app: App, harness: Harness) -> None:
@@ -62,3 +64,50 @@ async def test_sync_client_against_a_served_api(app: App, harness: Harness) -> N
         await serving
     with pytest.raises(ClientError, match="cannot reach"):
         Client(f"http://127.0.0.1:{port}").get(submitted.id)
+
+
+async def test_clients_manage_schedules_and_workers(app: App, harness: Harness) -> None:
+    """Schedules (create, read, list, change, pause, resume, trigger, delete) and workers
+    (list, read, drain) through the async client; a drained worker stops claiming and
+    exits."""
+    transport = httpx.ASGITransport(app=create_api(app))
+    async with AsyncClient("http://chronoq", transport=transport) as client:
+        made = await client.create_schedule(
+            ScheduleCreate.model_validate(
+                {"name": "nightly", "cron": "0 3 * * *", "task": {"name": "report"}}
+            )
+        )
+        assert isinstance(made, Schedule) and made.cron == "0 3 * * *"
+        assert (await client.get_schedule("nightly")).id == made.id
+        page = await client.list_schedules()
+        assert [s.name for s in page.items] == ["nightly"]
+        changed = await client.update_schedule("nightly", ScheduleUpdate(cron="30 4 * * *"))
+        assert changed.cron == "30 4 * * *" and changed.task is not None
+        assert (await client.pause_schedule(made.id)).paused
+        assert not (await client.resume_schedule(made.id)).paused
+        fired = await client.trigger_schedule("nightly")
+        assert fired.name == "report" and fired.schedule_id == made.id
+        await client.delete_schedule("nightly")
+        with pytest.raises(ClientError) as gone:
+            await client.get_schedule("nightly")
+        assert gone.value.status == 404
+        with pytest.raises(ClientError) as bad:
+            await client.create_schedule({"name": "broken", "cron": "not a cron"})
+        assert bad.value.status == 422
+
+        worker = harness.start_worker(worker_id="w-client")
+
+        async def registered() -> bool:
+            return any(w.id == "w-client" for w in await client.workers())
+
+        await until(registered, "the worker never registered")
+        assert (await client.get_worker("w-client")).status == "alive"
+        assert (await client.drain_worker("w-client")).control == "drain"
+        job = next(j for w, j in harness.workers if w is worker)
+        await asyncio.wait_for(asyncio.shield(job), 15)  # it acts at its next heartbeat
+        assert (await client.get_worker("w-client")).status == "stopped"
+        assert "w-client" not in {w.id for w in await client.workers()}
+        assert "w-client" in {w.id for w in await client.workers(include_gone=True)}
+        with pytest.raises(ClientError) as unknown:
+            await client.stop_worker("w-nobody")
+        assert unknown.value.status == 404
