@@ -111,3 +111,9 @@ async def test_charts_read_the_rolled_up_statistics_as_they_read_the_tasks(db_ur
         assert n == 4
         assert [sorted(map(astuple, await counts(store, w))) for w in windows] == before
         assert await listed(store) == await truth(store)
+        # tasks finished after the mark are binned from their attempts (by the database on
+        # PostgreSQL) beside the statistics before it
+        await finished(store, "succeeded", queue="a", age=0, n=3, name="one")
+        after = await durations(store, windows[0])
+        assert sum(d.count for d in after) == 15
+        assert after[-1].count == 6 and all(v > 0 for v in after[-1].run + after[-1].wait)  # 3 + 3

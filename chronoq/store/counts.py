@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from chronoq.store.base import Store
 
 #: finished rows past the mark that make a reader (or the leader) move it
-ADVANCE_ROWS = 10_000
+ADVANCE_ROWS = 2_000
 #: how far behind the clock the mark stays (see the module docstring)
 LAG = 30.0
 #: how often the scheduler leader looks whether the mark should move
