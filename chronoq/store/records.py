@@ -421,11 +421,14 @@ def attempt_from_row(row: Row) -> Attempt:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewTask:
     """A task about to be inserted: one field per column of :data:`INSERT_TASK`, in order
     (the column list, the placeholders and PostgreSQL's array types derive from these
-    fields). ``payload`` and ``backoff`` are already JSON text: encoded once, here."""
+    fields). ``payload`` and ``backoff`` are already JSON text: encoded once, here. Not
+    frozen: a frozen dataclass sets each of its 23 fields through ``object.__setattr__``,
+    which made building one 4x slower (2.75 against 0.69 us) on every submission; change
+    one with :func:`dataclasses.replace`, never in place."""
 
     id: str
     name: str
@@ -533,13 +536,23 @@ class NewTask:
         return status_event(self, self.created_at)
 
 
+#: what :func:`limit_of` gives a task with no limits (most tasks): no key, limit or rate
+_UNLIMITED: dict[str, Any] = {
+    "concurrency_key": None,
+    "concurrency_limit": None,
+    "rate_interval": None,
+}
+
+
 def limit_of(template: TaskTemplate) -> dict[str, Any]:
     """A new task's ``concurrency_key``, ``concurrency_limit`` and ``rate_interval``: the
     template's key (or ``handler:<name>`` when it gives only a limit or a rate), its
     concurrency (1 when it gives a key and neither; none, unlimited, with a rate alone) and
     its rate as seconds between two tasks."""
     key = template.concurrency_key
-    if key is None and (template.concurrency is not None or template.rate is not None):
+    if key is None and template.concurrency is None and template.rate is None:
+        return _UNLIMITED
+    if key is None:
         key = f"handler:{template.name}"
     limit = template.concurrency
     if limit is None and key is not None and template.rate is None:
