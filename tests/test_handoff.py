@@ -197,13 +197,13 @@ async def test_a_hand_off_whose_notification_was_lost_is_found_by_the_heartbeat(
         [handed] = await c.fetch(_HANDOFF, *task.values())
         await c.execute(
             "INSERT INTO attempts (task_id, attempt, worker_id, started_at) VALUES ($1, 1, $2, $3)",
-            handed["id"],
+            task.id,
             worker.id,
-            handed["updated_at"],
+            task.updated_at,
         )
     assert handed["status"] == "running" and handed["worker_id"] == worker.id
-    assert handed["id"] not in worker.running
-    done = await setup.finished(handed["id"])
+    assert task.id not in worker.running
+    done = await setup.finished(task.id)
     assert done.attempts == 1 and setup.payloads == [{"n": 7}]
     history = await setup.client.get_attempts(done.id)
     assert [(a.worker_id, a.outcome) for a in history] == [(worker.id, "succeeded")]

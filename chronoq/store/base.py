@@ -136,17 +136,17 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
         all."""
         source, args = self.rows_source(tasks)
         inserted = await c.fetch(
-            f"{INSERT_TASK_COLUMNS} {source} ON CONFLICT DO NOTHING RETURNING *", *args
+            f"{INSERT_TASK_COLUMNS} {source} ON CONFLICT DO NOTHING RETURNING id", *args
         )
-        by_id = {r["id"]: r for r in inserted}
-        skipped = [task for task in tasks if task.id not in by_id]
+        new_ids = {r["id"] for r in inserted}
+        skipped = [task for task in tasks if task.id not in new_ids]
         existing = await self._existing(c, skipped, "idempotency_key", "idempotency")
         holders = await self._existing(c, skipped, "unique_key", "uniqueness")
         now = max((t.created_at for t in skipped), default=0.0)
         # a holder this very statement inserted is never let go (its window may be 0 s):
         # the retry below then happens at most once, whatever the batch holds
         lapsed = {
-            key for key, r in holders.items() if r["unique_until"] <= now and r["id"] not in by_id
+            key for key, r in holders.items() if r["unique_until"] <= now and r["id"] not in new_ids
         }
         for namespace, key in lapsed:
             await c.execute(uniqueness.RELEASE_LAPSED, namespace, key, now)
@@ -159,7 +159,7 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
             replaced = await c.fetch(uniqueness.DEBOUNCE, *held, task.payload, task.run_at, now)
             if replaced:
                 holders[task.uniqueness] = replaced[0]
-            elif holder["id"] not in by_id:
+            elif holder["id"] not in new_ids:
                 await c.execute(uniqueness.LET_GO, *held)
                 del holders[task.uniqueness]
 
@@ -171,8 +171,8 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
         lost = [t for t in skipped if found(t) is None]  # key's task deleted, or lapsed
         retried = iter(await self._insert_on(c, lost) if lost else [])
         return [
-            (TaskRecord.from_row(by_id[task.id]), True)
-            if task.id in by_id
+            (TaskRecord.of_inserted(task), True)
+            if task.id in new_ids
             else (TaskRecord.from_row(row), False)
             if (row := found(task)) is not None
             else next(retried)

@@ -66,6 +66,9 @@ def _handoff_value(i: int, column: str) -> str:
     )
 
 
+#: what a hand-off's INSERT returns: the columns it may set otherwise than the new task
+_HANDED_BACK = ("status", "attempts", "worker_id", "lease_expires_at")
+
 #: a task submitted on its own, inserted straight into the hands of an idle worker whose
 #: LISTEN connection is alive when one offers a slot for its queue (migration 0010; the
 #: trigger opens the attempt and sends the row), else inserted queued as usual (always when
@@ -83,7 +86,7 @@ _HANDOFF = (
     + f", offer.worker_id, ${TASK_COLUMNS.index('updated_at') + 1}::float8 "
     "+ offer.lease_seconds FROM (SELECT 1) AS one "
     "LEFT JOIN offer ON true ON CONFLICT DO NOTHING "
-    "RETURNING *"
+    "RETURNING " + ", ".join(_HANDED_BACK)
 )
 #: a claim's companion: offer the slots it left free for hand-offs ($5 limit, $6 the
 #: worker's queues, $7 its LISTEN backend's pid)
@@ -450,7 +453,9 @@ class PostgresStore(Store):
         if len(tasks) == 1 and tasks[0].status is Status.QUEUED and not tasks[0].concurrency_key:
             inserted = await c.fetch(_HANDOFF, *tasks[0].values())
             if inserted:
-                return [(TaskRecord.from_row(inserted[0]), True)]
+                row = inserted[0]
+                record = TaskRecord.of_inserted(tasks[0], *(row[k] for k in _HANDED_BACK))
+                return [(record, True)]
         return await super()._insert_on(c, tasks)
 
     async def _claim(
