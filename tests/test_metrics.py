@@ -477,6 +477,10 @@ def test_scheduler_processes_report_the_leader(tmp_path: Path, procs: list[Proc]
             scrape_until_up(urls[0], procs[0])
             scrape_until(urls[0], lambda s: value(s, "chronoq_scheduler_leader") == 1)
     scrape_until_up(urls[1], procs[1])
+    # the store gauges are a snapshot re-read at most once a second (and left out when a
+    # read timed out): one taken before the lease was won says 0 for a moment
+    for url in urls:
+        scrape_until(url, lambda s: value(s, "chronoq_scheduler_lease_held") == 1)
     both = [scrape(url) for url in urls]
     assert [value(s, "chronoq_scheduler_leader") for s in both] == [1, 0]
     assert all(value(s, "chronoq_scheduler_lease_held") == 1 for s in both)

@@ -63,8 +63,8 @@ def _valid(check: Any, value: Any) -> bool:
 
 def within_what_json_schema_cannot_say(body: Any) -> Any:
     """A generated schedule body with a working cron, a known zone and an end after its
-    start, a bulk filter with times that parse (the schema gives their types, the server
-    their meaning)."""
+    start (and a workflow whose graph holds), a bulk filter with times that parse (the
+    schema gives their types, the server their meaning)."""
     if not isinstance(body, dict):
         return body
     chosen = body.get("filter")
@@ -76,6 +76,9 @@ def within_what_json_schema_cannot_say(body: Any) -> Any:
                 del chosen[key]
     if isinstance(body.get("nodes"), list):
         a_graph(body)
+    flow = body.get("workflow")  # a schedule that starts a workflow
+    if isinstance(flow, dict) and isinstance(flow.get("nodes"), list):
+        a_graph(flow)
     if isinstance(body.get("cron"), str) and not _valid(check_cron, body["cron"]):
         body["cron"] = "*/5 * * * *"
     if isinstance(body.get("timezone"), str) and not _valid(check_timezone, body["timezone"]):
