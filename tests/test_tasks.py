@@ -368,6 +368,9 @@ async def test_graceful_stop_finishes_running_tasks_and_hands_back_the_rest(
     short = await harness.submit(name="nap", payload={"seconds": 0.3})
     long = await harness.submit(name="nap", payload={"seconds": 30}, max_attempts=3)
     await harness.wait_for(long["id"], "running")
+    # both started before the stop (the short one may have been inserted before the
+    # worker listened, and then waits for its next poll)
+    await harness.wait_for(short["id"], "running", "succeeded")
     worker.stop()
     late = await harness.submit(name="nap", payload={"seconds": 0})
     await asyncio.wait_for(job, 10)
