@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -21,6 +21,9 @@ from chronoq.config import Settings
 from chronoq.scheduler import Scheduler
 from chronoq.worker import Worker, builtin_executors
 from tests.processes import Proc
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 PG_URL = os.environ.get("CHRONOQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -175,3 +178,24 @@ def procs() -> Iterator[list[Proc]]:
     for proc in started:
         if proc.popen.poll() is None:
             proc.kill()
+
+
+@pytest.fixture
+def exported() -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process, spans kept in memory; off again afterwards (the
+    OpenTelemetry SDK is imported only by the tests that ask for this)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from chronoq import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.tracer = provider.get_tracer("chronoq")
+    try:
+        yield exporter
+    finally:
+        tracing.tracer = None
+        provider.shutdown()

@@ -11,14 +11,11 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -30,20 +27,6 @@ from chronoq.store.records import NewTask
 from tests.conftest import make_settings, running
 from tests.processes import Proc, cli, free_port, wait_ready
 from tests.test_grpc import serving
-
-
-@pytest.fixture
-def exported() -> Iterator[InMemorySpanExporter]:
-    """Tracing on in this process, spans kept in memory; off again afterwards."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.tracer = provider.get_tracer("chronoq")
-    try:
-        yield exporter
-    finally:
-        tracing.tracer = None
-        provider.shutdown()
 
 
 def _traceparent(trace_id: int, span_id: int) -> str:

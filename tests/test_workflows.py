@@ -17,14 +17,12 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as redis
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 import chronoq
-from chronoq import App, Status, WorkflowFailed, tracing
+from chronoq import App, Status, WorkflowFailed
 from chronoq.api import create_api
 from chronoq.broker import Consumer
 from chronoq.broker.redis import RedisBroker
@@ -644,20 +642,6 @@ async def test_a_schedule_starts_one_workflow_per_slot(app: App, harness: Harnes
         f"/v1/schedules/{schedule['id']}", json={"task": {"name": "add"}}
     )
     assert patched.status_code == 200 and patched.json()["workflow"] is None, patched.text
-
-
-@pytest.fixture
-def exported() -> Iterator[InMemorySpanExporter]:
-    """Tracing on in this process, spans kept in memory; off again afterwards."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.tracer = provider.get_tracer("chronoq")
-    try:
-        yield exporter
-    finally:
-        tracing.tracer = None
-        provider.shutdown()
 
 
 async def test_a_steps_run_span_links_to_its_parents_steps(
