@@ -7,6 +7,7 @@ transaction and spell a list parameter.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -425,13 +426,14 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
             keyed = await self.claim_limited(worker_id, queue, limit, now, lease)
             if len(keyed) >= limit:
                 return keyed
-        pick = (
-            f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND queue = $4 "
-            f"AND concurrency_key IS NULL AND {not_paused('$4')} ORDER BY priority DESC, "
-            f"run_at, id LIMIT $5{self.skip_locked}"
-        )
         plain = await self._claim(
-            pick, worker_id, now, lease, queue, limit - len(keyed), offer=offer
+            _queue_pick(self.skip_locked),
+            worker_id,
+            now,
+            lease,
+            queue,
+            limit - len(keyed),
+            offer=offer,
         )
         return keyed + plain if keyed else plain
 
@@ -440,13 +442,8 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
     ) -> list[TaskRecord]:
         """Take these tasks if they are still queued (a broker delivered their ids); ids of
         tasks already taken, cancelled or gone, or of a paused queue, are skipped."""
-        pick = (
-            f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND id {self.in_list('$4')} "
-            f"AND concurrency_key IS NULL AND {not_paused('tasks.queue')}"
-        )
-        return await self._claim(
-            pick + self.skip_locked, worker_id, now, lease, self.list_param(ids)
-        )
+        pick = _ids_pick(self.in_list("$4"), self.skip_locked)
+        return await self._claim(pick, worker_id, now, lease, self.list_param(ids))
 
     async def _claim(
         self,
@@ -664,6 +661,27 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
                 self.list_param(known),
             )
         return [TaskRecord.from_row(r) for r in rows]
+
+
+@functools.lru_cache(maxsize=4)
+def _queue_pick(skip_locked: str) -> str:
+    """The ``tasks_ready`` walk a claim takes its ids from (queue ``$4``, ``$5`` of them,
+    tasks without a concurrency key): built once per dialect, not per claim."""
+    return (
+        f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND queue = $4 "
+        f"AND concurrency_key IS NULL AND {not_paused('$4')} ORDER BY priority DESC, "
+        f"run_at, id LIMIT $5{skip_locked}"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _ids_pick(ids_in: str, skip_locked: str) -> str:
+    """The pick of :meth:`Store.claim_ids`: the given ids (``ids_in``, the dialect's
+    test of ``id`` against ``$4``) still claimable; built once per dialect."""
+    return (
+        f"SELECT id FROM tasks WHERE {lifecycle.CLAIM.where()} AND id {ids_in} "
+        f"AND concurrency_key IS NULL AND {not_paused('tasks.queue')}{skip_locked}"
+    )
 
 
 def _in_namespace(namespace: str | None) -> tuple[str, tuple[str, ...]]:
