@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -224,7 +225,11 @@ class Runner:
                     self.app.store,
                     poll_seconds=settings.poll_seconds,
                     worker_timeout=settings.lease_seconds,
-                    reconcile=publisher.reconcile if publisher is not None else None,
+                    reconcile=(
+                        None
+                        if publisher is None
+                        else functools.partial(publisher.reconcile, self.app.store)
+                    ),
                     retention=sweeper_for(self.app.store, settings),
                     fire_ahead=settings.schedule_fire_ahead,
                 )

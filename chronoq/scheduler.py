@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from chronoq.backoff import Outage
 from chronoq.partitions import PARTITIONS, Ownership
 from chronoq.retention import Sweeper
-from chronoq.store import Completion, Store, TaskRecord, counts, workflows
+from chronoq.store import Completion, TaskRecord, counts
 from chronoq.store.interfaces import SchedulerStore
 from chronoq.store.leases import Fence, NotLeader
 from chronoq.worker import default_worker_id
@@ -44,7 +44,7 @@ LEASE = "scheduler"
 class Scheduler:
     def __init__(
         self,
-        store: Store,
+        store: SchedulerStore,
         *,
         poll_seconds: float = 1.0,
         reap_seconds: float = 1.0,
@@ -52,14 +52,12 @@ class Scheduler:
         worker_timeout: float = 30.0,
         lease_ttl: float = 5.0,
         scheduler_id: str | None = None,
-        reconcile: Callable[[Store], Awaitable[int]] | None = None,
+        reconcile: Callable[[], Awaitable[int]] | None = None,
         reconcile_seconds: float = 5.0,
         retention: Sweeper | None = None,
         fire_ahead: float = 0.0,
     ) -> None:
-        #: all the scheduler itself calls (the whole store is only passed on to ``reconcile``)
-        self.store: SchedulerStore = store
-        self._full_store = store
+        self.store = store
         self.poll_seconds = poll_seconds
         self.reap_seconds = reap_seconds
         self.batch = batch
@@ -168,7 +166,7 @@ class Scheduler:
             self.retention.due(now, lambda: self.leading)
         if now >= self._next_count:  # roll finished tasks up once enough piled up
             self._next_count = now + counts.ADVANCE_SECONDS
-            counts.advance_soon(self._full_store, now)
+            self.store.advance_counts_soon(now)
         return await self._sleep(tasks=True)
 
     async def _sleep(self, *, tasks: bool) -> float:
@@ -216,7 +214,7 @@ class Scheduler:
         the rounds: it is retried at the next reconcile period."""
         assert self.reconcile is not None
         try:
-            self.republished += await self.reconcile(self._full_store)
+            self.republished += await self.reconcile()
         except Exception as exc:
             self._reconcile_outage.failed(exc)
             return
@@ -258,7 +256,7 @@ class Scheduler:
         tasks that died with it down again on their retry."""
         for worker_id in await self.store.mark_dead_workers(now - self.worker_timeout):
             log.warning("worker %s stopped heartbeating; marked dead", worker_id)
-        if timed_out := await workflows.time_out(self._full_store, now):
+        if timed_out := await self.store.time_out_workflows(now):
             log.warning("%d workflow(s) timed out: their unfinished steps cancelled", timed_out)
         expired = await self.store.expired_leases(now)
         if not expired:

@@ -28,7 +28,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from chronoq.store import Store
+from chronoq.store.interfaces import WorkerStore
 
 log = logging.getLogger("chronoq.watchdog")
 
@@ -57,7 +57,7 @@ class LoopWatchdog:
     when the database cannot be reached from a second connection (in-memory SQLite)."""
 
     def __init__(
-        self, worker: Watched, open_store: Callable[[], Store | None], threshold: float
+        self, worker: Watched, open_store: Callable[[], WorkerStore | None], threshold: float
     ) -> None:
         self.worker = worker
         self.open_store = open_store
@@ -73,7 +73,7 @@ class LoopWatchdog:
         self._handle: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._store: Store | None = None
+        self._store: WorkerStore | None = None
         self._own_loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:

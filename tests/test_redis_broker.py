@@ -102,7 +102,7 @@ async def test_nothing_lost_when_redis_loses_everything(broker_app: App, bh: Har
         bh.store,
         poll_seconds=0.1,
         reconcile_seconds=0.3,
-        reconcile=lambda store: publisher.reconcile(store, older_than=0.2),
+        reconcile=lambda: publisher.reconcile(bh.store, older_than=0.2),
     )
     sched_job = asyncio.create_task(scheduler.run())
     worker = redis_worker(broker_app, queue, concurrency=8)

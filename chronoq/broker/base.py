@@ -12,14 +12,15 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from chronoq.store import Store, TaskRecord
+from chronoq.store import TaskRecord
+from chronoq.store.interfaces import ClaimStore
 
 
 @dataclass(frozen=True)
 class Consumer:
     """What a broker needs to know of the worker it serves."""
 
-    store: Store
+    store: ClaimStore
     worker_id: str
     queues: tuple[str, ...]
     lease_seconds: float

@@ -26,7 +26,8 @@ from redis.exceptions import RedisError, ResponseError
 from chronoq.backoff import Outage
 from chronoq.broker.base import Broker
 from chronoq.events import EventBus, Subscription
-from chronoq.store import Store, TaskRecord
+from chronoq.store import TaskRecord
+from chronoq.store.interfaces import ClaimStore
 
 log = logging.getLogger("chronoq.broker")
 
@@ -110,7 +111,7 @@ class Publisher:
                 continue
             self._outage.over()
 
-    async def reconcile(self, store: Store, older_than: float = 5.0) -> int:
+    async def reconcile(self, store: ClaimStore, older_than: float = 5.0) -> int:
         """Re-publish tasks queued for more than ``older_than`` s that nobody picked up."""
         now = time.time()
         stale = await store.stale_queued(now - older_than, now)
@@ -119,7 +120,7 @@ class Publisher:
             log.info("re-published %d queued tasks to Redis", len(stale))
         return len(stale)
 
-    async def republish(self, store: Store, queue: str, most: int = 10_000) -> int:
+    async def republish(self, store: ClaimStore, queue: str, most: int = 10_000) -> int:
         """Publish up to ``most`` queued tasks of a queue just resumed (their messages were
         dropped while it was paused); the reconciler publishes any beyond that, and all of
         them if Redis cannot be reached now (the resume itself stands)."""
@@ -150,7 +151,7 @@ class RedisBroker(Broker):
     def __init__(
         self,
         url: str,
-        store: Store,
+        store: ClaimStore,
         worker_id: str,
         queues: Sequence[str],
         lease_seconds: float,

@@ -21,7 +21,8 @@ import orjson
 from chronoq.broker.base import Broker, Consumer
 from chronoq.notify import worker_channel
 from chronoq.states import Status
-from chronoq.store import NotFound, Store, TaskRecord
+from chronoq.store import NotFound, TaskRecord
+from chronoq.store.interfaces import ClaimStore
 
 log = logging.getLogger("chronoq.worker")
 
@@ -48,7 +49,7 @@ class StoreBroker(Broker):
 
     def __init__(
         self,
-        store: Store,
+        store: ClaimStore,
         worker_id: str,
         queues: Sequence[str],
         lease_seconds: float,

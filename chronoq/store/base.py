@@ -14,11 +14,11 @@ from typing import Any
 
 from chronoq import lifecycle, states
 from chronoq.batching import GroupCommit
-from chronoq.events import EventBus
+from chronoq.events import EventBus, ProgressEvent
 from chronoq.models import Attempt, QueueStats, TaskCreate
 from chronoq.notify import Hub
 from chronoq.states import Status
-from chronoq.store import uniqueness, workflows
+from chronoq.store import counts, tasklogs, uniqueness, workflows
 from chronoq.store.keys import KeyQueries
 from chronoq.store.leases import Fence
 from chronoq.store.limits import LimitQueries
@@ -71,6 +71,23 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
         thread that must reach the database while this store's event loop is blocked (the
         blocked-loop watchdog). None when no second connection sees the same data."""
         return None
+
+    async def write_journals(
+        self,
+        chunks: Sequence[tasklogs.Chunk],
+        steps: Sequence[tasklogs.Step],
+        events: Sequence[ProgressEvent] = (),
+    ) -> None:
+        """A worker's captured output and progress (:func:`chronoq.store.tasklogs.write`)."""
+        await tasklogs.write(self, chunks, steps, events)
+
+    def advance_counts_soon(self, now: float) -> None:
+        """Move the finished-count mark off the hot path (:func:`.counts.advance_soon`)."""
+        counts.advance_soon(self, now)
+
+    async def time_out_workflows(self, now: float) -> int:
+        """Fail the workflows past their deadline (:func:`chronoq.store.workflows.time_out`)."""
+        return await workflows.time_out(self, now)
 
     # -- submitting and reading --------------------------------------------------------------
     async def create_task(

@@ -1,10 +1,12 @@
 """The narrow views of the store its consumers need, so each depends on what it uses rather
 than on all of :class:`~chronoq.store.base.Store`.
 
-:class:`SchedulerStore` is what :class:`chronoq.scheduler.Scheduler` takes;
-:class:`WorkerStore` (a worker's own writes) and :class:`ClaimStore` (how a broker gets a
-worker its tasks) name what ``chronoq/worker.py`` and ``chronoq/broker/`` call today. Both
-stores satisfy all three (checked by mypy, :func:`_conforms`).
+:class:`SchedulerStore` is what :class:`chronoq.scheduler.Scheduler` calls;
+:class:`WorkerStore` (a worker's own writes, its journals and its blocked-loop watchdog's
+lease renewals) is what ``chronoq/worker/`` and ``chronoq/watchdog.py`` take, and
+:class:`ClaimStore` (how a broker gets a worker its tasks) is what ``chronoq/broker/`` takes.
+:class:`WorkerSide` is both, for the :class:`~chronoq.worker.Worker` that wires them. Both
+stores satisfy all of them (checked by mypy, :func:`_conforms`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from chronoq.events import EventBus, ProgressEvent
 from chronoq.notify import Hub
 from chronoq.store.leases import Fence, LeaseInfo
 from chronoq.store.records import Completion, Row, TaskRecord
+from chronoq.store.tasklogs import Chunk, Step
 from chronoq.store.workers import Served
 
 
@@ -65,6 +69,8 @@ class SchedulerStore(_Completing, Protocol):
     ) -> float | None: ...
     async def mark_dead_workers(self, silent_since: float) -> list[str]: ...
     async def expired_leases(self, now: float, limit: int = 500) -> list[TaskRecord]: ...
+    def advance_counts_soon(self, now: float) -> None: ...
+    async def time_out_workflows(self, now: float) -> int: ...
 
 
 class WorkerStore(_Completing, Protocol):
@@ -72,7 +78,15 @@ class WorkerStore(_Completing, Protocol):
 
     @property
     def outage_errors(self) -> tuple[type[Exception], ...]: ...
-    def sibling(self) -> object | None: ...
+    @property
+    def events(self) -> EventBus:
+        """Where the worker announces its own events (child restarts)."""
+
+    def sibling(self) -> WorkerStore | None:
+        """An unopened store of its own for the watchdog's thread (``open``/``close``)."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
     async def register_worker(
         self,
         worker_id: str,
@@ -99,6 +113,9 @@ class WorkerStore(_Completing, Protocol):
         self, worker_id: str, task_ids: Sequence[str], lease_until: float
     ) -> set[str]: ...
     async def release(self, worker_id: str, tasks: Sequence[TaskRecord]) -> None: ...
+    async def write_journals(
+        self, chunks: Sequence[Chunk], steps: Sequence[Step], events: Sequence[ProgressEvent] = ()
+    ) -> None: ...
 
 
 class ClaimStore(_Announcing, Protocol):
@@ -128,6 +145,17 @@ class ClaimStore(_Announcing, Protocol):
     async def stale_queued(
         self, before: float, now: float, limit: int = 1000, queue: str | None = None
     ) -> list[tuple[str, str, int]]: ...
+    @property
+    def limited_now(self) -> frozenset[str]: ...
+    async def limited_queues(self, fresh: bool = False) -> frozenset[str]: ...
+    async def claim_limited(
+        self, worker_id: str, queue: str, limit: int, now: float, lease: float
+    ) -> list[TaskRecord]: ...
+
+
+class WorkerSide(WorkerStore, ClaimStore, Protocol):
+    """What a :class:`~chronoq.worker.Worker` is given: its own writes and its broker's
+    claims."""
 
 
 def _conforms() -> list[Callable[..., object]]:
@@ -135,7 +163,7 @@ def _conforms() -> list[Callable[..., object]]:
     from chronoq.store.postgres import PostgresStore
     from chronoq.store.sqlite import SQLiteStore
 
-    def views(store: SQLiteStore | PostgresStore) -> tuple[SchedulerStore, WorkerStore, ClaimStore]:
-        return store, store, store
+    def views(store: SQLiteStore | PostgresStore) -> tuple[SchedulerStore, WorkerSide]:
+        return store, store
 
     return [views]

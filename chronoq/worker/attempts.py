@@ -13,8 +13,9 @@ from chronoq import states, tracing
 from chronoq.executors import Executor, TaskContext, current_task
 from chronoq.executors.base import TaskFailed
 from chronoq.pool import PoolFailure
-from chronoq.store import Completion, Store, TaskRecord
+from chronoq.store import Completion, TaskRecord
 from chronoq.store.base import dumps
+from chronoq.store.interfaces import WorkerStore
 from chronoq.store.records import storable
 from chronoq.worker.journals import LogBuffer
 
@@ -27,7 +28,7 @@ class Attempts:
 
     def __init__(
         self,
-        store: Store,
+        store: WorkerStore,
         executors: Mapping[str, Executor],
         worker_id: str,
         lease_seconds: float,

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 from chronoq.backoff import Outage
 from chronoq.broker import Broker
-from chronoq.store import Completion, Store
+from chronoq.store import Completion
+from chronoq.store.interfaces import WorkerStore
 
 log = logging.getLogger("chronoq.worker")
 
@@ -22,7 +23,7 @@ log = logging.getLogger("chronoq.worker")
 class CompletionBuffer:
     """Buffers worker ``worker_id``'s completions and records them in batches."""
 
-    def __init__(self, store: Store, broker: Broker, worker_id: str) -> None:
+    def __init__(self, store: WorkerStore, broker: Broker, worker_id: str) -> None:
         self.store = store
         self.broker = broker
         self.worker_id = worker_id

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 from chronoq.backoff import Outage
 from chronoq.broker import Broker
-from chronoq.store import Store, TaskRecord
+from chronoq.store import TaskRecord
+from chronoq.store.interfaces import WorkerStore
 from chronoq.watchdog import Watched
 
 log = logging.getLogger("chronoq.worker")
@@ -24,7 +25,7 @@ class Beating(Watched, Protocol):
     which makes the same heartbeat while the loop is stuck, reads)."""
 
     @property
-    def store(self) -> Store: ...
+    def store(self) -> WorkerStore: ...
     @property
     def broker(self) -> Broker: ...
     def known(self) -> set[str]: ...

@@ -22,7 +22,8 @@ import time
 from chronoq.backoff import Outage
 from chronoq.events import ProgressEvent
 from chronoq.logcapture import LIMIT, LINE_LIMIT
-from chronoq.store import Store, TaskRecord, tasklogs
+from chronoq.store import TaskRecord, tasklogs
+from chronoq.store.interfaces import WorkerStore
 
 log = logging.getLogger("chronoq.worker")
 
@@ -130,7 +131,7 @@ class LogBuffer:
     """Writes the worker's open attempt logs every ``flush_seconds``."""
 
     def __init__(
-        self, store: Store, worker_id: str, flush_seconds: float = 0.5, limit: int = LIMIT
+        self, store: WorkerStore, worker_id: str, flush_seconds: float = 0.5, limit: int = LIMIT
     ) -> None:
         self.store = store
         self.worker_id = worker_id
@@ -184,7 +185,7 @@ class LogBuffer:
         if not chunks and not steps:
             return
         try:
-            await tasklogs.write(self.store, chunks, steps, events)
+            await self.store.write_journals(chunks, steps, events)
         except Exception as exc:
             self._outage.failed(exc)
             return

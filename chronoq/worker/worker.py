@@ -20,7 +20,8 @@ from chronoq.executors import Executor, HttpExecutor, ShellExecutor
 from chronoq.executors import http as http_executor
 from chronoq.executors import shell as shell_executor
 from chronoq.pool import ChildRestart, ProcessPool
-from chronoq.store import Store, TaskRecord
+from chronoq.store import TaskRecord
+from chronoq.store.interfaces import WorkerSide
 from chronoq.watchdog import LoopWatchdog
 from chronoq.worker.attempts import Attempts
 from chronoq.worker.autoscale import Autoscaler
@@ -65,7 +66,7 @@ class Worker:
 
     def __init__(
         self,
-        store: Store,
+        store: WorkerSide,
         executors: Mapping[str, Executor],
         *,
         queues: Iterable[str] = ("default",),
