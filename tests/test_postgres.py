@@ -8,7 +8,9 @@ import time
 import asyncpg
 
 from chronoq.models import TaskCreate
-from chronoq.store.postgres import PostgresStore
+from chronoq.states import Status
+from chronoq.store import Completion, TaskRecord
+from chronoq.store.postgres import CUSTOM_PLAN_ROWS, PostgresStore
 from tests.conftest import PG_URL
 
 
@@ -119,3 +121,29 @@ async def test_processes_opening_a_new_schema_at_once_all_get_in(pg_url: str) ->
             assert await store.applied_migrations() == versions
     finally:
         await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_a_large_batch_of_results_is_recorded_whole(pg_url: str) -> None:
+    """A batch of :data:`CUSTOM_PLAN_ROWS` results or more is written in a transaction
+    planned for itself (the cached plan can be quadratic in the batch): every task row and
+    attempt of it is recorded, as in a small batch, and a stale report changes nothing."""
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.migrate()
+    try:
+        n = CUSTOM_PLAN_ROWS + 22
+        now = time.time()
+        await store.create_tasks([TaskCreate(name="x") for _ in range(n)], now)
+        claimed: list[TaskRecord] = []
+        while len(claimed) < n:
+            claimed += await store.claim("w", "default", n - len(claimed), now, 60.0)
+        done = [Completion.success(t, time.time(), {"i": i}) for i, t in enumerate(claimed)]
+        await store.complete(done)
+        await store.complete(done[:5])  # again: those attempts are closed already
+        for i, task in enumerate(claimed):
+            record = await store.get_task(task.id)
+            assert (record.status, record.result) == (Status.SUCCEEDED, {"i": i})
+            (attempt,) = await store.get_attempts(task.id)
+            assert attempt.finished_at is not None and attempt.outcome == "succeeded"
+    finally:
+        await store.close()

@@ -115,6 +115,16 @@ def _claim_sql(pick: str, offered: bool) -> str:
     )
 
 
+#: completion batches at least this large are planned for their own parameters. The plan
+#: PostgreSQL caches for the statement after five runs is generic, costed with the
+#: statistics of the moment; made while ``tasks`` looked tiny (a new deployment, the first
+#: seconds of a burst) it joins the batch to ``tasks`` by a nested loop, whose time grows
+#: with the square of the batch (2,000 results: 4.2 s instead of 0.1 s). A slow write
+#: makes the next batch larger, so a worker fell ever further behind. Planning costs
+#: ~0.6 ms, a few microseconds per result at this size; smaller batches keep the cached
+#: plan (their worst case is bounded by the size)
+CUSTOM_PLAN_ROWS = 128
+
 #: ``t.status``, spelt so that no index on status can serve a test of it
 _UNINDEXED_STATUS = "(t.status || '')"
 
@@ -535,7 +545,10 @@ class PostgresStore(Store):
         # (rare) dooms its descendants in a second one, in the same transaction
         dying = any(x.status is Status.DEAD for x in nodes)
         unblocking = bool(nodes) and not dying
-        async with self.tx() if dying else self.conn() as c:
+        large = len(completions) >= CUSTOM_PLAN_ROWS
+        async with self.tx() if dying or large else self.conn() as c:
+            if large:
+                await c.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             rows = await c.fetch(_complete_sql(unblocking), *(list(column) for column in columns))
             advanced = [r for r in rows if unblocking and r["status"] is not None]
             rows = [r for r in rows if not unblocking or r["status"] is None]
