@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from chronoq.api.replay import BadCursor, EventLog, Position
-from chronoq.events import EventBus, ProgressEvent, TaskEvent, WorkerEvent
+from chronoq.events import EventBus, LogEvent, ProgressEvent, TaskEvent, WorkerEvent
 from tests.processes import Proc, cli, free_port, wait_ready, wait_status
 from tests.test_auth import bearer_protocol
 
@@ -128,6 +128,33 @@ async def test_progress_events_cross_the_redis_bridge_on_their_own_feed(
         assert got == event and got.to_wire()["type"] == "progress"
         await asyncio.sleep(0.3)
         assert workers.queue.empty(), "worker subscribers must not get progress events"
+
+
+async def test_log_events_cross_the_redis_bridge_on_their_own_feed(
+    buses: tuple[EventBus, EventBus],
+) -> None:
+    sender, receiver = buses
+    with receiver.subscribe_logs() as logs, receiver.subscribe_progress() as steps:
+        await asyncio.sleep(0.3)  # let the pub/sub subscription settle
+        assert sender.logs_active  # a Redis bridge may have listeners elsewhere
+        now = time.time()
+        lines = [(now - 0.1, "log", "INFO app: one"), (now, "stdout", "two ✓")]
+        event = LogEvent("t1", "job", "default", 2, 3, now, lines, "w1", "alpha")
+        sender.publish_logs([event])
+        [got] = await asyncio.wait_for(anext(logs), 5)
+        assert [(round(a, 5), s, t) for a, s, t in got.lines] == [
+            (round(a, 5), s, t) for a, s, t in lines
+        ]
+        got.at, got.lines = event.at, lines
+        assert got == event
+        wire = event.to_wire()
+        assert wire["type"] == "log" and wire["lines"][1] == {
+            "at": wire["at"],
+            "stream": "stdout",
+            "text": "two ✓",
+        }
+        await asyncio.sleep(0.3)
+        assert steps.queue.empty(), "progress subscribers must not get log events"
 
 
 async def test_close_returns_while_an_event_is_being_sent() -> None:

@@ -1,6 +1,6 @@
 """The dashboard's operator views in headless Chromium against a real ``chronoq dev`` on the
 handlers of ``tests/apps/journal.py``: a running task's log lines and progress bar in the
-task view, and draining a worker from the Workers view.
+task view (pushed over its event socket, not polled), and draining a worker from the Workers view.
 
 Screenshots go to ``tests/artifacts/ui-*.png`` (not committed), as in tests/test_ui.py.
 """
@@ -76,6 +76,13 @@ def status(url: str, task_id: str) -> str:
 def test_log_lines_and_progress_appear_while_the_task_runs(tab: Page, dev: str) -> None:
     task_id = submit(dev, "journal.steps", steps=8, pause=0.6, tag="live")
     wait_status(dev, task_id, "running")
+    pushed: list[str] = []  # the frames the task view's log socket received
+
+    def on_socket(ws: Any) -> None:
+        if "types=log" in ws.url:
+            ws.on("framereceived", lambda frame: pushed.append(str(frame)))
+
+    tab.page.on("websocket", on_socket)
     page = tab.open(f"#/tasks?task={task_id}")
     panel = page.locator("aside.detail .task-log")
     expect(
@@ -83,6 +90,15 @@ def test_log_lines_and_progress_appear_while_the_task_runs(tab: Page, dev: str) 
     ).to_be_visible()
     expect(panel.locator(".log-line", has_text="live printed 1")).to_be_visible()
     assert status(dev, task_id) == "running"  # seen while it runs, not read afterwards
+
+    def reads() -> int:
+        return sum(f"/v1/tasks/{task_id}/logs" in url for url in tab.requests)
+
+    assert reads() == 1  # what was there when the socket opened; the rest is pushed
+    expect(panel.locator(".log-line", has_text="live step 4 of 8")).to_be_visible()
+    assert status(dev, task_id) == "running"
+    assert reads() == 1, "the task view asked for the lines again instead of hearing them"
+    assert any("live step 4 of 8" in frame for frame in pushed), pushed
     bar = panel.locator(".progress")
     expect(bar).to_be_visible()
     first = int(bar.get_attribute("aria-valuenow") or "0")
