@@ -196,6 +196,44 @@ def test_events_cross_processes_through_redis(pg_url: str, tmp_path: Path) -> No
             proc.terminate()
 
 
+def test_log_lines_cross_processes_through_redis_while_the_task_runs(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A worker in one process, the API in another: a handler's lines reach the API's
+    ``types=log`` socket while the handler still runs, through Redis."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "CHRONOQ_DATABASE_URL": pg_url,
+        "CHRONOQ_REDIS_URL": REDIS_URL,
+        "CHRONOQ_AUTH": "0",
+        "CHRONOQ_APP": "tests.apps.journal:app",
+    }
+    assert cli("db", "upgrade", env=env).returncode == 0
+    api = Proc(["api", "--port", str(port)], env, tmp_path / "api.log")
+    worker = Proc(["worker"], env, tmp_path / "worker.log")
+    try:
+        wait_ready(url, api)
+        with connect(f"ws://127.0.0.1:{port}/v1/events?types=log&name=journal.steps") as ws:
+            task = httpx.post(
+                f"{url}/v1/tasks",
+                json={"name": "journal.steps", "payload": {"steps": 40, "pause": 0.25}},
+            ).json()
+            texts: list[str] = []
+            deadline = time.monotonic() + 30
+            while "job printed 2" not in texts:
+                assert time.monotonic() < deadline, f"no second step pushed; saw {texts}"
+                for event in json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic()))):
+                    assert (event["type"], event["task_id"]) == ("log", task["id"])
+                    texts += [line["text"] for line in event["lines"]]
+            # heard while it runs (40 steps take 10 s), from the worker's process
+            assert httpx.get(f"{url}/v1/tasks/{task['id']}").json()["status"] == "running"
+            assert texts[:2] == ["INFO tests.journal: job step 1 of 40", "job printed 1"]
+    finally:
+        for proc in (worker, api):
+            proc.terminate()
+
+
 @pytest.mark.parametrize("filters", [{"task_id": "nope"}, {"queue": "elsewhere"}])
 def test_websocket_filters(tmp_path: Path, filters: dict[str, str]) -> None:
     with demo_server(tmp_path) as (url, port):

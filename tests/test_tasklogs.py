@@ -25,7 +25,7 @@ from chronoq.events import LOG_EVENT_BYTES
 from chronoq.logcapture import LIMIT
 from tests.conftest import Harness, make_settings, running
 from tests.processes import Proc, cli, free_port, wait_ready, wait_status
-from tests.test_auth import serving
+from tests.test_auth import bearer_protocol, serving
 from tests.waiting import until, until_sync
 
 handler_log = logging.getLogger("tests.handler")
@@ -265,6 +265,26 @@ async def test_logs_are_namespace_checked(secured: Harness) -> None:
     await until(logged, "alpha never saw its task's lines")
     assert (await secured.http.get(url, headers=bearer(beta))).status_code == 404
     assert (await secured.http.get(url)).status_code == 401
+
+
+async def test_log_events_keep_to_the_key_s_namespace(secured: Harness) -> None:
+    _, alpha = await secured.store.create_key("alpha", ["write"], namespace="alpha")
+    _, beta = await secured.store.create_key("beta", ["read"], namespace="beta")
+    secured.start_worker()
+    gate = uuid.uuid4().hex
+    async with (
+        serving(secured.app) as where,
+        ws_connect(f"ws://{where}/v1/events?types=log", subprotocols=bearer_protocol(alpha)) as a,
+        ws_connect(f"ws://{where}/v1/events?types=log", subprotocols=bearer_protocol(beta)) as b,
+    ):
+        made = await secured.http.post(
+            "/v1/tasks", json={"name": "steps", "payload": {"gate": gate}}, headers=bearer(alpha)
+        )
+        [event] = await log_events(a)
+        assert (event["task_id"], event["namespace"]) == (made.json()["id"], "alpha")
+        GATES.setdefault(gate, asyncio.Event()).set()
+        with pytest.raises(TimeoutError):  # another namespace's key hears none of it
+            await log_events(b, within=0.5)
 
 
 async def test_worker_controls_need_admin_and_a_known_worker(secured: Harness) -> None:
