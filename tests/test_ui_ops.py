@@ -117,6 +117,55 @@ def test_log_lines_and_progress_appear_while_the_task_runs(tab: Page, dev: str) 
     tab.screenshot("task-logs-done")
 
 
+#: every WebSocket the page opens, kept in ``window.__sockets`` (to drop them in a test)
+KEEP_SOCKETS = """
+const Native = window.WebSocket;
+window.__sockets = [];
+window.WebSocket = class extends Native {
+  constructor(...args) { super(...args); window.__sockets.push(this); }
+};
+"""
+
+
+def test_lines_written_while_the_log_socket_was_down_are_read_once(
+    browser: Any,  # noqa: F811
+    dev: str,
+) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        context.add_init_script(KEEP_SOCKETS)
+        tab = Page(context.new_page(), dev)
+        task_id = submit(dev, "journal.steps", steps=14, pause=0.4, tag="gap")
+        wait_status(dev, task_id, "running")
+        page = tab.open(f"#/tasks?task={task_id}")
+        panel = page.locator("aside.detail .task-log")
+        expect(panel.locator(".log-line", has_text="gap printed 2")).to_be_visible()
+        dropped = page.evaluate(
+            "window.__sockets.filter((s) => s.url.includes('types=log'))"
+            ".map((s) => { s.close(); return s.url; }).length"
+        )
+        assert dropped == 1
+        # the panel reconnects and reads what was written meanwhile, then hears the rest
+        expect(panel.locator(".log-line", has_text="gap printed 8")).to_be_visible()
+        assert status(dev, task_id) == "running"
+        expect(page.locator("aside.detail .detail-body")).to_have_attribute(
+            "data-status", "succeeded", timeout=20_000
+        )
+        expect(panel.locator(".log-line", has_text="gap printed 14")).to_be_visible()
+        texts = panel.locator(".log-line .log-text").all_inner_texts()
+        want = [
+            line
+            for n in range(1, 15)
+            for line in (f"INFO tests.journal: gap step {n} of 14", f"gap printed {n}")
+        ]
+        assert texts == want  # each line once, in order, across the reconnect
+        reads = sum(f"/v1/tasks/{task_id}/logs" in url for url in tab.requests)
+        assert 2 <= reads <= 3, reads  # on open, on reopen (and maybe one view refresh)
+        assert tab.errors == []
+    finally:
+        context.close()
+
+
 def test_drain_from_the_ui_stops_the_worker_after_its_task(tab: Page, dev: str) -> None:
     task_id = submit(dev, "journal.steps", steps=10, pause=0.5, tag="drain")
     wait_status(dev, task_id, "running")
