@@ -355,11 +355,11 @@ async def _binned(
                         rollup.hist_quantiles(stat.wait, QUANTILES),
                     )
         known.lo, known.hi = min(known.lo, window.start), max(known.hi, final)
-        _remember(store, key, known, window.bucket)
         for at, (n, run, wait) in known.found.items():
             b = int((at - window.start) // window.bucket)
             if window.start <= at < final and 0 <= b < window.buckets:
                 out[b] = BucketDurations(b, n, run, wait)
+        _remember(store, key, known, window.bucket)  # trimmed only once read
     merged = await _read_stats(store, window, tier, final, split) if final < split else {}
     if split < window.end:
         queues = (
