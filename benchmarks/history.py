@@ -5,6 +5,8 @@ Run from the repository root (worker processes import ``benchmarks.schedule_app`
     python benchmarks/history.py                 # 10,000,000 finished tasks (the size)
     python benchmarks/history.py --quick         # 1,000,000: a shared or small machine
     python benchmarks/history.py --finished 3000000 --expired 1000000
+    python benchmarks/history.py --quick --only endpoints --keep   # the read endpoints only
+    python benchmarks/history.py --only endpoints --schema bench_1a2b3c4d5e   # again, kept
 
 Two fresh schemas ``bench_<random>`` are made and dropped at the end (unless ``--keep``):
 one empty, one loaded with ``COPY`` with ``--finished`` finished tasks (one attempt each;
@@ -312,6 +314,7 @@ async def endpoints(db: Database, args: argparse.Namespace, log_dir: Path) -> di
         "history 7d": "/v1/history?window=7d",
         "durations 1h": "/v1/history/durations?window=1h",
         "durations 24h": "/v1/history/durations?window=24h",
+        "durations 7d": "/v1/history/durations?window=7d",
     }
     timings: dict[str, list[float]] = {k: [] for k in paths}
     timings.update({k + " (next page)": [] for k in paths if k.startswith("tasks")})
@@ -416,23 +419,35 @@ async def purge_under_load(db: Database, args: argparse.Namespace, log_dir: Path
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     log_dir = Path(tempfile.mkdtemp(prefix="chronoq-history-"))
+    endpoints_only = args.only == "endpoints"
     empty, loaded = postgres_database(args.database_url), postgres_database(args.database_url)
+    reused = args.schema is not None
+    if reused:  # a schema an earlier run loaded and kept: measured as it is, never dropped
+        loaded.url = loaded.url.replace(f"schema={loaded.schema}", f"schema={args.schema}")
+        loaded.schema = args.schema
+    made = [loaded] if endpoints_only else [empty, loaded]
+    if reused:
+        made.remove(loaded)
     out: dict[str, Any] = {
         "finished": args.finished,
         "expired": args.expired,
         "queued": args.queued,
         "load_avg_start": os.getloadavg()[0],
+        "schema": loaded.schema,
     }
     try:
-        for db in (empty, loaded):
+        for db in made:
             store = create_store(db.url)
             await store.open()
             await store.migrate()
             await store.close()
         assert loaded.schema is not None
-        say(f"loading {args.finished:,} finished tasks into {loaded.schema}")
-        out["load"] = await load(loaded.url, loaded.schema, args)
-        say(f"  {out['load']}")
+        if reused:
+            out["load"] = {"reused": loaded.schema}
+        else:
+            say(f"loading {args.finished:,} finished tasks into {loaded.schema}")
+            out["load"] = await load(loaded.url, loaded.schema, args)
+            say(f"  {out['load']}")
         store = create_store(loaded.url)
         await store.open()
         t0 = time.perf_counter()
@@ -440,17 +455,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out["load"]["rollup_s"] = round(time.perf_counter() - t0, 1)
         await store.close()
         say(f"  rolled {rolled:,} finished tasks up in {out['load']['rollup_s']} s")
-        say("hot path: empty, then loaded")
-        out["empty"] = await measured(empty, args, log_dir, "empty")
-        out["loaded"] = await measured(loaded, args, log_dir, "loaded")
+        if not endpoints_only:
+            say("hot path: empty, then loaded")
+            out["empty"] = await measured(empty, args, log_dir, "empty")
+            out["loaded"] = await measured(loaded, args, log_dir, "loaded")
         say("endpoints on the loaded schema")
         out["endpoints"] = await endpoints(loaded, args, log_dir)
-        say("purge while tasks run")
-        out["purge"] = await purge_under_load(loaded, args, log_dir)
+        if not endpoints_only:
+            say("purge while tasks run")
+            out["purge"] = await purge_under_load(loaded, args, log_dir)
         out["load_avg_end"] = os.getloadavg()[0]
     finally:
         if not args.keep:
-            for db in (empty, loaded):
+            for db in made:
                 assert db.schema is not None
                 await drop_schema(args.database_url, db.schema)
             shutil.rmtree(log_dir, ignore_errors=True)
@@ -458,20 +475,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(out: dict[str, Any]) -> str:
-    e, lo = out["empty"], out["loaded"]
     lines = [
-        f"{out['finished']:,} finished + {out['queued']:,} queued tasks (PostgreSQL), "
-        f"load {out['load']}; load average {out['load_avg_start']:.2f} -> "
+        f"{out['finished']:,} finished + {out['queued']:,} queued tasks (PostgreSQL, schema "
+        f"{out['schema']}), load {out['load']}; load average {out['load_avg_start']:.2f} -> "
         f"{out['load_avg_end']:.2f}",
-        f"tasks/s end to end        empty {e['tasks_per_s']:,}  loaded {lo['tasks_per_s']:,}"
-        f"  ratio {lo['tasks_per_s'] / e['tasks_per_s']:.2f}",
-        f"idle submit->start p50 ms empty {e['idle_p50_ms']:.2f}  loaded "
-        f"{lo['idle_p50_ms']:.2f}  ratio {lo['idle_p50_ms'] / e['idle_p50_ms']:.2f}",
-        "endpoint                                   p50 ms   p99 ms   (goal p99 < 50)",
     ]
+    if "empty" in out:
+        e, lo = out["empty"], out["loaded"]
+        lines += [
+            f"tasks/s end to end        empty {e['tasks_per_s']:,}  loaded "
+            f"{lo['tasks_per_s']:,}  ratio {lo['tasks_per_s'] / e['tasks_per_s']:.2f}",
+            f"idle submit->start p50 ms empty {e['idle_p50_ms']:.2f}  loaded "
+            f"{lo['idle_p50_ms']:.2f}  ratio {lo['idle_p50_ms'] / e['idle_p50_ms']:.2f}",
+        ]
+    lines.append("endpoint                                   p50 ms   p99 ms   (goal p99 < 50)")
     for k, p in out["endpoints"].items():
         flag = "" if p["p99_ms"] < 50 else "  MISSED"
         lines.append(f"  {k:<40} {p['p50_ms']:7.1f}  {p['p99_ms']:7.1f}{flag}")
+    if "purge" not in out:
+        return "\n".join(lines)
     pg = out["purge"]
     lines.append(
         f"purge: {pg['purged']:,} rows in {pg['purge_s']} s = {pg['rows_per_s']:,} rows/s "
@@ -498,7 +520,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--database-url", default=os.environ.get("CHRONOQ_BENCH_POSTGRES", DEFAULT_POSTGRES)
     )
-    p.add_argument("--keep", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the schemas (to run again)")
+    p.add_argument(
+        "--only", choices=("all", "endpoints"), default="all", help="endpoints: the reads only"
+    )
+    p.add_argument("--schema", help="measure a schema an earlier --keep run loaded")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.quick:

@@ -17,6 +17,12 @@ A running handler's progress (``ctx.progress(0.4, "step 2 of 5")``) is a
 :class:`ProgressEvent`, on a list of subscribers of its own and under the key
 ``"progress"``: the worker's log buffer publishes the latest value of each attempt at most
 twice a second.
+
+What a running handler logs and prints travels as :class:`LogEvent` (key ``"logs"``):
+each is one chunk the worker's log buffer just stored (:mod:`chronoq.worker.journals`),
+at most :data:`LOG_EVENT_BYTES` of text, numbered per attempt (``seq``) as the logs
+endpoint's cursor counts them, so a reader sees a gap and fills it from
+``GET /v1/tasks/{id}/logs``.
 """
 
 from __future__ import annotations
@@ -126,6 +132,44 @@ class ProgressEvent:
         return cls(**_from_wire(wire))
 
 
+#: the most line text one :class:`LogEvent` carries (bytes, UTF-8; a single longer line,
+#: at most :data:`chronoq.logcapture.LINE_LIMIT` characters, travels alone)
+LOG_EVENT_BYTES = 16 * 1024
+
+#: a captured line: (epoch seconds, stream, text)
+Line = tuple[float, str, str]
+
+
+@dataclass(slots=True)
+class LogEvent:
+    """Chunk ``seq`` (from 1, per attempt) of the lines attempt ``attempt`` logged and
+    printed, just stored: ``after=<attempt>.<seq>`` on ``GET /v1/tasks/{id}/logs`` reads
+    what came after it. ``lines`` are (at, stream, text), ``at`` the last line's time."""
+
+    task_id: str
+    name: str
+    queue: str
+    attempt: int
+    seq: int
+    at: float
+    lines: list[Line]
+    worker_id: str | None = None
+    namespace: str = "default"
+    type: str = "log"
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-ready form: ``lines`` as ``{"at", "stream", "text"}`` like the logs endpoint."""
+        wire = _to_wire(self)
+        wire["lines"] = [{"at": _iso(at), "stream": s, "text": t} for at, s, t in self.lines]
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> LogEvent:
+        fields = _from_wire(wire)
+        fields["lines"] = [(_epoch(x["at"]), x["stream"], x["text"]) for x in wire["lines"]]
+        return cls(**fields)
+
+
 @dataclass(slots=True)
 class WorkflowEvent:
     """Workflow ``workflow_id`` reached a milestone; ``status`` says which.
@@ -159,17 +203,27 @@ class WorkflowEvent:
         return cls(**_from_wire(wire))
 
 
-def _to_wire(event: TaskEvent | WorkerEvent | ProgressEvent | WorkflowEvent) -> dict[str, Any]:
+def _to_wire(
+    event: TaskEvent | WorkerEvent | ProgressEvent | WorkflowEvent | LogEvent,
+) -> dict[str, Any]:
     wire = asdict(event)
-    wire["at"] = datetime.fromtimestamp(event.at, UTC).isoformat().replace("+00:00", "Z")
+    wire["at"] = _iso(event.at)
     return wire
 
 
 def _from_wire(wire: dict[str, Any]) -> dict[str, Any]:
-    return {**wire, "at": datetime.fromisoformat(wire["at"].replace("Z", "+00:00")).timestamp()}
+    return {**wire, "at": _epoch(wire["at"])}
 
 
-E = TypeVar("E", TaskEvent, WorkerEvent, ProgressEvent, WorkflowEvent)
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+E = TypeVar("E", TaskEvent, WorkerEvent, ProgressEvent, WorkflowEvent, LogEvent)
 
 
 class Feed(Generic[E]):
@@ -211,6 +265,8 @@ WorkerSubscription = Feed[WorkerEvent]
 ProgressSubscription = Feed[ProgressEvent]
 #: a subscription to workflow events
 WorkflowSubscription = Feed[WorkflowEvent]
+#: a subscription to log events
+LogSubscription = Feed[LogEvent]
 
 
 class EventBus:
@@ -227,6 +283,8 @@ class EventBus:
         self._progress_subscribers: set[ProgressSubscription] = set()
         self._progress_outbox: list[ProgressEvent] = []
         self._workflow_outbox: list[WorkflowEvent] = []
+        self._log_subscribers: set[LogSubscription] = set()
+        self._log_outbox: list[LogEvent] = []
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Any = None
@@ -274,6 +332,26 @@ class EventBus:
         _deliver(self._progress_subscribers, batch)
         if self._redis is not None:
             self._progress_outbox.extend(batch)
+            self._outbox_ready.set()
+
+    def subscribe_logs(self, maxsize: int = 1000) -> LogSubscription:
+        """Log events (of this process and, through Redis, of the others)."""
+        subscription = LogSubscription(self._log_subscribers, maxsize)
+        self._log_subscribers.add(subscription)
+        return subscription
+
+    @property
+    def logs_active(self) -> bool:
+        """Whether anyone may hear log events (the log buffer builds none otherwise)."""
+        return bool(self._log_subscribers) or self._redis is not None
+
+    def publish_logs(self, events: Iterable[LogEvent]) -> None:
+        batch = list(events)
+        if not batch:
+            return
+        _deliver(self._log_subscribers, batch)
+        if self._redis is not None:
+            self._log_outbox.extend(batch)
             self._outbox_ready.set()
 
     def subscribe_workflows(self, maxsize: int = 1000) -> WorkflowSubscription:
@@ -347,7 +425,8 @@ class EventBus:
         workers, self._worker_outbox = self._worker_outbox, []
         progress, self._progress_outbox = self._progress_outbox, []
         flows, self._workflow_outbox = self._workflow_outbox, []
-        if batch or workers or progress or flows:
+        logs, self._log_outbox = self._log_outbox, []
+        if batch or workers or progress or flows or logs:
             message: dict[str, Any] = {
                 "origin": self.origin,
                 "events": [e.to_wire() for e in batch],
@@ -358,6 +437,8 @@ class EventBus:
                 message["progress"] = [e.to_wire() for e in progress]
             if flows:
                 message["workflows"] = [e.to_wire() for e in flows]
+            if logs:
+                message["logs"] = [e.to_wire() for e in logs]
             await self._redis.publish(CHANNEL, orjson.dumps(message))
 
     async def _send_loop(self) -> None:
@@ -401,6 +482,9 @@ class EventBus:
                     if body.get("workflows"):
                         flows = [WorkflowEvent.from_wire(e) for e in body["workflows"]]
                         _deliver(self._workflow_subscribers, flows, remote=True)
+                    if body.get("logs"):
+                        chunks = [LogEvent.from_wire(e) for e in body["logs"]]
+                        _deliver(self._log_subscribers, chunks, remote=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import time
 from dataclasses import astuple
 
+import pytest
+
 from chronoq.models import TaskCreate
 from chronoq.states import Status
-from chronoq.store import Store, create_store, opened
+from chronoq.store import Store, create_store, history, opened
 from chronoq.store import counts as counting
-from chronoq.store.history import Window, counts, durations
+from chronoq.store.history import BucketDurations, Window, counts, durations
 from chronoq.store.retention import Expired, delete_batch
 from tests.test_retention import DAY, finished
 
@@ -120,3 +122,64 @@ async def test_charts_read_the_rolled_up_statistics_as_they_read_the_tasks(db_ur
         # hour began in between
         late = 3 + (3 if (now - 200) // 900 == time.time() // 900 else 0)
         assert after[-1].count == late and all(v > 0 for v in after[-1].run + after[-1].wait)
+
+
+async def test_durations_kept_for_buckets_behind_the_mark_match_a_fresh_read(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The durations of window buckets the mark passed whole are kept in the process
+    (chronoq.store.history._final): every read, as tasks finish after the mark and as it
+    moves on, says what a read with nothing kept says."""
+    async with opened(create_store(db_url)) as store:
+
+        async def done(age: float, n: int, run: float, queue: str = "a") -> None:
+            ids = await finished(store, "succeeded", queue=queue, age=age, n=n, name="one")
+            async with store.conn() as c:  # each its own run time: quantiles tell them apart
+                for i, task_id in enumerate(ids, 1):
+                    await c.execute(
+                        "UPDATE attempts SET finished_at = started_at + $1 WHERE task_id = $2",
+                        run * i,
+                        task_id,
+                    )
+
+        for age, run in ((7000.0, 0.5), (3000.0, 2.0), (1000.0, 8.0), (200.0, 30.0)):
+            await done(age, 4, run)
+            await done(age, 2, run * 3, queue="b")
+            await finished(store, "dead", queue="b", age=age, n=1, name="two")
+        now = time.time()
+        windows = [
+            Window(now // 900 * 900 - 3 * 3600, 900.0, 16),  # an hour past now, too
+            Window(now // 60 * 60 - 7200, 60.0, 180, queue="a"),
+            Window(now // 300 * 300 - 7200, 300.0, 36, name="one"),
+        ]
+
+        async def fresh(window: Window) -> list[BucketDurations]:
+            history._final.clear()
+            return await durations(store, window)
+
+        async def reads_agree() -> list[list[BucketDurations]]:
+            kept = [await durations(store, w) for w in windows]
+            again = [await durations(store, w) for w in windows]
+            assert again == kept
+            assert kept == [await fresh(w) for w in windows]
+            for w in windows:  # fills what is kept back, for the next round
+                await durations(store, w)
+            return kept
+
+        assert await counting.advance(store, now, min_rows=1) == 28
+        first = await reads_agree()
+        assert sum(d.count for d in first[0]) == 24 and history._final.get(store)
+        # tasks that finish after the mark: in the bucket it stands in, and later ones (as
+        # if time had passed)
+        await done(-5.0, 2, 16.0)
+        await done(-600.0, 3, 1.0)
+        await done(-1500.0, 3, 4.0, queue="b")
+        second = await reads_agree()
+        assert sum(d.count for d in second[0]) == 32
+        # the mark moves past them: the buckets they are in are now read from the rolled-up
+        # histograms, and the buckets kept before still hold
+        monkeypatch.setattr(counting, "LAG", -3600.0)
+        assert await counting.advance(store, now, min_rows=1) == 8
+        third = await reads_agree()
+        assert sum(d.count for d in third[0]) == 32
+        assert [d.bucket for d in third[0]] == [d.bucket for d in second[0]]

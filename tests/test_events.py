@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from chronoq.api.replay import BadCursor, EventLog, Position
-from chronoq.events import EventBus, ProgressEvent, TaskEvent, WorkerEvent
+from chronoq.events import EventBus, LogEvent, ProgressEvent, TaskEvent, WorkerEvent
 from tests.processes import Proc, cli, free_port, wait_ready, wait_status
 from tests.test_auth import bearer_protocol
 
@@ -130,6 +130,33 @@ async def test_progress_events_cross_the_redis_bridge_on_their_own_feed(
         assert workers.queue.empty(), "worker subscribers must not get progress events"
 
 
+async def test_log_events_cross_the_redis_bridge_on_their_own_feed(
+    buses: tuple[EventBus, EventBus],
+) -> None:
+    sender, receiver = buses
+    with receiver.subscribe_logs() as logs, receiver.subscribe_progress() as steps:
+        await asyncio.sleep(0.3)  # let the pub/sub subscription settle
+        assert sender.logs_active  # a Redis bridge may have listeners elsewhere
+        now = time.time()
+        lines = [(now - 0.1, "log", "INFO app: one"), (now, "stdout", "two ✓")]
+        event = LogEvent("t1", "job", "default", 2, 3, now, lines, "w1", "alpha")
+        sender.publish_logs([event])
+        [got] = await asyncio.wait_for(anext(logs), 5)
+        assert [(round(a, 5), s, t) for a, s, t in got.lines] == [
+            (round(a, 5), s, t) for a, s, t in lines
+        ]
+        got.at, got.lines = event.at, lines
+        assert got == event
+        wire = event.to_wire()
+        assert wire["type"] == "log" and wire["lines"][1] == {
+            "at": wire["at"],
+            "stream": "stdout",
+            "text": "two ✓",
+        }
+        await asyncio.sleep(0.3)
+        assert steps.queue.empty(), "progress subscribers must not get log events"
+
+
 async def test_close_returns_while_an_event_is_being_sent() -> None:
     """A cancel that lands inside redis-py's PUBLISH used to be swallowed, leaving close()
     (and so a process's shutdown) waiting forever; one in about eight closes hit it."""
@@ -164,6 +191,44 @@ def test_events_cross_processes_through_redis(pg_url: str, tmp_path: Path) -> No
             task = httpx.post(f"{url}/v1/tasks", json={"name": "record"}).json()
             events = collect(ws, task["id"], "succeeded")
         assert [e["status"] for e in events] == ["queued", "running", "succeeded"]
+    finally:
+        for proc in (worker, api):
+            proc.terminate()
+
+
+def test_log_lines_cross_processes_through_redis_while_the_task_runs(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A worker in one process, the API in another: a handler's lines reach the API's
+    ``types=log`` socket while the handler still runs, through Redis."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "CHRONOQ_DATABASE_URL": pg_url,
+        "CHRONOQ_REDIS_URL": REDIS_URL,
+        "CHRONOQ_AUTH": "0",
+        "CHRONOQ_APP": "tests.apps.journal:app",
+    }
+    assert cli("db", "upgrade", env=env).returncode == 0
+    api = Proc(["api", "--port", str(port)], env, tmp_path / "api.log")
+    worker = Proc(["worker"], env, tmp_path / "worker.log")
+    try:
+        wait_ready(url, api)
+        with connect(f"ws://127.0.0.1:{port}/v1/events?types=log&name=journal.steps") as ws:
+            task = httpx.post(
+                f"{url}/v1/tasks",
+                json={"name": "journal.steps", "payload": {"steps": 40, "pause": 0.25}},
+            ).json()
+            texts: list[str] = []
+            deadline = time.monotonic() + 30
+            while "job printed 2" not in texts:
+                assert time.monotonic() < deadline, f"no second step pushed; saw {texts}"
+                for event in json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic()))):
+                    assert (event["type"], event["task_id"]) == ("log", task["id"])
+                    texts += [line["text"] for line in event["lines"]]
+            # heard while it runs (40 steps take 10 s), from the worker's process
+            assert httpx.get(f"{url}/v1/tasks/{task['id']}").json()["status"] == "running"
+            assert texts[:2] == ["INFO tests.journal: job step 1 of 40", "job printed 1"]
     finally:
         for proc in (worker, api):
             proc.terminate()

@@ -16,12 +16,16 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
 from websockets.sync.client import connect
 
 from chronoq import App, current_task
+from chronoq.events import LOG_EVENT_BYTES
 from chronoq.logcapture import LIMIT
 from tests.conftest import Harness, make_settings, running
 from tests.processes import Proc, cli, free_port, wait_ready, wait_status
+from tests.test_auth import bearer_protocol, serving
 from tests.waiting import until, until_sync
 
 handler_log = logging.getLogger("tests.handler")
@@ -169,6 +173,61 @@ async def test_progress_is_stored_and_sent_as_events(h: Harness) -> None:
     assert body["progress"]["progress"] == 1.0 and body["progress"]["message"] == "done"
 
 
+async def log_events(ws: ClientConnection, within: float = 10) -> list[dict[str, Any]]:
+    """The next message of a ``types=log`` socket: its log events."""
+    async with asyncio.timeout(within):
+        events: list[dict[str, Any]] = orjson.loads(await ws.recv())
+    assert events and all(e["type"] == "log" for e in events), events
+    return events
+
+
+async def test_a_running_handler_s_lines_are_pushed_as_log_events(h: Harness) -> None:
+    h.start_worker()
+    gate = uuid.uuid4().hex
+    async with (
+        serving(h.app) as where,
+        ws_connect(f"ws://{where}/v1/events?types=log&name=steps") as ws,
+        ws_connect(f"ws://{where}/v1/events?types=log&name=other") as elsewhere,
+    ):
+        task = await h.submit(name="steps", payload={"gate": gate})
+        [event] = await log_events(ws)
+        # pushed while the handler still waits at its gate, not read after it finished
+        assert (await h.get(task["id"]))["status"] == "running"
+        assert (event["task_id"], event["name"], event["attempt"], event["seq"]) == (
+            task["id"],
+            "steps",
+            1,
+            1,
+        )
+        [line] = event["lines"]
+        assert (line["stream"], line["text"]) == ("log", f"INFO tests.handler: waiting at {gate}")
+        assert event["namespace"] == "default" and event["worker_id"] == h.workers[0][0].id
+        # the event's cursor is the logs endpoint's: nothing came after it yet
+        after = await logs_of(h, task["id"], after=f"{event['attempt']}.{event['seq']}")
+        assert after["attempts"] == []
+        GATES.setdefault(gate, asyncio.Event()).set()
+        await h.wait_for(task["id"], "succeeded")
+        with pytest.raises(TimeoutError):  # another handler's socket heard nothing
+            await log_events(elsewhere, within=0.5)
+
+
+async def test_log_events_are_capped_and_add_up_to_the_stored_lines(h: Harness) -> None:
+    h.start_worker()
+    async with serving(h.app) as where, ws_connect(f"ws://{where}/v1/events?types=log") as ws:
+        task = await h.submit(name="flood")
+        pushed: list[dict[str, Any]] = []
+        while not pushed or pushed[-1]["lines"][-1]["stream"] != "truncated":
+            pushed += await log_events(ws)
+    assert [e["seq"] for e in pushed] == list(range(1, len(pushed) + 1))
+    assert len(pushed) >= LIMIT // LOG_EVENT_BYTES
+    for event in pushed:
+        size = sum(len(line["text"].encode()) + 1 for line in event["lines"])
+        assert size <= LOG_EVENT_BYTES, size
+        assert len(orjson.dumps(event)) < 2 * LOG_EVENT_BYTES
+    stored = await lines_arrive(h, task["id"], LIMIT // 1001 + 1)
+    assert [x["text"] for e in pushed for x in e["lines"]] == texts(stored)
+
+
 async def test_progress_outside_a_worker_is_a_no_op_and_checks_its_value() -> None:
     from chronoq.executors import TaskContext
 
@@ -206,6 +265,26 @@ async def test_logs_are_namespace_checked(secured: Harness) -> None:
     await until(logged, "alpha never saw its task's lines")
     assert (await secured.http.get(url, headers=bearer(beta))).status_code == 404
     assert (await secured.http.get(url)).status_code == 401
+
+
+async def test_log_events_keep_to_the_key_s_namespace(secured: Harness) -> None:
+    _, alpha = await secured.store.create_key("alpha", ["write"], namespace="alpha")
+    _, beta = await secured.store.create_key("beta", ["read"], namespace="beta")
+    secured.start_worker()
+    gate = uuid.uuid4().hex
+    async with (
+        serving(secured.app) as where,
+        ws_connect(f"ws://{where}/v1/events?types=log", subprotocols=bearer_protocol(alpha)) as a,
+        ws_connect(f"ws://{where}/v1/events?types=log", subprotocols=bearer_protocol(beta)) as b,
+    ):
+        made = await secured.http.post(
+            "/v1/tasks", json={"name": "steps", "payload": {"gate": gate}}, headers=bearer(alpha)
+        )
+        [event] = await log_events(a)
+        assert (event["task_id"], event["namespace"]) == (made.json()["id"], "alpha")
+        GATES.setdefault(gate, asyncio.Event()).set()
+        with pytest.raises(TimeoutError):  # another namespace's key hears none of it
+            await log_events(b, within=0.5)
 
 
 async def test_worker_controls_need_admin_and_a_known_worker(secured: Harness) -> None:

@@ -1,6 +1,6 @@
 """The dashboard's operator views in headless Chromium against a real ``chronoq dev`` on the
 handlers of ``tests/apps/journal.py``: a running task's log lines and progress bar in the
-task view, and draining a worker from the Workers view.
+task view (pushed over its event socket, not polled), and draining a worker from the Workers view.
 
 Screenshots go to ``tests/artifacts/ui-*.png`` (not committed), as in tests/test_ui.py.
 """
@@ -76,6 +76,13 @@ def status(url: str, task_id: str) -> str:
 def test_log_lines_and_progress_appear_while_the_task_runs(tab: Page, dev: str) -> None:
     task_id = submit(dev, "journal.steps", steps=8, pause=0.6, tag="live")
     wait_status(dev, task_id, "running")
+    pushed: list[str] = []  # the frames the task view's log socket received
+
+    def on_socket(ws: Any) -> None:
+        if "types=log" in ws.url:
+            ws.on("framereceived", lambda frame: pushed.append(str(frame)))
+
+    tab.page.on("websocket", on_socket)
     page = tab.open(f"#/tasks?task={task_id}")
     panel = page.locator("aside.detail .task-log")
     expect(
@@ -83,6 +90,15 @@ def test_log_lines_and_progress_appear_while_the_task_runs(tab: Page, dev: str) 
     ).to_be_visible()
     expect(panel.locator(".log-line", has_text="live printed 1")).to_be_visible()
     assert status(dev, task_id) == "running"  # seen while it runs, not read afterwards
+
+    def reads() -> int:
+        return sum(f"/v1/tasks/{task_id}/logs" in url for url in tab.requests)
+
+    assert reads() == 1  # what was there when the socket opened; the rest is pushed
+    expect(panel.locator(".log-line", has_text="live step 4 of 8")).to_be_visible()
+    assert status(dev, task_id) == "running"
+    assert reads() == 1, "the task view asked for the lines again instead of hearing them"
+    assert any("live step 4 of 8" in frame for frame in pushed), pushed
     bar = panel.locator(".progress")
     expect(bar).to_be_visible()
     first = int(bar.get_attribute("aria-valuenow") or "0")
@@ -99,6 +115,55 @@ def test_log_lines_and_progress_appear_while_the_task_runs(tab: Page, dev: str) 
     assert panel.locator(".log-line").count() == 16  # each line once, in one attempt group
     assert panel.locator(".log-attempt").count() == 1
     tab.screenshot("task-logs-done")
+
+
+#: every WebSocket the page opens, kept in ``window.__sockets`` (to drop them in a test)
+KEEP_SOCKETS = """
+const Native = window.WebSocket;
+window.__sockets = [];
+window.WebSocket = class extends Native {
+  constructor(...args) { super(...args); window.__sockets.push(this); }
+};
+"""
+
+
+def test_lines_written_while_the_log_socket_was_down_are_read_once(
+    browser: Any,  # noqa: F811
+    dev: str,
+) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        context.add_init_script(KEEP_SOCKETS)
+        tab = Page(context.new_page(), dev)
+        task_id = submit(dev, "journal.steps", steps=14, pause=0.4, tag="gap")
+        wait_status(dev, task_id, "running")
+        page = tab.open(f"#/tasks?task={task_id}")
+        panel = page.locator("aside.detail .task-log")
+        expect(panel.locator(".log-line", has_text="gap printed 2")).to_be_visible()
+        dropped = page.evaluate(
+            "window.__sockets.filter((s) => s.url.includes('types=log'))"
+            ".map((s) => { s.close(); return s.url; }).length"
+        )
+        assert dropped == 1
+        # the panel reconnects and reads what was written meanwhile, then hears the rest
+        expect(panel.locator(".log-line", has_text="gap printed 8")).to_be_visible()
+        assert status(dev, task_id) == "running"
+        expect(page.locator("aside.detail .detail-body")).to_have_attribute(
+            "data-status", "succeeded", timeout=20_000
+        )
+        expect(panel.locator(".log-line", has_text="gap printed 14")).to_be_visible()
+        texts = panel.locator(".log-line .log-text").all_inner_texts()
+        want = [
+            line
+            for n in range(1, 15)
+            for line in (f"INFO tests.journal: gap step {n} of 14", f"gap printed {n}")
+        ]
+        assert texts == want  # each line once, in order, across the reconnect
+        reads = sum(f"/v1/tasks/{task_id}/logs" in url for url in tab.requests)
+        assert 2 <= reads <= 3, reads  # on open, on reopen (and maybe one view refresh)
+        assert tab.errors == []
+    finally:
+        context.close()
 
 
 def test_drain_from_the_ui_stops_the_worker_after_its_task(tab: Page, dev: str) -> None:

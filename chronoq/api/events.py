@@ -11,6 +11,13 @@ are live only). ``types=progress`` adds running handlers' progress, ``{"type": "
 "task_id", "name", "queue", "attempt", "at", "progress", "message", "worker_id",
 "namespace"}`` (:class:`chronoq.events.ProgressEvent`; at most two a second per attempt),
 filtered by ``task_id``, ``queue`` and ``name`` and the key's namespace; live only.
+``types=log`` adds the lines running handlers log and print as the worker stores them
+(about twice a second), ``{"type": "log", "task_id", "name", "queue", "attempt", "seq",
+"at", "lines": [{"at", "stream", "text"}], "worker_id", "namespace"}``
+(:class:`chronoq.events.LogEvent`: at most 16 KiB of text each; ``seq`` counts the
+attempt's chunks from 1, and ``GET /v1/tasks/{id}/logs?after=<attempt>.<seq>`` reads what
+followed, so a client that sees a ``seq`` skipped, or reconnects, fetches the gap), with
+the same filters as progress; live only.
 ``?types=workflow`` asks for workflow events, ``{"type": "workflow",
 "workflow_id", "status", "name", "node", "task_id", "task_name", "step_status", "error",
 "at", "namespace"}`` — ``status`` one of ``started``, ``step_finished``, ``succeeded``,
@@ -49,28 +56,44 @@ from chronoq.api.auth import key_cache, until_revoked, websocket_caller
 from chronoq.api.replay import BadCursor, EventLog, Position, event_log
 from chronoq.api.service import event_filter
 from chronoq.app import App
-from chronoq.events import EventBus, ProgressEvent, TaskEvent, WorkflowSubscription
+from chronoq.events import (
+    EventBus,
+    LogEvent,
+    LogSubscription,
+    ProgressEvent,
+    TaskEvent,
+    WorkflowSubscription,
+)
 
 router = APIRouter(tags=["events"])
 
-TYPES = ("task", "worker", "progress", "workflow")
+TYPES = ("task", "worker", "progress", "workflow", "log")
 
 
 @router.websocket("/v1/events")
 async def events(websocket: WebSocket) -> None:
     app: App = websocket.app.state.chronoq
     # subscribed before the accept: a client that starts a workflow once connected hears
-    # its `started` (dropped unheard if the socket is refused below)
+    # its `started`, one that reads a task's logs once connected misses no line in between
+    # (dropped unheard if the socket is refused below)
     wanted = websocket.query_params.get("types", "task").split(",")
     flows = app.store.events.subscribe_workflows() if "workflow" in wanted else None
+    logs = app.store.events.subscribe_logs() if "log" in wanted else None
     try:
-        await _events(websocket, app, flows)
+        await _events(websocket, app, flows, logs)
     finally:
         if flows is not None:
             flows.close()
+        if logs is not None:
+            logs.close()
 
 
-async def _events(websocket: WebSocket, app: App, flows: WorkflowSubscription | None) -> None:
+async def _events(
+    websocket: WebSocket,
+    app: App,
+    flows: WorkflowSubscription | None,
+    logs: LogSubscription | None,
+) -> None:
     since = websocket.query_params.get("since")
     caller = await websocket_caller(websocket)
     who = caller.principal
@@ -126,6 +149,9 @@ async def _events(websocket: WebSocket, app: App, flows: WorkflowSubscription | 
         if "progress" in types:
             keep = _progress_filter(websocket.query_params, who.namespace)
             running.append(asyncio.ensure_future(_progress(send, app.store.events, keep)))
+        if logs is not None:
+            keep_lines = _progress_filter(websocket.query_params, who.namespace)
+            running.append(asyncio.ensure_future(_logs(send, logs, keep_lines)))
         if flows is not None:
             workflow_id = websocket.query_params.get("workflow_id")
             running.append(
@@ -208,12 +234,16 @@ async def _workers(send: Send, bus: EventBus, worker_id: str | None) -> None:
                 await send(items)
 
 
-def _progress_filter(params: Any, namespace: str | None) -> Callable[[ProgressEvent], bool]:
+def _progress_filter(
+    params: Any, namespace: str | None
+) -> Callable[[ProgressEvent | LogEvent], bool]:
+    """Progress and log events of the ``task_id``, ``queue`` and ``name`` asked for, of
+    the key's namespace."""
     wanted = {k: v for k in ("task_id", "queue", "name") if (v := params.get(k))}
     if namespace is not None:
         wanted["namespace"] = namespace
 
-    def keep(event: ProgressEvent) -> bool:
+    def keep(event: ProgressEvent | LogEvent) -> bool:
         return all(getattr(event, k) == v for k, v in wanted.items())
 
     return keep
@@ -226,6 +256,16 @@ async def _progress(send: Send, bus: EventBus, keep: Callable[[ProgressEvent], b
             items: list[dict[str, object]] = [e.to_wire() for e in batch if keep(e)]
             if items:
                 await send(items)
+
+
+async def _logs(
+    send: Send, feed: LogSubscription, keep: Callable[[ProgressEvent | LogEvent], bool]
+) -> None:
+    """Send log events from ``feed`` (live only; the feed is the caller's to close)."""
+    async for batch in feed:
+        items: list[dict[str, object]] = [e.to_wire() for e in batch if keep(e)]
+        if items:
+            await send(items)
 
 
 async def _workflows(

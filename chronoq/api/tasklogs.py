@@ -1,10 +1,11 @@
 """``GET /v1/tasks/{id}/logs``: what a task's handler logged and printed, per attempt, and
 its latest progress (:mod:`chronoq.logcapture`, :mod:`chronoq.store.tasklogs`).
 
-The worker writes captured lines about twice a second while an attempt runs, so a client
-follows a running task by asking again with ``after`` set to the ``cursor`` of the last
-answer: it gets only the newer lines (the dashboard does this every second while the task
-view of a running task is open, and nothing when nobody looks). The task is looked up the
+The worker writes captured lines about twice a second while an attempt runs and sends
+each chunk it wrote as a ``log`` event (``/v1/events?types=log``), so a client follows a
+running task on the event socket and asks here, with ``after`` set to the ``cursor`` of
+the last chunk it has (``<attempt>.<seq>``), only for what it missed: the lines before it
+connected, or a ``seq`` skipped (the dashboard's task view does so). The task is looked up the
 way ``GET /v1/tasks/{id}`` does it: a key bound to another namespace gets 404.
 """
 

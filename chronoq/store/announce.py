@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from chronoq.events import EventBus, ProgressEvent, TaskEvent, WorkflowEvent
+from chronoq.events import EventBus, LogEvent, ProgressEvent, TaskEvent, WorkflowEvent
 from chronoq.lifecycle import Status
 from chronoq.notify import Hub
 from chronoq.store.records import Completion, NewTask, Row, TaskRecord
@@ -137,6 +137,12 @@ class Announcer:
         events, when anyone may hear them."""
         if events and self.events.progress_active:
             self.events.publish_progress(events)
+
+    def logged(self, events: Sequence[LogEvent]) -> None:
+        """Running attempts' new log lines, stored (a chunk per event): their events, when
+        anyone may hear them."""
+        if events and self.events.logs_active:
+            self.events.publish_logs(events)
 
     def scheduled(self) -> None:
         """Something may come due sooner (a schedule saved): the scheduler looks again."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from chronoq import lifecycle, states
 from chronoq.batching import GroupCommit
-from chronoq.events import EventBus, ProgressEvent
+from chronoq.events import EventBus, LogEvent, ProgressEvent
 from chronoq.models import Attempt, QueueStats, TaskCreate
 from chronoq.notify import Hub
 from chronoq.states import Status
@@ -77,9 +77,10 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
         chunks: Sequence[tasklogs.Chunk],
         steps: Sequence[tasklogs.Step],
         events: Sequence[ProgressEvent] = (),
+        logs: Sequence[LogEvent] = (),
     ) -> None:
         """A worker's captured output and progress (:func:`chronoq.store.tasklogs.write`)."""
-        await tasklogs.write(self, chunks, steps, events)
+        await tasklogs.write(self, chunks, steps, events, logs)
 
     def advance_counts_soon(self, now: float) -> None:
         """Move the finished-count mark off the hot path (:func:`.counts.advance_soon`)."""

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from chronoq import lifecycle
 from chronoq.lifecycle import TERMINAL, Status
 from chronoq.models import QueueStats, to_datetime
@@ -412,7 +414,7 @@ def dumps_hist(hist: dict[int, int]) -> str:
 
 
 def loads_hist(text: str | None) -> dict[int, int]:
-    return {int(b): int(k) for b, k in json.loads(text).items()} if text else {}
+    return {int(b): int(k) for b, k in orjson.loads(text).items()} if text else {}
 
 
 def hist_quantiles(hist: dict[int, int], qs: Sequence[float]) -> tuple[float, ...]:

@@ -12,9 +12,11 @@ cost follows the rows inside the window, never the rows stored.
 
 from __future__ import annotations
 
+import math
 import time
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chronoq.states import TERMINAL, Status
@@ -72,10 +74,12 @@ def tier_for(window: Window, now: float) -> int | None:
 
 
 def _stats_sql(
-    window: Window, tier: int, split: float, status: Status | None
+    window: Window, tier: int, split: float, status: Status | None, lower: float | None = None
 ) -> tuple[str, list[Any]]:
-    """The ``finished_stats`` rows of ``window`` before ``split``: one primary-key range."""
-    args: list[Any] = [tier, window.name or "", window.start, split]
+    """The ``finished_stats`` rows of ``window`` before ``split`` (from ``lower``, by default
+    the window's start): one primary-key range."""
+    start = window.start if lower is None else lower
+    args: list[Any] = [tier, window.name or "", start, split]
     where = "tier = $1 AND name = $2 AND bucket >= $3 AND bucket < $4"
     for column, value in (
         ("namespace", window.namespace),
@@ -88,8 +92,8 @@ def _stats_sql(
     return where, args
 
 
-async def _split(store: Store, window: Window) -> tuple[int, float] | None:
-    """(tier, split) when part of ``window`` (before ``split``) is read from
+async def _split(store: Store, window: Window) -> tuple[int, float, float] | None:
+    """(tier, split, mark) when part of ``window`` (before ``split``) is read from
     ``finished_stats``; None when all of it comes from the tasks."""
     tier = tier_for(window, time.time())
     if tier is None:
@@ -97,7 +101,7 @@ async def _split(store: Store, window: Window) -> tuple[int, float] | None:
     upto = await rollup.mark(store)
     if upto <= window.start:
         return None
-    return tier, min(upto, window.end)
+    return tier, min(upto, window.end), upto
 
 
 async def counts(
@@ -109,7 +113,7 @@ async def counts(
     since: float | None = None
     split = await _split(store, window)
     if split is not None:
-        tier, since = split
+        tier, since, _ = split
         where, args = _stats_sql(window, tier, since, None)
         async with store.conn() as c:
             rows = await c.fetch(
@@ -270,19 +274,93 @@ def _ranked(rows: Sequence[Any], buckets: int) -> list[BucketDurations]:
     ]
 
 
-async def _binned(store: Store, window: Window, tier: int, split: float) -> list[BucketDurations]:
+#: window buckets whose durations are known for good (see :func:`_binned`), per store and
+#: per (tier, name, namespace, queue, bucket size, bucket phase): the most recently read
+#: :data:`FINAL_KEYS` of them, each at most :data:`FINAL_BUCKETS` buckets back
+_final: weakref.WeakKeyDictionary[Store, dict[tuple[Any, ...], _Known]] = (
+    weakref.WeakKeyDictionary()
+)
+FINAL_KEYS = 64
+FINAL_BUCKETS = 1440
+
+
+@dataclass(slots=True)
+class _Known:
+    """The durations of every window bucket starting in ``[lo, hi)`` (epoch seconds): those
+    with a succeeded task in ``found``, by start; the others had none."""
+
+    lo: float
+    hi: float
+    found: dict[float, tuple[int, tuple[float, ...], tuple[float, ...]]] = field(
+        default_factory=dict
+    )
+
+
+def _known(store: Store, window: Window, tier: int) -> tuple[tuple[Any, ...], _Known | None]:
+    keys = _final.get(store)
+    if keys is None:
+        keys = _final[store] = {}
+    phase = window.start % window.bucket
+    key = (tier, window.name or "", window.namespace, window.queue, window.bucket, phase)
+    known = keys.pop(key, None)  # re-inserted last: the most recently used
+    if known is not None:
+        keys[key] = known
+    return key, known
+
+
+def _remember(store: Store, key: tuple[Any, ...], known: _Known, bucket: float) -> None:
+    keys = _final.setdefault(store, {})
+    keys.pop(key, None)
+    keys[key] = known
+    while len(keys) > FINAL_KEYS:
+        del keys[next(iter(keys))]
+    oldest = known.hi - bucket * FINAL_BUCKETS
+    if known.lo < oldest:
+        known.lo = oldest
+        known.found = {at: d for at, d in known.found.items() if at >= oldest}
+
+
+async def _binned(
+    store: Store, window: Window, tier: int, split: float, mark: float
+) -> list[BucketDurations]:
     """:func:`durations` from histograms: ``finished_stats`` before ``split``, the tasks'
-    own attempts after it (binned here)."""
-    where, args = _stats_sql(window, tier, split, Status.SUCCEEDED)
-    merged: dict[int, rollup.Stat] = {}
-    async with store.conn() as c:
-        rows = await c.fetch(
-            f"SELECT bucket, n, run, wait FROM finished_stats WHERE {where}", *args
-        )
-    for r in rows:
-        b = int((float(r["bucket"]) - window.start) // window.bucket)
-        if 0 <= b < window.buckets and r["run"] is not None:
-            merged.setdefault(b, rollup.Stat()).merge(rollup.Stat.of(r))
+    own attempts after it (binned here).
+
+    A window bucket that ends at or before the last ``tier`` bucket the mark passed whole
+    can no longer change (a move of the mark writes only the tier buckets it reaches, and
+    retention leaves ``finished_stats`` alone), so its durations are kept in this process
+    (:data:`_final`): a chart read again, as the dashboard does every few seconds, reads
+    and merges only the histograms of its last buckets, not the whole window's again."""
+    whole = math.floor(mark / tier) * tier  # tier buckets before it are complete
+    final = window.start
+    if whole > window.start:
+        final += min(window.buckets, (whole - window.start) // window.bucket) * window.bucket
+    out: dict[int, BucketDurations] = {}
+    if final > window.start:
+        key, known = _known(store, window, tier)
+        if known is not None and known.hi > whole:  # the mark went back (a restored backup)
+            known = None
+        if known is None or known.hi < window.start or known.lo > final:
+            known = _Known(window.start, window.start)
+            missing = [(window.start, final)]
+        else:
+            missing = [(a, b) for a, b in ((window.start, known.lo), (known.hi, final)) if a < b]
+        for lower, upper in missing:
+            merged = await _read_stats(store, window, tier, lower, upper)
+            for b, stat in merged.items():
+                if stat.run:
+                    known.found[window.start + b * window.bucket] = (
+                        stat.n,
+                        rollup.hist_quantiles(stat.run, QUANTILES),
+                        rollup.hist_quantiles(stat.wait, QUANTILES),
+                    )
+        known.lo, known.hi = min(known.lo, window.start), max(known.hi, final)
+        for at, (n, run, wait) in known.found.items():
+            b = int((at - window.start) // window.bucket)
+            if window.start <= at < final and 0 <= b < window.buckets:
+                out[b] = BucketDurations(b, n, run, wait)
+        _remember(store, key, known, window.bucket)  # trimmed only once read
+    merged = await _read_stats(store, window, tier, final, split) if final < split else {}
     if split < window.end:
         queues = (
             [window.queue]
@@ -302,16 +380,33 @@ async def _binned(store: Store, window: Window, tier: int, split: float) -> list
                         stat = merged.setdefault(b, rollup.Stat())
                         stat.n += 1
                         stat.add(float(r["run"]), float(r["wait"]))
-    return [
-        BucketDurations(
-            b,
-            stat.n,
-            rollup.hist_quantiles(stat.run, QUANTILES),
-            rollup.hist_quantiles(stat.wait, QUANTILES),
+    for b, stat in merged.items():
+        if stat.run:
+            out[b] = BucketDurations(
+                b,
+                stat.n,
+                rollup.hist_quantiles(stat.run, QUANTILES),
+                rollup.hist_quantiles(stat.wait, QUANTILES),
+            )
+    return [out[b] for b in sorted(out)]
+
+
+async def _read_stats(
+    store: Store, window: Window, tier: int, lower: float, upper: float
+) -> dict[int, rollup.Stat]:
+    """The succeeded tasks' ``finished_stats`` of ``[lower, upper)`` merged per window
+    bucket."""
+    where, args = _stats_sql(window, tier, upper, Status.SUCCEEDED, lower)
+    merged: dict[int, rollup.Stat] = {}
+    async with store.conn() as c:
+        rows = await c.fetch(
+            f"SELECT bucket, n, run, wait FROM finished_stats WHERE {where}", *args
         )
-        for b, stat in sorted(merged.items())
-        if stat.run
-    ]
+    for r in rows:
+        b = int((float(r["bucket"]) - window.start) // window.bucket)
+        if 0 <= b < window.buckets and r["run"] is not None:
+            merged.setdefault(b, rollup.Stat()).merge(rollup.Stat.of(r))
+    return merged
 
 
 async def _bin_in_database(

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from chronoq.events import EventBus, ProgressEvent
+from chronoq.events import EventBus, LogEvent, ProgressEvent
 from chronoq.notify import Hub
 from chronoq.store.leases import Fence, LeaseInfo
 from chronoq.store.records import Completion, Row, TaskRecord
@@ -114,7 +114,11 @@ class WorkerStore(_Completing, Protocol):
     ) -> set[str]: ...
     async def release(self, worker_id: str, tasks: Sequence[TaskRecord]) -> None: ...
     async def write_journals(
-        self, chunks: Sequence[Chunk], steps: Sequence[Step], events: Sequence[ProgressEvent] = ()
+        self,
+        chunks: Sequence[Chunk],
+        steps: Sequence[Step],
+        events: Sequence[ProgressEvent] = (),
+        logs: Sequence[LogEvent] = (),
     ) -> None: ...
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chronoq.events import ProgressEvent
+from chronoq.events import LogEvent, ProgressEvent
 from chronoq.store.records import dumps, loads, storable_text
 
 if TYPE_CHECKING:
@@ -51,9 +51,10 @@ async def write(
     chunks: Sequence[Chunk],
     steps: Sequence[Step],
     events: Sequence[ProgressEvent] = (),
+    logs: Sequence[LogEvent] = (),
 ) -> None:
     """Store ``chunks`` and ``steps`` (a task whose row is gone is skipped), then announce
-    the progress ``events``."""
+    the progress ``events`` and the chunks' ``logs`` events."""
     async with store.tx() as c:
         if chunks:
             await c.executemany(
@@ -90,6 +91,7 @@ async def write(
                 ],
             )
     store.announce.progressed(events)
+    store.announce.logged(logs)
 
 
 async def lines(

@@ -7,9 +7,11 @@ it): it splits output into lines, keeps at most :data:`chronoq.logcapture.LIMIT`
 (then one line saying the log was truncated) and the latest progress value. The worker's
 :class:`LogBuffer` writes what every open attempt gathered every ``flush_seconds`` in one
 transaction (``task_logs`` chunks and ``task_progress`` rows, :mod:`chronoq.store.tasklogs`)
-and then publishes the progress events. Nothing is written for an attempt that logs
-nothing; logs are best-effort (a store outage drops the lines of that flush, with one
-warning), a task's state never depends on them.
+and then publishes the progress events and, when anyone may hear them, a log event per
+chunk (:class:`chronoq.events.LogEvent`; a flush's lines are cut into chunks of at most
+:data:`chronoq.events.LOG_EVENT_BYTES`, so every event stays that small). Nothing is
+written for an attempt that logs nothing; logs are best-effort (a store outage drops the
+lines of that flush, with one warning), a task's state never depends on them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 import time
 
 from chronoq.backoff import Outage
-from chronoq.events import ProgressEvent
+from chronoq.events import LOG_EVENT_BYTES, LogEvent, ProgressEvent
 from chronoq.logcapture import LIMIT, LINE_LIMIT
 from chronoq.store import TaskRecord, tasklogs
 from chronoq.store.interfaces import WorkerStore
@@ -155,15 +157,29 @@ class LogBuffer:
         chunks: list[tasklogs.Chunk] = []
         steps: list[tasklogs.Step] = []
         events: list[ProgressEvent] = []
+        logs: list[LogEvent] | None = [] if self.store.events.logs_active else None
         for journal in list(self.open):
             closed = journal.closed
             entries, progress = journal.take()
             task = journal.task
-            if entries:
+            for piece in pieces(entries):
                 journal.seq += 1
-                chunks.append(
-                    tasklogs.Chunk(task.id, journal.attempt, journal.seq, entries[-1][0], entries)
-                )
+                chunk = tasklogs.Chunk(task.id, journal.attempt, journal.seq, piece[-1][0], piece)
+                chunks.append(chunk)
+                if logs is not None:
+                    logs.append(
+                        LogEvent(
+                            task.id,
+                            task.name,
+                            task.queue,
+                            chunk.attempt,
+                            chunk.seq,
+                            chunk.at,
+                            piece,
+                            self.worker_id,
+                            task.namespace,
+                        )
+                    )
             if progress is not None:
                 value, message, at = progress
                 steps.append(tasklogs.Step(task.id, journal.attempt, value, message, at))
@@ -185,8 +201,25 @@ class LogBuffer:
         if not chunks and not steps:
             return
         try:
-            await self.store.write_journals(chunks, steps, events)
+            await self.store.write_journals(chunks, steps, events, logs or ())
         except Exception as exc:
             self._outage.failed(exc)
             return
         self._outage.over()
+
+
+def pieces(entries: list[Entry], limit: int = LOG_EVENT_BYTES) -> list[list[Entry]]:
+    """``entries`` cut into runs of at most ``limit`` bytes of text (UTF-8, a newline
+    each), in order; a longer line is a run of its own."""
+    if not entries:
+        return []
+    out: list[list[Entry]] = [[]]
+    size = 0
+    for entry in entries:
+        n = len(entry[2].encode("utf-8", "replace")) + 1
+        if out[-1] and size + n > limit:
+            out.append([])
+            size = 0
+        out[-1].append(entry)
+        size += n
+    return out

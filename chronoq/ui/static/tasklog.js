@@ -1,29 +1,37 @@
-// A task's progress bar and captured log lines (GET /v1/tasks/{id}/logs), in the task
-// detail panel. While the task runs the panel asks for the lines written since its cursor
-// once a second (the worker writes them about twice a second), so they appear as the
-// handler logs them; a finished task is read once more, then no more. Nothing is asked
-// when no task view is open. The panel outlives the detail's re-renders: the task view
-// keeps one per open task and re-attaches its element.
+// A task's progress bar and captured log lines, in the task detail panel, pushed as they
+// are written: the panel opens its own event socket for the task
+// (/v1/events?types=log,progress&task_id=…) and appends each chunk of lines the worker
+// stores (about twice a second while the handler logs) as its `log` event arrives.
+// Nothing is asked again on a timer.
+//
+// GET /v1/tasks/{id}/logs fills in what the socket cannot have carried: once the socket
+// is open (the lines written before it) and after every reconnect (those written while it
+// was down), when a chunk's `seq` skips one (the server dropped events for a slow
+// socket), and on the task view's refreshes while there is no socket at all. Chunks are
+// numbered per attempt, so a chunk both read and pushed is shown once: the panel keeps the
+// newest (attempt, seq) it shows, the endpoint's cursor. Nothing is asked when no task view
+// is open. The panel outlives the detail's re-renders: the task view keeps one per open
+// task and re-attaches its element.
 
-import { get } from "./api.js";
+import { apiKey, get } from "./api.js";
 import { h } from "./dom.js";
 import { timeEl } from "./format.js";
-
-const FOLLOW_MS = 1000;
-// followed every second only while running; in other states the task view's own refresh
-// (on the task's events) asks again
-const RUNNING = "running";
 
 export class TaskLog {
   constructor(taskId) {
     this.taskId = taskId;
-    this.cursor = null;
+    this.cursor = [0, 0]; // (attempt, seq) of the newest chunk shown
     this.status = null;
-    this.timer = null;
     this.loading = false;
+    this.again = false; // asked to read while a read was on its way
+    this.pending = []; // log events that arrived during a read
     this.stopped = false;
-    this.finalRead = false;
     this.lines = 0;
+    this.progressAt = 0; // ms: the shown progress's time (an older one is not shown)
+    this.socket = null;
+    this.open = false;
+    this.retryTimer = null;
+    this.retryDelay = 1000;
     this.bar = h("div", { class: "progress-fill" });
     this.barLabel = h("span", { class: "progress-label" }, "");
     this.progress = h("div", {
@@ -47,11 +55,13 @@ export class TaskLog {
       this.note);
   }
 
-  /** The task (a GET /v1/tasks/{id} answer) changed: follow it while it runs. */
+  /** The task (a GET /v1/tasks/{id} answer) changed or was read again. */
   track(task) {
     this.status = task.status;
     if (this.stopped) return;
-    if (this.timer === null && !this.loading) this.load();
+    if (this.socket !== null) return; // open, or opening (then it reads the lines)
+    if (this.retryTimer === null) this.connect();
+    else this.load(); // no socket now: the view's own refresh is the only way to hear more
   }
 
   /** The detail re-rendered around the panel (moving it resets its scroll): put it back. */
@@ -61,18 +71,101 @@ export class TaskLog {
 
   stop() {
     this.stopped = true;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const socket = this.socket;
+    this.socket = null;
+    this.open = false;
+    if (socket) socket.close();
   }
 
-  async load() {
-    this.timer = null;
+  // -- the socket ----------------------------------------------------------------------------
+  get url() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const id = encodeURIComponent(this.taskId);
+    return `${scheme}//${location.host}/v1/events?types=log,progress&task_id=${id}`;
+  }
+
+  connect() {
+    this.retryTimer = null;
     if (this.stopped) return;
+    let socket;
+    try {
+      const key = apiKey();
+      socket = key ? new WebSocket(this.url, ["chronoq.bearer", key]) : new WebSocket(this.url);
+    } catch {
+      this.load();
+      return;
+    }
+    this.socket = socket;
+    socket.addEventListener("open", () => {
+      if (this.socket !== socket) return;
+      this.open = true;
+      this.retryDelay = 1000;
+      this.load(); // what was written before the socket (or while it was down)
+    });
+    socket.addEventListener("message", (message) => {
+      if (this.socket === socket) this.receive(message.data);
+    });
+    socket.addEventListener("close", (event) => {
+      if (this.socket !== socket) return;
+      const wasOpen = this.open;
+      this.socket = null;
+      this.open = false;
+      if (this.stopped || event.code === 4401) return;
+      if (!wasOpen || event.code === 4400) this.load(); // show what there is now
+      if (event.code === 4400) return; // a server without log events: reads only
+      this.retryTimer = setTimeout(() => this.connect(), this.retryDelay);
+      this.retryDelay = Math.min(this.retryDelay * 2, 30000);
+    });
+  }
+
+  receive(data) {
+    let items;
+    try {
+      items = JSON.parse(data);
+    } catch {
+      return;
+    }
+    for (const item of Array.isArray(items) ? items : [items]) {
+      if (!item || item.task_id !== this.taskId) continue;
+      if (item.type === "log") this.offer(item);
+      else if (item.type === "progress") this.showProgress(item);
+    }
+  }
+
+  /** A pushed chunk: shown if it is the next one, skipped if shown; a gap is read. */
+  offer(event) {
+    if (this.loading) {
+      this.pending.push(event);
+      return;
+    }
+    const [attempt, seq] = this.cursor;
+    if (event.attempt < attempt || (event.attempt === attempt && event.seq <= seq)) return;
+    const next = event.attempt === attempt ? event.seq === seq + 1 : event.seq === 1;
+    if (!next) {
+      this.load(); // some chunks never reached this socket: read them
+      return;
+    }
+    this.cursor = [event.attempt, event.seq];
+    this.append(event.attempt, event.lines);
+    this.settle();
+  }
+
+  // -- reads ---------------------------------------------------------------------------------
+  async load() {
+    if (this.stopped) return;
+    if (this.loading) {
+      this.again = true;
+      return;
+    }
     this.loading = true;
     let answer = null;
     try {
+      const [attempt, seq] = this.cursor;
       answer = await get(`/v1/tasks/${encodeURIComponent(this.taskId)}/logs`,
-        this.cursor ? { after: this.cursor } : null);
+        attempt || seq ? { after: `${attempt}.${seq}` } : null);
+      this.note.hidden = true;
     } catch (err) {
       this.note.hidden = false;
       this.note.textContent = `Logs: ${err.message}`;
@@ -81,46 +174,58 @@ export class TaskLog {
     }
     if (this.stopped) return;
     if (answer) this.show(answer);
-    const status = answer ? answer.status : this.status;
-    if (status === RUNNING) {
-      this.finalRead = false;
-      this.timer = setTimeout(() => this.load(), FOLLOW_MS);
-    } else if (!this.finalRead) {
-      // the worker writes the attempt's last lines up to half a second after it ended
-      this.finalRead = true;
-      this.timer = setTimeout(() => this.load(), FOLLOW_MS);
+    const pending = this.pending;
+    this.pending = [];
+    for (const event of pending) this.offer(event);
+    if (this.again) {
+      this.again = false;
+      this.load();
     }
   }
 
   show(answer) {
-    this.cursor = answer.cursor;
     this.status = answer.status;
-    const p = answer.progress;
-    if (p) {
-      const pct = Math.round(p.progress * 100);
-      this.progress.hidden = false;
-      this.progress.setAttribute("aria-valuenow", String(pct));
-      this.progress.dataset.value = String(p.progress);
-      this.bar.style.width = `${pct}%`;
-      this.barLabel.textContent = `${pct}%${p.message ? ` · ${p.message}` : ""}` +
-        (p.attempt ? ` (attempt ${p.attempt})` : "");
+    if (answer.progress) this.showProgress(answer.progress);
+    for (const attempt of answer.attempts) this.append(attempt.attempt, attempt.lines);
+    const [attempt, seq] = String(answer.cursor).split(".").map(Number);
+    if (attempt > this.cursor[0] || (attempt === this.cursor[0] && seq > this.cursor[1])) {
+      this.cursor = [attempt, seq];
     }
-    for (const attempt of answer.attempts) {
-      let group = this.list.querySelector(`li.log-attempt[data-attempt="${attempt.attempt}"]`);
-      if (!group) {
-        group = h("li", { class: "log-attempt", dataset: { attempt: attempt.attempt } },
-          h("div", { class: "log-attempt-head muted" }, `Attempt #${attempt.attempt}`),
-          h("ol", { class: "log-attempt-lines" }));
-        this.list.appendChild(group);
-      }
-      const box = group.querySelector(".log-attempt-lines");
-      for (const line of attempt.lines) {
-        box.appendChild(h("li", { class: `log-line log-${line.stream}`, dataset: { stream: line.stream } },
-          h("span", { class: "log-at muted" }, timeEl(line.at)),
-          h("span", { class: "log-text" }, line.text)));
-        this.lines += 1;
-      }
+    this.settle();
+  }
+
+  showProgress(p) {
+    const at = Date.parse(p.at) || 0;
+    if (at < this.progressAt) return; // a read that raced a newer event
+    this.progressAt = at;
+    const pct = Math.round(p.progress * 100);
+    this.progress.hidden = false;
+    this.progress.setAttribute("aria-valuenow", String(pct));
+    this.progress.dataset.value = String(p.progress);
+    this.bar.style.width = `${pct}%`;
+    this.barLabel.textContent = `${pct}%${p.message ? ` · ${p.message}` : ""}` +
+      (p.attempt ? ` (attempt ${p.attempt})` : "");
+  }
+
+  append(attemptNo, lines) {
+    if (!lines.length) return;
+    let group = this.list.querySelector(`li.log-attempt[data-attempt="${attemptNo}"]`);
+    if (!group) {
+      group = h("li", { class: "log-attempt", dataset: { attempt: attemptNo } },
+        h("div", { class: "log-attempt-head muted" }, `Attempt #${attemptNo}`),
+        h("ol", { class: "log-attempt-lines" }));
+      this.list.appendChild(group);
     }
+    const box = group.querySelector(".log-attempt-lines");
+    for (const line of lines) {
+      box.appendChild(h("li", { class: `log-line log-${line.stream}`, dataset: { stream: line.stream } },
+        h("span", { class: "log-at muted" }, timeEl(line.at)),
+        h("span", { class: "log-text" }, line.text)));
+      this.lines += 1;
+    }
+  }
+
+  settle() {
     this.empty.hidden = this.lines > 0;
     if (this.stick) this.list.scrollTop = this.list.scrollHeight;
   }
