@@ -159,18 +159,28 @@ async def carrying(coro: Coroutine[Any, Any, T], traceparent: str) -> T:
         _carried.reset(token)
 
 
-@contextmanager
-def submit_span(traceparent: str | None, transport: str) -> Iterator[None]:
+def submit_span(traceparent: str | None, transport: str) -> AbstractContextManager[None]:
     """Around a submission to the API: a span, child of the request's ``traceparent``,
     current while the store takes the task (so the task stores the span's context). When
-    this process does not trace, the request's own ``traceparent`` goes with the task."""
+    this process does not trace, the request's own ``traceparent`` goes with the task
+    (nothing to do, no generator, for a request without one)."""
     if tracer is None:
-        token = _carried.set(valid(traceparent))
-        try:
-            yield
-        finally:
-            _carried.reset(token)
-        return
+        return _NO_SPAN if traceparent is None else _carrying(valid(traceparent))
+    return _submit_span(traceparent, transport)
+
+
+@contextmanager
+def _carrying(traceparent: str | None) -> Iterator[None]:
+    token = _carried.set(traceparent)
+    try:
+        yield
+    finally:
+        _carried.reset(token)
+
+
+@contextmanager
+def _submit_span(traceparent: str | None, transport: str) -> Iterator[None]:
+    assert tracer is not None
     from opentelemetry import trace
     from opentelemetry.trace import SpanKind
 
@@ -303,13 +313,16 @@ def ended(span: Span | None, completion: Completion) -> None:
         span.set_status(Status(StatusCode.ERROR, completion.error or completion.outcome))
 
 
-@contextmanager
-def child_span(traceparent: str | None) -> Iterator[None]:
+def child_span(traceparent: str | None) -> AbstractContextManager[None]:
     """In a process-pool child: the parent's run span (sent across the pipe as a
     traceparent) is current while the handler runs, so the handler's spans nest under it."""
     if tracer is None or traceparent is None:
-        yield
-        return
+        return _NO_SPAN
+    return _child_span(traceparent)
+
+
+@contextmanager
+def _child_span(traceparent: str) -> Iterator[None]:
     from opentelemetry import context
 
     token = context.attach(_parent(traceparent))
