@@ -31,9 +31,12 @@ Then, with 2 worker processes and a scheduler on each schema in turn:
     (1 h, 24 h). p50/p99 as the client saw them (goal: p99 < 50 ms each).
 ``purge``
     ``--rate`` tasks/s submitted for ``--seconds`` without, then with, a purge of the
-    expired tasks (``chronoq.retention.purge``, batches of 1,000, as ``chronoq purge``):
-    rows/s (goal >= 50,000) and those tasks' submit->start p99 in both windows (goal:
-    with < 2x without).
+    expired tasks (``chronoq.retention.purge``, batches of ``--purge-batch``, default
+    1,000 as ``chronoq purge``): rows/s (goal >= 50,000) and those tasks' submit->start
+    p99 in both windows (goal: with < 2x without).
+
+``--only purge`` (repeatable: ``--only hot --only endpoints``) runs one phase; the purge
+alone skips the rollup, so the load is the COPY and VACUUM only.
 
 The machine matters: every figure here shares the CPUs with the workers, the scheduler,
 PostgreSQL and whatever else runs; quote medians of several runs and the load average.
@@ -98,6 +101,7 @@ TASK_COLUMNS = (
     "error",
 )
 ATTEMPT_COLUMNS = ("task_id", "attempt", "worker_id", "started_at", "finished_at", "outcome")
+PHASES = ("hot", "endpoints", "purge")
 BACKOFF = '{"base": 1.0, "factor": 2.0, "max": 300.0, "jitter": 0.1}'
 
 
@@ -391,7 +395,7 @@ async def purge_under_load(db: Database, args: argparse.Namespace, log_dir: Path
         queues = await retention.queues_by_status(purger)
         expired = policy.expired(queues, time.time())
         t0 = time.perf_counter()
-        job = asyncio.create_task(retention.purge(purger, expired, batch=1000))
+        job = asyncio.create_task(retention.purge(purger, expired, batch=args.purge_batch))
         busy: list[str] = []
         while not job.done():
             busy += await submit(min(args.seconds, 2.0))
@@ -433,20 +437,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"loading {args.finished:,} finished tasks into {loaded.schema}")
         out["load"] = await load(loaded.url, loaded.schema, args)
         say(f"  {out['load']}")
-        store = create_store(loaded.url)
-        await store.open()
-        t0 = time.perf_counter()
-        rolled = await counts.advance(store, time.time(), min_rows=1)
-        out["load"]["rollup_s"] = round(time.perf_counter() - t0, 1)
-        await store.close()
-        say(f"  rolled {rolled:,} finished tasks up in {out['load']['rollup_s']} s")
-        say("hot path: empty, then loaded")
-        out["empty"] = await measured(empty, args, log_dir, "empty")
-        out["loaded"] = await measured(loaded, args, log_dir, "loaded")
-        say("endpoints on the loaded schema")
-        out["endpoints"] = await endpoints(loaded, args, log_dir)
-        say("purge while tasks run")
-        out["purge"] = await purge_under_load(loaded, args, log_dir)
+        if args.only != ["purge"]:
+            store = create_store(loaded.url)
+            await store.open()
+            t0 = time.perf_counter()
+            rolled = await counts.advance(store, time.time(), min_rows=1)
+            out["load"]["rollup_s"] = round(time.perf_counter() - t0, 1)
+            await store.close()
+            say(f"  rolled {rolled:,} finished tasks up in {out['load']['rollup_s']} s")
+        if "hot" in args.only:
+            say("hot path: empty, then loaded")
+            out["empty"] = await measured(empty, args, log_dir, "empty")
+            out["loaded"] = await measured(loaded, args, log_dir, "loaded")
+        if "endpoints" in args.only:
+            say("endpoints on the loaded schema")
+            out["endpoints"] = await endpoints(loaded, args, log_dir)
+        if "purge" in args.only:
+            say("purge while tasks run")
+            out["purge"] = await purge_under_load(loaded, args, log_dir)
         out["load_avg_end"] = os.getloadavg()[0]
     finally:
         if not args.keep:
@@ -458,20 +466,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(out: dict[str, Any]) -> str:
-    e, lo = out["empty"], out["loaded"]
     lines = [
         f"{out['finished']:,} finished + {out['queued']:,} queued tasks (PostgreSQL), "
         f"load {out['load']}; load average {out['load_avg_start']:.2f} -> "
         f"{out['load_avg_end']:.2f}",
-        f"tasks/s end to end        empty {e['tasks_per_s']:,}  loaded {lo['tasks_per_s']:,}"
-        f"  ratio {lo['tasks_per_s'] / e['tasks_per_s']:.2f}",
-        f"idle submit->start p50 ms empty {e['idle_p50_ms']:.2f}  loaded "
-        f"{lo['idle_p50_ms']:.2f}  ratio {lo['idle_p50_ms'] / e['idle_p50_ms']:.2f}",
-        "endpoint                                   p50 ms   p99 ms   (goal p99 < 50)",
     ]
-    for k, p in out["endpoints"].items():
-        flag = "" if p["p99_ms"] < 50 else "  MISSED"
-        lines.append(f"  {k:<40} {p['p50_ms']:7.1f}  {p['p99_ms']:7.1f}{flag}")
+    if "empty" in out:
+        e, lo = out["empty"], out["loaded"]
+        lines += [
+            f"tasks/s end to end        empty {e['tasks_per_s']:,}  loaded "
+            f"{lo['tasks_per_s']:,}  ratio {lo['tasks_per_s'] / e['tasks_per_s']:.2f}",
+            f"idle submit->start p50 ms empty {e['idle_p50_ms']:.2f}  loaded "
+            f"{lo['idle_p50_ms']:.2f}  ratio {lo['idle_p50_ms'] / e['idle_p50_ms']:.2f}",
+        ]
+    if "endpoints" in out:
+        lines.append("endpoint                                   p50 ms   p99 ms   (goal p99 < 50)")
+        for k, p in out["endpoints"].items():
+            flag = "" if p["p99_ms"] < 50 else "  MISSED"
+            lines.append(f"  {k:<40} {p['p50_ms']:7.1f}  {p['p99_ms']:7.1f}{flag}")
+    if "purge" not in out:
+        return "\n".join(lines)
     pg = out["purge"]
     lines.append(
         f"purge: {pg['purged']:,} rows in {pg['purge_s']} s = {pg['rows_per_s']:,} rows/s "
@@ -495,14 +509,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=40, help="endpoint rounds, 1.1 s apart")
     p.add_argument("--rate", type=int, default=1000, help="tasks/s beside the purge")
     p.add_argument("--seconds", type=float, default=10.0, help="the window without purge")
+    p.add_argument("--purge-batch", type=int, default=1000, help="rows per purge batch")
     p.add_argument(
         "--database-url", default=os.environ.get("CHRONOQ_BENCH_POSTGRES", DEFAULT_POSTGRES)
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=PHASES,
+        help="run only this phase (repeatable; default: all). Purge alone skips the rollup",
     )
     p.add_argument("--keep", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.finished, args.expired = 1_000_000, 300_000
+    args.only = args.only or list(PHASES)
     return args
 
 
