@@ -275,7 +275,7 @@ class TaskLifecycle(RuleBasedStateMachine):
         """PostgreSQL: one schema serves every example, emptied here; the worker's channel
         is listened to, so a claim can offer its free slots for hand-offs."""
         async with self.store.conn() as c:
-            await c.execute("TRUNCATE tasks, offers CASCADE")
+            await c.execute("TRUNCATE tasks, attempts, offers CASCADE")
         channel = worker_channel(WORKER)
         self.store.hub.on_message(channel, lambda _payload: None)
         for _ in range(500):

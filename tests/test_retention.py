@@ -22,8 +22,8 @@ from chronoq.models import TaskCreate
 from chronoq.retention import Policy, PolicyError, Sweeper
 from chronoq.scheduler import Scheduler
 from chronoq.states import TERMINAL, Status
-from chronoq.store import Completion, Store, create_store, opened
-from chronoq.store.retention import Expired, finished_queues, pick
+from chronoq.store import Completion, Store, create_store, opened, tasklogs
+from chronoq.store.retention import Expired, delete_batch, finished_queues, pick
 from tests.conftest import Harness, make_settings, running
 from tests.processes import Proc, cli, free_port, wait_ready, wait_status
 
@@ -236,6 +236,41 @@ async def test_leader_purges_expired_finished_tasks_with_attempts(
     assert attempt["outcome"] == "failed" and attempt["error"] == "boom"
     assert by_id[old_ok[0]]["attempt_history"][0]["result"] == {"ok": 1}
     assert by_id[old_cancel[0]]["attempt_history"] == []
+
+
+async def test_a_deleted_task_takes_its_attempts_logs_and_progress(db_url: str) -> None:
+    """However a task is deleted (a purge batch, DELETE /v1/tasks/{id}), its attempts, logs
+    and progress go with it (PostgreSQL: one statement-level trigger, migration 0025), and a
+    log or progress write for a task already gone inserts nothing."""
+    async with opened(create_store(db_url)) as store:
+        purged = await finished(store, "succeeded", age=10 * DAY, n=3)
+        discarded = await finished(store, "dead", age=DAY)
+        kept = await finished(store, "succeeded", age=DAY)
+        everyone = [*purged, *discarded, *kept]
+        now = time.time()
+        await tasklogs.write(
+            store,
+            [tasklogs.Chunk(t, 1, 1, now, [(now, "stdout", "hi")]) for t in everyone],
+            [tasklogs.Step(t, 1, 0.5, "half", now) for t in everyone],
+        )
+        n, _ = await delete_batch(
+            store, Expired(Status.SUCCEEDED, "default", now - 7 * DAY), None, 10
+        )
+        assert n == 3
+        await store.delete_task(discarded[0])
+        async with store.conn() as c:
+            for table in ("attempts", "task_logs", "task_progress"):
+                rows = await c.fetch(f"SELECT DISTINCT task_id FROM {table}")
+                assert {r["task_id"] for r in rows} == set(kept), table
+        await tasklogs.write(
+            store,
+            [tasklogs.Chunk(purged[0], 1, 2, now, [(now, "stdout", "late")])],
+            [tasklogs.Step(purged[0], 1, 1.0, None, now)],
+        )
+        async with store.conn() as c:
+            for table in ("task_logs", "task_progress"):
+                rows = await c.fetch(f"SELECT task_id FROM {table} WHERE task_id = $1", purged[0])
+                assert not rows, table
 
 
 async def test_a_follower_does_not_purge(harness: Harness) -> None:

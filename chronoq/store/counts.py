@@ -2,10 +2,10 @@
 queue gauges) at a cost that follows the *active* tasks, not the rows stored.
 
 - **Active statuses** are counted over the partial index that already holds each of them,
-  so finished rows are never read: ``queued`` from ``tasks_ready`` (with the oldest
-  ``run_at``), ``scheduled`` and ``failed`` from ``tasks_waiting``, ``running`` from
-  ``tasks_leases``, ``blocked`` and ``upstream_failed`` (workflow nodes) from
-  ``tasks_blocked`` (migration 0024). One statement, a UNION ALL of the four.
+  so finished rows are never read: ``queued`` from ``tasks_ready`` and ``tasks_limited``
+  (with the oldest ``run_at``), ``scheduled`` and ``failed`` from ``tasks_waiting``,
+  ``running`` from ``tasks_leases``, ``blocked`` and ``upstream_failed`` (workflow nodes) from
+  ``tasks_blocked`` (migration 0024). One statement, a UNION ALL of the five.
 - **Finished statuses** come in two parts (migration 0024). ``finished_counts`` holds, per
   namespace, queue and status, the finished tasks whose ``updated_at`` (when they
   finished) is before ``finished_mark.upto``; the tasks finished since are counted when
@@ -74,12 +74,18 @@ def _active_sql(namespace: str | None) -> tuple[str, list[Any]]:
     """(queue, status, n, oldest) of every active status, each over its own partial index;
     the predicates are those of the indexes, word for word (SQLite matches them so)."""
     extra, args = (" AND namespace = $1", [namespace]) if namespace is not None else ("", [])
-    queued = lifecycle.CLAIM.where()  # tasks_ready
+    queued = lifecycle.CLAIM.where()
     waiting = lifecycle.PROMOTE.where()  # tasks_waiting
     running = lifecycle.FINISH.where()  # tasks_leases
     parts = [
+        # tasks_ready and tasks_limited (0021): each index's predicate, so both are read
+        # alone (``status = 'queued'`` by itself matches neither, and the planner walked
+        # tasks_by_status and the table: 10,000 heap fetches for 10,000 queued tasks)
         f"SELECT queue, '{Status.QUEUED.value}' AS status, count(*) AS n, "
-        f"min(run_at) AS oldest, 0 AS tail FROM tasks WHERE {queued}{extra} GROUP BY queue",
+        f"min(run_at) AS oldest, 0 AS tail FROM tasks WHERE {queued} "
+        f"AND concurrency_key {keyed}{extra} GROUP BY queue"
+        for keyed in ("IS NULL", "IS NOT NULL")
+    ] + [
         f"SELECT queue, status, count(*) AS n, NULL AS oldest, 0 AS tail FROM tasks "
         f"WHERE {waiting}{extra} GROUP BY queue, status",
         f"SELECT queue, '{Status.RUNNING.value}' AS status, count(*) AS n, NULL AS oldest, "
@@ -199,9 +205,10 @@ async def queue_stats(store: Store, now: float, namespace: str | None = None) ->
         status = Status(row["status"])
         stat = entry(row["queue"])
         stat.counts[status] += int(row["n"])
-        if status is Status.QUEUED:
-            stat.depth = int(row["n"])
-            stat.oldest_queued_age_seconds = max(0.0, now - float(row["oldest"]))
+        if status is Status.QUEUED:  # two rows: the unkeyed and the keyed tasks
+            stat.depth += int(row["n"])
+            age = max(0.0, now - float(row["oldest"]))
+            stat.oldest_queued_age_seconds = max(stat.oldest_queued_age_seconds or 0.0, age)
     for row in finished:
         if row["n"]:
             entry(row["queue"]).counts[Status(row["status"])] += int(row["n"])

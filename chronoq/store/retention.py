@@ -4,7 +4,8 @@ Every query names one status and one queue and walks the ``tasks_finished`` part
 (migration 0014) over ``updated_at`` - the time a finished task finished. A batch is one
 short transaction: lock up to ``limit`` rows past a cursor (skipping rows another
 transaction holds), hand them to the caller (the export), delete them. Their attempts go
-with them (``ON DELETE CASCADE``). The cursor means rows a filter leaves out (another
+with them (on PostgreSQL one statement-level trigger per DELETE, migration 0025; on SQLite
+``ON DELETE CASCADE``). The cursor means rows a filter leaves out (another
 namespace or name) are read once per purge, not once per batch.
 """
 
@@ -118,14 +119,21 @@ async def _delete_picked(
 ) -> tuple[int, tuple[float, str] | None]:
     """PostgreSQL without an export: pick and delete in one statement (one round trip),
     committed without waiting for the disk (a batch forgotten by a server crash is
-    deleted again by the next purge, as deleting expired rows is idempotent)."""
-    sql, args = pick(store, expired, after, limit, "id")
+    deleted again by the next purge, as deleting expired rows is idempotent).
+
+    The picked rows are deleted by their ``ctid`` (a TID scan), not found again through
+    the primary key: the rows are locked by the pick, so their versions cannot move. A
+    row updated after the statement's snapshot (and before the pick locked it) is not
+    visible to the TID scan and stays: it is no longer the finished row the policy
+    picked. Their attempts, logs and edges go with them in the statement's trigger
+    (migration 0025)."""
+    sql, args = pick(store, expired, after, limit, "ctid")
     async with store.conn() as c:
         rows = await c.fetch(
             "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)), "
-            f"picked AS ({sql}) DELETE FROM tasks t USING picked, relaxed "
-            f"WHERE t.id = picked.id AND {lifecycle.PURGE.where('t.status')} "
-            "RETURNING t.id, t.updated_at",
+            f"picked AS ({sql}) DELETE FROM tasks t "
+            "WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM picked, relaxed)) "
+            f"AND {lifecycle.PURGE.where('t.status')} RETURNING t.id, t.updated_at",
             *args,
         )
     if not rows:

@@ -37,6 +37,10 @@ class Step:
     at: float
 
 
+#: how the inserts lock the task row they depend on, per dialect (SQLite: its foreign keys)
+_KEY_SHARE = {"postgresql": " FOR KEY SHARE", "sqlite": ""}
+
+
 @dataclass(frozen=True, slots=True)
 class LogLine:
     attempt: int
@@ -54,12 +58,18 @@ async def write(
     logs: Sequence[LogEvent] = (),
 ) -> None:
     """Store ``chunks`` and ``steps`` (a task whose row is gone is skipped), then announce
-    the progress ``events`` and the chunks' ``logs`` events."""
+    the progress ``events`` and the chunks' ``logs`` events.
+
+    On PostgreSQL the task's row is locked ``FOR KEY SHARE`` by the insert, so a DELETE of
+    the task either waits for this transaction (and its trigger then deletes these rows)
+    or has committed (and nothing is inserted): migration 0025 replaced the foreign keys,
+    whose check took that lock, with a statement-level trigger."""
+    there = f"EXISTS (SELECT 1 FROM tasks WHERE id = $1{_KEY_SHARE[store.dialect]})"
     async with store.tx() as c:
         if chunks:
             await c.executemany(
                 "INSERT INTO task_logs (task_id, attempt, seq, at, lines) "
-                "SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1) "
+                f"SELECT $1, $2, $3, $4, $5 WHERE {there} "
                 "ON CONFLICT DO NOTHING",
                 [
                     (
@@ -75,7 +85,7 @@ async def write(
         if steps:
             await c.executemany(
                 "INSERT INTO task_progress (task_id, attempt, progress, message, at) "
-                "SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1) "
+                f"SELECT $1, $2, $3, $4, $5 WHERE {there} "
                 "ON CONFLICT (task_id) DO UPDATE SET attempt = excluded.attempt, "
                 "progress = excluded.progress, message = excluded.message, at = excluded.at "
                 "WHERE task_progress.attempt <= excluded.attempt",
