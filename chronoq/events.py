@@ -326,13 +326,7 @@ class EventBus:
         return bool(self._progress_subscribers) or self._redis is not None
 
     def publish_progress(self, events: Iterable[ProgressEvent]) -> None:
-        batch = list(events)
-        if not batch:
-            return
-        _deliver(self._progress_subscribers, batch)
-        if self._redis is not None:
-            self._progress_outbox.extend(batch)
-            self._outbox_ready.set()
+        self._fan_out(self._progress_subscribers, self._progress_outbox, events)
 
     def subscribe_logs(self, maxsize: int = 1000) -> LogSubscription:
         """Log events (of this process and, through Redis, of the others)."""
@@ -346,13 +340,7 @@ class EventBus:
         return bool(self._log_subscribers) or self._redis is not None
 
     def publish_logs(self, events: Iterable[LogEvent]) -> None:
-        batch = list(events)
-        if not batch:
-            return
-        _deliver(self._log_subscribers, batch)
-        if self._redis is not None:
-            self._log_outbox.extend(batch)
-            self._outbox_ready.set()
+        self._fan_out(self._log_subscribers, self._log_outbox, events)
 
     def subscribe_workflows(self, maxsize: int = 1000) -> WorkflowSubscription:
         """Workflow events (of this process and, through Redis, of the others)."""
@@ -366,31 +354,24 @@ class EventBus:
         return bool(self._workflow_subscribers) or self._redis is not None
 
     def publish_workflows(self, events: Iterable[WorkflowEvent]) -> None:
-        batch = list(events)
-        if not batch:
-            return
-        _deliver(self._workflow_subscribers, batch)
-        if self._redis is not None:
-            self._workflow_outbox.extend(batch)
-            self._outbox_ready.set()
+        self._fan_out(self._workflow_subscribers, self._workflow_outbox, events)
 
     def publish(self, events: Iterable[TaskEvent]) -> None:
-        batch = list(events)
-        if not batch:
-            return
-        self._deliver(batch)
-        if self._redis is not None:
-            self._outbox.extend(batch)
-            self._outbox_ready.set()
+        self._fan_out(self._subscribers, self._outbox, events)
 
     def publish_workers(self, events: Iterable[WorkerEvent]) -> None:
         """Worker events (rare: built whether or not anyone listens)."""
+        self._fan_out(self._worker_subscribers, self._worker_outbox, events)
+
+    def _fan_out(self, subscribers: set[Feed[E]], outbox: list[E], events: Iterable[E]) -> None:
+        """Every feed's publishing: to this process's subscribers now, and into the outbox
+        the Redis bridge sends to the other processes."""
         batch = list(events)
         if not batch:
             return
-        _deliver(self._worker_subscribers, batch)
+        _deliver(subscribers, batch)
         if self._redis is not None:
-            self._worker_outbox.extend(batch)
+            outbox.extend(batch)
             self._outbox_ready.set()
 
     def _deliver(self, batch: list[TaskEvent], remote: bool = False) -> None:

@@ -36,6 +36,13 @@ export function apiKey() {
   }
 }
 
+/** A WebSocket to ``url`` that carries the API key, if one is set, as its sub-protocol
+ * (browsers cannot set headers on a WebSocket); throws as the constructor does. */
+export function eventSocket(url) {
+  const key = apiKey();
+  return key ? new WebSocket(url, ["chronoq.bearer", key]) : new WebSocket(url);
+}
+
 export function setApiKey(key) {
   try {
     if (key) window.sessionStorage.setItem(KEY, key);

@@ -14,7 +14,7 @@
 // proxies log; a socket the server closes with 4401 (refused or revoked key) is not
 // retried but reported to onUnauthorized.
 
-import { apiKey } from "./api.js";
+import { eventSocket } from "./api.js";
 
 export class Live {
   constructor({ onEvents, onMode, onUnauthorized, onResync }) {
@@ -65,8 +65,7 @@ export class Live {
     this.retryTimer = null;
     let socket;
     try {
-      const key = apiKey();
-      socket = key ? new WebSocket(this.url, ["chronoq.bearer", key]) : new WebSocket(this.url);
+      socket = eventSocket(this.url);
     } catch {
       this.fallBack();
       return;

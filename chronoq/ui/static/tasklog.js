@@ -13,7 +13,7 @@
 // is open. The panel outlives the detail's re-renders: the task view keeps one per open
 // task and re-attaches its element.
 
-import { apiKey, get } from "./api.js";
+import { eventSocket, get } from "./api.js";
 import { h } from "./dom.js";
 import { timeEl } from "./format.js";
 
@@ -91,8 +91,7 @@ export class TaskLog {
     if (this.stopped) return;
     let socket;
     try {
-      const key = apiKey();
-      socket = key ? new WebSocket(this.url, ["chronoq.bearer", key]) : new WebSocket(this.url);
+      socket = eventSocket(this.url);
     } catch {
       this.load();
       return;
