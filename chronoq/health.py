@@ -102,11 +102,13 @@ def health_app(
     readiness: Readiness,
     dead: Callable[[], list[str]],
     stopping: Callable[[], bool],
+    starting: Callable[[], list[str]] = list,
 ) -> Starlette:
     """``/healthz`` and ``/readyz`` for one process.
 
     ``dead`` names the components that ended (liveness fails); ``stopping`` says the
-    process is shutting down (readiness fails, liveness holds so a drain is not killed)."""
+    process is shutting down (readiness fails, liveness holds so a drain is not killed);
+    ``starting`` names the components not serving yet (a worker not registered)."""
 
     async def healthz(_request: Request) -> JSONResponse:
         ended = dead()
@@ -126,7 +128,8 @@ def health_app(
     async def readyz(_request: Request) -> JSONResponse:
         if stopping():
             return not_ready(["stopping"])
-        problems = await readiness.problems(store())
+        problems = [f"{name} starting" for name in starting()]
+        problems += await readiness.problems(store())
         return not_ready(problems) if problems else JSONResponse({"status": "ready"})
 
     return Starlette(

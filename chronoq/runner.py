@@ -353,8 +353,16 @@ class Runner:
                 return []
             return [job.get_name() for job in components_jobs if job.done()]
 
+        def starting() -> list[str]:
+            worker = self.worker
+            return ["worker"] if worker is not None and not worker.serving else []
+
         app = health_app(
-            lambda: self.app.store, self._readiness, dead, lambda: self._stop_requested
+            lambda: self.app.store,
+            self._readiness,
+            dead,
+            lambda: self._stop_requested,
+            starting,
         )
         host = components.health_host or settings.host
         health_jobs: list[asyncio.Task[None]] = []
@@ -447,7 +455,12 @@ async def _gather_or_fail(jobs: Iterable[asyncio.Task[None]], stop: Callable[[],
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for job in done:
             if not job.cancelled() and job.exception() is not None:
-                log.error("%s crashed: %r; stopping", job.get_name(), job.exception())
+                log.error(
+                    "%s crashed: %r; stopping",
+                    job.get_name(),
+                    job.exception(),
+                    exc_info=job.exception(),
+                )
                 stop()
                 await asyncio.gather(*pending, return_exceptions=True)
                 raise job.exception()  # type: ignore[misc]

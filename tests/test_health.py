@@ -72,7 +72,9 @@ async def test_health_ports_follow_the_database(
                 base = f"http://127.0.0.1:{port}"
                 down = await _wait_code(http, f"{base}/readyz", 503, proc)
                 error = down.json()["error"]
-                assert error["code"] == "not_ready" and error["details"][0].startswith("store")
+                assert error["code"] == "not_ready" and error["details"][0].startswith("store"), (
+                    proc.output()
+                )
                 # alive all the same: an outage must not get every pod restarted
                 assert (await http.get(f"{base}/healthz")).status_code == 200
 

@@ -27,6 +27,7 @@ from chronoq.events import EventBus, TaskEvent
 from chronoq.store import create_store, opened
 from tests.conftest import Harness, make_settings
 from tests.processes import Proc, free_port, wait_ready
+from tests.waiting import until
 
 
 class Proxy:
@@ -206,6 +207,34 @@ async def test_scheduler_and_worker_back_off_while_the_database_is_down(
         await asyncio.sleep(0.1)
     later = await harness.submit(name="x", delay_seconds=0.3)
     assert (await harness.wait_for(later["id"], "succeeded", timeout=15))["result"] == "ran"
+
+
+async def test_worker_started_during_an_outage_waits_for_the_database(
+    proxied: tuple[Harness, Proxy],
+) -> None:
+    """A worker whose registration meets an outage retries it (it used to crash the
+    process) and is not serving until it is in; then it runs tasks as usual."""
+    harness, proxy = proxied
+
+    @harness.app.task("x")
+    async def x() -> str:
+        return "ran"
+
+    await proxy.cut()
+    worker = harness.start_worker(worker_id="late")
+    job = harness.workers[-1][1]
+    await asyncio.sleep(1.5)  # two registration attempts fail
+    assert not job.done() and not worker.serving
+    await proxy.start()
+    await until(lambda: _true(worker.serving), "the worker never registered", 15)
+    task = await harness.submit(name="x")
+    assert (await harness.wait_for(task["id"], "succeeded", timeout=15))["result"] == "ran"
+    workers = (await harness.http.get("/v1/workers")).json()
+    assert "late" in [w["id"] for w in workers]
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_redis_loops_back_off_while_redis_is_down(

@@ -127,6 +127,8 @@ class Worker:
         #: the child processes that run process-pool handlers (``--pool process``)
         self.pool = pool
         self._pool_reporter: asyncio.Task[None] | None = None
+        #: registered and claiming (readiness waits for it)
+        self.serving = False
 
     # -- what it holds -----------------------------------------------------------------------
     @property
@@ -214,15 +216,7 @@ class Worker:
         await self._start_pool()
         await self.broker.start()
         unsubscribe = self.store.hub.on_cancel(self.cancel_local)
-        await self.store.register_worker(
-            self.id,
-            socket.gethostname(),
-            os.getpid(),
-            self.queues,
-            self.concurrency,
-            time.time(),
-            handlers=list(self.executors),
-        )
+        await self._register()
         flusher = asyncio.create_task(self.completions.run(), name="chronoq-flush")
         heartbeat = asyncio.create_task(self.heartbeats.run(), name="chronoq-heartbeat")
         logcapture.install()
@@ -237,6 +231,7 @@ class Worker:
             ",".join(self.queues),
             self.concurrency,
         )
+        self.serving = True
         try:
             await self.claims.run()
             try:
@@ -267,6 +262,32 @@ class Worker:
             except Exception:
                 log.warning("could not mark worker %s stopped", self.id)
             log.info("worker %s stopped after %d tasks", self.id, self.processed)
+
+    async def _register(self) -> None:
+        """Enter the registry, retrying while the store is unreachable: a worker that
+        starts during an outage waits for the store instead of exiting (a stop ends
+        the wait; :meth:`run` then stops at once, having claimed nothing)."""
+        outage = Outage("registering the worker", log, cap=5.0)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self.store.register_worker(
+                        self.id,
+                        socket.gethostname(),
+                        os.getpid(),
+                        self.queues,
+                        self.concurrency,
+                        time.time(),
+                        handlers=list(self.executors),
+                    )
+                except self.store.outage_errors as exc:
+                    await asyncio.wait([stopping], timeout=outage.failed(exc))
+                    continue
+                outage.over()
+                return
+        finally:
+            stopping.cancel()
 
     async def _drain(self, drain_seconds: float) -> None:
         running = self.running
