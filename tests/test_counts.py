@@ -13,7 +13,7 @@ from chronoq.models import TaskCreate
 from chronoq.states import Status
 from chronoq.store import Store, create_store, history, opened
 from chronoq.store import counts as counting
-from chronoq.store.history import BucketDurations, Window, counts, durations
+from chronoq.store.history import BucketCount, BucketDurations, Window, counts, durations
 from chronoq.store.retention import Expired, delete_batch
 from tests.test_retention import DAY, finished
 
@@ -127,9 +127,9 @@ async def test_charts_read_the_rolled_up_statistics_as_they_read_the_tasks(db_ur
 async def test_durations_kept_for_buckets_behind_the_mark_match_a_fresh_read(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The durations of window buckets the mark passed whole are kept in the process
-    (chronoq.store.history._final): every read, as tasks finish after the mark and as it
-    moves on, says what a read with nothing kept says."""
+    """The durations and counts of window buckets the mark passed whole are kept in the
+    process (chronoq.store.history._final): every read, as tasks finish after the mark and
+    as it moves on, says what a read with nothing kept says."""
     async with opened(create_store(db_url)) as store:
 
         async def done(age: float, n: int, run: float, queue: str = "a") -> None:
@@ -157,13 +157,24 @@ async def test_durations_kept_for_buckets_behind_the_mark_match_a_fresh_read(
             history._final.clear()
             return await durations(store, window)
 
+        async def counted(window: Window) -> list[BucketCount]:
+            return sorted(await history.counts(store, window), key=astuple)
+
+        async def fresh_counts(window: Window) -> list[BucketCount]:
+            history._final.clear()
+            return await counted(window)
+
         async def reads_agree() -> list[list[BucketDurations]]:
             kept = [await durations(store, w) for w in windows]
             again = [await durations(store, w) for w in windows]
             assert again == kept
             assert kept == [await fresh(w) for w in windows]
+            tallies = [await counted(w) for w in windows]
+            assert tallies == [await counted(w) for w in windows]
+            assert tallies == [await fresh_counts(w) for w in windows]
             for w in windows:  # fills what is kept back, for the next round
                 await durations(store, w)
+                await counted(w)
             return kept
 
         assert await counting.advance(store, now, min_rows=1) == 28

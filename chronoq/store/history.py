@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from chronoq.states import TERMINAL, Status
 from chronoq.store import counts as rollup
@@ -108,25 +108,24 @@ async def counts(
     store: Store, window: Window, statuses: Sequence[Status] = STATUSES
 ) -> list[BucketCount]:
     """Every non-zero (status, queue, bucket) count of ``window``: from ``finished_stats``
-    before the mark, from the ``tasks_finished`` ranges after it."""
+    before the mark (the buckets it passed whole kept in this process, as for
+    :func:`durations`), from the ``tasks_finished`` ranges after it."""
     found: list[BucketCount] = []
     since: float | None = None
     split = await _split(store, window)
     if split is not None:
-        tier, since, _ = split
-        where, args = _stats_sql(window, tier, since, None)
-        async with store.conn() as c:
-            rows = await c.fetch(
-                f"SELECT status, queue, bucket, sum(n) AS n FROM finished_stats WHERE {where} "
-                "GROUP BY status, queue, bucket",
-                *args,
-            )
+        tier, since, mark = split
         wanted = {s.value for s in statuses}
-        for r in rows:
-            if r["status"] in wanted:
-                b = int((float(r["bucket"]) - window.start) // window.bucket)
-                if 0 <= b < window.buckets:
-                    found.append(BucketCount(Status(r["status"]), r["queue"], b, int(r["n"])))
+
+        async def read(lower: float, upper: float) -> dict[float, list[tuple[str, str, int]]]:
+            return await _read_counts(store, window, tier, lower, upper)
+
+        final, kept = await _finals(store, window, tier, mark, "counts", read)
+        if final < since:
+            kept.update(await read(final, since))
+        for at, rows in kept.items():
+            b = int((at - window.start) // window.bucket)
+            found += [BucketCount(Status(st), q, b, n) for st, q, n in rows if st in wanted]
         if since >= window.end:
             return found
     pairs: list[tuple[Status, str]] = []
@@ -149,6 +148,28 @@ async def counts(
             if 0 <= int(r["b"]) < window.buckets  # float edges: never outside the window
         ]
     return found
+
+
+async def _read_counts(
+    store: Store, window: Window, tier: int, lower: float, upper: float
+) -> dict[float, list[tuple[str, str, int]]]:
+    """The ``finished_stats`` counts of ``[lower, upper)`` summed per window bucket (by its
+    start): (status, queue, count) of every status."""
+    where, args = _stats_sql(window, tier, upper, None, lower)
+    async with store.conn() as c:
+        rows = await c.fetch(
+            f"SELECT status, queue, bucket, sum(n) AS n FROM finished_stats WHERE {where} "
+            "GROUP BY status, queue, bucket",
+            *args,
+        )
+    summed: dict[float, dict[tuple[str, str], int]] = {}
+    for r in rows:
+        b = int((float(r["bucket"]) - window.start) // window.bucket)
+        if 0 <= b < window.buckets:
+            per = summed.setdefault(window.start + b * window.bucket, {})
+            key = (r["status"], r["queue"])
+            per[key] = per.get(key, 0) + int(r["n"])
+    return {at: [(st, q, n) for (st, q), n in per.items()] for at, per in summed.items()}
 
 
 #: what each (status, queue) range of :func:`_statement` selects, and its GROUP BY
@@ -207,6 +228,10 @@ class BucketDurations:
     count: int
     run: tuple[float, ...]
     wait: tuple[float, ...]
+
+
+#: a bucket's succeeded count and its run and wait quantiles
+_Quantiles = tuple[int, tuple[float, ...], tuple[float, ...]]
 
 
 def quantiles(values: Sequence[float], qs: Sequence[float] = QUANTILES) -> tuple[float, ...]:
@@ -274,92 +299,102 @@ def _ranked(rows: Sequence[Any], buckets: int) -> list[BucketDurations]:
     ]
 
 
-#: window buckets whose durations are known for good (see :func:`_binned`), per store and
-#: per (tier, name, namespace, queue, bucket size, bucket phase): the most recently read
-#: :data:`FINAL_KEYS` of them, each at most :data:`FINAL_BUCKETS` buckets back
-_final: weakref.WeakKeyDictionary[Store, dict[tuple[Any, ...], _Known]] = (
+#: window buckets whose counts or durations are known for good (see :func:`_finals`), per
+#: store and per (what, tier, name, namespace, queue, bucket size, bucket phase): the most
+#: recently read :data:`FINAL_KEYS` of them, each at most :data:`FINAL_BUCKETS` buckets back
+_final: weakref.WeakKeyDictionary[Store, dict[tuple[Any, ...], _Known[Any]]] = (
     weakref.WeakKeyDictionary()
 )
 FINAL_KEYS = 64
 FINAL_BUCKETS = 1440
 
+T = TypeVar("T")
+
 
 @dataclass(slots=True)
-class _Known:
-    """The durations of every window bucket starting in ``[lo, hi)`` (epoch seconds): those
-    with a succeeded task in ``found``, by start; the others had none."""
+class _Known(Generic[T]):
+    """What every window bucket starting in ``[lo, hi)`` (epoch seconds) holds: those with
+    anything in ``found``, by start; the others had nothing."""
 
     lo: float
     hi: float
-    found: dict[float, tuple[int, tuple[float, ...], tuple[float, ...]]] = field(
-        default_factory=dict
-    )
+    found: dict[float, T] = field(default_factory=dict)
 
 
-def _known(store: Store, window: Window, tier: int) -> tuple[tuple[Any, ...], _Known | None]:
+async def _finals(
+    store: Store,
+    window: Window,
+    tier: int,
+    mark: float,
+    what: str,
+    read: Callable[[float, float], Awaitable[dict[float, T]]],
+) -> tuple[float, dict[float, T]]:
+    """``(final, values)``: the window's buckets before ``final`` can no longer change, and
+    ``values`` holds theirs by bucket start, read with ``read(lower, upper)`` only where
+    this process does not know them yet.
+
+    A window bucket that ends at or before the last ``tier`` bucket the mark passed whole
+    is final (a move of the mark writes only the tier buckets it reaches, and retention
+    leaves ``finished_stats`` alone), so it is kept (:data:`_final`): a chart read again,
+    as the dashboard does every few seconds, reads only its last buckets, not the whole
+    window's statistics again."""
+    whole = math.floor(mark / tier) * tier  # tier buckets before it are complete
+    final = window.start
+    if whole > window.start:
+        final += min(window.buckets, (whole - window.start) // window.bucket) * window.bucket
+    if final <= window.start:
+        return final, {}
     keys = _final.get(store)
     if keys is None:
         keys = _final[store] = {}
     phase = window.start % window.bucket
-    key = (tier, window.name or "", window.namespace, window.queue, window.bucket, phase)
-    known = keys.pop(key, None)  # re-inserted last: the most recently used
-    if known is not None:
-        keys[key] = known
-    return key, known
-
-
-def _remember(store: Store, key: tuple[Any, ...], known: _Known, bucket: float) -> None:
-    keys = _final.setdefault(store, {})
-    keys.pop(key, None)
-    keys[key] = known
+    key = (what, tier, window.name or "", window.namespace, window.queue, window.bucket, phase)
+    known: _Known[T] | None = keys.pop(key, None)
+    if known is not None and known.hi > whole:  # the mark went back (a restored backup)
+        known = None
+    if known is None or known.hi < window.start or known.lo > final:
+        known = _Known(window.start, window.start)
+        missing = [(window.start, final)]
+    else:
+        missing = [(a, b) for a, b in ((window.start, known.lo), (known.hi, final)) if a < b]
+    for lower, upper in missing:
+        known.found.update(await read(lower, upper))
+    known.lo, known.hi = min(known.lo, window.start), max(known.hi, final)
+    values = {at: v for at, v in known.found.items() if window.start <= at < final}
+    keys[key] = known  # last: the most recently used
     while len(keys) > FINAL_KEYS:
         del keys[next(iter(keys))]
-    oldest = known.hi - bucket * FINAL_BUCKETS
+    oldest = known.hi - window.bucket * FINAL_BUCKETS  # trimmed only once read
     if known.lo < oldest:
         known.lo = oldest
-        known.found = {at: d for at, d in known.found.items() if at >= oldest}
+        known.found = {at: v for at, v in known.found.items() if at >= oldest}
+    return final, values
 
 
 async def _binned(
     store: Store, window: Window, tier: int, split: float, mark: float
 ) -> list[BucketDurations]:
-    """:func:`durations` from histograms: ``finished_stats`` before ``split``, the tasks'
-    own attempts after it (binned here).
+    """:func:`durations` from histograms: ``finished_stats`` before ``split`` (the final
+    buckets' quantiles kept, :func:`_finals`), the tasks' own attempts after it (binned
+    here)."""
 
-    A window bucket that ends at or before the last ``tier`` bucket the mark passed whole
-    can no longer change (a move of the mark writes only the tier buckets it reaches, and
-    retention leaves ``finished_stats`` alone), so its durations are kept in this process
-    (:data:`_final`): a chart read again, as the dashboard does every few seconds, reads
-    and merges only the histograms of its last buckets, not the whole window's again."""
-    whole = math.floor(mark / tier) * tier  # tier buckets before it are complete
-    final = window.start
-    if whole > window.start:
-        final += min(window.buckets, (whole - window.start) // window.bucket) * window.bucket
+    async def read(lower: float, upper: float) -> dict[float, _Quantiles]:
+        merged = await _read_stats(store, window, tier, lower, upper)
+        return {
+            window.start + b * window.bucket: (
+                stat.n,
+                rollup.hist_quantiles(stat.run, QUANTILES),
+                rollup.hist_quantiles(stat.wait, QUANTILES),
+            )
+            for b, stat in merged.items()
+            if stat.run
+        }
+
+    final, kept = await _finals(store, window, tier, mark, "durations", read)
     out: dict[int, BucketDurations] = {}
-    if final > window.start:
-        key, known = _known(store, window, tier)
-        if known is not None and known.hi > whole:  # the mark went back (a restored backup)
-            known = None
-        if known is None or known.hi < window.start or known.lo > final:
-            known = _Known(window.start, window.start)
-            missing = [(window.start, final)]
-        else:
-            missing = [(a, b) for a, b in ((window.start, known.lo), (known.hi, final)) if a < b]
-        for lower, upper in missing:
-            merged = await _read_stats(store, window, tier, lower, upper)
-            for b, stat in merged.items():
-                if stat.run:
-                    known.found[window.start + b * window.bucket] = (
-                        stat.n,
-                        rollup.hist_quantiles(stat.run, QUANTILES),
-                        rollup.hist_quantiles(stat.wait, QUANTILES),
-                    )
-        known.lo, known.hi = min(known.lo, window.start), max(known.hi, final)
-        for at, (n, run, wait) in known.found.items():
-            b = int((at - window.start) // window.bucket)
-            if window.start <= at < final and 0 <= b < window.buckets:
-                out[b] = BucketDurations(b, n, run, wait)
-        _remember(store, key, known, window.bucket)  # trimmed only once read
+    for at, (n, run, wait) in kept.items():
+        b = int((at - window.start) // window.bucket)
+        out[b] = BucketDurations(b, n, run, wait)
     merged = await _read_stats(store, window, tier, final, split) if final < split else {}
     if split < window.end:
         queues = (
