@@ -163,9 +163,11 @@ def submit_span(traceparent: str | None, transport: str) -> AbstractContextManag
     """Around a submission to the API: a span, child of the request's ``traceparent``,
     current while the store takes the task (so the task stores the span's context). When
     this process does not trace, the request's own ``traceparent`` goes with the task
-    (nothing to do, no generator, for a request without one)."""
+    (nothing to do, no generator, for a request without one in a context carrying none)."""
     if tracer is None:
-        return _NO_SPAN if traceparent is None else _carrying(valid(traceparent))
+        if traceparent is None and _carried.get() is None:
+            return _NO_SPAN
+        return _carrying(valid(traceparent))
     return _submit_span(traceparent, transport)
 
 

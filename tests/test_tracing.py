@@ -64,6 +64,23 @@ def test_off_no_context_is_stored() -> None:
     assert NewTask.of(TaskCreate(name="t"), 0.0, 0.0, schedule_id="s", slot=1.0).traceparent is None
 
 
+async def test_off_a_submission_stores_its_own_traceparent_or_none() -> None:
+    """Without tracing, a request's traceparent goes with its task; one without any
+    stores none, even inside a context that carries another's (it is not inherited)."""
+    assert tracing.tracer is None
+    mine = _traceparent(0x123, 0x456)
+
+    async def submitted(traceparent: str | None) -> str | None:
+        with tracing.submit_span(traceparent, "http"):
+            return NewTask.of(TaskCreate(name="t"), 0.0, 0.0).traceparent
+
+    assert await submitted(mine) == mine
+    assert await submitted(None) is None
+    other = _traceparent(0x789, 0xABC)
+    assert await tracing.carrying(submitted(None), other) is None
+    assert await tracing.carrying(submitted(mine), other) == mine
+
+
 def test_caller_span_is_stored_and_slots_start_new_traces(
     exported: InMemorySpanExporter,
 ) -> None:
