@@ -355,7 +355,7 @@ class Runner:
 
         def starting() -> list[str]:
             worker = self.worker
-            return ["worker"] if worker is not None and not worker.serving else []
+            return ["worker"] if worker is not None and not worker.serving.is_set() else []
 
         app = health_app(
             lambda: self.app.store,

@@ -210,7 +210,7 @@ async def test_scheduler_and_worker_back_off_while_the_database_is_down(
 
 
 async def test_worker_started_during_an_outage_waits_for_the_database(
-    proxied: tuple[Harness, Proxy],
+    proxied: tuple[Harness, Proxy], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A worker whose registration meets an outage retries it (it used to crash the
     process) and is not serving until it is in; then it runs tasks as usual."""
@@ -223,18 +223,18 @@ async def test_worker_started_during_an_outage_waits_for_the_database(
     await proxy.cut()
     worker = harness.start_worker(worker_id="late")
     job = harness.workers[-1][1]
-    await asyncio.sleep(1.5)  # two registration attempts fail
-    assert not job.done() and not worker.serving
+
+    async def retried() -> bool:  # a second registration attempt failed
+        return "registering the worker failed again" in caplog.text
+
+    await until(retried, "the worker never retried its registration", 15)
+    assert not job.done() and not worker.serving.is_set()
     await proxy.start()
-    await until(lambda: _true(worker.serving), "the worker never registered", 15)
+    await asyncio.wait_for(worker.serving.wait(), 15)
     task = await harness.submit(name="x")
     assert (await harness.wait_for(task["id"], "succeeded", timeout=15))["result"] == "ran"
     workers = (await harness.http.get("/v1/workers")).json()
     assert "late" in [w["id"] for w in workers]
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_redis_loops_back_off_while_redis_is_down(

@@ -127,8 +127,8 @@ class Worker:
         #: the child processes that run process-pool handlers (``--pool process``)
         self.pool = pool
         self._pool_reporter: asyncio.Task[None] | None = None
-        #: registered and claiming (readiness waits for it)
-        self.serving = False
+        #: set once registered and claiming (readiness, and whoever waits for it)
+        self.serving = asyncio.Event()
 
     # -- what it holds -----------------------------------------------------------------------
     @property
@@ -231,7 +231,7 @@ class Worker:
             ",".join(self.queues),
             self.concurrency,
         )
-        self.serving = True
+        self.serving.set()
         try:
             await self.claims.run()
             try:
