@@ -173,7 +173,7 @@ async def one_run(number: int, args: argparse.Namespace) -> dict[str, dict[str, 
     url, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
     app = App(database_url=database.url)
     await app.open()  # creates the schema
-    _, key = await app.store.create_key("bench", ["write"])
+    _, key = await app.store.keys.create("bench", ["write"])
     log_dir = Path(tempfile.mkdtemp(prefix="chronoq-grpc-bench-"))
     procs = ChronoqProcesses(env, log_dir)
     procs.spawn("api", ["api", "--port", str(port), "--grpc-port", str(grpc_port)])

@@ -38,7 +38,7 @@ until every fired task finished, stops everything and reads the database:
     default): the task then waited ``scheduled`` until the leader promoted it at its slot,
     and only the start lag says how late it ran.
 ``commit lag``
-    (wall-clock time the ``fire_due_schedules`` call that inserted the task returned) -
+    (wall-clock time the ``schedules.fire_due`` call that inserted the task returned) -
     ``tasks.slot``: when the task became visible to workers. ``created_at`` is the ``now``
     the scheduler passed *into* that call, so fire lag leaves out the call's own duration,
     which grows with the number of slots fired at once.
@@ -55,7 +55,7 @@ until every fired task finished, stops everything and reads the database:
 ``outside``
     tasks whose slot is not one of the window's slots (should be 0).
 ``fire call``
-    duration of each ``fire_due_schedules`` call that fired something (p50/max, ms) and
+    duration of each ``schedules.fire_due`` call that fired something (p50/max, ms) and
     tasks per call: the scheduler's own cost of firing S slots.
 ``process CPU``
     CPU time of this process (scheduler, plus the worker when in-process) during the
@@ -70,7 +70,7 @@ none is due during the test; the per-row wake-up trigger is skipped with
 ``session_replication_role = replica``), then ``ANALYZE``; then ``--due`` schedules
 firing every second are added through ``create_schedule``. Then ``--ticks`` times, once
 per second, it times what one ``Scheduler.run`` round does:
-``fire_due_schedules(now)`` + ``promote_due(now)`` + ``next_due_at()``:
+``schedules.fire_due(now)`` + ``promote_due(now)`` + ``next_due_at()``:
 
 ``busy tick``
     just after a whole second, when the ``--due`` schedules are due (fires ``--due``
@@ -385,9 +385,9 @@ async def wait_workers_ready(
 
 # -- (a) firing accuracy ------------------------------------------------------------------------
 def _instrument(store: Store, calls: dict[float, tuple[float, float, int]]) -> None:
-    """Record every ``fire_due_schedules`` call that fired: ``now`` (the ``created_at`` of
+    """Record every ``schedules.fire_due`` call that fired: ``now`` (the ``created_at`` of
     its tasks) -> (duration, wall-clock time it returned, tasks fired)."""
-    original: Callable[..., Awaitable[int]] = store.fire_due_schedules
+    original: Callable[..., Awaitable[int]] = store.schedules.fire_due
 
     async def timed(now: float, *args: Any, **kwargs: Any) -> int:
         started = time.perf_counter()
@@ -396,7 +396,7 @@ def _instrument(store: Store, calls: dict[float, tuple[float, float, int]]) -> N
             calls[now] = (time.perf_counter() - started, time.time(), fired)
         return fired
 
-    store.fire_due_schedules = timed  # type: ignore[method-assign]
+    store.schedules.fire_due = timed  # type: ignore[method-assign]
 
 
 async def create_schedules(
@@ -419,7 +419,7 @@ async def create_schedules(
 
     async def lane() -> None:
         for spec in queue:
-            await store.create_schedule(spec, time.time())
+            await store.schedules.create(spec, time.time())
 
     await asyncio.gather(*(lane() for _ in range(max(1, in_flight))))
 
@@ -666,7 +666,7 @@ WAITING = "('scheduled', 'failed')"  # chronoq.states.WAITING, as the store spel
 async def explain(conn: asyncpg.Connection, now: float, limit: int) -> dict[str, str]:
     """EXPLAIN (ANALYZE, BUFFERS) of the queries of one scheduler round, rolled back."""
     queries = {
-        "fire_due_schedules SELECT (custom plan)": (
+        "schedules.fire_due SELECT (custom plan)": (
             "SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 "
             "ORDER BY next_fire_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             (now, limit),
@@ -705,7 +705,7 @@ async def explain(conn: asyncpg.Connection, now: float, limit: int) -> dict[str,
             "FOR UPDATE SKIP LOCKED"
         )
         rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_fire({now!r}, {limit})")
-        plans["fire_due_schedules SELECT (generic plan)"] = "\n".join(r[0] for r in rows)
+        plans["schedules.fire_due SELECT (generic plan)"] = "\n".join(r[0] for r in rows)
     finally:
         await tx.rollback()
         await conn.execute("DEALLOCATE ALL")
@@ -728,7 +728,7 @@ async def check_rules(conn: asyncpg.Connection, now: float, sample: int = 200) -
 async def tick(store: Store, batch: int) -> Tick:
     now = time.time()
     t0 = time.perf_counter()
-    fired = await store.fire_due_schedules(now, batch)
+    fired = await store.schedules.fire_due(now, batch)
     t1 = time.perf_counter()
     moved = await store.promote_due(now, batch)
     t2 = time.perf_counter()
@@ -771,7 +771,7 @@ async def scale_one(n: int, args: argparse.Namespace) -> ScaleResult:
         result.rule_check = await check_rules(conn, time.time())
         template = TaskTemplate(name=TASK, max_attempts=1)
         for i in range(args.due):
-            await store.create_schedule(
+            await store.schedules.create(
                 ScheduleCreate(name=f"due-{i:04d}", cron=EVERY_SECOND, task=template), time.time()
             )
         sizes = await conn.fetchrow(
@@ -875,7 +875,7 @@ def scale_table(results: Sequence[ScaleResult], verdict: str) -> str:
     if not results:
         return ""
     head = (
-        f"(b) scheduler round (fire_due_schedules + promote_due + next_due_at) vs stored "
+        f"(b) scheduler round (schedules.fire_due + promote_due + next_due_at) vs stored "
         f"schedules, PostgreSQL, {results[0].due} due every second, "
         f"{results[0].busy.ticks} ticks"
     )

@@ -344,7 +344,7 @@ class App:
         """Create or update the schedules declared with :meth:`periodic` (in the
         ``default`` namespace)."""
         for spec in self.schedules:
-            _, changed = await self.store.upsert_schedule(spec, time.time())
+            _, changed = await self.store.schedules.upsert(spec, time.time())
             if changed:
                 log.info(
                     "schedule %s saved (%s)",

@@ -1331,7 +1331,7 @@ def keys_create(
     name: str, scopes: tuple[str, ...], namespace: str | None, database_url: str | None
 ) -> None:
     """Create key NAME and print its secret (stored hashed: it cannot be shown again)."""
-    key, secret = _with_store(database_url, lambda s: s.create_key(name, list(scopes), namespace))
+    key, secret = _with_store(database_url, lambda s: s.keys.create(name, list(scopes), namespace))
     click.echo(secret)
     click.echo(
         f"key {key.id} ({', '.join(sorted(key.scopes))}"
@@ -1346,7 +1346,7 @@ def keys_create(
 @json_option
 def keys_ls(database_url: str | None, as_json: bool) -> None:
     """List keys (never their secrets)."""
-    found = _with_store(database_url, lambda s: s.list_keys())
+    found = _with_store(database_url, lambda s: s.keys.all())
     rows = [
         {
             "id": k.id,
@@ -1370,7 +1370,7 @@ def keys_ls(database_url: str | None, as_json: bool) -> None:
 @db_option
 def keys_revoke(key_id: str, database_url: str | None) -> None:
     """Revoke key KEY_ID (the API stops accepting it within 10 s)."""
-    if not _with_store(database_url, lambda s: s.revoke_key(key_id)):
+    if not _with_store(database_url, lambda s: s.keys.revoke(key_id)):
         raise click.ClickException(f"no active key with id {key_id!r}")
     click.echo(f"{key_id}  revoked")
 

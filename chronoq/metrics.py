@@ -411,11 +411,11 @@ class Metrics:
         try:
             async with asyncio.timeout(self.store_timeout):
                 stats = await store.queue_stats(now)
-                workers = await store.list_workers()
+                workers = await store.workers.all()
                 due = await store.next_due_at()
-                lease = await store.get_lease(SCHEDULER_LEASE)
-                limited = await store.limited_queues()
-                usage = await store.limit_usage(now, limited) if limited else None
+                lease = await store.leases.get(SCHEDULER_LEASE)
+                limited = await store.limits.queues()
+                usage = await store.limits.usage(now, limited) if limited else None
         except Exception as exc:
             log.warning("metrics: store did not answer: %s", exc)
             return Snapshot(now, ok=False)

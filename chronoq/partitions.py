@@ -58,8 +58,8 @@ class Ownership:
 
     async def renew(self, store: SchedulerStore, now: float) -> None:
         """Renew the membership and the partitions kept; take or release toward the share."""
-        await store.try_lease(MEMBER + self.holder, self.holder, now, self.ttl)
-        rows = await store.leases_like("schedule")
+        await store.leases.try_take(MEMBER + self.holder, self.holder, now, self.ttl)
+        rows = await store.leases.like("schedule")
         members = {self.holder}
         stale: list[str] = []
         mine: dict[int, LeaseInfo] = {}
@@ -85,15 +85,17 @@ class Ownership:
         )
         ask = keep + free[: share - len(keep)]
         if drop:  # between rounds: nothing of ours fires while they are handed back
-            await store.release_leases(drop)
-        fences = await store.try_leases([lease_name(p) for p in ask], self.holder, now, self.ttl)
+            await store.leases.release_many(drop)
+        fences = await store.leases.try_take_many(
+            [lease_name(p) for p in ask], self.holder, now, self.ttl
+        )
         self.fences = {int(f.name[len(PARTITION) :]): f for f in fences}
         if stale:
-            await store.forget_leases(stale, now - FORGET_SECONDS)
+            await store.leases.forget(stale, now - FORGET_SECONDS)
 
     async def release(self, store: SchedulerStore) -> None:
         """Hand every partition and the membership back at once (graceful shutdown)."""
         fences = list(self.fences.values())
         self.fences = {}
-        await store.release_leases(fences)
-        await store.forget_leases([MEMBER + self.holder], float("inf"))
+        await store.leases.release_many(fences)
+        await store.leases.forget([MEMBER + self.holder], float("inf"))

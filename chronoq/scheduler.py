@@ -125,7 +125,7 @@ class Scheduler:
             try:
                 await self.ownership.release(self.store)
                 if self.fence is not None:
-                    await self.store.release_lease(self.fence)
+                    await self.store.leases.release(self.fence)
             except Exception:
                 log.warning("could not release the scheduler's leases")
             log.info(
@@ -181,7 +181,7 @@ class Scheduler:
         return sleep if due is None else min(sleep, max(due - now, 0.0))
 
     async def _fire(self, now: float) -> int:
-        fired = await self.store.fire_due_schedules(
+        fired = await self.store.schedules.fire_due(
             now, self.batch, owned=list(self.ownership.fences.values()), ahead=self.fire_ahead
         )
         self.fired += fired
@@ -225,7 +225,7 @@ class Scheduler:
         True while leading."""
         if now < self._renew_at:
             return self.fence is not None
-        fence = await self.store.try_lease(LEASE, self.id, now, self.lease_ttl)
+        fence = await self.store.leases.try_take(LEASE, self.id, now, self.lease_ttl)
         if fence is not None and (self.fence is None or fence.token != self.fence.token):
             self.leaderships += 1
             log.info("scheduler %s leads (fencing token %d)", self.id, fence.token)
@@ -254,7 +254,7 @@ class Scheduler:
         worker's tasks are spread apart, and a task whose attempts died before waits
         longer (:func:`chronoq.states.after_death`), so a poison task does not take the
         tasks that died with it down again on their retry."""
-        for worker_id in await self.store.mark_dead_workers(now - self.worker_timeout):
+        for worker_id in await self.store.workers.mark_dead(now - self.worker_timeout):
             log.warning("worker %s stopped heartbeating; marked dead", worker_id)
         if timed_out := await self.store.time_out_workflows(now):
             log.warning("%d workflow(s) timed out: their unfinished steps cancelled", timed_out)

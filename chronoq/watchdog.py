@@ -203,7 +203,7 @@ class LoopWatchdog:
         worker = self.worker
         now = time.time()
         lost = await self._store.heartbeat(worker.id, ids, now + worker.lease_seconds)
-        await self._store.worker_heartbeat(
+        await self._store.workers.heartbeat(
             worker.id, len(ids), worker.processed, worker.concurrency, now
         )
         return lost

@@ -52,14 +52,14 @@ async def test_keys_are_required_and_stored_hashed(secured: Harness) -> None:
     assert (await http.get("/healthz")).status_code == 200
     assert (await http.get("/readyz")).status_code == 200
 
-    key, secret = await secured.store.create_key("ci", ["write"])
+    key, secret = await secured.store.keys.create("ci", ["write"])
     assert (await http.get("/v1/tasks", headers=bearer(secret))).status_code == 200
     async with secured.store.conn() as c:
         rows = await c.fetch("SELECT * FROM api_keys")
     assert secret not in json.dumps([dict(r) for r in rows], default=str)
 
-    fresh, fresh_secret = await secured.store.create_key("temp", ["read"])
-    assert await secured.store.revoke_key(fresh.id)
+    fresh, fresh_secret = await secured.store.keys.create("temp", ["read"])
+    assert await secured.store.keys.revoke(fresh.id)
     assert (await http.get("/v1/tasks", headers=bearer(fresh_secret))).status_code == 401
     spec = (await http.get("/openapi.json")).json()
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
@@ -68,8 +68,8 @@ async def test_keys_are_required_and_stored_hashed(secured: Harness) -> None:
 
 async def test_scopes(secured: Harness) -> None:
     http = secured.http
-    _, reader = await secured.store.create_key("reader", ["read"])
-    _, writer = await secured.store.create_key("writer", ["write"])
+    _, reader = await secured.store.keys.create("reader", ["read"])
+    _, writer = await secured.store.keys.create("writer", ["write"])
     denied = await http.post("/v1/tasks", json={"name": "x"}, headers=bearer(reader))
     assert denied.status_code == 403 and "'write' scope" in denied.json()["error"]["message"]
     task = (await http.post("/v1/tasks", json={"name": "x"}, headers=bearer(writer))).json()
@@ -84,9 +84,9 @@ async def test_scopes(secured: Harness) -> None:
 
 async def test_namespaces_are_isolated(secured: Harness) -> None:
     http = secured.http
-    _, alpha = await secured.store.create_key("alpha", ["write"], namespace="alpha")
-    _, beta = await secured.store.create_key("beta", ["write"], namespace="beta")
-    _, admin = await secured.store.create_key("ops", ["admin"])
+    _, alpha = await secured.store.keys.create("alpha", ["write"], namespace="alpha")
+    _, beta = await secured.store.keys.create("beta", ["write"], namespace="beta")
+    _, admin = await secured.store.keys.create("ops", ["admin"])
     task = (
         await http.post("/v1/tasks", json={"name": "x", "queue": "q1"}, headers=bearer(alpha))
     ).json()
@@ -230,9 +230,9 @@ async def fast_revocation(db_url: str) -> AsyncIterator[Harness]:
 
 async def test_revoking_a_key_closes_its_event_streams(fast_revocation: Harness) -> None:
     store = fast_revocation.store
-    reader, secret = await store.create_key("dashboard", ["read"])
-    other, other_secret = await store.create_key("other", ["read"])
-    _, writer = await store.create_key("writer", ["write"])
+    reader, secret = await store.keys.create("dashboard", ["read"])
+    other, other_secret = await store.keys.create("other", ["read"])
+    _, writer = await store.keys.create("writer", ["write"])
     async with serving(fast_revocation.app) as where:
         url = f"ws://{where}/v1/events"
         async with (
@@ -250,7 +250,7 @@ async def test_revoking_a_key_closes_its_event_streams(fast_revocation: Harness)
                 events = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert events[0]["task_id"] == task["id"]
 
-            assert await store.revoke_key(reader.id)
+            assert await store.keys.revoke(reader.id)
             revoked_at = time.monotonic()
             assert await closed_code(browser, within=4) == 4401
             assert await closed_code(script, within=4) == 4401
@@ -280,7 +280,7 @@ async def test_refused_event_streams_close_with_4401(secured: Harness) -> None:
 async def test_wrong_keys_on_sockets_are_throttled_too(db_url: str) -> None:
     settings = make_settings(db_url, auth=True, auth_failures_per_minute=2)
     async with running(App(settings=settings)) as harness:
-        _, good = await harness.store.create_key("good", ["read"])
+        _, good = await harness.store.keys.create("good", ["read"])
         async with serving(harness.app) as where:
             url = f"ws://{where}/v1/events"
             codes = []
@@ -294,8 +294,8 @@ async def test_wrong_keys_on_sockets_are_throttled_too(db_url: str) -> None:
 # -- /metrics and namespaces ---------------------------------------------------------------
 async def test_metrics_need_a_key_without_namespace(secured: Harness) -> None:
     http = secured.http
-    _, alpha = await secured.store.create_key("alpha", ["write"], namespace="alpha")
-    _, scraper = await secured.store.create_key("prometheus", ["read"])
+    _, alpha = await secured.store.keys.create("alpha", ["write"], namespace="alpha")
+    _, scraper = await secured.store.keys.create("prometheus", ["read"])
     created = await http.post(
         "/v1/tasks", json={"name": "alpha.secret", "queue": "alpha-q"}, headers=bearer(alpha)
     )
@@ -318,8 +318,8 @@ def client(harness: Harness, address: str, api: Any = None) -> httpx.AsyncClient
 async def test_a_key_over_its_rate_gets_429_then_goes_on(db_url: str) -> None:
     settings = make_settings(db_url, auth=True, rate_limit=2.0, rate_limit_burst=3)
     async with running(App(settings=settings)) as harness:
-        _, busy = await harness.store.create_key("busy", ["read"])
-        _, calm = await harness.store.create_key("calm", ["read"])
+        _, busy = await harness.store.keys.create("busy", ["read"])
+        _, calm = await harness.store.keys.create("calm", ["read"])
         http = harness.http
         answers = [await http.get("/v1/tasks", headers=bearer(busy)) for _ in range(3)]
         assert [a.status_code for a in answers] == [200, 200, 200]
@@ -337,7 +337,7 @@ async def test_a_key_over_its_rate_gets_429_then_goes_on(db_url: str) -> None:
 async def test_wrong_keys_from_one_address_are_throttled(db_url: str) -> None:
     settings = make_settings(db_url, auth=True, auth_failures_per_minute=3)
     async with running(App(settings=settings)) as harness:
-        _, good = await harness.store.create_key("good", ["read"])
+        _, good = await harness.store.keys.create("good", ["read"])
         api = create_api(harness.app)
         async with (
             client(harness, "203.0.113.7", api) as attacker,
@@ -363,7 +363,7 @@ async def test_wrong_keys_from_one_address_are_throttled(db_url: str) -> None:
 
 async def test_the_key_cache_evicts_one_entry_not_all(secured: Harness) -> None:
     app = secured.app
-    _, good = await secured.store.create_key("good", ["read"])
+    _, good = await secured.store.keys.create("good", ["read"])
     cache = KeyCache(ttl=60, capacity=20)
     assert await cache.lookup(app, good) is not None
     known_bad = [f"cq_bad_{n}" for n in range(20)]

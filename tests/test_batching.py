@@ -246,8 +246,8 @@ async def test_batch_keys_are_per_namespace(db_url: str) -> None:
     """Another namespace's idempotency key is no conflict (and reveals nothing): the batch
     makes its own task for it."""
     async with running(App(settings=make_settings(db_url, auth=True))) as harness:
-        _, alpha = await harness.store.create_key("alpha", ["write"], namespace="alpha")
-        _, beta = await harness.store.create_key("beta", ["write"], namespace="beta")
+        _, alpha = await harness.store.keys.create("alpha", ["write"], namespace="alpha")
+        _, beta = await harness.store.keys.create("beta", ["write"], namespace="beta")
         taken = await harness.http.post(
             "/v1/tasks",
             json={"name": "x", "idempotency_key": "k"},

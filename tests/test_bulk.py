@@ -221,8 +221,8 @@ async def test_bulk_actions_respect_namespaces_and_scopes(db_url: str) -> None:
 
 async def namespaces_and_scopes(secured: Harness) -> None:
     store, http = secured.store, secured.http
-    _, alpha = await store.create_key("alpha", ["write"], namespace="alpha")
-    _, reader = await store.create_key("reader", ["read"], namespace="alpha")
+    _, alpha = await store.keys.create("alpha", ["write"], namespace="alpha")
+    _, reader = await store.keys.create("reader", ["read"], namespace="alpha")
     mine = await dead(store, 3, namespace="alpha")
     theirs = await dead(store, 2, namespace="beta", error="other")
 

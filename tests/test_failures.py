@@ -35,7 +35,7 @@ FAST_RETRY = {"base": 0.01, "factor": 1, "jitter": 0}
 
 async def wait_registered(harness: Harness, worker: Worker) -> None:
     deadline = time.monotonic() + 5
-    while worker.id not in {w.id for w in await harness.store.list_workers()}:
+    while worker.id not in {w.id for w in await harness.store.workers.all()}:
         assert time.monotonic() < deadline, "worker never registered"
         await asyncio.sleep(0.02)
 
@@ -127,10 +127,10 @@ async def test_no_handler_is_permanent_only_when_no_live_worker_has_it(
     )
 
     now = time.time()
-    await harness.store.register_worker(
+    await harness.store.workers.register(
         "reporter", "elsewhere", 1, ["default"], 1, now, handlers=["report"]
     )
-    await harness.store.register_worker("old", "elsewhere", 2, ["legacy"], 1, now)
+    await harness.store.workers.register("old", "elsewhere", 2, ["legacy"], 1, now)
     for queue in ("default", "legacy"):  # "old" did not say what it serves: maybe this
         task = await harness.submit(name="report", queue=queue, max_attempts=2, backoff=FAST_RETRY)
         if queue == "legacy":
@@ -198,15 +198,15 @@ async def test_the_live_handler_set_is_cached(db_url: str) -> None:
         store: Store = harness.store
         clock = [0.0]
         cache = ServedCache(silent_after=30, ttl=2, clock=lambda: clock[0])
-        assert not (await cache.get(store)).serves("default", "x")
-        await store.register_worker("w1", "h", 1, ["default"], 1, time.time(), handlers=["x"])
+        assert not (await cache.get(store.workers)).serves("default", "x")
+        await store.workers.register("w1", "h", 1, ["default"], 1, time.time(), handlers=["x"])
         clock[0] = 1.9
-        assert not (await cache.get(store)).serves("default", "x")  # cached
+        assert not (await cache.get(store.workers)).serves("default", "x")  # cached
         clock[0] = 2.0
-        assert (await cache.get(store)).serves("default", "x")
-        await store.register_worker("w2", "h", 2, ["quiet"], 1, time.time() - 31, handlers=["y"])
+        assert (await cache.get(store.workers)).serves("default", "x")
+        await store.workers.register("w2", "h", 2, ["quiet"], 1, time.time() - 31, handlers=["y"])
         clock[0] = 4.0
-        assert not (await cache.get(store)).serves("quiet", "y")
+        assert not (await cache.get(store.workers)).serves("quiet", "y")
 
 
 # -- unencodable text ------------------------------------------------------------------------

@@ -34,12 +34,12 @@ async def test_a_slot_fired_ahead_waits_scheduled_until_due(db_url: str) -> None
             start_at=datetime.fromtimestamp(slot, UTC),
             task=TaskTemplate(name="job"),
         )
-        await store.create_schedule(spec, now)
-        assert await store.fire_due_schedules(now) == 0  # not due, nothing ahead
+        await store.schedules.create(spec, now)
+        assert await store.schedules.fire_due(now) == 0  # not due, nothing ahead
         assert await store.next_due_at(tasks=False) == slot
         assert await store.next_due_at(tasks=False, ahead=5.0) == slot - 5.0
-        assert await store.fire_due_schedules(now, ahead=5.0) == 1
-        assert await store.fire_due_schedules(now, ahead=5.0) == 0  # next slot is an hour on
+        assert await store.schedules.fire_due(now, ahead=5.0) == 1
+        assert await store.schedules.fire_due(now, ahead=5.0) == 0  # next slot is an hour on
         (task,) = await store.list_tasks()
         assert task.status is Status.SCHEDULED and task.run_at == slot == task.slot
         assert await store.promote_due(slot - 0.5) == []

@@ -310,68 +310,68 @@ async def fired_runs(h: Harness, schedule_id: str) -> list[TaskRecord]:
 async def test_overlap_allow_and_skip(db_url: str) -> None:
     async with running(unique_app(db_url)) as h:
         t0 = time.time() - 1000
-        allow = await h.store.create_schedule(every_ten("allow"), t0)
-        skip = await h.store.create_schedule(every_ten("skip"), t0)
+        allow = await h.store.schedules.create(every_ten("allow"), t0)
+        skip = await h.store.schedules.create(every_ten("skip"), t0)
         first = allow.next_fire_at
         assert first is not None and skip.next_fire_at == first
-        assert await h.store.fire_due_schedules(first) == 2
+        assert await h.store.schedules.fire_due(first) == 2
         # the first runs still wait: allow fires the next slot, skip does not
-        assert await h.store.fire_due_schedules(first + 10) == 1
+        assert await h.store.schedules.fire_due(first + 10) == 1
         assert len(await fired_runs(h, allow.id)) == 2
         (run,) = await fired_runs(h, skip.id)
-        moved = await h.store.get_schedule(skip.id)
+        moved = await h.store.schedules.get(skip.id)
         assert moved.next_fire_at == first + 20 and moved.last_fire_at == first + 10
         # once the previous run ended, the next slot fires again
         await h.store.cancel_task(run.id, first + 11)
-        assert await h.store.fire_due_schedules(first + 20) == 2
+        assert await h.store.schedules.fire_due(first + 20) == 2
         assert [r.slot for r in await fired_runs(h, skip.id)] == [first, first + 20]
         # catch-up of several slots under skip: one of them only
-        assert await h.store.fire_due_schedules(first + 50) == 3  # allow: 30, 40, 50; skip: 0
+        assert await h.store.schedules.fire_due(first + 50) == 3  # allow: 30, 40, 50; skip: 0
         assert len(await fired_runs(h, skip.id)) == 2
 
 
 async def test_overlap_buffer_one(db_url: str) -> None:
     async with running(unique_app(db_url)) as h:
         t0 = time.time() - 1000
-        schedule = await h.store.create_schedule(every_ten("buffer_one"), t0)
+        schedule = await h.store.schedules.create(every_ten("buffer_one"), t0)
         first = schedule.next_fire_at
         assert first is not None
-        assert await h.store.fire_due_schedules(first) == 1
+        assert await h.store.schedules.fire_due(first) == 1
         (run,) = await fired_runs(h, schedule.id)
         # two slots while the run waits: the first is buffered, the second dropped
-        assert await h.store.fire_due_schedules(first + 10) == 0
-        assert await h.store.fire_due_schedules(first + 20) == 0
-        held = await h.store.get_schedule(schedule.id)
+        assert await h.store.schedules.fire_due(first + 10) == 0
+        assert await h.store.schedules.fire_due(first + 20) == 0
+        held = await h.store.schedules.get(schedule.id)
         assert held.buffered_slot == first + 10 and held.next_fire_at == first + 30
         assert held.to_api().buffered_slot is not None
         # not due, but the previous run ended: the buffered slot fires now
         await h.store.cancel_task(run.id, first + 21)
-        assert await h.store.fire_due_schedules(first + 22) == 1
+        assert await h.store.schedules.fire_due(first + 22) == 1
         runs = await fired_runs(h, schedule.id)
         assert [r.slot for r in runs] == [first, first + 10]
         assert runs[1].run_at == first + 22
-        assert (await h.store.get_schedule(schedule.id)).buffered_slot is None
-        assert await h.store.fire_due_schedules(first + 23) == 0  # fired once only
+        assert (await h.store.schedules.get(schedule.id)).buffered_slot is None
+        assert await h.store.schedules.fire_due(first + 23) == 0  # fired once only
 
 
 async def test_overlap_cancel_running(db_url: str) -> None:
     async with running(unique_app(db_url)) as h:
         t0 = time.time() - 1000
-        schedule = await h.store.create_schedule(every_ten("cancel_running"), t0)
+        schedule = await h.store.schedules.create(every_ten("cancel_running"), t0)
         first = schedule.next_fire_at
         assert first is not None
-        assert await h.store.fire_due_schedules(first) == 1
+        assert await h.store.schedules.fire_due(first) == 1
         (claimed,) = await h.store.claim("w1", "default", 10, first + 1, 60)
         stopped: list[str] = []
         h.store.hub.on_cancel(stopped.append)
-        assert await h.store.fire_due_schedules(first + 10) == 1
+        assert await h.store.schedules.fire_due(first + 10) == 1
         old, new = await fired_runs(h, schedule.id)
         assert (old.id, old.status.value, new.status.value) == (claimed.id, "cancelled", "queued")
         assert claimed.id in stopped  # the worker running it is told to stop
         attempts = await h.store.get_attempts(old.id)
         assert attempts[0].outcome == "cancelled" and attempts[0].finished_at is not None
         # catch-up: the previous (queued) run cancelled, the latest slot only fires
-        assert await h.store.fire_due_schedules(first + 40) == 1
+        assert await h.store.schedules.fire_due(first + 40) == 1
         runs = await fired_runs(h, schedule.id)
         assert [r.status.value for r in runs] == ["cancelled", "cancelled", "queued"]
         assert runs[-1].slot == first + 40
@@ -386,14 +386,14 @@ async def test_overlap_exactly_once_per_slot_with_two_schedulers(db_url: str) ->
         try:
             t0 = time.time() - 1000
             made = [
-                await h.store.create_schedule(every_ten(p, "race"), t0)
+                await h.store.schedules.create(every_ten(p, "race"), t0)
                 for p in ("skip", "buffer_one", "cancel_running")
             ]
             first = made[0].next_fire_at
             assert first is not None
             for step in range(6):
                 now = first + 10 * step
-                await asyncio.gather(h.store.fire_due_schedules(now), other.fire_due_schedules(now))
+                await asyncio.gather(h.store.schedules.fire_due(now), other.schedules.fire_due(now))
                 for record in made:
                     runs = await fired_runs(h, record.id)
                     assert len({r.slot for r in runs}) == len(runs)
@@ -602,7 +602,7 @@ async def test_queues_and_metrics_show_keys_and_rates(db_url: str) -> None:
         await h.store.create_tasks([rated] * 4, now)
         await h.store.create_tasks([keyed(None, "plain", queue="plainq")], now)
         await h.store.claim("w1", "default", 10, now, 60)
-        await h.store.limited_queues(fresh=True)
+        await h.store.limits.queues(fresh=True)
         listed = {q["queue"]: q for q in (await h.http.get("/v1/queues")).json()}
         assert listed["plainq"]["limits"] is None
         limits = listed["default"]["limits"]

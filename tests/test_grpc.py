@@ -50,7 +50,7 @@ class Served:
         return pb_grpc.ChronoqStub(self.channel)
 
     async def key(self, scopes: list[str], namespace: str | None = None) -> str:
-        _, secret = await self.harness.store.create_key("t", scopes, namespace)
+        _, secret = await self.harness.store.keys.create("t", scopes, namespace)
         return str(secret)
 
 
@@ -65,7 +65,7 @@ async def serving(app: App) -> AsyncIterator[Served]:
         raise RuntimeError("boom")
 
     async with running(app) as harness:
-        _, admin = await harness.store.create_key("harness", ["admin"])
+        _, admin = await harness.store.keys.create("harness", ["admin"])
         harness.http.headers["authorization"] = f"Bearer {admin}"  # for its wait_for()
         api = harness.http._transport.app  # type: ignore[attr-defined]
         server = GrpcServer(
@@ -344,10 +344,10 @@ async def test_watch_events(served: Served) -> None:
 async def test_a_revoked_key_ends_its_stream(db_url: str) -> None:
     settings = make_settings(db_url, auth=True, key_cache_seconds=0.2)
     async with serving(App(settings=settings)) as served:
-        key, secret = await served.harness.store.create_key("t", ["read"])
+        key, secret = await served.harness.store.keys.create("t", ["read"])
         stream = served.stub.WatchEvents(pb.WatchEventsRequest(), metadata=bearer(secret))
         await stream.initial_metadata()
-        await served.harness.store.revoke_key(key.id)
+        await served.harness.store.keys.revoke(key.id)
         ended = await refusal(asyncio.wait_for(_events(stream, "never"), 10))
         assert ended.code() == grpc.StatusCode.UNAUTHENTICATED
         assert ended.details() == "API key revoked"

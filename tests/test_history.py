@@ -174,8 +174,8 @@ def test_automatic_buckets_give_charts_56_to_120_bars() -> None:
 async def test_a_namespaced_key_counts_only_its_namespace(db_url: str) -> None:
     async with running(App(settings=make_settings(db_url, auth=True))) as secured:
         store = secured.store
-        _, alpha = await store.create_key("alpha", ["read"], namespace="alpha")
-        _, admin = await store.create_key("root", ["admin"])
+        _, alpha = await store.keys.create("alpha", ["read"], namespace="alpha")
+        _, admin = await store.keys.create("root", ["admin"])
         now = time.time()
         await finished(store, now - 5, "succeeded", 2, namespace="alpha")
         await finished(store, now - 5, "succeeded", 3, namespace="beta")

@@ -25,21 +25,21 @@ from tests.waiting import until
 async def test_one_lease_holder_and_takeover_bumps_the_token(harness: Harness) -> None:
     store = harness.store
     now = time.time()
-    a = await store.try_lease(LEASE, "a", now, ttl=1.0)
+    a = await store.leases.try_take(LEASE, "a", now, ttl=1.0)
     assert a is not None and a.token == 1
-    assert await store.try_lease(LEASE, "b", now + 0.5, ttl=1.0) is None
-    renewed = await store.try_lease(LEASE, "a", now + 0.6, ttl=1.0)
+    assert await store.leases.try_take(LEASE, "b", now + 0.5, ttl=1.0) is None
+    renewed = await store.leases.try_take(LEASE, "a", now + 0.6, ttl=1.0)
     assert renewed == a  # renewing keeps the token
-    b = await store.try_lease(LEASE, "b", now + 2.0, ttl=1.0)
+    b = await store.leases.try_take(LEASE, "b", now + 2.0, ttl=1.0)
     assert b is not None and b.token == 2
     # the stale leader's writes are refused, in the same transaction as the write
     with pytest.raises(NotLeader):
         await store.promote_due(now + 2.1, fence=a)
     with pytest.raises(NotLeader):
-        await store.fire_due_schedules(now + 2.1, fence=a)
+        await store.schedules.fire_due(now + 2.1, fence=a)
     assert await store.promote_due(now + 2.1, fence=b) == []
-    await store.release_lease(b)
-    c = await store.try_lease(LEASE, "c", now + 2.2, ttl=1.0)
+    await store.leases.release(b)
+    c = await store.leases.try_take(LEASE, "c", now + 2.2, ttl=1.0)
     assert c is not None and c.token == 3
 
 
@@ -49,7 +49,7 @@ async def test_schedulers_share_the_partitions_and_each_fires_its_own(
     store = harness.store
     now = time.time()
     for n in range(40):
-        await store.create_schedule(
+        await store.schedules.create(
             ScheduleCreate.model_validate(
                 {"name": f"tick-{n}", "cron": "* * * * * *", "task": {"name": "noop"}}
             ),
@@ -95,20 +95,20 @@ async def test_schedulers_share_the_partitions_and_each_fires_its_own(
 async def test_a_stale_partition_owner_cannot_fire(harness: Harness) -> None:
     store = harness.store
     now = time.time()
-    record = await store.create_schedule(
+    record = await store.schedules.create(
         ScheduleCreate.model_validate(
             {"name": "tick", "cron": "* * * * * *", "task": {"name": "noop"}}
         ),
         now,
     )
     name = lease_name(partition_of(record.id))
-    (old,) = await store.try_leases([name], "old", now, 1.0)
-    (new,) = await store.try_leases([name], "new", now + 2.0, 1.0)
+    (old,) = await store.leases.try_take_many([name], "old", now, 1.0)
+    (new,) = await store.leases.try_take_many([name], "new", now + 2.0, 1.0)
     assert new.token == old.token + 1
     with pytest.raises(NotLeader):
-        await store.fire_due_schedules(now + 2.5, owned=[old])
-    assert await store.fire_due_schedules(now + 2.5, owned=[new]) >= 1
-    assert await store.fire_due_schedules(now + 2.5, owned=[]) == 0
+        await store.schedules.fire_due(now + 2.5, owned=[old])
+    assert await store.schedules.fire_due(now + 2.5, owned=[new]) >= 1
+    assert await store.schedules.fire_due(now + 2.5, owned=[]) == 0
 
 
 def _leader_pid(db_url: str, wait: float = 10.0) -> int:
@@ -116,7 +116,7 @@ def _leader_pid(db_url: str, wait: float = 10.0) -> int:
 
     async def read() -> int | None:
         async with App(db_url) as app:
-            lease = await app.store.get_lease(LEASE)
+            lease = await app.store.leases.get(LEASE)
             if lease is None or lease.expires_at <= time.time():
                 return None
             return int(lease.holder.split(":")[1])
@@ -131,7 +131,7 @@ def _leader_pid(db_url: str, wait: float = 10.0) -> int:
 def test_killed_leader_is_replaced_and_no_slot_fires_twice(db_url: str, tmp_path: Path) -> None:
     async def setup() -> None:
         async with App(db_url) as app:
-            await app.store.create_schedule(
+            await app.store.schedules.create(
                 ScheduleCreate.model_validate(
                     {
                         "name": "tick",
@@ -146,7 +146,7 @@ def test_killed_leader_is_replaced_and_no_slot_fires_twice(db_url: str, tmp_path
 
     async def slots() -> list[float]:
         async with App(db_url) as app:
-            schedule = await app.store.get_schedule("tick")
+            schedule = await app.store.schedules.get("tick")
             tasks = await app.store.list_tasks(schedule_id=schedule.id, limit=1000)
             return sorted(t.slot for t in tasks if t.slot is not None)
 

@@ -60,7 +60,7 @@ async def tenants(db_url: str) -> AsyncIterator[Tenants]:
             ("b", "write", "beta"),
             ("ops", "admin", None),
         ]:
-            _, secret = await harness.store.create_key(name, [scope], namespace=namespace)
+            _, secret = await harness.store.keys.create(name, [scope], namespace=namespace)
             headers.append({"authorization": f"Bearer {secret}"})
         yield Tenants(harness, *headers)
 
@@ -234,10 +234,10 @@ async def test_migration_keeps_rows_and_makes_names_per_namespace(db_url: str) -
         assert not created and again.id == task.id
         beta, created = await store.create_task(spec, now, "beta")
         assert created and beta.id != task.id
-        assert (await store.get_schedule("nightly")).id == nightly.id
-        theirs = await store.create_schedule(ScheduleCreate.model_validate(NIGHTLY), now, "beta")
-        assert (await store.get_schedule("nightly", "alpha")).id == nightly.id
-        assert (await store.get_schedule("nightly", "beta")).id == theirs.id
+        assert (await store.schedules.get("nightly")).id == nightly.id
+        theirs = await store.schedules.create(ScheduleCreate.model_validate(NIGHTLY), now, "beta")
+        assert (await store.schedules.get("nightly", "alpha")).id == nightly.id
+        assert (await store.schedules.get("nightly", "beta")).id == theirs.id
         async with store.conn() as c:  # attempts still belong to tasks: deleting cascades
             await c.execute("DELETE FROM tasks WHERE id = $1", task.id)
             left = await c.fetch("SELECT count(*) AS n FROM attempts")

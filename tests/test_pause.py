@@ -124,12 +124,12 @@ async def test_resume_from_another_process_wakes_workers(pg_url: str) -> None:
         other = PostgresStore(pg_url, listen=False)
         await other.open()
         try:
-            await other.pause_queue("slow", time.time(), "test")
+            await other.pauses.pause("slow", time.time(), "test")
             task = await h.submit(name="record", payload={"label": "x"}, queue="slow")
             assert task["status"] == "queued"  # not handed off
             await asyncio.sleep(1)  # the submission's wake-ups are over: the worker waits
             assert await status(h, task["id"]) == "queued"
-            assert await other.resume_queue("slow") is True
+            assert await other.pauses.resume("slow") is True
             took = await until(lambda: _all_succeeded(h, [task]), "not woken by NOTIFY", 5)
             assert took < 3, took
         finally:
@@ -163,7 +163,7 @@ async def test_only_unscoped_keys_pause(db_url: str) -> None:
             ("reader", ["read"], None),
             ("ops", ["write"], None),
         ]:
-            key, secret = await h.store.create_key(name, scopes, namespace=namespace)
+            key, secret = await h.store.keys.create(name, scopes, namespace=namespace)
             keys[name] = (key.id, {"authorization": f"Bearer {secret}"})
         for who in ("tenant", "reader"):
             for verb in ("pause", "resume"):

@@ -217,7 +217,7 @@ def test_two_scheduler_processes_fire_each_slot_once(
                 ("cron", {"cron": "* * * * * *"}),
                 ("interval", {"interval_seconds": 1}),
             ):
-                await app.store.create_schedule(
+                await app.store.schedules.create(
                     ScheduleCreate.model_validate({"name": name, "task": {"name": "noop"}, **rule}),
                     time.time(),
                 )
@@ -226,7 +226,7 @@ def test_two_scheduler_processes_fire_each_slot_once(
         async with App(db_url) as app:
             found: dict[str, list[float]] = {}
             for name in ("cron", "interval"):
-                schedule = await app.store.get_schedule(name)
+                schedule = await app.store.schedules.get(name)
                 tasks = await app.store.list_tasks(schedule_id=schedule.id, limit=1000)
                 found[name] = [t.slot for t in tasks if t.slot is not None]
             return found

@@ -276,7 +276,7 @@ async def test_a_deleted_task_takes_its_attempts_logs_and_progress(db_url: str) 
 async def test_a_follower_does_not_purge(harness: Harness) -> None:
     store = harness.store
     old = await finished(store, "succeeded", age=8 * DAY)
-    assert await store.try_lease("scheduler", "someone-else", time.time(), 60) is not None
+    assert await store.leases.try_take("scheduler", "someone-else", time.time(), 60) is not None
     sweeper = Sweeper(store, Policy.parse(""), interval=0.05, pause=0)
     scheduler = Scheduler(store, poll_seconds=0.05, retention=sweeper)
     job = asyncio.create_task(scheduler.run())
@@ -409,10 +409,10 @@ async def secured(db_url: str) -> Any:
 
 async def test_bulk_delete_respects_namespaces_and_scopes(secured: Harness) -> None:
     store, http = secured.store, secured.http
-    _, alpha = await store.create_key("alpha", ["write"], namespace="alpha")
-    _, beta = await store.create_key("beta", ["write"], namespace="beta")
-    _, reader = await store.create_key("reader", ["read"])
-    _, admin = await store.create_key("ops", ["admin"])
+    _, alpha = await store.keys.create("alpha", ["write"], namespace="alpha")
+    _, beta = await store.keys.create("beta", ["write"], namespace="beta")
+    _, reader = await store.keys.create("reader", ["read"])
+    _, admin = await store.keys.create("ops", ["admin"])
     mine = await finished(store, "succeeded", age=2 * DAY, n=3, namespace="alpha")
     mine_other = await finished(
         store, "succeeded", age=2 * DAY, namespace="alpha", name="other", queue="q2"

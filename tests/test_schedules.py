@@ -223,7 +223,7 @@ async def _downtime(harness: Harness, policy: str) -> list[float]:
         await c.execute(
             "UPDATE schedules SET next_fire_at = $1 WHERE id = $2", down_since, schedule["id"]
         )
-    await harness.store.fire_due_schedules(now)
+    await harness.store.schedules.fire_due(now)
     return sorted(ts(r["slot"]) - down_since for r in await runs_of(harness, policy))
 
 
@@ -262,7 +262,7 @@ async def test_periodic_declared_in_code_is_created_once_and_updated(db_url: str
     for cron in ("*/5 * * * *", "*/5 * * * *", "0 3 * * *"):
         app = build(cron)
         async with app:
-            page = await app.store.list_schedules()
+            page = await app.store.schedules.page()
     assert len(page) == 1
     [schedule] = page
     assert schedule.cron == "0 3 * * *" and schedule.timezone == "Europe/Paris"
@@ -272,8 +272,8 @@ async def test_periodic_declared_in_code_is_created_once_and_updated(db_url: str
 
 async def test_upsert_keeps_an_operator_pause(app: App, harness: Harness) -> None:
     spec = ScheduleCreate.model_validate(every_second("op"))
-    await harness.store.upsert_schedule(spec, time.time())
+    await harness.store.schedules.upsert(spec, time.time())
     await harness.http.post("/v1/schedules/op/pause")
-    _, changed = await harness.store.upsert_schedule(spec, time.time())
+    _, changed = await harness.store.schedules.upsert(spec, time.time())
     assert not changed
-    assert (await harness.store.get_schedule("op")).paused
+    assert (await harness.store.schedules.get("op")).paused

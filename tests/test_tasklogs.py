@@ -249,8 +249,8 @@ def bearer(secret: str) -> dict[str, str]:
 
 
 async def test_logs_are_namespace_checked(secured: Harness) -> None:
-    _, alpha = await secured.store.create_key("alpha", ["write"], namespace="alpha")
-    _, beta = await secured.store.create_key("beta", ["read"], namespace="beta")
+    _, alpha = await secured.store.keys.create("alpha", ["write"], namespace="alpha")
+    _, beta = await secured.store.keys.create("beta", ["read"], namespace="beta")
     secured.start_worker()
     made = await secured.http.post(
         "/v1/tasks", json={"name": "chatty", "payload": {"tag": "a"}}, headers=bearer(alpha)
@@ -268,8 +268,8 @@ async def test_logs_are_namespace_checked(secured: Harness) -> None:
 
 
 async def test_log_events_keep_to_the_key_s_namespace(secured: Harness) -> None:
-    _, alpha = await secured.store.create_key("alpha", ["write"], namespace="alpha")
-    _, beta = await secured.store.create_key("beta", ["read"], namespace="beta")
+    _, alpha = await secured.store.keys.create("alpha", ["write"], namespace="alpha")
+    _, beta = await secured.store.keys.create("beta", ["read"], namespace="beta")
     secured.start_worker()
     gate = uuid.uuid4().hex
     async with (
@@ -288,9 +288,9 @@ async def test_log_events_keep_to_the_key_s_namespace(secured: Harness) -> None:
 
 
 async def test_worker_controls_need_admin_and_a_known_worker(secured: Harness) -> None:
-    _, writer = await secured.store.create_key("writer", ["write"])
-    _, bound = await secured.store.create_key("bound", ["admin"], namespace="alpha")
-    _, admin = await secured.store.create_key("ops", ["admin"])
+    _, writer = await secured.store.keys.create("writer", ["write"])
+    _, bound = await secured.store.keys.create("bound", ["admin"], namespace="alpha")
+    _, admin = await secured.store.keys.create("ops", ["admin"])
     worker = secured.start_worker(worker_id="w-controls")
     http = secured.http
 
@@ -316,7 +316,7 @@ async def test_worker_controls_need_admin_and_a_known_worker(secured: Harness) -
         return bool(found.json()["tasks"] == [made.json()["id"]])
 
     await until(reported, "the worker never reported its task")
-    _, reader = await secured.store.create_key("reader", ["read"], namespace="alpha")
+    _, reader = await secured.store.keys.create("reader", ["read"], namespace="alpha")
     seen = (await http.get("/v1/workers", headers=bearer(reader))).json()
     assert [w["tasks"] for w in seen] == [[]]  # a bound key never sees others' task ids
     GATES.setdefault(gate, asyncio.Event()).set()

@@ -344,7 +344,7 @@ async def test_workers_register_heartbeat_and_stop(app: App, harness: Harness) -
 
 
 async def test_silent_worker_is_marked_dead(app: App, harness: Harness) -> None:
-    await harness.store.register_worker("ghost", "nowhere", 1, ["default"], 4, time.time() - 60)
+    await harness.store.workers.register("ghost", "nowhere", 1, ["default"], 4, time.time() - 60)
     scheduler = harness.start_scheduler()
     assert scheduler.worker_timeout == 30.0
 

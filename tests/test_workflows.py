@@ -358,7 +358,7 @@ async def test_workflows_keep_to_their_namespace_and_scopes(db_url: str) -> None
             ("b", "write", "beta"),
             ("r", "read", "alpha"),
         ]:
-            _, secret = await h.store.create_key(name, [scope], namespace=namespace)
+            _, secret = await h.store.keys.create(name, [scope], namespace=namespace)
             keys[name] = {"authorization": f"Bearer {secret}"}
         body = {"nodes": [{"id": "only", "task": {"name": "add"}}]}
         created = await h.http.post("/v1/workflows", json=body, headers=keys["a"])
@@ -623,7 +623,7 @@ async def test_a_schedule_starts_one_workflow_per_slot(app: App, harness: Harnes
                     slot,
                     schedule["id"],
                 )
-            await harness.store.fire_due_schedules(slot + 1)
+            await harness.store.schedules.fire_due(slot + 1)
         (started,) = await next_workflow_events(feed, "started")
     listed = (await harness.http.get("/v1/workflows")).json()["items"]
     assert [(w["id"], w["schedule_id"]) for w in listed] == [(started.workflow_id, schedule["id"])]

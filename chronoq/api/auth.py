@@ -82,7 +82,7 @@ class KeyCache:
         if hit:
             return key
         self.store_lookups += 1
-        key = await app.store.authenticate(secret)
+        key = await app.store.keys.authenticate(secret)
         expires = time.monotonic() + self.ttl
         if key is None:
             self.known.pop(digest)

@@ -53,7 +53,7 @@ async def pause_queue(queue: QueueName, app: AppDep, who: Writer) -> QueuePauseS
     """Workers stop claiming the queue's tasks (running ones finish); new and waiting tasks
     stay queued. Pausing a paused queue changes nothing. `write` scope, no namespace."""
     _unscoped(who)
-    pause = await app.store.pause_queue(queue, time.time(), who.key_id)
+    pause = await app.store.pauses.pause(queue, time.time(), who.key_id)
     return QueuePauseState(
         queue=queue, paused=True, paused_at=to_datetime(pause.paused_at), paused_by=pause.paused_by
     )
@@ -64,7 +64,7 @@ async def resume_queue(queue: QueueName, app: AppDep, who: Writer) -> QueuePause
     """Workers of the queue are woken and claim its queued tasks at once (with Redis, they
     are published again). Resuming a queue that is not paused changes nothing."""
     _unscoped(who)
-    if await app.store.resume_queue(queue) and app.publisher is not None:
+    if await app.store.pauses.resume(queue) and app.publisher is not None:
         await app.publisher.republish(app.store, queue)
     return QueuePauseState(queue=queue, paused=False)
 
@@ -77,11 +77,11 @@ async def with_limits(store: Store, stats: list[QueueStats], now: float) -> list
     """``stats`` with the concurrency keys and rate limits of the queues that have keyed
     tasks (:mod:`chronoq.store.limits`); queues without any are left as they are, at the
     cost of one cached read."""
-    limited = await store.limited_queues()
+    limited = await store.limits.queues()
     wanted = [q.queue for q in stats if q.queue in limited]
     if not wanted:
         return stats
-    usage = await store.limit_usage(now, wanted)
+    usage = await store.limits.usage(now, wanted)
     counts = limits.waiting(usage)
     for entry in stats:
         if entry.queue not in limited:

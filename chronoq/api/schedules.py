@@ -43,7 +43,7 @@ async def visible_schedule(app: App, who: Principal, key: str) -> ScheduleRecord
     caller's namespace holds: another namespace's is a 404, as if it did not exist. A key
     of every namespace (or no auth) finds any, and a name several namespaces use is a 409."""
     try:
-        return await app.store.get_schedule(key, who.namespace)
+        return await app.store.schedules.get(key, who.namespace)
     except ScheduleAmbiguous as exc:
         raise ApiError(
             409,
@@ -72,7 +72,7 @@ async def create_schedule(spec: ScheduleCreate, app: AppDep, who: Writer) -> Sch
         )
     check_schedule_rate(spec, app.settings)
     _check_payloads(spec.task, spec.workflow, app.settings.max_payload_bytes)
-    return (await app.store.create_schedule(spec, time.time(), who.home)).to_api()
+    return (await app.store.schedules.create(spec, time.time(), who.home)).to_api()
 
 
 @router.get("", response_model=SchedulePage, responses=responses(422), summary="List schedules")
@@ -85,7 +85,7 @@ async def list_schedules(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SchedulePage:
     """By name, each with its next 5 fire times."""
-    records = await app.store.list_schedules(cursor, limit + 1, who.namespace)
+    records = await app.store.schedules.page(cursor, limit + 1, who.namespace)
     more = len(records) > limit
     records = records[:limit]
     return SchedulePage(
@@ -118,7 +118,7 @@ async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: W
     if changes.workflow is not None:
         fields["workflow"] = changes.workflow
     try:
-        return (await app.store.update_schedule(record.id, fields, time.time())).to_api()
+        return (await app.store.schedules.update(record.id, fields, time.time())).to_api()
     except ValidationError as exc:  # valid alone, not with the schedule's other fields
         raise merged_conflict(exc) from None
 
@@ -129,7 +129,7 @@ async def update_schedule(key: Key, changes: ScheduleUpdate, app: AppDep, who: W
 async def delete_schedule(key: Key, app: AppDep, who: Writer) -> Response:
     """Tasks it already fired stay, with their `schedule_id`."""
     record = await visible_schedule(app, who, key)
-    await app.store.delete_schedule(record.id)
+    await app.store.schedules.delete(record.id)
     return Response(status_code=204)
 
 
@@ -142,7 +142,7 @@ async def delete_schedule(key: Key, app: AppDep, who: Writer) -> Response:
 async def pause_schedule(key: Key, app: AppDep, who: Writer) -> Schedule:
     """Nothing fires while paused."""
     record = await visible_schedule(app, who, key)
-    return (await app.store.set_paused(record.id, True, time.time())).to_api()
+    return (await app.store.schedules.set_paused(record.id, True, time.time())).to_api()
 
 
 @router.post(
@@ -154,7 +154,7 @@ async def pause_schedule(key: Key, app: AppDep, who: Writer) -> Schedule:
 async def resume_schedule(key: Key, app: AppDep, who: Writer) -> Schedule:
     """The next slot after now fires; slots that fell in the pause are not made up."""
     record = await visible_schedule(app, who, key)
-    return (await app.store.set_paused(record.id, False, time.time())).to_api()
+    return (await app.store.schedules.set_paused(record.id, False, time.time())).to_api()
 
 
 @router.post(
@@ -167,7 +167,7 @@ async def resume_schedule(key: Key, app: AppDep, who: Writer) -> Schedule:
 async def trigger_schedule(key: Key, app: AppDep, who: Writer) -> Task:
     """One extra run now (slot = now); the rule is unchanged."""
     record = await visible_schedule(app, who, key)
-    return (await app.store.trigger_schedule(record.id, time.time())).to_api()
+    return (await app.store.schedules.trigger(record.id, time.time())).to_api()
 
 
 @router.get(

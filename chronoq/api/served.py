@@ -34,7 +34,7 @@ async def add_warnings(app: App, tasks: Sequence[Task]) -> None:
     if cache is None:
         cache = _caches[app] = ServedCache(app.settings.lease_seconds, TTL)
     try:
-        served = await cache.get(app.store)
+        served = await cache.get(app.store.workers)
     except Exception as exc:
         log.warning("could not read the worker registry for submission warnings: %s", exc)
         return

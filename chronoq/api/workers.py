@@ -35,7 +35,7 @@ async def list_workers(
     ] = False,
 ) -> list[WorkerInfo]:
     """Alive workers (newest first); `all=true` adds stopped and dead ones."""
-    return [_seen_by(who, w) for w in await app.store.list_workers(include_gone=include_all)]
+    return [_seen_by(who, w) for w in await app.store.workers.all(include_gone=include_all)]
 
 
 @router.get(
@@ -43,7 +43,7 @@ async def list_workers(
 )
 async def get_worker(worker_id: WorkerId, app: AppDep, who: Reader) -> WorkerInfo:
     """One worker with the tasks it runs and its process-pool children."""
-    worker = await app.store.get_worker(worker_id)
+    worker = await app.store.workers.get(worker_id)
     if worker is None:
         raise _unknown(worker_id)
     return _seen_by(who, worker)
@@ -65,7 +65,7 @@ async def _control(app: AppDep, who: Principal, worker_id: str, what: str) -> Wo
             "forbidden",
             "workers serve every namespace: a key bound to a namespace cannot control them",
         )
-    worker = await app.store.control_worker(worker_id, what)
+    worker = await app.store.workers.control(worker_id, what)
     if worker is None:
         raise _unknown(worker_id)
     if worker.status != "alive":

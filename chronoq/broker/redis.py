@@ -194,10 +194,10 @@ class RedisBroker(Broker):
         """Tasks with a concurrency key are claimed from the store, never by id (their
         stream messages are acknowledged as stale): :mod:`chronoq.store.limits`."""
         keyed: list[TaskRecord] = []
-        limited = await self.store.limited_queues()
+        limited = await self.store.limits.queues()
         for queue in self.queues:
             if queue in limited and len(keyed) < limit:
-                keyed += await self.store.claim_limited(
+                keyed += await self.store.limits.claim(
                     self.worker_id, queue, limit - len(keyed), time.time(), self.lease_seconds
                 )
         return keyed
@@ -211,7 +211,7 @@ class RedisBroker(Broker):
             return keyed
         if keyed:
             timeout = 0.001
-        elif any(q in self.store.limited_now for q in self.queues):
+        elif any(q in self.store.limits.limited_now for q in self.queues):
             timeout = min(timeout, KEYED_WAIT)
         return keyed + await self._fetch(limit - len(keyed), timeout)
 

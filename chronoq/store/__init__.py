@@ -1,4 +1,4 @@
-"""Storage back-ends. :func:`open_store` picks one from a database URL."""
+"""Storage back-ends. :func:`create_store` picks one from a database URL."""
 
 from __future__ import annotations
 

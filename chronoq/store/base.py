@@ -1,8 +1,10 @@
 """The store: the single source of truth for tasks, attempts and schedules.
 
-:class:`Store` holds every query in one dialect-neutral form (``$1`` placeholders); the
+:class:`Store` holds every task query in one dialect-neutral form (``$1`` placeholders)
+and the repositories of everything else (``store.schedules``, ``store.workers``, …); the
 SQLite and PostgreSQL subclasses only say how to connect, run a statement, open a
-transaction and spell a list parameter.
+transaction and spell a list parameter, and override a statement where the dialect can
+do it in fewer round trips.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from chronoq.models import Attempt, QueueStats, TaskCreate
 from chronoq.notify import Hub
 from chronoq.states import Status
 from chronoq.store import counts, tasklogs, uniqueness, workflows
-from chronoq.store.keys import KeyQueries
-from chronoq.store.leases import Fence
-from chronoq.store.limits import LimitQueries
-from chronoq.store.pauses import PauseQueries, not_paused
+from chronoq.store.connector import Connector
+from chronoq.store.keys import Keys
+from chronoq.store.leases import Fence, Leases
+from chronoq.store.limits import Limits
+from chronoq.store.pauses import Pauses, not_paused
 from chronoq.store.records import (
     INSERT_BATCH,
     INSERT_TASK_COLUMNS,
@@ -36,8 +39,8 @@ from chronoq.store.records import (
     dumps,
     storable_json,
 )
-from chronoq.store.schedules import ScheduleQueries
-from chronoq.store.workers import WorkerQueries
+from chronoq.store.schedules import Schedules
+from chronoq.store.workers import WorkerRegistry
 
 __all__ = ["Completion", "Conn", "NotFound", "Row", "Store", "TaskRecord", "dumps", "opened"]
 
@@ -54,17 +57,27 @@ RETRY = (
 )
 
 
-class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueries):
+class Store(Connector):
     """Durable task state, shared by the API, the scheduler and the workers: the task
-    queries here, the others from the query modules, the plumbing from
-    :class:`~chronoq.store.connector.Connector`."""
+    queries here, the plumbing from :class:`~chronoq.store.connector.Connector`, and the
+    rest of the store as repositories it holds (``keys``, ``leases``, ``pauses``,
+    ``workers``, ``schedules``, ``limits``)."""
+
+    #: the classes of the repositories a dialect says how to run (PostgreSQL's batch)
+    schedules_class: type[Schedules] = Schedules
+    workers_class: type[WorkerRegistry] = WorkerRegistry
 
     def __init__(self, hub: Hub | None = None, events: EventBus | None = None) -> None:
         super().__init__(hub, events)
         self._inserts = GroupCommit(
             self._insert_rows, INSERT_BATCH, split=lambda exc: isinstance(exc, self.data_errors)
         )
-        self._init_limits()
+        self.keys = Keys(self)
+        self.leases = Leases(self)
+        self.pauses = Pauses(self)
+        self.workers = self.workers_class(self)
+        self.schedules = self.schedules_class(self)
+        self.limits = Limits(self)
 
     def sibling(self) -> Store | None:
         """A new, unopened store on the same database with connections of its own, for a
@@ -121,7 +134,7 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
         ]
         found: list[tuple[TaskRecord, bool]] = []
         async with self.tx() as c:
-            tasks = await self.spaced(c, tasks)  # rate limits: chronoq.store.limits
+            tasks = await self.limits.spaced(c, tasks)  # rate limits: chronoq.store.limits
             for start in range(0, len(tasks), INSERT_BATCH):
                 found += await self._insert_on(c, tasks[start : start + INSERT_BATCH])
         self._announce_created(tasks, found)
@@ -130,7 +143,7 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
     async def _insert_rows(self, tasks: Sequence[NewTask]) -> list[tuple[TaskRecord, bool]]:
         """The group commit's write: one multi-row INSERT in autocommit mode."""
         async with self._insert_conn() as c:
-            tasks = await self.spaced(c, tasks)  # rate limits: chronoq.store.limits
+            tasks = await self.limits.spaced(c, tasks)  # rate limits: chronoq.store.limits
             found = await self._insert_on(c, tasks)
         self._announce_created(tasks, found)
         return found
@@ -362,7 +375,7 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
         queue (so ``len()`` is the number moved)."""
         promote = lifecycle.PROMOTE
         async with self.tx() as c:
-            await self.check_fence(c, fence, now)
+            await self.leases.check_fence(c, fence, now)
             rows = await c.fetch(
                 f"UPDATE tasks SET {promote.to()}, updated_at = $1 WHERE id IN ("
                 f"SELECT id FROM tasks WHERE {promote.where()} AND run_at <= $1 "
@@ -440,8 +453,8 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
         ``offer`` (the worker's queues): the slots left free may take hand-offs of new tasks
         of those queues (PostgreSQL)."""
         keyed: list[TaskRecord] = []
-        if queue in await self.limited_queues():  # keyed tasks: chronoq.store.limits
-            keyed = await self.claim_limited(worker_id, queue, limit, now, lease)
+        if queue in await self.limits.queues():  # keyed tasks: chronoq.store.limits
+            keyed = await self.limits.claim(worker_id, queue, limit, now, lease)
             if len(keyed) >= limit:
                 return keyed
         plain = await self._claim(
@@ -588,7 +601,7 @@ class Store(ScheduleQueries, KeyQueries, PauseQueries, WorkerQueries, LimitQueri
         ending(transition, completions)
         encoded = [(x, storable_json(x.result)) for x in completions]  # once for both rows
         async with self.tx() as c:
-            await self.check_fence(c, fence, completions[0].finished_at)
+            await self.leases.check_fence(c, fence, completions[0].finished_at)
             expired, more = (
                 ("", ()) if lapsed is None else (" AND lease_expires_at < $2", (lapsed,))
             )

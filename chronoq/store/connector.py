@@ -4,9 +4,10 @@
 a connection (``conn``) and a write transaction (``tx``), how the dialect spells a list
 parameter and a batch of new rows, the schema migrations, and the :class:`Announcer` that
 tells this process about committed changes. The SQLite and PostgreSQL stores implement
-its abstract methods; the query modules (``store/keys.py``, ``leases.py``, ``pauses.py``,
-``schedules.py``, ``workers.py`` and the task queries in ``base.py``) inherit it, so none
-of them re-declares the plumbing it uses.
+its abstract methods. The task queries in ``base.py`` build on it; every other part of the
+store is a :class:`Repository` object (``store.keys``, ``store.leases``, ``store.pauses``,
+``store.workers``, ``store.schedules``, ``store.limits``) that is given the connector and
+reaches the database only through it.
 """
 
 from __future__ import annotations
@@ -139,3 +140,12 @@ class Connector(abc.ABC):
                 await self.apply_migration(version, name, sql)
                 applied.append(version)
         return applied
+
+
+class Repository:
+    """One part of the store's queries (keys, leases, pauses, workers), over the
+    connector it is given: its connections, transactions, dialect spellings and
+    announcements. A dialect subclasses one to say how a query runs, never which."""
+
+    def __init__(self, db: Connector) -> None:
+        self.db = db

@@ -212,7 +212,7 @@ async def queue_stats(store: Store, now: float, namespace: str | None = None) ->
     for row in finished:
         if row["n"]:
             entry(row["queue"]).counts[Status(row["status"])] += int(row["n"])
-    for queue, pause in (await store.paused_queues()).items():  # also when it holds none
+    for queue, pause in (await store.pauses.current()).items():  # also when it holds none
         stat = entry(queue)
         stat.paused, stat.paused_at = True, to_datetime(pause.paused_at)
         stat.paused_by = pause.paused_by

@@ -41,19 +41,23 @@ class _Completing(_Announcing, Protocol):
     ) -> None: ...
 
 
-class SchedulerStore(_Completing, Protocol):
-    """What the scheduler does: leadership, partition leases, firing schedules, promoting
-    due tasks, reaping expired leases."""
+class SchedulerLeases(Protocol):
+    """The leases a scheduler takes: leadership and schedule partitions."""
 
-    async def try_lease(self, name: str, holder: str, now: float, ttl: float) -> Fence | None: ...
-    async def release_lease(self, fence: Fence) -> None: ...
-    async def try_leases(
+    async def try_take(self, name: str, holder: str, now: float, ttl: float) -> Fence | None: ...
+    async def release(self, fence: Fence) -> None: ...
+    async def try_take_many(
         self, names: Sequence[str], holder: str, now: float, ttl: float
     ) -> list[Fence]: ...
-    async def release_leases(self, fences: Sequence[Fence]) -> None: ...
-    async def leases_like(self, prefix: str) -> list[LeaseInfo]: ...
-    async def forget_leases(self, names: Sequence[str], before: float) -> None: ...
-    async def fire_due_schedules(
+    async def release_many(self, fences: Sequence[Fence]) -> None: ...
+    async def like(self, prefix: str) -> list[LeaseInfo]: ...
+    async def forget(self, names: Sequence[str], before: float) -> None: ...
+
+
+class Firing(Protocol):
+    """Firing due schedules, exactly once per slot."""
+
+    async def fire_due(
         self,
         now: float,
         limit: int = 500,
@@ -61,16 +65,60 @@ class SchedulerStore(_Completing, Protocol):
         owned: Sequence[Fence] | None = None,
         ahead: float = 0.0,
     ) -> int: ...
+
+
+class Reaping(Protocol):
+    """Marking silent workers dead."""
+
+    async def mark_dead(self, silent_since: float) -> list[str]: ...
+
+
+class SchedulerStore(_Completing, Protocol):
+    """What the scheduler does: leadership, partition leases, firing schedules, promoting
+    due tasks, reaping expired leases."""
+
+    @property
+    def leases(self) -> SchedulerLeases: ...
+    @property
+    def schedules(self) -> Firing: ...
+    @property
+    def workers(self) -> Reaping: ...
     async def promote_due(
         self, now: float, limit: int = 1000, fence: Fence | None = None
     ) -> list[str]: ...
     async def next_due_at(
         self, partitions: Sequence[int] | None = None, tasks: bool = True, ahead: float = 0.0
     ) -> float | None: ...
-    async def mark_dead_workers(self, silent_since: float) -> list[str]: ...
     async def expired_leases(self, now: float, limit: int = 500) -> list[TaskRecord]: ...
     def advance_counts_soon(self, now: float) -> None: ...
     async def time_out_workflows(self, now: float) -> int: ...
+
+
+class Registering(Protocol):
+    """A worker's own row in the registry, and what the other live workers serve."""
+
+    async def register(
+        self,
+        worker_id: str,
+        host: str,
+        pid: int,
+        queues: Sequence[str],
+        concurrency: int,
+        now: float,
+        handlers: Sequence[str] | None = None,
+    ) -> None: ...
+    async def heartbeat(
+        self,
+        worker_id: str,
+        running: int,
+        processed: int,
+        concurrency: int,
+        now: float,
+        status: str = "alive",
+        detail: dict[str, Any] | None = None,
+    ) -> str | None: ...
+    async def child_restarts(self, worker_id: str, restarts: int) -> None: ...
+    async def served(self, seen_since: float, excluding: str | None = None) -> Served: ...
 
 
 class WorkerStore(_Completing, Protocol):
@@ -87,28 +135,8 @@ class WorkerStore(_Completing, Protocol):
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-    async def register_worker(
-        self,
-        worker_id: str,
-        host: str,
-        pid: int,
-        queues: Sequence[str],
-        concurrency: int,
-        now: float,
-        handlers: Sequence[str] | None = None,
-    ) -> None: ...
-    async def worker_heartbeat(
-        self,
-        worker_id: str,
-        running: int,
-        processed: int,
-        concurrency: int,
-        now: float,
-        status: str = "alive",
-        detail: dict[str, Any] | None = None,
-    ) -> str | None: ...
-    async def worker_child_restarts(self, worker_id: str, restarts: int) -> None: ...
-    async def served(self, seen_since: float, excluding: str | None = None) -> Served: ...
+    @property
+    def workers(self) -> Registering: ...
     async def heartbeat(
         self, worker_id: str, task_ids: Sequence[str], lease_until: float
     ) -> set[str]: ...
@@ -120,6 +148,17 @@ class WorkerStore(_Completing, Protocol):
         events: Sequence[ProgressEvent] = (),
         logs: Sequence[LogEvent] = (),
     ) -> None: ...
+
+
+class LimitedClaim(Protocol):
+    """The claim of keyed tasks (:mod:`chronoq.store.limits`)."""
+
+    @property
+    def limited_now(self) -> frozenset[str]: ...
+    async def queues(self, fresh: bool = False) -> frozenset[str]: ...
+    async def claim(
+        self, worker_id: str, queue: str, limit: int, now: float, lease: float
+    ) -> list[TaskRecord]: ...
 
 
 class ClaimStore(_Announcing, Protocol):
@@ -150,11 +189,7 @@ class ClaimStore(_Announcing, Protocol):
         self, before: float, now: float, limit: int = 1000, queue: str | None = None
     ) -> list[tuple[str, str, int]]: ...
     @property
-    def limited_now(self) -> frozenset[str]: ...
-    async def limited_queues(self, fresh: bool = False) -> frozenset[str]: ...
-    async def claim_limited(
-        self, worker_id: str, queue: str, limit: int, now: float, lease: float
-    ) -> list[TaskRecord]: ...
+    def limits(self) -> LimitedClaim: ...
 
 
 class WorkerSide(WorkerStore, ClaimStore, Protocol):

@@ -11,7 +11,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from chronoq.store.connector import Connector
+from chronoq.store.connector import Repository
 from chronoq.store.records import Row, dumps, loads
 
 SCOPES = ("read", "write", "admin")
@@ -49,10 +49,10 @@ class ApiKey:
         return any(rank[s] >= rank[scope] for s in self.scopes)
 
 
-class KeyQueries(Connector):
-    """API key queries, mixed into :class:`chronoq.store.base.Store`."""
+class Keys(Repository):
+    """API keys (``store.keys``)."""
 
-    async def create_key(
+    async def create(
         self, name: str, scopes: list[str], namespace: str | None = None
     ) -> tuple[ApiKey, str]:
         """A new key; returns it with its secret, which is not stored and not shown again."""
@@ -62,7 +62,7 @@ class KeyQueries(Connector):
         key_id = secrets.token_hex(4)
         secret = f"cq_{key_id}_{secrets.token_urlsafe(32)}"
         now = time.time()
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             await c.execute(
                 "INSERT INTO api_keys (id, name, hash, scopes, namespace, created_at) "
                 "VALUES ($1, $2, $3, $4, $5, $6)",
@@ -75,13 +75,13 @@ class KeyQueries(Connector):
             )
         return ApiKey(key_id, name, frozenset(scopes), namespace, now, None, None), secret
 
-    async def list_keys(self) -> list[ApiKey]:
-        async with self.conn() as c:
+    async def all(self) -> list[ApiKey]:
+        async with self.db.conn() as c:
             rows = await c.fetch("SELECT * FROM api_keys ORDER BY created_at")
         return [ApiKey.from_row(r) for r in rows]
 
-    async def revoke_key(self, key_id: str) -> bool:
-        async with self.conn() as c:
+    async def revoke(self, key_id: str) -> bool:
+        async with self.db.conn() as c:
             rows = await c.fetch(
                 "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 "
                 "AND revoked_at IS NULL RETURNING id",
@@ -92,7 +92,7 @@ class KeyQueries(Connector):
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         """The key with this secret, unless unknown or revoked."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch(
                 "UPDATE api_keys SET last_used_at = $2 WHERE hash = $1 "
                 "AND revoked_at IS NULL RETURNING *",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chronoq.store.connector import Connector
+from chronoq.store.connector import Repository
 from chronoq.store.records import Conn
 
 
@@ -32,23 +32,23 @@ class LeaseInfo:
     expires_at: float
 
 
-class LeaseQueries(Connector):
-    """Lease queries, mixed into :class:`chronoq.store.base.Store`."""
+class Leases(Repository):
+    """Leases and their fences (``store.leases``)."""
 
-    async def try_lease(self, name: str, holder: str, now: float, ttl: float) -> Fence | None:
+    async def try_take(self, name: str, holder: str, now: float, ttl: float) -> Fence | None:
         """Take or renew lease ``name`` for ``ttl`` seconds. Returns the fence when held;
         None while another holder's lease is still valid. Taking over bumps the token."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             return await self._take(c, name, holder, now, ttl)
 
-    async def try_leases(
+    async def try_take_many(
         self, names: Sequence[str], holder: str, now: float, ttl: float
     ) -> list[Fence]:
-        """:meth:`try_lease` for each of ``names``, in one transaction (in name order, so two
+        """:meth:`try_take` for each of ``names``, in one transaction (in name order, so two
         schedulers' transactions never wait on each other in a cycle); the fences held."""
         if not names:
             return []
-        async with self.tx() as c:
+        async with self.db.tx() as c:
             found = [await self._take(c, name, holder, now, ttl) for name in sorted(names)]
         return [fence for fence in found if fence is not None]
 
@@ -67,37 +67,37 @@ class LeaseQueries(Connector):
         )
         return Fence(name, holder, int(rows[0]["token"])) if rows else None
 
-    async def release_leases(self, fences: Sequence[Fence]) -> None:
-        """:meth:`release_lease` for each of ``fences``, in one transaction."""
+    async def release_many(self, fences: Sequence[Fence]) -> None:
+        """:meth:`release` for each of ``fences``, in one transaction."""
         if not fences:
             return
-        async with self.tx() as c:
+        async with self.db.tx() as c:
             await c.executemany(
                 "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2 AND token = $3",
                 sorted((f.name, f.holder, f.token) for f in fences),
             )
 
-    async def leases_like(self, prefix: str) -> list[LeaseInfo]:
+    async def like(self, prefix: str) -> list[LeaseInfo]:
         """Every lease whose name starts with ``prefix`` (a few dozen rows at most)."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch(
                 "SELECT * FROM leases WHERE name LIKE $1 ESCAPE '\\'",
                 prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",
             )
         return [_info(r) for r in rows]
 
-    async def forget_leases(self, names: Sequence[str], before: float) -> None:
+    async def forget(self, names: Sequence[str], before: float) -> None:
         """Delete the leases of ``names`` that expired before ``before`` (gone holders)."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             await c.execute(
-                f"DELETE FROM leases WHERE name {self.in_list('$1')} AND expires_at < $2",
-                self.list_param(names),
+                f"DELETE FROM leases WHERE name {self.db.in_list('$1')} AND expires_at < $2",
+                self.db.list_param(names),
                 before,
             )
 
-    async def release_lease(self, fence: Fence) -> None:
+    async def release(self, fence: Fence) -> None:
         """Give the lease up at once (graceful shutdown), so a follower takes over now."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             await c.execute(
                 "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2 AND token = $3",
                 fence.name,
@@ -105,8 +105,8 @@ class LeaseQueries(Connector):
                 fence.token,
             )
 
-    async def get_lease(self, name: str) -> LeaseInfo | None:
-        async with self.conn() as c:
+    async def get(self, name: str) -> LeaseInfo | None:
+        async with self.db.conn() as c:
             rows = await c.fetch("SELECT * FROM leases WHERE name = $1", name)
         return _info(rows[0]) if rows else None
 
@@ -118,7 +118,7 @@ class LeaseQueries(Connector):
             return
         rows = await c.fetch(
             "SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND token = $3 "
-            f"AND expires_at >= $4{self.lock_row}",
+            f"AND expires_at >= $4{self.db.lock_row}",
             fence.name,
             fence.holder,
             fence.token,
@@ -132,9 +132,9 @@ class LeaseQueries(Connector):
         if not fences:
             return
         rows = await c.fetch(
-            f"SELECT name, token FROM leases WHERE name {self.in_list('$1')} AND holder = $2 "
-            f"AND expires_at >= $3{self.lock_row}",
-            self.list_param(f.name for f in fences),
+            f"SELECT name, token FROM leases WHERE name {self.db.in_list('$1')} AND holder = $2 "
+            f"AND expires_at >= $3{self.db.lock_row}",
+            self.db.list_param(f.name for f in fences),
             fences[0].holder,
             now,
         )

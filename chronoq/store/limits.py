@@ -1,12 +1,12 @@
 """Concurrency and rate limits: at most N tasks of one ``concurrency_key`` run at once,
 across every queue and worker, enforced where work is taken; and at most a rate of them
-come due (:meth:`LimitQueries.spaced`) and start (:func:`starts_allowed`), by GCRA.
+come due (:meth:`Limits.spaced`) and start (:func:`starts_allowed`), by GCRA.
 
 A task with a ``concurrency_key`` (migration 0021) is outside the plain claim's index
 (``tasks_ready`` holds unkeyed tasks only, so the plain claim costs what it did). Workers of
 a queue that ever had a keyed task (a row in ``limited_queues``, written by migration
 0021's insert trigger, whatever inserted the task) also run
-:meth:`LimitQueries.claim_limited` — only they, and the rest pay nothing but a read of that
+:meth:`Limits.claim` — only they, and the rest pay nothing but a read of that
 table every :data:`REFRESH_SECONDS`.
 
 The limited claim:
@@ -37,19 +37,20 @@ the whole picture.
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from chronoq import lifecycle
 from chronoq.lifecycle import Status
-from chronoq.store.connector import Connector
 from chronoq.store.pauses import not_paused
-from chronoq.store.records import NewTask, Row, TaskRecord
+from chronoq.store.records import NewTask, TaskRecord
+
+if TYPE_CHECKING:
+    from chronoq.store.base import Store
 
 #: how often a worker re-reads which queues have keyed tasks (a keyed task submitted to a
 #: queue for the first time waits at most this long more)
@@ -165,21 +166,17 @@ def started_after(bucket: Any, now: float, n: int) -> float:
     return max(float(bucket["started_tat"]), now - tolerance) + n * step
 
 
-class LimitQueries(Connector):
-    """The limited claim and what it reads, mixed into :class:`chronoq.store.base.Store`."""
+class Limits:
+    """The limited claim and what it reads (``store.limits``); given the whole store, whose
+    task side opens the claimed tasks' inputs."""
 
-    @abc.abstractmethod
-    async def with_inputs(self, rows: Sequence[Row], now: float) -> list[TaskRecord]: ...
-
-    #: the queues with keyed tasks, as last read, and when (monotonic)
-    _limited: frozenset[str]
-    _limited_read: float
-    #: PostgreSQL: per queue, the key this process's last limited claim stopped at
-    _key_cursor: dict[str, str]
-
-    def _init_limits(self) -> None:
-        self._limited, self._limited_read = frozenset(), -1e18
-        self._key_cursor = {}
+    def __init__(self, db: Store) -> None:
+        self.db = db
+        #: the queues with keyed tasks, as last read, and when (monotonic)
+        self._limited: frozenset[str] = frozenset()
+        self._limited_read = -1e18
+        #: PostgreSQL: per queue, the key this process's last limited claim stopped at
+        self._key_cursor: dict[str, str] = {}
 
     @property
     def limited_now(self) -> frozenset[str]:
@@ -209,22 +206,22 @@ class LimitQueries(Connector):
                 out[i] = dataclasses.replace(task, run_at=turn, status=status)
         return out
 
-    async def limited_queues(self, fresh: bool = False) -> frozenset[str]:
+    async def queues(self, fresh: bool = False) -> frozenset[str]:
         """The queues that have had keyed tasks (re-read every :data:`REFRESH_SECONDS`)."""
         clock = time.monotonic()
         if fresh or clock - self._limited_read >= REFRESH_SECONDS:
-            async with self.conn() as c:
+            async with self.db.conn() as c:
                 rows = await c.fetch("SELECT queue FROM limited_queues")
             self._limited, self._limited_read = frozenset(r["queue"] for r in rows), clock
         return self._limited
 
-    async def claim_limited(
+    async def claim(
         self, worker_id: str, queue: str, limit: int, now: float, lease: float
     ) -> list[TaskRecord]:
         """Take up to ``limit`` keyed tasks of ``queue`` whose keys have a free slot,
         round-robin across keys, and open their attempts (serialised: module docstring)."""
-        pg = self.dialect == "postgresql"
-        async with self.tx() as c:
+        pg = self.db.dialect == "postgresql"
+        async with self.db.tx() as c:
             if pg:
                 after = self._key_cursor.get(queue, "")
                 locked = [r["k"] for r in await c.fetch(PG_KEYS, queue, limit, LOCK, after)]
@@ -236,8 +233,8 @@ class LimitQueries(Connector):
                     return []
                 self._key_cursor[queue] = locked[-1] if len(locked) >= limit else ""
                 buckets = await c.fetch(
-                    f"SELECT * FROM rate_buckets WHERE key {self.in_list('$1')}",
-                    self.list_param(locked),
+                    f"SELECT * FROM rate_buckets WHERE key {self.db.in_list('$1')}",
+                    self.db.list_param(locked),
                 )
             else:
                 buckets = await c.fetch(
@@ -258,7 +255,7 @@ class LimitQueries(Connector):
                 pick, keys = (
                     PG_PICK,
                     (
-                        self.list_param(locked),
+                        self.db.list_param(locked),
                         [caps.get(k, 1_000_000_000) for k in locked],
                     ),
                 )
@@ -294,9 +291,9 @@ class LimitQueries(Connector):
                     "VALUES ($1, $2, $3, $4)",
                     [(r["id"], r["attempts"], worker_id, now) for r in rows],
                 )
-        return await self.with_inputs(rows, now)
+        return await self.db.with_inputs(rows, now)
 
-    async def limit_usage(self, now: float, queues: Iterable[str]) -> dict[str, Any]:
+    async def usage(self, now: float, queues: Iterable[str]) -> dict[str, Any]:
         """Per queue of ``queues`` (those with keyed tasks): its keys' running and queued
         counts and limits (rows ``queue, key, running, queued, lim``), and the tasks
         waiting for a rate's turn with their keys' buckets (rows ``queue, key, waiting,
@@ -305,31 +302,31 @@ class LimitQueries(Connector):
         if not wanted:
             return {"keys": [], "rates": []}
         running = lifecycle.is_(Status.RUNNING, "r.status")
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             keys = await c.fetch(
                 "SELECT q.queue, q.concurrency_key AS key, count(*) AS queued, "
                 "MAX(q.concurrency_limit) AS lim, (SELECT count(*) FROM tasks r WHERE "
                 f"{running} AND r.concurrency_key = q.concurrency_key) AS running "
                 f"FROM tasks q WHERE {lifecycle.is_(Status.QUEUED, 'q.status')} "
-                f"AND q.concurrency_key IS NOT NULL AND q.queue {self.in_list('$1')} "
+                f"AND q.concurrency_key IS NOT NULL AND q.queue {self.db.in_list('$1')} "
                 "GROUP BY q.queue, q.concurrency_key",
-                self.list_param(wanted),
+                self.db.list_param(wanted),
             )
             busy = await c.fetch(
                 "SELECT r.queue, r.concurrency_key AS key, count(*) AS running, "
                 f"MAX(r.concurrency_limit) AS lim FROM tasks r WHERE {running} "
-                f"AND r.concurrency_key IS NOT NULL AND r.queue {self.in_list('$1')} "
+                f"AND r.concurrency_key IS NOT NULL AND r.queue {self.db.in_list('$1')} "
                 "GROUP BY r.queue, r.concurrency_key",
-                self.list_param(wanted),
+                self.db.list_param(wanted),
             )
             rates = await c.fetch(
                 "SELECT t.queue, t.concurrency_key AS key, count(*) AS waiting, b.spacing, b.tat "
                 "FROM tasks t JOIN rate_buckets b ON b.key = t.concurrency_key "
                 f"WHERE {lifecycle.is_(Status.SCHEDULED, 't.status')} "
                 "AND t.rate_interval IS NOT NULL AND t.run_at > $2 "
-                f"AND t.queue {self.in_list('$1')} GROUP BY t.queue, t.concurrency_key, "
+                f"AND t.queue {self.db.in_list('$1')} GROUP BY t.queue, t.concurrency_key, "
                 "b.spacing, b.tat",
-                self.list_param(wanted),
+                self.db.list_param(wanted),
                 now,
             )
         seen = {(r["queue"], r["key"]) for r in keys}
@@ -348,14 +345,14 @@ class LimitQueries(Connector):
 
 
 def key_full(row: Any) -> bool:
-    """Whether a :meth:`LimitQueries.limit_usage` key row has no free slot."""
+    """Whether a :meth:`Limits.usage` key row has no free slot."""
     return row["lim"] is not None and int(row["running"]) >= int(row["lim"])
 
 
 def waiting(usage: dict[str, Any]) -> dict[tuple[str, str], int]:
     """``(queue, "concurrency" | "rate")``: the tasks of each queue waiting on a limit —
     queued with a full key, or waiting for a rate's turn — from
-    :meth:`LimitQueries.limit_usage`."""
+    :meth:`Limits.usage`."""
     found: dict[tuple[str, str], int] = {}
     for row in usage["keys"]:
         if key_full(row):

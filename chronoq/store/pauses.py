@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from chronoq.store.connector import Connector
+from chronoq.store.connector import Repository
 
 
 def not_paused(queue: str) -> str:
@@ -30,12 +30,12 @@ class QueuePause:
     paused_by: str | None
 
 
-class PauseQueries(Connector):
-    """Pause and resume queries, mixed into :class:`chronoq.store.base.Store`."""
+class Pauses(Repository):
+    """Paused queues (``store.pauses``)."""
 
-    async def pause_queue(self, queue: str, now: float, by: str | None = None) -> QueuePause:
+    async def pause(self, queue: str, now: float, by: str | None = None) -> QueuePause:
         """Pause ``queue``; pausing a paused queue keeps the first pause (who and when)."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             await c.execute(
                 "INSERT INTO queue_pauses (queue, paused_at, paused_by) "
                 "VALUES ($1, $2, $3) ON CONFLICT (queue) DO NOTHING",
@@ -46,18 +46,18 @@ class PauseQueries(Connector):
             rows = await c.fetch("SELECT * FROM queue_pauses WHERE queue = $1", queue)
         return _pause(rows[0])
 
-    async def resume_queue(self, queue: str) -> bool:
+    async def resume(self, queue: str) -> bool:
         """Resume ``queue`` and wake its workers (here in-process; on PostgreSQL the
         migration's trigger notifies every process). False if it was not paused."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch("DELETE FROM queue_pauses WHERE queue = $1 RETURNING queue", queue)
         if rows:
-            self.announce.resumed(queue)
+            self.db.announce.resumed(queue)
         return bool(rows)
 
-    async def paused_queues(self) -> dict[str, QueuePause]:
+    async def current(self) -> dict[str, QueuePause]:
         """Every paused queue, by name."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch("SELECT * FROM queue_pauses ORDER BY queue")
         return {r["queue"]: _pause(r) for r in rows}
 

@@ -31,6 +31,8 @@ from chronoq.store.records import (
     NewTask,
     storable_json,
 )
+from chronoq.store.schedules import Schedules
+from chronoq.store.workers import WorkerRegistry
 
 log = logging.getLogger("chronoq.store")
 
@@ -208,12 +210,46 @@ async def _no_reset(_conn: asyncpg.Connection) -> None:
     asyncpg's reset query: one round trip less per store call."""
 
 
+class _PgSchedules(Schedules):
+    """Fired schedules moved by one statement."""
+
+    async def move(self, c: Any, moves: Sequence[tuple[Any, ...]]) -> None:
+        """One UPDATE from column arrays, instead of a statement per fired schedule."""
+        if not moves:
+            return
+        ids, nexts, lasts, updated = zip(*moves, strict=True)
+        await c.execute(
+            "UPDATE schedules AS s SET next_fire_at = m.next_fire_at, "
+            "last_fire_at = m.last_fire_at, updated_at = m.updated_at "
+            "FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[]) "
+            "AS m(id, next_fire_at, last_fire_at, updated_at) WHERE s.id = m.id",
+            list(ids),
+            list(nexts),
+            list(lasts),
+            list(updated),
+        )
+
+
+class _PgWorkers(WorkerRegistry):
+    """Dead workers' hand-off offers dropped with them."""
+
+    async def mark_dead(self, silent_since: float) -> list[str]:
+        """Also drops the offers of dead workers (they are never taken, but pile up)."""
+        dead = await super().mark_dead(silent_since)
+        if dead:
+            async with self.db.conn() as c:
+                await c.execute("DELETE FROM offers WHERE worker_id = ANY($1::text[])", dead)
+        return dead
+
+
 class PostgresStore(Store):
     """Tasks in PostgreSQL (``postgresql://user@host/db[?schema=name]``)."""
 
     dialect = "postgresql"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     lock_row = " FOR UPDATE"
+    schedules_class = _PgSchedules
+    workers_class = _PgWorkers
     data_errors = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
     outage_errors = (
         *Store.outage_errors,
@@ -391,22 +427,6 @@ class PostgresStore(Store):
         rows = [task.values() for task in tasks]
         return _TASK_ROWS, [list(column) for column in zip(*rows, strict=True)]
 
-    async def move_schedules(self, c: Any, moves: Sequence[tuple[Any, ...]]) -> None:
-        """One UPDATE from column arrays, instead of a statement per fired schedule."""
-        if not moves:
-            return
-        ids, nexts, lasts, updated = zip(*moves, strict=True)
-        await c.execute(
-            "UPDATE schedules AS s SET next_fire_at = m.next_fire_at, "
-            "last_fire_at = m.last_fire_at, updated_at = m.updated_at "
-            "FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[]) "
-            "AS m(id, next_fire_at, last_fire_at, updated_at) WHERE s.id = m.id",
-            list(ids),
-            list(nexts),
-            list(lasts),
-            list(updated),
-        )
-
     def in_list(self, placeholder: str) -> str:
         return f"= ANY({placeholder}::text[])"
 
@@ -505,14 +525,6 @@ class PostgresStore(Store):
         async with self._listen_lock:
             if self._listener is not None and not self._listener.is_closed():
                 await self._listener.execute("SELECT 1")
-
-    async def mark_dead_workers(self, silent_since: float) -> list[str]:
-        """Also drops the offers of dead workers (they are never taken, but pile up)."""
-        dead = await super().mark_dead_workers(silent_since)
-        if dead:
-            async with self.conn() as c:
-                await c.execute("DELETE FROM offers WHERE worker_id = ANY($1::text[])", dead)
-        return dead
 
     async def _record(
         self, completions: Sequence[Completion], fence: Fence | None, lapsed: float | None = None

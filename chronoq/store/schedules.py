@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from chronoq import lifecycle
 from chronoq.dag import WorkflowCreate
@@ -18,7 +18,7 @@ from chronoq.models import (
 )
 from chronoq.recurrence import FirePlan, MisfirePolicy, Recurrence, cached, plan
 from chronoq.store import workflows
-from chronoq.store.leases import Fence, LeaseQueries
+from chronoq.store.leases import Fence
 from chronoq.store.records import (
     INSERT_BATCH,
     INSERT_TASK,
@@ -249,16 +249,21 @@ _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(_COLUMNS.split(",")) + 1
 _UPDATE = ", ".join(f"{c.strip()} = ${i}" for i, c in enumerate(_COLUMNS.split(","), 1) if i > 1)
 
 
-class ScheduleQueries(LeaseQueries):
-    """Schedule queries, mixed into :class:`chronoq.store.base.Store`."""
+class Schedules:
+    """Schedules (``store.schedules``): they make tasks, so they are given the whole store
+    (its task side and its leases), not only its connector. A dialect subclasses this to
+    say how a query runs (:meth:`move`), never which."""
 
-    async def create_schedule(
+    def __init__(self, db: Store) -> None:
+        self.db = db
+
+    async def create(
         self, spec: ScheduleCreate, now: float, namespace: str = "default"
     ) -> ScheduleRecord:
         """A new schedule; :class:`ScheduleExists` if ``namespace`` has one of that name
         (another namespace's schedules of the same name do not matter)."""
         record = ScheduleRecord.new(spec, now, namespace)
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch(
                 f"INSERT INTO schedules ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
                 "ON CONFLICT (namespace, name) DO NOTHING RETURNING id",
@@ -266,16 +271,16 @@ class ScheduleQueries(LeaseQueries):
             )
         if not rows:
             raise ScheduleExists(spec.name)
-        self.announce.scheduled()
+        self.db.announce.scheduled()
         return record
 
-    async def get_schedule(self, key: str, namespace: str | None = None) -> ScheduleRecord:
+    async def get(self, key: str, namespace: str | None = None) -> ScheduleRecord:
         """A schedule by id if ``key`` looks like one (:func:`id_like`), else by name; in
         ``namespace`` only, or in any (None): then a name several namespaces use is
         :class:`ScheduleAmbiguous`."""
         column = "id" if id_like(key) else "name"
         scope, args = ("AND namespace = $2", [namespace]) if namespace is not None else ("", [])
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch(
                 f"SELECT * FROM schedules WHERE {column} = $1 {scope} ORDER BY namespace LIMIT 10",
                 key,
@@ -287,7 +292,7 @@ class ScheduleQueries(LeaseQueries):
             raise ScheduleAmbiguous(key, [r["namespace"] for r in rows])
         return ScheduleRecord.from_row(rows[0])
 
-    async def list_schedules(
+    async def page(
         self, cursor: str | None = None, limit: int = 50, namespace: str | None = None
     ) -> list[ScheduleRecord]:
         """Schedules by name (then id: names repeat across namespaces); ``cursor`` is the
@@ -299,23 +304,21 @@ class ScheduleQueries(LeaseQueries):
         if namespace is not None:
             where += f" AND namespace = ${len(args) + 1}"
             args.append(namespace)
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch(
                 f"SELECT * FROM schedules WHERE {where} ORDER BY name, id LIMIT $1", *args
             )
         return [ScheduleRecord.from_row(r) for r in rows]
 
     async def _save(self, record: ScheduleRecord) -> None:
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             await c.execute(f"UPDATE schedules SET {_UPDATE} WHERE id = $1", *record.values())
-        self.announce.scheduled()
+        self.db.announce.scheduled()
 
-    async def update_schedule(
-        self, key: str, changes: Mapping[str, Any], now: float
-    ) -> ScheduleRecord:
+    async def update(self, key: str, changes: Mapping[str, Any], now: float) -> ScheduleRecord:
         """Apply a partial update (already validated field by field); the merged schedule is
         validated again as a whole. The next fire time moves only if the rule changed."""
-        record = await self.get_schedule(key)
+        record = await self.get(key)
         merged = {**record.spec().model_dump(), **changes}
         if "cron" in changes and changes["cron"] is not None:
             merged["interval_seconds"] = None
@@ -334,59 +337,58 @@ class ScheduleQueries(LeaseQueries):
         await self._save(record)
         return record
 
-    async def upsert_schedule(
+    async def upsert(
         self, spec: ScheduleCreate, now: float, namespace: str = "default"
     ) -> tuple[ScheduleRecord, bool]:
         """Create or update the schedule named ``spec.name`` in ``namespace`` (for schedules
         declared in code). A pause set by an operator is kept. Returns
         ``(schedule, changed)``."""
         try:
-            record = await self.get_schedule(spec.name, namespace)
+            record = await self.get(spec.name, namespace)
         except ScheduleNotFound:
             try:
-                return await self.create_schedule(spec, now, namespace), True
+                return await self.create(spec, now, namespace), True
             except ScheduleExists:
-                record = await self.get_schedule(spec.name, namespace)
+                record = await self.get(spec.name, namespace)
         current = record.spec()
         wanted = spec.model_copy(update={"paused": current.paused})
         if current == wanted:
             return record, False
         changes = {k: v for k, v in wanted.model_dump().items() if current.model_dump()[k] != v}
-        return await self.update_schedule(record.id, changes, now), True
+        return await self.update(record.id, changes, now), True
 
-    async def delete_schedule(self, key: str) -> ScheduleRecord:
-        record = await self.get_schedule(key)
-        async with self.conn() as c:
+    async def delete(self, key: str) -> ScheduleRecord:
+        record = await self.get(key)
+        async with self.db.conn() as c:
             await c.execute("DELETE FROM schedules WHERE id = $1", record.id)
         return record
 
     async def set_paused(self, key: str, paused: bool, now: float) -> ScheduleRecord:
         """Pause (nothing fires) or resume (the next slot after now fires; slots that fell in
         the pause are not made up)."""
-        return await self.update_schedule(key, {"paused": paused}, now)
+        return await self.update(key, {"paused": paused}, now)
 
-    async def trigger_schedule(self, key: str, now: float) -> TaskRecord:
+    async def trigger(self, key: str, now: float) -> TaskRecord:
         """Fire the schedule's task now, outside its rule (slot = now); a workflow
         schedule starts its workflow and returns its first node's task (whose
         ``workflow_id`` names it)."""
-        record = await self.get_schedule(key)
+        record = await self.get(key)
         if record.workflow is not None:
-            store = cast("Store", self)
-            async with self.tx() as c:
+            async with self.db.tx() as c:
                 started = await workflows.create_for_slot(
-                    store, c, record.workflow, now, record.namespace, record.id, now
+                    self.db, c, record.workflow, now, record.namespace, record.id, now
                 )
             assert started is not None  # a slot of now: new
-            workflows.announce_started(store, [started], now)
-            return await store.get_task(started.tasks[0].id)
+            workflows.announce_started(self.db, [started], now)
+            return await self.db.get_task(started.tasks[0].id)
         assert record.task is not None
         task = NewTask.of(record.task, now, now, None, record.id, now, record.namespace)
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch(f"{INSERT_TASK} RETURNING *", *task.values())
-        self.inserted([task])
+        self.db.inserted([task])
         return TaskRecord.from_row(rows[0])
 
-    async def move_schedules(self, c: Any, moves: Sequence[tuple[Any, ...]]) -> None:
+    async def move(self, c: Any, moves: Sequence[tuple[Any, ...]]) -> None:
         """Set each fired schedule's ``(id, next_fire_at, last_fire_at, updated_at)``."""
         await c.executemany(
             "UPDATE schedules SET next_fire_at = $2, last_fire_at = $3, updated_at = $4 "
@@ -394,7 +396,7 @@ class ScheduleQueries(LeaseQueries):
             moves,
         )
 
-    async def fire_due_schedules(
+    async def fire_due(
         self,
         now: float,
         limit: int = 500,
@@ -419,13 +421,13 @@ class ScheduleQueries(LeaseQueries):
             parts = sorted({int(f.name.rpartition(":")[2]) for f in owned})
             only = f"AND part IN ({', '.join(str(p) for p in parts)}) "
         cancelled: list[TaskRecord] = []
-        async with self.tx() as c:
-            await self.check_fence(c, fence, now)
+        async with self.db.tx() as c:
+            await self.db.leases.check_fence(c, fence, now)
             if owned:
-                await self.check_fences(c, owned, now)
+                await self.db.leases.check_fences(c, owned, now)
             rows = await c.fetch(
                 f"SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= $1 {only}"
-                f"ORDER BY next_fire_at LIMIT $2{self.skip_locked}",
+                f"ORDER BY next_fire_at LIMIT $2{self.db.skip_locked}",
                 now + ahead,
                 limit,
             )
@@ -435,7 +437,7 @@ class ScheduleQueries(LeaseQueries):
                 record
                 for row in await c.fetch(
                     "SELECT * FROM schedules WHERE buffered_slot IS NOT NULL AND paused = 0 "
-                    f"{only}LIMIT $1{self.skip_locked}",
+                    f"{only}LIMIT $1{self.db.skip_locked}",
                     limit,
                 )
                 if (record := ScheduleRecord.from_row(row)).id not in ids
@@ -472,7 +474,7 @@ class ScheduleQueries(LeaseQueries):
                 for slot, run_at in decided.fire:
                     if record.workflow is not None:  # a slot's workflow, once per slot
                         flow = await workflows.create_for_slot(
-                            cast("Store", self), c, record.workflow, now, record.namespace,
+                            self.db, c, record.workflow, now, record.namespace,
                             record.id, slot,
                         )  # fmt: skip
                         started += [flow] if flow is not None else []
@@ -486,30 +488,30 @@ class ScheduleQueries(LeaseQueries):
             if stop:
                 cancelled = await self._cancel_runs(c, stop, now)
             for start in range(0, len(tasks), INSERT_BATCH):
-                source, args = self.rows_source(tasks[start : start + INSERT_BATCH])
+                source, args = self.db.rows_source(tasks[start : start + INSERT_BATCH])
                 await c.execute(
                     f"{INSERT_TASK_COLUMNS} {source} ON CONFLICT (schedule_id, slot) "
                     "WHERE schedule_id IS NOT NULL DO NOTHING",  # the partial index (0020)
                     *args,
                 )
-            await self.move_schedules(c, moves)
+            await self.move(c, moves)
             if buffers:
                 await c.executemany(
                     "UPDATE schedules SET buffered_slot = $2 WHERE id = $1", buffers
                 )
         if cancelled:
-            self.announce.changed(cancelled, now, stopped=True)
-        self.inserted(tasks)
+            self.db.announce.changed(cancelled, now, stopped=True)
+        self.db.inserted(tasks)
         if started:
-            workflows.announce_started(cast("Store", self), started, now)
+            workflows.announce_started(self.db, started, now)
         return len(tasks) + len(started)
 
     async def _active_runs(self, c: Any, schedule_ids: Sequence[str]) -> dict[str, list[str]]:
         """The ids of each schedule's runs still waiting or running (:data:`ACTIVE`)."""
         found = await c.fetch(
             "SELECT id, schedule_id FROM tasks WHERE schedule_id IS NOT NULL "
-            f"AND schedule_id {self.in_list('$1')} AND {ACTIVE.where()}",
-            self.list_param(schedule_ids),
+            f"AND schedule_id {self.db.in_list('$1')} AND {ACTIVE.where()}",
+            self.db.list_param(schedule_ids),
         )
         runs: dict[str, list[str]] = {}
         for row in found:
@@ -522,16 +524,16 @@ class ScheduleQueries(LeaseQueries):
         (on PostgreSQL by migration 0009's trigger too)."""
         rows = await c.fetch(
             f"UPDATE tasks SET {ACTIVE.to()}, updated_at = $2, lease_expires_at = NULL "
-            f"WHERE id {self.in_list('$1')} AND {ACTIVE.where()} RETURNING *",
-            self.list_param(task_ids),
+            f"WHERE id {self.db.in_list('$1')} AND {ACTIVE.where()} RETURNING *",
+            self.db.list_param(task_ids),
             now,
         )
         if rows:
             await c.execute(
                 "UPDATE attempts SET finished_at = $2, outcome = 'cancelled', "
                 "error = 'cancelled by the schedule''s overlap policy' "
-                f"WHERE task_id {self.in_list('$1')} AND finished_at IS NULL",
-                self.list_param([r["id"] for r in rows]),
+                f"WHERE task_id {self.db.in_list('$1')} AND finished_at IS NULL",
+                self.db.list_param([r["id"] for r in rows]),
                 now,
             )
         return [TaskRecord.from_row(r) for r in rows]

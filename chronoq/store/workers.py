@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chronoq.models import WorkerInfo, to_datetime
-from chronoq.store.connector import Connector
+from chronoq.store.connector import Repository
 from chronoq.store.records import Row, dumps, loads
 
 
@@ -68,10 +68,10 @@ class Served:
         )
 
 
-class WorkerQueries(Connector):
-    """Worker registry queries, mixed into :class:`chronoq.store.base.Store`."""
+class WorkerRegistry(Repository):
+    """The workers' rows (``store.workers``)."""
 
-    async def register_worker(
+    async def register(
         self,
         worker_id: str,
         host: str,
@@ -83,7 +83,7 @@ class WorkerQueries(Connector):
     ) -> None:
         """Announce a worker; ``handlers`` are the task names it can run."""
         served = None if handlers is None else dumps(sorted(handlers))
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             await c.execute(
                 "INSERT INTO workers (id, host, pid, queues, concurrency, status, running, "
                 "processed, started_at, last_seen_at, handlers) "
@@ -99,7 +99,7 @@ class WorkerQueries(Connector):
                 served,
             )
 
-    async def worker_heartbeat(
+    async def heartbeat(
         self,
         worker_id: str,
         running: int,
@@ -111,7 +111,7 @@ class WorkerQueries(Connector):
     ) -> str | None:
         """Refresh the worker's row (``detail``: its children and tasks, kept when None);
         returns what the API asked of it since (``drain``, ``stop``), or None."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch(
                 "UPDATE workers SET last_seen_at = $2, running = $3, processed = $4, "
                 "concurrency = $5, status = $6, detail = COALESCE($7, detail) "
@@ -126,13 +126,13 @@ class WorkerQueries(Connector):
             )
         return rows[0]["control"] if rows else None
 
-    async def control_worker(self, worker_id: str, control: str) -> WorkerInfo | None:
+    async def control(self, worker_id: str, control: str) -> WorkerInfo | None:
         """Ask worker ``worker_id`` to ``drain`` or ``stop`` (it reads it with its next
         heartbeat); a ``stop`` overrides a ``drain``, not the other way round. None when
         no such worker exists; a worker that is not alive is returned unchanged."""
         if control not in CONTROLS:
             raise ValueError(f"unknown worker control {control!r}")
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             await c.execute(
                 "UPDATE workers SET control = $2 WHERE id = $1 AND status = 'alive' "
                 "AND (control IS NULL OR $2 = 'stop')",
@@ -142,21 +142,21 @@ class WorkerQueries(Connector):
             rows = await c.fetch("SELECT * FROM workers WHERE id = $1", worker_id)
         return worker_from_row(rows[0]) if rows else None
 
-    async def get_worker(self, worker_id: str) -> WorkerInfo | None:
-        async with self.conn() as c:
+    async def get(self, worker_id: str) -> WorkerInfo | None:
+        async with self.db.conn() as c:
             rows = await c.fetch("SELECT * FROM workers WHERE id = $1", worker_id)
         return worker_from_row(rows[0]) if rows else None
 
-    async def worker_child_restarts(self, worker_id: str, restarts: int) -> None:
+    async def child_restarts(self, worker_id: str, restarts: int) -> None:
         """How many pool children this worker replaced since it started."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             await c.execute(
                 "UPDATE workers SET child_restarts = $2 WHERE id = $1", worker_id, restarts
             )
 
-    async def mark_dead_workers(self, silent_since: float) -> list[str]:
+    async def mark_dead(self, silent_since: float) -> list[str]:
         """Workers that stopped heartbeating before ``silent_since`` become ``dead``."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch(
                 "UPDATE workers SET status = 'dead' WHERE status = 'alive' "
                 "AND last_seen_at < $1 RETURNING id",
@@ -164,9 +164,9 @@ class WorkerQueries(Connector):
             )
         return [r["id"] for r in rows]
 
-    async def list_workers(self, include_gone: bool = False) -> list[WorkerInfo]:
+    async def all(self, include_gone: bool = False) -> list[WorkerInfo]:
         where = "" if include_gone else "WHERE status = 'alive' "
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch(
                 f"SELECT * FROM workers {where}ORDER BY started_at DESC LIMIT 1000"
             )
@@ -175,7 +175,7 @@ class WorkerQueries(Connector):
     async def served(self, seen_since: float, excluding: str | None = None) -> Served:
         """What the workers alive and heard from since ``seen_since`` serve (all but the
         worker ``excluding``). Reads the ``workers_alive`` index: one row per live worker."""
-        async with self.conn() as c:
+        async with self.db.conn() as c:
             rows = await c.fetch(
                 "SELECT id, queues, handlers FROM workers WHERE status = 'alive' "
                 "AND last_seen_at >= $1",
@@ -195,7 +195,7 @@ class WorkerQueries(Connector):
 
 
 class ServedCache:
-    """:meth:`WorkerQueries.served`, asked at most once per ``ttl`` seconds: the API checks
+    """:meth:`WorkerRegistry.served`, asked at most once per ``ttl`` seconds: the API checks
     every submission against it, and a set lookup must be all that costs. Concurrent
     callers share one query; a different store (reopened) is asked afresh."""
 
@@ -204,16 +204,16 @@ class ServedCache:
     ) -> None:
         self.silent_after, self.ttl, self.clock = silent_after, ttl, clock
         self._value: Served | None = None
-        self._source: WorkerQueries | None = None
+        self._source: WorkerRegistry | None = None
         self._until = 0.0
         self._lock = asyncio.Lock()
 
-    def _fresh(self, store: WorkerQueries) -> Served | None:
+    def _fresh(self, store: WorkerRegistry) -> Served | None:
         if self._source is store and self.clock() < self._until:
             return self._value
         return None
 
-    async def get(self, store: WorkerQueries) -> Served:
+    async def get(self, store: WorkerRegistry) -> Served:
         value = self._fresh(store)
         if value is not None:
             return value

@@ -110,7 +110,9 @@ class Attempts:
         mine = ", ".join(names[:10]) + (f" and {len(names) - 10} more" * (len(names) > 10))
         worker_id = self.worker_id
         try:
-            others = await self.store.served(time.time() - self.lease_seconds, excluding=worker_id)
+            others = await self.store.workers.served(
+                time.time() - self.lease_seconds, excluding=worker_id
+            )
         except Exception:
             log.warning("could not ask the worker registry who serves %s", task.name)
             return TaskFailed(f"no handler named {task.name!r} on worker {worker_id}")

@@ -51,7 +51,7 @@ class Heartbeats:
             try:
                 now = time.time()
                 lost = await worker.store.heartbeat(worker.id, ids, now + worker.lease_seconds)
-                control = await worker.store.worker_heartbeat(
+                control = await worker.store.workers.heartbeat(
                     worker.id,
                     len(ids),
                     worker.processed,

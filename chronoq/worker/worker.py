@@ -256,7 +256,7 @@ class Worker:
             for executor in self.executors.values():
                 await executor.close()
             try:
-                await self.store.worker_heartbeat(
+                await self.store.workers.heartbeat(
                     self.id, 0, self.processed, self.concurrency, time.time(), status="stopped"
                 )
             except Exception:
@@ -272,7 +272,7 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 try:
-                    await self.store.register_worker(
+                    await self.store.workers.register(
                         self.id,
                         socket.gethostname(),
                         os.getpid(),
@@ -368,7 +368,7 @@ class Worker:
             await dirty.wait()
             dirty.clear()
             try:
-                await self.store.worker_child_restarts(self.id, pool.restarts)
+                await self.store.workers.child_restarts(self.id, pool.restarts)
             except Exception:
                 log.warning("could not record child restarts of worker %s", self.id)
                 dirty.set()
@@ -382,4 +382,4 @@ class Worker:
             await asyncio.gather(self._pool_reporter, return_exceptions=True)
         await self.pool.close()
         with contextlib.suppress(Exception):
-            await self.store.worker_child_restarts(self.id, self.pool.restarts)
+            await self.store.workers.child_restarts(self.id, self.pool.restarts)

@@ -58,7 +58,7 @@ def test_kill_9_of_one_of_three_schedulers_loses_and_doubles_no_slot(
 
             async def lane() -> None:
                 for n in names:
-                    await app.store.create_schedule(
+                    await app.store.schedules.create(
                         ScheduleCreate.model_validate({**spec, "name": f"tick-{n}"}), time.time()
                     )
 
