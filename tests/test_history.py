@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from typing import Any
 
@@ -214,62 +213,6 @@ async def test_the_counts_read_ranges_of_the_finished_index(db_url: str) -> None
         for plan in plans:
             assert "tasks_finished" in plan, plan
             assert "SCAN tasks" not in plan and "Seq Scan on tasks" not in plan, plan
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-async def test_an_hour_of_history_is_fast_with_a_million_finished_tasks(pg_url: str) -> None:
-    """The issue's figure: < 50 ms with 1,000,000 finished tasks stored (PostgreSQL)."""
-    async with running(App(settings=make_settings(pg_url))) as harness:
-        now = time.time()
-        async with harness.store.tx() as c:  # a week of history, 4 queues, 3 statuses
-            await c.execute(
-                f"INSERT INTO tasks ({_COLUMNS}) SELECT 't' || g, 'job', 'q' || (g % 4), "
-                "CASE WHEN g % 50 = 0 THEN 'dead' WHEN g % 97 = 0 THEN 'cancelled' "
-                "ELSE 'succeeded' END, '{}', $1 - g * 0.6, $1 - g * 0.6, $1 - g * 0.6, 1, '{}', "
-                "'default' FROM generate_series(1, 1000000) g",
-                now,
-            )
-            await c.execute(  # each task's one attempt: ran 0.5 s, waited 0.1 s
-                "INSERT INTO attempts (task_id, attempt, worker_id, started_at, finished_at, "
-                "outcome) SELECT id, 1, 'w', run_at + 0.1, run_at + 0.6, status FROM tasks"
-            )
-            await c.execute("UPDATE tasks SET attempts = 1")
-        async with harness.store.conn() as c:
-            await c.execute("VACUUM ANALYZE tasks")
-            await c.execute("VACUUM ANALYZE attempts")
-        figures = {}
-        for window in ("1h", "6h", "24h"):
-            await harness.http.get("/v1/history", params={"window": window})  # warm the plans
-            took = []
-            for _ in range(100):
-                started = time.perf_counter()
-                answer = await harness.http.get("/v1/history", params={"window": window})
-                took.append(time.perf_counter() - started)
-                assert answer.status_code == 200
-            figures[window] = (statistics.median(took), statistics.quantiles(took, n=100)[98])
-            if window == "1h":
-                assert sum(series(answer.json())[("succeeded", None)]) > 5500  # 6000 an hour
-        for window in ("1h", "6h"):
-            path = "/v1/history/durations"
-            await harness.http.get(path, params={"window": window})
-            took = []
-            for _ in range(30):
-                started = time.perf_counter()
-                answer = await harness.http.get(path, params={"window": window})
-                took.append(time.perf_counter() - started)
-                assert answer.status_code == 200
-            figures[f"durations {window}"] = (
-                statistics.median(took),
-                statistics.quantiles(took, n=100)[98],
-            )
-        print(
-            "GET /v1/history over 1e6 finished tasks (p50/p99 ms): "
-            + ", ".join(f"{w} {a * 1000:.1f}/{b * 1000:.1f}" for w, (a, b) in figures.items())
-        )
-        # p99 < 50 ms is the goal; on a shared CI box the tail is other processes' noise,
-        # so the test holds the median to it and prints the tail
-        assert figures["1h"][0] < 0.050, figures
 
 
 def test_quantiles_interpolate_as_percentile_cont() -> None:

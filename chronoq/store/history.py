@@ -6,8 +6,11 @@ A task's ``updated_at`` is when it finished once it is succeeded, dead or cancel
 partial index (migration 0014, ``(status, queue, updated_at, id)``). PostgreSQL 15 cannot
 skip over the ``queue`` column, so the query names each (status, queue) pair: the queues
 come from a loose index scan (:func:`chronoq.store.retention.finished_queues`, one probe
-per queue) and each pair is one index range, read only as far as the window reaches. The
-cost follows the rows inside the window, never the rows stored.
+per queue) and each pair is one index range, read only as far as the window reaches.
+That is the part of a window after the rolled-up mark (:mod:`chronoq.store.counts`);
+before it the counts come from ``finished_stats``, the buckets the mark passed whole kept
+in this process (:func:`_finals`). The cost follows the window's buckets and the rows
+after the mark, never the rows stored.
 """
 
 from __future__ import annotations
