@@ -288,6 +288,9 @@ class EventBus:
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Any = None
+        #: set while the Redis subscription is confirmed: from then on this bus hears
+        #: what other processes publish (Redis keeps nothing for a subscriber not yet there)
+        self.listening = asyncio.Event()
         #: Redis down: the bridge backs off (1 s doubling to 5 s), one traceback, then a line
         self._send_outage = Outage(
             "publishing events to Redis", log, cap=5.0, level=logging.WARNING
@@ -446,6 +449,8 @@ class EventBus:
                 await pubsub.subscribe(CHANNEL)
                 self._receive_outage.over()
                 async for message in pubsub.listen():
+                    if message.get("type") == "subscribe":
+                        self.listening.set()
                     if message.get("type") != "message":
                         continue
                     body = orjson.loads(message["data"])
@@ -467,8 +472,10 @@ class EventBus:
                         chunks = [LogEvent.from_wire(e) for e in body["logs"]]
                         _deliver(self._log_subscribers, chunks, remote=True)
             except asyncio.CancelledError:
+                self.listening.clear()
                 raise
             except Exception as exc:
+                self.listening.clear()
                 await asyncio.sleep(self._receive_outage.failed(exc))
 
 

@@ -133,7 +133,7 @@ async def test_only_this_process_events_are_counted() -> None:
     metrics.start(SimpleNamespace(events=here))  # type: ignore[arg-type]
     try:
         with here.subscribe() as everything:
-            await asyncio.sleep(0.3)  # let the pub/sub subscriptions settle
+            await asyncio.wait_for(here.listening.wait(), 10)  # Redis drops unheard events
             there.publish([event("succeeded", 1, name="remote", duration=0.1)])
             assert (await asyncio.wait_for(anext(everything), 5))[0].name == "remote"
             here.publish([event("succeeded", 1, name="local", duration=0.1)])
