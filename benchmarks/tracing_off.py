@@ -57,7 +57,7 @@ def hooks(n: int, task: TaskRecord, done: Completion) -> float:
     return time.perf_counter() - start
 
 
-def bare(n: int, task: TaskRecord, done: Completion) -> float:
+def bare(n: int) -> float:
     """The same loop without the hooks (what the loop itself costs)."""
     start = time.perf_counter()
     for _ in range(n):
@@ -82,7 +82,7 @@ def main() -> None:
     done = Completion.success(task, time.time(), None)
     costs = []
     for _ in range(args.rounds):
-        costs.append((hooks(args.n, task, done) - bare(args.n, task, done)) / args.n)
+        costs.append((hooks(args.n, task, done) - bare(args.n)) / args.n)
     per_task_us = statistics.median(costs) * 1e6
     share = per_task_us / (args.task_ms * 1000)
     print(
