@@ -209,3 +209,8 @@ def check(task_id: str, current: Status, target: Status) -> None:
 def is_(status: Status, column: str = "status") -> str:
     """SQL true of rows in ``status``, for reads (and lease renewals) that change no status."""
     return f"{column} = {_quoted(status)}"
+
+
+def is_not(status: Status, column: str = "status") -> str:
+    """SQL true of rows in any status but ``status`` (the list indexes' predicate)."""
+    return f"{column} <> {_quoted(status)}"

@@ -22,6 +22,7 @@ from chronoq.notify import Hub
 from chronoq.states import Status
 from chronoq.store import counts, tasklogs, uniqueness, workflows
 from chronoq.store.connector import Connector
+from chronoq.store.filters import page
 from chronoq.store.keys import Keys
 from chronoq.store.leases import Fence, Leases
 from chronoq.store.limits import Limits
@@ -258,29 +259,11 @@ class Store(Connector):
         cursor: str | None = None,
         limit: int = 50,
     ) -> list[TaskRecord]:
-        """Tasks newest first; ``cursor`` is the id of the last task of the previous page."""
-        where: list[str] = []
-        args: list[Any] = []
-        filters = (
-            ("status", status),
-            ("queue", queue),
-            ("name", name),
-            ("schedule_id", schedule_id),
-            ("namespace", namespace),
-        )
-        for column, value in filters:
-            if value is not None:
-                args.append(str(value))
-                where.append(f"{column} = ${len(args)}")
-        if cursor is not None:
-            args.append(cursor)
-            where.append(f"id < ${len(args)}")
-        args.append(limit)
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        """Tasks newest first; ``cursor`` is the id of the last task of the previous page
+        (:func:`chronoq.store.filters.page`)."""
+        sql, args = page(self.dialect, status, queue, name, schedule_id, namespace, cursor, limit)
         async with self.conn() as c:
-            rows = await c.fetch(
-                f"SELECT * FROM tasks {clause}ORDER BY id DESC LIMIT ${len(args)}", *args
-            )
+            rows = await c.fetch(sql, *args)
         return [TaskRecord.from_row(r) for r in rows]
 
     async def queue_stats(self, now: float, namespace: str | None = None) -> list[QueueStats]:
