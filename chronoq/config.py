@@ -91,9 +91,9 @@ class Settings(BaseSettings):
         None,
         ge=0,
         le=100_000,
-        description="tasks a process-pool "
-        "worker claims beyond one per child, so the next is at "
-        "hand (default 4 per child)",
+        description="tasks a worker claims "
+        "beyond its free slots, so the next is at hand "
+        "(default 4 per child with --pool process, 0 with the async pool)",
     )
     lease_seconds: float = Field(
         30.0,

@@ -130,10 +130,19 @@ class Components:
     processes: int | None = None
     max_tasks_per_child: int | None = None
     max_memory_per_child: int | None = None
-    #: tasks a process-pool worker claims beyond its children (default 4 per child)
+    #: tasks a worker claims beyond its slots (default: 4 per child with a process pool,
+    #: none with the async pool)
     prefetch: int | None = None
     #: the demo handlers are registered (children register them too)
     demo: bool = False
+
+    def slots(self, processes: int | None) -> tuple[int, int]:
+        """The worker's (concurrency, prefetch): ``processes`` children of a process pool
+        run one task each, with 4 claimed ahead per child unless ``prefetch`` says."""
+        if processes is None:
+            return self.concurrency, self.prefetch or 0
+        wanted = self.prefetch
+        return processes, PREFETCH_PER_PROCESS * processes if wanted is None else wanted
 
 
 class Runner:
@@ -238,11 +247,9 @@ class Runner:
                     self.metrics.leader_probe = self._leading
             if self.components.worker:
                 self.pool = self._make_pool()
-                concurrency, prefetch = self.components.concurrency, 0
-                if self.components.pool == "process" and self.pool is not None:
-                    concurrency = self.pool.processes  # one task per child
-                    wanted = self.components.prefetch
-                    prefetch = PREFETCH_PER_PROCESS * concurrency if wanted is None else wanted
+                pool = self.pool if self.components.pool == "process" else None
+                processes = None if pool is None else pool.processes
+                concurrency, prefetch = self.components.slots(processes)
                 self.worker = Worker(
                     self.app.store,
                     self.executors(),

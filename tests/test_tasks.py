@@ -9,6 +9,7 @@ from typing import Any
 
 from chronoq import App, TaskFailed, current_task
 from chronoq.models import TaskCreate
+from chronoq.runner import Components
 from chronoq.states import Status
 from chronoq.store import create_store, opened
 from chronoq.store.records import INSERT_TASK, TASK_COLUMNS, NewTask
@@ -409,6 +410,15 @@ async def test_autoscale_grows_with_backlog_and_shrinks_when_idle(
     assert worker.concurrency == 1
     worker.stop()
     await job
+
+
+def test_the_async_pool_claims_ahead_only_when_told() -> None:
+    """``CHRONOQ_PREFETCH`` reaches an async-pool worker too (default: none claimed
+    ahead); a process pool claims 4 per child unless told otherwise."""
+    assert Components(concurrency=16).slots(None) == (16, 0)
+    assert Components(concurrency=16, prefetch=8).slots(None) == (16, 8)
+    assert Components(pool="process", concurrency=16).slots(3) == (3, 12)
+    assert Components(pool="process", prefetch=0).slots(3) == (3, 0)
 
 
 async def test_prefetch_follows_the_autoscaled_slots(app: App, harness: Harness) -> None:
