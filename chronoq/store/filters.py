@@ -1,6 +1,8 @@
-"""The task filter that bulk actions share: retention's purge and the bulk retry/cancel
-(:mod:`chronoq.store.bulk`) select their rows with one :class:`TaskFilter`, so a filter
-means the same thing to every action that takes one."""
+"""How task SQL selects rows by status, queue, name and namespace. Retention's purge and
+the bulk retry/cancel (:mod:`chronoq.store.bulk`) select with one :class:`TaskFilter`, so a
+filter means the same thing to every action that takes one; :func:`page` builds the
+``GET /v1/tasks`` pages. Both spell a status the way the list indexes need
+(:data:`LISTED`)."""
 
 from __future__ import annotations
 
