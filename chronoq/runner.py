@@ -141,8 +141,8 @@ class Components:
         run one task each, with 4 claimed ahead per child unless ``prefetch`` says."""
         if processes is None:
             return self.concurrency, self.prefetch or 0
-        wanted = self.prefetch
-        return processes, PREFETCH_PER_PROCESS * processes if wanted is None else wanted
+        default = PREFETCH_PER_PROCESS * processes
+        return processes, default if self.prefetch is None else self.prefetch
 
 
 class Runner:

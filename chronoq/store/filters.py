@@ -37,38 +37,29 @@ def page(
     newest running ones (``tasks_leases``, a few per worker slot; SQLite, which has no
     statistics to tell it so, is told by name: it would walk the primary key below the
     cursor instead)."""
-    where: list[str] = []
-    args: list[Any] = []
-    tests = (
-        ("queue =", queue),
-        ("name =", name),
-        ("schedule_id =", schedule_id),
-        ("namespace =", namespace),
-        ("id <", cursor),
-    )
-    for test, value in tests:
+    sql, args = TaskFilter(status, queue, name, namespace).where(dialect)
+    where = [] if sql == "TRUE" else [sql]
+    for test, value in (("schedule_id =", schedule_id), ("id <", cursor)):
         if value is not None:
             args.append(value)
             where.append(f"{test} ${len(args)}")
     args.append(limit)
     order = f"ORDER BY id DESC LIMIT ${len(args)}"
 
-    def part(test: str, index: str = "") -> str:
-        return f"SELECT * FROM tasks{index} WHERE {' AND '.join([*where, test])} {order}"
+    def part(tests: list[str], index: str = "") -> str:
+        return f"SELECT * FROM tasks{index} WHERE {' AND '.join(tests)} {order}"
 
     leases = " INDEXED BY tasks_leases" if dialect == "sqlite" else ""
-    if status is not None:
-        args.append(status.value)
-        test = status_test(status, f"${len(args)}")
-        return part(test, leases if status is Status.RUNNING else ""), args
-    listed, running = part(LISTED), part(_RUNNING, leases)
+    if status is not None:  # the filter's status test names the index's predicate
+        return part(where, leases if status is Status.RUNNING else ""), args
+    listed, running = part([*where, LISTED]), part([*where, _RUNNING], leases)
     return (
         f"SELECT * FROM (SELECT * FROM ({listed}) AS listed UNION ALL "
         f"SELECT * FROM ({running}) AS running) AS page {order}"
     ), args
 
 
-def status_test(status: Status, placeholder: str) -> str:
+def _status_test(status: Status, placeholder: str) -> str:
     """SQL true of rows in ``status`` (the value in ``placeholder``), spelt so that a
     listed status walks the list indexes and running tasks ``tasks_leases``."""
     return f"status = {placeholder} AND {_RUNNING if status is Status.RUNNING else LISTED}"
@@ -99,7 +90,7 @@ class TaskFilter:
         nothing is filtered. ``dialect`` spells the error substring test."""
         tests = (
             (
-                "status = {p}" if self.status is None else status_test(self.status, "{p}"),
+                "status = {p}" if self.status is None else _status_test(self.status, "{p}"),
                 None if self.status is None else self.status.value,
             ),
             ("queue = {p}", self.queue),
