@@ -55,6 +55,24 @@ async def pg_url() -> AsyncIterator[str]:
     await drop_schema(schema)
 
 
+async def planner_rows(
+    c: Any, n: int, every: int, rare: str, common: str, names: int = 1, queues: int = 4
+) -> None:
+    """Give PostgreSQL's planner a table worth an index, in transaction ``c``: ``n`` tasks,
+    every ``every``-th one in status ``rare`` and the rest ``common``, over ``names``
+    handlers and ``queues`` queues; analysed, and the transaction's plans made generic, as
+    a worker's prepared statements become."""
+    name = "'job'" if names == 1 else f"'job' || (g % {names})"
+    await c.execute(
+        "INSERT INTO tasks (id, name, queue, status, payload, run_at, created_at, "
+        f"updated_at, max_attempts, backoff) SELECT 'x' || g, {name}, 'q' || (g % {queues}), "
+        f"CASE WHEN g % {every} = 0 THEN '{rare}' ELSE '{common}' END, '{{}}', g, g, g, "
+        f"1, '{{}}' FROM generate_series(1, {n}) g"
+    )
+    await c.execute("ANALYZE tasks")
+    await c.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+
+
 class Harness:
     """An open App with the HTTP API (in-process transport), a scheduler and workers."""
 

@@ -21,7 +21,7 @@ from chronoq.states import Status
 from chronoq.store import Completion, Store
 from chronoq.store.bulk import CANCEL_ACTION, RETRY_ACTION, check
 from chronoq.store.filters import TaskFilter
-from tests.conftest import Harness, make_settings, running
+from tests.conftest import Harness, make_settings, planner_rows, running
 from tests.processes import ROOT, start_dev, wait_status
 
 
@@ -308,14 +308,7 @@ async def test_dead_letters_and_batches_use_the_status_indexes(db_url: str) -> N
         batch = f"SELECT id FROM tasks WHERE {where} AND id > $2 ORDER BY id LIMIT 500"
         async with store.tx() as c:
             if store.dialect == "postgresql":  # the planner needs a table worth an index
-                await c.execute(
-                    "INSERT INTO tasks (id, name, queue, status, payload, run_at, created_at, "
-                    "updated_at, max_attempts, backoff) SELECT 'x' || g, 'job', 'q' || (g % 4), "
-                    "CASE WHEN g % 50 = 0 THEN 'dead' ELSE 'queued' END, '{}', g, g, g, "
-                    "1, '{}' FROM generate_series(1, 20000) g"
-                )
-                await c.execute("ANALYZE tasks")
-                await c.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                await planner_rows(c, 20_000, 50, "dead", "queued")
             plans = [
                 " ".join(str(tuple(r)) for r in await c.fetch(explain + sql, *params))
                 for sql, params in ((grouped, ["dead"]), (batch, [*args, "a"]))

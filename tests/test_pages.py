@@ -10,6 +10,7 @@ from chronoq.models import TaskCreate
 from chronoq.states import Status
 from chronoq.store import Store, create_store, opened
 from chronoq.store.filters import page
+from tests.conftest import planner_rows
 
 
 async def walk(store: Store, size: int, **filters: str | Status) -> list[str]:
@@ -52,14 +53,7 @@ async def test_pages_read_the_list_indexes_and_the_leases(db_url: str) -> None:
         explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
         async with store.tx() as c:
             if store.dialect == "postgresql":  # the planner needs a table worth an index
-                await c.execute(
-                    "INSERT INTO tasks (id, name, queue, status, payload, run_at, created_at, "
-                    "updated_at, max_attempts, backoff) SELECT 'x' || g, 'job' || (g % 50), "
-                    "'q' || (g % 20), CASE WHEN g % 100 = 0 THEN 'queued' ELSE 'succeeded' "
-                    "END, '{}', g, g, g, 1, '{}' FROM generate_series(1, 50000) g"
-                )
-                await c.execute("ANALYZE tasks")
-                await c.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                await planner_rows(c, 50_000, 100, "queued", "succeeded", names=50, queues=20)
             cases = [
                 (page(store.dialect, None, None, "job1", None, None, "x9", 50), "tasks_by_name"),
                 (page(store.dialect, None, "q3", None, None, None, None, 50), "tasks_by_queue"),

@@ -24,7 +24,7 @@ from chronoq.scheduler import Scheduler
 from chronoq.states import TERMINAL, Status
 from chronoq.store import Completion, Store, create_store, opened, tasklogs
 from chronoq.store.retention import Expired, delete_batch, finished_queues, pick
-from tests.conftest import Harness, make_settings, running
+from tests.conftest import Harness, make_settings, planner_rows, running
 from tests.processes import Proc, cli, free_port, wait_ready, wait_status
 
 DAY = 86400.0
@@ -165,14 +165,7 @@ async def test_purge_batches_walk_the_finished_index(db_url: str) -> None:
         explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
         async with store.tx() as c:
             if store.dialect == "postgresql":  # the planner needs a table worth an index
-                await c.execute(
-                    "INSERT INTO tasks (id, name, queue, status, payload, run_at, created_at, "
-                    "updated_at, max_attempts, backoff) SELECT 'x' || g, 'job', 'q' || (g % 4), "
-                    "CASE WHEN g % 10 = 0 THEN 'queued' ELSE 'succeeded' END, '{}', g, g, g, "
-                    "1, '{}' FROM generate_series(1, 20000) g"
-                )
-                await c.execute("ANALYZE tasks")
-                await c.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                await planner_rows(c, 20_000, 10, "queued", "succeeded")
             plan = " ".join(str(tuple(r)) for r in await c.fetch(explain + sql, *args))
         assert "tasks_finished" in plan, plan
         if store.dialect == "sqlite":
